@@ -1,0 +1,1 @@
+"""sparsescope's dashboard server: REST, websockets, worker processes, static frontend."""

@@ -1,0 +1,76 @@
+"""One training run in its own process: `python -m backend.worker --data-dir D --run-id ID`.
+
+The server starts it as a direct child; it dies with the server (PR_SET_PDEATHSIG plus a
+parent watchdog), stops cooperatively on SIGTERM within one step, and records everything
+through the same Recorder a user's script would use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+
+
+def die_with_parent(parent_pid: int) -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the kernel kills us if the parent dies
+    except OSError:
+        pass
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(3)
+            time.sleep(0.5)
+
+    if os.getppid() != parent_pid:
+        os._exit(3)
+    threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m backend.worker")
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--parent-pid", type=int, default=os.getppid())
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    die_with_parent(args.parent_pid)
+
+    stop_requested = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop_requested.set())
+    signal.signal(signal.SIGINT, lambda *_: stop_requested.set())
+
+    import torch
+
+    from dst_core.config import RunConfig
+    from dst_core.recording import FINAL_STATUSES, Recorder
+    from dst_core.training import train
+
+    torch.set_num_threads(args.threads)
+    recorder = Recorder(args.data_dir, run_id=args.run_id)
+    run = recorder.store.get_run(args.run_id)
+    if run["status"] in FINAL_STATUSES or stop_requested.is_set():
+        recorder.finish("stopped")
+        return 0
+    config = RunConfig.model_validate(run["config"])
+    recorder.keyframe_every = config.keyframe_every
+    recorder.store.set_status(args.run_id, "running")
+    try:
+        outcome = train(config, recorder, should_stop=stop_requested.is_set)
+    except Exception as error:  # the run fails, the worker reports why and exits cleanly
+        recorder.finish("failed", error=f"{type(error).__name__}: {error}")
+        print(f"run {args.run_id} failed: {error}", file=sys.stderr)
+        return 1
+    recorder.finish(outcome)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Topology frames: turns a driver's rewires into stored events (keyframes + deltas)."""
+
+from __future__ import annotations
+
+from dst_core.driver import LayerChange, SparseDriver
+from dst_core.events import EventSink, delta_payload, keyframe_payload, matrix_shape
+
+
+class TopologyEmitter:
+    """Turns the driver's rewires into stored topology frames: a keyframe every K rewires."""
+
+    def __init__(self, driver: SparseDriver, sink: EventSink, keyframe_every: int):
+        self.driver = driver
+        self.sink = sink
+        self.keyframe_every = keyframe_every
+        self.rewires = 0
+
+    def keyframes(self, step: int) -> None:
+        for index, layer in enumerate(self.driver.layers):
+            self.sink.emit("topology", step, keyframe_payload(layer.name, index, layer.shape,
+                                                              layer.mask))
+
+    def __call__(self, changes: list[LayerChange]) -> None:
+        self.rewires += 1
+        step = changes[0].step if changes else self.driver.step_count
+        self.sink.emit("rewire", step, {
+            "drop_fraction": self.driver.schedule.fraction_at(step),
+            "layers": {c.layer: {"added": int(c.added.numel()), "removed": int(c.removed.numel()),
+                                 "active": c.active_count} for c in changes},
+            "turnover": sum(int(c.added.numel()) for c in changes)
+            / max(1, sum(c.active_count for c in changes)),
+            "itop_rate": self.driver.itop_rate(),
+        })
+        if self.rewires % self.keyframe_every == 0:
+            self.keyframes(step)
+            return
+        for index, change in enumerate(changes):
+            layer = self.driver.layers[index]
+            self.sink.emit("topology", step, delta_payload(
+                change.layer, index, layer.shape, change.added, change.removed,
+                change.active_count))
+
+    def meta(self) -> dict:
+        """The layers and schedule, so a viewer can lay out one heatmap per layer."""
+        driver = self.driver
+        return {
+            "method": driver.method,
+            "total_steps": driver.schedule.total_steps,
+            "layers": [{"name": layer.name, "shape": list(layer.shape),
+                        "matrix": matrix_shape(layer.shape), "density": layer.density}
+                       for layer in driver.layers],
+            "schedule": {"drop_fraction": driver.schedule.drop_fraction,
+                         "kind": driver.schedule.kind,
+                         "interval_steps": driver.schedule.interval_steps,
+                         "end_fraction": driver.schedule.end_fraction},
+        }
