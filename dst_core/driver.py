@@ -160,7 +160,7 @@ class SparseDriver:
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
         self.layers: list[MaskedLayer] = []
-        for (name, weight), layer_density in zip(prunable, densities):
+        for (name, weight), layer_density in zip(prunable, densities, strict=True):
             mask = random_mask(tuple(weight.shape), layer_density, self.generator, weight.device)
             layer = MaskedLayer(name, weight, mask, mask.clone(), _default_init_bound(weight))
             self.layers.append(layer)

@@ -49,7 +49,7 @@ function layoutLayers(meta) {
     div.setAttribute("aria-label", `connections of ${layer.name}`);
     container.appendChild(div);
     view.layers.set(index, { name: layer.name, rows, cols, state: new Uint8Array(rows * cols),
-                             div, step: 0, active: 0 });
+                             div, step: null, active: 0 });
   });
 }
 
@@ -59,7 +59,15 @@ function applyTopology(event) {
   const state = layer.state;
   if (event.keyframe) {
     const bits = decodeBits(event.bits, state.length);
-    for (let i = 0; i < state.length; i++) state[i] = bits[i];
+    if (layer.step === null) {
+      for (let i = 0; i < state.length; i++) state[i] = bits[i];
+    } else {
+      // A keyframe stored at a rewire: its net changes are the difference to what we show.
+      for (let i = 0; i < state.length; i++) {
+        const was = state[i] === 1 || state[i] === 2;
+        state[i] = bits[i] ? (was ? 1 : 2) : (was ? 3 : 0);
+      }
+    }
   } else {
     // Marks of the previous rewire fade: added → kept, removed → inactive.
     for (let i = 0; i < state.length; i++) {
@@ -115,6 +123,7 @@ function drawLoss() {
     xaxis: { title: { text: "step" } }, yaxis: { title: { text: "loss" } },
     yaxis2: { title: { text: "accuracy" }, overlaying: "y", side: "right", range: [0, 1] },
     legend: { orientation: "h", y: -0.2 },
+    datarevision: view.loss.x.length + view.testAccuracy.x.length,
   };
   Plotly.react($("loss-chart"), traces, layout, { displayModeBar: false, responsive: true });
 }
