@@ -1,25 +1,28 @@
 """The sparse-training driver: wraps any model and its optimizer and keeps them sparse.
 
 Masked weights are kept exactly zero in the parameter itself (no `weight * mask` in the
-forward pass), so `weight.grad` after backward *is* the dense gradient RigL needs. The driver
-copies that gradient only on steps where a rewire is due, then masks the gradient so the
-optimizer's state never grows at inactive positions.
+forward pass), so `weight.grad` after backward *is* the dense gradient RigL needs. Before
+`optimizer.step()` the gradient is masked, so the optimizer's state never grows at inactive
+positions; after it the weights are masked again, which keeps them exactly zero even under
+weight decay. The algorithm (`dst_core.rewire.REGISTRY`) decides the rest through two hooks.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from dst_core.density import layer_densities
-from dst_core.rewire import get_rewirer
+from dst_core.rewire import get_algorithm
 from dst_core.schedules import RewireSchedule
 
-BASELINES = ("dense", "static")
+PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+DEFAULT_INTERVAL_STEPS = 100  # when a per-epoch method is driven without steps_per_epoch
 
 
 @dataclass
@@ -31,6 +34,7 @@ class MaskedLayer:
     mask: torch.Tensor  # bool, weight's shape
     ever_active: torch.Tensor  # bool, weight's shape: union of every mask so far (ITOP)
     init_bound: float  # uniform bound of the layer's default init, for random regrowth
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # algorithm state, saved
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -38,7 +42,7 @@ class MaskedLayer:
 
     @property
     def active_count(self) -> int:
-        return int(self.mask.sum())
+        return int(torch.count_nonzero(self.mask))
 
     @property
     def density(self) -> float:
@@ -57,10 +61,14 @@ class LayerChange:
     numel: int
 
 
-def _default_init_bound(weight: torch.Tensor) -> float:
-    # nn.Linear / nn.Conv2d reset_parameters: kaiming_uniform(a=√5) → bound = 1/√fan_in.
+def default_init_bound(weight: torch.Tensor) -> float:
+    """Bound of nn.Linear / nn.ConvNd's default init: kaiming_uniform(a=√5) → 1/√fan_in."""
     fan_in = math.prod(weight.shape[1:]) if weight.dim() > 1 else weight.shape[0]
     return 1.0 / math.sqrt(max(1, fan_in))
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(pattern in name for pattern in patterns)
 
 
 def find_prunable(
@@ -69,31 +77,36 @@ def find_prunable(
     exclude: Iterable[str] | None = None,
     dense_first_last: bool = False,
 ) -> list[tuple[str, nn.Parameter]]:
-    """(name, weight) of every Linear/Conv2d weight, each parameter once, in module order."""
+    """(name, weight) of every Linear/ConvNd weight, each parameter once, in module order.
+
+    `include`/`exclude` are substrings of the weight's name (e.g. "features", "fc2.weight");
+    `dense_first_last` leaves the first and the last found layer dense (a common choice for
+    the input and the classifier layer).
+    """
     include = list(include or [])
     exclude = list(exclude or [])
     found: list[tuple[str, nn.Parameter]] = []
     seen: set[int] = set()
     for name, module in model.named_modules():
-        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+        if not isinstance(module, PRUNABLE_TYPES):
             continue
         weight = module.weight
-        if id(weight) in seen:
+        if id(weight) in seen:  # a shared (tied) weight is masked once, under its first name
             continue
         seen.add(id(weight))
         found.append((f"{name}.weight" if name else "weight", weight))
     if dense_first_last and len(found) >= 2:
         found = found[1:-1]
     if include:
-        found = [(n, w) for n, w in found if any(pattern in n for pattern in include)]
+        found = [(n, w) for n, w in found if _matches(n, include)]
     if exclude:
-        found = [(n, w) for n, w in found if not any(pattern in n for pattern in exclude)]
+        found = [(n, w) for n, w in found if not _matches(n, exclude)]
     return found
 
 
 def random_mask(shape: tuple[int, ...], density: float, generator: torch.Generator,
                 device: torch.device) -> torch.Tensor:
-    """Exactly round(density · numel) active positions, uniformly at random."""
+    """Exactly round(density · numel) active positions (at least one), uniformly at random."""
     numel = math.prod(shape)
     active = min(numel, max(1, round(density * numel)))
     order = torch.randperm(numel, generator=generator, device=generator.device)[:active]
@@ -103,12 +116,13 @@ def random_mask(shape: tuple[int, ...], density: float, generator: torch.Generat
 
 
 class SparseDriver:
-    """Keeps a model sparse and rewires it on schedule.
-
-    Use it in place of `optimizer.step()`:
+    """Keeps a model sparse and rewires it on schedule; call `.step()` instead of
+    `optimizer.step()`:
 
         driver = SparseDriver(model, optimizer, method="rigl", density=0.1, total_steps=n)
         loss.backward(); driver.step(); optimizer.zero_grad()
+
+    Arguments left at None take the method's published defaults (`REGISTRY[method].defaults`).
     """
 
     def __init__(
@@ -118,14 +132,15 @@ class SparseDriver:
         *,
         method: str = "set",
         density: float = 0.1,
-        distribution: str = "uniform",
+        distribution: str | None = None,
         total_steps: int,
         drop_fraction: float | None = None,
         schedule: str | None = None,
         interval_steps: int | None = None,
         end_fraction: float | None = None,
         steps_per_epoch: int | None = None,
-        temperature: float = 1.0,
+        temperature: float | None = None,
+        l1: float | None = None,
         include: Iterable[str] | None = None,
         exclude: Iterable[str] | None = None,
         dense_first_last: bool = False,
@@ -134,57 +149,70 @@ class SparseDriver:
         self.model = model
         self.optimizer = optimizer
         self.method = method
-        self.temperature = temperature
+        self.algorithm = get_algorithm(method)
+        defaults = self.algorithm.defaults
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"total_steps: must be an int >= 1, got {total_steps!r}")
+        if steps_per_epoch is not None and steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch: must be >= 1, got {steps_per_epoch!r}")
+        self.temperature = float(temperature if temperature is not None
+                                 else defaults.get("temperature", 1.0))
+        if not self.temperature > 0:
+            raise ValueError(f"temperature: must be > 0, got {temperature!r}")
+        self.l1 = float(l1 if l1 is not None else defaults.get("l1", 0.0))
+        if self.l1 < 0:
+            raise ValueError(f"l1: must be >= 0, got {l1!r}")
         self.step_count = 0
         self.listeners: list[Callable[[list[LayerChange]], None]] = []
-        self.rewirer = None if method in BASELINES else get_rewirer(method)
-        defaults = getattr(self.rewirer, "defaults", {})
+        self.scratch: dict[str, Any] = {}  # hand-over between an algorithm's two hooks
         if interval_steps is None:
-            per_epoch = defaults.get("interval_steps") == "epoch"
-            interval_steps = (steps_per_epoch or 100) if per_epoch else defaults.get(
-                "interval_steps", 100)
+            interval_steps = defaults.get("interval_steps", DEFAULT_INTERVAL_STEPS)
+            if interval_steps == "epoch":
+                interval_steps = steps_per_epoch or DEFAULT_INTERVAL_STEPS
         self.schedule = RewireSchedule(
-            drop_fraction=drop_fraction if drop_fraction is not None else defaults.get(
-                "drop_fraction", 0.3),
+            drop_fraction=float(drop_fraction if drop_fraction is not None
+                                else defaults.get("drop_fraction", 0.3)),
             kind=schedule or defaults.get("schedule", "constant"),
             interval_steps=int(interval_steps),
-            end_fraction=end_fraction if end_fraction is not None else defaults.get(
-                "end_fraction", 1.0),
-            total_steps=max(1, int(total_steps)),
+            end_fraction=float(end_fraction if end_fraction is not None
+                               else defaults.get("end_fraction", 1.0)),
+            total_steps=int(total_steps),
         )
+        self.distribution = distribution or defaults.get("distribution", "uniform")
         prunable = find_prunable(model, include, exclude, dense_first_last)
-        if method == "dense":
+        if self.algorithm.trains_dense:
             density = 1.0
-        densities = layer_densities([tuple(w.shape) for _, w in prunable], density, distribution)
+        densities = layer_densities([tuple(w.shape) for _, w in prunable], density,
+                                    self.distribution)
+        self.target_density = float(density)
         device = prunable[0][1].device if prunable else torch.device("cpu")
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
         self.layers: list[MaskedLayer] = []
         for (name, weight), layer_density in zip(prunable, densities, strict=True):
             mask = random_mask(tuple(weight.shape), layer_density, self.generator, weight.device)
-            layer = MaskedLayer(name, weight, mask, mask.clone(), _default_init_bound(weight))
-            self.layers.append(layer)
+            self.layers.append(MaskedLayer(name, weight, mask, mask.clone(),
+                                           default_init_bound(weight)))
         self.apply_masks()
+        setup = getattr(self.algorithm, "setup", None)
+        if setup is not None:
+            setup(self)
 
     # ---- per step -------------------------------------------------------------------
     @torch.no_grad()
     def apply_masks(self) -> None:
+        """Zero every inactive weight in place (one pass per layer)."""
         for layer in self.layers:
             layer.weight.mul_(layer.mask)
 
     def rewire_due(self) -> bool:
-        """Whether the step about to be taken ends with a rewire."""
-        return self.rewirer is not None and self.schedule.is_due(self.step_count + 1)
+        """Whether the step about to be taken ends with a rewire (or, for Deep R, a report)."""
+        return self.schedule.is_due(self.step_count + 1)
 
     def step(self) -> list[LayerChange]:
-        """optimizer.step() with masks kept, then a rewire if one is due; returns its changes."""
+        """optimizer.step() with masks kept, then the algorithm's rewire if one is due."""
         due = self.rewire_due()
-        dense_grads = None
-        if due and self.rewirer.needs_grad:
-            dense_grads = [
-                layer.weight.grad.detach().clone() if layer.weight.grad is not None else None
-                for layer in self.layers
-            ]
+        self.algorithm.before_optimizer_step(self, due)
         with torch.no_grad():
             for layer in self.layers:
                 if layer.weight.grad is not None:
@@ -192,38 +220,25 @@ class SparseDriver:
         self.optimizer.step()
         self.apply_masks()
         self.step_count += 1
-        if not due:
-            return []
-        changes = self._rewire(dense_grads)
-        for listener in self.listeners:
-            listener(changes)
+        changes = self.algorithm.after_optimizer_step(self, due)
+        if changes:
+            for listener in self.listeners:
+                listener(changes)
         return changes
+
+    # ---- helpers the algorithms use ----------------------------------------------------
+    def learning_rate(self, parameter: torch.Tensor) -> float:
+        for group in self.optimizer.param_groups:
+            if any(p is parameter for p in group["params"]):
+                return float(group["lr"])
+        raise ValueError(f"optimizer: parameter of shape {tuple(parameter.shape)} is not in it")
 
     @torch.no_grad()
-    def _rewire(self, dense_grads: list[torch.Tensor | None] | None) -> list[LayerChange]:
-        fraction = self.schedule.fraction_at(self.step_count)
-        changes = []
-        for index, layer in enumerate(self.layers):
-            grad = dense_grads[index] if dense_grads is not None else None
-            if self.rewirer.needs_grad and grad is None:
-                grad = torch.zeros_like(layer.weight)
-            result = self.rewirer(layer.weight, layer.mask, fraction, grad, self.generator,
-                                  self.temperature)
-            self._apply_change(layer, result.mask, result.added, result.removed)
-            changes.append(LayerChange(
-                layer=layer.name,
-                step=self.step_count,
-                added=result.added.reshape(-1).nonzero().squeeze(1).cpu(),
-                removed=result.removed.reshape(-1).nonzero().squeeze(1).cpu(),
-                active_count=layer.active_count,
-                numel=layer.mask.numel(),
-            ))
-        return changes
-
-    def _apply_change(self, layer: MaskedLayer, mask: torch.Tensor, added: torch.Tensor,
-                      removed: torch.Tensor) -> None:
+    def apply_change(self, layer: MaskedLayer, mask: torch.Tensor, added: torch.Tensor,
+                     removed: torch.Tensor, grow_init: str = "zero") -> LayerChange:
+        """Install a rewire: init grown weights, zero dropped ones and both's optimizer state."""
         weight = layer.weight
-        if getattr(self.rewirer, "grow_init", "zero") == "random":
+        if grow_init == "random":
             fresh = torch.empty(weight.shape, device=weight.device, dtype=weight.dtype)
             fresh.uniform_(-layer.init_bound, layer.init_bound, generator=self.generator)
             weight.copy_(torch.where(added, fresh, weight))
@@ -231,11 +246,25 @@ class SparseDriver:
             weight.masked_fill_(added, 0.0)
         weight.masked_fill_(removed, 0.0)
         changed = added | removed
+        # SGD momentum_buffer, Adam/AdamW exp_avg, exp_avg_sq (and max_exp_avg_sq): every
+        # per-weight state restarts at grown and dropped entries (jaxpruner restart_inner_state).
         for value in self.optimizer.state.get(weight, {}).values():
             if isinstance(value, torch.Tensor) and value.shape == weight.shape:
                 value.masked_fill_(changed, 0.0)
         layer.mask = mask
         layer.ever_active |= mask
+        return self.record_change(layer, added, removed)
+
+    def record_change(self, layer: MaskedLayer, added: torch.Tensor,
+                      removed: torch.Tensor) -> LayerChange:
+        return LayerChange(
+            layer=layer.name,
+            step=self.step_count,
+            added=added.reshape(-1).nonzero().squeeze(1).cpu(),
+            removed=removed.reshape(-1).nonzero().squeeze(1).cpu(),
+            active_count=layer.active_count,
+            numel=layer.mask.numel(),
+        )
 
     # ---- metrics ----------------------------------------------------------------------
     def densities(self) -> dict[str, float]:
@@ -248,21 +277,33 @@ class SparseDriver:
     def itop_rate(self) -> float:
         """In-Time Over-Parameterization: share of all connections ever active (Liu et al. 2021)."""
         total = sum(layer.mask.numel() for layer in self.layers)
-        return sum(int(layer.ever_active.sum()) for layer in self.layers) / max(1, total)
+        return sum(int(torch.count_nonzero(layer.ever_active)) for layer in self.layers) / max(1, total)
 
     # ---- checkpoints --------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Masks, ITOP union, algorithm buffers, step count and RNG: a resume is exact."""
         return {
+            "method": self.method,
             "step_count": self.step_count,
-            "masks": {layer.name: layer.mask.cpu() for layer in self.layers},
-            "ever_active": {layer.name: layer.ever_active.cpu() for layer in self.layers},
+            "masks": {layer.name: layer.mask.cpu().clone() for layer in self.layers},
+            "ever_active": {layer.name: layer.ever_active.cpu().clone() for layer in self.layers},
+            "buffers": {layer.name: {key: value.cpu().clone() for key, value in layer.buffers.items()}
+                        for layer in self.layers},
             "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
+        names = {layer.name for layer in self.layers}
+        if set(state.get("masks", {})) != names:
+            raise ValueError(f"state: masks for {sorted(state.get('masks', {}))}, "
+                             f"driver has {sorted(names)}")
         self.step_count = int(state["step_count"])
         for layer in self.layers:
-            layer.mask = state["masks"][layer.name].to(layer.weight.device).bool()
-            layer.ever_active = state["ever_active"][layer.name].to(layer.weight.device).bool()
+            device = layer.weight.device
+            layer.mask = state["masks"][layer.name].to(device).bool()
+            layer.ever_active = state["ever_active"][layer.name].to(device).bool()
+            layer.buffers = {key: value.to(device)
+                             for key, value in state.get("buffers", {}).get(layer.name, {}).items()}
         self.generator.set_state(state["generator"])
+        self.scratch.clear()
         self.apply_masks()

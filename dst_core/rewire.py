@@ -2,14 +2,18 @@
 
 `rewire(method, weight, mask, ...)` is the stable entry point other code relies on
 (DESIGN.md, "Interfaces"); algorithms plug in with `register_rewirer` so a user can add one
-without editing ours.
+without editing ours. Every algorithm, baselines and Deep R included, is an `Algorithm` in
+`REGISTRY`; the driver only calls its hooks, so no code branches on algorithm names.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
+
+from dst_core.selection import exclusive_or, index_to_mask, magnitude, select_index
 
 
 @dataclass(frozen=True)
@@ -24,31 +28,69 @@ class RewireResult:
     removed: torch.Tensor  # bool, weight's shape: active before, inactive after
 
 
-class Rewirer:
-    """Drop-then-grow with an exact count: subclasses say which positions drop and grow.
+class Algorithm:
+    """Anything `SparseDriver` can run. The driver calls the two hooks around optimizer.step().
 
-    The base keeps each layer's active count: it drops `drop_count` active positions, then
-    grows the same number among every position not kept (RigL's candidate set, so a
-    just-dropped position may come back).
+    `defaults` holds the method's published schedule and layer distribution; `None` fields of a
+    config take them.
     """
 
-    needs_grad: bool = False
+    defaults: ClassVar[dict[str, Any]] = {}
+    trains_dense: ClassVar[bool] = False  # every connection active (the dense baseline)
+    mask_level: ClassVar[bool] = False  # usable through `rewire()` on a single tensor
 
+    def before_optimizer_step(self, driver: Any, due: bool) -> None:
+        """Called after backward, while `weight.grad` still holds the dense gradient."""
+
+    def after_optimizer_step(self, driver: Any, due: bool) -> list:
+        """Called after optimizer.step(); returns the LayerChanges to report (may be empty)."""
+        return []
+
+
+class Rewirer(Algorithm):
+    """Drop-then-grow with an exact count: subclasses give the drop and the grow scores.
+
+    The base keeps each layer's active count: it drops `int(f · k)` active positions (lowest
+    `drop_score`), then grows the same number among every position not kept (highest
+    `grow_score`; RigL's candidate set, so a just-dropped position may come back and then is
+    a net non-change). Ties go to the lower flat index.
+    """
+
+    mask_level = True
+    needs_grad: ClassVar[bool] = False  # growth reads a dense gradient (or its momentum)
+    grow_init: ClassVar[str] = "zero"  # "zero" or "random" (uniform at the layer's init bound)
+
+    # ---- what a subclass supplies -----------------------------------------------------
     def drop(self, weight: torch.Tensor, mask: torch.Tensor, drop_fraction: float) -> torch.Tensor:
-        """Bool tensor of the active positions to drop."""
+        """Bool tensor of the active positions to drop: the `int(f·k)` smallest |w|."""
+        count = int(drop_fraction * int(torch.count_nonzero(mask)))
+        scores = magnitude(weight, "drop")  # (numel,) float32
+        return index_to_mask(select_index(scores, count, eligible=mask, largest=False), mask)
+
+    def grow_score(
+        self,
+        weight: torch.Tensor,
+        kept: torch.Tensor,
+        grad: torch.Tensor | None,
+        generator: torch.Generator | None,
+        temperature: float,
+    ) -> torch.Tensor:
+        """(numel,) float32 scores; the highest positions outside `kept` grow."""
         raise NotImplementedError
 
+    # ---- the shared machinery ----------------------------------------------------------
     def grow(
         self,
         weight: torch.Tensor,
-        candidates: torch.Tensor,
+        kept: torch.Tensor,
         count: int,
         grad: torch.Tensor | None,
         generator: torch.Generator | None,
         temperature: float,
     ) -> torch.Tensor:
-        """Bool tensor of exactly `count` candidate positions to activate."""
-        raise NotImplementedError
+        """Bool tensor of exactly `count` positions outside `kept` to activate."""
+        scores = self.grow_score(weight, kept, grad, generator, temperature)  # (numel,) float32
+        return index_to_mask(select_index(scores, count, eligible=~kept), weight)
 
     def __call__(
         self,
@@ -58,31 +100,80 @@ class Rewirer:
         grad: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         temperature: float = 1.0,
+        grow_count: int | None = None,
     ) -> RewireResult:
         dropped = self.drop(weight, mask, drop_fraction)
-        kept = mask & ~dropped
-        grow_count = int(dropped.sum())
-        grown = self.grow(weight, ~kept, grow_count, grad, generator, temperature)
-        new_mask = kept | grown
-        return RewireResult(mask=new_mask, added=new_mask & ~mask, removed=mask & ~new_mask)
+        kept = exclusive_or(mask, dropped)  # dropped ⊆ mask
+        if grow_count is None:
+            grow_count = int(torch.count_nonzero(dropped))
+        grown = self.grow(weight, kept, grow_count, grad, generator, temperature)
+        return net_result(kept, dropped, grown)
+
+    # ---- driver hooks: periodic rewiring ---------------------------------------------
+    def before_optimizer_step(self, driver: Any, due: bool) -> None:
+        if due and self.needs_grad:
+            # weight.grad is the dense gradient: masked weights are exact zeros in the
+            # parameter, not multiplied by the mask in forward. Copied only when needed.
+            driver.scratch["grads"] = [_dense_grad(layer) for layer in driver.layers]
+
+    def after_optimizer_step(self, driver: Any, due: bool) -> list:
+        if not due:
+            return []
+        fraction = driver.schedule.fraction_at(driver.step_count)
+        grads = driver.scratch.pop("grads", [None] * len(driver.layers))
+        drops = [self.drop(layer.weight.detach(), layer.mask, fraction) for layer in driver.layers]
+        counts = self.grow_counts(driver, drops, grads)
+        changes = []
+        for layer, dropped, grad, count in zip(driver.layers, drops, grads, counts, strict=True):
+            kept = exclusive_or(layer.mask, dropped)
+            grown = self.grow(layer.weight.detach(), kept, count, grad, driver.generator,
+                              driver.temperature)
+            result = net_result(kept, dropped, grown)
+            changes.append(driver.apply_change(layer, result.mask, result.added, result.removed,
+                                               self.grow_init))
+        return changes
+
+    def grow_counts(self, driver: Any, drops: list[torch.Tensor], grads: list) -> list[int]:
+        """How many connections each layer regrows: by default exactly what it dropped."""
+        return [int(torch.count_nonzero(dropped)) for dropped in drops]
 
 
-REGISTRY: dict[str, Rewirer] = {}
+def net_result(kept: torch.Tensor, dropped: torch.Tensor, grown: torch.Tensor) -> RewireResult:
+    """New mask and net changes; `grown` lies outside `kept`, so a regrown position is one
+    in both `dropped` and `grown` and counts as neither added nor removed."""
+    regrown = grown & dropped
+    return RewireResult(mask=kept | grown, added=exclusive_or(grown, regrown),
+                        removed=exclusive_or(dropped, regrown))
 
 
-def register_rewirer(name: str, rewirer: Rewirer | type[Rewirer]) -> None:
+def _dense_grad(layer: Any) -> torch.Tensor:
+    grad = layer.weight.grad
+    return grad.detach().clone() if grad is not None else torch.zeros_like(layer.weight)
+
+
+REGISTRY: dict[str, Algorithm] = {}
+
+
+def register_rewirer(name: str, algorithm: Algorithm | type[Algorithm]) -> None:
     """Make `name` available to `rewire()`, the driver, the CLI and the dashboard."""
     if not name or not isinstance(name, str):
         raise ValueError("name: a rewirer needs a non-empty string name")
-    REGISTRY[name] = rewirer() if isinstance(rewirer, type) else rewirer
+    instance = algorithm() if isinstance(algorithm, type) else algorithm
+    if not isinstance(instance, Algorithm):
+        raise ValueError("algorithm: must be a dst_core.rewire.Algorithm (e.g. a Rewirer)")
+    REGISTRY[name] = instance
 
 
-def get_rewirer(name: str) -> Rewirer:
+def get_algorithm(name: str) -> Algorithm:
+    """The registered algorithm called `name`; ValueError listing the known ones otherwise."""
     try:
         return REGISTRY[name]
-    except KeyError:
+    except (KeyError, TypeError):
         known = ", ".join(sorted(REGISTRY))
-        raise ValueError(f"method: unknown rewiring method {name!r}; known: {known}") from None
+        raise ValueError(f"method: unknown method {name!r}; known: {known}") from None
+
+
+get_rewirer = get_algorithm  # the foundation's name
 
 
 def rewire(
@@ -96,24 +187,33 @@ def rewire(
     temperature: float = 1.0,
 ) -> RewireResult:
     """Rewire one layer's mask; never modifies its inputs. `mask` may be bool or 0/1."""
-    rewirer = get_rewirer(method)
+    rewirer = get_algorithm(method)
+    if not isinstance(rewirer, Rewirer):
+        mask_level = ", ".join(sorted(n for n, a in REGISTRY.items() if isinstance(a, Rewirer)))
+        raise ValueError(f"method: {method!r} is not a mask-level rewirer (it runs inside "
+                         f"SparseDriver); mask-level: {mask_level}")
     if not isinstance(weight, torch.Tensor):
         raise ValueError("weight: expected a torch.Tensor")
     if not isinstance(mask, torch.Tensor):
         raise ValueError("mask: expected a torch.Tensor")
     if mask.shape != weight.shape:
         raise ValueError(f"mask: shape {tuple(mask.shape)} differs from weight {tuple(weight.shape)}")
-    if not isinstance(drop_fraction, (int, float)) or not 0.0 <= float(drop_fraction) <= 1.0:
+    if mask.device != weight.device:
+        raise ValueError(f"mask: on {mask.device}, weight on {weight.device}")
+    if isinstance(drop_fraction, bool) or not isinstance(drop_fraction, (int, float)) \
+            or not 0.0 <= float(drop_fraction) <= 1.0:
         raise ValueError(f"drop_fraction: must lie in [0, 1], got {drop_fraction!r}")
-    if rewirer.needs_grad:
-        if grad is None:
-            raise ValueError(f"grad: method {method!r} grows by gradient and needs `grad`")
-    if grad is not None and grad.shape != weight.shape:
-        raise ValueError(f"grad: shape {tuple(grad.shape)} differs from weight {tuple(weight.shape)}")
-    if not temperature > 0:
+    if rewirer.needs_grad and grad is None:
+        raise ValueError(f"grad: method {method!r} grows by gradient and needs `grad`")
+    if grad is not None:
+        if not isinstance(grad, torch.Tensor) or grad.shape != weight.shape:
+            shape = tuple(grad.shape) if isinstance(grad, torch.Tensor) else type(grad).__name__
+            raise ValueError(f"grad: shape {shape} differs from weight {tuple(weight.shape)}")
+        if grad.device != weight.device:
+            raise ValueError(f"grad: on {grad.device}, weight on {weight.device}")
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"temperature: must be > 0, got {temperature!r}")
     bool_mask = mask.bool() if mask.dtype != torch.bool else mask
     with torch.no_grad():
-        return rewirer(
-            weight.detach(), bool_mask, float(drop_fraction), grad, generator, float(temperature)
-        )
+        return rewirer(weight.detach(), bool_mask, float(drop_fraction),
+                       grad.detach() if grad is not None else None, generator, float(temperature))

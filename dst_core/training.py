@@ -66,14 +66,15 @@ def train(
     x_train, y_train = task.x_train.to(device), task.y_train.to(device)
     x_test, y_test = task.x_test.to(device), task.y_test.to(device)
     steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
+    explicit = config.model_fields_set  # unset fields take the method's published defaults
     driver = SparseDriver(
         model, optimizer, method=config.method, density=config.density,
-        distribution=config.distribution or _method_default(config.method, "distribution",
-                                                            "uniform"),
-        total_steps=steps_per_epoch * config.epochs, drop_fraction=config.drop_fraction,
-        schedule=config.schedule, interval_steps=config.interval_steps,
-        end_fraction=config.end_fraction, steps_per_epoch=steps_per_epoch,
-        temperature=config.temperature, seed=config.seed,
+        distribution=config.distribution, total_steps=steps_per_epoch * config.epochs,
+        drop_fraction=config.drop_fraction, schedule=config.schedule,
+        interval_steps=config.interval_steps, end_fraction=config.end_fraction,
+        steps_per_epoch=steps_per_epoch,
+        temperature=config.temperature if "temperature" in explicit else None,
+        l1=config.l1 if "l1" in explicit else None, seed=config.seed,
     )
     emitter = TopologyEmitter(driver, sink, config.keyframe_every)
     driver.listeners.append(emitter)
@@ -120,10 +121,3 @@ def train(
             "test_loss": test_loss, "test_accuracy": test_accuracy,
         })
     return "completed"
-
-
-def _method_default(method: str, key: str, fallback):
-    from dst_core.rewire import REGISTRY
-
-    rewirer = REGISTRY.get(method)
-    return getattr(rewirer, "defaults", {}).get(key, fallback)

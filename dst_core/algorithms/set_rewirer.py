@@ -2,6 +2,7 @@
 
 Mocanu's rule drops the fraction ζ of the positive weights closest to zero and the fraction ζ
 of the negative weights closest to zero, separately, so both signs keep their share.
+`set_magnitude` is the variant rigl and jaxpruner call SET: drop the smallest |w| overall.
 """
 
 from __future__ import annotations
@@ -9,37 +10,37 @@ from __future__ import annotations
 import torch
 
 from dst_core.rewire import Rewirer, register_rewirer
-from dst_core.selection import select_highest, select_lowest
+from dst_core.selection import exclusive_or, index_to_mask, random_choice, select_index
 
 
-def random_growth(
-    candidates: torch.Tensor, count: int, generator: torch.Generator | None
-) -> torch.Tensor:
-    """Exactly `count` candidates chosen uniformly at random (seeded by `generator`)."""
-    noise = torch.rand(candidates.shape, generator=generator, device=candidates.device)
-    return select_highest(noise, candidates, count)
+class SETMagnitudeRewirer(Rewirer):
+    """SET as rigl/jaxpruner implement it: drop the smallest |w|, grow uniformly at random."""
 
-
-class SETRewirer(Rewirer):
-    """SET: per-sign magnitude drop, uniform random growth."""
-
-    # Mocanu et al.: ζ = 0.3, rewired once per epoch, grown weights drawn at random (zero
-    # init measured here drops SET below a static mask at 95% sparsity).
+    # Mocanu et al.: ζ = 0.3, rewired once per epoch, Erdős–Rényi layer densities; grown
+    # weights drawn at random (zero init measured here drops SET below a static mask at 95%).
     defaults = {"drop_fraction": 0.3, "schedule": "constant", "interval_steps": "epoch",
                 "end_fraction": 1.0, "distribution": "er"}
     grow_init = "random"
 
+    def grow(self, weight, kept, count, grad, generator, temperature):
+        # Uniform without replacement among the non-kept positions (no per-entry scores).
+        return random_choice(kept, count, kept.numel() - int(torch.count_nonzero(kept)), generator)
+
+
+class SETRewirer(SETMagnitudeRewirer):
+    """SET (Mocanu et al. 2018): per-sign magnitude drop, uniform random growth."""
+
     def drop(self, weight: torch.Tensor, mask: torch.Tensor, drop_fraction: float) -> torch.Tensor:
         # Exact zeros count as positive: they are the weakest of that side.
         positive = mask & (weight >= 0)
-        negative = mask & (weight < 0)
-        magnitude = weight.abs()
-        drop_positive = select_lowest(magnitude, positive, int(drop_fraction * int(positive.sum())))
-        drop_negative = select_lowest(magnitude, negative, int(drop_fraction * int(negative.sum())))
-        return drop_positive | drop_negative
-
-    def grow(self, weight, candidates, count, grad, generator, temperature):
-        return random_growth(candidates, count, generator)
+        negative = exclusive_or(mask, positive)
+        count_positive = int(drop_fraction * int(torch.count_nonzero(positive)))
+        count_negative = int(drop_fraction * int(torch.count_nonzero(negative)))
+        # Closest to zero: the lowest positive weights and the highest negative ones.
+        dropped_positive = select_index(weight, count_positive, eligible=positive, largest=False)
+        dropped_negative = select_index(weight, count_negative, eligible=negative, largest=True)
+        return index_to_mask(torch.cat([dropped_positive, dropped_negative]), mask)
 
 
 register_rewirer("set", SETRewirer)
+register_rewirer("set_magnitude", SETMagnitudeRewirer)

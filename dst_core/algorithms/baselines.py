@@ -1,0 +1,22 @@
+"""The two baselines every DST result is measured against."""
+
+from __future__ import annotations
+
+from dst_core.rewire import Algorithm, register_rewirer
+
+
+class DenseBaseline(Algorithm):
+    """Every connection active; the driver still reports densities (all 1) and ITOP."""
+
+    trains_dense = True
+    defaults = {"distribution": "uniform"}
+
+
+class StaticBaseline(Algorithm):
+    """A fixed random mask at the target density, never rewired (the "static sparse" line)."""
+
+    defaults = {"distribution": "erk"}
+
+
+register_rewirer("dense", DenseBaseline)
+register_rewirer("static", StaticBaseline)
