@@ -98,7 +98,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             driver.step()
-            loss_value = float(loss)
+            loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 sink.emit("metrics", driver.step_count, {"epoch": epoch, "loss": loss_value})
                 raise Diverged(f"diverged: loss became {loss_value} at step {driver.step_count}")
