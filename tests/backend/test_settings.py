@@ -11,6 +11,7 @@ import pytest
 from backend.logfmt import format_event
 from backend.middleware import RedactTokens
 from backend.settings import IMPORT_PATH, Settings
+from tests.conftest import REPO
 
 
 def test_safe_defaults():
@@ -122,3 +123,11 @@ def test_tokens_are_redacted_from_server_logs():
                                ("127.0.0.1:5", "/ws/runs/abc?from_seq=0&token=s3cret"), None)
     RedactTokens().filter(record)
     assert "s3cret" not in record.getMessage() and "token=***" in record.getMessage()
+
+
+def test_every_setting_is_documented_in_the_readme():
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("## Settings"):]
+    table = table[:table.index("\n## ", 1)]
+    for name in Settings.model_fields:
+        assert f"`SPARSESCOPE_{name.upper()}`" in table, name
