@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import plotly
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from backend.api import api_router, ws_router
+from backend.logfmt import log_event
 from backend.manager import RunManager
+from backend.middleware import AccessLog, BodySizeLimit, RedactTokens, RequireToken
 from backend.settings import Settings
 from dst_core import __version__
 from dst_core.recording import RunStore
@@ -25,37 +28,43 @@ OPEN_PATHS = ("/api/health",)
 log = logging.getLogger("sparsescope")
 
 
-def _token_ok(presented: str | None, expected: str) -> bool:
-    return presented is not None and hmac.compare_digest(presented.encode(), expected.encode())
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """The whole server for one Settings: API, websocket, dashboard, workers' manager."""
     settings = settings or Settings()
     settings.check()
+    _configure_logging(settings)
     store = RunStore(settings.data_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await app.state.manager.start()
+        log_event(log, "server_started", host=settings.host, port=settings.port,
+                  data_dir=str(settings.data_dir), token=bool(settings.token),
+                  workers=settings.max_concurrent_runs)
         try:
             yield
         finally:
             await app.state.manager.shutdown()
+            log_event(log, "server_stopped")
 
-    app = FastAPI(title="sparsescope", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="sparsescope", version=__version__, lifespan=lifespan,
+                  description="Dynamic sparse training with a live view of the topology.")
     app.state.settings = settings
     app.state.store = store
     app.state.manager = RunManager(store, settings)
+    app.add_exception_handler(RequestValidationError, _validation_error)
 
-    @app.middleware("http")
-    async def require_token(request: Request, call_next):
-        path = request.url.path
-        if settings.token and path.startswith("/api/") and path not in OPEN_PATHS:
-            header = request.headers.get("authorization", "")
-            presented = header[7:] if header.lower().startswith("bearer ") else None
-            if not _token_ok(presented, settings.token):
-                return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401)
-        return await call_next(request)
+    # Added innermost first: a request meets AccessLog, then CORS, the token, the body limit.
+    app.add_middleware(BodySizeLimit, default_bytes=settings.max_body_bytes,
+                       limits=settings.body_limits())
+    if settings.token:
+        app.add_middleware(RequireToken, token=settings.token, open_paths=OPEN_PATHS)
+    if settings.cors_origins:
+        # Off unless origins are named: the dashboard is served from this same origin.
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(AccessLog)
 
     app.include_router(api_router)
     app.include_router(ws_router)
@@ -74,3 +83,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=FRONTEND_DIR), name="static")
     return app
+
+
+async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    """422 with one `{loc, msg, type}` per problem, each message starting with the field's
+    name; the offending input is never echoed back (it may be megabytes, or a secret)."""
+    detail = []
+    for item in error.errors():
+        loc = [part if isinstance(part, (str, int)) else str(part) for part in item.get("loc", ())]
+        detail.append({"loc": loc, "msg": _message(item, loc), "type": item.get("type", "")})
+    log_event(log, "invalid_request", logging.INFO, path=request.url.path,
+              fields=",".join(str(entry["loc"][-1]) for entry in detail if entry["loc"]))
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _message(item: dict, loc: list) -> str:
+    kind = item.get("type", "")
+    text = str(item.get("msg", "invalid"))
+    if kind == "json_invalid":
+        reason = (item.get("ctx") or {}).get("error", "")
+        return f"body: malformed JSON at position {loc[-1]}: {reason}".rstrip(": ")
+    if kind == "extra_forbidden":
+        text = "unknown field"
+    text = text.removeprefix("Value error, ")
+    where = loc[1:] if loc[:1] and loc[0] in ("body", "query", "path", "header") else loc
+    field = ".".join(part for part in where if isinstance(part, str)) or (loc[0] if loc else "body")
+    indices = "".join(f"[{part}]" for part in where if isinstance(part, int))
+    return f"{field}{indices}: {text}"
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.getLogger("sparsescope").setLevel(settings.log_level.upper())
+    redact = RedactTokens()
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(item, RedactTokens) for item in logger.filters):
+            logger.addFilter(redact)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from dst_core.config import RunConfig
 
@@ -12,28 +12,58 @@ RunStatus = Literal["queued", "running", "completed", "stopped", "failed"]
 
 
 class RunSummary(BaseModel):
+    """What a run has reached so far, kept current by its writer (the Recorder)."""
+
     model_config = ConfigDict(extra="allow")
 
-    steps: int = 0
-    final_loss: float | None = None
-    final_test_accuracy: float | None = None
-    best_test_accuracy: float | None = None
-    density: dict[str, float] = {}
-    itop_rate: float | None = None
+    steps: int = Field(0, description="Last training step recorded")
+    final_loss: float | None = Field(None, description="Latest training loss")
+    final_test_accuracy: float | None = Field(None, description="Latest held-out accuracy")
+    best_test_accuracy: float | None = Field(None, description="Best held-out accuracy so far")
+    density: dict[str, float] = Field({}, description="Per-layer density, latest")
+    itop_rate: float | None = Field(None, description="Share of connections ever active")
 
 
 class RunOut(BaseModel):
-    id: str
+    """One run as REST returns it (the same row in the list and by id)."""
+
+    id: str = Field(description="16 hex digits")
     name: str
-    config: RunConfig
+    # A run recorded by a user's own script carries whatever config that script passed, so a
+    # stored config that is not a RunConfig is returned as it is rather than failing the list.
+    config: RunConfig | dict[str, Any] = Field(union_mode="left_to_right")
     status: RunStatus
-    created_at: float
-    started_at: float | None = None
-    ended_at: float | None = None
-    error: str | None = None
+    created_at: float = Field(description="Unix time")
+    started_at: float | None = Field(None, description="Unix time the worker began training")
+    ended_at: float | None = Field(None, description="Unix time of the final status")
+    error: str | None = Field(None, description="Why the run failed (failed runs)")
     summary: RunSummary
 
 
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     version: str
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx other than 422: one human-readable reason."""
+
+    detail: str
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description='Where, e.g. ["body", "hidden", 0]')
+    msg: str = Field(description="What is wrong, starting with the field's name")
+    type: str
+
+
+class ValidationErrorOut(BaseModel):
+    """422: one entry per bad field."""
+
+    detail: list[FieldError]
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "Missing or wrong bearer token"},
+    404: {"model": ErrorOut, "description": "No such run"},
+}

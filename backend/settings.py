@@ -1,26 +1,58 @@
-"""Server settings, read from the environment (prefix SPARSESCOPE_) and the command line."""
+"""Server settings, read from the environment (prefix SPARSESCOPE_) and the command line.
+
+Every knob of the server lives here, limits included: a deployment tightens them with
+environment variables (`SPARSESCOPE_MAX_EPOCHS=200`), never by editing code.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dst_core.config import RunConfig
+
+MIB = 1024 * 1024
+IMPORT_PATH = "/api/runs/import"
+
 
 class Settings(BaseSettings):
-    """Every knob of the server; limits live here, not buried in code."""
+    """Host, port, data folder, token, worker pool and the limits that protect the machine."""
 
     model_config = SettingsConfigDict(env_prefix="SPARSESCOPE_", extra="ignore")
 
+    # ---- where and who --------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address to bind; off loopback a token is required")
     port: int = Field(8000, ge=1, le=65535, description="TCP port")
     data_dir: Path = Field(Path("./sparsescope-data"), description="Run store folder")
-    token: str | None = Field(None, description="Bearer token required off loopback")
+    token: str | None = Field(None, description="Bearer token (REST) / ?token= (websockets); "
+                              "required off loopback")
+    cors_origins: list[str] = Field(
+        [], description='Origins allowed cross-site (JSON list, e.g. \'["https://a.example"]\'); '
+        "empty: CORS off")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Level of the server's own log lines")
+
+    # ---- workers ----------------------------------------------------------------------------
     max_concurrent_runs: int = Field(1, ge=1, le=64, description="Worker processes at once")
     worker_threads: int = Field(1, ge=1, le=256, description="torch threads per worker")
-    stop_grace_s: float = Field(3.0, ge=0.0, le=60.0, description="Cooperative stop, then kill")
+    stop_grace_s: float = Field(3.0, ge=0.0, le=60.0,
+                                description="Cooperative stop, then the worker is killed")
+
+    # ---- limits -----------------------------------------------------------------------------
+    # The defaults admit 8 hidden layers of 4096 units on MNIST (~120 M parameters).
+    max_epochs: int = Field(10_000, ge=1, description="Most epochs one run may ask for")
+    max_width: int = Field(4096, ge=1, description="Widest hidden layer")
+    max_layers: int = Field(8, ge=0, description="Most hidden layers")
+    max_parameters: int = Field(150_000_000, ge=1,
+                                description="Most dense parameters (weights + biases) of a model")
+    max_queued_runs: int = Field(64, ge=0, description="Runs waiting for a worker at once")
+    max_body_bytes: int = Field(1 * MIB, ge=1024, description="Largest request body")
+    max_import_bytes: int = Field(512 * MIB, ge=1024,
+                                  description=f"Largest request body of {IMPORT_PATH}")
 
     @property
     def is_loopback(self) -> bool:
@@ -33,6 +65,31 @@ class Settings(BaseSettings):
 
     def check(self) -> None:
         """Refuse to serve off loopback without a token (anyone on the network could train)."""
-        if not self.is_loopback and not self.token:
+        if not self.is_loopback and not (self.token or "").strip():
             raise ValueError(
                 f"token: binding to {self.host} exposes the server; set SPARSESCOPE_TOKEN")
+
+    def body_limits(self) -> dict[str, int]:
+        """Per-path request body limits; every other path gets `max_body_bytes`."""
+        return {IMPORT_PATH: self.max_import_bytes}
+
+    def run_limit_errors(self, config: RunConfig) -> list[tuple[str, str]]:
+        """(field, message) for every limit `config` exceeds; empty when it fits."""
+        errors: list[tuple[str, str]] = []
+        if config.epochs > self.max_epochs:
+            errors.append(("epochs", f"at most {self.max_epochs} epochs on this server "
+                                     "(SPARSESCOPE_MAX_EPOCHS)"))
+        if len(config.hidden) > self.max_layers:
+            errors.append(("hidden", f"at most {self.max_layers} hidden layers on this server "
+                                     "(SPARSESCOPE_MAX_LAYERS)"))
+        widest = max(config.hidden, default=0)
+        if widest > self.max_width:
+            errors.append(("hidden", f"width {widest} exceeds {self.max_width} on this server "
+                                     "(SPARSESCOPE_MAX_WIDTH)"))
+        if not errors:
+            parameters = config.parameter_count()
+            if parameters > self.max_parameters:
+                errors.append(("hidden", f"the model would have {parameters:,} parameters; at "
+                                         f"most {self.max_parameters:,} on this server "
+                                         "(SPARSESCOPE_MAX_PARAMETERS)"))
+        return errors

@@ -1,30 +1,50 @@
 """The run configuration: one pydantic schema for REST, websockets, the worker, the CLI and
 the saved run. Fields left out (None) take the chosen method's published defaults.
+
+Validation here is what is true on every machine (ranges, `cnn` needs images); what depends
+on the machine serving the request (a GPU, the server's limits) is checked by the server.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 TaskName = Literal["synthetic", "digits", "mnist"]
 ModelName = Literal["mlp", "cnn"]
 MethodName = Literal["dense", "static", "set", "set_magnitude", "rigl", "snfs", "deep_r",
                      "grad_sample"]
 
+# (input_shape, num_classes) of each built-in task, so a run's size is known before any data
+# is loaded (tests/backend/test_validation_limits.py checks it against dst_core.tasks).
+TASK_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
+    "synthetic": ((20,), 2),
+    "digits": ((1, 8, 8), 10),
+    "mnist": ((1, 28, 28), 10),
+}
+# LeNet's feature extractor (dst_core.models.LeNet): two 3×3 convs, each followed by a 2×2 pool.
+CNN_CHANNELS = (16, 32)
+CNN_KERNEL = 3
+CNN_POOLINGS = 2
+
+Width = Annotated[int, Field(ge=1, description="Units in one hidden layer")]
+
 
 class RunConfig(BaseModel):
     """Everything that defines a training run; `POST /api/runs` with `{}` is a valid run."""
 
-    model_config = ConfigDict(extra="forbid")
+    # NaN or ±inf would slip past one-sided bounds (inf > 0): reject them outright.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field("", max_length=200, description="Label shown in the runs list")
     task: TaskName = Field("synthetic", description="Data set (all ship with their packages)")
     model: ModelName = Field("mlp", description="mlp: fully connected; cnn: LeNet-style")
-    hidden: list[int] = Field([64, 64], description="Hidden layer widths")
+    hidden: list[Width] = Field([64, 64], description="Hidden layer widths")
     method: MethodName = Field("set", description="Dynamic sparse training algorithm")
-    density: float = Field(0.1, gt=0.0, le=1.0, description="Share of connections kept active")
+    density: float = Field(0.1, gt=0.0, le=1.0,
+                           description="Share of connections kept active (ignored for dense: 1)")
     distribution: Literal["uniform", "er", "erk"] | None = Field(
         None, description="Layer-wise density; default: the method's (SET er, RigL erk)")
     drop_fraction: float | None = Field(
@@ -42,19 +62,47 @@ class RunConfig(BaseModel):
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="L2 / decoupled weight decay")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds masks, init, data order")
-    keyframe_every: int = Field(10, ge=1, description="Full masks stored every K rewires")
-    temperature: float = Field(1.0, gt=0.0, description="Deep R noise / grad_sample temperature")
-    l1: float = Field(1e-5, ge=0.0, description="Deep R L1 shrink of active parameters")
+    keyframe_every: int = Field(10, ge=1, le=1_000_000,
+                                description="Full masks stored every K rewires")
+    temperature: float = Field(1.0, gt=0.0, le=1e6,
+                               description="Deep R noise / grad_sample temperature")
+    l1: float = Field(1e-5, ge=0.0, le=1.0, description="Deep R L1 shrink of active parameters")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train")
 
-    @model_validator(mode="after")
-    def _check_combinations(self) -> RunConfig:
-        if self.model == "cnn" and self.task == "synthetic":
-            raise ValueError("model: 'cnn' needs an image task (digits or mnist)")
-        for width in self.hidden:
-            if width < 1:
-                raise ValueError("hidden: every width must be >= 1")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _dense_ignores_density(cls, data: Any) -> Any:
+        # A dense run keeps every connection: whatever density came with it is meaningless,
+        # so it is neither validated nor stored as anything but 1.
+        if isinstance(data, dict) and data.get("method") == "dense":
+            return {**data, "density": 1.0}
+        return data
+
+    @field_validator("model")
+    @classmethod
+    def _model_fits_task(cls, model: str, info: ValidationInfo) -> str:
+        task = info.data.get("task")
+        if model == "cnn" and task is not None and len(TASK_SHAPES[task][0]) != 3:
+            raise ValueError(f"'cnn' needs an image task (digits or mnist), not {task!r}")
+        return model
 
     def display_name(self) -> str:
         return self.name or f"{self.method} · {self.task} · {self.model} · d={self.density:g}"
+
+    def parameter_count(self) -> int:
+        """Dense parameters (weights and biases) of the model this config builds, computed
+        from shapes alone: the server refuses oversized runs without allocating them."""
+        input_shape, num_classes = TASK_SHAPES[self.task]
+        total = 0
+        if self.model == "cnn":
+            channels, height, width = input_shape
+            for out_channels in CNN_CHANNELS:
+                total += channels * out_channels * CNN_KERNEL * CNN_KERNEL + out_channels
+                channels = out_channels
+            scale = 2 ** CNN_POOLINGS
+            input_shape = (channels, height // scale, width // scale)
+        fan_in = math.prod(input_shape)
+        for out in [*self.hidden, num_classes]:
+            total += fan_in * out + out
+            fan_in = out
+        return total

@@ -1,3 +1,5 @@
+"""Readiness: the one route that needs no token."""
+
 from fastapi import APIRouter
 
 from backend.schemas import Health

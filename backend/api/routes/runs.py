@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, HTTPException, Response, status
+from fastapi.exceptions import RequestValidationError
 
-from backend.api.deps import ManagerDep, RunIdDep, StoreDep
-from backend.schemas import RunOut
+from backend.api.deps import ManagerDep, RunIdDep, SettingsDep, StoreDep
+from backend.manager import NotOwned, QueueFull
+from backend.schemas import ERROR_RESPONSES, ErrorOut, RunOut, ValidationErrorOut
+from backend.settings import Settings
 from dst_core.config import RunConfig
 
-router = APIRouter(prefix="/api/runs", tags=["runs"])
+router = APIRouter(prefix="/api/runs", tags=["runs"], responses=ERROR_RESPONSES)
 
 
 def _found(run: dict | None, run_id: str) -> dict:
@@ -19,17 +22,41 @@ def _found(run: dict | None, run_id: str) -> dict:
     return run
 
 
-@router.post("", response_model=RunOut, status_code=status.HTTP_201_CREATED)
-async def start_run(config: RunConfig | None = None, *, manager: ManagerDep) -> dict:
-    """Queue a run; a worker process starts it as soon as a slot is free."""
-    config = config or RunConfig()
-    if config.device == "cuda":
-        import torch
+def machine_errors(config: RunConfig, settings: Settings) -> list[tuple[str, str]]:
+    """(field, message) for what this server cannot run: no GPU, an algorithm this build
+    lacks, a run beyond the limits in Settings. The schema itself checks the rest."""
+    import torch
 
-        if not torch.cuda.is_available():
-            raise HTTPException(422, detail=[{"loc": ["body", "device"], "type": "value_error",
-                                              "msg": "device: no CUDA GPU on this server"}])
-    return manager.submit(config.model_dump(), config.display_name())
+    from dst_core.driver import BASELINES
+    from dst_core.rewire import REGISTRY
+
+    errors: list[tuple[str, str]] = []
+    if config.device == "cuda" and not torch.cuda.is_available():
+        errors.append(("device", "'cuda' requested but this server has no CUDA GPU"))
+    if config.method not in BASELINES and config.method not in REGISTRY:
+        known = ", ".join([*BASELINES, *sorted(REGISTRY)])
+        errors.append(("method", f"{config.method!r} is not available in this build; "
+                                 f"available: {known}"))
+    return errors + settings.run_limit_errors(config)
+
+
+@router.post("", response_model=RunOut, status_code=status.HTTP_201_CREATED,
+             responses={422: {"model": ValidationErrorOut, "description": "Bad config"},
+                        429: {"model": ErrorOut, "description": "The queue is full"}})
+async def start_run(settings: SettingsDep, manager: ManagerDep,
+                    config: RunConfig | None = None) -> dict:
+    """Queue a run (every field optional: `{}` or no body is a valid run); a worker process
+    starts it as soon as a slot is free."""
+    config = config or RunConfig()
+    errors = machine_errors(config, settings)
+    if errors:
+        raise RequestValidationError([
+            {"loc": ("body", field), "msg": message, "type": "value_error"}
+            for field, message in errors])
+    try:
+        return manager.submit(config)
+    except QueueFull as error:
+        raise HTTPException(429, detail=f"queue full: {error}") from None
 
 
 @router.get("", response_model=list[RunOut])
@@ -40,17 +67,24 @@ async def list_runs(store: StoreDep) -> list[dict]:
 
 @router.get("/{run_id}", response_model=RunOut)
 async def get_run(run_id: RunIdDep, store: StoreDep) -> dict:
+    """Config, status, timestamps, error and summary of one run."""
     return _found(await asyncio.to_thread(store.get_run, run_id), run_id)
 
 
-@router.post("/{run_id}/stop", response_model=RunOut)
+@router.post("/{run_id}/stop", response_model=RunOut,
+             responses={409: {"model": ErrorOut, "description": "Written by another process"}})
 async def stop_run(run_id: RunIdDep, manager: ManagerDep) -> dict:
-    """Cooperative stop, then kill after the grace period; answers once the run has ended."""
-    return _found(await manager.stop(run_id), run_id)
+    """Cooperative stop within one step, killed after the grace period; answers once the run
+    has ended (`stopped`), or with its current state if it had already ended."""
+    try:
+        return _found(await manager.stop(run_id), run_id)
+    except NotOwned as error:
+        raise HTTPException(409, detail=str(error)) from None
 
 
-@router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
 async def delete_run(run_id: RunIdDep, manager: ManagerDep) -> Response:
+    """Stop the run if it is active and delete everything recorded about it."""
     if not await manager.delete(run_id):
         raise HTTPException(404, detail=f"no run {run_id!r}")
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,185 @@
+"""Bad input of every kind gets a 4xx that says what is wrong, never a 5xx."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.websockets import WebSocketDisconnect
+
+from dst_core.config import TASK_SHAPES, RunConfig
+from dst_core.models import build_model
+from dst_core.tasks import load_task
+
+# (body, status, field named in the message)
+BAD_CONFIGS = [
+    ({"bogus": 3}, 422, "bogus"),
+    ({"epochs": "ten"}, 422, "epochs"),
+    ({"epochs": 1.5}, 422, "epochs"),
+    ({"epochs": 0}, 422, "epochs"),
+    ({"epochs": 10**40}, 422, "epochs"),
+    ({"hidden": "64"}, 422, "hidden"),
+    ({"hidden": [64, "wide"]}, 422, "hidden"),
+    ({"hidden": [0]}, 422, "hidden"),
+    ({"hidden": [-5]}, 422, "hidden"),
+    ({"hidden": [10**12]}, 422, "hidden"),
+    ({"hidden": [4097]}, 422, "hidden"),
+    ({"hidden": [16] * 9}, 422, "hidden"),
+    ({"hidden": [4096] * 8, "task": "mnist", "model": "cnn", "epochs": 1}, 201, None),
+    ({"density": 0}, 422, "density"),
+    ({"density": 1.5}, 422, "density"),
+    ({"density": "dense"}, 422, "density"),
+    ({"drop_fraction": -0.1}, 422, "drop_fraction"),
+    ({"lr": 0}, 422, "lr"),
+    ({"lr": 1e9}, 422, "lr"),
+    ({"momentum": 1}, 422, "momentum"),
+    ({"batch_size": 0}, 422, "batch_size"),
+    ({"seed": -1}, 422, "seed"),
+    ({"interval_steps": 0}, 422, "interval_steps"),
+    ({"keyframe_every": 0}, 422, "keyframe_every"),
+    ({"temperature": 0}, 422, "temperature"),
+    ({"name": "x" * 201}, 422, "name"),
+    ({"method": "magic"}, 422, "method"),
+    ({"method": None}, 422, "method"),
+    ({"task": "imagenet"}, 422, "task"),
+    ({"model": "transformer"}, 422, "model"),
+    ({"model": "cnn", "task": "synthetic"}, 422, "model"),
+    ({"optimizer": "lion"}, 422, "optimizer"),
+    ({"distribution": "gaussian"}, 422, "distribution"),
+    ({"schedule": "linear"}, 422, "schedule"),
+    ({"device": "tpu"}, 422, "device"),
+    ([1, 2], 422, "body"),
+    ("a string", 422, "body"),
+    (17, 422, "body"),
+]
+# Raw bodies: (bytes, content type, status, what the message mentions)
+BAD_BODIES = [
+    (b'{"epochs": 2', "application/json", 422, "malformed JSON"),
+    (b"not json at all", "application/json", 422, "malformed JSON"),
+    (b'{"lr": NaN}', "application/json", 422, "lr"),
+    (b'{"temperature": Infinity}', "application/json", 422, "temperature"),
+    (b'{"epochs": 2}', "text/plain", 422, "body"),
+    (b"\xff\xfe\x00garbage", "application/json", 4, ""),
+]
+ODD_IDS = ["..%2F..", "..%2F..%2Fetc%2Fpasswd", "%00", "0123456789abcde%00", "." * 3,
+           "0123456789ABCDEF", "0123456789abcdef0", "g" * 16, "a" * 10_000, "%2e%2e",
+           "0123456789abcdef%2F..", "'; DROP TABLE runs; --"]
+
+
+def _assert_names(response, field: str) -> None:
+    body = response.json()
+    messages = [item["msg"] for item in body["detail"]] if isinstance(body["detail"], list) else [
+        body["detail"]]
+    assert any(field in message for message in messages), messages
+
+
+@pytest.mark.parametrize(("body", "status", "field"), BAD_CONFIGS,
+                         ids=[str(case[0])[:40] for case in BAD_CONFIGS])
+def test_bad_configs(make_client, body, status, field):
+    client = make_client(max_concurrent_runs=1)
+    response = client.post("/api/runs", json=body)
+    assert response.status_code == status, response.text
+    if status == 422:
+        _assert_names(response, field)
+        assert response.json()["detail"][0]["loc"][0] == "body"
+    else:
+        client.delete(f"/api/runs/{response.json()['id']}")
+
+
+@pytest.mark.parametrize(("raw", "content_type", "status", "mention"), BAD_BODIES,
+                         ids=[case[0][:20].decode(errors="replace") for case in BAD_BODIES])
+def test_bad_bodies(make_client, raw, content_type, status, mention):
+    client = make_client()
+    response = client.post("/api/runs", content=raw, headers={"content-type": content_type})
+    if status == 4:
+        assert 400 <= response.status_code < 500, response.text
+    else:
+        assert response.status_code == status, response.text
+        _assert_names(response, mention)
+
+
+def test_oversized_body(make_client):
+    client = make_client(max_body_bytes=4096)
+    padding = " " * 5000
+    response = client.post("/api/runs", content=b"{" + padding.encode() + b"}",
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert "too large" in response.json()["detail"]
+
+    def chunks():  # no Content-Length: the limit is counted as the body arrives
+        for _ in range(10):
+            yield b" " * 1000
+
+    response = client.post("/api/runs", content=chunks(),
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "too large" in response.json()["detail"]
+    assert client.get("/api/runs").json() == []
+
+
+@pytest.mark.parametrize("run_id", ODD_IDS, ids=[odd[:24] for odd in ODD_IDS])
+@pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
+def test_odd_run_ids(make_client, run_id, method):
+    client = make_client()
+    path = f"/api/runs/{run_id}" + ("/stop" if method == "POST" else "")
+    response = client.request(method, path)
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["detail"]
+
+
+def test_odd_run_ids_on_the_websocket(make_client):
+    client = make_client()
+    for run_id in ("%00", "a" * 5000, "0123456789abcdef", "'; DROP TABLE runs; --"):
+        with client.websocket_connect(f"/ws/runs/{run_id}") as socket:
+            message = socket.receive_json()
+        assert message["type"] == "error" and "no run" in message["error"]
+    # A decoded slash leaves the route: the handshake itself is refused.
+    with pytest.raises(WebSocketDisconnect):
+        with client.websocket_connect("/ws/runs/..%2F..%2Fruns.sqlite3") as socket:
+            socket.receive_json()
+
+
+def test_dense_ignores_density(make_client):
+    client = make_client()
+    response = client.post("/api/runs", json={"method": "dense", "density": 7, "epochs": 1})
+    assert response.status_code == 201, response.text
+    assert response.json()["config"]["density"] == 1.0
+    client.delete(f"/api/runs/{response.json()['id']}")
+
+
+def test_defaults_admit_the_promised_sizes(make_client):
+    client = make_client()
+    response = client.post("/api/runs", json={"epochs": 1000, "hidden": [4096] * 8,
+                                              "task": "mnist"})
+    assert response.status_code == 201, response.text
+    client.delete(f"/api/runs/{response.json()['id']}")
+
+
+def test_limits_are_settings_and_name_the_field(make_client):
+    client = make_client(max_epochs=5, max_width=100, max_layers=2, max_parameters=10_000)
+    cases = [({"epochs": 6}, "epochs"), ({"epochs": 1, "hidden": [101]}, "hidden"),
+             ({"epochs": 1, "hidden": [8, 8, 8]}, "hidden"),
+             ({"epochs": 1, "hidden": [100, 100]}, "hidden")]
+    for body, field in cases:
+        response = client.post("/api/runs", json=body)
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"] == ["body", field]
+        _assert_names(response, field)
+    parameters = client.post("/api/runs", json={"epochs": 1, "hidden": [100, 100]}).json()
+    assert "parameters" in parameters["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize("task", sorted(TASK_SHAPES))
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_parameter_count_matches_the_built_model(task, model):
+    if model == "cnn" and task == "synthetic":
+        return
+    config = RunConfig(task=task, model=model, hidden=[37, 5])
+    loaded = load_task(task)
+    assert TASK_SHAPES[task] == (loaded.input_shape, loaded.num_classes)
+    built = build_model(model, loaded.input_shape, config.hidden, loaded.num_classes)
+    assert config.parameter_count() == sum(p.numel() for p in built.parameters())
+
+
+def test_config_schema_is_in_openapi(make_client):
+    schema = make_client().get("/openapi.json").json()["components"]["schemas"]["RunConfig"]
+    assert set(schema["properties"]) == set(RunConfig.model_fields)
+    assert schema.get("additionalProperties") is False
+    assert "required" not in schema  # every field has a default
