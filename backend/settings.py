@@ -22,6 +22,14 @@ class Settings(BaseSettings):
     worker_threads: int = Field(1, ge=1, le=256, description="torch threads per worker")
     stop_grace_s: float = Field(3.0, ge=0.0, le=60.0, description="Cooperative stop, then kill")
 
+    # ---- run store, import and remote writers (added by the store helper, issue 5) ----
+    import_max_bytes: int = Field(
+        2 * 1024**3, ge=1024, description="Largest accepted POST /api/runs/import body (bytes)")
+    ingest_max_bytes: int = Field(
+        64 * 1024**2, ge=1024, description="Largest accepted remote-writer request body (bytes)")
+    stale_after_s: float = Field(
+        60.0, gt=0.0, description="A running run whose writer sent no heartbeat this long fails")
+
     @property
     def is_loopback(self) -> bool:
         if self.host in ("localhost",):

@@ -181,13 +181,22 @@ def _check_events(events: list[tuple]) -> None:
                 _fail(f"events: seq {seq}: {error}")
 
 
-def import_run(store: RunStore, data: bytes) -> dict:
-    """Copy the run in an export file into `store` under a new id; returns the new run."""
-    if len(data) < 100 or not data.startswith(SQLITE_MAGIC):
-        _fail("not a sparsescope export (the file does not start with an SQLite header)")
+def import_run(store: RunStore, source: bytes | Path) -> dict:
+    """Copy the run in an export file (bytes or a path) into `store` under a new id.
+
+    Returns the new run; raises BadExportError naming the reason and changes nothing."""
     with tempfile.TemporaryDirectory(prefix="sparsescope-import-") as folder:
         path = Path(folder) / "import.sqlite3"
-        path.write_bytes(data)
+        if isinstance(source, (bytes, bytearray)):
+            path.write_bytes(source)
+        else:
+            with open(source, "rb") as handle, open(path, "wb") as out:
+                while chunk := handle.read(1 << 20):
+                    out.write(chunk)
+        with open(path, "rb") as handle:
+            head = handle.read(100)
+        if len(head) < 100 or not head.startswith(SQLITE_MAGIC):
+            _fail("not a sparsescope export (the file does not start with an SQLite header)")
         run, events, artifacts = _read_validated(path)
     run_id = new_run_id()
     if run["status"] in ACTIVE_STATUSES:

@@ -20,7 +20,7 @@ import hmac
 import json
 from collections import deque
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, WebSocket
 
 from dst_core.recording import FINAL_STATUSES, RunStore
 
