@@ -82,10 +82,13 @@ class RunReader:
             columns: dict[str, tuple[list[int], list[float]]] = {}
             for row in rows:
                 for key, value in json.loads(row[1]).items():
-                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    if value is None or (isinstance(value, (int, float))
+                                         and not isinstance(value, bool)):
                         steps, values = columns.setdefault(key, ([], []))
                         steps.append(row[0])
-                        values.append(value)
+                        values.append(np.nan if value is None else value)  # stored NaN is null
+            columns = {key: column for key, column in columns.items()
+                       if not np.isnan(column[1]).all()}
             if columns:
                 out[event_type] = {key: downsample(np.asarray(steps), np.asarray(values, float),
                                                    buckets)

@@ -38,7 +38,7 @@ def record_run(store: RunStore, rewires: int = 30, shape=(64, 96), status="compl
         else:
             events.append(("topology", step, delta_payload("fc.weight", 0, shape, added, removed,
                                                            int(mask.sum()))))
-        events.append(("metrics", step, {"loss": 1.0 / rewire, "accuracy": float("nan")}))
+        events.append(("metrics", step, {"loss": 1.0 / rewire, "accuracy": float("nan") if rewire % 2 else 0.5}))
     store.append_events(run_id, events)
     if status != "running":
         store.set_status(run_id, status)
@@ -65,7 +65,7 @@ def test_json_stream_is_exactly_the_stored_events(client):
         events = read_all(socket)
     assert events[-1] == {"type": "end", "last_seq": store.last_seq(run_id)}
     assert events[:-1] == store.read_events(run_id, 0, 10_000)
-    assert all(event["accuracy"] is None for event in events if event["type"] == "metrics")
+    assert [e["accuracy"] for e in events if e["type"] == "metrics"][:2] == [None, 0.5]
     with client.websocket_connect(f"/ws/runs/{run_id}?from_seq=7") as socket:
         assert json.loads(socket.receive_text())["seq"] == 7
 
