@@ -38,7 +38,8 @@ def record_run(store: RunStore, rewires: int = 30, shape=(64, 96), status="compl
         else:
             events.append(("topology", step, delta_payload("fc.weight", 0, shape, added, removed,
                                                            int(mask.sum()))))
-        events.append(("metrics", step, {"loss": 1.0 / rewire, "accuracy": float("nan") if rewire % 2 else 0.5}))
+        accuracy = float("nan") if rewire % 2 else 0.5
+        events.append(("metrics", step, {"loss": 1.0 / rewire, "accuracy": accuracy}))
     store.append_events(run_id, events)
     if status != "running":
         store.set_status(run_id, status)
