@@ -1,11 +1,28 @@
-"""`sparsescope` command line: `serve` starts the dashboard (more subcommands to come)."""
+"""`sparsescope` command line: serve the dashboard, train headless, manage recorded runs.
+
+    sparsescope serve [--host H] [--port P] [--data-dir D]
+    sparsescope train [--method rigl --density 0.05 ...] [--data-dir D | --url URL --token T]
+    sparsescope runs list|show ID|export ID [-o FILE]|import FILE|delete ID  [--data-dir D]
+
+`train` takes every field of the REST run config as a flag; the flags are generated from
+RunConfig's fields, so a field added there is a flag here with no change to this file.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import signal
 import sys
+import threading
+import time
+import types
+import typing
+from pathlib import Path
+
+DATA_DIR_DEFAULT = os.environ.get("SPARSESCOPE_DATA_DIR", "./sparsescope-data")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,12 +55,214 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- train ---------------------------------------------------------------------------------------
+def _flag_spec(annotation) -> dict:
+    """argparse keywords for one RunConfig field type (Literal, optional, list, scalar)."""
+    args = typing.get_args(annotation)
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        inner = [arg for arg in args if arg is not type(None)]
+        return _flag_spec(inner[0]) if len(inner) == 1 else {"type": str}
+    if origin is typing.Literal:
+        return {"choices": list(args), "type": type(args[0])}
+    if origin is list:
+        return {"nargs": "+", "type": args[0] if args else str}
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    return {"type": annotation}
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from dst_core.config import RunConfig
+
+    config = parser.add_argument_group("run config (every field of the REST run config)")
+    for name, field in RunConfig.model_fields.items():
+        spec = _flag_spec(field.annotation)
+        default = field.default
+        shown = "the method's default" if default is None else default
+        config.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS,
+                            help=f"{field.description or name} (default: {shown})", **spec)
+    where = parser.add_argument_group("where the run is recorded")
+    where.add_argument("--data-dir", default=DATA_DIR_DEFAULT,
+                       help="run store folder (default ./sparsescope-data)")
+    where.add_argument("--url", default=None,
+                       help="record into a running server instead (e.g. http://host:8000)")
+    where.add_argument("--token", default=os.environ.get("SPARSESCOPE_TOKEN"),
+                       help="the server's bearer token (with --url)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+class ProgressSink:
+    """Passes events to the recorder and draws a progress bar from them on stderr."""
+
+    def __init__(self, recorder, quiet: bool, stream=sys.stderr):
+        self.recorder = recorder
+        self.quiet = quiet
+        self.stream = stream
+        self.total_steps = 0
+        self.loss: float | None = None
+        self.accuracy: float | None = None
+        self._drawn = 0.0
+
+    def emit(self, type: str, step: int, payload: dict) -> None:
+        self.recorder.emit(type, step, payload)
+        if type == "meta":
+            self.total_steps = int(payload.get("total_steps") or 0)
+        elif type == "metrics":
+            self.loss = payload.get("loss", self.loss)
+        elif type == "eval":
+            self.accuracy = payload.get("test_accuracy", self.accuracy)
+        if not self.quiet and (time.monotonic() - self._drawn > 0.2 or type == "eval"):
+            self.draw(step)
+
+    def draw(self, step: int, end: str = "") -> None:
+        total = max(1, self.total_steps)
+        done = min(1.0, step / total)
+        bar = "#" * int(done * 30)
+        loss = f" loss {self.loss:.4f}" if isinstance(self.loss, float) else ""
+        accuracy = f" test acc {self.accuracy:.3f}" if isinstance(self.accuracy, float) else ""
+        self.stream.write(f"\r[{bar:<30}] {step}/{total}{loss}{accuracy}{end}")
+        self.stream.flush()
+        self._drawn = time.monotonic()
+
+    def save_model(self, model, driver) -> None:
+        self.recorder.save_model(model, driver)
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from dst_core.config import RunConfig
+    from dst_core.recording import Recorder, RemoteRecorderError
+    from dst_core.training import train
+
+    fields = {name: value for name, value in vars(args).items() if name in RunConfig.model_fields}
+    try:
+        config = RunConfig.model_validate(fields)
+    except ValidationError as error:
+        for item in error.errors():
+            where = ".".join(str(part) for part in item["loc"]) or "config"
+            print(f"sparsescope train: --{where.replace('_', '-')}: {item['msg']}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT,
+                                                                            signal.SIGTERM)}
+    try:
+        options = {"url": args.url, "token": args.token} if args.url else {}
+        recorder = Recorder(args.data_dir, name=config.display_name(), config=config.model_dump(),
+                            writer="cli", keyframe_every=config.keyframe_every, **options)
+    except (RemoteRecorderError, ValueError, OSError) as error:
+        print(f"sparsescope train: {error}", file=sys.stderr)
+        return 1
+    print(f"run {recorder.run_id}: {config.display_name()}", file=sys.stderr, flush=True)
+    sink = ProgressSink(recorder, args.quiet)
+    recorder.start()
+    try:
+        outcome = train(config, sink, should_stop=stop.is_set)
+        error = None
+    except Exception as failure:
+        outcome, error = "failed", f"{type(failure).__name__}: {failure}"
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    try:
+        recorder.finish(outcome, error=error)
+    except RemoteRecorderError as failure:
+        print(f"\nsparsescope train: {failure}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        sink.draw(sink.recorder.last_step, end="\n")
+    print(f"run {recorder.run_id} {outcome}" + (f": {error}" if error else ""), file=sys.stderr)
+    print(recorder.run_id)
+    return {"completed": 0, "stopped": 130}.get(outcome, 1)
+
+
+# ---- runs ----------------------------------------------------------------------------------------
+def _store(args: argparse.Namespace):
+    from dst_core.recording import RunStore
+
+    if not Path(args.data_dir, "runs.sqlite3").exists():
+        raise SystemExit(f"sparsescope runs: no run store in {args.data_dir} (use --data-dir)")
+    return RunStore(args.data_dir)
+
+
+def _run_or_exit(store, run_id: str) -> dict:
+    run = store.get_run(run_id)
+    if run is None:
+        raise SystemExit(f"sparsescope runs: no run {run_id!r} in {store.data_dir}")
+    return run
+
+
+def runs_command(args: argparse.Namespace) -> int:
+    from dst_core.recording import BadExportError, export_run, import_run
+    from dst_core.recording.transfer import export_filename
+
+    if args.action == "import":
+        from dst_core.recording import RunStore
+
+        store = RunStore(args.data_dir)
+        try:
+            run = import_run(store, Path(args.file))
+        except OSError as error:
+            raise SystemExit(f"sparsescope runs import: {error}") from None
+        except BadExportError as error:
+            raise SystemExit(f"sparsescope runs import: {args.file}: {error}") from None
+        print(run["id"])
+        return 0
+    store = _store(args)
+    if args.action == "list":
+        runs = store.list_runs()
+        print(f"{'id':16}  {'status':9}  {'steps':>7}  {'created (UTC)':19}  name")
+        for run in runs:
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(run["created_at"]))
+            print(f"{run['id']:16}  {run['status']:9}  {run['summary'].get('steps', 0):>7}  "
+                  f"{created:19}  {run['name']}")
+        return 0
+    run = _run_or_exit(store, args.run_id)
+    if args.action == "show":
+        print(json.dumps(run, indent=2))
+    elif args.action == "export":
+        target = Path(args.output or export_filename(run["name"]))
+        target.write_bytes(export_run(store, run["id"]))
+        print(target)
+    elif args.action == "delete":
+        if run["status"] in ("queued", "running") and not args.force:
+            raise SystemExit(f"sparsescope runs delete: run {run['id']} is {run['status']}; "
+                             "stop it first or pass --force")
+        store.delete_run(run["id"])
+        print(f"deleted {run['id']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sparsescope", description=__doc__)
+    parser = argparse.ArgumentParser(prog="sparsescope", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="start the dashboard server")
     add_serve_arguments(serve_parser)
     serve_parser.set_defaults(handler=serve)
+
+    train_parser = commands.add_parser("train", help="train one run headless and record it")
+    add_train_arguments(train_parser)
+    train_parser.set_defaults(handler=train_command)
+
+    runs_parser = commands.add_parser("runs", help="list, show, export, import, delete runs")
+    actions = runs_parser.add_subparsers(dest="action", required=True)
+    for action, help_text in (("list", "every run, newest first"), ("show", "one run as JSON"),
+                              ("export", "write one run to a .sparsescope file"),
+                              ("import", "add the run in a .sparsescope file"),
+                              ("delete", "delete a run and its data")):
+        sub = actions.add_parser(action, help=help_text)
+        sub.add_argument("--data-dir", default=DATA_DIR_DEFAULT, help="run store folder")
+        if action in ("show", "export", "delete"):
+            sub.add_argument("run_id", help="the run's 16-hex-digit id")
+        if action == "export":
+            sub.add_argument("-o", "--output", help="file to write (default <name>.sparsescope)")
+        if action == "import":
+            sub.add_argument("file", help="a .sparsescope file from `runs export`")
+        if action == "delete":
+            sub.add_argument("--force", action="store_true", help="delete even an active run")
+        sub.set_defaults(handler=runs_command)
     args = parser.parse_args(argv)
     return args.handler(args)
 

@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     max_import_bytes: int = Field(512 * MIB, ge=1024,
                                   description=f"Largest request body of {IMPORT_PATH}")
 
+    # ---- run store, import and remote writers (added by the store helper, issue 5) ----
+    import_max_bytes: int = Field(
+        2 * 1024**3, ge=1024, description="Largest accepted POST /api/runs/import body (bytes)")
+    ingest_max_bytes: int = Field(
+        64 * 1024**2, ge=1024, description="Largest accepted remote-writer request body (bytes)")
+    stale_after_s: float = Field(
+        60.0, gt=0.0, description="A running run whose writer sent no heartbeat this long fails")
+
     @property
     def is_loopback(self) -> bool:
         if self.host in ("localhost",):

@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dst_core.config import RunConfig
     from dst_core.recording import FINAL_STATUSES, Recorder
+    from dst_core.recording.recorder import run_info
     from dst_core.training import train
 
     torch.set_num_threads(args.threads)
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     config = RunConfig.model_validate(run["config"])
     recorder.keyframe_every = config.keyframe_every
-    recorder.store.set_status(args.run_id, "running")
+    recorder.store.set_info(args.run_id, {**run.get("info", {}), **run_info("worker", config.seed)})
+    recorder.start()  # status running + heartbeat thread
     try:
         outcome = train(config, recorder, should_stop=stop_requested.is_set)
     except Exception as error:  # the run fails, the worker reports why and exits cleanly

@@ -120,4 +120,6 @@ def train(
             "epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_accuracy,
             "test_loss": test_loss, "test_accuracy": test_accuracy,
         })
+    if hasattr(sink, "save_model"):
+        sink.save_model(model, driver)
     return "completed"

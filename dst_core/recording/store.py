@@ -1,8 +1,14 @@
 """The run store: SQLite in WAL mode, one writer per run and any number of readers.
 
 Every event of a run gets the next sequence number inside the same write transaction that
-stores it, so the server (queued/stopped/failed) and the worker (running/metrics/frames)
-can both append to one run without ever reusing a `seq`.
+stores it, so the server (queued/stopped/failed) and the writer (running/metrics/frames) can
+both append to one run without ever reusing a `seq`. A remote writer assigns its own `seq`s
+(it may resend a batch after a lost reply); the store keeps the first copy of each.
+
+Topology events are stored as a small JSON header plus a compressed blob (see codec.py) and
+indexed by (layer, keyframe, step), so any layer's mask at any step is one keyframe plus at
+most K-1 deltas away. The file's layout is versioned in `meta.schema_version`; opening an
+older file applies the MIGRATIONS in order, each in one transaction.
 """
 
 from __future__ import annotations
@@ -13,15 +19,21 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+from dst_core.recording import codec
+
+SCHEMA_VERSION = 2
 DB_NAME = "runs.sqlite3"
 ACTIVE_STATUSES = ("queued", "running")
 FINAL_STATUSES = ("completed", "stopped", "failed")
+STATUSES = ACTIVE_STATUSES + FINAL_STATUSES
+STALE_ERROR = "stale: writer went silent"
 
-_SCHEMA = """
+# Version 1: the foundation's layout (JSON payloads only). Every file starts from it and is
+# migrated forward, so a fresh file and an upgraded old file follow the same path.
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -46,6 +58,31 @@ CREATE INDEX IF NOT EXISTS events_type ON events (run_id, type, seq);
 """
 
 
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """Compressed topology blobs, a frame index, writer heartbeats, run info, artifacts."""
+    db.execute("ALTER TABLE runs ADD COLUMN heartbeat_at REAL")
+    db.execute("ALTER TABLE runs ADD COLUMN info TEXT NOT NULL DEFAULT '{}'")
+    db.execute("ALTER TABLE events ADD COLUMN layer INTEGER")
+    db.execute("ALTER TABLE events ADD COLUMN keyframe INTEGER")
+    db.execute("ALTER TABLE events ADD COLUMN blob BLOB")
+    db.execute("CREATE INDEX IF NOT EXISTS events_frames ON events (run_id, layer, keyframe, step)"
+               " WHERE layer IS NOT NULL")
+    db.execute("CREATE TABLE IF NOT EXISTS artifacts (run_id TEXT NOT NULL, name TEXT NOT NULL,"
+               " data BLOB NOT NULL, PRIMARY KEY (run_id, name)) WITHOUT ROWID")
+    rows = db.execute("SELECT run_id, seq, payload FROM events WHERE type = 'topology'").fetchall()
+    for row in rows:
+        header, blob = codec.payload_to_stored(json.loads(row[2]))
+        db.execute("UPDATE events SET payload = ?, layer = ?, keyframe = ?, blob = ? "
+                   "WHERE run_id = ? AND seq = ?",
+                   (dumps(header), int(header["index"]), int(header["keyframe"]), blob,
+                    row[0], row[1]))
+
+
+MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [
+    (2, _migrate_1_to_2),
+]
+
+
 def new_run_id() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -65,31 +102,74 @@ def dumps(value) -> str:
     return json.dumps(finite_json(value), separators=(",", ":"), allow_nan=False)
 
 
+def connect(path: str | Path, *, read_only: bool = False) -> sqlite3.Connection:
+    if read_only:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA trusted_schema=OFF")  # a foreign file's views/triggers run nothing
+    else:
+        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def schema_version(db: sqlite3.Connection) -> int:
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.DatabaseError:
+        return 0
+    try:
+        return int(row[0]) if row else 0
+    except (TypeError, ValueError):
+        return -1
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Bring a file to SCHEMA_VERSION; each step commits alone, so a crash leaves a valid file."""
+    db.executescript(_SCHEMA_V1)  # idempotent; executescript commits by itself
+    with _Transaction(db):
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', '1')")
+    for target, step in MIGRATIONS:
+        with _Transaction(db):
+            current = schema_version(db)  # re-read under the write lock: another process may
+            if current < 1 or current > SCHEMA_VERSION:  # have migrated meanwhile
+                raise ValueError(f"schema_version: {current} is not a version this sparsescope "
+                                 f"reads (1..{SCHEMA_VERSION})")
+            if current >= target:
+                continue
+            step(db)
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(target),))
+    return schema_version(db)
+
+
 class RunStore:
     """Thread-safe handle on a data folder's run database (one connection per thread)."""
 
-    def __init__(self, data_dir: str | Path):
+    def __init__(self, data_dir: str | Path, *, file_name: str = DB_NAME):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.data_dir / DB_NAME
+        self.path = self.data_dir / file_name
         self._local = threading.local()
-        self.db.executescript(_SCHEMA)  # executescript commits by itself: no BEGIN around it
-        with self._write() as db:
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                       (str(SCHEMA_VERSION),))
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        version = schema_version(self.db)
+        if version > SCHEMA_VERSION:
+            raise ValueError(f"schema_version: {self.path} has version {version}; this sparsescope "
+                             f"reads up to {SCHEMA_VERSION} (upgrade sparsescope)")
+        migrate(self.db)
 
     # ---- connections ----------------------------------------------------------------------
     @property
     def db(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
-                                   check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn = connect(self.path)
             self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
         return conn
 
     def _write(self):
@@ -100,16 +180,24 @@ class RunStore:
         if conn is not None:
             conn.close()
             self._local.conn = None
+            with self._lock:
+                if conn in self._connections:
+                    self._connections.remove(conn)
 
     # ---- runs -------------------------------------------------------------------------------
-    def create_run(self, config: dict, name: str, status: str = "queued") -> dict:
-        run_id = new_run_id()
+    def create_run(self, config: dict, name: str, status: str = "queued",
+                   info: dict | None = None, run_id: str | None = None,
+                   status_event: bool = True) -> dict:
+        run_id = run_id or new_run_id()
         now = time.time()
         with self._write() as db:
             db.execute(
-                "INSERT INTO runs (id, name, config, status, created_at) VALUES (?, ?, ?, ?, ?)",
-                (run_id, name, dumps(config), status, now))
-            self._append(db, run_id, [("status", 0, {"status": status})])
+                "INSERT INTO runs (id, name, config, status, created_at, started_at, heartbeat_at,"
+                " info) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, name, dumps(config), status, now, now if status == "running" else None,
+                 now, dumps(info or {})))
+            if status_event:
+                self._append(db, run_id, [("status", 0, {"status": status})])
         return self.get_run(run_id)
 
     def get_run(self, run_id: str) -> dict | None:
@@ -131,22 +219,9 @@ class RunStore:
     def set_status(self, run_id: str, status: str, error: str | None = None, step: int = 0,
                    only_if_active: bool = True) -> bool:
         """Move a run to `status` and store the status event; False if it already ended."""
-        now = time.time()
         with self._write() as db:
-            row = db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row is None or (only_if_active and row["status"] in FINAL_STATUSES):
+            if not _status_change(db, run_id, status, error, only_if_active):
                 return False
-            if row["status"] == status:
-                return False
-            fields = {"status": status}
-            if status == "running":
-                fields["started_at"] = now
-            if status in FINAL_STATUSES:
-                fields["ended_at"] = now
-            if error is not None:
-                fields["error"] = error
-            assignments = ", ".join(f"{key} = ?" for key in fields)
-            db.execute(f"UPDATE runs SET {assignments} WHERE id = ?", [*fields.values(), run_id])
             payload = {"status": status}
             if error is not None:
                 payload["error"] = error
@@ -155,65 +230,224 @@ class RunStore:
 
     def update_summary(self, run_id: str, summary: dict) -> None:
         with self._write() as db:
-            db.execute("UPDATE runs SET summary = ? WHERE id = ?", (dumps(summary), run_id))
+            db.execute("UPDATE runs SET summary = ?, heartbeat_at = ? WHERE id = ?",
+                       (dumps(summary), time.time(), run_id))
+
+    def heartbeat(self, run_id: str) -> None:
+        """The writer is alive (see mark_stale)."""
+        with self._write() as db:
+            db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (time.time(), run_id))
+
+    def mark_stale(self, timeout_s: float, exclude: Iterable[str] = ()) -> list[str]:
+        """Fail every running run whose writer has not been heard from for `timeout_s`."""
+        cutoff = time.time() - timeout_s
+        exclude = set(exclude)
+        rows = self.db.execute(
+            "SELECT id FROM runs WHERE status = 'running' AND "
+            "COALESCE(heartbeat_at, started_at, created_at) < ?", (cutoff,)).fetchall()
+        failed = []
+        for row in rows:
+            if row["id"] in exclude:
+                continue
+            with self._write() as db:  # re-checked under the lock: a heartbeat may have landed
+                fresh = db.execute("SELECT COALESCE(heartbeat_at, started_at, created_at) "
+                                   "FROM runs WHERE id = ? AND status = 'running'",
+                                   (row["id"],)).fetchone()
+                if fresh is None or fresh[0] >= cutoff:
+                    continue
+                _status_change(db, row["id"], "failed", STALE_ERROR, True)
+                self._append(db, row["id"], [("status", self._last_step(db, row["id"]),
+                                              {"status": "failed", "error": STALE_ERROR})])
+            failed.append(row["id"])
+        return failed
+
+    def set_info(self, run_id: str, info: dict) -> None:
+        with self._write() as db:
+            db.execute("UPDATE runs SET info = ? WHERE id = ?", (dumps(info), run_id))
 
     def delete_run(self, run_id: str) -> bool:
         with self._write() as db:
             db.execute("DELETE FROM events WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM artifacts WHERE run_id = ?", (run_id,))
             return db.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount > 0
 
-    # ---- events -----------------------------------------------------------------------------
-    def append_events(self, run_id: str, events: list[tuple[str, int, dict]]) -> int:
-        """Store (type, step, payload) events in order; returns the last seq written."""
+    # ---- artifacts (the trained model) ---------------------------------------------------------
+    def put_artifact(self, run_id: str, name: str, data: bytes) -> None:
         with self._write() as db:
-            return self._append(db, run_id, events)
+            db.execute("INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?)", (run_id, name, data))
+
+    def get_artifact(self, run_id: str, name: str) -> bytes | None:
+        row = self.db.execute("SELECT data FROM artifacts WHERE run_id = ? AND name = ?",
+                              (run_id, name)).fetchone()
+        return bytes(row[0]) if row else None
+
+    # ---- events -----------------------------------------------------------------------------
+    def append_events(self, run_id: str, events: list[tuple[str, int, dict]],
+                      summary: dict | None = None) -> int:
+        """Store (type, step, payload) events in order (and the summary, in the same commit,
+        which also counts as the writer's heartbeat); returns the last seq written."""
+        with self._write() as db:
+            last = self._append(db, run_id, events)
+            if summary is not None:
+                db.execute("UPDATE runs SET summary = ?, heartbeat_at = ? WHERE id = ?",
+                           (dumps(summary), time.time(), run_id))
+            return last
+
+    def ingest_events(self, run_id: str, events: list[dict], summary: dict | None = None) -> int:
+        """Store events that carry their writer's own `seq`; a seq seen before is dropped.
+
+        Status events also move the run's status, exactly as set_status would. Returns the
+        run's last stored seq.
+        """
+        with self._write() as db:
+            last = self._last_seq(db, run_id)
+            rows = []
+            for event in sorted(events, key=lambda item: item["seq"]):
+                seq = int(event["seq"])
+                if seq <= last:
+                    continue  # a resent batch: the first copy is kept
+                payload = {k: v for k, v in event.items() if k not in ("seq", "step", "type")}
+                if event["type"] == "status":
+                    _status_change(db, run_id, payload["status"], payload.get("error"), True)
+                rows.append(_row(run_id, seq, int(event["step"]), event["type"], payload))
+                last = seq
+            db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (time.time(), run_id))
+            if summary is not None:
+                db.execute("UPDATE runs SET summary = ? WHERE id = ?", (dumps(summary), run_id))
+            return last
 
     def _append(self, db: sqlite3.Connection, run_id: str, events) -> int:
-        last = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?",
-                          (run_id,)).fetchone()[0]
-        rows = []
-        for offset, (event_type, step, payload) in enumerate(events, start=1):
-            rows.append((run_id, last + offset, int(step), event_type, dumps(payload)))
-        db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", rows)
+        last = self._last_seq(db, run_id)
+        rows = [_row(run_id, last + offset, int(step), event_type, payload)
+                for offset, (event_type, step, payload) in enumerate(events, start=1)]
+        db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         return last + len(rows)
 
-    def read_events(self, run_id: str, from_seq: int = 0, limit: int = 500) -> list[dict]:
-        rows = self.db.execute(
-            "SELECT seq, step, type, payload FROM events WHERE run_id = ? AND seq >= ? "
+    @staticmethod
+    def _last_seq(db: sqlite3.Connection, run_id: str) -> int:
+        return db.execute("SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?",
+                          (run_id,)).fetchone()[0]
+
+    @staticmethod
+    def _last_step(db: sqlite3.Connection, run_id: str) -> int:
+        row = db.execute("SELECT step FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1",
+                         (run_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _rows(self, run_id: str, from_seq: int, limit: int) -> list[sqlite3.Row]:
+        return self.db.execute(
+            "SELECT seq, step, type, payload, blob FROM events WHERE run_id = ? AND seq >= ? "
             "ORDER BY seq LIMIT ?", (run_id, from_seq, limit)).fetchall()
-        return [event_dict(row) for row in rows]
+
+    def read_events(self, run_id: str, from_seq: int = 0, limit: int = 500) -> list[dict]:
+        """Stored events as dicts in the JSON wire format."""
+        return [event_dict(row) for row in self._rows(run_id, from_seq, limit)]
 
     def read_event_texts(self, run_id: str, from_seq: int = 0,
                          limit: int = 500) -> list[tuple[int, str]]:
-        """(seq, JSON text) of stored events, built without a decode/encode round trip."""
-        rows = self.db.execute(
-            "SELECT seq, step, type, payload FROM events WHERE run_id = ? AND seq >= ? "
-            "ORDER BY seq LIMIT ?", (run_id, from_seq, limit)).fetchall()
-        return [(row["seq"], _event_text(row)) for row in rows]
+        """(seq, JSON text) of stored events, in the websocket's JSON wire format."""
+        return [(row["seq"], event_text(row)) for row in self._rows(run_id, from_seq, limit)]
+
+    def read_messages(self, run_id: str, from_seq: int = 0, limit: int = 500,
+                      binary: bool = False) -> list[tuple[int, str | bytes, bool]]:
+        """(seq, message, starts_keyframe) for the stream: text, or bytes for binary frames."""
+        out = []
+        for row in self._rows(run_id, from_seq, limit):
+            keyframe = row["type"] == "topology" and json.loads(row["payload"])["keyframe"]
+            if binary and row["type"] == "topology":
+                header = json.loads(row["payload"])
+                raw = codec.stored_to_raw(header, row["blob"])
+                header = {"seq": row["seq"], "step": row["step"], "type": "topology", **header}
+                out.append((row["seq"], codec.binary_message(header, raw), keyframe))
+            else:
+                out.append((row["seq"], event_text(row), keyframe))
+        return out
 
     def last_seq(self, run_id: str) -> int:
-        return self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?",
-                               (run_id,)).fetchone()[0]
+        return self._last_seq(self.db, run_id)
+
+    def latest_keyframe_seq(self, run_id: str, after_seq: int = 0) -> int | None:
+        """First seq of the newest stored full set of keyframes (where a slow viewer resumes)."""
+        row = self.db.execute(
+            "SELECT MAX(seq) FROM events WHERE run_id = ? AND layer = 0 AND keyframe = 1",
+            (run_id,)).fetchone()
+        return row[0] if row and row[0] is not None and row[0] > after_seq else None
+
+    # ---- frames -------------------------------------------------------------------------------
+    def frames_for_mask(self, run_id: str, layer_index: int, step: int) -> list[sqlite3.Row]:
+        """The newest keyframe of a layer at or before `step` and every delta after it."""
+        keyframe = self.db.execute(
+            "SELECT seq FROM events WHERE run_id = ? AND layer = ? AND keyframe = 1 AND step <= ?"
+            " ORDER BY step DESC, seq DESC LIMIT 1", (run_id, layer_index, step)).fetchone()
+        if keyframe is None:
+            return []
+        return self.db.execute(
+            "SELECT seq, step, payload, blob FROM events WHERE run_id = ? AND layer = ? "
+            "AND step <= ? AND seq >= ? ORDER BY seq", (run_id, layer_index, step,
+                                                        keyframe[0])).fetchall()
+
+    def frame_steps(self, run_id: str, layer_index: int = 0) -> list[int]:
+        rows = self.db.execute("SELECT DISTINCT step FROM events WHERE run_id = ? AND layer = ? "
+                               "ORDER BY step", (run_id, layer_index)).fetchall()
+        return [row[0] for row in rows]
+
+
+def _status_change(db: sqlite3.Connection, run_id: str, status: str, error: str | None,
+                   only_if_active: bool) -> bool:
+    if status not in STATUSES:
+        raise ValueError(f"status: {status!r} is not one of {', '.join(STATUSES)}")
+    row = db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+    if row is None or (only_if_active and row["status"] in FINAL_STATUSES):
+        return False
+    if row["status"] == status:
+        return False
+    now = time.time()
+    fields: dict = {"status": status, "heartbeat_at": now}
+    if status == "running":
+        fields["started_at"] = now
+    if status in FINAL_STATUSES:
+        fields["ended_at"] = now
+    if error is not None:
+        fields["error"] = error
+    assignments = ", ".join(f"{key} = ?" for key in fields)
+    db.execute(f"UPDATE runs SET {assignments} WHERE id = ?", [*fields.values(), run_id])
+    return True
+
+
+def _row(run_id: str, seq: int, step: int, event_type: str, payload: dict) -> tuple:
+    if event_type == "topology":
+        header, blob = codec.payload_to_stored(payload)
+        return (run_id, seq, step, event_type, dumps(header), int(header["index"]),
+                int(bool(header["keyframe"])), blob)
+    return (run_id, seq, step, event_type, dumps(payload), None, None, None)
 
 
 def event_dict(row) -> dict:
     event = json.loads(row["payload"])
+    if row["type"] == "topology":
+        event = codec.stored_to_payload(event, row["blob"])
     event.update(seq=row["seq"], step=row["step"], type=row["type"])
     return event
 
 
-def _event_text(row) -> str:
+def event_text(row) -> str:
     head = f'{{"seq":{row["seq"]},"step":{row["step"]},"type":{json.dumps(row["type"])}'
     payload = row["payload"]
+    if row["type"] == "topology":
+        payload = dumps(codec.stored_to_payload(json.loads(payload), row["blob"]))
     return head + ("}" if payload == "{}" else "," + payload[1:])
 
 
 def _run_row(row: sqlite3.Row) -> dict:
+    keys = row.keys()
     return {
         "id": row["id"], "name": row["name"], "config": json.loads(row["config"]),
         "status": row["status"], "created_at": row["created_at"],
         "started_at": row["started_at"], "ended_at": row["ended_at"], "error": row["error"],
         "summary": json.loads(row["summary"] or "{}"),
+        "heartbeat_at": row["heartbeat_at"] if "heartbeat_at" in keys else None,
+        "info": json.loads(row["info"] or "{}") if "info" in keys else {},
     }
 
 

@@ -1,0 +1,156 @@
+"""Remote writers: a training job elsewhere records into this server (dst_core remote Recorder).
+
+Events arrive in the websocket's JSON wire format, each with the writer's own `seq`; a seq
+already stored is dropped, so a batch resent after a lost reply is stored once. Every request
+counts as the writer's heartbeat. This router's lifespan also runs the stale-writer watcher:
+a running run whose writer (remote job, CLI, script or worker) has been silent for
+`stale_after_s` is marked failed ("stale: writer went silent").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from backend.api.deps import RunIdDep, SettingsDep, StoreDep
+from dst_core.config import RunConfig
+from dst_core.recording import FINAL_STATUSES, RunStore
+from dst_core.recording.codec import FrameError
+from dst_core.recording.transfer import ARTIFACT_NAMES
+
+log = logging.getLogger("sparsescope.ingest")
+
+
+async def _watch_stale(app: FastAPI) -> None:
+    settings = app.state.settings
+    period_s = min(5.0, settings.stale_after_s / 4)
+    while True:
+        await asyncio.sleep(period_s)
+        try:
+            manager = getattr(app.state, "manager", None)
+            supervised = list(getattr(manager, "workers", {}) or {})  # the manager reaps these
+            failed = await asyncio.to_thread(app.state.store.mark_stale, settings.stale_after_s,
+                                             supervised)
+            for run_id in failed:
+                log.warning("run=%s marked failed: writer silent for %.0f s", run_id,
+                            settings.stale_after_s)
+        except Exception:  # the watcher must outlive any single bad read
+            log.exception("stale-writer watcher error")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    watcher = asyncio.create_task(_watch_stale(app), name="stale-writer-watcher")
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+router = APIRouter(prefix="/api/ingest/runs", tags=["ingest"], lifespan=lifespan)
+
+
+class IngestRun(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("remote run", max_length=200)
+    config: RunConfig = Field(default_factory=RunConfig)
+    info: dict = Field(default_factory=dict, description="Versions, git commit, seed, host")
+
+
+class IngestEvent(BaseModel):
+    """One event in the wire format; its payload fields sit beside seq/step/type."""
+
+    model_config = ConfigDict(extra="allow")
+
+    seq: int = Field(..., ge=1)
+    step: int = Field(..., ge=0)
+    type: str = Field(..., pattern=r"^[a-z_]{1,32}$")
+
+
+class IngestBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[IngestEvent] = Field(..., max_length=100_000)
+    summary: dict | None = None
+
+
+class Created(BaseModel):
+    id: str
+    next_seq: int
+
+
+def _check_size(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, detail=f"request larger than ingest_max_bytes ({limit})")
+
+
+def _writable(store: RunStore, run_id: str) -> None:
+    run = store.get_run(run_id)
+    if run is None:
+        raise HTTPException(404, detail=f"no run {run_id!r}")
+    if run["status"] in FINAL_STATUSES:
+        raise HTTPException(409, detail=f"run {run_id} has ended ({run['status']}"
+                                        f"{': ' + run['error'] if run['error'] else ''})")
+
+
+@router.post("", response_model=Created, status_code=status.HTTP_201_CREATED)
+async def create(body: IngestRun, store: StoreDep) -> Created:
+    """A new run for a remote writer; it numbers its events from `next_seq`."""
+    info = {**body.info, "writer": "remote"}
+    run = await asyncio.to_thread(store.create_run, body.config.model_dump(), body.name,
+                                  "queued", info)
+    return Created(id=run["id"], next_seq=store.last_seq(run["id"]) + 1)
+
+
+@router.post("/{run_id}/events")
+async def events(run_id: RunIdDep, body: IngestBatch, request: Request, store: StoreDep,
+                 settings: SettingsDep) -> dict:
+    _check_size(request, settings.ingest_max_bytes)
+
+    def write() -> int:
+        _writable(store, run_id)
+        try:
+            return store.ingest_events(run_id, [event.model_dump() for event in body.events],
+                                       body.summary)
+        except (FrameError, KeyError, TypeError, ValueError) as error:
+            raise HTTPException(422, detail=f"events: {error}") from None
+
+    return {"last_seq": await asyncio.to_thread(write)}
+
+
+@router.post("/{run_id}/heartbeat", status_code=status.HTTP_204_NO_CONTENT)
+async def heartbeat(run_id: RunIdDep, store: StoreDep) -> Response:
+    def beat() -> None:
+        _writable(store, run_id)
+        store.heartbeat(run_id)
+
+    await asyncio.to_thread(beat)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.put("/{run_id}/artifacts/{name}", status_code=status.HTTP_204_NO_CONTENT)
+async def artifact(run_id: RunIdDep, name: str, request: Request, store: StoreDep,
+                   settings: SettingsDep) -> Response:
+    """The trained model of a remote run (raw bytes of the .pt file)."""
+    if name not in ARTIFACT_NAMES:
+        raise HTTPException(404, detail=f"artifact name must be one of {', '.join(ARTIFACT_NAMES)}")
+    _check_size(request, settings.ingest_max_bytes)
+    data = await request.body()
+    if len(data) > settings.ingest_max_bytes:
+        raise HTTPException(413, detail="artifact larger than ingest_max_bytes")
+
+    def put() -> None:
+        _writable(store, run_id)
+        store.put_artifact(run_id, name, data)
+
+    await asyncio.to_thread(put)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,71 @@
+"""Runs in and out of the server: export file, import, and the trained model download."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException, Request, Response, status
+
+from backend.api.deps import RunIdDep, SettingsDep, StoreDep
+from backend.schemas import RunOut
+from dst_core.recording import BadExportError, export_run, import_run
+from dst_core.recording.recorder import MODEL_ARTIFACT
+from dst_core.recording.transfer import export_filename
+
+router = APIRouter(prefix="/api/runs", tags=["transfer"])
+
+
+@router.get("/{run_id}/export", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}}})
+async def export(run_id: RunIdDep, store: StoreDep) -> Response:
+    """The run as one self-contained `.sparsescope` file (events, frames, model)."""
+    run = await asyncio.to_thread(store.get_run, run_id)
+    if run is None:
+        raise HTTPException(404, detail=f"no run {run_id!r}")
+    data = await asyncio.to_thread(export_run, store, run_id)
+    return Response(data, media_type="application/octet-stream", headers={
+        "Content-Disposition": f'attachment; filename="{export_filename(run["name"])}"'})
+
+
+@router.post("/import", response_model=RunOut, status_code=status.HTTP_201_CREATED)
+async def import_file(request: Request, store: StoreDep, settings: SettingsDep) -> dict:
+    """Body = the raw bytes of an export file; 201 with the new run, 400 naming what is wrong.
+
+    Its own size limit (`import_max_bytes`), far above any other request's: runs are big."""
+    limit = settings.import_max_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, detail=f"file larger than the import limit ({limit} bytes)")
+    with tempfile.TemporaryDirectory(prefix="sparsescope-upload-") as folder:
+        path = Path(folder) / "upload.sparsescope"
+        received = 0
+        with open(path, "wb") as out:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise HTTPException(413, detail=f"file larger than the import limit ({limit} "
+                                                    "bytes)")
+                out.write(chunk)
+        if received == 0:
+            raise HTTPException(400, detail="empty body: send the export file's bytes")
+        try:
+            return await asyncio.to_thread(import_run, store, path)
+        except BadExportError as error:
+            raise HTTPException(400, detail=str(error)) from None
+
+
+@router.get("/{run_id}/model", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}}})
+async def model(run_id: RunIdDep, store: StoreDep) -> Response:
+    """The trained model of a completed run (state_dict + masks); `dst_core.recording.load_model`."""
+    run = await asyncio.to_thread(store.get_run, run_id)
+    if run is None or run["status"] != "completed":
+        raise HTTPException(404, detail=f"no completed run {run_id!r}")
+    data = await asyncio.to_thread(store.get_artifact, run_id, MODEL_ARTIFACT)
+    if data is None:
+        raise HTTPException(404, detail=f"run {run_id!r} stored no model")
+    name = export_filename(run["name"]).removesuffix(".sparsescope") + ".pt"
+    return Response(data, media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})

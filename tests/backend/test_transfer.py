@@ -1,0 +1,135 @@
+"""Export → import round trip, hostile imports rejected untouched, model download, mask/metrics."""
+
+from __future__ import annotations
+
+import base64
+import io
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+
+from dst_core.recording import RunReader, load_model
+from tests.backend.test_stream import record_run
+from tests.conftest import wait_for_status
+
+
+def _export(client, run_id: str) -> bytes:
+    response = client.get(f"/api/runs/{run_id}/export")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert response.headers["content-disposition"] == 'attachment; filename="recorded.sparsescope"'
+    return response.content
+
+
+def test_export_import_round_trip_is_identical(client):
+    store = client.app.state.store
+    run_id = record_run(store)
+    store.put_artifact(run_id, "model.pt", b"weights")
+    response = client.post("/api/runs/import", content=_export(client, run_id))
+    assert response.status_code == 201
+    copy = response.json()
+    assert copy["id"] != run_id
+    original = client.get(f"/api/runs/{run_id}").json()
+    assert {**copy, "id": run_id} == original
+    assert store.read_events(copy["id"], 0, 100_000) == store.read_events(run_id, 0, 100_000)
+    assert store.get_artifact(copy["id"], "model.pt") == b"weights"
+    exported_again = client.get(f"/api/runs/{copy['id']}/export").content
+    assert client.post("/api/runs/import", content=exported_again).status_code == 201
+
+
+def _tamper(data: bytes, tmp_path, sql: str, *params) -> bytes:
+    path = tmp_path / "tampered.sqlite3"
+    path.write_bytes(data)
+    db = sqlite3.connect(path)
+    db.execute(sql, params)
+    db.commit()
+    db.close()
+    return path.read_bytes()
+
+
+def test_bad_files_get_400_with_a_reason_and_change_nothing(client, tmp_path):
+    store = client.app.state.store
+    run_id = record_run(store)
+    good = _export(client, run_id)
+    huge_shape = '{"layer":"x","index":0,"shape":[4000000,4000000],"keyframe":true,"active":1}'
+    cases = {
+        "empty body": b"",
+        "SQLite header": b"definitely not a database" * 10,
+        "corrupted": good[:4096] + bytes(len(good) - 4096),
+        "truncated": good[: len(good) // 2],
+        "schema_version": _tamper(good, tmp_path, "UPDATE meta SET value='99' "
+                                  "WHERE key='schema_version'"),
+        "absurd shape": _tamper(good, tmp_path, "UPDATE events SET payload=? WHERE seq=3",
+                                huge_shape),
+        "frame": _tamper(good, tmp_path, "UPDATE events SET blob=x'01ffff' WHERE type='topology'"),
+        "artifact name": _tamper(good, tmp_path, "INSERT INTO artifacts SELECT id, "
+                                 "'../../etc/passwd', x'00' FROM runs"),
+        "exactly one run": _tamper(good, tmp_path, "INSERT INTO runs (id, name, config, status, "
+                                   "created_at) VALUES ('ffffffffffffffff', 'b', '{}', 'completed', 1)"),
+        "config": _tamper(good, tmp_path, "UPDATE runs SET config='{\"density\": 7}'"),
+    }
+    before = [run["id"] for run in store.list_runs()]
+    events_before = store.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    for expected, body in cases.items():
+        response = client.post("/api/runs/import", content=body)
+        assert response.status_code == 400, (expected, response.text)
+        detail = response.json()["detail"]
+        assert isinstance(detail, str) and detail, expected
+    assert [run["id"] for run in store.list_runs()] == before
+    assert store.db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == events_before
+
+
+def test_import_has_its_own_size_limit(client):
+    client.app.state.settings.import_max_bytes = 2048
+    response = client.post("/api/runs/import", content=b"x" * 4096)
+    assert response.status_code == 413 and "import limit" in response.json()["detail"]
+
+
+def test_mask_and_metrics_endpoints(client):
+    store = client.app.state.store
+    run_id = record_run(store, rewires=12)
+    reader = RunReader(store)
+    response = client.get(f"/api/runs/{run_id}/mask", params={"layer": "fc.weight", "step": 75})
+    assert response.status_code == 200
+    body = response.json()
+    expected, frame_step = reader.mask_at(run_id, "fc.weight", 75)
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(body["bits"]), np.uint8),
+                         bitorder="little", count=expected.size).astype(bool)
+    assert body["frame_step"] == frame_step == 70 and body["shape"] == [64, 96]
+    assert np.array_equal(bits.reshape(64, 96), expected) and body["active"] == expected.sum()
+    assert client.get(f"/api/runs/{run_id}/mask?layer=nope&step=5").status_code == 404
+    assert client.get(f"/api/runs/{run_id}/mask?layer=fc.weight&step=-1").status_code == 422
+    full = client.get(f"/api/runs/{run_id}/metrics?buckets=100").json()["metrics"]
+    assert full["accuracy"]["last"][:2] == [None, 0.5]  # NaN → null, points kept
+    metrics = client.get(f"/api/runs/{run_id}/metrics?buckets=4").json()["metrics"]
+    assert len(metrics["loss"]["step"]) == 4 and metrics["loss"]["max"][0] == 1.0
+    assert metrics["accuracy"]["max"][0] == 0.5
+    assert client.get(f"/api/runs/{run_id}/metrics?buckets=0").status_code == 422
+
+
+@pytest.mark.slow
+def test_completed_run_offers_its_model_in_two_lines(client, tmp_path):
+    run = client.post("/api/runs", json={"epochs": 2, "hidden": [16]}).json()
+    assert client.get(f"/api/runs/{run['id']}/model").status_code == 404  # not completed yet
+    wait_for_status(client, run["id"], ("completed",))
+    response = client.get(f"/api/runs/{run['id']}/model")
+    assert response.status_code == 200
+    (tmp_path / "run.pt").write_bytes(response.content)
+
+    model = load_model(tmp_path / "run.pt")  # the documented two lines (import + this)
+
+    state = torch.load(io.BytesIO(response.content), weights_only=True)
+    weight = model[1].weight if isinstance(model, torch.nn.Sequential) else None
+    masks = state["masks"]
+    name = next(iter(masks))
+    loaded = dict(model.named_parameters())[name]
+    assert torch.equal(loaded != 0, masks[name] & (loaded != 0))  # masked weights are zero
+    assert (loaded[~masks[name]] == 0).all() and masks[name].any()
+    assert weight is None or weight.shape[0] == 16
+    x = torch.randn(3, *state["architecture"]["input_shape"])
+    assert model(x).shape == (3, state["architecture"]["num_classes"])
+    exported = client.get(f"/api/runs/{run['id']}/export").content
+    copy = client.post("/api/runs/import", content=exported).json()
+    assert client.get(f"/api/runs/{copy['id']}/model").content == response.content

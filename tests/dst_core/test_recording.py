@@ -1,0 +1,254 @@
+"""The run store, its codec and reader: exact masks back, migrations, two processes, README."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dst_core import REGISTRY, SparseDriver
+from dst_core.events import delta_payload, keyframe_payload
+from dst_core.recording import Recorder, RunReader, RunStore, codec
+from dst_core.recording.store import SCHEMA_VERSION
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_keyframe_codec_round_trip_and_size():
+    generator = np.random.default_rng(0)
+    mask = generator.random(256 * 256) < 0.1
+    packed = np.packbits(mask, bitorder="little").tobytes()
+    blob = codec.encode_keyframe(packed)
+    assert len(blob) <= len(packed) + 1  # never worse than packed bits (1/8 of bool bytes)
+    assert codec.decode_keyframe(blob, mask.size) == packed
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 5000])
+def test_delta_codec_round_trip(count):
+    generator = np.random.default_rng(count)
+    numel = 1024 * 1024
+    added = np.sort(generator.choice(numel, count, replace=False)).astype("<u4")
+    removed = np.sort(generator.choice(numel, count // 2, replace=False)).astype("<u4")
+    blob = codec.encode_delta(added, removed)
+    got_added, got_removed = codec.decode_delta(blob, numel)
+    assert np.array_equal(got_added, added) and np.array_equal(got_removed, removed)
+    if count >= 5000:
+        assert len(blob) <= 4 * (added.size + removed.size)
+
+
+def test_corrupted_frames_are_rejected():
+    added = np.arange(0, 1000, 3, dtype="<u4")
+    blob = codec.encode_delta(added, added[:5])
+    with pytest.raises(codec.FrameError):
+        codec.decode_delta(blob[:-10], 1000)  # truncated
+    with pytest.raises(codec.FrameError):
+        codec.decode_delta(blob, 500)  # indices outside the layer
+    with pytest.raises(codec.FrameError):
+        codec.decode_delta(b"\xff\xff\xff\x7f\x00\x00\x00\x00\x01x", 1000)  # absurd count
+    bomb = bytes([codec.ZLIB]) + __import__("zlib").compress(b"\0" * 10_000_000)
+    with pytest.raises(codec.FrameError):
+        codec.decode_keyframe(bomb, 64)  # stops at the shape's size, never inflates it all
+    with pytest.raises(codec.FrameError):
+        codec.frame_numel([1 << 20, 1 << 20])
+
+
+def _train_loop(tmp_path, method="set", steps=120, keyframe_every=3):
+    """A user's own loop with three recorder lines; returns run id and masks after each rewire."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 48), torch.nn.ReLU(), torch.nn.Linear(48, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    driver = SparseDriver(model, optimizer, method=method, density=0.2, total_steps=steps,
+                          interval_steps=4)
+    snapshots = {0: [layer.mask.clone() for layer in driver.layers]}
+    with Recorder(tmp_path / "data", name="loop", config={"lr": 0.1, "seed": 0},
+                  keyframe_every=keyframe_every, flush_interval_s=0.0) as recorder:
+        recorder.attach(driver)
+        driver.listeners.append(lambda changes: snapshots.__setitem__(
+            driver.step_count, [layer.mask.clone() for layer in driver.layers]))
+        for step in range(1, steps + 1):
+            x, y = torch.randn(16, 20), torch.randint(0, 4, (16,))
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            driver.step()
+            recorder.log(step, loss=loss.item())
+    return recorder.run_id, snapshots
+
+
+# every registered rewiring method of this build (SET at least; others as they are merged)
+@pytest.mark.parametrize("method", [m for m in ("set", "set_magnitude", "rigl", "snfs") if m in REGISTRY])
+def test_reconstructed_masks_equal_the_engines_at_every_recorded_step(tmp_path, method):
+    run_id, snapshots = _train_loop(tmp_path, method)
+    reader = RunReader(RunStore(tmp_path / "data"))
+    assert len(snapshots) >= 25
+    steps = sorted(snapshots)
+    for step in range(0, 121):
+        recorded = max(s for s in steps if s <= step)  # between rewires the mask is unchanged
+        for index, expected in enumerate(snapshots[recorded]):
+            mask, frame_step = reader.mask_at(run_id, index, step)
+            assert frame_step == recorded
+            assert np.array_equal(mask, expected.reshape(mask.shape).numpy()), (step, index)
+    name = reader.layers(run_id)[1]["name"]
+    assert np.array_equal(reader.mask_at(run_id, name, 120)[0],
+                          snapshots[steps[-1]][1].reshape(4, 48).numpy())
+
+
+def test_run_stores_versions_commit_and_seed(tmp_path):
+    run_id, _ = _train_loop(tmp_path, steps=8)
+    run = RunStore(tmp_path / "data").get_run(run_id)
+    info = run["info"]
+    assert info["torch"] == torch.__version__ and info["sparsescope"]
+    assert info["seed"] == 0 and "git_commit" in info and info["writer"] == "script"
+    assert run["status"] == "completed" and run["config"]["lr"] == 0.1
+
+
+def test_metrics_downsampling_keeps_min_max_last(tmp_path):
+    store = RunStore(tmp_path)
+    run_id = store.create_run({}, "m")["id"]
+    losses = [float(value) for value in range(100)]
+    losses[37] = 1000.0  # a spike that must survive downsampling
+    store.append_events(run_id, [("metrics", step, {"loss": loss})
+                                 for step, loss in enumerate(losses, start=1)])
+    series = RunReader(store).metrics(run_id, buckets=10)["metrics"]["loss"]
+    assert len(series["step"]) == 10 and series["step"][-1] == 100
+    assert max(series["max"]) == 1000.0 and series["min"][0] == 0.0
+    assert series["last"][-1] == 99.0
+    assert RunReader(store).metrics(run_id, buckets=1000)["metrics"]["loss"]["max"] == losses
+
+
+def _v1_file(path: Path) -> tuple[str, list[dict]]:
+    """A data folder written by the foundation's store (schema_version 1, JSON payloads)."""
+    from dst_core.recording.store import _SCHEMA_V1
+
+    path.mkdir(parents=True)
+    db = sqlite3.connect(path / "runs.sqlite3")
+    db.executescript(_SCHEMA_V1)
+    db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    db.execute("INSERT INTO runs (id, name, config, status, created_at) VALUES "
+               "('00112233445566aa', 'old', '{}', 'completed', 1.0)")
+    mask = torch.zeros(6, 10, dtype=torch.bool)
+    mask.view(-1)[[1, 5, 9, 33]] = True
+    payloads = [
+        ("status", 0, {"status": "completed"}),
+        ("topology", 0, keyframe_payload("fc.weight", 0, (6, 10), mask)),
+        ("topology", 4, delta_payload("fc.weight", 0, (6, 10), torch.tensor([2, 50]),
+                                      torch.tensor([5]), 5)),
+    ]
+    for seq, (kind, step, payload) in enumerate(payloads, start=1):
+        db.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+                   ("00112233445566aa", seq, step, kind, json.dumps(payload)))
+    db.commit()
+    db.close()
+    return "00112233445566aa", [{**p, "seq": s, "step": st, "type": k}
+                                for s, (k, st, p) in enumerate(payloads, start=1)]
+
+
+def test_migrates_a_version_1_file(tmp_path):
+    run_id, original = _v1_file(tmp_path / "old")
+    store = RunStore(tmp_path / "old")
+    version = store.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+    assert int(version) == SCHEMA_VERSION == 2
+    assert store.read_events(run_id) == original  # the wire format is unchanged
+    assert store.db.execute("SELECT COUNT(*) FROM events WHERE blob IS NOT NULL").fetchone()[0] == 2
+    store.db.execute("INSERT INTO meta VALUES ('probe', '1')")  # ordinary writes still work
+    store.db.execute("CREATE TABLE IF NOT EXISTS layers (layer TEXT)")  # meta lookups ignore it
+    layers_meta = [{"name": "fc.weight", "shape": [6, 10], "matrix": [6, 10], "density": 0.1}]
+    store.append_events(run_id, [("meta", 0, {"layers": layers_meta})])
+    mask, step = RunReader(store).mask_at(run_id, "fc.weight", 10)
+    assert step == 4 and sorted(np.flatnonzero(mask)) == [1, 2, 9, 33, 50]
+    RunStore(tmp_path / "old")  # opening again migrates nothing and keeps the data
+    assert RunStore(tmp_path / "old").read_events(run_id)[:3] == original
+
+
+def test_refuses_a_newer_schema(tmp_path):
+    RunStore(tmp_path)
+    db = sqlite3.connect(tmp_path / "runs.sqlite3")
+    db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    with pytest.raises(ValueError, match="schema_version"):
+        RunStore(tmp_path)
+
+
+WRITER = textwrap.dedent("""
+    import sys, time, torch
+    from dst_core import REGISTRY, SparseDriver
+    from dst_core.recording import Recorder
+    steps = int(sys.argv[2])
+    model = torch.nn.Sequential(torch.nn.Linear(30, 64), torch.nn.ReLU(), torch.nn.Linear(64, 5))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    driver = SparseDriver(model, optimizer, method="set", density=0.3, total_steps=steps,
+                          interval_steps=2)
+    with Recorder(sys.argv[1], name="child", flush_interval_s=0.0, keyframe_every=4) as rec:
+        print(rec.run_id, flush=True)
+        rec.attach(driver)
+        for step in range(1, steps + 1):
+            loss = torch.nn.functional.cross_entropy(model(torch.randn(8, 30)),
+                                                     torch.randint(0, 5, (8,)))
+            optimizer.zero_grad(); loss.backward(); driver.step()
+            rec.log(step, loss=loss.item())
+            time.sleep(float(sys.argv[3]))
+""")
+
+
+def start_writer(data_dir: Path, steps: int, pause_s: float) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen([sys.executable, "-c", WRITER, str(data_dir), str(steps),
+                                str(pause_s)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    return process, process.stdout.readline().strip()
+
+
+def test_writer_and_reader_in_two_processes(tmp_path):
+    process, run_id = start_writer(tmp_path, 150, 0.01)
+    store = RunStore(tmp_path)
+    reader = RunReader(store)
+    seen: list[dict] = []
+    reads_while_running = 0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = store.get_run(run_id)["status"]
+        batch = store.read_events(run_id, len(seen) + 1, 10_000)
+        seen.extend(batch)
+        if status == "running" and batch:
+            reads_while_running += 1
+            frames = [e for e in seen if e["type"] == "topology" and e["index"] == 0]
+            if frames:  # whatever is committed is decodable while the writer goes on
+                reader.mask_at(run_id, 0, frames[-1]["step"])
+        if status == "completed" and not batch:
+            break
+        time.sleep(0.02)
+    assert process.wait(timeout=60) == 0
+    assert reads_while_running >= 2
+    assert [event["seq"] for event in seen] == list(range(1, len(seen) + 1))
+    assert seen[-1] == {**seen[-1], "type": "status", "status": "completed"}
+    rewires = sum(1 for event in seen if event["type"] == "rewire")
+    assert rewires >= 70
+    assert sum(1 for event in seen if event["type"] == "topology") == 2 * (1 + rewires)
+
+
+def test_readme_example_runs_as_written(tmp_path):
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Recording your own training loop", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    added = [line for line in code.splitlines() if "rec." in line or "Recorder(" in line]
+    assert len(added) == 3  # the three lines a loop adds
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, env={"PYTHONPATH": str(REPO),
+                                                         "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    store = RunStore(tmp_path / "sparsescope-data")
+    (run,) = store.list_runs()
+    events = store.read_events(run["id"], 0, 100_000)
+    assert run["status"] == "completed"
+    assert {"meta", "metrics", "topology", "rewire"} <= {event["type"] for event in events}
+    keyframe = next(e for e in events if e["type"] == "topology")
+    assert len(base64.b64decode(keyframe["bits"])) == -(-np.prod(keyframe["shape"]) // 8)
