@@ -27,14 +27,13 @@ def machine_errors(config: RunConfig, settings: Settings) -> list[tuple[str, str
     lacks, a run beyond the limits in Settings. The schema itself checks the rest."""
     import torch
 
-    from dst_core.driver import BASELINES
     from dst_core.rewire import REGISTRY
 
     errors: list[tuple[str, str]] = []
     if config.device == "cuda" and not torch.cuda.is_available():
         errors.append(("device", "'cuda' requested but this server has no CUDA GPU"))
-    if config.method not in BASELINES and config.method not in REGISTRY:
-        known = ", ".join([*BASELINES, *sorted(REGISTRY)])
+    if config.method not in REGISTRY:
+        known = ", ".join(sorted(REGISTRY))
         errors.append(("method", f"{config.method!r} is not available in this build; "
                                  f"available: {known}"))
     return errors + settings.run_limit_errors(config)
