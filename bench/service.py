@@ -114,7 +114,7 @@ def main() -> None:
             rows.append((f"frozen worker stop → {stopped['status']} (3 s grace, then SIGKILL)",
                          f"{time.perf_counter() - asked:.3f} s"))
 
-            done = httpx.post(f"{url}/api/runs", json={"epochs": 20, "hidden": [64, 64]}).json()
+            done = httpx.post(f"{url}/api/runs", json={"epochs": 100, "hidden": [64, 64]}).json()
             wait_status(url, done["id"], ("completed", "failed"))
             replay = f"{ws_url}/ws/runs/{done['id']}"
             one_s, one_n = asyncio.run(viewers(replay, 1))
