@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -33,7 +34,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     settings.check()
     _configure_logging(settings)
-    store = RunStore(settings.data_dir)
+    try:
+        store = RunStore(settings.data_dir)
+    except (OSError, sqlite3.Error) as error:
+        # A ValueError is what the CLI reports as a one-line refusal instead of a traceback.
+        raise ValueError(f"data_dir: cannot use {settings.data_dir}: {error}") from error
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -127,9 +127,11 @@ class RunManager:
         self._wake.set()
         return run
 
-    async def stop(self, run_id: str, wait_s: float = STOP_WAIT_S) -> dict | None:
+    async def stop(self, run_id: str, wait_s: float | None = None) -> dict | None:
         """Stop a queued, starting or running run; returns the run once it has ended (or
         after `wait_s`). Raises NotOwned for an active run another process is writing."""
+        if wait_s is None:
+            wait_s = max(STOP_WAIT_S, self.settings.stop_grace_s + 1.5)
         run = self.store.get_run(run_id)
         if run is None or run["status"] in FINAL_STATUSES:
             return run

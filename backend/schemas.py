@@ -20,7 +20,7 @@ class RunSummary(BaseModel):
     final_loss: float | None = Field(None, description="Latest training loss")
     final_test_accuracy: float | None = Field(None, description="Latest held-out accuracy")
     best_test_accuracy: float | None = Field(None, description="Best held-out accuracy so far")
-    density: dict[str, float] = Field({}, description="Per-layer density, latest")
+    density: dict[str, float | None] = Field({}, description="Per-layer density, latest")
     itop_rate: float | None = Field(None, description="Share of connections ever active")
 
 

@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop_requested.set())
 
     import torch
+    import torch._dynamo  # noqa: F401  (torch.optim imports it lazily: ~3 s, not interruptible)
 
     from dst_core.config import RunConfig
     from dst_core.recording import FINAL_STATUSES, Recorder

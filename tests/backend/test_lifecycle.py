@@ -6,11 +6,13 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 from tests.backend.conftest import (
     DIVERGING_RUN,
     LONG_RUN,
     QUICK_RUN,
+    child_pids,
     pid_alive,
     statuses_of,
     stream_events,
@@ -155,11 +157,18 @@ def test_delete_stops_and_removes_everything(make_client):
 
 
 def test_concurrent_workers_and_queue_limit(make_client):
-    client = make_client(max_concurrent_runs=2, max_queued_runs=1)
+    client = make_client(max_concurrent_runs=2, max_queued_runs=1, worker_threads=2)
     first = client.post("/api/runs", json=LONG_RUN).json()
     second = client.post("/api/runs", json=LONG_RUN).json()
     wait_for_status(client, first["id"], ("running",))
     wait_for_status(client, second["id"], ("running",))
+    for worker in client.app.state.manager.workers.values():
+        pid = worker.process.pid
+        # A direct child of the server, leading its own process group, with its thread budget.
+        assert pid in child_pids(os.getpid()) and os.getpgid(pid) == pid
+        arguments = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+        assert arguments[arguments.index("--threads") + 1] == "2"
+        assert b"OMP_NUM_THREADS=2\0" in Path(f"/proc/{pid}/environ").read_bytes()
     third = client.post("/api/runs", json=LONG_RUN).json()
     assert client.get(f"/api/runs/{third['id']}").json()["status"] == "queued"
     full = client.post("/api/runs", json=LONG_RUN)

@@ -131,3 +131,12 @@ def test_every_setting_is_documented_in_the_readme():
     table = table[:table.index("\n## ", 1)]
     for name in Settings.model_fields:
         assert f"`SPARSESCOPE_{name.upper()}`" in table, name
+
+
+def test_unusable_data_dir_is_a_clear_refusal(tmp_path):
+    from backend.app import create_app
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match="data_dir"):
+        create_app(Settings(data_dir=blocker / "data"))

@@ -183,3 +183,17 @@ def test_config_schema_is_in_openapi(make_client):
     assert set(schema["properties"]) == set(RunConfig.model_fields)
     assert schema.get("additionalProperties") is False
     assert "required" not in schema  # every field has a default
+
+
+def test_cuda_needs_a_gpu(make_client):
+    import torch
+
+    client = make_client()
+    response = client.post("/api/runs", json={"device": "cuda", "epochs": 1, "hidden": [8]})
+    if torch.cuda.is_available():
+        assert response.status_code == 201, response.text
+        client.delete(f"/api/runs/{response.json()['id']}")
+    else:
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["loc"] == ["body", "device"]
+        assert "GPU" in response.json()["detail"][0]["msg"]
