@@ -107,7 +107,7 @@ async def create(body: IngestRun, store: StoreDep) -> Created:
     """A new run for a remote writer; it numbers its events from `next_seq`."""
     info = {**body.info, "writer": "remote"}
     run = await asyncio.to_thread(store.create_run, body.config.model_dump(), body.name,
-                                  "queued", info)
+                                  "running", info)  # never queued: the manager would launch it
     return Created(id=run["id"], next_seq=store.last_seq(run["id"]) + 1)
 
 
