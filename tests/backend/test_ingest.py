@@ -61,6 +61,12 @@ def test_ingest_validates_and_stops_after_the_end(client):
     assert client.put(f"/api/ingest/runs/{run_id}/artifacts/..%2Fx", content=b"1").status_code \
         == 404
     assert client.post("/api/ingest/runs", json={"config": {"density": 5}}).status_code == 422
+    other = client.post("/api/ingest/runs", json={}).json()["id"]
+    response = client.post(f"/api/ingest/runs/{other}/events", json={"events": [{"seq": 0}]})
+    assert response.status_code == 422 and "seq" in response.text
+    client.app.state.settings.ingest_max_bytes = 2048
+    response = client.post(f"/api/ingest/runs/{other}/events", json=_batch(2, 200))
+    assert response.status_code == 413
 
 
 def test_a_run_whose_writer_goes_silent_is_marked_stale(tmp_path):
