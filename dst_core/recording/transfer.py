@@ -91,7 +91,8 @@ def _read_validated(path: Path) -> tuple[dict, list[tuple], list[tuple]]:
               f"(1..{SCHEMA_VERSION})")
     db.close()
     if version < SCHEMA_VERSION:
-        db = connect(path)
+        db = connect(path)  # our private copy of the upload: migrate it like any old file
+        db.execute("PRAGMA trusted_schema=OFF")
         try:
             migrate(db)
         except Exception as error:
