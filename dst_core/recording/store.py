@@ -271,7 +271,8 @@ class RunStore:
         cutoff = time.time() - writer_alive_s
         failed = []
         for run in self.runs_with_status(ACTIVE_STATUSES):
-            beat = run["heartbeat_at"] or run["started_at"] or run["created_at"]
+            beat = next(value for value in (run["heartbeat_at"], run["started_at"],
+                                            run["created_at"]) if value is not None)
             own = run["status"] == "queued" or run["info"].get("writer", "worker") == "worker"
             if (own or beat < cutoff) and self.set_status(run["id"], "failed", error=error):
                 failed.append(run["id"])
