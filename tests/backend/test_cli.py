@@ -87,3 +87,22 @@ def test_serve_keeps_its_flags(capsys):
         main(["serve", "--help"])
     text = capsys.readouterr().out
     assert "--host" in text and "--port" in text and "--data-dir" in text
+
+
+@pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
+def test_train_records_into_a_running_server(tmp_path, capsys):
+    from tests.backend.test_ingest import ThreadServer
+    from tests.conftest import free_port
+
+    port = free_port()
+    with ThreadServer(tmp_path / "server", port, token="t0ken"):
+        code = main(["train", "--url", f"http://127.0.0.1:{port}", "--token", "t0ken",
+                     "--epochs", "1", "--hidden", "8", "--quiet"])
+    assert code == 0
+    run_id = capsys.readouterr().out.strip()
+    store = RunStore(tmp_path / "server")
+    run = store.get_run(run_id)
+    assert run["status"] == "completed" and run["info"]["writer"] == "remote"
+    events = store.read_events(run_id, 0, 10**6)
+    assert [event["seq"] for event in events] == list(range(1, len(events) + 1))
+    assert store.get_artifact(run_id, "model.pt")
