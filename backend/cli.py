@@ -223,7 +223,7 @@ def runs_command(args: argparse.Namespace) -> int:
         print(json.dumps(run, indent=2))
     elif args.action == "export":
         target = Path(args.output or export_filename(run["name"]))
-        target.write_bytes(export_run(store, run["id"]))
+        export_run(store, run["id"], target)
         print(target)
     elif args.action == "delete":
         if run["status"] in ("queued", "running") and not args.force:

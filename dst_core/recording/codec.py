@@ -124,11 +124,23 @@ def frame_numel(shape) -> int:
 def payload_to_stored(payload: dict) -> tuple[dict, bytes]:
     """A topology payload in the wire format → (small JSON header, compressed blob)."""
     header = {key: payload[key] for key in HEADER_KEYS}
-    frame_numel(header["shape"])
-    if payload["keyframe"]:
-        return header, encode_keyframe(base64.b64decode(payload["bits"]))
-    added = np.frombuffer(base64.b64decode(payload["added"]), dtype="<u4")
-    removed = np.frombuffer(base64.b64decode(payload["removed"]), dtype="<u4")
+    numel = frame_numel(header["shape"])
+    try:
+        if payload["keyframe"]:
+            bits = base64.b64decode(payload["bits"], validate=True)
+            if len(bits) != math.ceil(numel / 8):
+                raise FrameError(f"frame: keyframe has {len(bits)} bytes, shape "
+                                 f"{header['shape']} needs {math.ceil(numel / 8)}")
+            return header, encode_keyframe(bits)
+        added = np.frombuffer(base64.b64decode(payload["added"], validate=True), dtype="<u4")
+        removed = np.frombuffer(base64.b64decode(payload["removed"], validate=True), dtype="<u4")
+    except (ValueError, TypeError) as error:  # binascii.Error and a ragged uint32 buffer
+        if isinstance(error, FrameError):
+            raise
+        raise FrameError(f"frame: bad base64 data ({error})") from None
+    for name, indices in (("added", added), ("removed", removed)):
+        if indices.size and (indices[-1] >= numel or (np.diff(indices.astype(np.int64)) <= 0).any()):
+            raise FrameError(f"frame: {name} must be sorted distinct indices below {numel}")
     header.update(n_added=int(added.size), n_removed=int(removed.size))
     return header, encode_delta(added, removed)
 

@@ -86,7 +86,8 @@ class LocalWriter:
         self.run_id = ""
 
     def create(self, name: str, config: dict, info: dict) -> str:
-        self.run_id = self.store.create_run(config, name, status="queued", info=info)["id"]
+        # Created running, never queued: a server on the same folder launches queued runs.
+        self.run_id = self.store.create_run(config, name, status="running", info=info)["id"]
         return self.run_id
 
     def open(self, run_id: str) -> dict | None:
@@ -160,12 +161,18 @@ class Recorder:
                 seed = int(valid["seed"]) if config and "seed" in config else torch.initial_seed()
             self.run_id = self.writer.create(name or valid.get("name") or "script run", valid,
                                              run_info(writer, seed, user_config))
+            self._created = True
         else:
             run = self.writer.open(run_id)
             if run is None:
                 raise ValueError(f"run_id: no run {run_id!r} in {data_dir}")
             self.run_id = run_id
             self.config = run["config"]
+            self._created = False
+        if self.heartbeat_s > 0:  # from now on: setup before training must not look stale
+            self._beat_thread = threading.Thread(target=self._beat, daemon=True,
+                                                 name="recorder-heartbeat")
+            self._beat_thread.start()
 
     @property
     def store(self) -> RunStore:
@@ -174,12 +181,9 @@ class Recorder:
 
     # ---- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
-        """Mark the run running and start the heartbeat."""
-        self.writer.status("running", None, self.last_step)
-        if self._beat_thread is None and self.heartbeat_s > 0:
-            self._beat_thread = threading.Thread(target=self._beat, daemon=True,
-                                                 name="recorder-heartbeat")
-            self._beat_thread.start()
+        """Mark a run created elsewhere (a worker's queued run) running."""
+        if not self._created:
+            self.writer.status("running", None, self.last_step)
 
     def __enter__(self) -> Recorder:
         self.start()

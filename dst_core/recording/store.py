@@ -261,6 +261,23 @@ class RunStore:
             failed.append(row["id"])
         return failed
 
+    def fail_interrupted(self, writer_alive_s: float,
+                         error: str = "interrupted: the server stopped") -> list[str]:
+        """At server start: fail the active runs no writer is still recording.
+
+        Queued runs and the server's own workers' runs died with the previous server; a run
+        written by a CLI, a script or a remote job whose heartbeat is fresher than
+        `writer_alive_s` is still being recorded and is left to the stale-writer watcher."""
+        cutoff = time.time() - writer_alive_s
+        failed = []
+        for run in self.runs_with_status(ACTIVE_STATUSES):
+            beat = next(value for value in (run["heartbeat_at"], run["started_at"],
+                                            run["created_at"]) if value is not None)
+            own = run["status"] == "queued" or run["info"].get("writer", "worker") == "worker"
+            if (own or beat < cutoff) and self.set_status(run["id"], "failed", error=error):
+                failed.append(run["id"])
+        return failed
+
     def set_info(self, run_id: str, info: dict) -> None:
         with self._write() as db:
             db.execute("UPDATE runs SET info = ? WHERE id = ?", (dumps(info), run_id))

@@ -44,14 +44,18 @@ class BadExportError(ValueError):
     """A file that is not a valid sparsescope export; the message says why."""
 
 
-def export_run(store: RunStore, run_id: str) -> bytes:
-    """The run as one self-contained file (bytes)."""
+def export_run(store: RunStore, run_id: str, target: str | Path | None = None) -> bytes | Path:
+    """The run as one self-contained file: written to `target` (returned), else as bytes."""
     run = store.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
     if run is None:
         raise ValueError(f"run_id: no run {run_id!r}")
-    with tempfile.TemporaryDirectory(prefix="sparsescope-export-") as folder:
-        path = Path(folder) / "export.sqlite3"
-        out = connect(path)
+    if target is None:
+        with tempfile.TemporaryDirectory(prefix="sparsescope-export-") as folder:
+            return export_run(store, run_id, Path(folder) / "export.sqlite3").read_bytes()
+    path = Path(target)
+    path.unlink(missing_ok=True)
+    out = connect(path)
+    try:
         migrate(out)
         with _Transaction(out):
             out.execute("INSERT INTO meta VALUES ('export_of', ?)", (run_id,))
@@ -68,8 +72,9 @@ def export_run(store: RunStore, run_id: str) -> bytes:
                 out.execute("INSERT INTO artifacts VALUES (?, ?, ?)", tuple(row))
         out.execute("PRAGMA journal_mode=DELETE")  # one file, no -wal beside it
         out.execute("VACUUM")
+    finally:
         out.close()
-        return path.read_bytes()
+    return path
 
 
 def _fail(reason: str):
@@ -91,7 +96,8 @@ def _read_validated(path: Path) -> tuple[dict, list[tuple], list[tuple]]:
               f"(1..{SCHEMA_VERSION})")
     db.close()
     if version < SCHEMA_VERSION:
-        db = connect(path)
+        db = connect(path)  # our private copy of the upload: migrate it like any old file
+        db.execute("PRAGMA trusted_schema=OFF")
         try:
             migrate(db)
         except Exception as error:

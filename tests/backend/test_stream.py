@@ -216,3 +216,27 @@ def test_slow_client_does_not_delay_a_fast_one(live_server, tmp_path):
         assert result["seqs"] == list(range(1, store.last_seq(run_id) + 1))
     finally:
         slow.close()
+
+
+def test_a_slow_client_replaying_an_ended_run_gets_every_event(tmp_path):
+    """No live edge to catch up with: the client sets the pace and nothing is skipped."""
+    store = RunStore(tmp_path)
+    run_id = record_run(store, rewires=20, shape=(128, 128))
+
+    async def scenario() -> list:
+        outbox = Outbox(limit_bytes=5_000)
+        follower = RunFollower(store, run_id, 0, False, outbox, slow_client_s=0.01)
+        task = asyncio.create_task(follower.run())
+        received = []
+        while True:
+            message, kind = await outbox.get()
+            received.append(json.loads(message))
+            if kind == "end":
+                break
+            await asyncio.sleep(0.02)  # slower than the reader
+        await task
+        return received
+
+    received = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert received[-1] == {"type": "end", "last_seq": store.last_seq(run_id)}
+    assert [event["seq"] for event in received[:-1]] == list(range(1, store.last_seq(run_id) + 1))

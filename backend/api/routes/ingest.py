@@ -15,7 +15,8 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response, status
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from backend.api.deps import RunIdDep, SettingsDep, StoreDep
 from dst_core.config import RunConfig
@@ -87,10 +88,18 @@ class Created(BaseModel):
     next_seq: int
 
 
-def _check_size(request: Request, limit: int) -> None:
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes `limit` (never read whole first)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, detail=f"request larger than ingest_max_bytes ({limit})")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, detail=f"request larger than ingest_max_bytes ({limit})")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _writable(store: RunStore, run_id: str) -> None:
@@ -107,14 +116,20 @@ async def create(body: IngestRun, store: StoreDep) -> Created:
     """A new run for a remote writer; it numbers its events from `next_seq`."""
     info = {**body.info, "writer": "remote"}
     run = await asyncio.to_thread(store.create_run, body.config.model_dump(), body.name,
-                                  "queued", info)
+                                  "running", info)  # never queued: the manager would launch it
     return Created(id=run["id"], next_seq=store.last_seq(run["id"]) + 1)
 
 
-@router.post("/{run_id}/events")
-async def events(run_id: RunIdDep, body: IngestBatch, request: Request, store: StoreDep,
+@router.post("/{run_id}/events", openapi_extra={"requestBody": {"required": True, "content": {
+    "application/json": {"schema": IngestBatch.model_json_schema()}}}})
+async def events(run_id: RunIdDep, request: Request, store: StoreDep,
                  settings: SettingsDep) -> dict:
-    _check_size(request, settings.ingest_max_bytes)
+    """A batch of events with the writer's seqs (IngestBatch); seqs already stored are dropped."""
+    raw = await _read_limited(request, settings.ingest_max_bytes)
+    try:
+        body = IngestBatch.model_validate_json(raw)
+    except ValidationError as error:
+        raise RequestValidationError(error.errors(include_url=False)) from None
 
     def write() -> int:
         _writable(store, run_id)
@@ -143,10 +158,7 @@ async def artifact(run_id: RunIdDep, name: str, request: Request, store: StoreDe
     """The trained model of a remote run (raw bytes of the .pt file)."""
     if name not in ARTIFACT_NAMES:
         raise HTTPException(404, detail=f"artifact name must be one of {', '.join(ARTIFACT_NAMES)}")
-    _check_size(request, settings.ingest_max_bytes)
-    data = await request.body()
-    if len(data) > settings.ingest_max_bytes:
-        raise HTTPException(413, detail="artifact larger than ingest_max_bytes")
+    data = await _read_limited(request, settings.ingest_max_bytes)
 
     def put() -> None:
         _writable(store, run_id)

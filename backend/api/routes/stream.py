@@ -62,11 +62,15 @@ class Outbox:
         self.changed.set()
         return message, event_type
 
-    async def wait_for_room(self, message: str | bytes, timeout_s: float) -> bool:
+    async def wait_for_room(self, message: str | bytes, timeout_s: float | None) -> bool:
+        """True once `message` fits; False after `timeout_s` (None: wait as long as it takes)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+        deadline = None if timeout_s is None else loop.time() + timeout_s
         while not self.fits(message):
             self.changed.clear()
+            if deadline is None:
+                await self.changed.wait()
+                continue
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
@@ -122,7 +126,7 @@ class RunFollower:
             await asyncio.sleep(POLL_S)
 
     async def _put_wait(self, message: str | bytes, event_type: str) -> None:
-        await self.outbox.wait_for_room(message, float("inf"))
+        await self.outbox.wait_for_room(message, None)
         self.outbox.put(message, event_type)
 
     async def _put(self, message: str | bytes, event_type: str) -> bool:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
 
 from backend.api.deps import RunIdDep, SettingsDep, StoreDep
 from backend.schemas import RunOut
@@ -17,16 +20,18 @@ from dst_core.recording.transfer import export_filename
 router = APIRouter(prefix="/api/runs", tags=["transfer"])
 
 
-@router.get("/{run_id}/export", response_class=Response,
+@router.get("/{run_id}/export", response_class=FileResponse,
             responses={200: {"content": {"application/octet-stream": {}}}})
 async def export(run_id: RunIdDep, store: StoreDep) -> Response:
     """The run as one self-contained `.sparsescope` file (events, frames, model)."""
     run = await asyncio.to_thread(store.get_run, run_id)
     if run is None:
         raise HTTPException(404, detail=f"no run {run_id!r}")
-    data = await asyncio.to_thread(export_run, store, run_id)
-    return Response(data, media_type="application/octet-stream", headers={
-        "Content-Disposition": f'attachment; filename="{export_filename(run["name"])}"'})
+    folder = tempfile.mkdtemp(prefix="sparsescope-export-")  # streamed from disk, then removed
+    path = await asyncio.to_thread(export_run, store, run_id, Path(folder) / "export.sqlite3")
+    return FileResponse(path, media_type="application/octet-stream",
+                        filename=export_filename(run["name"]),
+                        background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 
 
 @router.post("/import", response_model=RunOut, status_code=status.HTTP_201_CREATED)

@@ -1,0 +1,297 @@
+"""Recording and streaming benchmark: frame sizes, binary vs JSON, recording overhead, seek.
+
+    .venv/bin/python bench/stream.py [--quick]
+
+Targets (issue 5): keyframe <= 1/8 of the bool mask's bytes, delta <= 4 bytes per changed
+edge, recording overhead <= 5% of training time for a 784-1024-1024-10 MLP, seek <= 200 ms
+to a random step of a 10,000-step run rewired every 10 steps. Figures are ratios and
+medians of one run on this machine; nothing here is asserted in tests.
+"""
+# ruff: noqa: B023  (the timed closures run inside the loop iteration that defines them)
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dst_core import SparseDriver  # noqa: E402
+from dst_core.events import delta_payload, keyframe_payload  # noqa: E402
+from dst_core.recording import Recorder, RunReader, RunStore, codec  # noqa: E402
+from dst_core.recording.store import dumps  # noqa: E402
+
+DENSITY = 0.1
+DROP_FRACTION = 0.3  # SET's default: 30% of active connections replaced per rewire
+
+
+def random_mask(rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
+    numel = rows * cols
+    mask = np.zeros(numel, dtype=bool)
+    mask[rng.choice(numel, int(DENSITY * numel), replace=False)] = True
+    return mask
+
+
+def rewire_indices(mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Net changes of one SET-sized rewire: 30% of active dropped, as many grown elsewhere."""
+    active = np.flatnonzero(mask)
+    inactive = np.flatnonzero(~mask)
+    count = int(DROP_FRACTION * active.size)
+    removed = np.sort(rng.choice(active, count, replace=False))
+    added = np.sort(rng.choice(inactive, count, replace=False))
+    return added, removed
+
+
+def best_of(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def frame_sizes(sizes: list[int]) -> list[dict]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for side in sizes:
+        mask = random_mask(side, side, rng)
+        packed = np.packbits(mask, bitorder="little").tobytes()
+        keyframe = codec.encode_keyframe(packed)
+        added, removed = rewire_indices(mask, rng)
+        delta = codec.encode_delta(added, removed)
+        changed = added.size + removed.size
+        repeats = 3 if side >= 4096 else 10
+
+        # JSON wire: server builds the payload text, the client parses it and decodes.
+        kf_header = {"seq": 9, "step": 10, "type": "topology", "layer": "w", "index": 0,
+                     "shape": [side, side], "keyframe": True, "active": int(mask.sum())}
+        dl_header = {**kf_header, "keyframe": False}
+
+        def json_keyframe():
+            text = dumps({**kf_header, **codec.stored_to_payload(kf_header, keyframe)})
+            event = json.loads(text)
+            bits = np.frombuffer(base64.b64decode(event["bits"]), np.uint8)
+            return np.unpackbits(bits, bitorder="little", count=side * side)
+
+        def binary_keyframe():
+            message = codec.binary_message(kf_header, codec.stored_to_raw(kf_header, keyframe))
+            header, payload = codec.parse_binary_message(message)
+            return np.unpackbits(np.frombuffer(payload, np.uint8), bitorder="little",
+                                 count=side * side)
+
+        def json_delta():
+            text = dumps({**dl_header, **codec.stored_to_payload(dl_header, delta)})
+            event = json.loads(text)
+            return (np.frombuffer(base64.b64decode(event["added"]), "<u4"),
+                    np.frombuffer(base64.b64decode(event["removed"]), "<u4"))
+
+        def binary_delta():
+            header = {**dl_header, "n_added": int(added.size), "n_removed": int(removed.size)}
+            message = codec.binary_message(header, codec.stored_to_raw(header, delta))
+            header, payload = codec.parse_binary_message(message)
+            indices = np.frombuffer(payload, "<u4")
+            return indices[:header["n_added"]], indices[header["n_added"]:]
+
+        json_kf_bytes = len(dumps({**kf_header, **codec.stored_to_payload(kf_header, keyframe)}))
+        binary_kf_bytes = len(codec.binary_message(kf_header, packed))
+        json_dl_bytes = len(dumps({**dl_header, **codec.stored_to_payload(dl_header, delta)}))
+        binary_dl_bytes = len(codec.binary_message(
+            {**dl_header, "n_added": int(added.size), "n_removed": int(removed.size)},
+            added.astype("<u4").tobytes() + removed.astype("<u4").tobytes()))
+        rows.append({
+            "layer": f"{side}x{side}", "bool_bytes": mask.size, "packbits_bytes": len(packed),
+            "keyframe_bytes": len(keyframe), "keyframe_vs_bool": len(keyframe) / mask.size,
+            "changed_edges": changed, "delta_bytes": len(delta),
+            "delta_bytes_per_edge": len(delta) / changed,
+            "json_keyframe_bytes": json_kf_bytes, "binary_keyframe_bytes": binary_kf_bytes,
+            "json_keyframe_ms": 1e3 * best_of(json_keyframe, repeats),
+            "binary_keyframe_ms": 1e3 * best_of(binary_keyframe, repeats),
+            "json_delta_bytes": json_dl_bytes, "binary_delta_bytes": binary_dl_bytes,
+            "json_delta_ms": 1e3 * best_of(json_delta, repeats),
+            "binary_delta_ms": 1e3 * best_of(binary_delta, repeats),
+        })
+    return rows
+
+
+def mlp() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 1024), torch.nn.ReLU(),
+                               torch.nn.Linear(1024, 1024), torch.nn.ReLU(),
+                               torch.nn.Linear(1024, 10))
+
+
+def train_steps(steps: int, record_dir: Path | None, interval_steps: int) -> dict:
+    """Seconds for `steps` training steps of the MLP, with or without a Recorder.
+
+    Also returns the seconds spent inside rewires (the engine's, not the recorder's) and
+    inside the recorder's own calls (listeners at each rewire, log, flushes)."""
+    torch.manual_seed(0)
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    driver = SparseDriver(model, optimizer, method="set", density=DENSITY, total_steps=steps * 10,
+                          interval_steps=interval_steps, distribution="uniform")
+    spent = {"rewire_s": 0.0, "recorder_s": 0.0}
+
+    def timed(function, key):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - start
+        return wrapper
+
+    driver._rewire = timed(driver._rewire, "rewire_s")
+    x, y = torch.rand(128, 784), torch.randint(0, 10, (128,))
+    recorder = None
+    start = time.perf_counter()
+    if record_dir is not None:
+        recorder = Recorder(record_dir, name="overhead", heartbeat_s=2.0)
+        recorder.attach(driver)
+        driver.listeners[:] = [timed(listener, "recorder_s") for listener in driver.listeners]
+        recorder.log = timed(recorder.log, "recorder_s")
+    for step in range(1, steps + 1):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        driver.step()
+        if recorder is not None:
+            recorder.log(step, loss=loss.item())
+    if recorder is not None:
+        timed(recorder.finish, "recorder_s")("completed")
+    return {"total_s": time.perf_counter() - start, **spent}
+
+
+def overhead(steps: int, interval_steps: int, rounds: int) -> dict:
+    plain, recorded = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        for round_index in range(rounds):  # alternate, so drift of a shared machine cancels out
+            plain.append(train_steps(steps, None, interval_steps))
+            recorded.append(train_steps(steps, Path(folder) / str(round_index), interval_steps))
+    base = statistics.median(run["total_s"] for run in plain)
+    with_recorder = statistics.median(run["total_s"] for run in recorded)
+    recorder_s = statistics.median(run["recorder_s"] for run in recorded)
+    rewire_s = statistics.median(run["rewire_s"] for run in plain)
+    return {"steps": steps, "interval_steps": interval_steps, "plain_s": base,
+            "recorded_s": with_recorder, "overhead": with_recorder / base - 1,
+            "recorder_s": recorder_s, "rewire_s": rewire_s,
+            "recorder_share": recorder_s / base,
+            "recorder_share_without_rewire_time": recorder_s / max(1e-9, base - rewire_s)}
+
+
+class _Layer:
+    def __init__(self, name: str, shape: tuple[int, int], rng: np.random.Generator):
+        self.name, self.shape = name, shape
+        self.mask = random_mask(*shape, rng)
+
+
+def seek(total_steps: int, interval_steps: int, keyframe_every: int, probes: int) -> dict:
+    """Record a run of the MLP's layer shapes with SET-sized rewires, then seek at random."""
+    rng = np.random.default_rng(1)
+    layers = [_Layer("1.weight", (1024, 784), rng), _Layer("3.weight", (1024, 1024), rng),
+              _Layer("5.weight", (10, 1024), rng)]
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        recorder = Recorder(folder, name="seek", flush_interval_s=1.0, heartbeat_s=0)
+        meta = {"layers": [{"name": layer.name, "shape": list(layer.shape),
+                            "matrix": list(layer.shape), "density": DENSITY} for layer in layers]}
+        recorder.emit("meta", 0, meta)
+        for index, layer in enumerate(layers):
+            recorder.emit("topology", 0, keyframe_payload(layer.name, index, layer.shape,
+                                                          torch.from_numpy(layer.mask)))
+        rewires = 0
+        for step in range(interval_steps, total_steps + 1, interval_steps):
+            rewires += 1
+            for index, layer in enumerate(layers):
+                added, removed = rewire_indices(layer.mask, rng)
+                layer.mask[removed] = False
+                layer.mask[added] = True
+                if rewires % keyframe_every == 0:
+                    payload = keyframe_payload(layer.name, index, layer.shape,
+                                               torch.from_numpy(layer.mask))
+                else:
+                    payload = delta_payload(layer.name, index, layer.shape, added, removed,
+                                            int(layer.mask.sum()))
+                recorder.emit("topology", step, payload)
+            recorder.emit("metrics", step, {"loss": 1.0 / step})
+        recorder.finish("completed")
+        record_s = time.perf_counter() - started
+        store = RunStore(folder)
+        reader = RunReader(store)
+        run_id = recorder.run_id
+        size = sum(path.stat().st_size for path in Path(folder).glob("runs.sqlite3*"))
+        times = []
+        for _ in range(probes):
+            step = int(rng.integers(0, total_steps + 1))
+            layer = int(rng.integers(0, 3))
+            start = time.perf_counter()
+            reader.mask_at(run_id, layer, step)
+            times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        reader.metrics(run_id, 500)
+        metrics_s = time.perf_counter() - start
+    return {"steps": total_steps, "rewires": rewires, "record_s": record_s, "file_mb": size / 1e6,
+            "seek_median_ms": 1e3 * statistics.median(times), "seek_max_ms": 1e3 * max(times),
+            "metrics_500_buckets_ms": 1e3 * metrics_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer steps")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    sizes = [256, 1024] if args.quick else [256, 1024, 4096]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+
+    print("| layer | bool bytes | keyframe bytes | keyframe / bool (≤ 0.125) | changed edges | "
+          "delta bytes | bytes / changed edge (≤ 4) |")
+    print("|---|---|---|---|---|---|---|")
+    rows = frame_sizes(sizes)
+    for row in rows:
+        print(f"| {row['layer']} | {row['bool_bytes']:,} | {row['keyframe_bytes']:,} | "
+              f"{row['keyframe_vs_bool']:.4f} | {row['changed_edges']:,} | {row['delta_bytes']:,} | "
+              f"{row['delta_bytes_per_edge']:.2f} |")
+
+    print("\n| layer | frame | JSON bytes | binary bytes | JSON encode+decode ms | "
+          "binary encode+decode ms |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        for kind in ("keyframe", "delta"):
+            print(f"| {row['layer']} | {kind} | {row[f'json_{kind}_bytes']:,} | "
+                  f"{row[f'binary_{kind}_bytes']:,} | {row[f'json_{kind}_ms']:.2f} | "
+                  f"{row[f'binary_{kind}_ms']:.2f} |")
+
+    steps = 60 if args.quick else 200
+    result = overhead(steps, interval_steps=10, rounds=2)
+    print(f"\nrecording overhead, 784-1024-1024-10 MLP, batch 128, SET d={DENSITY} rewired every "
+          f"{result['interval_steps']} steps, metrics every step, {result['steps']} steps: "
+          f"plain {result['plain_s']:.2f} s (of which rewires {result['rewire_s']:.2f} s), "
+          f"recorded {result['recorded_s']:.2f} s → end-to-end {100 * result['overhead']:.1f}%; "
+          f"time inside the recorder {result['recorder_s']:.3f} s = "
+          f"{100 * result['recorder_share']:.2f}% of training, "
+          f"{100 * result['recorder_share_without_rewire_time']:.2f}% if rewires were free "
+          f"(target ≤ 5%)")
+
+    total = 2_000 if args.quick else 10_000
+    seek_result = seek(total, interval_steps=10, keyframe_every=10, probes=50)
+    print(f"seek: {seek_result['steps']:,}-step run of the MLP's layers, {seek_result['rewires']} "
+          f"rewires (every 10 steps, keyframe every 10 rewires), file "
+          f"{seek_result['file_mb']:.1f} MB, written in {seek_result['record_s']:.1f} s: "
+          f"seek to a random step median {seek_result['seek_median_ms']:.1f} ms, "
+          f"max {seek_result['seek_max_ms']:.1f} ms (target ≤ 200 ms); metrics in 500 buckets "
+          f"{seek_result['metrics_500_buckets_ms']:.1f} ms")
+    print("\n" + json.dumps({"frames": rows, "overhead": result, "seek": seek_result},
+                            default=float))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

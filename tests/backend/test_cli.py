@@ -1,0 +1,108 @@
+"""`sparsescope train` (flags generated from RunConfig) and `sparsescope runs ...`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from backend.cli import main
+from dst_core.config import RunConfig
+from dst_core.recording import RunStore
+from tests.conftest import REPO
+
+
+def test_every_run_config_field_is_a_train_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for name in RunConfig.model_fields:
+        assert f"--{name.replace('_', '-')}" in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--density", "3"], "--density"),
+    (["--method", "nope"], "--method"),
+    (["--epochs", "many"], "--epochs"),
+    (["--model", "cnn"], "model"),  # cnn on the synthetic task: a combination error
+    (["--bogus", "1"], "unrecognized arguments"),
+])
+def test_bad_flags_give_a_message_and_a_nonzero_exit(tmp_path, capsys, argv, message):
+    try:
+        code = main(["train", "--data-dir", str(tmp_path), *argv])
+    except SystemExit as exit_info:
+        code = exit_info.code
+    assert code != 0
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs.sqlite3").exists() or not RunStore(tmp_path).list_runs()
+
+
+def test_train_records_a_run_with_a_progress_bar(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "backend.cli", "train", "--data-dir", str(tmp_path), "--epochs",
+         "2", "--hidden", "16", "8", "--method", "set", "--seed", "7", "--keyframe-every", "2",
+         "--name", "from the cli"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    run_id = result.stdout.strip()
+    assert "100/100" in result.stderr and "completed" in result.stderr
+    run = RunStore(tmp_path).get_run(run_id)
+    assert run["status"] == "completed" and run["name"] == "from the cli"
+    assert run["config"]["hidden"] == [16, 8] and run["config"]["keyframe_every"] == 2
+    assert run["info"]["writer"] == "cli" and run["info"]["seed"] == 7
+    assert RunStore(tmp_path).get_artifact(run_id, "model.pt")
+
+
+# dst_core/training.py calls float(loss) on a tensor that requires grad (the core's file)
+@pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
+def test_runs_list_show_export_import_delete(tmp_path, capsys):
+    assert main(["train", "--data-dir", str(tmp_path), "--epochs", "1", "--hidden", "8",
+                 "--quiet"]) == 0
+    run_id = capsys.readouterr().out.strip()
+    assert main(["runs", "list", "--data-dir", str(tmp_path)]) == 0
+    assert run_id in capsys.readouterr().out
+    assert main(["runs", "show", run_id, "--data-dir", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == run_id
+    target = tmp_path / "out.sparsescope"
+    assert main(["runs", "export", run_id, "-o", str(target), "--data-dir", str(tmp_path)]) == 0
+    capsys.readouterr()
+    other = tmp_path / "other"
+    assert main(["runs", "import", str(target), "--data-dir", str(other)]) == 0
+    copy_id = capsys.readouterr().out.strip()
+    assert RunStore(other).read_events(copy_id, 0, 10**6) == RunStore(tmp_path).read_events(
+        run_id, 0, 10**6)
+    assert main(["runs", "delete", run_id, "--data-dir", str(tmp_path)]) == 0
+    assert RunStore(tmp_path).get_run(run_id) is None
+    with pytest.raises(SystemExit, match="no run"):
+        main(["runs", "show", run_id, "--data-dir", str(tmp_path)])
+    (tmp_path / "junk.sparsescope").write_bytes(b"junk" * 100)
+    with pytest.raises(SystemExit, match="SQLite header"):
+        main(["runs", "import", str(tmp_path / "junk.sparsescope"), "--data-dir", str(other)])
+
+
+def test_serve_keeps_its_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = capsys.readouterr().out
+    assert "--host" in text and "--port" in text and "--data-dir" in text
+
+
+@pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
+def test_train_records_into_a_running_server(tmp_path, capsys):
+    from tests.backend.test_ingest import ThreadServer
+    from tests.conftest import free_port
+
+    port = free_port()
+    with ThreadServer(tmp_path / "server", port, token="t0ken"):
+        code = main(["train", "--url", f"http://127.0.0.1:{port}", "--token", "t0ken",
+                     "--epochs", "1", "--hidden", "8", "--quiet"])
+    assert code == 0
+    run_id = capsys.readouterr().out.strip()
+    store = RunStore(tmp_path / "server")
+    run = store.get_run(run_id)
+    assert run["status"] == "completed" and run["info"]["writer"] == "remote"
+    events = store.read_events(run_id, 0, 10**6)
+    assert [event["seq"] for event in events] == list(range(1, len(events) + 1))
+    assert store.get_artifact(run_id, "model.pt")
