@@ -7,9 +7,10 @@ grace period).
 
 The manager only ever launches, stops or recovers runs it accepted itself. The same data
 folder also receives runs written by the CLI or by a user's script (their own Recorder): the
-manager must not start those, nor mark them interrupted when the server restarts. The ids it
-owns are kept in `server-runs.json` beside the store, so a restarted server knows which
-active runs its dead predecessor left behind.
+manager must not start those, nor mark them interrupted when the server restarts while their
+writer is still alive. Which writer a run has is stored with the run (`info.writer`), and a
+foreign writer's liveness is its heartbeat, so a restarted server fails exactly the runs its
+dead predecessor (or a dead writer) left behind: `RunStore.fail_interrupted`.
 
     queued ──► running ──► completed | stopped | failed
        └──────────────────► stopped (stopped before a worker took it)
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -38,7 +38,6 @@ from dst_core.recording import FINAL_STATUSES, RunStore
 log = logging.getLogger("sparsescope.runs")
 POLL_INTERVAL_S = 0.1
 STOP_WAIT_S = 4.5  # a stop answers once the run has ended: grace (3 s) + kill + reap
-OWNED_FILE = "server-runs.json"
 INTERRUPTED = "interrupted: the server stopped while the run was active"
 
 
@@ -70,7 +69,6 @@ class RunManager:
         self.workers: dict[str, Worker] = {}
         self.log_dir = Path(settings.data_dir) / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._owned_path = Path(settings.data_dir) / OWNED_FILE
         self._owned: set[str] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -79,14 +77,11 @@ class RunManager:
     # ---- server lifetime --------------------------------------------------------------------
     async def start(self) -> None:
         """Recover what a dead predecessor left active, then supervise the queue."""
-        for run_id in sorted(self._read_owned()):
-            run = self.store.get_run(run_id)
-            if run is not None and run["status"] not in FINAL_STATUSES:
-                # Its worker died with the server (PR_SET_PDEATHSIG); the data stays.
-                self.store.set_status(run_id, "failed", error=INTERRUPTED)
-                log_event(log, "run_interrupted", run=run_id, was=run["status"])
+        # Our workers died with the previous server (PR_SET_PDEATHSIG); foreign writers whose
+        # heartbeat went stale died too. Their data stays.
+        for run_id in self.store.fail_interrupted(self.settings.stale_after_s, error=INTERRUPTED):
+            log_event(log, "run_interrupted", run=run_id)
         self._owned = set()
-        self._write_owned()
         self._closing = False
         self._task = asyncio.create_task(self._supervise(), name="run-supervisor")
 
@@ -260,27 +255,12 @@ class RunManager:
         self._disown(run_id)
         log_event(log, f"run_{status}", run=run_id, before="start", error=error)
 
-    # ---- ownership (survives the server) ---------------------------------------------------
+    # ---- ownership (this server's lifetime; across restarts the store's info.writer) -------
     def _own(self, run_id: str) -> None:
         self._owned.add(run_id)
-        self._write_owned()
 
     def _disown(self, run_id: str) -> None:
-        if run_id in self._owned:
-            self._owned.discard(run_id)
-            self._write_owned()
-
-    def _read_owned(self) -> set[str]:
-        try:
-            return {str(run_id) for run_id in json.loads(self._owned_path.read_text())}
-        except (OSError, ValueError, TypeError):
-            return set()
-
-    def _write_owned(self) -> None:
-        # Write-then-rename: a server killed mid-write leaves the old list, never half of one.
-        partial = self._owned_path.with_suffix(".tmp")
-        partial.write_text(json.dumps(sorted(self._owned)))
-        os.replace(partial, self._owned_path)
+        self._owned.discard(run_id)
 
 
 def _exit_reason(code: int, log_path: Path) -> str:

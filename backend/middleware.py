@@ -71,6 +71,14 @@ class BodySizeLimit:
     chunked body is counted as it arrives and cut off with the same 413.
     """
 
+    def limit_for(self, path: str) -> int:
+        """The exact path's limit, else that of the longest prefix ending in "/", else the
+        default (so every remote-writer route under /api/ingest/ shares one limit)."""
+        if path in self.limits:
+            return self.limits[path]
+        prefixes = [key for key in self.limits if key.endswith("/") and path.startswith(key)]
+        return self.limits[max(prefixes, key=len)] if prefixes else self.default_bytes
+
     def __init__(self, app: ASGIApp, default_bytes: int, limits: dict[str, int]):
         self.app = app
         self.default_bytes = default_bytes
@@ -80,7 +88,7 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limits.get(scope["path"], self.default_bytes)
+        limit = self.limit_for(scope["path"])
         detail = f"request body too large: at most {limit} bytes for {scope['path']}"
         for key, value in scope.get("headers", []):
             if key == b"content-length":

@@ -38,6 +38,11 @@ class RunOut(BaseModel):
     ended_at: float | None = Field(None, description="Unix time of the final status")
     error: str | None = Field(None, description="Why the run failed (failed runs)")
     summary: RunSummary
+    info: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Who wrote the run and with what: writer (worker, cli, script, remote), "
+                    "torch and sparsescope versions, git commit when known, seed, and the "
+                    "script's own config when it was not a RunConfig (user_config)")
 
 
 class Health(BaseModel):

@@ -17,6 +17,7 @@ from dst_core.config import RunConfig
 
 MIB = 1024 * 1024
 IMPORT_PATH = "/api/runs/import"
+INGEST_PREFIX = "/api/ingest/"
 
 
 class Settings(BaseSettings):
@@ -54,11 +55,10 @@ class Settings(BaseSettings):
     max_import_bytes: int = Field(512 * MIB, ge=1024,
                                   description=f"Largest request body of {IMPORT_PATH}")
 
-    # ---- run store, import and remote writers (added by the store helper, issue 5) ----
-    import_max_bytes: int = Field(
-        2 * 1024**3, ge=1024, description="Largest accepted POST /api/runs/import body (bytes)")
-    ingest_max_bytes: int = Field(
-        64 * 1024**2, ge=1024, description="Largest accepted remote-writer request body (bytes)")
+    max_ingest_bytes: int = Field(64 * MIB, ge=1024,
+                                  description=f"Largest request body under {INGEST_PREFIX}"
+                                              " (remote writers' event batches)")
+    # ---- remote and CLI writers --------------------------------------------------------------
     stale_after_s: float = Field(
         60.0, gt=0.0, description="A running run whose writer sent no heartbeat this long fails")
 
@@ -79,7 +79,7 @@ class Settings(BaseSettings):
 
     def body_limits(self) -> dict[str, int]:
         """Per-path request body limits; every other path gets `max_body_bytes`."""
-        return {IMPORT_PATH: self.max_import_bytes}
+        return {IMPORT_PATH: self.max_import_bytes, INGEST_PREFIX: self.max_ingest_bytes}
 
     def run_limit_errors(self, config: RunConfig) -> list[tuple[str, str]]:
         """(field, message) for every limit `config` exceeds; empty when it fits."""

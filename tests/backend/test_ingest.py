@@ -64,7 +64,7 @@ def test_ingest_validates_and_stops_after_the_end(client):
     other = client.post("/api/ingest/runs", json={}).json()["id"]
     response = client.post(f"/api/ingest/runs/{other}/events", json={"events": [{"seq": 0}]})
     assert response.status_code == 422 and "seq" in response.text
-    client.app.state.settings.ingest_max_bytes = 2048
+    client.app.state.settings.max_ingest_bytes = 2048
     response = client.post(f"/api/ingest/runs/{other}/events", json=_batch(2, 200))
     assert response.status_code == 413
 

@@ -105,18 +105,18 @@ def test_shutdown_stops_runs_with_a_websocket_open(tmp_path, servers, signal_num
 
 def test_runs_of_other_writers_are_left_alone(tmp_path, servers):
     """A user's script (or the CLI) writing into the same data folder is not the server's:
-    never launched by its queue, never marked interrupted on restart, not stoppable here."""
+    never launched by its queue, never marked interrupted on restart while its writer's
+    heartbeat is fresh, not stoppable here."""
     data_dir = tmp_path / "data"
-    waiting = Recorder(data_dir, name="script, not entered yet", config={"arch": "resnet"})
-    active = Recorder(data_dir, name="script, training", config={"lr": 0.1})
+    active = Recorder(data_dir, name="script, training", config={"lr": 0.1, "arch": "resnet"})
     active.__enter__()
     active.log(5, loss=0.5)
     active.flush()
     server = servers(data_dir)
     listed = {run["id"]: run for run in server.get("/api/runs").json()}
-    assert listed[waiting.run_id]["config"] == {"arch": "resnet"}
-    time.sleep(1.0)  # ten supervisor rounds: a foreign queued run must not be picked up
-    assert server.get(f"/api/runs/{waiting.run_id}").json()["status"] == "queued"
+    assert listed[active.run_id]["config"]["lr"] == 0.1
+    assert listed[active.run_id]["info"]["user_config"] == {"lr": 0.1, "arch": "resnet"}
+    time.sleep(1.0)  # ten supervisor rounds: the manager must not pick a foreign run up
     assert server.get(f"/api/runs/{active.run_id}").json()["status"] == "running"
     assert child_pids(server.process.pid) == set()
     refused = server.post(f"/api/runs/{active.run_id}/stop")
@@ -128,4 +128,3 @@ def test_runs_of_other_writers_are_left_alone(tmp_path, servers):
     assert restarted.get(f"/api/runs/{active.run_id}").json()["status"] == "running"
     active.__exit__(None, None, None)
     assert restarted.get(f"/api/runs/{active.run_id}").json()["status"] == "completed"
-    waiting.store.close()

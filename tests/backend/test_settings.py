@@ -38,7 +38,7 @@ def test_environment_overrides(monkeypatch, tmp_path):
     assert settings.data_dir == tmp_path and settings.max_concurrent_runs == 3
     assert (settings.max_epochs, settings.max_width, settings.max_layers) == (7, 99, 2)
     assert settings.max_parameters == 12345 and settings.max_queued_runs == 4
-    assert settings.body_limits() == {IMPORT_PATH: 8192} and settings.max_body_bytes == 4096
+    assert settings.body_limits()[IMPORT_PATH] == 8192 and settings.max_body_bytes == 4096
     assert settings.cors_origins == ["https://lab.example"] and settings.stop_grace_s == 1.5
     settings.check()  # a token is set: off loopback is allowed
 

@@ -82,7 +82,7 @@ def test_bad_files_get_400_with_a_reason_and_change_nothing(client, tmp_path):
 
 
 def test_import_has_its_own_size_limit(client):
-    client.app.state.settings.import_max_bytes = 2048
+    client.app.state.settings.max_import_bytes = 2048
     response = client.post("/api/runs/import", content=b"x" * 4096)
     assert response.status_code == 413 and "import limit" in response.json()["detail"]
 

@@ -92,12 +92,12 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it passes `limit` (never read whole first)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, detail=f"request larger than ingest_max_bytes ({limit})")
+        raise HTTPException(413, detail=f"request larger than max_ingest_bytes ({limit})")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise HTTPException(413, detail=f"request larger than ingest_max_bytes ({limit})")
+            raise HTTPException(413, detail=f"request larger than max_ingest_bytes ({limit})")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -125,7 +125,7 @@ async def create(body: IngestRun, store: StoreDep) -> Created:
 async def events(run_id: RunIdDep, request: Request, store: StoreDep,
                  settings: SettingsDep) -> dict:
     """A batch of events with the writer's seqs (IngestBatch); seqs already stored are dropped."""
-    raw = await _read_limited(request, settings.ingest_max_bytes)
+    raw = await _read_limited(request, settings.max_ingest_bytes)
     try:
         body = IngestBatch.model_validate_json(raw)
     except ValidationError as error:
@@ -158,7 +158,7 @@ async def artifact(run_id: RunIdDep, name: str, request: Request, store: StoreDe
     """The trained model of a remote run (raw bytes of the .pt file)."""
     if name not in ARTIFACT_NAMES:
         raise HTTPException(404, detail=f"artifact name must be one of {', '.join(ARTIFACT_NAMES)}")
-    data = await _read_limited(request, settings.ingest_max_bytes)
+    data = await _read_limited(request, settings.max_ingest_bytes)
 
     def put() -> None:
         _writable(store, run_id)

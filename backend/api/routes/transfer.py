@@ -38,8 +38,8 @@ async def export(run_id: RunIdDep, store: StoreDep) -> Response:
 async def import_file(request: Request, store: StoreDep, settings: SettingsDep) -> dict:
     """Body = the raw bytes of an export file; 201 with the new run, 400 naming what is wrong.
 
-    Its own size limit (`import_max_bytes`), far above any other request's: runs are big."""
-    limit = settings.import_max_bytes
+    Its own size limit (`max_import_bytes`), far above any other request's: runs are big."""
+    limit = settings.max_import_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, detail=f"file larger than the import limit ({limit} bytes)")
