@@ -51,7 +51,7 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     print(f"sparsescope dashboard: http://{settings.host}:{settings.port}", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
-                timeout_graceful_shutdown=3)
+                timeout_graceful_shutdown=3, access_log=False)  # AccessLog logs requests
     return 0
 
 
