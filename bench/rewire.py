@@ -95,15 +95,14 @@ def main() -> None:
             grad = torch.randn(size, size, generator=generator)
             for method in METHODS:
                 rng = torch.Generator().manual_seed(1)
-                ours = median_ms(lambda m=method, r=rng: rewire(
-                    m, weight, mask, drop_fraction=DROP_FRACTION, grad=grad, generator=r),
-                    args.repeats)
+                ours = median_ms(lambda m=method, r=rng, w=weight, k=mask, g=grad: rewire(
+                    m, w, k, drop_fraction=DROP_FRACTION, grad=g, generator=r), args.repeats)
                 if size >= 4096:
                     reference, ratio = "skipped", "-"
                 else:
                     repeats = args.repeats if size <= 256 else 3
-                    ref_ms = median_ms(lambda m=method: seed_style_rewire(
-                        m, weight, mask, grad, DROP_FRACTION), repeats)
+                    ref_ms = median_ms(lambda m=method, w=weight, k=mask, g=grad: seed_style_rewire(
+                        m, w, k, g, DROP_FRACTION), repeats)
                     reference, ratio = f"{ref_ms:10.1f}", f"{ref_ms / ours:8.0f}×"
                 print(f"{size:>5}² {density:>5} {method:>14} {ours:9.2f} {dense_ms:9.2f} "
                       f"{ours / dense_ms:10.2f}× {reference:>10} {ratio:>9}", flush=True)
