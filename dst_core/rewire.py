@@ -151,7 +151,7 @@ class Rewirer(Algorithm):
 
 def _without(mask: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """A copy of `mask` with the flat positions `index` cleared."""
-    kept = mask.clone()
+    kept = mask.clone(memory_format=torch.contiguous_format)
     kept.view(-1)[index] = False
     return kept
 
