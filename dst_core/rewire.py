@@ -58,6 +58,7 @@ class Rewirer(Algorithm):
 
     mask_level = True
     needs_grad: ClassVar[bool] = False  # growth reads a dense gradient (or its momentum)
+    redistributes: ClassVar[bool] = False  # moves connections between layers (SNFS)
     grow_init: ClassVar[str] = "zero"  # "zero" or "random" (uniform at the layer's init bound)
 
     # ---- what a subclass supplies -----------------------------------------------------
@@ -130,7 +131,10 @@ class Rewirer(Algorithm):
             return []
         fraction = driver.schedule.fraction_at(driver.step_count)
         grads = driver.scratch.pop("grads", [None] * len(driver.layers))
+        # A dense layer can only regrow what it drops: skip the work unless counts move.
         drops = [self.drop_index(layer.weight.detach(), layer.mask, fraction)
+                 if self.redistributes or layer.active_count < layer.mask.numel()
+                 else torch.zeros(0, dtype=torch.long, device=layer.mask.device)
                  for layer in driver.layers]
         counts = self.grow_counts(driver, drops, grads)
         changes = []

@@ -43,6 +43,7 @@ class SNFSRewirer(RigLRewirer):
     # steps until the end; uniform initial densities that redistribution then reshapes.
     defaults = {"drop_fraction": 0.5, "schedule": "cosine", "interval_steps": 100,
                 "end_fraction": 1.0, "distribution": "uniform"}
+    redistributes = True
 
     def before_optimizer_step(self, driver, due):
         momenta = []
