@@ -1,10 +1,13 @@
 """The sparse-training driver: wraps any model and its optimizer and keeps them sparse.
 
 Masked weights are kept exactly zero in the parameter itself (no `weight * mask` in the
-forward pass), so `weight.grad` after backward *is* the dense gradient RigL needs. Before
-`optimizer.step()` the gradient is masked, so the optimizer's state never grows at inactive
-positions; after it the weights are masked again, which keeps them exactly zero even under
-weight decay. The algorithm (`dst_core.rewire.REGISTRY`) decides the rest through two hooks.
+forward pass), so `weight.grad` after backward *is* the dense gradient RigL needs. After
+every `optimizer.step()` the weights are multiplied by their mask (one pass per layer), which
+keeps inactive weights exactly zero under any optimizer, weight decay included. Gradients are
+not masked: the optimizer's state at inactive positions never reaches an active weight,
+because a rewire zeroes the state of every grown (and dropped) entry — measured, masking the
+gradient as well costs a second pass per layer and step for no change in the trajectory.
+The algorithm (`dst_core.rewire.REGISTRY`) decides the rest through two hooks.
 """
 
 from __future__ import annotations
@@ -226,10 +229,6 @@ class SparseDriver:
         """optimizer.step() with masks kept, then the algorithm's rewire if one is due."""
         due = self.rewire_due()
         self.algorithm.before_optimizer_step(self, due)
-        with torch.no_grad():
-            for layer in self.layers:
-                if layer.weight.grad is not None:
-                    layer.weight.grad.mul_(layer.multiplier)
         self.optimizer.step()
         self.apply_masks()
         self.step_count += 1
