@@ -305,6 +305,9 @@ class SparseDriver:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("method", self.method) != self.method:
+            raise ValueError(f"state: saved by a {state['method']!r} driver, this one runs "
+                             f"{self.method!r}")
         names = {layer.name for layer in self.layers}
         if set(state.get("masks", {})) != names:
             raise ValueError(f"state: masks for {sorted(state.get('masks', {}))}, "

@@ -238,6 +238,9 @@ def rewire(
             raise ValueError(f"grad: shape {shape} differs from weight {tuple(weight.shape)}")
         if grad.device != weight.device:
             raise ValueError(f"grad: on {grad.device}, weight on {weight.device}")
+    if generator is not None and (not isinstance(generator, torch.Generator)
+                                  or generator.device.type != weight.device.type):
+        raise ValueError(f"generator: needs a torch.Generator on {weight.device.type}")
     if not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"temperature: must be > 0, got {temperature!r}")
     bool_mask = mask.bool() if mask.dtype != torch.bool else mask

@@ -403,3 +403,14 @@ def test_layer_changes_are_the_net_mask_difference_and_itop_the_union(method):
     total = sum(mask.numel() for mask in union)
     assert driver.itop_rate() == pytest.approx(sum(int(u.sum()) for u in union) / total)
     assert driver.itop_rate() > driver.global_density()
+
+
+def test_load_state_dict_rejects_another_method_or_layers():
+    model = _mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = SparseDriver(model, optimizer, method="rigl", total_steps=10).state_dict()
+    with pytest.raises(ValueError, match="state"):
+        SparseDriver(model, optimizer, method="set", total_steps=10).load_state_dict(state)
+    with pytest.raises(ValueError, match="state"):
+        SparseDriver(model, optimizer, method="rigl", total_steps=10,
+                     exclude=["4"]).load_state_dict(state)

@@ -110,6 +110,7 @@ def test_cuda(method, dtype, shape):
     ({"method": "rigl", "grad": torch.ones(2, 2)}, "grad"),
     ({"method": "grad_sample", "temperature": 0.0}, "temperature"),
     ({"weight": [[1.0]]}, "weight"),
+    ({"generator": 5}, "generator"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, field):
     weight, mask, _ = _layer((4, 4), 0.5, 0)
