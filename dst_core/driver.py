@@ -214,6 +214,11 @@ class SparseDriver:
         if setup is not None:
             setup(self)
 
+    @property
+    def rewirer(self):
+        """The foundation's name for `algorithm` (kept for code written against it)."""
+        return self.algorithm
+
     # ---- per step -------------------------------------------------------------------
     @torch.no_grad()
     def apply_masks(self) -> None:
