@@ -41,20 +41,6 @@ def select_highest(scores: torch.Tensor, eligible: torch.Tensor, count: int) -> 
     return index_to_mask(select_index(scores, count, eligible=eligible, largest=True), scores)
 
 
-def top_mask(values: torch.Tensor, count: int) -> torch.Tensor:
-    """Bool mask of exactly `count` entries of the 1-D `values` with the highest scores.
-
-    Ties go to the lower index; -inf marks an entry that must not be chosen and NaN is never
-    chosen. Raises ValueError when fewer than `count` entries can be chosen.
-    """
-    return index_to_mask(select_index(values, count), values)
-
-
-def top_index(values: torch.Tensor, count: int) -> torch.Tensor:
-    """Ascending indices of exactly `count` highest entries of the 1-D `values`."""
-    return select_index(values, count)
-
-
 def index_to_mask(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Bool tensor of `like`'s shape, True at the flat positions `index`."""
     chosen = torch.zeros(like.numel(), dtype=torch.bool, device=like.device)
