@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from dst_core.selection import exclusive_or, index_to_mask, magnitude, select_index
+from dst_core.selection import index_to_mask, magnitude, select_index
 
 
 @dataclass(frozen=True)
@@ -58,14 +58,16 @@ class Rewirer(Algorithm):
 
     mask_level = True
     needs_grad: ClassVar[bool] = False  # growth reads a dense gradient (or its momentum)
+    redistributes: ClassVar[bool] = False  # moves connections between layers (SNFS)
     grow_init: ClassVar[str] = "zero"  # "zero" or "random" (uniform at the layer's init bound)
 
     # ---- what a subclass supplies -----------------------------------------------------
-    def drop(self, weight: torch.Tensor, mask: torch.Tensor, drop_fraction: float) -> torch.Tensor:
-        """Bool tensor of the active positions to drop: the `int(f·k)` smallest |w|."""
+    def drop_index(self, weight: torch.Tensor, mask: torch.Tensor,
+                   drop_fraction: float) -> torch.Tensor:
+        """Flat indices of the active positions to drop: the `int(f·k)` smallest |w|."""
         count = int(drop_fraction * int(torch.count_nonzero(mask)))
         scores = magnitude(weight, "drop")  # (numel,) float32
-        return index_to_mask(select_index(scores, count, eligible=mask, largest=False), mask)
+        return select_index(scores, count, eligible=mask, largest=False)
 
     def grow_score(
         self,
@@ -78,8 +80,7 @@ class Rewirer(Algorithm):
         """(numel,) float32 scores; the highest positions outside `kept` grow."""
         raise NotImplementedError
 
-    # ---- the shared machinery ----------------------------------------------------------
-    def grow(
+    def grow_index(
         self,
         weight: torch.Tensor,
         kept: torch.Tensor,
@@ -88,9 +89,19 @@ class Rewirer(Algorithm):
         generator: torch.Generator | None,
         temperature: float,
     ) -> torch.Tensor:
-        """Bool tensor of exactly `count` positions outside `kept` to activate."""
+        """Flat indices of exactly `count` positions outside `kept` to activate."""
         scores = self.grow_score(weight, kept, grad, generator, temperature)  # (numel,) float32
-        return index_to_mask(select_index(scores, count, eligible=~kept), weight)
+        return select_index(scores, count, excluded=kept)
+
+    # ---- the shared machinery ----------------------------------------------------------
+    def drop(self, weight: torch.Tensor, mask: torch.Tensor, drop_fraction: float) -> torch.Tensor:
+        """Bool tensor (mask's shape) of the active positions to drop."""
+        return index_to_mask(self.drop_index(weight, mask, drop_fraction), mask)
+
+    def grow(self, weight, kept, count, grad, generator, temperature) -> torch.Tensor:
+        """Bool tensor (weight's shape) of exactly `count` positions outside `kept` to grow."""
+        return index_to_mask(self.grow_index(weight, kept, count, grad, generator, temperature),
+                             weight)
 
     def __call__(
         self,
@@ -102,12 +113,11 @@ class Rewirer(Algorithm):
         temperature: float = 1.0,
         grow_count: int | None = None,
     ) -> RewireResult:
-        dropped = self.drop(weight, mask, drop_fraction)
-        kept = exclusive_or(mask, dropped)  # dropped ⊆ mask
-        if grow_count is None:
-            grow_count = int(torch.count_nonzero(dropped))
-        grown = self.grow(weight, kept, grow_count, grad, generator, temperature)
-        return net_result(kept, dropped, grown)
+        dropped = self.drop_index(weight, mask, drop_fraction)
+        kept = _without(mask, dropped)
+        count = dropped.numel() if grow_count is None else grow_count
+        grown = self.grow_index(weight, kept, count, grad, generator, temperature)
+        return net_result(mask, kept, dropped, grown)
 
     # ---- driver hooks: periodic rewiring ---------------------------------------------
     def before_optimizer_step(self, driver: Any, due: bool) -> None:
@@ -121,29 +131,46 @@ class Rewirer(Algorithm):
             return []
         fraction = driver.schedule.fraction_at(driver.step_count)
         grads = driver.scratch.pop("grads", [None] * len(driver.layers))
-        drops = [self.drop(layer.weight.detach(), layer.mask, fraction) for layer in driver.layers]
+        # A dense layer can only regrow what it drops: skip the work unless counts move.
+        drops = [self.drop_index(layer.weight.detach(), layer.mask, fraction)
+                 if self.redistributes or layer.active_count < layer.mask.numel()
+                 else torch.zeros(0, dtype=torch.long, device=layer.mask.device)
+                 for layer in driver.layers]
         counts = self.grow_counts(driver, drops, grads)
         changes = []
         for layer, dropped, grad, count in zip(driver.layers, drops, grads, counts, strict=True):
-            kept = exclusive_or(layer.mask, dropped)
-            grown = self.grow(layer.weight.detach(), kept, count, grad, driver.generator,
-                              driver.temperature)
-            result = net_result(kept, dropped, grown)
+            kept = _without(layer.mask, dropped)
+            grown = self.grow_index(layer.weight.detach(), kept, count, grad, driver.generator,
+                                    driver.temperature)
+            result = net_result(layer.mask, kept, dropped, grown)
             changes.append(driver.apply_change(layer, result.mask, result.added, result.removed,
                                                self.grow_init))
         return changes
 
     def grow_counts(self, driver: Any, drops: list[torch.Tensor], grads: list) -> list[int]:
-        """How many connections each layer regrows: by default exactly what it dropped."""
-        return [int(torch.count_nonzero(dropped)) for dropped in drops]
+        """How many connections each layer regrows (`drops`: each layer's dropped flat
+        indices): by default exactly what it dropped."""
+        return [dropped.numel() for dropped in drops]
 
 
-def net_result(kept: torch.Tensor, dropped: torch.Tensor, grown: torch.Tensor) -> RewireResult:
-    """New mask and net changes; `grown` lies outside `kept`, so a regrown position is one
-    in both `dropped` and `grown` and counts as neither added nor removed."""
-    regrown = grown & dropped
-    return RewireResult(mask=kept | grown, added=exclusive_or(grown, regrown),
-                        removed=exclusive_or(dropped, regrown))
+def _without(mask: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """A copy of `mask` with the flat positions `index` cleared."""
+    kept = mask.clone(memory_format=torch.contiguous_format)
+    kept.view(-1)[index] = False
+    return kept
+
+
+def net_result(mask: torch.Tensor, kept: torch.Tensor, dropped: torch.Tensor,
+               grown: torch.Tensor) -> RewireResult:
+    """New mask and net changes from the dropped and grown flat indices. Growth lies outside
+    `kept`, so a position both dropped and grown was regrown: neither added nor removed, and
+    works on the few changed indices rather than whole-tensor passes."""
+    added = index_to_mask(grown, mask)
+    new_mask = kept | added
+    regrown = added.view(-1)[dropped]  # (D,) bool: dropped positions that came back
+    added.view(-1)[dropped[regrown]] = False
+    removed = index_to_mask(dropped[~regrown], mask)
+    return RewireResult(mask=new_mask, added=added, removed=removed)
 
 
 def _dense_grad(layer: Any) -> torch.Tensor:
@@ -211,6 +238,9 @@ def rewire(
             raise ValueError(f"grad: shape {shape} differs from weight {tuple(weight.shape)}")
         if grad.device != weight.device:
             raise ValueError(f"grad: on {grad.device}, weight on {weight.device}")
+    if generator is not None and (not isinstance(generator, torch.Generator)
+                                  or generator.device.type != weight.device.type):
+        raise ValueError(f"generator: needs a torch.Generator on {weight.device.type}")
     if not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"temperature: must be > 0, got {temperature!r}")
     bool_mask = mask.bool() if mask.dtype != torch.bool else mask

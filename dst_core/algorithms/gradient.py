@@ -43,6 +43,7 @@ class SNFSRewirer(RigLRewirer):
     # steps until the end; uniform initial densities that redistribution then reshapes.
     defaults = {"drop_fraction": 0.5, "schedule": "cosine", "interval_steps": 100,
                 "end_fraction": 1.0, "distribution": "uniform"}
+    redistributes = True
 
     def before_optimizer_step(self, driver, due):
         momenta = []
@@ -57,13 +58,13 @@ class SNFSRewirer(RigLRewirer):
             driver.scratch["grads"] = momenta
 
     def grow_counts(self, driver, drops, grads):
-        total = sum(int(torch.count_nonzero(dropped)) for dropped in drops)
+        total = sum(dropped.numel() for dropped in drops)
         shares = [float(momentum[layer.mask].abs().mean()) if layer.active_count else 0.0
                   for layer, momentum in zip(driver.layers, grads, strict=True)]
-        capacities = [layer.mask.numel() - layer.active_count + int(torch.count_nonzero(dropped))
+        capacities = [layer.mask.numel() - layer.active_count + dropped.numel()
                       for layer, dropped in zip(driver.layers, drops, strict=True)]
         if not all(math.isfinite(share) for share in shares) or sum(shares) <= 0:
-            return [int(torch.count_nonzero(dropped)) for dropped in drops]
+            return [dropped.numel() for dropped in drops]
         return apportion(total, shares, capacities)
 
 

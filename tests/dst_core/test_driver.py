@@ -371,3 +371,46 @@ def test_bfloat16_model_on_cpu():
     x, y = _data()
     _train(model, optimizer, driver, 30, x.to(torch.bfloat16), y, on_step=_assert_masked_zero)
     assert [layer.active_count for layer in driver.layers] == counts
+
+
+@pytest.mark.parametrize("method", ["set", "rigl", "snfs", "grad_sample"])
+def test_layer_changes_are_the_net_mask_difference_and_itop_the_union(method):
+    model = _mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    driver = SparseDriver(model, optimizer, method=method, density=0.2, total_steps=100,
+                          interval_steps=5, drop_fraction=0.3, schedule="constant")
+    before = [layer.mask.clone() for layer in driver.layers]
+    union = [layer.mask.clone() for layer in driver.layers]
+    x, y = _data()
+    rewires = 0
+    for step in range(40):
+        start = (step * 32) % len(x)
+        loss = F.cross_entropy(model(x[start:start + 32]), y[start:start + 32])
+        optimizer.zero_grad()
+        loss.backward()
+        changes = driver.step()
+        if not changes:
+            continue
+        rewires += 1
+        for index, (layer, change) in enumerate(zip(driver.layers, changes, strict=True)):
+            added = (layer.mask & ~before[index]).reshape(-1).nonzero().squeeze(1)
+            removed = (before[index] & ~layer.mask).reshape(-1).nonzero().squeeze(1)
+            assert torch.equal(change.added, added) and torch.equal(change.removed, removed)
+            assert change.active_count == layer.active_count and change.step == step + 1
+            before[index] = layer.mask.clone()
+            union[index] |= layer.mask
+    assert rewires == 8
+    total = sum(mask.numel() for mask in union)
+    assert driver.itop_rate() == pytest.approx(sum(int(u.sum()) for u in union) / total)
+    assert driver.itop_rate() > driver.global_density()
+
+
+def test_load_state_dict_rejects_another_method_or_layers():
+    model = _mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = SparseDriver(model, optimizer, method="rigl", total_steps=10).state_dict()
+    with pytest.raises(ValueError, match="state"):
+        SparseDriver(model, optimizer, method="set", total_steps=10).load_state_dict(state)
+    with pytest.raises(ValueError, match="state"):
+        SparseDriver(model, optimizer, method="rigl", total_steps=10,
+                     exclude=["4"]).load_state_dict(state)

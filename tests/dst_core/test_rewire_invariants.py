@@ -110,6 +110,7 @@ def test_cuda(method, dtype, shape):
     ({"method": "rigl", "grad": torch.ones(2, 2)}, "grad"),
     ({"method": "grad_sample", "temperature": 0.0}, "temperature"),
     ({"weight": [[1.0]]}, "weight"),
+    ({"generator": 5}, "generator"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, field):
     weight, mask, _ = _layer((4, 4), 0.5, 0)
@@ -141,3 +142,11 @@ def test_register_rewirer_plugs_in_a_user_algorithm():
         assert torch.equal(result.mask, torch.tensor([[True, False, True, False]]))
     finally:
         REGISTRY.pop("grow_first")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_non_contiguous_inputs(method):
+    weight, mask, grad = _layer((30, 40), 0.2, 4)
+    result = rewire(method, weight.t(), mask.t(), drop_fraction=0.3, grad=grad.t(),
+                    generator=torch.Generator().manual_seed(0))
+    _check(result, mask.t(), 0.3)
