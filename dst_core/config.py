@@ -57,16 +57,20 @@ class RunConfig(BaseModel):
         None, ge=0.0, le=1.0, description="Stop rewiring after this share of training")
     epochs: int = Field(100, ge=1, description="Passes over the training set")
     batch_size: int = Field(64, ge=1, le=65536, description="Examples per step")
-    lr: float = Field(0.05, gt=0.0, le=10.0, description="Learning rate")
+    lr: float | None = Field(None, gt=0.0, le=10.0,
+                             description="Learning rate; default: the method's (0.05; Deep R 0.5)")
     optimizer: Literal["sgd", "adam", "adamw"] = Field("sgd", description="Optimizer")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="L2 / decoupled weight decay")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds masks, init, data order")
     keyframe_every: int = Field(10, ge=1, le=1_000_000,
                                 description="Full masks stored every K rewires")
-    temperature: float = Field(1.0, gt=0.0, le=1e6,
-                               description="Deep R noise / grad_sample temperature")
-    l1: float = Field(1e-5, ge=0.0, le=1.0, description="Deep R L1 shrink of active parameters")
+    temperature: float | None = Field(
+        None, gt=0.0, le=1e6,
+        description="Deep R noise / grad_sample temperature; default: the method's "
+                    "(grad_sample 1, Deep R 1e-6)")
+    l1: float | None = Field(None, ge=0.0, le=1.0,
+                             description="Deep R L1 shrink of active parameters (default 1e-5)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train")
 
     @model_validator(mode="before")

@@ -17,6 +17,7 @@ from dst_core.config import RunConfig
 from dst_core.driver import SparseDriver
 from dst_core.events import EventSink
 from dst_core.models import build_model
+from dst_core.rewire import get_algorithm
 from dst_core.tasks import load_task
 from dst_core.topology import TopologyEmitter
 
@@ -35,12 +36,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+DEFAULT_LR = 0.05
+
+
+def resolved_lr(config: RunConfig) -> float:
+    """The config's learning rate, else the method's (Deep R updates θ by plain SGD and needs
+    a larger step than the weight-space methods)."""
+    if config.lr is not None:
+        return config.lr
+    return float(get_algorithm(config.method).defaults.get("lr", DEFAULT_LR))
+
+
 def build_optimizer(config: RunConfig, params) -> torch.optim.Optimizer:
+    lr = resolved_lr(config)
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+        return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=config.momentum,
                            weight_decay=config.weight_decay)
 
 
@@ -66,15 +79,13 @@ def train(
     x_train, y_train = task.x_train.to(device), task.y_train.to(device)
     x_test, y_test = task.x_test.to(device), task.y_test.to(device)
     steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
-    explicit = config.model_fields_set  # unset fields take the method's published defaults
     driver = SparseDriver(
         model, optimizer, method=config.method, density=config.density,
         distribution=config.distribution, total_steps=steps_per_epoch * config.epochs,
         drop_fraction=config.drop_fraction, schedule=config.schedule,
         interval_steps=config.interval_steps, end_fraction=config.end_fraction,
         steps_per_epoch=steps_per_epoch,
-        temperature=config.temperature if "temperature" in explicit else None,
-        l1=config.l1 if "l1" in explicit else None, seed=config.seed,
+        temperature=config.temperature, l1=config.l1, seed=config.seed,
     )
     emitter = TopologyEmitter(driver, sink, config.keyframe_every)
     driver.listeners.append(emitter)

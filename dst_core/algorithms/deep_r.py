@@ -29,11 +29,12 @@ REVIVED_THETA = 1e-12  # Bellec et al.: a revived connection starts just above z
 class DeepR(Algorithm):
     """Per-step sibling of the rewirers: its own θ update, constant active count."""
 
-    # Reported every 100 steps; T chosen so the noise (std √(2·lr·T) ≈ 3e-4 at lr 0.05)
-    # explores without swamping the gradient; α = 1e-5 as the RunConfig default.
+    # Reported every 100 steps; T chosen so the noise (std √(2·lr·T) ≈ 1e-3 at lr 0.5)
+    # explores without swamping the gradient; α = 1e-5. θ moves by plain SGD, so Deep R
+    # needs a larger learning rate than the weight-space methods (digits: chance at 0.05).
     defaults = {"interval_steps": 100, "end_fraction": 1.0, "schedule": "constant",
                 "drop_fraction": 0.0, "distribution": "uniform", "temperature": 1e-6,
-                "l1": 1e-5}
+                "l1": 1e-5, "lr": 0.5}
 
     def setup(self, driver) -> None:
         for layer in driver.layers:
