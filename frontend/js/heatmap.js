@@ -115,60 +115,113 @@ export class LayerPanel {
     this.state = null;
     this.mode = null;
     this.hooked = false;
+    this.generation = 0;
   }
 
-  // Draws the layer at `state` (from LayerHistory.state). Returns Plotly's promise.
-  draw(state, mode, palette) {
-    this.state = state;
+  // Draws the layer at `state` (from LayerHistory.state); resolves once Plotly has painted it.
+  // A draw started later supersedes this one: its picture is skipped, never shown out of order.
+  async draw(state, mode, palette) {
+    const generation = ++this.generation;
     const layer = this.layer;
+    const trace = !state ? { type: "heatmap", z: [[0]], showscale: false, hoverinfo: "skip" }
+      : mode === "density" ? this.densityTrace(state) : await this.bitmapTrace(state, palette);
+    if (generation !== this.generation) return false;
+    this.state = state;
+    this.mode = mode;
     const step = state ? state.frame.step : null;
     const active = state ? state.active : 0;
     const density = layer.size ? active / layer.size : 0;
     const head = this.titlePrefix ? `${this.titlePrefix} · ` : "";
-    const title = `${head}${layer.name} · ${layer.rows}×${layer.cols} · ${active} active (${(100 * density).toFixed(1)}%) · step ${step ?? "–"}`;
-    this.plot.dataset.step = String(step);
-    this.plot.dataset.active = String(active);
-    this.plot.dataset.mode = mode;
-    if (state) {
-      this.plot.dataset.added = String(state.frame.added.length);
-      this.plot.dataset.removed = String(state.frame.removed.length);
-    }
-    const trace = !state ? { type: "heatmap", z: [[0]], showscale: false, hoverinfo: "skip" }
-      : mode === "density" ? this.densityTrace(state) : this.bitmapTrace(state, palette);
+    const title = `${head}${layer.name} · ${layer.rows}×${layer.cols} · ${active} active ` +
+      `(${(100 * density).toFixed(1)}%) · step ${step ?? "–"}` +
+      (mode !== "density" && this.factor && this.factor.fx * this.factor.fy > 1
+        ? ` · ${this.factor.fy}×${this.factor.fx} per pixel` : "");
     const layout = {
       title: { text: title, font: { size: 12 } },
       margin: { l: 48, r: 12, t: 30, b: 36 },
       xaxis: { title: { text: "input unit", standoff: 4 }, zeroline: false, showgrid: false },
       yaxis: { title: { text: "output unit", standoff: 4 }, autorange: "reversed", zeroline: false,
-               showgrid: false, scaleanchor: false },
+               showgrid: false, scaleanchor: false, ...(layer.rows <= 12 ? { dtick: 1 } : {}) },
       uirevision: `${layer.name}-${mode}`,
       paper_bgcolor: "rgba(0,0,0,0)",
       plot_bgcolor: "#ffffff",
     };
-    this.mode = mode;
-    const done = Plotly.react(this.plot, [trace], layout, PLOT_CONFIG);
+    await Plotly.react(this.plot, [trace], layout, PLOT_CONFIG);
     if (!this.hooked) {
       this.hooked = true;
       this.plot.on("plotly_hover", (event) => this.hover(event));
     }
-    return done;
+    const data = this.plot.dataset;
+    data.step = String(step);
+    data.active = String(active);
+    data.mode = mode;
+    data.added = String(state ? state.frame.added.length : 0);
+    data.removed = String(state ? state.frame.removed.length : 0);
+    data.drawn = String(Number(data.drawn || 0) + 1);
+    return true;
   }
 
-  bitmapTrace(state, palette) {
+  // Screen pixels available: a layer with more connections than that is drawn with several
+  // connections per pixel (the browser would otherwise drop most of them when scaling down).
+  resolution() {
     const { rows, cols } = this.layer;
-    if (!this.image) this.image = this.context.createImageData(cols, rows);
+    const ratio = window.devicePixelRatio || 1;
+    const width = Math.max(64, Math.floor(((this.plot.clientWidth || 400) - 60) * ratio));
+    const height = Math.max(64, Math.floor(((this.plot.clientHeight || 320) - 66) * ratio));
+    const fx = Math.max(1, Math.ceil(cols / width));
+    const fy = Math.max(1, Math.ceil(rows / height));
+    return { fx, fy, width: Math.ceil(cols / fx), height: Math.ceil(rows / fy) };
+  }
+
+  // The connections bitmap; where a pixel covers several connections it shows the most notable
+  // one (removed > added > kept > inactive), so no rewire mark is ever hidden by the scaling.
+  // PNG-encoded off the main thread (toBlob) for Plotly's `image` trace.
+  async bitmapTrace(state, palette) {
+    const { rows, cols } = this.layer;
+    const { fx, fy, width, height } = this.resolution();
+    this.factor = { fx, fy };
+    if (!this.image || this.image.width !== width || this.image.height !== height) {
+      this.canvas.width = width;
+      this.canvas.height = height;
+      this.image = this.context.createImageData(width, height);
+    }
     const pixels = new Uint32Array(this.image.data.buffer);
-    const inactive = rgba32(palette.inactive);
-    const kept = rgba32(palette.kept);
+    const colours = ["inactive", "kept", "added", "removed"].map((name) => rgba32(palette[name]));
     const mask = state.mask;
-    for (let i = 0; i < mask.length; i++) pixels[i] = mask[i] ? kept : inactive;
-    const added = rgba32(palette.added);
-    const removed = rgba32(palette.removed);
     const { frame } = state;
-    for (let i = 0; i < frame.added.length; i++) pixels[frame.added[i]] = added;
-    for (let i = 0; i < frame.removed.length; i++) pixels[frame.removed[i]] = removed;
+    if (fx === 1 && fy === 1) {
+      for (let i = 0; i < mask.length; i++) pixels[i] = mask[i] ? colours[1] : colours[0];
+      for (let i = 0; i < frame.added.length; i++) pixels[frame.added[i]] = colours[2];
+      for (let i = 0; i < frame.removed.length; i++) pixels[frame.removed[i]] = colours[3];
+    } else {
+      const codes = new Uint8Array(width * height);
+      const colPixel = new Uint32Array(cols);
+      for (let c = 0; c < cols; c++) colPixel[c] = (c / fx) | 0;
+      for (let r = 0; r < rows; r++) {
+        const base = ((r / fy) | 0) * width;
+        const offset = r * cols;
+        for (let c = 0; c < cols; c++) if (mask[offset + c]) codes[base + colPixel[c]] = 1;
+      }
+      const mark = (list, code) => {
+        for (let i = 0; i < list.length; i++) {
+          const flat = list[i];
+          const pixel = ((flat / cols / fy) | 0) * width + colPixel[flat % cols];
+          if (codes[pixel] < code) codes[pixel] = code;
+        }
+      };
+      mark(frame.added, 2);
+      mark(frame.removed, 3);
+      for (let i = 0; i < codes.length; i++) pixels[i] = colours[codes[i]];
+    }
     this.context.putImageData(this.image, 0, 0);
-    return { type: "image", source: this.canvas.toDataURL("image/png"), x0: 0, y0: 0, dx: 1, dy: 1,
+    const blob = await new Promise((resolve) => this.canvas.toBlob(resolve, "image/png"));
+    const source = await new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(reader.result);
+      reader.onerror = () => reject(reader.error);
+      reader.readAsDataURL(blob);
+    });
+    return { type: "image", source, x0: (fx - 1) / 2, y0: (fy - 1) / 2, dx: fx, dy: fy,
              hoverinfo: "none", zsmooth: false };
   }
 
@@ -195,12 +248,26 @@ export class LayerPanel {
         `${Number(point.z).toFixed(3)} (${count} active), added ${added}, removed ${removed}`;
       return;
     }
-    const row = Math.round(point.y);
-    const col = Math.round(point.x);
-    if (row < 0 || col < 0 || row >= this.layer.rows || col >= this.layer.cols) return;
-    const name = STATE_NAMES[connectionState(this.state, row * this.layer.cols + col)];
-    this.readout.textContent = `out ${row}, in ${col}: ${name}`;
-    this.readout.dataset.state = name;
+    const { fx = 1, fy = 1 } = this.factor || {};
+    const { rows, cols } = this.layer;
+    const blockRow = Math.round((point.y - (fy - 1) / 2) / fy);
+    const blockCol = Math.round((point.x - (fx - 1) / 2) / fx);
+    const r0 = blockRow * fy;
+    const c0 = blockCol * fx;
+    if (r0 < 0 || c0 < 0 || r0 >= rows || c0 >= cols) return;
+    if (fx === 1 && fy === 1) {
+      const name = STATE_NAMES[connectionState(this.state, r0 * cols + c0)];
+      this.readout.textContent = `out ${r0}, in ${c0}: ${name}`;
+      this.readout.dataset.state = name;
+      return;
+    }
+    const r1 = Math.min(rows, r0 + fy) - 1;
+    const c1 = Math.min(cols, c0 + fx) - 1;
+    const counts = [0, 0, 0, 0];
+    for (let r = r0; r <= r1; r++) for (let c = c0; c <= c1; c++) counts[connectionState(this.state, r * cols + c)] += 1;
+    const parts = STATE_NAMES.map((name, i) => (counts[i] ? `${counts[i]} ${name}` : "")).filter(Boolean);
+    this.readout.textContent = `out ${r0}–${r1}, in ${c0}–${c1}: ${parts.join(", ")}`;
+    this.readout.dataset.state = STATE_NAMES[counts[3] ? 3 : counts[2] ? 2 : counts[1] ? 1 : 0];
   }
 
   remove() {

@@ -127,8 +127,11 @@ export class RunsList {
     }
     tr.children[2].className = "name";
     tr.children[2].title = `${run.id}${run.error ? ` · ${run.error}` : ""}`;
-    const actions = document.createElement("td");
-    actions.className = "actions";
+    const cell = document.createElement("td");
+    cell.className = "actions";
+    const actions = document.createElement("div");
+    actions.className = "buttons";
+    cell.append(actions);
     actions.append(button("Open", `Open ${run.name}`, () => this.onOpen(run)));
     if (ACTIVE.has(run.status)) actions.append(button("Stop", `Stop run ${run.name}`, () => this.stop(run)));
     actions.append(button("Export", `Export ${run.name}`, () => this.exportRun(run)));
@@ -140,7 +143,7 @@ export class RunsList {
       setTimeout(() => { delete remove.dataset.armed; remove.textContent = "Delete"; }, 4000);
     }, "danger");
     actions.append(remove);
-    tr.append(actions);
+    tr.append(cell);
     return tr;
   }
 
