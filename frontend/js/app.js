@@ -23,7 +23,7 @@ const ui = {
   route: "runs",
   // the run view
   model: null, stream: null, panels: [], inputPanel: null, position: -1, live: true,
-  playing: false, playTimer: 0, mode: "auto", shownPosition: null,
+  playing: false, playTimer: 0, mode: "auto", shownPosition: null, painting: false,
   topologyDirty: false, chartsDirty: false, lastChartDraw: 0, chartTimer: 0, frame: 0,
   // compare
   compare: { models: [], streams: [], panels: [], steps: [], position: -1, live: true, playing: false,
@@ -39,7 +39,14 @@ window.sparsescope = {
   feed: (message) => feedRunEvent(message),
   openLocal: (run) => openModel(new RunModel({ status: "running", ...run }), null),
   dropConnection: () => ui.stream && ui.stream.drop(),
-  drawn: () => Promise.all(pendingPaints),
+  // Resolves once every picture requested so far is on screen.
+  drawn: async () => {
+    for (;;) {
+      await Promise.all(pendingPaints);
+      await new Promise((resolve) => requestAnimationFrame(() => resolve()));
+      if (!ui.painting && (!ui.topologyDirty || ui.route !== "run" || !ui.model)) return;
+    }
+  },
 };
 let pendingPaints = [];
 
@@ -213,7 +220,9 @@ function drawRun(now) {
   const model = ui.model;
   if (!model || ui.route !== "run") return;
   updateScrubber();
-  if (ui.topologyDirty && ui.position >= 0) {
+  // One picture in flight at a time: frames arriving meanwhile only mark the view dirty, and the
+  // next picture shows the newest of them (the ones in between are skipped, never queued).
+  if (ui.topologyDirty && ui.position >= 0 && !ui.painting) {
     ui.topologyDirty = false;
     const started = performance.now();
     const step = model.steps[ui.position];
@@ -233,7 +242,14 @@ function drawRun(now) {
     perf.draws += 1;
     const drawn = performance.now() - started;
     perf.drawMs.push(drawn);
-    const all = Promise.all(paints).then(() => { perf.paintMs.push(performance.now() - started); });
+    ui.painting = true;
+    const all = Promise.all(paints).then(() => {
+      perf.paintMs.push(performance.now() - started);
+      if (perf.paintMs.length > 2000) perf.paintMs.splice(0, 1000);
+    }).finally(() => {
+      ui.painting = false;
+      if (ui.topologyDirty) scheduleDraw();
+    });
     pendingPaints = [all];
     ui.chartsDirty = ui.chartsDirty || !ui.live; // the dotted step marker moved
   }

@@ -1,10 +1,10 @@
 // Metric charts of one run, and the same metrics overlaid for several runs (Compare).
 const CONFIG = { displayModeBar: false, responsive: true };
 const BASE = {
-  margin: { l: 52, r: 16, t: 30, b: 40 },
-  legend: { orientation: "h", y: -0.22, font: { size: 11 } },
+  margin: { l: 52, r: 16, t: 30, b: 64 },
+  legend: { orientation: "h", y: -0.3, font: { size: 11 } },
   paper_bgcolor: "rgba(0,0,0,0)",
-  xaxis: { title: { text: "step" }, zeroline: false },
+  xaxis: { title: { text: "step", standoff: 2 }, zeroline: false },
 };
 
 function layout(title, yTitle, extra = {}) {

@@ -92,11 +92,12 @@ export function fieldErrors(detail, names) {
     const loc = item.loc || [];
     const msg = String(item.msg || "").replace(/^Value error, /, "");
     let field = loc[0] === "body" ? loc[1] : loc[loc.length - 1];
+    const entry = loc[0] === "body" && Number.isInteger(loc[2]) ? `entry ${loc[2] + 1}: ` : "";
     if (!names.includes(field)) {
       const named = /^(\w+):/.exec(msg);
       field = named && names.includes(named[1]) ? named[1] : null;
     }
-    if (field) (errors[field] ||= []).push(msg);
+    if (field) (errors[field] ||= []).push(entry + msg);
     else general.push(msg);
   }
   return { errors, general };
