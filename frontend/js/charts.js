@@ -47,7 +47,7 @@ export function runCharts(model, palette) {
         customdata: r.removed, hovertemplate: "removed %{customdata}<extra></extra>" },
       line("turnover", r.step, r.turnover, { yaxis: "y2", mode: "lines+markers", line: { color: "#111" } }),
     ], layout("Added / removed per rewire", "connections", {
-      barmode: "relative",
+      barmode: "relative", margin: { ...BASE.margin, r: 56 },
       yaxis2: { title: { text: "turnover" }, overlaying: "y", side: "right", rangemode: "tozero", showgrid: false },
     })],
   };

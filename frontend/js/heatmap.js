@@ -45,7 +45,9 @@ function contains(sorted, value) {
 }
 
 export function blockGeometry(rows, cols) {
-  const block = Math.max(1, Math.ceil(Math.max(rows, cols) / MAX_BLOCKS));
+  const longest = Math.max(rows, cols);
+  // Blocks of at least 4 × 4 once a layer is big enough: a 1 × 1 "density" is just the mask.
+  const block = Math.max(1, Math.ceil(longest / MAX_BLOCKS), longest >= 32 ? 4 : 1);
   return { block, blockRows: Math.ceil(rows / block), blockCols: Math.ceil(cols / block) };
 }
 
@@ -74,6 +76,7 @@ export function blockDensity(layer, state) {
   tally(state.frame.removed, removed);
   const z = [];
   const customdata = [];
+  let highest = 0;
   for (let br = 0; br < blockRows; br++) {
     const height = Math.min(block, rows - br * block);
     const zRow = new Array(blockCols);
@@ -82,12 +85,14 @@ export function blockDensity(layer, state) {
       const width = Math.min(block, cols - bc * block);
       const index = br * blockCols + bc;
       zRow[bc] = counts[index] / (height * width);
-      cRow[bc] = [br * block + height - 1, bc * block + width - 1, added[index], removed[index], counts[index]];
+      if (zRow[bc] > highest) highest = zRow[bc];
+      cRow[bc] = [br * block, br * block + height - 1, bc * block, bc * block + width - 1,
+                   added[index], removed[index], counts[index]];
     }
     z.push(zRow);
     customdata.push(cRow);
   }
-  return { z, customdata, block, blockRows, blockCols };
+  return { z, customdata, block, blockRows, blockCols, highest };
 }
 
 export class LayerPanel {
@@ -228,14 +233,18 @@ export class LayerPanel {
   densityTrace(state) {
     const blocks = blockDensity(this.layer, state);
     this.blocks = blocks;
-    const x = Array.from({ length: blocks.blockCols }, (_, i) => i * blocks.block);
-    const y = Array.from({ length: blocks.blockRows }, (_, i) => i * blocks.block);
+    // Cells centred on their blocks, so the axes stay in unit indices.
+    const centre = (i) => i * blocks.block + (blocks.block - 1) / 2;
+    const x = Array.from({ length: blocks.blockCols }, (_, i) => centre(i));
+    const y = Array.from({ length: blocks.blockRows }, (_, i) => centre(i));
     return {
       type: "heatmap", z: blocks.z, x, y, customdata: blocks.customdata, zmin: 0,
+      zmax: Math.max(blocks.highest, 1e-6),
       colorscale: "Viridis", colorbar: { title: { text: "density" }, thickness: 10 },
       xgap: 0, ygap: 0,
-      hovertemplate: "out %{y}–%{customdata[0]}, in %{x}–%{customdata[1]}<br>density %{z:.3f}" +
-        " (%{customdata[4]} active)<br>added %{customdata[2]}, removed %{customdata[3]}<extra></extra>",
+      hovertemplate: "out %{customdata[0]}–%{customdata[1]}, in %{customdata[2]}–%{customdata[3]}" +
+        "<br>density %{z:.3f} (%{customdata[6]} active)<br>added %{customdata[4]}, removed %{customdata[5]}" +
+        "<extra></extra>",
     };
   }
 
@@ -243,8 +252,8 @@ export class LayerPanel {
     const point = event.points && event.points[0];
     if (!point || !this.state) return;
     if (this.mode === "density") {
-      const [rowEnd, colEnd, added, removed, count] = point.customdata;
-      this.readout.textContent = `block out ${point.y}–${rowEnd}, in ${point.x}–${colEnd}: density ` +
+      const [rowStart, rowEnd, colStart, colEnd, added, removed, count] = point.customdata;
+      this.readout.textContent = `block out ${rowStart}–${rowEnd}, in ${colStart}–${colEnd}: density ` +
         `${Number(point.z).toFixed(3)} (${count} active), added ${added}, removed ${removed}`;
       return;
     }
