@@ -380,7 +380,7 @@ function compareSteps(models) {
 function closeCompare() {
   const c = ui.compare;
   for (const stream of c.streams) stream.close();
-  for (const panel of c.panels) panel.remove();
+  for (const panel of c.panels) if (panel) panel.remove();
   clearInterval(c.timer);
   Object.assign(c, { models: [], streams: [], panels: [], steps: [], position: -1, live: true,
                      playing: false, timer: 0, key: "" });
@@ -429,7 +429,7 @@ function layoutCompare() {
     select.replaceChildren(...reference.layers.map((layer, index) => new Option(`${index}: ${layer.name}`, String(index))));
     select.value = String(Math.min(c.layer, reference.layers.length - 1));
   }
-  for (const panel of c.panels) panel.remove();
+  for (const panel of c.panels) if (panel) panel.remove();
   const container = $("compare-heatmaps");
   container.replaceChildren();
   c.panels = c.models.map((model, index) => {

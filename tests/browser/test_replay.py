@@ -124,7 +124,8 @@ def test_play_density_map_hover_and_input_pixels(page, saved):
     assert all(0.0 <= value <= 1.0 for row in z for value in row)
     box = page.locator("#heatmap-0 .nsewdrag").first.bounding_box()
     page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
-    page.wait_for_function("document.querySelectorAll('#heatmaps .readout')[1].textContent.includes('density')")
+    page.wait_for_function(
+        "document.querySelectorAll('#heatmaps .readout')[1].textContent.includes('density')")
     page.mouse.move(0, 0)
     screenshot(page, "density-map.png")
     page.select_option("#mode", "connections")
