@@ -95,6 +95,18 @@ export function blockDensity(layer, state) {
   return { z, customdata, block, blockRows, blockCols, highest };
 }
 
+const SYNC_ENCODE_PIXELS = 512 * 512;
+
+async function encodeAsync(canvas) {
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(blob);
+  });
+}
+
 export class LayerPanel {
   constructor(container, layer, { title = null, id = null } = {}) {
     this.layer = layer;
@@ -180,7 +192,7 @@ export class LayerPanel {
 
   // The connections bitmap; where a pixel covers several connections it shows the most notable
   // one (removed > added > kept > inactive), so no rewire mark is ever hidden by the scaling.
-  // PNG-encoded off the main thread (toBlob) for Plotly's `image` trace.
+  // PNG-encoded for Plotly's `image` trace.
   async bitmapTrace(state, palette) {
     const { rows, cols } = this.layer;
     const { fx, fy, width, height } = this.resolution();
@@ -219,13 +231,9 @@ export class LayerPanel {
       for (let i = 0; i < codes.length; i++) pixels[i] = colours[codes[i]];
     }
     this.context.putImageData(this.image, 0, 0);
-    const blob = await new Promise((resolve) => this.canvas.toBlob(resolve, "image/png"));
-    const source = await new Promise((resolve, reject) => {
-      const reader = new FileReader();
-      reader.onload = () => resolve(reader.result);
-      reader.onerror = () => reject(reader.error);
-      reader.readAsDataURL(blob);
-    });
+    // A screen-sized bitmap encodes in a few ms; only a huge one is worth the async round trip.
+    const source = width * height <= SYNC_ENCODE_PIXELS ? this.canvas.toDataURL("image/png")
+      : await encodeAsync(this.canvas);
     return { type: "image", source, x0: (fx - 1) / 2, y0: (fy - 1) / 2, dx: fx, dy: fy,
              hoverinfo: "none", zsmooth: false };
   }

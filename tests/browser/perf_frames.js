@@ -60,7 +60,9 @@ async ({ rows, cols, density, deltas, burst }) => {
     await nextFrame();
     const drawSync = hook.perf.drawMs[hook.perf.drawMs.length - 1];
     await hook.drawn();
-    single.push({ apply, drawSync, total: performance.now() - start, drew: hook.perf.draws - draws });
+    const paint = hook.perf.paintMs[hook.perf.paintMs.length - 1]; // requestAnimationFrame → painted
+    single.push({ apply, drawSync, paint, applyDraw: apply + paint, total: performance.now() - start,
+                  drew: hook.perf.draws - draws });
   }
   // Burst: many frames in one task; the page must apply all and draw only the newest.
   const messages = [];
