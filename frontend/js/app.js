@@ -86,7 +86,9 @@ function route() {
 function resizePlots(root) {
   // Plots drawn while their view was hidden have no size yet.
   requestAnimationFrame(() => {
-    for (const div of root.querySelectorAll(".js-plotly-plot")) Plotly.Plots.resize(div);
+    for (const div of root.querySelectorAll(".js-plotly-plot")) {
+      if (div.isConnected && div._fullLayout) Plotly.Plots.resize(div);
+    }
   });
 }
 
@@ -402,7 +404,7 @@ async function loadCompare(ids) {
   c.streams = c.models.map((model) => new RunStream(model, {
     onEvent: (event) => {
       const change = model.handle(event);
-      if (change === "meta") layoutCompare();
+      if (change === "meta") layoutCompare(false);
       if (change === "topology") c.dirty = true;
       if (change) c.chartsDirty = true;
       scheduleCompareDraw();
@@ -421,7 +423,9 @@ async function loadCompare(ids) {
   layoutCompare();
 }
 
-function layoutCompare() {
+// Lays out one panel per run for the chosen layer; `rebuild` false only adds missing panels
+// (a run whose meta just arrived), leaving the others and their pictures alone.
+function layoutCompare(rebuild = true) {
   const c = ui.compare;
   const select = $("compare-layer");
   const reference = c.models.find((model) => model.meta);
@@ -429,13 +433,21 @@ function layoutCompare() {
     select.replaceChildren(...reference.layers.map((layer, index) => new Option(`${index}: ${layer.name}`, String(index))));
     select.value = String(Math.min(c.layer, reference.layers.length - 1));
   }
-  for (const panel of c.panels) if (panel) panel.remove();
   const container = $("compare-heatmaps");
-  container.replaceChildren();
+  if (rebuild) {
+    for (const panel of c.panels) if (panel) panel.remove();
+    container.replaceChildren();
+    c.panels = [];
+  }
+  // Panels in run order, whichever run's meta arrived first.
   c.panels = c.models.map((model, index) => {
     const layer = model.layers[c.layer];
+    const existing = c.panels[index];
+    if (existing && existing.layer === layer) return existing;
+    if (existing) existing.remove();
     return layer ? new LayerPanel(container, layer, { title: model.name, id: `compare-heatmap-${index}` }) : null;
   });
+  for (const panel of c.panels) if (panel) container.append(panel.root);
   compareDirty(true);
 }
 

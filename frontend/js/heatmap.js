@@ -142,7 +142,7 @@ export class LayerPanel {
     const layer = this.layer;
     const trace = !state ? { type: "heatmap", z: [[0]], showscale: false, hoverinfo: "skip" }
       : mode === "density" ? this.densityTrace(state) : await this.bitmapTrace(state, palette);
-    if (generation !== this.generation) return false;
+    if (generation !== this.generation || this.removed) return false;
     this.state = state;
     this.mode = mode;
     const step = state ? state.frame.step : null;
@@ -288,6 +288,7 @@ export class LayerPanel {
   }
 
   remove() {
+    this.removed = true;
     Plotly.purge(this.plot);
     this.root.remove();
   }

@@ -91,7 +91,24 @@ export class RunsList {
       header.setAttribute("aria-sort", sorted ? (this.sort.descending ? "descending" : "ascending") : "none");
     }
     const rows = this.visible();
+    const signature = JSON.stringify([this.selected.size, rows.map((run) =>
+      [run.id, run.status, run.name, run.summary?.best_test_accuracy, this.selected.has(run.id)])]);
+    if (signature === this.signature) {
+      // Nothing but the ages changed: update them in place, so keyboard focus stays put.
+      rows.forEach((run, index) => {
+        const cell = this.body.children[index]?.children[7];
+        if (cell) cell.textContent = age(run.created_at);
+      });
+      return;
+    }
+    this.signature = signature;
+    const focused = document.activeElement && this.body.contains(document.activeElement)
+      ? document.activeElement.getAttribute("aria-label") : null;
     this.body.replaceChildren(...rows.map((run) => this.row(run)));
+    if (focused) {
+      const again = [...this.body.querySelectorAll("[aria-label]")].find((e) => e.getAttribute("aria-label") === focused);
+      if (again) again.focus();
+    }
     document.getElementById("runs-empty").hidden = rows.length > 0;
     this.onSelection(this.selected);
   }

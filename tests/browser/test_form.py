@@ -81,6 +81,17 @@ def test_start_from_form_watch_reconnect_and_stop(page, server):
                            timeout=10_000)
     page.wait_for_selector("#connection[data-state='open']", timeout=20_000)
     page.wait_for_function(f"window.sparsescope.framesApplied > {applied}", timeout=30_000)
+    # Scrubbing back while live: the view stays on the chosen rewire as new frames arrive.
+    page.locator("#scrubber").fill("2")
+    chosen = page.evaluate("window.sparsescope.model.steps[2]")
+    page.wait_for_function(f"document.querySelector('#heatmap-0').dataset.step === '{chosen}'")
+    assert page.locator("#live").get_attribute("aria-pressed") == "false"
+    applied = page.evaluate("window.sparsescope.framesApplied")
+    page.wait_for_function(f"window.sparsescope.framesApplied > {applied + 3}", timeout=30_000)
+    page.wait_for_timeout(300)
+    assert page.locator("#heatmap-0").get_attribute("data-step") == str(chosen)
+    page.get_by_role("button", name="Follow live").click()
+    page.wait_for_function(f"Number(document.querySelector('#heatmap-0').dataset.step) > {chosen}")
     stop = page.get_by_role("button", name="Stop", exact=True)
     assert stop.is_enabled()
     stop.click()
