@@ -48,7 +48,8 @@ export function runCharts(model, palette) {
       line("turnover", r.step, r.turnover, { yaxis: "y2", mode: "lines+markers", line: { color: "#111" } }),
     ], layout("Added / removed per rewire", "connections", {
       barmode: "relative", margin: { ...BASE.margin, r: 56 },
-      yaxis2: { title: { text: "turnover" }, overlaying: "y", side: "right", rangemode: "tozero", showgrid: false },
+      yaxis2: { title: { text: "turnover" }, overlaying: "y", side: "right", rangemode: "tozero", showgrid: false,
+                tickformat: ".2f", nticks: 4 },
     })],
   };
 }
