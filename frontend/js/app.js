@@ -36,6 +36,8 @@ window.sparsescope = {
   framesApplied: 0, lastStep: 0, perf, codec,
   get model() { return ui.model; },
   get position() { return ui.position; },
+  get panels() { return ui.panels; },
+  get inputPanel() { return ui.inputPanel; },
   feed: (message) => feedRunEvent(message),
   openLocal: (run) => openModel(new RunModel({ status: "running", ...run }), null),
   dropConnection: () => ui.stream && ui.stream.drop(),
@@ -109,6 +111,8 @@ function closeRun() {
   ui.model = null;
   ui.position = -1;
   ui.shownPosition = null;
+  // A new run starts its charts from scratch (no axis ranges carried over from the last one).
+  for (const chart of document.querySelectorAll("#charts .chart")) Plotly.purge(chart);
   window.sparsescope.framesApplied = 0;
   window.sparsescope.lastStep = 0;
 }

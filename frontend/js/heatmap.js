@@ -362,11 +362,12 @@ export class InputPanel {
       hovertemplate: `${label} row %{y}, col %{x}<br>%{z} active connections<extra></extra>`,
     };
     const square = height > 1;
+    const small = height <= 12 && width <= 12 ? { dtick: 1 } : {};
     const layout = {
       title: { text: `${this.layer.name} per ${label} (${height}×${width}) · step ${state.frame.step}`, font: { size: 12 } },
       margin: { l: 36, r: 12, t: 30, b: 30 },
-      xaxis: { showgrid: false, zeroline: false, constrain: "domain" },
-      yaxis: { autorange: "reversed", showgrid: false, zeroline: false,
+      xaxis: { showgrid: false, zeroline: false, constrain: "domain", ...small },
+      yaxis: { autorange: "reversed", showgrid: false, zeroline: false, ...small,
                ...(square ? { scaleanchor: "x", constrain: "domain" } : { showticklabels: false }) },
       uirevision: "input",
       paper_bgcolor: "rgba(0,0,0,0)",
