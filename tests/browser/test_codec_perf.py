@@ -132,3 +132,42 @@ def test_frame_times_of_a_1024_square_layer(page):
         "burst_apply_all_ms": round(burst["applyMs"], 1), "burst_to_painted_ms": round(burst["totalMs"], 1),
     }
     print("\nframe times (1024 x 1024, 10% dense, 30% turnover):", json.dumps(report))
+
+
+def test_a_4096_square_layer_opens_as_a_density_map(page):
+    """Above 2048 × 2048 the panel starts in density mode: ≤ 128 blocks a side, densities in [0, 1]."""
+    page.goto(f"{page.base_url}/#/run")
+    active = page.evaluate("""async () => {
+        const hook = window.sparsescope;
+        const rows = 4096, cols = 4096, size = rows * cols;
+        const packed = new Uint8Array(size / 8);
+        let seed = 7, active = 0;
+        for (let i = 0; i < packed.length; i++) {
+            seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0;
+            // about 5% of bits set: AND of random bytes
+            const a = seed & 0xff, b = (seed >>> 8) & 0xff, c = (seed >>> 16) & 0xff;
+            const byte = a & b & c & ((seed >>> 24) & 0xff);
+            packed[i] = byte;
+        }
+        for (let i = 0; i < packed.length; i++) { let v = packed[i]; while (v) { active += v & 1; v >>= 1; } }
+        let text = '';
+        for (let i = 0; i < packed.length; i += 0x8000) {
+            text += String.fromCharCode(...packed.subarray(i, i + 0x8000));
+        }
+        hook.openLocal({ id: '0000000000004096', name: '4096 square' });
+        hook.feed({ type: 'meta', seq: 1, step: 0, image_shape: null, total_steps: 10,
+                    layers: [{ name: 'huge', shape: [rows, cols], matrix: [rows, cols], density: 0.004 }] });
+        hook.feed({ type: 'topology', seq: 2, step: 0, layer: 'huge', index: 0, shape: [rows, cols],
+                    keyframe: true, active, bits: btoa(text) });
+        await hook.drawn();
+        return active;
+    }""")
+    heatmap = page.locator("#heatmap-0")
+    page.wait_for_function("document.querySelector('#heatmap-0').dataset.mode === 'density'")
+    assert int(heatmap.get_attribute("data-active")) == active
+    z = page.evaluate("document.querySelector('#heatmap-0').data[0].z")
+    assert len(z) == 128 and len(z[0]) == 128
+    assert all(0.0 <= value <= 1.0 for row in z for value in row)
+    # The mean of the block densities is the layer's density (all blocks are 32 × 32).
+    mean = sum(map(sum, z)) / (128 * 128)
+    assert abs(mean - active / 4096**2) < 1e-9
