@@ -170,6 +170,11 @@ function feedRunEvent(message) {
 function handleRunEvent(event) {
   const model = ui.model;
   if (!model) return;
+  if (event.type === "error") {
+    // The server refused the stream (deleted run, wrong token): say so instead of waiting.
+    $("run-error").textContent = event.error || "the stream was refused";
+    return;
+  }
   const started = performance.now();
   const change = model.handle(event);
   if (!change) return;
