@@ -614,6 +614,16 @@ $("compare-play").addEventListener("click", () => {
 $("compare-layer").addEventListener("change", (event) => { ui.compare.layer = Number(event.target.value); layoutCompare(); });
 $("compare-mode").addEventListener("change", () => compareDirty());
 window.addEventListener("hashchange", route);
+// Shortcuts in the run view when no control has the focus: ← / → one rewire, space play/pause.
+document.addEventListener("keydown", (event) => {
+  if (ui.route !== "run" || event.target !== document.body) return;
+  if (event.altKey || event.ctrlKey || event.metaKey) return;
+  if (event.key === "ArrowLeft") $("step-back").click();
+  else if (event.key === "ArrowRight") $("step-forward").click();
+  else if (event.key === " ") $("play").click();
+  else return;
+  event.preventDefault();
+});
 
 applyPalette();
 runForm.load();

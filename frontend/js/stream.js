@@ -44,6 +44,7 @@ export class RunStream {
       }
       this.onEvent(event);
       if (event.type === "end") this.close("ended");
+      else if (event.type === "error") this.close("closed");
     };
     socket.onclose = () => {
       if (this.socket !== socket || this.closed) return;

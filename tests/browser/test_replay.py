@@ -64,11 +64,14 @@ def test_scrubbing_shows_the_stored_active_count(page, saved):
         # Column sums of the first layer add up to its active count.
         page.wait_for_function(f"document.querySelector('#input-view').dataset.step === '{step}'")
         assert int(page.locator("#input-view").get_attribute("data-total")) == stored_active(saved, 0, step)
-    # Step back and forward one rewire.
+    # Step back and forward one rewire, with the buttons and with the keyboard.
     page.get_by_role("button", name="Step back one rewire").click()
     page.wait_for_function(f"document.querySelector('#heatmap-0').dataset.step === '{steps[-2]}'")
     page.get_by_role("button", name="Step forward one rewire").click()
     page.wait_for_function(f"document.querySelector('#heatmap-0').dataset.step === '{steps[-1]}'")
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_function(f"document.querySelector('#heatmap-0').dataset.step === '{steps[-2]}'")
 
 
 def test_reconstructed_mask_matches_the_stored_frames(page, saved):
