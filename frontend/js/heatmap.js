@@ -144,6 +144,7 @@ export class LayerPanel {
       : mode === "density" ? this.densityTrace(state) : await this.bitmapTrace(state, palette);
     if (generation !== this.generation || this.removed) return false;
     this.state = state;
+    if (this.mode !== mode) this.readout.textContent = "hover a cell for its units and state";
     this.mode = mode;
     const step = state ? state.frame.step : null;
     const active = state ? state.active : 0;
