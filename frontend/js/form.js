@@ -103,6 +103,25 @@ export function fieldErrors(detail, names) {
   return { errors, general };
 }
 
+// The body schema of POST /api/runs (whatever its component is called), else RunConfig.
+export function runConfigSchema(openapi) {
+  const schemas = openapi.components?.schemas || {};
+  const resolve = (node) => {
+    if (!node) return null;
+    if (node.$ref) return schemas[node.$ref.split("/").pop()] || null;
+    if (node.properties) return node;
+    for (const option of node.anyOf || node.allOf || []) {
+      const found = resolve(option);
+      if (found) return found;
+    }
+    return null;
+  };
+  const body = openapi.paths?.["/api/runs"]?.post?.requestBody?.content?.["application/json"]?.schema;
+  const schema = resolve(body) || schemas.RunConfig || schemas["RunConfig-Input"];
+  if (!schema) throw new Error("no RunConfig in the server's schema");
+  return schema;
+}
+
 export class RunForm {
   constructor(form, { onStarted }) {
     this.form = form;
@@ -118,8 +137,7 @@ export class RunForm {
     const container = this.form.querySelector("#form-fields");
     let schema;
     try {
-      const openapi = await api("/openapi.json");
-      schema = openapi.components.schemas.RunConfig;
+      schema = runConfigSchema(await api("/openapi.json"));
     } catch (error) {
       container.textContent = `Could not read the run schema: ${error.message}`;
       return;
