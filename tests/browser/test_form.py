@@ -103,3 +103,14 @@ def test_start_from_form_watch_reconnect_and_stop(page, server):
     assert page.evaluate("window.sparsescope.model.layers.reduce((n, l) => n + l.frames.length, 0)") \
         == len(stored)
     assert server.http.get(f"/api/runs/{run_id}").json()["status"] == "stopped"
+
+
+def test_a_failed_run_shows_its_error(page, server):
+    open_form(page)
+    page.fill("#field-name", "too hot")
+    page.fill("#field-lr", "10")
+    page.fill("#field-epochs", "40")
+    page.get_by_role("button", name="Launch run").click()
+    page.wait_for_selector("#status[data-status='failed']", timeout=120_000)
+    page.wait_for_function("document.querySelector('#run-error').textContent.includes('diverged')")
+    assert page.get_by_role("button", name="Stop", exact=True).is_disabled()
