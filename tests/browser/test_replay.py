@@ -116,7 +116,6 @@ def test_play_density_map_hover_and_input_pixels(page, saved):
     assert readout.get_attribute("data-state") in {"inactive", "kept", "added", "removed"}
     page.mouse.move(0, 0)
     screenshot(page, "run-view.png", full_page=True)
-    page.locator("#input-view").screenshot(path=str(screenshot_path("input-pixels.png")))
     image = page.evaluate("document.querySelector('#input-view').data[0].z")
     assert len(image) == 28 and len(image[0]) == 28
     assert sum(map(sum, image)) == stored_active(saved, 0, steps[middle])
@@ -133,6 +132,10 @@ def test_play_density_map_hover_and_input_pixels(page, saved):
     screenshot(page, "density-map.png")
     page.select_option("#mode", "connections")
     page.wait_for_function("document.querySelector('#heatmap-0').dataset.mode === 'connections'")
+    # The input view at the last rewire: where training has moved the first layer's connections.
+    scrub_to(page, len(steps) - 1, steps[-1])
+    page.wait_for_function(f"document.querySelector('#input-view').dataset.step === '{steps[-1]}'")
+    page.locator("#input-view").screenshot(path=str(screenshot_path("input-pixels.png")))
 
 
 def test_colour_blind_palette_toggle(page, saved):
