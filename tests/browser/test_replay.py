@@ -157,3 +157,25 @@ def screenshot_path(name):
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     return SCREENSHOTS / name
+
+
+def test_a_keyframe_at_a_rewire_shows_that_rewires_changes(page, saved):
+    """A keyframe replaces its rewire's delta: the page diffs it against the state before."""
+    replay(page, saved)
+    layer0 = [f for f in saved["frames"] if f["index"] == 0]
+    rows, cols = layer0[0]["shape"]
+    keyframe_index = next(i for i, f in enumerate(layer0) if i > 0 and f["keyframe"])
+    mask = decode_bits(layer0[0]["bits"], rows * cols)
+    for frame in layer0[1:keyframe_index]:
+        mask[decode_indices(frame["removed"])] = False
+        mask[decode_indices(frame["added"])] = True
+    after = decode_bits(layer0[keyframe_index]["bits"], rows * cols)
+    shown = page.evaluate(f"""() => {{
+        const frame = window.sparsescope.model.layers[0].frames[{keyframe_index}];
+        return {{ added: Array.from(frame.added), removed: Array.from(frame.removed),
+                  keyframe: frame.keyframe }};
+    }}""")
+    assert shown["keyframe"] is True
+    assert shown["added"] == np.flatnonzero(after & ~mask).tolist()
+    assert shown["removed"] == np.flatnonzero(mask & ~after).tolist()
+    assert shown["added"] and shown["removed"]
