@@ -115,6 +115,9 @@ def test_play_density_map_hover_and_input_pixels(page, saved):
                            "document.querySelectorAll('#heatmaps .readout')[2].textContent)")
     assert readout.get_attribute("data-state") in {"inactive", "kept", "added", "removed"}
     page.mouse.move(0, 0)
+    # The charts mark the scrubber's step with a dotted line.
+    page.wait_for_function("(document.querySelector('#chart-loss').layout.shapes || [])"
+                           f".some(shape => shape.x0 === {steps[middle]})")
     screenshot(page, "run-view.png", full_page=True)
     image = page.evaluate("document.querySelector('#input-view').data[0].z")
     assert len(image) == 28 and len(image[0]) == 28

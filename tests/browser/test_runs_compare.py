@@ -117,5 +117,6 @@ def test_compare_two_runs(page, pair):
     for index in range(2):
         page.wait_for_function(
             f"document.querySelector('#compare-heatmap-{index}').dataset.step === '{steps[position + 1]}'")
-    page.wait_for_timeout(500)
+    page.wait_for_function("(document.querySelector('#compare-chart-test_loss').layout.shapes || [])"
+                           f".some(shape => shape.x0 === {steps[position + 1]})")
     screenshot(page, "compare.png", full_page=True)
