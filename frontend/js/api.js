@@ -1,0 +1,78 @@
+// REST calls and websocket URLs, with the optional bearer token asked for once on a 401.
+const TOKEN_KEY = "sparsescope.token";
+let pendingToken = null;
+
+export function token() {
+  return sessionStorage.getItem(TOKEN_KEY) || "";
+}
+
+// The token dialog: one prompt at a time, however many calls failed with 401 together.
+function askToken() {
+  if (pendingToken) return pendingToken;
+  const dialog = document.getElementById("token-dialog");
+  const input = document.getElementById("token-input");
+  pendingToken = new Promise((resolve) => {
+    const done = (value) => {
+      dialog.close();
+      pendingToken = null;
+      if (value) sessionStorage.setItem(TOKEN_KEY, value);
+      resolve(Boolean(value));
+    };
+    dialog.querySelector("form").onsubmit = (event) => { event.preventDefault(); done(input.value.trim()); };
+    document.getElementById("token-cancel").onclick = () => done("");
+    input.value = "";
+    dialog.showModal();
+    input.focus();
+  });
+  return pendingToken;
+}
+
+export class ApiError extends Error {
+  constructor(status, detail, message) {
+    super(message);
+    this.status = status;
+    this.detail = detail;
+  }
+}
+
+// fetch with the token; on 401 asks for it once and retries. Returns the Response.
+export async function request(path, options = {}, retried = false) {
+  const headers = { ...(options.headers || {}) };
+  if (token()) headers.Authorization = `Bearer ${token()}`;
+  const response = await fetch(path, { ...options, headers });
+  if (response.status === 401 && !retried && (await askToken())) return request(path, options, true);
+  return response;
+}
+
+async function errorOf(response, method, path) {
+  let detail = null;
+  try { detail = (await response.json()).detail; } catch { /* not JSON */ }
+  const text = typeof detail === "string" ? detail : `${method} ${path}: HTTP ${response.status}`;
+  return new ApiError(response.status, detail, text);
+}
+
+// JSON in, JSON out; throws ApiError (with FastAPI's `detail`) on any non-2xx answer.
+export async function api(path, { method = "GET", body, raw = false } = {}) {
+  const options = { method };
+  if (body !== undefined) {
+    options.body = raw ? body : JSON.stringify(body);
+    options.headers = { "Content-Type": raw ? "application/octet-stream" : "application/json" };
+  }
+  const response = await request(path, options);
+  if (!response.ok) throw await errorOf(response, method, path);
+  return response.status === 204 ? null : response.json();
+}
+
+export async function download(path) {
+  const response = await request(path);
+  if (!response.ok) throw await errorOf(response, "GET", path);
+  const disposition = response.headers.get("Content-Disposition") || "";
+  const match = /filename\*?=(?:UTF-8'')?"?([^";]+)"?/i.exec(disposition);
+  return { blob: await response.blob(), filename: match ? decodeURIComponent(match[1]) : "run.sparsescope" };
+}
+
+export function socketUrl(path) {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const sep = path.includes("?") ? "&" : "?";
+  return `${scheme}//${location.host}${path}${token() ? `${sep}token=${encodeURIComponent(token())}` : ""}`;
+}

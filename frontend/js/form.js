@@ -1,0 +1,236 @@
+// The new-run form, generated from the server's own schema (RunConfig in /openapi.json), so
+// every field, default, range and choice stays in step with dst_core/config.py.
+import { api, ApiError } from "./api.js";
+
+// Where a schema allows null, an empty input means "the method's published default".
+function describe(name, schema) {
+  const options = schema.anyOf || [schema];
+  const nullable = options.some((o) => o.type === "null");
+  const main = options.find((o) => o.type !== "null") || {};
+  let kind = "text";
+  if (main.enum) kind = "enum";
+  else if (main.type === "integer") kind = "integer";
+  else if (main.type === "number") kind = "number";
+  else if (main.type === "boolean") kind = "boolean";
+  else if (main.type === "array") kind = "array";
+  return {
+    name, kind, nullable, enum: main.enum || [], default: schema.default,
+    title: schema.title || name, description: schema.description || "",
+    minimum: main.minimum ?? main.exclusiveMinimum, maximum: main.maximum ?? main.exclusiveMaximum,
+    exclusiveMinimum: main.exclusiveMinimum !== undefined, exclusiveMaximum: main.exclusiveMaximum !== undefined,
+    maxLength: main.maxLength,
+  };
+}
+
+function rangeText(field) {
+  const parts = [];
+  if (field.minimum !== undefined) parts.push(`${field.exclusiveMinimum ? ">" : "≥"} ${field.minimum}`);
+  if (field.maximum !== undefined) parts.push(`${field.exclusiveMaximum ? "<" : "≤"} ${field.maximum}`);
+  return parts.join(", ");
+}
+
+function defaultText(field) {
+  if (field.default === null || field.default === undefined) return field.nullable ? "method default" : "none";
+  if (Array.isArray(field.default)) return field.default.join(", ") || "none";
+  if (field.default === "") return "empty";
+  return String(field.default);
+}
+
+function inputFor(field) {
+  let input;
+  if (field.kind === "enum") {
+    input = document.createElement("select");
+    if (field.nullable) input.append(new Option("method default", ""));
+    for (const value of field.enum) input.append(new Option(String(value), String(value)));
+  } else if (field.kind === "boolean") {
+    input = document.createElement("input");
+    input.type = "checkbox";
+  } else {
+    input = document.createElement("input");
+    input.type = field.kind === "integer" || field.kind === "number" ? "number" : "text";
+    if (field.kind === "integer") input.step = "1";
+    if (field.kind === "number") input.step = "any";
+    if (field.kind === "array") input.placeholder = "comma-separated, e.g. 64, 64";
+    else if (field.nullable) input.placeholder = "method default";
+  }
+  input.id = `field-${field.name}`;
+  input.name = field.name;
+  return input;
+}
+
+function setValue(input, field, value) {
+  if (field.kind === "boolean") input.checked = Boolean(value);
+  else if (value === null || value === undefined) input.value = "";
+  else if (Array.isArray(value)) input.value = value.join(", ");
+  else input.value = String(value);
+}
+
+// Numbers stay numbers; anything unparsable is sent as typed, so the server names the field.
+function parseNumber(text, integer) {
+  const value = Number(text);
+  if (text.trim() === "" || !Number.isFinite(value) || (integer && !Number.isInteger(value))) return text;
+  return value;
+}
+
+function readValue(input, field) {
+  if (field.kind === "boolean") return input.checked;
+  const text = input.value;
+  if (field.kind === "array") {
+    return text.split(/[\s,]+/).filter(Boolean).map((part) => parseNumber(part, true));
+  }
+  if (text.trim() === "") return field.nullable ? undefined : (field.kind === "text" ? "" : undefined);
+  if (field.kind === "integer") return parseNumber(text, true);
+  if (field.kind === "number") return parseNumber(text, false);
+  return text;
+}
+
+// FastAPI's 422 `detail` → {field: message}; model-level errors name the field first ("model: …").
+export function fieldErrors(detail, names) {
+  const errors = {};
+  const general = [];
+  for (const item of Array.isArray(detail) ? detail : [{ loc: [], msg: String(detail) }]) {
+    const loc = item.loc || [];
+    const msg = String(item.msg || "").replace(/^Value error, /, "");
+    let field = loc[0] === "body" ? loc[1] : loc[loc.length - 1];
+    const entry = loc[0] === "body" && Number.isInteger(loc[2]) ? `entry ${loc[2] + 1}: ` : "";
+    if (!names.includes(field)) {
+      const named = /^(\w+):/.exec(msg);
+      field = named && names.includes(named[1]) ? named[1] : null;
+    }
+    if (field) (errors[field] ||= []).push(entry + msg);
+    else general.push(msg);
+  }
+  return { errors, general };
+}
+
+// The body schema of POST /api/runs (whatever its component is called), else RunConfig.
+export function runConfigSchema(openapi) {
+  const schemas = openapi.components?.schemas || {};
+  const resolve = (node) => {
+    if (!node) return null;
+    if (node.$ref) return schemas[node.$ref.split("/").pop()] || null;
+    if (node.properties) return node;
+    for (const option of node.anyOf || node.allOf || []) {
+      const found = resolve(option);
+      if (found) return found;
+    }
+    return null;
+  };
+  const body = openapi.paths?.["/api/runs"]?.post?.requestBody?.content?.["application/json"]?.schema;
+  const schema = resolve(body) || schemas.RunConfig || schemas["RunConfig-Input"];
+  if (!schema) throw new Error("no RunConfig in the server's schema");
+  return schema;
+}
+
+export class RunForm {
+  constructor(form, { onStarted }) {
+    this.form = form;
+    this.onStarted = onStarted;
+    this.fields = [];
+    this.inputs = new Map();
+    form.noValidate = true; // the server validates and answers 422 naming the field
+    form.addEventListener("submit", (event) => { event.preventDefault(); this.submit(); });
+    form.querySelector("#form-reset").addEventListener("click", () => this.reset());
+  }
+
+  async load() {
+    const container = this.form.querySelector("#form-fields");
+    let schema;
+    try {
+      schema = runConfigSchema(await api("/openapi.json"));
+    } catch (error) {
+      container.textContent = `Could not read the run schema: ${error.message}`;
+      return;
+    }
+    this.required = schema.required || [];
+    this.fields = Object.entries(schema.properties).map(([name, prop]) => describe(name, prop));
+    container.replaceChildren(...this.fields.map((field) => this.row(field)));
+    this.reset();
+  }
+
+  row(field) {
+    const row = document.createElement("div");
+    row.className = "field";
+    row.dataset.field = field.name;
+    const label = document.createElement("label");
+    label.htmlFor = `field-${field.name}`;
+    label.textContent = field.name;
+    const input = inputFor(field);
+    const help = document.createElement("small");
+    help.className = "help";
+    help.id = `help-${field.name}`;
+    const range = rangeText(field);
+    help.textContent = `${field.description}${field.description ? ". " : ""}Default: ${defaultText(field)}` +
+      (range ? ` (${range})` : "");
+    const error = document.createElement("p");
+    error.className = "field-error";
+    error.id = `error-${field.name}`;
+    error.hidden = true;
+    input.setAttribute("aria-describedby", `${help.id} ${error.id}`);
+    input.addEventListener("input", () => this.clearError(field.name));
+    this.inputs.set(field.name, input);
+    row.append(label, input, help, error);
+    return row;
+  }
+
+  reset() {
+    for (const field of this.fields) setValue(this.inputs.get(field.name), field, field.default);
+    this.clearErrors();
+  }
+
+  values() {
+    const body = {};
+    for (const field of this.fields) {
+      const value = readValue(this.inputs.get(field.name), field);
+      if (value !== undefined) body[field.name] = value;
+    }
+    return body;
+  }
+
+  clearError(name) {
+    const error = this.form.querySelector(`#error-${name}`);
+    if (!error) return;
+    error.hidden = true;
+    error.textContent = "";
+    this.inputs.get(name).removeAttribute("aria-invalid");
+  }
+
+  clearErrors() {
+    for (const field of this.fields) this.clearError(field.name);
+    const general = this.form.querySelector("#form-error");
+    general.textContent = "";
+    general.hidden = true;
+  }
+
+  showErrors(detail) {
+    const names = this.fields.map((f) => f.name);
+    const { errors, general } = fieldErrors(detail, names);
+    let first = null;
+    for (const [name, messages] of Object.entries(errors)) {
+      const error = this.form.querySelector(`#error-${name}`);
+      error.textContent = messages.join("; ");
+      error.hidden = false;
+      const input = this.inputs.get(name);
+      input.setAttribute("aria-invalid", "true");
+      first ||= input;
+    }
+    const box = this.form.querySelector("#form-error");
+    if (general.length) { box.textContent = general.join("; "); box.hidden = false; }
+    if (first) first.focus();
+  }
+
+  async submit() {
+    this.clearErrors();
+    const button = this.form.querySelector("button[type=submit]");
+    button.disabled = true;
+    try {
+      const run = await api("/api/runs", { method: "POST", body: this.values() });
+      this.onStarted(run);
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 422) this.showErrors(error.detail);
+      else this.showErrors(error.message);
+    } finally {
+      button.disabled = false;
+    }
+  }
+}

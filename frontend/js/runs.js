@@ -1,0 +1,224 @@
+// The runs list: every saved run with its status, filterable and sortable, and what can be
+// done to it (open, stop, delete, export, compare); import adds a run from a file.
+import { api, download } from "./api.js";
+
+export const ACTIVE = new Set(["queued", "running"]);
+
+const COLUMNS = [
+  ["status", "Status", (run) => run.status],
+  ["name", "Name", (run) => run.name.toLowerCase()],
+  ["task", "Task", (run) => run.config.task],
+  ["method", "Method", (run) => run.config.method],
+  ["density", "Density", (run) => run.config.density],
+  ["best", "Best acc.", (run) => run.summary?.best_test_accuracy ?? -1],
+  ["age", "Age", (run) => -run.created_at],
+];
+
+export function age(seconds) {
+  const delta = Math.max(0, Date.now() / 1000 - seconds);
+  if (delta < 60) return `${Math.round(delta)} s`;
+  if (delta < 3600) return `${Math.round(delta / 60)} min`;
+  if (delta < 86400) return `${Math.round(delta / 3600)} h`;
+  return `${Math.round(delta / 86400)} d`;
+}
+
+function button(text, label, onClick, className = "") {
+  const element = document.createElement("button");
+  element.type = "button";
+  element.textContent = text;
+  element.setAttribute("aria-label", label);
+  if (className) element.className = className;
+  element.addEventListener("click", onClick);
+  return element;
+}
+
+export class RunsList {
+  constructor({ onOpen, onStopped, onDeleted, onSelection, message }) {
+    this.runs = [];
+    this.sort = { key: "age", descending: false };
+    this.selected = new Set();
+    this.onOpen = onOpen;
+    this.onStopped = onStopped;
+    this.onDeleted = onDeleted;
+    this.onSelection = onSelection;
+    this.message = message;
+    this.body = document.getElementById("runs-body");
+    this.filter = document.getElementById("runs-filter");
+    this.statusFilter = document.getElementById("runs-status-filter");
+    this.filter.addEventListener("input", () => this.render());
+    this.statusFilter.addEventListener("change", () => this.render());
+    for (const header of document.querySelectorAll("#runs-table th[data-sort] button")) {
+      header.addEventListener("click", () => {
+        const key = header.parentElement.dataset.sort;
+        this.sort = { key, descending: this.sort.key === key ? !this.sort.descending : false };
+        this.render();
+      });
+    }
+    document.getElementById("import-file").addEventListener("change", (event) => this.importFile(event.target));
+  }
+
+  async refresh() {
+    try {
+      this.runs = await api("/api/runs");
+    } catch (error) {
+      this.message(`Could not list runs: ${error.message}`);
+      return this.runs;
+    }
+    for (const id of [...this.selected]) if (!this.runs.some((run) => run.id === id)) this.selected.delete(id);
+    this.render();
+    return this.runs;
+  }
+
+  visible() {
+    const text = this.filter.value.trim().toLowerCase();
+    const status = this.statusFilter.value;
+    const [, , key] = COLUMNS.find(([name]) => name === this.sort.key);
+    const rows = this.runs.filter((run) => (!status || run.status === status) && (!text ||
+      [run.name, run.id, run.config.task, run.config.method, run.config.model, run.status]
+        .some((value) => String(value).toLowerCase().includes(text))));
+    rows.sort((a, b) => {
+      const x = key(a);
+      const y = key(b);
+      const order = x < y ? -1 : x > y ? 1 : 0;
+      return this.sort.descending ? -order : order;
+    });
+    return rows;
+  }
+
+  render() {
+    for (const header of document.querySelectorAll("#runs-table th[data-sort]")) {
+      const sorted = header.dataset.sort === this.sort.key;
+      header.setAttribute("aria-sort", sorted ? (this.sort.descending ? "descending" : "ascending") : "none");
+    }
+    const rows = this.visible();
+    const signature = JSON.stringify([this.selected.size, rows.map((run) =>
+      [run.id, run.status, run.name, run.summary?.best_test_accuracy, this.selected.has(run.id)])]);
+    if (signature === this.signature) {
+      // Nothing but the ages changed: update them in place, so keyboard focus stays put.
+      rows.forEach((run, index) => {
+        const cell = this.body.children[index]?.children[7];
+        if (cell) cell.textContent = age(run.created_at);
+      });
+      return;
+    }
+    this.signature = signature;
+    const focused = document.activeElement && this.body.contains(document.activeElement)
+      ? document.activeElement.getAttribute("aria-label") : null;
+    this.body.replaceChildren(...rows.map((run) => this.row(run)));
+    if (focused) {
+      const again = [...this.body.querySelectorAll("[aria-label]")].find((e) => e.getAttribute("aria-label") === focused);
+      if (again) again.focus();
+    }
+    document.getElementById("runs-empty").hidden = rows.length > 0;
+    this.onSelection(this.selected);
+  }
+
+  row(run) {
+    const tr = document.createElement("tr");
+    tr.dataset.runId = run.id;
+    tr.dataset.status = run.status;
+    const pick = document.createElement("input");
+    pick.type = "checkbox";
+    pick.checked = this.selected.has(run.id);
+    pick.setAttribute("aria-label", `compare ${run.name}`);
+    pick.addEventListener("change", () => {
+      if (pick.checked) this.selected.add(run.id); else this.selected.delete(run.id);
+      this.onSelection(this.selected);
+    });
+    const best = run.summary?.best_test_accuracy;
+    const cells = [
+      pick,
+      Object.assign(document.createElement("span"), { className: "badge", textContent: run.status }),
+      run.name,
+      `${run.config.task} · ${run.config.model}`,
+      run.config.method,
+      `${(run.config.density * 100).toFixed(run.config.density < 0.01 ? 1 : 0)}%`,
+      best === null || best === undefined ? "–" : `${(best * 100).toFixed(1)}%`,
+      age(run.created_at),
+    ];
+    cells[1].dataset.status = run.status;
+    for (const content of cells) {
+      const td = document.createElement("td");
+      td.append(content);
+      tr.append(td);
+    }
+    tr.children[2].className = "name";
+    tr.children[2].title = `${run.id}${run.error ? ` · ${run.error}` : ""}`;
+    const cell = document.createElement("td");
+    cell.className = "actions";
+    const actions = document.createElement("div");
+    actions.className = "buttons";
+    cell.append(actions);
+    actions.append(button("Open", `Open ${run.name}`, () => this.onOpen(run)));
+    if (ACTIVE.has(run.status)) actions.append(button("Stop", `Stop run ${run.name}`, () => this.stop(run)));
+    actions.append(button("Export", `Export ${run.name}`, () => this.exportRun(run)));
+    const remove = button("Delete", `Delete ${run.name}`, () => {
+      if (remove.dataset.armed) { this.remove(run); return; }
+      // Two clicks, no modal: deleting loses the recorded data.
+      remove.dataset.armed = "1";
+      remove.textContent = "Confirm delete";
+      setTimeout(() => { delete remove.dataset.armed; remove.textContent = "Delete"; }, 4000);
+    }, "danger");
+    actions.append(remove);
+    tr.append(cell);
+    return tr;
+  }
+
+  async stop(run) {
+    try {
+      const stopped = await api(`/api/runs/${run.id}/stop`, { method: "POST" });
+      this.onStopped(stopped);
+    } catch (error) {
+      this.message(`Stop failed: ${error.message}`);
+    }
+    this.refresh();
+  }
+
+  async remove(run) {
+    try {
+      await api(`/api/runs/${run.id}`, { method: "DELETE" });
+      this.selected.delete(run.id);
+      this.onDeleted(run);
+      this.message(`Deleted ${run.name}`);
+    } catch (error) {
+      this.message(`Delete failed: ${error.message}`);
+    }
+    this.refresh();
+  }
+
+  async exportRun(run) {
+    try {
+      const { blob, filename } = await download(`/api/runs/${run.id}/export`);
+      const link = document.createElement("a");
+      link.href = URL.createObjectURL(blob);
+      link.download = filename;
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+      this.message(`Exported ${run.name} as ${filename}`);
+    } catch (error) {
+      const missing = error.status === 404 || error.status === 405;
+      this.message(missing && !String(error.detail || "").includes(run.id)
+        ? "This server cannot export runs yet." : `Export failed: ${error.message}`);
+    }
+  }
+
+  async importFile(input) {
+    const file = input.files && input.files[0];
+    if (!file) return;
+    try {
+      const bytes = await file.arrayBuffer();
+      const run = await api("/api/runs/import", { method: "POST", body: bytes, raw: true });
+      this.message(`Imported ${run.name}`);
+      await this.refresh();
+    } catch (error) {
+      const missing = error.status === 404 || error.status === 405;
+      this.message(missing ? "This server cannot import runs yet." : `Import failed: ${error.message}`);
+    } finally {
+      input.value = "";
+    }
+  }
+}
+
+export const SORT_COLUMNS = COLUMNS.map(([key, title]) => [key, title]);

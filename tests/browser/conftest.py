@@ -1,0 +1,141 @@
+"""Fixtures of the browser tests: a real server per module, Debian chromium, console watching."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import sync_playwright
+from websockets.sync.client import connect
+
+from tests.conftest import REPO, free_port
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOTS = REPO / "docs" / "img"
+FINAL = {"completed", "stopped", "failed"}
+HTTP_ERROR = re.compile(r"Failed to load resource: the server responded with a status of (\d+)")
+
+
+class Server:
+    """`python -m backend` as a user starts it, plus the REST/websocket reads the tests compare with."""
+
+    def __init__(self, data_dir: Path, token: str | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = token
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("SPARSESCOPE_TOKEN", None)
+        if token:
+            env["SPARSESCOPE_TOKEN"] = token
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "backend", "--port", str(self.port), "--data-dir", str(data_dir)],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if self.http.get("/api/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.process.kill()
+        raise AssertionError(self.process.stdout.read().decode(errors="replace"))
+
+    def start_run(self, **config) -> dict:
+        response = self.http.post("/api/runs", json=config)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def wait(self, run_id: str, statuses=FINAL, timeout_s: float = 240.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            run = self.http.get(f"/api/runs/{run_id}").json()
+            if run["status"] in statuses:
+                return run
+            time.sleep(0.2)
+        raise AssertionError(f"run {run_id} never reached {statuses}: {run['status']}")
+
+    def events(self, run_id: str) -> list[dict]:
+        """Every stored event of an ended run, read from the websocket exactly as the page does."""
+        token = f"&token={self.token}" if self.token else ""
+        events = []
+        with connect(f"ws://127.0.0.1:{self.port}/ws/runs/{run_id}?from_seq=1{token}",
+                     max_size=None, open_timeout=30) as socket:
+            for message in socket:
+                event = json.loads(message)
+                events.append(event)
+                if event["type"] in ("end", "error"):
+                    break
+        return events
+
+    def close(self) -> None:
+        self.http.close()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def topology_frames(events: list[dict]) -> list[dict]:
+    return [event for event in events if event["type"] == "topology"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    instance = Server(tmp_path_factory.mktemp("data"))
+    yield instance
+    instance.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian chromium is missing: `make test` installs it with apt-get")
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh tab on the server's dashboard; the test fails on any console error or page error."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+    tab = context.new_page()
+    tab.console_errors = []
+    # Chromium logs every 4xx answer as a console error; a test that provokes one on purpose
+    # (a 422 from the form, a 401 before the token) lists its status here, nothing else passes.
+    tab.expected_statuses = set()
+
+    def on_console(message):
+        if message.type != "error":
+            return
+        status = HTTP_ERROR.match(message.text)
+        if status and int(status.group(1)) in tab.expected_statuses:
+            return
+        tab.console_errors.append(message.text)
+
+    tab.on("console", on_console)
+    tab.on("pageerror", lambda e: tab.console_errors.append(str(e)))
+    tab.base_url = server.url
+    tab.goto(server.url)
+    yield tab
+    errors = list(tab.console_errors)
+    context.close()
+    assert errors == [], f"console errors: {errors}"
+
+
+def screenshot(page, name: str, full_page: bool = False) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / name), full_page=full_page)

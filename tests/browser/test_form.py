@@ -1,0 +1,116 @@
+"""The new-run form: every RunConfig field, 422s beside their field, start → watch → drop → stop."""
+
+import pytest
+
+from dst_core.config import RunConfig
+from tests.browser.conftest import screenshot, topology_frames
+
+pytestmark = pytest.mark.browser
+
+
+def open_form(page):
+    page.goto(f"{page.base_url}/#/new")
+    page.locator("#field-epochs").wait_for()
+
+
+def test_every_config_field_has_a_labelled_input_with_its_default(page):
+    open_form(page)
+    for name, field in RunConfig.model_fields.items():
+        control = page.get_by_label(name, exact=True)
+        assert control.count() == 1, name
+        help_text = page.locator(f"#help-{name}").inner_text()
+        assert "Default:" in help_text, name
+        default = field.default
+        if isinstance(default, list):
+            assert control.input_value() == ", ".join(map(str, default)), name
+        elif default is None:
+            assert control.input_value() == "", name
+        else:
+            assert float(control.input_value()) == default if isinstance(default, (int, float)) \
+                else control.input_value() == default, name
+    assert sorted(page.eval_on_selector_all("#form-fields .field", "els => els.map(e => e.dataset.field)")) \
+        == sorted(RunConfig.model_fields)
+
+
+def test_server_422_shows_beside_the_field_it_names(page):
+    page.expected_statuses.add(422)
+    open_form(page)
+    page.fill("#field-density", "2")
+    page.get_by_role("button", name="Launch run").click()
+    error = page.locator("#error-density")
+    error.wait_for(state="visible")
+    assert "less than or equal to 1" in error.inner_text()
+    assert page.locator("#field-density").get_attribute("aria-invalid") == "true"
+    assert page.locator(".field-error:visible").count() == 1
+    # A model-level rule names its field at the start of the message.
+    page.fill("#field-density", "0.1")
+    page.select_option("#field-model", "cnn")
+    page.get_by_role("button", name="Launch run").click()
+    model_error = page.locator("#error-model")
+    model_error.wait_for(state="visible")
+    assert "needs an image task" in model_error.inner_text()
+    assert page.locator("#error-density").is_hidden()
+    # An entry of a list field that is not a number.
+    page.select_option("#field-model", "mlp")
+    page.fill("#field-hidden", "64, wide")
+    page.get_by_role("button", name="Launch run").click()
+    page.locator("#error-hidden").wait_for(state="visible")
+    screenshot(page, "new-run-form.png", full_page=True)
+    assert page.evaluate("location.hash") == "#/new"  # nothing started
+
+
+def test_start_from_form_watch_reconnect_and_stop(page, server):
+    open_form(page)
+    page.fill("#field-name", "form run")
+    page.fill("#field-hidden", "32, 32")
+    page.fill("#field-epochs", "5000")  # long enough that Stop ends it
+    page.fill("#field-interval_steps", "5")
+    page.get_by_role("button", name="Launch run").click()
+    page.wait_for_function("window.sparsescope.model && window.sparsescope.model.name === 'form run'")
+    run_id = page.evaluate("window.sparsescope.model.id")
+    run = server.http.get(f"/api/runs/{run_id}").json()
+    assert run["config"]["hidden"] == [32, 32] and run["config"]["interval_steps"] == 5
+    page.wait_for_function("window.sparsescope.framesApplied >= 6", timeout=60_000)
+    first = int(page.locator("#heatmap-0").get_attribute("data-drawn") or 0)
+    page.wait_for_function(
+        f"Number(document.querySelector('#heatmap-0').dataset.drawn) > {first}", timeout=30_000)
+    # A dropped connection resumes from the last applied seq.
+    applied = page.evaluate("window.sparsescope.framesApplied")
+    page.evaluate("window.sparsescope.dropConnection()")
+    page.wait_for_selector("#connection[data-state='retrying'], #connection[data-state='connecting']",
+                           timeout=10_000)
+    page.wait_for_selector("#connection[data-state='open']", timeout=20_000)
+    page.wait_for_function(f"window.sparsescope.framesApplied > {applied}", timeout=30_000)
+    # Scrubbing back while live: the view stays on the chosen rewire as new frames arrive.
+    page.locator("#scrubber").fill("2")
+    chosen = page.evaluate("window.sparsescope.model.steps[2]")
+    page.wait_for_function(f"document.querySelector('#heatmap-0').dataset.step === '{chosen}'")
+    assert page.locator("#live").get_attribute("aria-pressed") == "false"
+    applied = page.evaluate("window.sparsescope.framesApplied")
+    page.wait_for_function(f"window.sparsescope.framesApplied > {applied + 3}", timeout=30_000)
+    page.wait_for_timeout(300)
+    assert page.locator("#heatmap-0").get_attribute("data-step") == str(chosen)
+    page.get_by_role("button", name="Follow live").click()
+    page.wait_for_function(f"Number(document.querySelector('#heatmap-0').dataset.step) > {chosen}")
+    stop = page.get_by_role("button", name="Stop", exact=True)
+    assert stop.is_enabled()
+    stop.click()
+    page.wait_for_selector("#status[data-status='stopped']", timeout=15_000)
+    page.wait_for_selector("#connection[data-state='ended']", timeout=15_000)
+    # Every stored frame arrived exactly once, across the reconnect.
+    stored = topology_frames(server.events(run_id))
+    assert page.evaluate("window.sparsescope.framesApplied") == len(stored)
+    assert page.evaluate("window.sparsescope.model.layers.reduce((n, l) => n + l.frames.length, 0)") \
+        == len(stored)
+    assert server.http.get(f"/api/runs/{run_id}").json()["status"] == "stopped"
+
+
+def test_a_failed_run_shows_its_error(page, server):
+    open_form(page)
+    page.fill("#field-name", "too hot")
+    page.fill("#field-lr", "10")
+    page.fill("#field-epochs", "40")
+    page.get_by_role("button", name="Launch run").click()
+    page.wait_for_selector("#status[data-status='failed']", timeout=120_000)
+    page.wait_for_function("document.querySelector('#run-error').textContent.includes('diverged')")
+    assert page.get_by_role("button", name="Stop", exact=True).is_disabled()

@@ -1,0 +1,122 @@
+"""The runs list (filter, sort, live updates, export/import, delete) and the comparison of runs."""
+
+import pytest
+
+from tests.browser.conftest import screenshot, topology_frames
+
+pytestmark = pytest.mark.browser
+
+BASE = {"task": "synthetic", "hidden": [32, 32], "epochs": 20, "interval_steps": 20}
+
+
+@pytest.fixture(scope="module")
+def pair(server):
+    alpha = server.start_run(name="alpha", density=0.1, **BASE)
+    beta = server.start_run(name="beta", density=0.3, seed=1, **BASE)
+    for run in (alpha, beta):
+        server.wait(run["id"])
+    return {run["name"]: {"id": run["id"], "frames": topology_frames(server.events(run["id"]))}
+            for run in (alpha, beta)}
+
+
+def row_names(page):
+    return page.eval_on_selector_all("#runs-body tr td.name", "cells => cells.map(c => c.textContent)")
+
+
+def test_filter_sort_and_live_updates(page, server, pair):
+    page.goto(f"{page.base_url}/#/runs")
+    page.wait_for_function("document.querySelectorAll('#runs-body tr').length === 2")
+    assert row_names(page) == ["beta", "alpha"]  # newest first
+    page.get_by_label("Filter").fill("alph")
+    page.wait_for_function("document.querySelectorAll('#runs-body tr').length === 1")
+    assert row_names(page) == ["alpha"]
+    page.get_by_label("Filter").fill("")
+    page.get_by_role("button", name="Density").click()
+    assert row_names(page) == ["alpha", "beta"]
+    assert page.locator("th[data-sort='density']").get_attribute("aria-sort") == "ascending"
+    page.get_by_role("button", name="Density").click()
+    assert row_names(page) == ["beta", "alpha"]
+    page.get_by_label("Status").select_option("running")
+    page.wait_for_function("document.querySelectorAll('#runs-body tr').length === 0")
+    page.get_by_label("Status").select_option("")
+    # A run started elsewhere (the API, the CLI) shows up and changes status without a reload.
+    gamma = server.start_run(name="gamma", task="synthetic", hidden=[8], epochs=2)
+    page.wait_for_selector(f"#runs-body tr[data-run-id='{gamma['id']}']", timeout=15_000)
+    server.wait(gamma["id"])
+    page.wait_for_selector(f"#runs-body tr[data-run-id='{gamma['id']}'][data-status='completed']",
+                           timeout=15_000)
+    # Delete asks twice, then the run is gone.
+    page.get_by_role("button", name="Delete gamma").click()
+    page.get_by_role("button", name="Delete gamma").click()
+    page.wait_for_selector(f"#runs-body tr[data-run-id='{gamma['id']}']", state="detached")
+    assert server.http.get(f"/api/runs/{gamma['id']}").status_code == 404
+
+
+def test_export_and_import(page, server, pair, tmp_path):
+    page.expected_statuses.update({404, 405})
+    page.goto(f"{page.base_url}/#/runs")
+    page.wait_for_selector("#runs-body tr")
+    alpha = pair["alpha"]["id"]
+    exported = server.http.get(f"/api/runs/{alpha}/export")
+    if exported.status_code in (404, 405):
+        # The export/import endpoints belong to another part of the project: until they are
+        # merged, the page must say so instead of failing.
+        page.get_by_role("button", name="Export alpha").click()
+        page.wait_for_function(
+            "document.querySelector('#runs-message').textContent.includes('cannot export')")
+        blob = tmp_path / "bad.sparsescope"
+        blob.write_bytes(b"not a run")
+        page.locator("#import-file").set_input_files(str(blob))
+        page.wait_for_function("document.querySelector('#runs-message').textContent.includes('import')")
+        return
+    assert exported.status_code == 200
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Export alpha").click()
+    path = tmp_path / info.value.suggested_filename
+    info.value.save_as(path)
+    assert path.read_bytes() == exported.content
+    before = len(server.http.get("/api/runs").json())
+    page.locator("#import-file").set_input_files(str(path))
+    page.wait_for_function("document.querySelector('#runs-message').textContent.startsWith('Imported')")
+    page.wait_for_function(f"document.querySelectorAll('#runs-body tr').length === {before + 1}")
+
+
+def test_compare_two_runs(page, pair):
+    page.goto(f"{page.base_url}/#/runs")
+    page.wait_for_selector("#runs-body tr")
+    page.get_by_label("compare alpha").check()
+    page.get_by_label("compare beta").check()
+    page.get_by_role("button", name="Compare selected (2)").click()
+    page.wait_for_function("location.hash.startsWith('#/compare/')")
+    # Every metric overlaid: one curve per run in each chart.
+    for key in ("train_loss_running", "test_accuracy", "density", "itop_rate", "turnover"):
+        page.wait_for_function(
+            f"(() => {{ const d = document.querySelector('#compare-chart-{key}')?.data;"
+            " return d && d.length === 2 && d.every(t => t.x.length > 0); })()", timeout=30_000)
+    names = page.evaluate("document.querySelector('#compare-chart-test_accuracy').data.map(t => t.name)")
+    assert sorted(names) == ["alpha", "beta"]
+    # Heatmaps side by side, driven by one scrubber.
+    frames = {name: [f for f in run["frames"] if f["index"] == 0] for name, run in pair.items()}
+    steps = sorted({f["step"] for run in frames.values() for f in run})
+    position = len(steps) // 2
+    page.wait_for_function("document.querySelectorAll('#compare-heatmaps .heatmap[data-step]').length === 2")
+    page.locator("#compare-scrubber").fill(str(position))
+    models = page.evaluate("Array.from(document.querySelectorAll('#compare-heatmaps .heatmap'))"
+                           ".map(e => e.id)")
+    assert models == ["compare-heatmap-0", "compare-heatmap-1"]
+    order = page.evaluate("Array.from(document.querySelectorAll('#compare-heatmaps .heatmap'))"
+                          ".map(e => e.closest('figure').querySelector('.gtitle')?.textContent || '')")
+    for index in range(2):
+        page.wait_for_function(
+            f"document.querySelector('#compare-heatmap-{index}').dataset.step === '{steps[position]}'")
+    for index, title in enumerate(order):
+        name = "alpha" if title.startswith("alpha") else "beta"
+        stored = [f for f in frames[name] if f["step"] <= steps[position]][-1]["active"]
+        assert int(page.locator(f"#compare-heatmap-{index}").get_attribute("data-active")) == stored
+    page.get_by_role("button", name="Compare: step forward").click()
+    for index in range(2):
+        page.wait_for_function(
+            f"document.querySelector('#compare-heatmap-{index}').dataset.step === '{steps[position + 1]}'")
+    page.wait_for_function("(document.querySelector('#compare-chart-test_loss').layout.shapes || [])"
+                           f".some(shape => shape.x0 === {steps[position + 1]})")
+    screenshot(page, "compare.png", full_page=True)
