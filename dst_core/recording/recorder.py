@@ -46,7 +46,7 @@ def run_info(writer: str, seed: int | None, user_config: dict | None = None) -> 
 
     info = {"writer": writer, "torch": torch.__version__, "sparsescope": __version__,
             "python": platform.python_version(), "git_commit": git_commit(), "seed": seed,
-            "host": platform.node()}
+            "host": platform.node(), "pid": os.getpid()}
     if user_config is not None:
         info["user_config"] = user_config
     return info

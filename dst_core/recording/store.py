@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
 import sqlite3
 import threading
 import time
@@ -29,6 +31,7 @@ DB_NAME = "runs.sqlite3"
 ACTIVE_STATUSES = ("queued", "running")
 FINAL_STATUSES = ("completed", "stopped", "failed")
 STATUSES = ACTIVE_STATUSES + FINAL_STATUSES
+WRITER_GONE_ERROR = "interrupted: its writer process is gone"
 STALE_ERROR = "stale: writer went silent"
 
 # Version 1: the foundation's layout (JSON payloads only). Every file starts from it and is
@@ -81,6 +84,24 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
 MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [
     (2, _migrate_1_to_2),
 ]
+
+
+def writer_gone(info: dict) -> bool:
+    """True when a run's local writer (a CLI or a script on this host) no longer exists: a
+    killed writer is then known at once instead of after the heartbeat timeout. Remote writers
+    are judged by their heartbeat alone (their pid means nothing here)."""
+    pid = info.get("pid")
+    if info.get("writer") not in ("cli", "script") or not isinstance(pid, int) or pid <= 0:
+        return False
+    if info.get("host") != platform.node():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def new_run_id() -> str:
@@ -239,25 +260,30 @@ class RunStore:
             db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (time.time(), run_id))
 
     def mark_stale(self, timeout_s: float, exclude: Iterable[str] = ()) -> list[str]:
-        """Fail every running run whose writer has not been heard from for `timeout_s`."""
+        """Fail every running run whose writer has not been heard from for `timeout_s`, or
+        whose local writer process is gone (a killed CLI or script is known at once)."""
         cutoff = time.time() - timeout_s
         exclude = set(exclude)
         rows = self.db.execute(
-            "SELECT id FROM runs WHERE status = 'running' AND "
-            "COALESCE(heartbeat_at, started_at, created_at) < ?", (cutoff,)).fetchall()
+            "SELECT id, info, COALESCE(heartbeat_at, started_at, created_at) AS beat FROM runs "
+            "WHERE status = 'running'").fetchall()
         failed = []
         for row in rows:
             if row["id"] in exclude:
                 continue
+            gone = writer_gone(json.loads(row["info"] or "{}"))
+            if not gone and row["beat"] >= cutoff:
+                continue
+            error = WRITER_GONE_ERROR if gone else STALE_ERROR
             with self._write() as db:  # re-checked under the lock: a heartbeat may have landed
                 fresh = db.execute("SELECT COALESCE(heartbeat_at, started_at, created_at) "
                                    "FROM runs WHERE id = ? AND status = 'running'",
                                    (row["id"],)).fetchone()
-                if fresh is None or fresh[0] >= cutoff:
+                if fresh is None or (not gone and fresh[0] >= cutoff):
                     continue
-                _status_change(db, row["id"], "failed", STALE_ERROR, True)
+                _status_change(db, row["id"], "failed", error, True)
                 self._append(db, row["id"], [("status", self._last_step(db, row["id"]),
-                                              {"status": "failed", "error": STALE_ERROR})])
+                                              {"status": "failed", "error": error})])
             failed.append(row["id"])
         return failed
 
@@ -274,7 +300,8 @@ class RunStore:
             beat = next(value for value in (run["heartbeat_at"], run["started_at"],
                                             run["created_at"]) if value is not None)
             own = run["status"] == "queued" or run["info"].get("writer", "worker") == "worker"
-            if (own or beat < cutoff) and self.set_status(run["id"], "failed", error=error):
+            gone = own or beat < cutoff or writer_gone(run["info"])
+            if gone and self.set_status(run["id"], "failed", error=error):
                 failed.append(run["id"])
         return failed
 

@@ -68,7 +68,7 @@ def _train_loop(tmp_path, method="set", steps=120, keyframe_every=3):
     model = torch.nn.Sequential(torch.nn.Linear(20, 48), torch.nn.ReLU(), torch.nn.Linear(48, 4))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     driver = SparseDriver(model, optimizer, method=method, density=0.2, total_steps=steps,
-                          interval_steps=4)
+                          interval_steps=4, end_fraction=1.0)
     snapshots = {0: [layer.mask.clone() for layer in driver.layers]}
     with Recorder(tmp_path / "data", name="loop", config={"lr": 0.1, "seed": 0},
                   keyframe_every=keyframe_every, flush_interval_s=0.0) as recorder:
