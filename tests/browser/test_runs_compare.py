@@ -75,10 +75,15 @@ def test_export_and_import(page, server, pair, tmp_path):
     path = tmp_path / info.value.suggested_filename
     info.value.save_as(path)
     assert path.read_bytes() == exported.content
-    before = len(server.http.get("/api/runs").json())
+    known = {run["id"] for run in server.http.get("/api/runs").json()}
+    before = len(known)
     page.locator("#import-file").set_input_files(str(path))
     page.wait_for_function("document.querySelector('#runs-message').textContent.startsWith('Imported')")
     page.wait_for_function(f"document.querySelectorAll('#runs-body tr').length === {before + 1}")
+    [imported] = [run for run in server.http.get("/api/runs").json() if run["id"] not in known]
+    assert imported["name"] == "alpha"
+    # The module's runs stay as they were for the tests after this one (names are labels).
+    assert server.http.delete(f"/api/runs/{imported['id']}").status_code == 204
 
 
 def test_compare_two_runs(page, pair):
