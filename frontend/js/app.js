@@ -10,14 +10,18 @@ import { RunForm } from "./form.js";
 import { AUTO_DENSITY_ABOVE, InputPanel, LayerPanel, PALETTES } from "./heatmap.js";
 import { RunModel } from "./model.js";
 import { ACTIVE, RunsList } from "./runs.js";
-import { RunStream } from "./stream.js";
+import { RunStream, streamCounts } from "./stream.js";
 
 const $ = (id) => document.getElementById(id);
 const CHART_INTERVAL_MS = 250; // charts are cheap to skip; heatmaps get the frame budget
+// The input-pixel view is an aggregate like the charts: while following live or playing it is
+// redrawn at most this often (always with the newest frame); scrubbing redraws it at once.
+const INPUT_INTERVAL_MS = 250;
 const RUNS_POLL_MS = 3000;
 const CONNECTION_TEXT = { connecting: "connecting…", open: "live", retrying: "reconnecting…",
-                          closed: "offline", ended: "replay complete" };
+                          closed: "offline", ended: "replay complete", unreachable: "server unreachable" };
 
+let serverReachable = true; // false while the runs poll gets no answer at all
 const ui = {
   palette: PALETTES[localStorage.getItem("sparsescope.palette") || "standard"] || PALETTES.standard,
   route: "runs",
@@ -25,6 +29,7 @@ const ui = {
   model: null, stream: null, panels: [], inputPanel: null, position: -1, live: true,
   playing: false, playTimer: 0, mode: "auto", shownPosition: null, painting: false,
   topologyDirty: false, chartsDirty: false, lastChartDraw: 0, chartTimer: 0, frame: 0,
+  inputDirty: false, lastInputDraw: -Infinity, inputTimer: 0,
   // compare
   compare: { models: [], streams: [], panels: [], steps: [], position: -1, live: true, playing: false,
              timer: 0, dirty: false, chartsDirty: false, lastChartDraw: 0, layer: 0, key: "" },
@@ -33,7 +38,7 @@ const ui = {
 // Test hook: counters of the real apply and draw paths, and a way to feed frames through them.
 const perf = { applyMs: [], drawMs: [], paintMs: [], draws: 0, animationFrames: 0, framesSkipped: 0 };
 window.sparsescope = {
-  framesApplied: 0, lastStep: 0, perf, codec,
+  framesApplied: 0, lastStep: 0, perf, codec, streamCounts,
   get model() { return ui.model; },
   get position() { return ui.position; },
   get panels() { return ui.panels; },
@@ -46,7 +51,7 @@ window.sparsescope = {
     for (;;) {
       await Promise.all(pendingPaints);
       await new Promise((resolve) => requestAnimationFrame(() => resolve()));
-      if (!ui.painting && (!ui.topologyDirty || ui.route !== "run" || !ui.model)) return;
+      if (!ui.painting && ((!ui.topologyDirty && !ui.inputDirty) || ui.route !== "run" || !ui.model)) return;
     }
   },
 };
@@ -62,6 +67,8 @@ function setStatus(status) {
 }
 
 function setConnection(state) {
+  // While the server does not answer, a stream's retry says "reconnecting…" only once it is back.
+  if (state === "retrying" && !serverReachable) state = "unreachable";
   $("connection").dataset.state = state;
   $("connection-text").textContent = CONNECTION_TEXT[state] || state;
 }
@@ -111,6 +118,10 @@ function closeRun() {
   ui.model = null;
   ui.position = -1;
   ui.shownPosition = null;
+  clearTimeout(ui.inputTimer);
+  ui.inputTimer = 0;
+  ui.inputDirty = false;
+  ui.lastInputDraw = -Infinity;
   // A new run starts its charts from scratch (no axis ranges carried over from the last one).
   for (const chart of document.querySelectorAll("#charts .chart")) Plotly.purge(chart);
   window.sparsescope.framesApplied = 0;
@@ -137,13 +148,30 @@ function openModel(model, streamFactory) {
 }
 
 function describeRun(model) {
-  const config = model.run.config;
+  const config = model.run.config || {};
   const meta = model.meta;
   const parts = [];
-  if (config) parts.push(`${config.task} · ${config.model} ${JSON.stringify(config.hidden)} · ${config.method} · density ${config.density}`);
+  if (config.task) {
+    const hidden = Array.isArray(config.hidden) ? `[${config.hidden.join(", ")}]` : "";
+    parts.push(`${config.task} · ${config.model} ${hidden} · ${config.method} · density ${config.density}`);
+  }
   if (meta) parts.push(`${meta.total_steps} steps, rewire every ${meta.schedule?.interval_steps} (${meta.schedule?.kind})`);
   parts.push(model.id);
   $("run-info").textContent = parts.join(" · ");
+  $("run-provenance").textContent = provenance(model.run.info);
+}
+
+// Who recorded the run and with what, from the run's `info` (absent on old runs).
+export function provenance(info) {
+  if (!info || typeof info !== "object") return "";
+  const parts = [];
+  if (info.writer) parts.push(`recorded by ${info.writer}`);
+  if (info.sparsescope) parts.push(`sparsescope ${info.sparsescope}`);
+  if (info.torch) parts.push(`torch ${info.torch}`);
+  if (info.python) parts.push(`python ${info.python}`);
+  if (info.git_commit) parts.push(`commit ${String(info.git_commit).slice(0, 10)}`);
+  if (info.seed !== undefined && info.seed !== null) parts.push(`seed ${info.seed}`);
+  return parts.join(" · ");
 }
 
 function openRun(run) {
@@ -152,9 +180,18 @@ function openRun(run) {
   if (location.hash !== `#/run/${run.id}`) location.hash = `#/run/${run.id}`;
 }
 
+// A run named in the URL: looked up in the list first, so a deleted run's link gives a message
+// on the runs view instead of a failed request (which the browser would log as an error).
 async function openRunById(id) {
   try {
-    openRun(await api(`/api/runs/${id}`));
+    const runs = await runsList.refresh();
+    const run = runs.find((item) => item.id === id);
+    if (!run) {
+      runsMessage(`Run ${id} does not exist (deleted?). Pick another one below.`);
+      go("#/runs");
+      return;
+    }
+    openRun(run);
   } catch (error) {
     runsMessage(`Could not open run ${id}: ${error.message}`);
     go("#/runs");
@@ -248,7 +285,7 @@ function drawRun(now) {
       if (index === 0) firstState = state;
       if (state) paints.push(panel.draw(state, modeFor(layer, ui.mode), ui.palette));
     });
-    if (ui.inputPanel && firstState) paints.push(ui.inputPanel.draw(firstState));
+    if (ui.inputPanel && firstState) ui.inputDirty = true;
     ui.shownPosition = ui.position;
     perf.draws += 1;
     const drawn = performance.now() - started;
@@ -264,6 +301,7 @@ function drawRun(now) {
     pendingPaints = [all];
     ui.chartsDirty = ui.chartsDirty || !ui.live; // the dotted step marker moved
   }
+  if (ui.inputDirty) drawInput(model, now);
   if (ui.chartsDirty) {
     if (now - ui.lastChartDraw >= CHART_INTERVAL_MS) {
       ui.chartsDirty = false;
@@ -273,6 +311,19 @@ function drawRun(now) {
       ui.chartTimer = setTimeout(() => { ui.chartTimer = 0; scheduleDraw(); }, CHART_INTERVAL_MS);
     }
   }
+}
+
+function drawInput(model, now) {
+  const following = ui.live || ui.playing;
+  if (following && now - ui.lastInputDraw < INPUT_INTERVAL_MS) {
+    if (!ui.inputTimer) ui.inputTimer = setTimeout(() => { ui.inputTimer = 0; scheduleDraw(); }, INPUT_INTERVAL_MS);
+    return;
+  }
+  const layer = model.layers[0];
+  const state = ui.inputPanel && layer && ui.position >= 0 ? layer.state(layer.frameAt(model.steps[ui.position])) : null;
+  ui.inputDirty = false;
+  ui.lastInputDraw = now;
+  if (state) pendingPaints.push(ui.inputPanel.draw(state));
 }
 
 function drawRunCharts(model) {
@@ -628,4 +679,24 @@ document.addEventListener("keydown", (event) => {
 applyPalette();
 runForm.load();
 route();
-setInterval(() => { if (!document.hidden) runsList.refresh(); }, RUNS_POLL_MS);
+// The runs list stays live by polling; while the server does not answer, the poll backs off
+// (to one request every 30 s) and the connection indicator says so, instead of a request, and
+// a console error, every few seconds.
+let pollDelayMs = RUNS_POLL_MS;
+async function pollRuns() {
+  if (!document.hidden) {
+    await runsList.refresh();
+    serverReachable = runsList.reachable !== false;
+    if (!serverReachable) {
+      pollDelayMs = Math.min(30_000, pollDelayMs * 2);
+      setConnection("unreachable");
+    } else {
+      if (pollDelayMs !== RUNS_POLL_MS && $("connection").dataset.state === "unreachable") {
+        setConnection(ui.stream ? "retrying" : "closed");
+      }
+      pollDelayMs = RUNS_POLL_MS;
+    }
+  }
+  setTimeout(pollRuns, pollDelayMs);
+}
+setTimeout(pollRuns, RUNS_POLL_MS);

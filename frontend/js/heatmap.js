@@ -95,18 +95,6 @@ export function blockDensity(layer, state) {
   return { z, customdata, block, blockRows, blockCols, highest };
 }
 
-const SYNC_ENCODE_PIXELS = 512 * 512;
-
-async function encodeAsync(canvas) {
-  const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
-  return new Promise((resolve, reject) => {
-    const reader = new FileReader();
-    reader.onload = () => resolve(reader.result);
-    reader.onerror = () => reject(reader.error);
-    reader.readAsDataURL(blob);
-  });
-}
-
 export class LayerPanel {
   constructor(container, layer, { title = null, id = null } = {}) {
     this.layer = layer;
@@ -119,43 +107,84 @@ export class LayerPanel {
     this.plot.dataset.layer = layer.name;
     this.plot.setAttribute("role", "img");
     this.plot.setAttribute("aria-label", `connections of ${layer.name} (${layer.rows} outputs × ${layer.cols} inputs)`);
+    // Step, active count and density change every frame: plain text above the plot, so a new
+    // frame never needs a Plotly layout pass (the plot's own title stays fixed).
+    this.stats = document.createElement("div");
+    this.stats.className = "panel-stats";
+    this.stats.setAttribute("aria-live", "off");
     this.readout = document.createElement("figcaption");
     this.readout.className = "readout";
     this.readout.textContent = "hover a cell for its units and state";
-    this.root.append(this.plot, this.readout);
+    this.root.append(this.stats, this.plot, this.readout);
     container.append(this.root);
     this.canvas = document.createElement("canvas");
     this.canvas.width = layer.cols;
     this.canvas.height = layer.rows;
     this.context = this.canvas.getContext("2d");
     this.image = null;
+    this.pixels = null; // active connections per screen pixel at frame `pixels.index` (see pixelCounts)
+    this.plotted = null; // what Plotly last drew: {mode, key}; a matching frame only swaps the bitmap
     this.state = null;
     this.mode = null;
     this.hooked = false;
     this.generation = 0;
   }
 
-  // Draws the layer at `state` (from LayerHistory.state); resolves once Plotly has painted it.
+  // Draws the layer at `state` (from LayerHistory.state); resolves once the picture is painted.
   // A draw started later supersedes this one: its picture is skipped, never shown out of order.
+  // In connections mode a frame whose picture has the same geometry as the last one only swaps
+  // the image trace's bitmap (no Plotly layout or calc pass): that is the 1024 × 1024 budget.
   async draw(state, mode, palette) {
     const generation = ++this.generation;
     const layer = this.layer;
-    const trace = !state ? { type: "heatmap", z: [[0]], showscale: false, hoverinfo: "skip" }
-      : mode === "density" ? this.densityTrace(state) : await this.bitmapTrace(state, palette);
-    if (generation !== this.generation || this.removed) return false;
-    this.state = state;
     if (this.mode !== mode) this.readout.textContent = "hover a cell for its units and state";
+    let painted;
+    if (state && mode !== "density") {
+      const bitmap = this.bitmap(state, palette);
+      const key = `${bitmap.width}x${bitmap.height}`;
+      if (this.plotted && this.plotted.mode === mode && this.plotted.key === key && this.swapBitmap(bitmap.source)) {
+        painted = this.decoded();
+      } else {
+        painted = this.plotTrace(bitmap.trace, mode, key);
+      }
+    } else {
+      const trace = !state ? { type: "heatmap", z: [[0]], showscale: false, hoverinfo: "skip" } : this.densityTrace(state);
+      painted = this.plotTrace(trace, mode, "density");
+    }
+    this.state = state;
     this.mode = mode;
+    this.describe(state, mode);
+    await painted;
+    if (!this.hooked && this.plot.on) {
+      this.hooked = true;
+      this.plot.on("plotly_hover", (event) => this.hover(event));
+    }
+    return generation === this.generation && !this.removed;
+  }
+
+  describe(state, mode) {
+    const layer = this.layer;
     const step = state ? state.frame.step : null;
     const active = state ? state.active : 0;
     const density = layer.size ? active / layer.size : 0;
+    const scaled = mode !== "density" && this.factor && this.factor.fx * this.factor.fy > 1
+      ? ` · ${this.factor.fy}×${this.factor.fx} connections per pixel` : "";
+    this.stats.textContent = `step ${step ?? "–"} · ${active} active (${(100 * density).toFixed(1)}%)` +
+      (mode === "density" ? " · density map" : scaled);
+    const data = this.plot.dataset;
+    data.step = String(step);
+    data.active = String(active);
+    data.mode = mode;
+    data.added = String(state ? state.frame.added.length : 0);
+    data.removed = String(state ? state.frame.removed.length : 0);
+    data.drawn = String(Number(data.drawn || 0) + 1);
+  }
+
+  plotTrace(trace, mode, key) {
+    const layer = this.layer;
     const head = this.titlePrefix ? `${this.titlePrefix} · ` : "";
-    const title = `${head}${layer.name} · ${layer.rows}×${layer.cols} · ${active} active ` +
-      `(${(100 * density).toFixed(1)}%) · step ${step ?? "–"}` +
-      (mode !== "density" && this.factor && this.factor.fx * this.factor.fy > 1
-        ? ` · ${this.factor.fy}×${this.factor.fx} per pixel` : "");
     const layout = {
-      title: { text: title, font: { size: 12 } },
+      title: { text: `${head}${layer.name} · ${layer.rows}×${layer.cols}`, font: { size: 12 } },
       margin: { l: 48, r: 12, t: 30, b: 36 },
       xaxis: { title: { text: "input unit", standoff: 4 }, zeroline: false, showgrid: false },
       yaxis: { title: { text: "output unit", standoff: 4 }, autorange: "reversed", zeroline: false,
@@ -164,19 +193,30 @@ export class LayerPanel {
       paper_bgcolor: "rgba(0,0,0,0)",
       plot_bgcolor: "#ffffff",
     };
-    await Plotly.react(this.plot, [trace], layout, PLOT_CONFIG);
-    if (!this.hooked) {
-      this.hooked = true;
-      this.plot.on("plotly_hover", (event) => this.hover(event));
-    }
-    const data = this.plot.dataset;
-    data.step = String(step);
-    data.active = String(active);
-    data.mode = mode;
-    data.added = String(state ? state.frame.added.length : 0);
-    data.removed = String(state ? state.frame.removed.length : 0);
-    data.drawn = String(Number(data.drawn || 0) + 1);
+    this.plotted = null;
+    return Plotly.react(this.plot, [trace], layout, PLOT_CONFIG).then(() => {
+      if (!this.removed) this.plotted = { mode, key };
+    });
+  }
+
+  // Points the drawn image trace at a new bitmap: the SVG <image> Plotly made for it, and the
+  // trace's `source` (so a later resize or restyle redraws this picture, not an old one).
+  swapBitmap(source) {
+    const element = this.plot.querySelector(".imagelayer image");
+    const trace = this.plot.data && this.plot.data[0];
+    if (!element || !trace || trace.type !== "image") return false;
+    trace.source = source;
+    if (this.plot._fullData && this.plot._fullData[0]) this.plot._fullData[0].source = source;
+    element.setAttributeNS("http://www.w3.org/1999/xlink", "xlink:href", source);
+    this.element = element;
     return true;
+  }
+
+  decoded() {
+    const element = this.element;
+    const frame = new Promise((resolve) => requestAnimationFrame(() => resolve()));
+    if (!element || typeof element.decode !== "function") return frame;
+    return element.decode().catch(() => undefined).then(() => frame);
   }
 
   // Screen pixels available: a layer with more connections than that is drawn with several
@@ -191,11 +231,50 @@ export class LayerPanel {
     return { fx, fy, width: Math.ceil(cols / fx), height: Math.ceil(rows / fy) };
   }
 
-  // The connections bitmap; where a pixel covers several connections it shows the most notable
-  // one (removed > added > kept > inactive), so no rewire mark is ever hidden by the scaling.
-  // PNG-encoded for Plotly's `image` trace.
-  async bitmapTrace(state, palette) {
+  // Active connections per screen pixel at `state`, kept across draws: moving one or a few
+  // rewires away costs O(changes) (each frame stores its net added/removed), anything else
+  // (a jump, a new screen size) recounts the mask once.
+  pixelCounts(state, fx, fy, width, height) {
     const { rows, cols } = this.layer;
+    const frames = this.layer.frames;
+    const cache = this.pixels;
+    const colPixel = (c) => (c / fx) | 0;
+    const pixelOf = (flat) => (((flat / cols) | 0) / fy | 0) * width + colPixel(flat % cols);
+    const reusable = cache && cache.fx === fx && cache.fy === fy && cache.width === width &&
+      cache.height === height && cache.frames === frames && Math.abs(state.index - cache.index) <= 16;
+    if (reusable) {
+      const counts = cache.counts;
+      const move = (frame, sign) => {
+        for (let i = 0; i < frame.added.length; i++) counts[pixelOf(frame.added[i])] += sign;
+        for (let i = 0; i < frame.removed.length; i++) counts[pixelOf(frame.removed[i])] -= sign;
+      };
+      for (let i = cache.index + 1; i <= state.index; i++) move(frames[i], 1);
+      for (let i = cache.index; i > state.index; i--) move(frames[i], -1);
+      cache.index = state.index;
+      return counts;
+    }
+    const counts = new Int32Array(width * height);
+    const mask = state.mask;
+    if (fx === 1 && fy === 1) {
+      for (let i = 0; i < mask.length; i++) counts[i] = mask[i];
+    } else {
+      const colPixels = new Uint32Array(cols);
+      for (let c = 0; c < cols; c++) colPixels[c] = colPixel(c);
+      for (let r = 0; r < rows; r++) {
+        const base = ((r / fy) | 0) * width;
+        const offset = r * cols;
+        for (let c = 0; c < cols; c++) if (mask[offset + c]) counts[base + colPixels[c]] += 1;
+      }
+    }
+    this.pixels = { fx, fy, width, height, frames, index: state.index, counts };
+    return counts;
+  }
+
+  // The connections bitmap, at most one pixel per screen pixel; where a pixel covers several
+  // connections it shows the most notable one (removed > added > kept > inactive), so no rewire
+  // mark is ever hidden by the scaling. PNG-encoded for Plotly's `image` trace.
+  bitmap(state, palette) {
+    const { cols } = this.layer;
     const { fx, fy, width, height } = this.resolution();
     this.factor = { fx, fy };
     if (!this.image || this.image.width !== width || this.image.height !== height) {
@@ -203,40 +282,23 @@ export class LayerPanel {
       this.canvas.height = height;
       this.image = this.context.createImageData(width, height);
     }
+    const counts = this.pixelCounts(state, fx, fy, width, height);
     const pixels = new Uint32Array(this.image.data.buffer);
-    const colours = ["inactive", "kept", "added", "removed"].map((name) => rgba32(palette[name]));
-    const mask = state.mask;
+    const [inactive, kept, added, removed] = STATE_NAMES.map((name) => rgba32(palette[name]));
+    for (let i = 0; i < counts.length; i++) pixels[i] = counts[i] > 0 ? kept : inactive;
+    const pixelOf = (flat) => (((flat / cols) | 0) / fy | 0) * width + ((flat % cols) / fx | 0);
     const { frame } = state;
-    if (fx === 1 && fy === 1) {
-      for (let i = 0; i < mask.length; i++) pixels[i] = mask[i] ? colours[1] : colours[0];
-      for (let i = 0; i < frame.added.length; i++) pixels[frame.added[i]] = colours[2];
-      for (let i = 0; i < frame.removed.length; i++) pixels[frame.removed[i]] = colours[3];
-    } else {
-      const codes = new Uint8Array(width * height);
-      const colPixel = new Uint32Array(cols);
-      for (let c = 0; c < cols; c++) colPixel[c] = (c / fx) | 0;
-      for (let r = 0; r < rows; r++) {
-        const base = ((r / fy) | 0) * width;
-        const offset = r * cols;
-        for (let c = 0; c < cols; c++) if (mask[offset + c]) codes[base + colPixel[c]] = 1;
-      }
-      const mark = (list, code) => {
-        for (let i = 0; i < list.length; i++) {
-          const flat = list[i];
-          const pixel = ((flat / cols / fy) | 0) * width + colPixel[flat % cols];
-          if (codes[pixel] < code) codes[pixel] = code;
-        }
-      };
-      mark(frame.added, 2);
-      mark(frame.removed, 3);
-      for (let i = 0; i < codes.length; i++) pixels[i] = colours[codes[i]];
+    for (let i = 0; i < frame.added.length; i++) {
+      const pixel = pixelOf(frame.added[i]);
+      if (pixels[pixel] !== removed) pixels[pixel] = added;
     }
+    for (let i = 0; i < frame.removed.length; i++) pixels[pixelOf(frame.removed[i])] = removed;
     this.context.putImageData(this.image, 0, 0);
-    // A screen-sized bitmap encodes in a few ms; only a huge one is worth the async round trip.
-    const source = width * height <= SYNC_ENCODE_PIXELS ? this.canvas.toDataURL("image/png")
-      : await encodeAsync(this.canvas);
-    return { type: "image", source, x0: (fx - 1) / 2, y0: (fy - 1) / 2, dx: fx, dy: fy,
-             hoverinfo: "none", zsmooth: false };
+    // At most screen-sized, so the PNG encodes in a few ms on the main thread.
+    const source = this.canvas.toDataURL("image/png");
+    return { source, width, height,
+             trace: { type: "image", source, x0: (fx - 1) / 2, y0: (fy - 1) / 2, dx: fx, dy: fy,
+                      hoverinfo: "none", zsmooth: false } };
   }
 
   densityTrace(state) {
@@ -310,14 +372,32 @@ export function inputGeometry(meta, layer) {
   return { height: 1, width: layer.cols, channels: 1, label: "input feature" };
 }
 
-export function inputCounts(layer, state, geometry) {
+// Active connections per input column (column sums of the mask), kept across draws like the
+// pixel counts of LayerPanel: O(changes) for a nearby frame, one pass over the mask otherwise.
+export function columnSums(layer, state, cache = null) {
   const { rows, cols } = layer;
-  const sums = new Uint32Array(cols);
+  if (cache && cache.frames === layer.frames && Math.abs(state.index - cache.index) <= 16) {
+    const sums = cache.sums;
+    const move = (frame, sign) => {
+      for (let i = 0; i < frame.added.length; i++) sums[frame.added[i] % cols] += sign;
+      for (let i = 0; i < frame.removed.length; i++) sums[frame.removed[i] % cols] -= sign;
+    };
+    for (let i = cache.index + 1; i <= state.index; i++) move(layer.frames[i], 1);
+    for (let i = cache.index; i > state.index; i--) move(layer.frames[i], -1);
+    cache.index = state.index;
+    return cache;
+  }
+  const sums = new Int32Array(cols);
   const mask = state.mask;
   for (let r = 0; r < rows; r++) {
     const offset = r * cols;
     for (let c = 0; c < cols; c++) sums[c] += mask[offset + c];
   }
+  return { frames: layer.frames, index: state.index, sums };
+}
+
+export function inputCounts(layer, state, geometry, cache = null) {
+  const { sums } = columnSums(layer, state, cache);
   const plane = geometry.height * geometry.width;
   const z = [];
   for (let h = 0; h < geometry.height; h++) {
@@ -328,6 +408,13 @@ export function inputCounts(layer, state, geometry) {
     z.push(row);
   }
   return z;
+}
+
+// 1, 2 or 5 times a power of ten, at least `value`.
+export function niceCeiling(value) {
+  const power = 10 ** Math.floor(Math.log10(value));
+  for (const factor of [1, 2, 5, 10]) if (factor * power >= value) return factor * power;
+  return 10 * power;
 }
 
 export class InputPanel {
@@ -345,31 +432,44 @@ export class InputPanel {
     caption.className = "readout";
     caption.textContent = `active connections of ${layer.name} per ${this.geometry.label}` +
       ` (column sums of its mask; bright = many)`;
-    this.root.append(this.plot, caption);
+    this.stats = document.createElement("div");
+    this.stats.className = "panel-stats";
+    this.root.append(this.stats, this.plot, caption);
     container.append(this.root);
   }
 
+  // The step is plain text above the plot; zmax moves in coarse steps, so the colour bar and
+  // layout stay put between frames.
   draw(state) {
     if (!state) return Promise.resolve();
-    const z = inputCounts(this.layer, state, this.geometry);
+    this.sums = columnSums(this.layer, state, this.sums);
+    const z = inputCounts(this.layer, state, this.geometry, this.sums);
     const { height, width, label } = this.geometry;
     let total = 0;
-    for (const row of z) for (const value of row) total += value;
+    let highest = 0;
+    for (const row of z) for (const value of row) { total += value; if (value > highest) highest = value; }
     this.plot.dataset.total = String(total);
     this.plot.dataset.step = String(state.frame.step);
+    this.stats.textContent = `step ${state.frame.step} · ${total} active connections from ${width * height} ` +
+      `${label}s`;
+    // zmax moves in steps of a "nice" size so the colour bar rarely needs redrawing.
+    const zmax = niceCeiling(Math.max(1, highest));
     const trace = {
-      type: "heatmap", z, colorscale: "Viridis", zmin: 0,
+      type: "heatmap", z, colorscale: "Viridis", zmin: 0, zmax,
       colorbar: { title: { text: "active" }, thickness: 10 },
       hovertemplate: `${label} row %{y}, col %{x}<br>%{z} active connections<extra></extra>`,
     };
     const square = height > 1;
     const small = height <= 12 && width <= 12 ? { dtick: 1 } : {};
+    const axis = label.split(" ")[0]; // "input", "kernel"
     const layout = {
-      title: { text: `${this.layer.name} per ${label} (${height}×${width}) · step ${state.frame.step}`, font: { size: 12 } },
-      margin: { l: 36, r: 12, t: 30, b: 30 },
-      xaxis: { showgrid: false, zeroline: false, constrain: "domain", ...small },
+      title: { text: `${this.layer.name} per ${label} (${height}×${width})`, font: { size: 12 } },
+      margin: { l: 48, r: 12, t: 30, b: 36 },
+      xaxis: { showgrid: false, zeroline: false, constrain: "domain", ...small,
+               title: { text: square ? `${axis} column` : label, standoff: 4 } },
       yaxis: { autorange: "reversed", showgrid: false, zeroline: false, ...small,
-               ...(square ? { scaleanchor: "x", constrain: "domain" } : { showticklabels: false }) },
+               ...(square ? { scaleanchor: "x", constrain: "domain", title: { text: `${axis} row`, standoff: 4 } }
+                 : { showticklabels: false }) },
       uirevision: "input",
       paper_bgcolor: "rgba(0,0,0,0)",
     };

@@ -57,11 +57,16 @@ export class RunsList {
     document.getElementById("import-file").addEventListener("change", (event) => this.importFile(event.target));
   }
 
+  // `reachable` turns false when the server does not answer at all (stopped, network gone).
   async refresh() {
     try {
       this.runs = await api("/api/runs");
+      if (this.reachable === false) this.message("");
+      this.reachable = true;
     } catch (error) {
-      this.message(`Could not list runs: ${error.message}`);
+      this.reachable = !(error instanceof TypeError); // fetch rejects with TypeError when unreachable
+      this.message(this.reachable ? `Could not list runs: ${error.message}`
+        : "The server does not answer (stopped?): retrying now and then.");
       return this.runs;
     }
     for (const id of [...this.selected]) if (!this.runs.some((run) => run.id === id)) this.selected.delete(id);

@@ -3,7 +3,11 @@
 import { decodeBinaryFrame } from "./codec.js";
 import { socketUrl } from "./api.js";
 
-const RETRY_MS = [500, 1000, 2000, 4000, 8000];
+// Backs off to one attempt every 30 s: a stopped server gets a few attempts, not a flood
+// (each failed attempt is one line in the browser's console).
+const RETRY_MS = [500, 1000, 2000, 4000, 8000, 15000, 30000];
+// Messages received by kind, over every stream of the page (the browser tests read it).
+export const streamCounts = { text: 0, binary: 0 };
 
 export class RunStream {
   // onEvent(event) for every decoded message; onState("connecting"|"open"|"retrying"|"closed"|"ended").
@@ -33,7 +37,9 @@ export class RunStream {
     socket.onmessage = (message) => {
       let event;
       try {
-        event = typeof message.data === "string" ? JSON.parse(message.data) : decodeBinaryFrame(message.data);
+        const text = typeof message.data === "string";
+        event = text ? JSON.parse(message.data) : decodeBinaryFrame(message.data);
+        streamCounts[text ? "text" : "binary"] += 1;
       } catch (error) {
         console.warn("sparsescope: undecodable message", error);
         return;
