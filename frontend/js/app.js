@@ -85,6 +85,8 @@ function route() {
   if (name === "run") { resizePlots($("view-run")); scheduleDraw(true); }
   if (name === "compare") {
     const ids = decodeURIComponent(arg).split(",").filter(Boolean);
+    // A compare link ticks its runs in the picker (and the runs list) too.
+    if (ids.length >= 2) for (const id of ids) runsList.selected.add(id);
     if (ids.length >= 2 && ids.join(",") !== ui.compare.key) loadCompare(ids);
     renderPicker();
     resizePlots($("view-compare"));
@@ -343,7 +345,7 @@ function updateScrubber() {
   const step = ui.position >= 0 ? model.steps[ui.position] : null;
   scrubber.setAttribute("aria-valuetext", step === null ? "no frames yet" : `step ${step}`);
   $("position").textContent = step === null ? "no frames yet"
-    : `step ${step} · rewire ${ui.position} of ${last}${ui.live ? " · live" : ""}`;
+    : `step ${step} · rewire ${ui.position} of ${last}${!ui.live ? "" : ACTIVE.has(model.status) ? " · live" : " · newest"}`;
   $("position").dataset.step = String(step);
 }
 

@@ -8,7 +8,10 @@ const BASE = {
 };
 
 function layout(title, yTitle, extra = {}) {
-  return { ...BASE, title: { text: title, font: { size: 13 } }, yaxis: { title: { text: yTitle } }, ...extra };
+  // automargin: long tick labels (densities like 0.09994) push the axis title out instead of
+  // printing over it.
+  return { ...BASE, title: { text: title, font: { size: 13 } }, yaxis: { title: { text: yTitle }, automargin: true },
+           ...extra };
 }
 
 function marker(step) {
@@ -37,7 +40,7 @@ export function runCharts(model, palette) {
       line("train acc. (running)", m.step, m.accuracy, { line: { color: "#94a3b8" } }),
       line("train accuracy", e.step, e.train_accuracy, { mode: "lines+markers" }),
       line("test accuracy", e.step, e.test_accuracy, { mode: "lines+markers" }),
-    ], layout("Accuracy", "accuracy", { yaxis: { title: { text: "accuracy" }, range: [0, 1.02] } })],
+    ], layout("Accuracy", "accuracy", { yaxis: { title: { text: "accuracy" }, range: [0, 1.02], automargin: true } })],
     density: [density, layout("Density per layer", "share active")],
     itop: [[line("ITOP rate", m.step, m.itop_rate, { line: { color: "#7c3aed" } })],
       layout("ITOP rate (ever active)", "share of all connections")],
