@@ -157,6 +157,10 @@ export class RunsList {
     actions.append(button("Open", `Open ${run.name}`, () => this.onOpen(run)));
     if (ACTIVE.has(run.status)) actions.append(button("Stop", `Stop run ${run.name}`, () => this.stop(run)));
     actions.append(button("Export", `Export ${run.name}`, () => this.exportRun(run)));
+    // The trained weights and masks (a .pt file), which only a completed run has.
+    if (run.status === "completed") {
+      actions.append(button("Model", `Download the trained model of ${run.name}`, () => this.downloadModel(run)));
+    }
     const remove = button("Delete", `Delete ${run.name}`, () => {
       if (remove.dataset.armed) { this.remove(run); return; }
       // Two clicks, no modal: deleting loses the recorded data.
@@ -191,16 +195,30 @@ export class RunsList {
     this.refresh();
   }
 
+  // Fetches a file (with the token header, which a plain link could not send) and saves it.
+  async save(path) {
+    const { blob, filename } = await download(path);
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = filename;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+    return filename;
+  }
+
+  async downloadModel(run) {
+    try {
+      this.message(`Saved the model of ${run.name} as ${await this.save(`/api/runs/${run.id}/model`)}`);
+    } catch (error) {
+      this.message(`Model download failed: ${error.message}`);
+    }
+  }
+
   async exportRun(run) {
     try {
-      const { blob, filename } = await download(`/api/runs/${run.id}/export`);
-      const link = document.createElement("a");
-      link.href = URL.createObjectURL(blob);
-      link.download = filename;
-      document.body.append(link);
-      link.click();
-      link.remove();
-      setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+      const filename = await this.save(`/api/runs/${run.id}/export`);
       this.message(`Exported ${run.name} as ${filename}`);
     } catch (error) {
       const missing = error.status === 404 || error.status === 405;

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.browser.conftest import SCREENSHOTS
+
 pytestmark = pytest.mark.browser
 
 PERF_JS = (Path(__file__).parent / "perf_frames.js").read_text()
@@ -171,3 +173,4 @@ def test_a_4096_square_layer_opens_as_a_density_map(page):
     # The mean of the block densities is the layer's density (all blocks are 32 × 32).
     mean = sum(map(sum, z)) / (128 * 128)
     assert abs(mean - active / 4096**2) < 1e-9
+    page.locator("#heatmaps figure").nth(1).screenshot(path=str(SCREENSHOTS / "density-map-4096.png"))

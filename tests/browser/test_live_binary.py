@@ -48,3 +48,10 @@ def test_live_binary_frames_match_the_stored_masks(page, server):
             expected = stored_mask(server, run["id"], layer, step)
             assert shown["mask"] == expected.tolist(), (layer, step)
             assert shown["active"] == int(expected.sum())
+
+    # The completed run's trained model downloads from the runs list.
+    page.goto(f"{server.url}/#/runs")
+    with page.expect_download() as info:
+        page.get_by_role("button", name=f"Download the trained model of {CONFIG['name']}").click()
+    assert info.value.suggested_filename.endswith(".pt")
+    page.wait_for_function("document.querySelector('#runs-message').textContent.startsWith('Saved the')")
