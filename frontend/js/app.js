@@ -46,6 +46,8 @@ window.sparsescope = {
   feed: (message) => feedRunEvent(message),
   openLocal: (run) => openModel(new RunModel({ status: "running", ...run }), null),
   dropConnection: () => ui.stream && ui.stream.drop(),
+  // Resolves once the newest heatmap picture requested is on screen (input view not included).
+  heatmapsPainted: () => lastHeatmapPaint,
   // Resolves once every picture requested so far is on screen.
   drawn: async () => {
     for (;;) {
@@ -56,6 +58,7 @@ window.sparsescope = {
   },
 };
 let pendingPaints = [];
+let lastHeatmapPaint = Promise.resolve();
 
 // ---------------------------------------------------------------- top bar and routing
 
@@ -301,6 +304,7 @@ function drawRun(now) {
       if (ui.topologyDirty) scheduleDraw();
     });
     pendingPaints = [all];
+    lastHeatmapPaint = all;
     ui.chartsDirty = ui.chartsDirty || !ui.live; // the dotted step marker moved
   }
   if (ui.inputDirty) drawInput(model, now);

@@ -59,9 +59,11 @@ async ({ rows, cols, density, deltas, burst }) => {
     const apply = performance.now() - start;
     await nextFrame();
     const drawSync = hook.perf.drawMs[hook.perf.drawMs.length - 1];
+    await hook.heatmapsPainted();
+    const heatmapPainted = performance.now() - start; // arrival → the layer's picture painted
     await hook.drawn();
     const paint = hook.perf.paintMs[hook.perf.paintMs.length - 1]; // requestAnimationFrame → painted
-    single.push({ apply, drawSync, paint, applyDraw: apply + paint, total: performance.now() - start,
+    single.push({ apply, drawSync, paint, applyDraw: apply + paint, heatmapPainted, total: performance.now() - start,
                   drew: hook.perf.draws - draws });
   }
   // Burst: many frames in one task; the page must apply all and draw only the newest.

@@ -122,12 +122,15 @@ def test_frame_times_of_a_1024_square_layer(page):
     total = sorted(frame["total"] for frame in single)
     sync = sorted(frame["drawSync"] for frame in single)
     apply_draw = sorted(frame["applyDraw"] for frame in single)
+    arrival = sorted(frame["heatmapPainted"] for frame in single)
     report = {
         "apply_plus_draw_ms_median": round(apply_draw[len(apply_draw) // 2], 1),
         "apply_plus_draw_ms_max": round(apply_draw[-1], 1),
         "keyframe_apply_ms": round(result["keyframeApply"], 1),
         "delta_apply_ms_median": round(apply[len(apply) // 2], 1), "delta_apply_ms_max": round(apply[-1], 1),
         "draw_main_thread_ms_median": round(sync[len(sync) // 2], 1),
+        "arrival_to_heatmap_painted_ms_median": round(arrival[len(arrival) // 2], 1),
+        "arrival_to_heatmap_painted_ms_max": round(arrival[-1], 1),
         "apply_to_every_view_painted_ms_median": round(total[len(total) // 2], 1),
         "apply_to_every_view_painted_ms_max": round(total[-1], 1),
         "burst_frames": burst["frames"], "burst_draws": burst["draws"],
