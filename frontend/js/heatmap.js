@@ -186,8 +186,9 @@ export class LayerPanel {
     const layout = {
       title: { text: `${head}${layer.name} · ${layer.rows}×${layer.cols}`, font: { size: 12 } },
       margin: { l: 48, r: 12, t: 30, b: 36 },
-      xaxis: { title: { text: "input unit", standoff: 4 }, zeroline: false, showgrid: false },
-      yaxis: { title: { text: "output unit", standoff: 4 }, autorange: "reversed", zeroline: false,
+      // automargin: four-digit unit indices push the axis title out instead of printing over it.
+      xaxis: { title: { text: "input unit", standoff: 4 }, zeroline: false, showgrid: false, automargin: true },
+      yaxis: { title: { text: "output unit", standoff: 4 }, autorange: "reversed", zeroline: false, automargin: true,
                showgrid: false, scaleanchor: false, ...(layer.rows <= 12 ? { dtick: 1 } : {}) },
       uirevision: `${layer.name}-${mode}`,
       paper_bgcolor: "rgba(0,0,0,0)",
