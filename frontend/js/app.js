@@ -19,7 +19,7 @@ const CHART_INTERVAL_MS = 250; // charts are cheap to skip; heatmaps get the fra
 const INPUT_INTERVAL_MS = 250;
 const RUNS_POLL_MS = 3000;
 const CONNECTION_TEXT = { connecting: "connecting…", open: "live", retrying: "reconnecting…",
-                          closed: "offline", ended: "replay complete", unreachable: "server unreachable" };
+                          closed: "no stream", ended: "replay complete", unreachable: "server unreachable" };
 
 let serverReachable = true; // false while the runs poll gets no answer at all
 const ui = {
