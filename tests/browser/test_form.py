@@ -30,6 +30,11 @@ def test_every_config_field_has_a_labelled_input_with_its_default(page):
                 else control.input_value() == default, name
     assert sorted(page.eval_on_selector_all("#form-fields .field", "els => els.map(e => e.dataset.field)")) \
         == sorted(RunConfig.model_fields)
+    # lr, temperature and l1 are nullable: empty means the method's own default, and says so.
+    for name in ("lr", "temperature", "l1"):
+        assert RunConfig.model_fields[name].default is None, name
+        assert page.locator(f"#field-{name}").get_attribute("placeholder") == "method default", name
+        assert "method default" in page.locator(f"#help-{name}").inner_text(), name
 
 
 def test_server_422_shows_beside_the_field_it_names(page):
