@@ -235,7 +235,11 @@ function handleRunEvent(event) {
     case "status":
       setStatus(model.status);
       $("run-error").textContent = model.error || "";
-      runsList.refresh();
+      // The worker records who wrote the run (`info`) as it starts: pick it up for the header.
+      runsList.refresh().then((runs) => {
+        const fresh = runs.find((run) => run.id === model.id);
+        if (fresh && ui.model === model) { model.run = { ...model.run, info: fresh.info }; describeRun(model); }
+      });
       break;
     case "end":
       setStatus(model.status);

@@ -27,6 +27,11 @@ def test_start_watch(page, server):
                            timeout=30_000)
     run_id = page.evaluate("window.sparsescope.model.id")
     assert page.url.endswith(f"#/run/{run_id}")
+    # Who recorded the run, from its `info`, once the worker has started it.
+    page.wait_for_function("document.querySelector('#run-provenance').textContent.includes('by worker')",
+                           timeout=30_000)
+    seed = server.http.get(f"/api/runs/{run_id}").json()["info"]["seed"]
+    assert f"seed {seed}" in page.locator("#run-provenance").text_content()
     page.wait_for_timeout(800)  # let the charts' throttled redraw land before the picture
     screenshot(page, "dashboard.png", full_page=True)
     server.wait(run_id, timeout_s=600)  # leave the server idle for the next test
