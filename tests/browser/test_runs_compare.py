@@ -125,3 +125,11 @@ def test_compare_two_runs(page, pair):
     page.wait_for_function("(document.querySelector('#compare-chart-test_loss').layout.shapes || [])"
                            f".some(shape => shape.x0 === {steps[position + 1]})")
     screenshot(page, "compare.png", full_page=True)
+    # The same comparison opened from its link in a fresh tab: its runs are ticked in the picker.
+    link = page.url
+    page.goto("about:blank")
+    page.goto(link)
+    page.wait_for_function("document.querySelectorAll('#compare-heatmaps .heatmap[data-step]').length === 2")
+    page.wait_for_function("document.querySelectorAll('#compare-options input:checked').length === 2")
+    ticked = page.eval_on_selector_all("#compare-options input:checked", "els => els.map(e => e.value)")
+    assert sorted(ticked) == sorted(run["id"] for run in pair.values())
