@@ -182,3 +182,33 @@ def test_a_keyframe_at_a_rewire_shows_that_rewires_changes(page, saved):
     assert shown["added"] == np.flatnonzero(after & ~mask).tolist()
     assert shown["removed"] == np.flatnonzero(mask & ~after).tolist()
     assert shown["added"] and shown["removed"]
+
+
+RECOUNT_JS = """(index) => {
+  const hook = window.sparsescope;
+  const panel = hook.panels[index];
+  const layer = hook.model.layers[index];
+  const { fx, fy, width, height, counts } = panel.pixels;
+  const state = layer.state(layer.frameAt(hook.model.steps[hook.position]));
+  const fresh = new Int32Array(width * height);
+  for (let r = 0; r < layer.rows; r++) for (let c = 0; c < layer.cols; c++) {
+    if (state.mask[r * layer.cols + c]) fresh[((r / fy) | 0) * width + ((c / fx) | 0)] += 1;
+  }
+  let mismatches = 0;
+  for (let i = 0; i < fresh.length; i++) if (fresh[i] !== counts[i]) mismatches++;
+  return { mismatches, fx, fy, cached: panel.pixels.index, shown: state.index };
+}"""
+
+
+def test_incremental_pixel_counts_equal_a_recount(page, saved):
+    """Stepping and scrubbing nearby updates each panel's per-pixel counts from the frames' changes;
+    they must equal a fresh count of the mask at every position, forwards and backwards."""
+    replay(page, saved)
+    steps = saved["steps"]
+    for position in (0, 1, 2, 5, 4, 3, 12, 11, len(steps) - 1, len(steps) - 3):
+        scrub_to(page, position, steps[position])
+        for index in (0, 1):
+            result = page.evaluate(RECOUNT_JS, index)
+            assert result["mismatches"] == 0, (position, index, result)
+            assert result["cached"] == result["shown"]
+    assert page.evaluate(RECOUNT_JS, 0)["fx"] > 1  # the 784-wide layer is drawn several per pixel
