@@ -1,6 +1,5 @@
 """SparseDriver on our models and on models we did not design for."""
 
-import math
 
 import pytest
 import torch
