@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from dst_core.selection import index_to_mask, magnitude, select_index
+from dst_core.selection import index_to_mask, magnitude, rewire_threads, select_index
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,10 @@ class Rewirer(Algorithm):
     def after_optimizer_step(self, driver: Any, due: bool) -> list:
         if not due:
             return []
+        with rewire_threads(driver.layers[0].weight.device):
+            return self._rewire_layers(driver)
+
+    def _rewire_layers(self, driver: Any) -> list:
         fraction = driver.schedule.fraction_at(driver.step_count)
         grads = driver.scratch.pop("grads", [None] * len(driver.layers))
         # A dense layer can only regrow what it drops: skip the work unless counts move.
@@ -250,7 +254,7 @@ def rewire(
         if not bool(((mask == 0) | (mask == 1)).all()):
             raise ValueError("mask: must be bool or hold only 0 and 1")
         mask = mask != 0
-    with torch.no_grad():
+    with torch.no_grad(), rewire_threads(weight.device):
         try:
             return rewirer(weight.detach(), mask, float(drop_fraction),
                            grad.detach() if grad is not None else None, generator,

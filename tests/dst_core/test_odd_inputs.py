@@ -272,3 +272,47 @@ def test_built_in_models_are_he_initialised():
     weight = model[1].weight.detach()
     assert weight.var().item() == pytest.approx(2 / 784, rel=0.05)  # He: 2 / fan_in
     assert (model[1].bias == 0).all()
+
+
+# ---- threads -----------------------------------------------------------------------------
+
+class ThreadProbe:
+    """Wraps RigL's growth and records how many threads torch had while rewiring."""
+
+    def __init__(self):
+        from dst_core.algorithms.gradient import RigLRewirer
+
+        class Probe(RigLRewirer):
+            seen: list = []
+
+            def grow_score(self, weight, kept, grad, generator, temperature):
+                Probe.seen.append(torch.get_num_threads())
+                return super().grow_score(weight, kept, grad, generator, temperature)
+
+        self.cls = Probe
+
+
+@pytest.mark.parametrize("limit", [1, None])
+def test_rewire_runs_on_rewire_threads_and_restores(monkeypatch, limit):
+    from dst_core import register_rewirer, selection
+    from dst_core.rewire import REGISTRY
+
+    probe = ThreadProbe().cls
+    monkeypatch.setitem(REGISTRY, "thread_probe", REGISTRY["rigl"])
+    register_rewirer("thread_probe", probe)
+    monkeypatch.setattr(selection, "REWIRE_THREADS", limit)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        weight, mask, grad = _layer((30, 20))
+        rewire("thread_probe", weight, mask, drop_fraction=0.3, grad=grad)
+        model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+        driver = SparseDriver(model, _sgd(model), method="thread_probe", density=0.5,
+                              total_steps=4, interval_steps=1)
+        F.cross_entropy(model(torch.randn(4, 8)), torch.tensor([0, 1, 0, 1])).backward()
+        driver.step()
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(previous)
+    expected = 1 if limit == 1 else 2
+    assert probe.seen and all(count == expected for count in probe.seen)
