@@ -56,13 +56,15 @@ def he_init(model: nn.Module) -> nn.Module:
 
 
 def build_model(
-    name: str, input_shape: Sequence[int], hidden: Sequence[int], num_classes: int
+    name: str, input_shape: Sequence[int], hidden: Sequence[int], num_classes: int,
+    he: bool = True,
 ) -> nn.Module:
-    """A built-in model, He-initialised (see `he_init`)."""
+    """A built-in model, He-initialised (see `he_init`) unless `he=False` (PyTorch's init)."""
+    initialise = he_init if he else (lambda model: model)
     if name == "mlp":
-        return he_init(mlp(input_shape, hidden, num_classes))
+        return initialise(mlp(input_shape, hidden, num_classes))
     if name == "cnn":
         if len(input_shape) != 3 or min(input_shape[-2:]) < 4:
             raise ValueError("model: 'cnn' needs an image task (digits or mnist)")
-        return he_init(LeNet(input_shape, hidden, num_classes))
+        return initialise(LeNet(input_shape, hidden, num_classes))
     raise ValueError(f"model: unknown {name!r}; known: {', '.join(MODELS)}")
