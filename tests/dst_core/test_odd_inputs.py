@@ -317,3 +317,20 @@ def test_rewire_runs_on_rewire_threads_and_restores(monkeypatch, limit):
         torch.set_num_threads(previous)
     expected = 1 if limit == 1 else 2
     assert probe.seen and all(count == expected for count in probe.seen)
+
+
+@pytest.mark.parametrize("method", ["rigl", "set", "snfs", "deep_r"])
+def test_tiny_density_keeps_one_connection_per_layer_in_float64(method):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 2)).double()
+    optimizer = _sgd(model, momentum=0.9)
+    driver = SparseDriver(model, optimizer, method=method, density=1e-6, total_steps=6,
+                          interval_steps=2, drop_fraction=1.0, schedule="constant")
+    assert [layer.active_count for layer in driver.layers] == [1, 1]
+    x = torch.randn(16, 10, dtype=torch.float64)
+    for _ in range(6):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), torch.arange(16) % 2).backward()
+        driver.step()
+    assert sum(layer.active_count for layer in driver.layers) == 2
+    assert all((layer.weight.detach()[~layer.mask] == 0).all() for layer in driver.layers)
