@@ -1,6 +1,7 @@
 """Rewire cost of every method against a seed-style loop reference and one dense training step.
 
     .venv/bin/python bench/rewire.py [--threads 1] [--repeats 7] [--clock cpu|wall]
+        [--rewire-threads N (0: torch's setting)]
 
 For each layer size (256², 1024², 4096²) and density (0.1, 0.3), at drop fraction 0.3, it
 prints the median of `--repeats` timings of `dst_core.rewire` for every method, the same
@@ -20,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from dst_core import rewire
+from dst_core import rewire, selection
 
 # CPU time of this process by default, not wall time: the machine is shared by several
 # agents, and with one thread CPU time is what the work costs, not how long others ran. With
@@ -92,11 +93,16 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=METHODS)
     parser.add_argument("--no-reference", action="store_true", help="skip the loop reference")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu")
+    parser.add_argument("--rewire-threads", type=int, default=selection.REWIRE_THREADS or 0,
+                        help="threads a rewire runs on (dst_core.selection.REWIRE_THREADS); "
+                             "0 keeps torch's setting")
     args = parser.parse_args()
+    selection.REWIRE_THREADS = args.rewire_threads or None
     global CLOCK
     CLOCK = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.clock} time, "
+    print(f"torch {torch.__version__}, {args.threads} thread(s) "
+          f"(rewire on {args.rewire_threads or 'all'}), {args.clock} time, "
           f"median of {args.repeats}, "
           f"f = {DROP_FRACTION}; ratios measured in this run")
     print(f"{'size':>6} {'dens':>5} {'method':>14} {'ours ms':>9} {'dense ms':>9} "
