@@ -1,6 +1,7 @@
 """Held-out accuracy of dense, static, SET and RigL as the papers compare them.
 
-    .venv/bin/python bench/accuracy.py [--threads 1] [--seeds 0 1 2]
+    .venv/bin/python bench/accuracy.py [--threads 1] [--seeds 0 1 2] [--init he_sparse|pytorch]
+    [--tasks mnist digits]
 
 MLP [300, 100], ERK, SGD lr 0.05 momentum 0.9, batch 64, every other RunConfig field at its
 default (so each method's published schedule), mean over the seeds of the final held-out
@@ -18,7 +19,7 @@ import time
 import torch
 
 from dst_core import RunConfig
-from dst_core.training import train
+from dst_core.training import INITS, train
 
 SWEEPS = [
     ("mnist", 0.1, 20, ["dense", "static", "set", "rigl"]),
@@ -41,12 +42,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--init", choices=INITS, default="he_sparse")
+    parser.add_argument("--tasks", nargs="*", default=[task for task, *_ in SWEEPS])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), seeds {args.seeds}")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), seeds {args.seeds}, "
+          f"init {args.init}")
     print(f"{'task':>7} {'sparsity':>8} {'epochs':>6} {'method':>7} {'mean acc %':>10} "
           f"{'per seed':>24} {'s/run':>6}")
     for task, density, epochs, methods in SWEEPS:
+        if task not in args.tasks:
+            continue
         for method in methods:
             accuracies = []
             started = time.perf_counter()
@@ -56,7 +62,7 @@ def main() -> None:
                                    density=density, distribution="erk", epochs=epochs,
                                    batch_size=64, lr=0.05, momentum=0.9, optimizer="sgd",
                                    seed=seed, device="cpu")
-                train(config, sink)
+                train(config, sink, init=args.init)
                 accuracies.append(100 * sink.last["test_accuracy"])
             per_run = (time.perf_counter() - started) / len(args.seeds)
             per_seed = " ".join(f"{a:.1f}" for a in accuracies)

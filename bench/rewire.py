@@ -1,6 +1,7 @@
 """Rewire cost of every method against a seed-style loop reference and one dense training step.
 
-    .venv/bin/python bench/rewire.py [--threads 1] [--repeats 7]
+    .venv/bin/python bench/rewire.py [--threads 1] [--repeats 7] [--clock cpu|wall]
+        [--rewire-threads N (0: torch's setting)]
 
 For each layer size (256², 1024², 4096²) and density (0.1, 0.3), at drop fraction 0.3, it
 prints the median of `--repeats` timings of `dst_core.rewire` for every method, the same
@@ -20,11 +21,15 @@ import time
 import torch
 import torch.nn.functional as F
 
-from dst_core import rewire
+from dst_core import rewire, selection
 
-# CPU time of this process, not wall time: the machine is shared by several agents, and
-# with one thread (the default) CPU time is what the work costs, not how long others ran.
-CLOCK = time.process_time
+# CPU time of this process by default, not wall time: the machine is shared by several
+# agents, and with one thread CPU time is what the work costs, not how long others ran. With
+# more threads CPU time sums over them, so compare threads by `--clock wall` on a quiet
+# machine: the dense step's matmul scales with threads, while the selection's nonzero,
+# boolean gathers, kthvalue and cumsum run on one thread, so the ratio grows with threads.
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+CLOCK = CLOCKS["cpu"]
 
 METHODS = ["set", "set_magnitude", "rigl", "snfs", "grad_sample"]
 SIZES = [256, 1024, 4096]
@@ -84,24 +89,36 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--sizes", type=int, nargs="*", default=SIZES)
+    parser.add_argument("--densities", type=float, nargs="*", default=DENSITIES)
+    parser.add_argument("--methods", nargs="*", default=METHODS)
+    parser.add_argument("--no-reference", action="store_true", help="skip the loop reference")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu")
+    parser.add_argument("--rewire-threads", type=int, default=selection.REWIRE_THREADS or 0,
+                        help="threads a rewire runs on (dst_core.selection.REWIRE_THREADS); "
+                             "0 keeps torch's setting")
     args = parser.parse_args()
+    selection.REWIRE_THREADS = args.rewire_threads or None
+    global CLOCK
+    CLOCK = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), median of {args.repeats}, "
+    print(f"torch {torch.__version__}, {args.threads} thread(s) "
+          f"(rewire on {args.rewire_threads or 'all'}), {args.clock} time, "
+          f"median of {args.repeats}, "
           f"f = {DROP_FRACTION}; ratios measured in this run")
     print(f"{'size':>6} {'dens':>5} {'method':>14} {'ours ms':>9} {'dense ms':>9} "
           f"{'ours/dense':>11} {'ref ms':>10} {'ref/ours':>9}")
     for size in args.sizes:
         dense_ms = median_ms(dense_step(size), args.repeats)
-        for density in DENSITIES:
+        for density in args.densities:
             generator = torch.Generator().manual_seed(0)
             mask = torch.rand(size, size, generator=generator) < density
             weight = torch.randn(size, size, generator=generator) * mask
             grad = torch.randn(size, size, generator=generator)
-            for method in METHODS:
+            for method in args.methods:
                 rng = torch.Generator().manual_seed(1)
                 ours = median_ms(lambda m=method, r=rng, w=weight, k=mask, g=grad: rewire(
                     m, w, k, drop_fraction=DROP_FRACTION, grad=g, generator=r), args.repeats)
-                if size >= 4096:
+                if size >= 4096 or args.no_reference:
                     reference, ratio = "skipped", "-"
                 else:
                     repeats = args.repeats if size <= 256 else 3

@@ -9,7 +9,8 @@ and the rest re-solved, so the total number of active connections matches the ta
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from numbers import Integral, Real
 
 DISTRIBUTIONS = ("uniform", "er", "erk")
 
@@ -29,12 +30,20 @@ def layer_densities(
     """One density per shape such that Σ density_l · numel_l = density · Σ numel_l."""
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"distribution: unknown {distribution!r}; known: {', '.join(DISTRIBUTIONS)}")
-    if not isinstance(density, (int, float)) or not 0.0 < float(density) <= 1.0:
+    if isinstance(density, bool) or not isinstance(density, Real) \
+            or not 0.0 < float(density) <= 1.0:
         raise ValueError(f"density: must lie in (0, 1], got {density!r}")
-    shapes = [tuple(int(d) for d in shape) for shape in shapes]
+    density = float(density)
+    checked = []
     for shape in shapes:
-        if not shape or any(d <= 0 for d in shape):
-            raise ValueError(f"shapes: every shape needs positive dimensions, got {shape}")
+        if isinstance(shape, (str, bytes)) or not isinstance(shape, Iterable):
+            raise ValueError(f"shapes: each shape must be a sequence of ints, got {shape!r}")
+        dims = tuple(shape)
+        if not dims or any(isinstance(d, bool) or not isinstance(d, Integral) or d <= 0
+                           for d in dims):
+            raise ValueError(f"shapes: every shape needs positive int dimensions, got {shape!r}")
+        checked.append(tuple(int(d) for d in dims))
+    shapes = checked
     if distribution == "uniform" or density == 1.0:
         return [float(density)] * len(shapes)
 

@@ -8,12 +8,14 @@ without editing ours. Every algorithm, baselines and Deep R included, is an `Alg
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from numbers import Real
 from typing import Any, ClassVar
 
 import torch
 
-from dst_core.selection import index_to_mask, magnitude, select_index
+from dst_core.selection import index_to_mask, magnitude, rewire_threads, select_index
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,10 @@ class Rewirer(Algorithm):
     def after_optimizer_step(self, driver: Any, due: bool) -> list:
         if not due:
             return []
+        with rewire_threads(driver.layers[0].weight.device):
+            return self._rewire_layers(driver)
+
+    def _rewire_layers(self, driver: Any) -> list:
         fraction = driver.schedule.fraction_at(driver.step_count)
         grads = driver.scratch.pop("grads", [None] * len(driver.layers))
         # A dense layer can only regrow what it drops: skip the work unless counts move.
@@ -227,7 +233,7 @@ def rewire(
         raise ValueError(f"mask: shape {tuple(mask.shape)} differs from weight {tuple(weight.shape)}")
     if mask.device != weight.device:
         raise ValueError(f"mask: on {mask.device}, weight on {weight.device}")
-    if isinstance(drop_fraction, bool) or not isinstance(drop_fraction, (int, float)) \
+    if isinstance(drop_fraction, bool) or not isinstance(drop_fraction, Real) \
             or not 0.0 <= float(drop_fraction) <= 1.0:
         raise ValueError(f"drop_fraction: must lie in [0, 1], got {drop_fraction!r}")
     if rewirer.needs_grad and grad is None:
@@ -241,9 +247,24 @@ def rewire(
     if generator is not None and (not isinstance(generator, torch.Generator)
                                   or generator.device.type != weight.device.type):
         raise ValueError(f"generator: needs a torch.Generator on {weight.device.type}")
-    if not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature: must be > 0, got {temperature!r}")
-    bool_mask = mask.bool() if mask.dtype != torch.bool else mask
-    with torch.no_grad():
-        return rewirer(weight.detach(), bool_mask, float(drop_fraction),
-                       grad.detach() if grad is not None else None, generator, float(temperature))
+    if isinstance(temperature, bool) or not isinstance(temperature, Real) \
+            or not 0 < float(temperature) < math.inf:
+        raise ValueError(f"temperature: must be a finite number > 0, got {temperature!r}")
+    if mask.dtype != torch.bool:
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError("mask: must be bool or hold only 0 and 1")
+        mask = mask != 0
+    with torch.no_grad(), rewire_threads(weight.device):
+        try:
+            return rewirer(weight.detach(), mask, float(drop_fraction),
+                           grad.detach() if grad is not None else None, generator,
+                           float(temperature))
+        except ValueError as error:
+            # Selection ran short: NaN scores are never chosen, so the count cannot be met.
+            # Checked only on failure, so a healthy rewire pays no extra pass for it.
+            for argument, tensor in (("weight", weight), ("grad", grad)):
+                if tensor is not None and tensor.is_floating_point() \
+                        and not bool(torch.isfinite(tensor).all()):
+                    raise ValueError(f"{argument}: holds NaN or infinite values; the exact "
+                                     "count cannot be selected") from error
+            raise

@@ -22,6 +22,8 @@ The sample uses its own fixed-seed generator, so selection never consumes the ca
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -29,6 +31,26 @@ SAMPLE_SIZE = 1 << 16  # scores sampled to estimate the threshold (≈ 0.4% of a
 SORT_BELOW = 1 << 15  # below this many scores a plain stable sort is cheaper than estimating
 BAND_SIGMAS = (4.0, 16.0)  # margins tried before resolving every score exactly
 _SAMPLE_SEED = 0x5EED  # fixed: the estimate (and so the cost) must not depend on user seeds
+# CPU threads a rewire runs on (None: torch's setting). A rewire is a dozen memory-bound
+# passes plus nonzero, boolean gathers, kthvalue and cumsum that PyTorch runs on one thread;
+# each parallel pass ends at a barrier, and when the cores are shared a barrier waits for a
+# descheduled sibling thread. Measured on this 2-core machine under load (bench/rewire.py
+# --threads 2 --clock wall): a 4096² RigL rewire took 780–1570 ms on 2 threads, 131 ms on 1.
+REWIRE_THREADS: int | None = 1
+
+
+@contextmanager
+def rewire_threads(device: torch.device) -> Iterator[None]:
+    """Run the enclosed CPU rewiring on at most `REWIRE_THREADS` threads, then restore."""
+    previous = torch.get_num_threads()
+    if REWIRE_THREADS is None or device.type != "cpu" or previous <= REWIRE_THREADS:
+        yield
+        return
+    torch.set_num_threads(REWIRE_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def select_lowest(scores: torch.Tensor, eligible: torch.Tensor, count: int) -> torch.Tensor:

@@ -65,16 +65,29 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
     return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
 
 
+INITS = ("he_sparse", "pytorch")
+
+
 def train(
     config: RunConfig,
     sink: EventSink,
     should_stop: Callable[[], bool] = lambda: False,
+    *,
+    init: str = "he_sparse",
 ) -> str:
-    """Train one run; returns "completed" or "stopped". Raises Diverged on a non-finite loss."""
+    """Train one run; returns "completed" or "stopped". Raises Diverged on a non-finite loss.
+
+    `init`: "he_sparse" (He init, then the driver's sparsity-aware rescale: what the
+    dashboard runs) or "pytorch" (PyTorch's default init kept dense-scaled, as the DST papers'
+    plain setups; bench/accuracy.py --init pytorch).
+    """
+    if init not in INITS:
+        raise ValueError(f"init: unknown {init!r}; known: {', '.join(INITS)}")
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     task = load_task(config.task)
-    model = build_model(config.model, task.input_shape, config.hidden, task.num_classes).to(device)
+    model = build_model(config.model, task.input_shape, config.hidden, task.num_classes,
+                        he=init == "he_sparse").to(device)
     optimizer = build_optimizer(config, model.parameters())
     x_train, y_train = task.x_train.to(device), task.y_train.to(device)
     x_test, y_test = task.x_test.to(device), task.y_test.to(device)
@@ -86,6 +99,7 @@ def train(
         interval_steps=config.interval_steps, end_fraction=config.end_fraction,
         steps_per_epoch=steps_per_epoch,
         temperature=config.temperature, l1=config.l1, seed=config.seed,
+        sparse_init=init == "he_sparse",
     )
     emitter = TopologyEmitter(driver, sink, config.keyframe_every)
     driver.listeners.append(emitter)

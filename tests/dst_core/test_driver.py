@@ -1,6 +1,5 @@
 """SparseDriver on our models and on models we did not design for."""
 
-import math
 
 import pytest
 import torch
@@ -136,7 +135,7 @@ def test_set_grows_random_weights_at_init_scale_rigl_at_zero():
         _train(model, optimizer, driver, 1, x, y)
         for layer, change in zip(driver.layers, changes[0], strict=True):
             grown = layer.weight.detach().reshape(-1)[change.added]
-            bound = 1 / math.sqrt(layer.weight.shape[1])
+            bound = layer.init_bound
             if expect_zero:
                 assert (grown == 0).all()
             else:
@@ -255,19 +254,20 @@ def test_dense_gradient_copied_only_when_a_rewire_is_due():
 
 
 def test_published_defaults():
-    model = _mlp()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    rigl = SparseDriver(model, optimizer, method="rigl", density=0.1, total_steps=1000)
+    def driver(**kwargs):
+        model = _mlp()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        return SparseDriver(model, optimizer, density=0.1, total_steps=1000, **kwargs)
+
+    rigl = driver(method="rigl")
     assert (rigl.schedule.interval_steps, rigl.schedule.kind, rigl.schedule.drop_fraction,
             rigl.schedule.end_fraction, rigl.distribution) == (100, "cosine", 0.3, 0.75, "erk")
-    set_driver = SparseDriver(_mlp(), optimizer, method="set", density=0.1, total_steps=1000,
-                              steps_per_epoch=37)
+    set_driver = driver(method="set", steps_per_epoch=37)
     assert (set_driver.schedule.interval_steps, set_driver.schedule.kind,
             set_driver.schedule.drop_fraction) == (37, "constant", 0.3)
-    snfs = SparseDriver(_mlp(), optimizer, method="snfs", density=0.1, total_steps=1000)
+    snfs = driver(method="snfs")
     assert (snfs.schedule.kind, snfs.schedule.drop_fraction) == ("cosine", 0.5)
-    overridden = SparseDriver(_mlp(), optimizer, method="rigl", density=0.1, total_steps=1000,
-                              interval_steps=7, schedule="constant", end_fraction=1.0)
+    overridden = driver(method="rigl", interval_steps=7, schedule="constant", end_fraction=1.0)
     assert (overridden.schedule.interval_steps, overridden.schedule.kind) == (7, "constant")
 
 
