@@ -55,7 +55,9 @@ class RunConfig(BaseModel):
         None, ge=1, description="Steps between rewires; default: the method's (SET: one epoch)")
     end_fraction: float | None = Field(
         None, ge=0.0, le=1.0, description="Stop rewiring after this share of training")
-    epochs: int = Field(100, ge=1, description="Passes over the training set")
+    # The default is what Start on the dashboard runs: long enough (about a minute on one CPU
+    # thread; the seed task's epoch is 50 steps) to watch the topology change and press Stop.
+    epochs: int = Field(3000, ge=1, description="Passes over the training set")
     batch_size: int = Field(64, ge=1, le=65536, description="Examples per step")
     lr: float | None = Field(None, gt=0.0, le=10.0,
                              description="Learning rate; default: the method's (0.05; Deep R 0.5)")

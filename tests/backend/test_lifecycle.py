@@ -71,9 +71,14 @@ def test_stop_while_the_worker_is_starting(make_client):
     run = client.post("/api/runs", json=LONG_RUN).json()
     manager = client.app.state.manager
     wait_until(lambda: run["id"] in manager.workers, 10, "a worker process")
+    process = manager.workers[run["id"]].process
+    # torch takes seconds to import: the run has recorded nothing yet...
+    assert client.get(f"/api/runs/{run['id']}").json()["status"] == "queued"
     stopped = client.post(f"/api/runs/{run['id']}/stop").json()
     assert stopped["status"] == "stopped"
     assert statuses_of(stream_events(client, run["id"]))[-1] == "stopped"
+    # ...so it gets no grace period: killed at once, not after SIGTERM and 3 s.
+    assert process.wait(timeout=10) == -signal.SIGKILL
 
 
 def test_stopped_long_run_reads_stopped_and_keeps_frames(make_client):

@@ -58,6 +58,8 @@ BAD_BODIES = [
     (b'{"temperature": Infinity}', "application/json", 422, "temperature"),
     (b'{"epochs": 2}', "text/plain", 422, "body"),
     (b"\xff\xfe\x00garbage", "application/json", 4, ""),
+    (b'{"name": "\xff"}', "application/json", 400, "body: not valid JSON text (it is not UTF-8)"),
+    (b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "body: JSON nested too deeply"),
 ]
 ODD_IDS = ["..%2F..", "..%2F..%2Fetc%2Fpasswd", "%00", "0123456789abcde%00", "." * 3,
            "0123456789ABCDEF", "0123456789abcdef0", "g" * 16, "a" * 10_000, "%2e%2e",
@@ -94,6 +96,18 @@ def test_bad_bodies(make_client, raw, content_type, status, mention):
     else:
         assert response.status_code == status, response.text
         _assert_names(response, mention)
+
+
+def test_a_route_that_parses_its_own_bytes_names_malformed_json(make_client):
+    # /api/ingest/ validates the raw body itself: its JSON errors carry no location.
+    client = make_client()
+    run_id = client.post("/api/ingest/runs", json={}).json()["id"]
+    for raw in (b"garbage", b'{"events": [', b""):
+        response = client.post(f"/api/ingest/runs/{run_id}/events", content=raw,
+                               headers={"content-type": "application/json"})
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"] == ["body"]
+        _assert_names(response, "body: malformed JSON")
 
 
 def test_oversized_body(make_client):
