@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(api_router)
     app.include_router(ws_router)
+    app.openapi = _openapi_with_resolvable_refs(app)
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -91,6 +92,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=FRONTEND_DIR), name="static")
     return app
+
+
+def _openapi_with_resolvable_refs(app: FastAPI):
+    """FastAPI's schema, with the `$defs` of a model schema given by hand (a route's
+    `openapi_extra`) moved to components: `#/$defs/...` resolves nowhere in an OpenAPI file."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        spec = generate()
+        components = spec.setdefault("components", {}).setdefault("schemas", {})
+
+        def hoist(node):
+            if isinstance(node, dict):
+                for name, schema in node.pop("$defs", {}).items():
+                    components.setdefault(name, hoist(schema))
+                if isinstance(node.get("$ref"), str) and node["$ref"].startswith("#/$defs/"):
+                    node["$ref"] = "#/components/schemas/" + node["$ref"].removeprefix("#/$defs/")
+                for value in node.values():
+                    hoist(value)
+            elif isinstance(node, list):
+                for value in node:
+                    hoist(value)
+            return node
+
+        hoist(spec["paths"])
+        app.openapi_schema = spec
+        return spec
+
+    return openapi
 
 
 async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -8,6 +8,7 @@ import signal
 import time
 from pathlib import Path
 
+from dst_core.config import RunConfig
 from tests.backend.conftest import (
     DIVERGING_RUN,
     LONG_RUN,
@@ -182,3 +183,17 @@ def test_concurrent_workers_and_queue_limit(make_client):
     assert ids[:3] == [third["id"], second["id"], first["id"]]  # newest first
     for run in (third, second, first):
         assert client.post(f"/api/runs/{run['id']}/stop").json()["status"] == "stopped"
+
+
+def test_the_default_run_lasts_long_enough_to_watch_and_stop(make_client):
+    # What Start on the dashboard runs: 3000 epochs of 50 steps, about a minute on one thread
+    # (the seed task at 100 epochs was over in under two seconds: nothing left to Stop).
+    client = make_client()
+    run = client.post("/api/runs", json={}).json()
+    wait_for_status(client, run["id"], ("running",))
+    with client.websocket_connect(f"/ws/runs/{run['id']}?from_seq=0") as socket:
+        while (event := json.loads(socket.receive_text()))["type"] != "meta":
+            pass
+    assert event["total_steps"] == RunConfig().epochs * event["steps_per_epoch"] >= 100_000
+    stopped = client.post(f"/api/runs/{run['id']}/stop").json()
+    assert stopped["status"] == "stopped" and stopped["summary"]["steps"] < event["total_steps"]

@@ -199,6 +199,36 @@ def test_config_schema_is_in_openapi(make_client):
     assert "required" not in schema  # every field has a default
 
 
+def _refs(node) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return own + [ref for value in node.values() for ref in _refs(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in _refs(value)]
+    return []
+
+
+def test_openapi_refs_resolve_and_every_route_documents_its_errors(make_client):
+    client = make_client()
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    for ref in _refs(spec):
+        assert ref.startswith("#/"), ref
+        node = spec
+        for part in ref[2:].split("/"):
+            assert part in node, f"{ref} does not resolve"
+            node = node[part]
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            responses = set(operation["responses"])
+            if path != "/api/health":
+                assert "401" in responses, (method, path)
+            if "{run_id}" in path:
+                assert "404" in responses, (method, path)
+            if method in ("post", "put") and path.startswith("/api/") and "{run_id}/" not in path:
+                assert {"400", "413"} <= responses, (method, path)
+
+
 def test_cuda_needs_a_gpu(make_client):
     import torch
 
