@@ -84,6 +84,16 @@ class RunConfig(BaseModel):
             return {**data, "density": 1.0}
         return data
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: Any) -> Any:
+        # No field is a boolean, but pydantic's lax mode reads true as 1 and false as 0:
+        # {"epochs": true} would quietly train for one epoch.
+        if isinstance(value, bool) or (isinstance(value, list)
+                                       and any(isinstance(item, bool) for item in value)):
+            raise ValueError("true/false is not a valid value here")
+        return value
+
     @field_validator("model")
     @classmethod
     def _model_fits_task(cls, model: str, info: ValidationInfo) -> str:

@@ -14,6 +14,9 @@ BAD_CONFIGS = [
     ({"bogus": 3}, 422, "bogus"),
     ({"epochs": "ten"}, 422, "epochs"),
     ({"epochs": 1.5}, 422, "epochs"),
+    ({"epochs": True}, 422, "epochs"),  # lax pydantic would read it as 1
+    ({"l1": False}, 422, "l1"),
+    ({"hidden": [64, True]}, 422, "hidden"),
     ({"epochs": 0}, 422, "epochs"),
     ({"epochs": 10**40}, 422, "epochs"),
     ({"hidden": "64"}, 422, "hidden"),
