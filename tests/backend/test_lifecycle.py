@@ -24,7 +24,8 @@ from tests.conftest import wait_for_status
 
 def test_empty_body_and_no_body_start_runs(make_client):
     client = make_client()
-    for kwargs in ({"json": {}}, {}):
+    null = {"content": b"null", "headers": {"content-type": "application/json"}}
+    for kwargs in ({"json": {}}, {}, null):
         response = client.post("/api/runs", **kwargs)
         assert response.status_code == 201, response.text
         run = response.json()

@@ -50,6 +50,7 @@ BAD_CONFIGS = [
     ({"schedule": "linear"}, 422, "schedule"),
     ({"device": "tpu"}, 422, "device"),
     ([1, 2], 422, "body"),
+    ([], 422, "body"),
     ("a string", 422, "body"),
     (17, 422, "body"),
 ]
