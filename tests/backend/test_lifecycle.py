@@ -163,6 +163,21 @@ def test_delete_stops_and_removes_everything(make_client):
     client.post(f"/api/runs/{blocker['id']}/stop")
 
 
+def test_delete_of_a_run_being_streamed_ends_its_stream(make_client):
+    client = make_client()
+    run = client.post("/api/runs", json=LONG_RUN).json()
+    wait_for_status(client, run["id"], ("running",))
+    with client.websocket_connect(f"/ws/runs/{run['id']}?from_seq=0") as socket:
+        while json.loads(socket.receive_text())["type"] != "topology":
+            pass
+        assert client.delete(f"/api/runs/{run['id']}").status_code == 204
+        # The viewer is told the run is over, instead of waiting on a run that is gone.
+        while (message := json.loads(socket.receive_text()))["type"] not in ("end", "error"):
+            assert message["type"] in ("metrics", "eval", "rewire", "topology", "keepalive")
+    assert client.get(f"/api/runs/{run['id']}").status_code == 404
+    assert client.get("/api/health").status_code == 200
+
+
 def test_concurrent_workers_and_queue_limit(make_client):
     client = make_client(max_concurrent_runs=2, max_queued_runs=1, worker_threads=2)
     first = client.post("/api/runs", json=LONG_RUN).json()
