@@ -213,3 +213,20 @@ def test_the_default_run_lasts_long_enough_to_watch_and_stop(make_client):
     assert event["total_steps"] == RunConfig().epochs * event["steps_per_epoch"] >= 100_000
     stopped = client.post(f"/api/runs/{run['id']}/stop").json()
     assert stopped["status"] == "stopped" and stopped["summary"]["steps"] < event["total_steps"]
+
+
+def test_the_default_queue_takes_64_runs_and_refuses_the_65th_clearly(make_client):
+    client = make_client()
+    blocker = client.post("/api/runs", json=LONG_RUN).json()
+    wait_for_status(client, blocker["id"], ("running",))
+    waiting = [client.post("/api/runs", json=LONG_RUN) for _ in range(64)]
+    assert {response.status_code for response in waiting} == {201}
+    refused = client.post("/api/runs", json=LONG_RUN)
+    assert refused.status_code == 429
+    assert refused.json()["detail"] == ("queue full: 64 runs are already waiting; at most 64 "
+                                        "(SPARSESCOPE_MAX_QUEUED_RUNS)")
+    # Stopping one waiting run makes room for exactly one more.
+    assert client.post(f"/api/runs/{waiting[0].json()['id']}/stop").json()["status"] == "stopped"
+    assert client.post("/api/runs", json=LONG_RUN).status_code == 201
+    assert client.post("/api/runs", json=LONG_RUN).status_code == 429
+    assert client.post(f"/api/runs/{blocker['id']}/stop").json()["status"] == "stopped"
