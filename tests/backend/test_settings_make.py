@@ -65,10 +65,25 @@ def test_a_working_venv_is_left_alone():
     if not (venv / ".installed-test").exists():
         pytest.skip("no installed .venv in this checkout")
     output = dry_run(venv, "install-test")
-    assert "pip install" not in output and "-m venv" not in output
+    # Its stamps are trusted (a pyproject.toml edited since may still ask for `pip install`).
+    assert "-m venv" not in output and "recreating" not in output
+    assert (venv / ".installed").exists() and (venv / ".installed-test").exists()
 
 
 def test_make_bench_runs_every_bench_script():
     output = dry_run(REPO / ".venv", "bench")
     for script in sorted((REPO / "bench").glob("*.py")):
         assert f"bench/{script.name}" in output
+
+
+def test_make_test_is_lint_then_compose_then_pytest_and_ci_runs_only_it():
+    output = dry_run(REPO / ".venv", "test")
+    steps = ["ruff check .", "docker-compose -f docker-compose.yml config -q", "-m pytest"]
+    positions = [output.find(step) for step in steps]
+    assert -1 not in positions and positions == sorted(positions), output
+    # Each step is its own recipe line, so make stops at the first that fails; pytest's own
+    # exit status (5 when it collects nothing) is make's.
+    assert output.strip().splitlines()[-1].endswith("-m pytest")
+    ci = (REPO / ".ci" / "run").read_text()
+    assert [line for line in ci.splitlines() if line and not line.startswith(("#", "set ", "cd "))] \
+        == ["make test"]
