@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.api import api_router, ws_router
-from backend.logfmt import log_event
+from backend.logfmt import ConsoleOffTheLoop, log_event
 from backend.manager import RunManager
 from backend.middleware import AccessLog, BodySizeLimit, RedactTokens, RequireToken
 from backend.settings import Settings
@@ -44,6 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        console = ConsoleOffTheLoop()  # after uvicorn has set up its handlers
+        console.start()
         await app.state.manager.start()
         log_event(log, "server_started", host=settings.host, port=settings.port,
                   data_dir=str(settings.data_dir), token=bool(settings.token),
@@ -52,7 +54,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await app.state.manager.shutdown()
-            log_event(log, "server_stopped")
+            log_event(log, "server_stopped", log_lines_dropped=console.dropped or None)
+            console.stop()
 
     app = FastAPI(title="sparsescope", version=__version__, lifespan=lifespan,
                   description="Dynamic sparse training with a live view of the topology.")
