@@ -9,13 +9,15 @@ from pathlib import Path
 
 import plotly
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.api import api_router, ws_router
-from backend.logfmt import log_event
+from backend.logfmt import ConsoleOffTheLoop, log_event
 from backend.manager import RunManager
 from backend.middleware import AccessLog, BodySizeLimit, RedactTokens, RequireToken
 from backend.settings import Settings
@@ -42,6 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        console = ConsoleOffTheLoop()  # after uvicorn has set up its handlers
+        console.start()
         await app.state.manager.start()
         log_event(log, "server_started", host=settings.host, port=settings.port,
                   data_dir=str(settings.data_dir), token=bool(settings.token),
@@ -50,7 +54,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await app.state.manager.shutdown()
-            log_event(log, "server_stopped")
+            log_event(log, "server_stopped", log_lines_dropped=console.dropped or None)
+            console.stop()
 
     app = FastAPI(title="sparsescope", version=__version__, lifespan=lifespan,
                   description="Dynamic sparse training with a live view of the topology.")
@@ -58,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = store
     app.state.manager = RunManager(store, settings)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
 
     # Added innermost first: a request meets AccessLog, then CORS, the token, the body limit.
     app.add_middleware(BodySizeLimit, default_bytes=settings.max_body_bytes,
@@ -73,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(api_router)
     app.include_router(ws_router)
+    app.openapi = _openapi_with_resolvable_refs(app)
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -90,24 +97,81 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def _openapi_with_resolvable_refs(app: FastAPI):
+    """FastAPI's schema, with the `$defs` of a model schema given by hand (a route's
+    `openapi_extra`) moved to components: `#/$defs/...` resolves nowhere in an OpenAPI file."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        spec = generate()
+        components = spec.setdefault("components", {}).setdefault("schemas", {})
+
+        def hoist(node):
+            if isinstance(node, dict):
+                for name, schema in node.pop("$defs", {}).items():
+                    components.setdefault(name, hoist(schema))
+                if isinstance(node.get("$ref"), str) and node["$ref"].startswith("#/$defs/"):
+                    node["$ref"] = "#/components/schemas/" + node["$ref"].removeprefix("#/$defs/")
+                for value in node.values():
+                    hoist(value)
+            elif isinstance(node, list):
+                for value in node:
+                    hoist(value)
+            return node
+
+        hoist(spec["paths"])
+        app.openapi_schema = spec
+        return spec
+
+    return openapi
+
+
 async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
     """422 with one `{loc, msg, type}` per problem, each message starting with the field's
     name; the offending input is never echoed back (it may be megabytes, or a secret)."""
     detail = []
     for item in error.errors():
         loc = [part if isinstance(part, (str, int)) else str(part) for part in item.get("loc", ())]
-        detail.append({"loc": loc, "msg": _message(item, loc), "type": item.get("type", "")})
+        loc = loc or ["body"]  # an error about the whole body (raw-bytes validation) has none
+        try:
+            message = _message(item, loc)
+        except Exception:  # an error's wording must never turn a 422 into a 500
+            message = f"{'.'.join(map(str, loc))}: {item.get('msg', 'invalid')}"
+        detail.append({"loc": loc, "msg": message, "type": item.get("type", "")})
     log_event(log, "invalid_request", logging.INFO, path=request.url.path,
               fields=",".join(str(entry["loc"][-1]) for entry in detail if entry["loc"]))
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+# FastAPI answers a body it cannot even decode with "There was an error parsing the body";
+# the cause it chains says which of these it was.
+UNPARSABLE_BODY = {
+    UnicodeDecodeError: "body: not valid JSON text (it is not UTF-8)",
+    RecursionError: "body: JSON nested too deeply",
+}
+
+
+async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own answer, with a body that could not be decoded named as such."""
+    if error.status_code == 400:
+        for kind, reason in UNPARSABLE_BODY.items():
+            if isinstance(error.__cause__, kind):
+                error = StarletteHTTPException(400, detail=reason)
+                break
+    return await http_exception_handler(request, error)
 
 
 def _message(item: dict, loc: list) -> str:
     kind = item.get("type", "")
     text = str(item.get("msg", "invalid"))
     if kind == "json_invalid":
-        reason = (item.get("ctx") or {}).get("error", "")
-        return f"body: malformed JSON at position {loc[-1]}: {reason}".rstrip(": ")
+        # FastAPI's own parser puts the character position last in `loc`; a route that
+        # validates raw bytes itself (pydantic's model_validate_json) gives no location.
+        reason = str((item.get("ctx") or {}).get("error", ""))
+        where = f" at position {loc[-1]}" if loc and isinstance(loc[-1], int) else ""
+        return f"body: malformed JSON{where}: {reason}".rstrip(": ")
     if kind == "extra_forbidden":
         text = "unknown field"
     text = text.removeprefix("Value error, ")

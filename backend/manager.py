@@ -211,6 +211,13 @@ class RunManager:
         if worker is None or worker.stop_requested:
             return
         worker.stop_requested = True
+        run = self.store.get_run(run_id)
+        if run is not None and run["status"] == "queued":
+            # Still importing torch (seconds, not interruptible): nothing is recorded yet, so
+            # there is nothing a grace period could save. The run reads `stopped` at once.
+            log_event(log, "stop_requested", run=run_id, pid=worker.process.pid, grace_s=0)
+            self._kill(worker)
+            return
         worker.kill_at = time.monotonic() + self.settings.stop_grace_s
         with contextlib.suppress(ProcessLookupError):
             worker.process.send_signal(signal.SIGTERM)

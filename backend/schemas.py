@@ -70,5 +70,14 @@ class ValidationErrorOut(BaseModel):
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "Missing or wrong bearer token"},
-    404: {"model": ErrorOut, "description": "No such run"},
+    404: {"model": ErrorOut, "description": "No such run (or a malformed run id)"},
+}
+# Routes that read a request body: one that cannot be decoded, or is over its limit.
+BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "A body that cannot be read (not UTF-8 JSON, not "
+                                            "a run file)"},
+    413: {"model": ErrorOut, "description": "Body over the server's limit for this path"},
+}
+WRITER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorOut, "description": "The run has ended, or another process writes it"},
 }

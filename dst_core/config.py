@@ -55,7 +55,9 @@ class RunConfig(BaseModel):
         None, ge=1, description="Steps between rewires; default: the method's (SET: one epoch)")
     end_fraction: float | None = Field(
         None, ge=0.0, le=1.0, description="Stop rewiring after this share of training")
-    epochs: int = Field(100, ge=1, description="Passes over the training set")
+    # The default is what Start on the dashboard runs: long enough (about a minute on one CPU
+    # thread; the seed task's epoch is 50 steps) to watch the topology change and press Stop.
+    epochs: int = Field(3000, ge=1, description="Passes over the training set")
     batch_size: int = Field(64, ge=1, le=65536, description="Examples per step")
     lr: float | None = Field(None, gt=0.0, le=10.0,
                              description="Learning rate; default: the method's (0.05; Deep R 0.5)")
@@ -81,6 +83,16 @@ class RunConfig(BaseModel):
         if isinstance(data, dict) and data.get("method") == "dense":
             return {**data, "density": 1.0}
         return data
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: Any) -> Any:
+        # No field is a boolean, but pydantic's lax mode reads true as 1 and false as 0:
+        # {"epochs": true} would quietly train for one epoch.
+        if isinstance(value, bool) or (isinstance(value, list)
+                                       and any(isinstance(item, bool) for item in value)):
+            raise ValueError("true/false is not a valid value here")
+        return value
 
     @field_validator("model")
     @classmethod

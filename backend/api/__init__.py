@@ -3,11 +3,15 @@
 from fastapi import APIRouter
 
 from backend.api.routes import frames, health, ingest, runs, stream, transfer
+from backend.schemas import BODY_RESPONSES, ERROR_RESPONSES, WRITER_RESPONSES
 
 api_router = APIRouter()
 api_router.include_router(health.router)
-api_router.include_router(transfer.router)  # before runs: /api/runs/import is not a run id
-api_router.include_router(frames.router)
+# The 4xx every route of a router can answer are documented here, once, for OpenAPI (/docs).
+api_router.include_router(transfer.router,  # before runs: /api/runs/import is not a run id
+                          responses={**ERROR_RESPONSES, **BODY_RESPONSES})
+api_router.include_router(frames.router, responses=ERROR_RESPONSES)
 api_router.include_router(runs.router)
-api_router.include_router(ingest.router)
+api_router.include_router(ingest.router,
+                          responses={**ERROR_RESPONSES, **BODY_RESPONSES, **WRITER_RESPONSES})
 ws_router = stream.router

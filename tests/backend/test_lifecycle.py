@@ -8,6 +8,7 @@ import signal
 import time
 from pathlib import Path
 
+from dst_core.config import RunConfig
 from tests.backend.conftest import (
     DIVERGING_RUN,
     LONG_RUN,
@@ -23,7 +24,8 @@ from tests.conftest import wait_for_status
 
 def test_empty_body_and_no_body_start_runs(make_client):
     client = make_client()
-    for kwargs in ({"json": {}}, {}):
+    null = {"content": b"null", "headers": {"content-type": "application/json"}}
+    for kwargs in ({"json": {}}, {}, null):
         response = client.post("/api/runs", **kwargs)
         assert response.status_code == 201, response.text
         run = response.json()
@@ -71,9 +73,14 @@ def test_stop_while_the_worker_is_starting(make_client):
     run = client.post("/api/runs", json=LONG_RUN).json()
     manager = client.app.state.manager
     wait_until(lambda: run["id"] in manager.workers, 10, "a worker process")
+    process = manager.workers[run["id"]].process
+    # torch takes seconds to import: the run has recorded nothing yet...
+    assert client.get(f"/api/runs/{run['id']}").json()["status"] == "queued"
     stopped = client.post(f"/api/runs/{run['id']}/stop").json()
     assert stopped["status"] == "stopped"
     assert statuses_of(stream_events(client, run["id"]))[-1] == "stopped"
+    # ...so it gets no grace period: killed at once, not after SIGTERM and 3 s.
+    assert process.wait(timeout=10) == -signal.SIGKILL
 
 
 def test_stopped_long_run_reads_stopped_and_keeps_frames(make_client):
@@ -156,6 +163,21 @@ def test_delete_stops_and_removes_everything(make_client):
     client.post(f"/api/runs/{blocker['id']}/stop")
 
 
+def test_delete_of_a_run_being_streamed_ends_its_stream(make_client):
+    client = make_client()
+    run = client.post("/api/runs", json=LONG_RUN).json()
+    wait_for_status(client, run["id"], ("running",))
+    with client.websocket_connect(f"/ws/runs/{run['id']}?from_seq=0") as socket:
+        while json.loads(socket.receive_text())["type"] != "topology":
+            pass
+        assert client.delete(f"/api/runs/{run['id']}").status_code == 204
+        # The viewer is told the run is over, instead of waiting on a run that is gone.
+        while (message := json.loads(socket.receive_text()))["type"] not in ("end", "error"):
+            assert message["type"] in ("metrics", "eval", "rewire", "topology", "keepalive")
+    assert client.get(f"/api/runs/{run['id']}").status_code == 404
+    assert client.get("/api/health").status_code == 200
+
+
 def test_concurrent_workers_and_queue_limit(make_client):
     client = make_client(max_concurrent_runs=2, max_queued_runs=1, worker_threads=2)
     first = client.post("/api/runs", json=LONG_RUN).json()
@@ -177,3 +199,34 @@ def test_concurrent_workers_and_queue_limit(make_client):
     assert ids[:3] == [third["id"], second["id"], first["id"]]  # newest first
     for run in (third, second, first):
         assert client.post(f"/api/runs/{run['id']}/stop").json()["status"] == "stopped"
+
+
+def test_the_default_run_lasts_long_enough_to_watch_and_stop(make_client):
+    # What Start on the dashboard runs: 3000 epochs of 50 steps, about a minute on one thread
+    # (the seed task at 100 epochs was over in under two seconds: nothing left to Stop).
+    client = make_client()
+    run = client.post("/api/runs", json={}).json()
+    wait_for_status(client, run["id"], ("running",))
+    with client.websocket_connect(f"/ws/runs/{run['id']}?from_seq=0") as socket:
+        while (event := json.loads(socket.receive_text()))["type"] != "meta":
+            pass
+    assert event["total_steps"] == RunConfig().epochs * event["steps_per_epoch"] >= 100_000
+    stopped = client.post(f"/api/runs/{run['id']}/stop").json()
+    assert stopped["status"] == "stopped" and stopped["summary"]["steps"] < event["total_steps"]
+
+
+def test_the_default_queue_takes_64_runs_and_refuses_the_65th_clearly(make_client):
+    client = make_client()
+    blocker = client.post("/api/runs", json=LONG_RUN).json()
+    wait_for_status(client, blocker["id"], ("running",))
+    waiting = [client.post("/api/runs", json=LONG_RUN) for _ in range(64)]
+    assert {response.status_code for response in waiting} == {201}
+    refused = client.post("/api/runs", json=LONG_RUN)
+    assert refused.status_code == 429
+    assert refused.json()["detail"] == ("queue full: 64 runs are already waiting; at most 64 "
+                                        "(SPARSESCOPE_MAX_QUEUED_RUNS)")
+    # Stopping one waiting run makes room for exactly one more.
+    assert client.post(f"/api/runs/{waiting[0].json()['id']}/stop").json()["status"] == "stopped"
+    assert client.post("/api/runs", json=LONG_RUN).status_code == 201
+    assert client.post("/api/runs", json=LONG_RUN).status_code == 429
+    assert client.post(f"/api/runs/{blocker['id']}/stop").json()["status"] == "stopped"

@@ -3,6 +3,7 @@ marked failed with their data intact, a clean shutdown stops runs even with view
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -78,7 +79,10 @@ def test_shutdown_stops_runs_with_a_websocket_open(tmp_path, servers, signal_num
     queued = server.post("/api/runs", json=LONG_RUN).json()
     wait_running(server, running["id"])
     workers = child_pids(server.process.pid)
-    with connect(f"{server.ws_url}/ws/runs/{running['id']}") as viewer:
+    with contextlib.ExitStack() as viewers:
+        # Twenty viewers, one of them reading, the rest connected and never read from.
+        viewer, *idle = [viewers.enter_context(connect(f"{server.ws_url}/ws/runs/{run_id}"))
+                         for run_id in [running["id"]] * 19 + [queued["id"]]]
         while json.loads(viewer.recv(timeout=60))["type"] != "topology":
             pass
         server.process.send_signal(signal_number)

@@ -14,6 +14,9 @@ BAD_CONFIGS = [
     ({"bogus": 3}, 422, "bogus"),
     ({"epochs": "ten"}, 422, "epochs"),
     ({"epochs": 1.5}, 422, "epochs"),
+    ({"epochs": True}, 422, "epochs"),  # lax pydantic would read it as 1
+    ({"l1": False}, 422, "l1"),
+    ({"hidden": [64, True]}, 422, "hidden"),
     ({"epochs": 0}, 422, "epochs"),
     ({"epochs": 10**40}, 422, "epochs"),
     ({"hidden": "64"}, 422, "hidden"),
@@ -47,6 +50,7 @@ BAD_CONFIGS = [
     ({"schedule": "linear"}, 422, "schedule"),
     ({"device": "tpu"}, 422, "device"),
     ([1, 2], 422, "body"),
+    ([], 422, "body"),
     ("a string", 422, "body"),
     (17, 422, "body"),
 ]
@@ -58,6 +62,8 @@ BAD_BODIES = [
     (b'{"temperature": Infinity}', "application/json", 422, "temperature"),
     (b'{"epochs": 2}', "text/plain", 422, "body"),
     (b"\xff\xfe\x00garbage", "application/json", 4, ""),
+    (b'{"name": "\xff"}', "application/json", 400, "body: not valid JSON text (it is not UTF-8)"),
+    (b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "body: JSON nested too deeply"),
 ]
 ODD_IDS = ["..%2F..", "..%2F..%2Fetc%2Fpasswd", "%00", "0123456789abcde%00", "." * 3,
            "0123456789ABCDEF", "0123456789abcdef0", "g" * 16, "a" * 10_000, "%2e%2e",
@@ -94,6 +100,18 @@ def test_bad_bodies(make_client, raw, content_type, status, mention):
     else:
         assert response.status_code == status, response.text
         _assert_names(response, mention)
+
+
+def test_a_route_that_parses_its_own_bytes_names_malformed_json(make_client):
+    # /api/ingest/ validates the raw body itself: its JSON errors carry no location.
+    client = make_client()
+    run_id = client.post("/api/ingest/runs", json={}).json()["id"]
+    for raw in (b"garbage", b'{"events": [', b""):
+        response = client.post(f"/api/ingest/runs/{run_id}/events", content=raw,
+                               headers={"content-type": "application/json"})
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"] == ["body"]
+        _assert_names(response, "body: malformed JSON")
 
 
 def test_oversized_body(make_client):
@@ -183,6 +201,36 @@ def test_config_schema_is_in_openapi(make_client):
     assert set(schema["properties"]) == set(RunConfig.model_fields)
     assert schema.get("additionalProperties") is False
     assert "required" not in schema  # every field has a default
+
+
+def _refs(node) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return own + [ref for value in node.values() for ref in _refs(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in _refs(value)]
+    return []
+
+
+def test_openapi_refs_resolve_and_every_route_documents_its_errors(make_client):
+    client = make_client()
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    for ref in _refs(spec):
+        assert ref.startswith("#/"), ref
+        node = spec
+        for part in ref[2:].split("/"):
+            assert part in node, f"{ref} does not resolve"
+            node = node[part]
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            responses = set(operation["responses"])
+            if path != "/api/health":
+                assert "401" in responses, (method, path)
+            if "{run_id}" in path:
+                assert "404" in responses, (method, path)
+            if method in ("post", "put") and path.startswith("/api/") and "{run_id}/" not in path:
+                assert {"400", "413"} <= responses, (method, path)
 
 
 def test_cuda_needs_a_gpu(make_client):

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 
 from backend.api.deps import ManagerDep, RunIdDep, SettingsDep, StoreDep
 from backend.manager import NotOwned, QueueFull
-from backend.schemas import ERROR_RESPONSES, ErrorOut, RunOut, ValidationErrorOut
+from backend.schemas import BODY_RESPONSES, ERROR_RESPONSES, ErrorOut, RunOut, ValidationErrorOut
 from backend.settings import Settings
 from dst_core.config import RunConfig
 
@@ -40,7 +40,8 @@ def machine_errors(config: RunConfig, settings: Settings) -> list[tuple[str, str
 
 
 @router.post("", response_model=RunOut, status_code=status.HTTP_201_CREATED,
-             responses={422: {"model": ValidationErrorOut, "description": "Bad config"},
+             responses={**BODY_RESPONSES,
+                        422: {"model": ValidationErrorOut, "description": "Bad config"},
                         429: {"model": ErrorOut, "description": "The queue is full"}})
 async def start_run(settings: SettingsDep, manager: ManagerDep,
                     config: RunConfig | None = None) -> dict:
