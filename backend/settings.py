@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     def run_limit_errors(self, config: RunConfig) -> list[tuple[str, str]]:
         """(field, message) for every limit `config` exceeds; empty when it fits."""
         errors: list[tuple[str, str]] = []
-        if config.epochs > self.max_epochs:
+        if config.resolved_epochs > self.max_epochs:
             errors.append(("epochs", f"at most {self.max_epochs} epochs on this server "
                                      "(SPARSESCOPE_MAX_EPOCHS)"))
         if len(config.hidden) > self.max_layers:

@@ -1,6 +1,6 @@
 """Held-out accuracy of dense, static, SET and RigL as the papers compare them.
 
-    .venv/bin/python bench/accuracy.py [--threads 1] [--seeds 0 1 2] [--init he_sparse|pytorch]
+    .venv/bin/python bench/accuracy.py [--threads 1] [--seeds 0 1 2] [--init pytorch|he|he_sparse]
     [--tasks mnist digits]
 
 MLP [300, 100], ERK, SGD lr 0.05 momentum 0.9, batch 64, every other RunConfig field at its
@@ -42,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
-    parser.add_argument("--init", choices=INITS, default="he_sparse")
+    parser.add_argument("--init", choices=INITS, default="pytorch")
     parser.add_argument("--tasks", nargs="*", default=[task for task, *_ in SWEEPS])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -166,8 +166,8 @@ class SparseDriver:
         loss.backward(); driver.step(); optimizer.zero_grad()
 
     Arguments left at None take the method's published defaults (`REGISTRY[method].defaults`).
-    `sparse_init` (default True) rescales each sparse layer's initial weights to its active
-    fan-in (`scale_to_active_fan_in`); pass False to keep the model's weights exactly as given.
+    `sparse_init=True` rescales each sparse layer's initial weights to its active fan-in
+    (`scale_to_active_fan_in`); the default False keeps the model's weights exactly as given.
     Raises ValueError naming the argument on bad input, including a model with no Linear/Conv
     weight and an optimizer that does not hold every sparsified weight.
     """
@@ -191,7 +191,7 @@ class SparseDriver:
         include: Iterable[str] | None = None,
         exclude: Iterable[str] | None = None,
         dense_first_last: bool = False,
-        sparse_init: bool = True,
+        sparse_init: bool = False,
         seed: int = 0,
     ) -> None:
         if not isinstance(model, nn.Module):

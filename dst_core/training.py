@@ -65,7 +65,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
     return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
 
 
-INITS = ("he_sparse", "pytorch")
+INITS = ("he_sparse", "he", "pytorch")
 
 
 def train(
@@ -73,28 +73,28 @@ def train(
     sink: EventSink,
     should_stop: Callable[[], bool] = lambda: False,
     *,
-    init: str = "he_sparse",
+    init: str | None = None,
 ) -> str:
     """Train one run; returns "completed" or "stopped". Raises Diverged on a non-finite loss.
 
-    `init`: "he_sparse" (He init, then the driver's sparsity-aware rescale: what the
-    dashboard runs) or "pytorch" (PyTorch's default init kept dense-scaled, as the DST papers'
-    plain setups; bench/accuracy.py --init pytorch).
+    `init` overrides `config.init`: "pytorch" (PyTorch's default init, as the DST papers'
+    setups), "he" (He init) or "he_sparse" (He init, then the driver's sparsity-aware rescale).
     """
+    init = init or config.init
     if init not in INITS:
         raise ValueError(f"init: unknown {init!r}; known: {', '.join(INITS)}")
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     task = load_task(config.task)
     model = build_model(config.model, task.input_shape, config.hidden, task.num_classes,
-                        he=init == "he_sparse").to(device)
+                        he=init in ("he_sparse", "he")).to(device)
     optimizer = build_optimizer(config, model.parameters())
     x_train, y_train = task.x_train.to(device), task.y_train.to(device)
     x_test, y_test = task.x_test.to(device), task.y_test.to(device)
     steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
     driver = SparseDriver(
         model, optimizer, method=config.method, density=config.density,
-        distribution=config.distribution, total_steps=steps_per_epoch * config.epochs,
+        distribution=config.distribution, total_steps=steps_per_epoch * config.resolved_epochs,
         drop_fraction=config.drop_fraction, schedule=config.schedule,
         interval_steps=config.interval_steps, end_fraction=config.end_fraction,
         steps_per_epoch=steps_per_epoch,
@@ -112,7 +112,7 @@ def train(
     shuffler = torch.Generator().manual_seed(config.seed)
     started = time.perf_counter()
     window_loss = window_correct = window_seen = 0.0
-    for epoch in range(config.epochs):
+    for epoch in range(config.resolved_epochs):
         order = torch.randperm(len(x_train), generator=shuffler).to(device)
         for start in range(0, len(x_train), config.batch_size):
             if should_stop():

@@ -33,4 +33,4 @@ def test_token_is_asked_once_and_used_for_rest_and_websocket(page, server):
     page.wait_for_function("window.sparsescope.framesApplied >= 3", timeout=60_000)
     assert dialog.is_hidden()
     assert page.evaluate("window.sparsescope.model.id") == run_id
-    server.wait(run_id, timeout_s=600)
+    assert server.http.post(f"/api/runs/{run_id}/stop").json()["status"] == "stopped"

@@ -34,4 +34,9 @@ def test_start_watch(page, server):
     assert f"seed {seed}" in page.locator("#run-provenance").text_content()
     page.wait_for_timeout(800)  # let the charts' throttled redraw land before the picture
     screenshot(page, "dashboard.png", full_page=True)
-    server.wait(run_id, timeout_s=600)  # leave the server idle for the next test
+    # Stop stays clickable while the run is active and ends it as `stopped`, data kept.
+    stop = page.get_by_role("button", name="Stop")
+    assert stop.is_enabled()
+    stop.click()
+    page.wait_for_selector("#status[data-status='stopped']", timeout=15_000)
+    assert server.wait(run_id, timeout_s=30)["status"] == "stopped"

@@ -238,7 +238,8 @@ def test_sparse_init_scales_each_unit_to_its_active_fan_in():
     torch.manual_seed(0)
     model = nn.Linear(400, 300)
     original = model.weight.detach().clone()
-    driver = SparseDriver(model, _sgd(model), method="static", density=0.05, total_steps=10)
+    driver = SparseDriver(model, _sgd(model), method="static", density=0.05, total_steps=10,
+                          sparse_init=True)
     mask = driver.layers[0].mask
     active_fan_in = mask.sum(1, keepdim=True).clamp(min=1)
     expected = original * (400 / active_fan_in).sqrt() * mask
