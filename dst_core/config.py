@@ -66,7 +66,7 @@ class RunConfig(BaseModel):
                     "a minute to watch; digits 100; mnist 30)")
     batch_size: int = Field(64, ge=1, le=65536, description="Examples per step")
     lr: float | None = Field(None, gt=0.0, le=10.0,
-                             description="Learning rate; default: the method's (0.05; Deep R 0.5)")
+                             description="Learning rate; default: the method's (0.05; Deep R 0.2)")
     optimizer: Literal["sgd", "adam", "adamw"] = Field("sgd", description="Optimizer")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="L2 / decoupled weight decay")

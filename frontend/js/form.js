@@ -29,8 +29,14 @@ function rangeText(field) {
   return parts.join(", ");
 }
 
+// Nullable fields left empty take a default the server resolves: the task's for epochs,
+// the chosen method's for the rest.
+function nullLabel(field) {
+  return field.name === "epochs" ? "task default" : "method default";
+}
+
 function defaultText(field) {
-  if (field.default === null || field.default === undefined) return field.nullable ? "method default" : "none";
+  if (field.default === null || field.default === undefined) return field.nullable ? nullLabel(field) : "none";
   if (Array.isArray(field.default)) return field.default.join(", ") || "none";
   if (field.default === "") return "empty";
   return String(field.default);
@@ -40,7 +46,7 @@ function inputFor(field) {
   let input;
   if (field.kind === "enum") {
     input = document.createElement("select");
-    if (field.nullable) input.append(new Option("method default", ""));
+    if (field.nullable) input.append(new Option(nullLabel(field), ""));
     for (const value of field.enum) input.append(new Option(String(value), String(value)));
   } else if (field.kind === "boolean") {
     input = document.createElement("input");
@@ -51,7 +57,7 @@ function inputFor(field) {
     if (field.kind === "integer") input.step = "1";
     if (field.kind === "number") input.step = "any";
     if (field.kind === "array") input.placeholder = "comma-separated, e.g. 64, 64";
-    else if (field.nullable) input.placeholder = "method default";
+    else if (field.nullable) input.placeholder = nullLabel(field);
   }
   input.id = `field-${field.name}`;
   input.name = field.name;

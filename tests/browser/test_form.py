@@ -35,6 +35,8 @@ def test_every_config_field_has_a_labelled_input_with_its_default(page):
         assert RunConfig.model_fields[name].default is None, name
         assert page.locator(f"#field-{name}").get_attribute("placeholder") == "method default", name
         assert "method default" in page.locator(f"#help-{name}").inner_text(), name
+    # epochs is nullable too, and empty means the task's default.
+    assert page.locator("#field-epochs").get_attribute("placeholder") == "task default"
 
 
 def test_server_422_shows_beside_the_field_it_names(page):
