@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -60,13 +61,15 @@ def _flag_spec(annotation) -> dict:
     """argparse keywords for one RunConfig field type (Literal, optional, list, scalar)."""
     args = typing.get_args(annotation)
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:  # e.g. list[Annotated[int, Field(ge=1)]]: parse the int
+        return _flag_spec(args[0])
     if origin in (typing.Union, types.UnionType):
         inner = [arg for arg in args if arg is not type(None)]
         return _flag_spec(inner[0]) if len(inner) == 1 else {"type": str}
     if origin is typing.Literal:
         return {"choices": list(args), "type": type(args[0])}
     if origin is list:
-        return {"nargs": "+", "type": args[0] if args else str}
+        return {**_flag_spec(args[0] if args else str), "nargs": "+"}
     if annotation is bool:
         return {"action": argparse.BooleanOptionalAction}
     return {"type": annotation}
@@ -141,8 +144,10 @@ def train_command(args: argparse.Namespace) -> int:
         config = RunConfig.model_validate(fields)
     except ValidationError as error:
         for item in error.errors():
-            where = ".".join(str(part) for part in item["loc"]) or "config"
-            print(f"sparsescope train: --{where.replace('_', '-')}: {item['msg']}", file=sys.stderr)
+            field, *index = item["loc"] or ("config",)
+            where = f" (value {int(index[0]) + 1})" if index and isinstance(index[0], int) else ""
+            print(f"sparsescope train: --{str(field).replace('_', '-')}{where}: {item['msg']}",
+                  file=sys.stderr)
         return 2
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT,
@@ -223,7 +228,10 @@ def runs_command(args: argparse.Namespace) -> int:
         print(json.dumps(run, indent=2))
     elif args.action == "export":
         target = Path(args.output or export_filename(run["name"]))
-        export_run(store, run["id"], target)
+        try:
+            export_run(store, run["id"], target)
+        except (OSError, sqlite3.Error) as error:  # an unwritable or missing folder
+            raise SystemExit(f"sparsescope runs export: cannot write {target}: {error}") from None
         print(target)
     elif args.action == "delete":
         if run["status"] in ("queued", "running") and not args.force:
@@ -234,9 +242,16 @@ def runs_command(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """A bad flag is one line naming it (the usage block of `train` is 20 lines long)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sparsescope", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrors(prog="sparsescope", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="start the dashboard server")
     add_serve_arguments(serve_parser)
