@@ -165,3 +165,9 @@ def test_model_download_of_a_run_without_a_model_says_why(client):
     completed = record_run(store, rewires=1)
     response = client.get(f"/api/runs/{completed}/model")
     assert response.status_code == 404 and "stored no model" in response.json()["detail"]
+
+
+def test_mask_at_an_absurd_step_is_a_422_naming_it(client):
+    run_id = record_run(client.app.state.store, rewires=1)
+    response = client.get(f"/api/runs/{run_id}/mask", params={"layer": 0, "step": 10**23})
+    assert response.status_code == 422 and "step" in response.text
