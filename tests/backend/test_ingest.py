@@ -69,6 +69,21 @@ def test_ingest_validates_and_stops_after_the_end(client):
     assert response.status_code == 413
 
 
+@pytest.mark.parametrize("body, field", [
+    (b"notjson", "body"),
+    (b'{"events": [{"seq": 99999999999999999999999, "step": 0, "type": "metrics"}]}', "seq"),
+    (b'{"events": [{"seq": 2, "step": 99999999999999999999999, "type": "metrics"}]}', "step"),
+    (b'{"events": [{"seq": 2, "step": 0, "type": "status", "status": "bogus"}]}', "status"),
+])
+def test_hostile_ingest_batches_get_a_422_naming_the_problem(client, body, field):
+    run_id = client.post("/api/ingest/runs", json={}).json()["id"]
+    response = client.post(f"/api/ingest/runs/{run_id}/events", content=body,
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert field in response.text
+    assert [event["seq"] for event in client.app.state.store.read_events(run_id)] == [1]
+
+
 def test_a_run_whose_writer_goes_silent_is_marked_stale(tmp_path):
     settings = Settings(data_dir=tmp_path / "data", stale_after_s=0.5)
     from fastapi.testclient import TestClient
