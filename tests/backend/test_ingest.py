@@ -239,3 +239,29 @@ def test_remote_recorder_refuses_a_wrong_token(tmp_path):
     with ThreadServer(tmp_path / "data", port, token="secret"):
         with pytest.raises(RemoteRecorderError, match="401"):
             Recorder(url=f"http://127.0.0.1:{port}", token="wrong", spool_dir=tmp_path)
+
+
+def test_remote_run_survives_a_server_restart_and_resumes_from_the_spool(tmp_path):
+    """The restarted server fails runs nobody records (fail_interrupted); a remote writer whose
+    heartbeat is fresh is not one of them, and its spooled batches land once each."""
+    port = free_port()
+    model, optimizer, driver = _model()
+    with ThreadServer(tmp_path / "data", port, token="secret"):
+        recorder = Recorder(url=f"http://127.0.0.1:{port}", token="secret", name="restarted",
+                            spool_dir=tmp_path / "spool", flush_interval_s=0.0)
+        recorder.attach(driver)
+        _loop(recorder, range(1, 21), driver, model, optimizer)
+        recorder.writer._drain()
+    _loop(recorder, range(21, 41), driver, model, optimizer)  # the server is down
+    recorder.flush()
+    assert recorder.writer.spool_path.stat().st_size > 0
+    with ThreadServer(tmp_path / "data", port, token="secret"):
+        _loop(recorder, range(41, 61), driver, model, optimizer)
+        recorder.finish("completed")
+    store = RunStore(tmp_path / "data")
+    run = store.get_run(recorder.run_id)
+    assert run["status"] == "completed", run["error"]
+    events = store.read_events(recorder.run_id, 0, 100_000)
+    assert [event["seq"] for event in events] == list(range(1, len(events) + 1))
+    assert [e["step"] for e in events if e["type"] == "metrics"] == list(range(1, 61))
+    assert [e["status"] for e in events if e["type"] == "status"] == ["running", "completed"]
