@@ -21,6 +21,7 @@ import threading
 import time
 import types
 import typing
+import warnings
 from pathlib import Path
 
 DATA_DIR_DEFAULT = os.environ.get("SPARSESCOPE_DATA_DIR", "./sparsescope-data")
@@ -149,16 +150,23 @@ def train_command(args: argparse.Namespace) -> int:
             print(f"sparsescope train: --{str(field).replace('_', '-')}{where}: {item['msg']}",
                   file=sys.stderr)
         return 2
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT,
-                                                                            signal.SIGTERM)}
+    # The recorder's warnings (a server not answering yet) as one line each, not a source line.
+    warnings.showwarning = lambda message, *_args, **_kwargs: print(
+        f"sparsescope train: warning: {message}", file=sys.stderr, flush=True)
     try:
         options = {"url": args.url, "token": args.token} if args.url else {}
         recorder = Recorder(args.data_dir, name=config.display_name(), config=config.model_dump(),
                             writer="cli", keyframe_every=config.keyframe_every, **options)
-    except (RemoteRecorderError, ValueError, OSError) as error:
+    except (RemoteRecorderError, ValueError, OSError, sqlite3.Error) as error:
         print(f"sparsescope train: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C while a remote server is being waited for: no run yet
+        print("sparsescope train: interrupted before the run was created", file=sys.stderr)
+        return 130
+    # Only now: Ctrl-C before this point must interrupt the wait above, not be swallowed.
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT,
+                                                                            signal.SIGTERM)}
     print(f"run {recorder.run_id}: {config.display_name()}", file=sys.stderr, flush=True)
     sink = ProgressSink(recorder, args.quiet)
     recorder.start()
@@ -184,11 +192,20 @@ def train_command(args: argparse.Namespace) -> int:
 
 # ---- runs ----------------------------------------------------------------------------------------
 def _store(args: argparse.Namespace):
-    from dst_core.recording import RunStore
 
     if not Path(args.data_dir, "runs.sqlite3").exists():
         raise SystemExit(f"sparsescope runs: no run store in {args.data_dir} (use --data-dir)")
-    return RunStore(args.data_dir)
+    return _open_store(args.data_dir)
+
+
+def _open_store(data_dir: str):
+    """The data folder's store, or a one-line exit when it is not a folder or not a store."""
+    from dst_core.recording import RunStore
+
+    try:
+        return RunStore(data_dir)
+    except (OSError, sqlite3.Error, ValueError) as error:
+        raise SystemExit(f"sparsescope: cannot open the run store in {data_dir}: {error}") from None
 
 
 def _run_or_exit(store, run_id: str) -> dict:
@@ -203,9 +220,7 @@ def runs_command(args: argparse.Namespace) -> int:
     from dst_core.recording.transfer import export_filename
 
     if args.action == "import":
-        from dst_core.recording import RunStore
-
-        store = RunStore(args.data_dir)
+        store = _open_store(args.data_dir)
         try:
             run = import_run(store, Path(args.file))
         except OSError as error:

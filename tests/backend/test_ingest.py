@@ -265,3 +265,9 @@ def test_remote_run_survives_a_server_restart_and_resumes_from_the_spool(tmp_pat
     assert [event["seq"] for event in events] == list(range(1, len(events) + 1))
     assert [e["step"] for e in events if e["type"] == "metrics"] == list(range(1, 61))
     assert [e["status"] for e in events if e["type"] == "status"] == ["running", "completed"]
+
+
+def test_an_unreachable_server_at_creation_is_said_at_once_then_given_up(tmp_path):
+    with pytest.warns(RuntimeWarning, match="unreachable .*retrying for up to 1 s"):
+        with pytest.raises(RemoteRecorderError, match="unreachable for 1 s"):
+            Recorder(url=f"http://127.0.0.1:{free_port()}", spool_dir=tmp_path, give_up_after_s=1.0)
