@@ -15,11 +15,13 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
 import types
 import typing
+import warnings
 from pathlib import Path
 
 DATA_DIR_DEFAULT = os.environ.get("SPARSESCOPE_DATA_DIR", "./sparsescope-data")
@@ -60,13 +62,15 @@ def _flag_spec(annotation) -> dict:
     """argparse keywords for one RunConfig field type (Literal, optional, list, scalar)."""
     args = typing.get_args(annotation)
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:  # e.g. list[Annotated[int, Field(ge=1)]]: parse the int
+        return _flag_spec(args[0])
     if origin in (typing.Union, types.UnionType):
         inner = [arg for arg in args if arg is not type(None)]
         return _flag_spec(inner[0]) if len(inner) == 1 else {"type": str}
     if origin is typing.Literal:
         return {"choices": list(args), "type": type(args[0])}
     if origin is list:
-        return {"nargs": "+", "type": args[0] if args else str}
+        return {**_flag_spec(args[0] if args else str), "nargs": "+"}
     if annotation is bool:
         return {"action": argparse.BooleanOptionalAction}
     return {"type": annotation}
@@ -141,19 +145,28 @@ def train_command(args: argparse.Namespace) -> int:
         config = RunConfig.model_validate(fields)
     except ValidationError as error:
         for item in error.errors():
-            where = ".".join(str(part) for part in item["loc"]) or "config"
-            print(f"sparsescope train: --{where.replace('_', '-')}: {item['msg']}", file=sys.stderr)
+            field, *index = item["loc"] or ("config",)
+            where = f" (value {int(index[0]) + 1})" if index and isinstance(index[0], int) else ""
+            print(f"sparsescope train: --{str(field).replace('_', '-')}{where}: {item['msg']}",
+                  file=sys.stderr)
         return 2
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT,
-                                                                            signal.SIGTERM)}
+    # The recorder's warnings (a server not answering yet) as one line each, not a source line.
+    warnings.showwarning = lambda message, *_args, **_kwargs: print(
+        f"sparsescope train: warning: {message}", file=sys.stderr, flush=True)
     try:
         options = {"url": args.url, "token": args.token} if args.url else {}
         recorder = Recorder(args.data_dir, name=config.display_name(), config=config.model_dump(),
                             writer="cli", keyframe_every=config.keyframe_every, **options)
-    except (RemoteRecorderError, ValueError, OSError) as error:
+    except (RemoteRecorderError, ValueError, OSError, sqlite3.Error) as error:
         print(f"sparsescope train: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C while a remote server is being waited for: no run yet
+        print("sparsescope train: interrupted before the run was created", file=sys.stderr)
+        return 130
+    # Only now: Ctrl-C before this point must interrupt the wait above, not be swallowed.
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT,
+                                                                            signal.SIGTERM)}
     print(f"run {recorder.run_id}: {config.display_name()}", file=sys.stderr, flush=True)
     sink = ProgressSink(recorder, args.quiet)
     recorder.start()
@@ -179,11 +192,20 @@ def train_command(args: argparse.Namespace) -> int:
 
 # ---- runs ----------------------------------------------------------------------------------------
 def _store(args: argparse.Namespace):
-    from dst_core.recording import RunStore
 
     if not Path(args.data_dir, "runs.sqlite3").exists():
         raise SystemExit(f"sparsescope runs: no run store in {args.data_dir} (use --data-dir)")
-    return RunStore(args.data_dir)
+    return _open_store(args.data_dir)
+
+
+def _open_store(data_dir: str):
+    """The data folder's store, or a one-line exit when it is not a folder or not a store."""
+    from dst_core.recording import RunStore
+
+    try:
+        return RunStore(data_dir)
+    except (OSError, sqlite3.Error, ValueError) as error:
+        raise SystemExit(f"sparsescope: cannot open the run store in {data_dir}: {error}") from None
 
 
 def _run_or_exit(store, run_id: str) -> dict:
@@ -198,9 +220,7 @@ def runs_command(args: argparse.Namespace) -> int:
     from dst_core.recording.transfer import export_filename
 
     if args.action == "import":
-        from dst_core.recording import RunStore
-
-        store = RunStore(args.data_dir)
+        store = _open_store(args.data_dir)
         try:
             run = import_run(store, Path(args.file))
         except OSError as error:
@@ -223,7 +243,10 @@ def runs_command(args: argparse.Namespace) -> int:
         print(json.dumps(run, indent=2))
     elif args.action == "export":
         target = Path(args.output or export_filename(run["name"]))
-        export_run(store, run["id"], target)
+        try:
+            export_run(store, run["id"], target)
+        except (OSError, sqlite3.Error) as error:  # an unwritable or missing folder
+            raise SystemExit(f"sparsescope runs export: cannot write {target}: {error}") from None
         print(target)
     elif args.action == "delete":
         if run["status"] in ("queued", "running") and not args.force:
@@ -234,9 +257,16 @@ def runs_command(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """A bad flag is one line naming it (the usage block of `train` is 20 lines long)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sparsescope", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrors(prog="sparsescope", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="start the dashboard server")
     add_serve_arguments(serve_parser)

@@ -115,7 +115,16 @@ class RemoteWriter:
     # ---- writer interface -----------------------------------------------------------------------
     def create(self, name: str, config: dict, info: dict) -> str:
         body = dumps({"name": name, "config": config, "info": info}).encode()
-        created = self._with_retries("POST", "/api/ingest/runs", body)
+        try:
+            created = self._request("POST", "/api/ingest/runs", body)
+        except _Retryable as error:
+            # Said at once: a wrong URL would otherwise look like a hang for give_up_after_s.
+            warnings.warn(f"sparsescope server {self.url} unreachable ({error}); retrying for up "
+                          f"to {self.give_up_after_s:g} s (give_up_after_s)", RuntimeWarning,
+                          stacklevel=3)
+            created = self._with_retries("POST", "/api/ingest/runs", body)
+        except _Fatal as error:
+            raise RemoteRecorderError(f"{self.url}/api/ingest/runs: {error}") from None
         self.run_id, self.next_seq = created["id"], int(created["next_seq"])
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self.spool_path = self.spool_dir / f"{self.run_id}-{uuid.uuid4().hex[:6]}.spool"

@@ -38,6 +38,7 @@ ARTIFACT_NAMES = ("model.pt",)  # artifacts are looked up by name: nothing else 
 EVENT_TYPE = re.compile(r"^[a-z_]{1,32}$")
 MAX_EVENTS = 10_000_000
 MAX_TEXT = 10_000_000  # one event's JSON payload
+SNAPSHOT_NOTE = "exported while it was running: this copy ends at the export"
 
 
 class BadExportError(ValueError):
@@ -45,9 +46,11 @@ class BadExportError(ValueError):
 
 
 def export_run(store: RunStore, run_id: str, target: str | Path | None = None) -> bytes | Path:
-    """The run as one self-contained file: written to `target` (returned), else as bytes."""
-    run = store.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-    if run is None:
+    """The run as one self-contained file: written to `target` (returned), else as bytes.
+
+    A run still being recorded is exported as a consistent snapshot: its row, events and
+    artifacts are read in one read transaction, so the writer's later commits are not half in."""
+    if store.get_run(run_id) is None:
         raise ValueError(f"run_id: no run {run_id!r}")
     if target is None:
         with tempfile.TemporaryDirectory(prefix="sparsescope-export-") as folder:
@@ -55,24 +58,30 @@ def export_run(store: RunStore, run_id: str, target: str | Path | None = None) -
     path = Path(target)
     path.unlink(missing_ok=True)
     out = connect(path)
+    source = store.db
+    source.execute("BEGIN")  # deferred: the first read fixes the snapshot (WAL)
     try:
+        run = source.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if run is None:  # deleted between the two reads
+            raise ValueError(f"run_id: no run {run_id!r}")
         migrate(out)
         with _Transaction(out):
             out.execute("INSERT INTO meta VALUES ('export_of', ?)", (run_id,))
             out.execute(f"INSERT INTO runs ({', '.join(run.keys())}) VALUES "
                         f"({', '.join('?' * len(run.keys()))})", tuple(run))
-            cursor = store.db.execute(
+            cursor = source.execute(
                 "SELECT run_id, seq, step, type, payload, layer, keyframe, blob FROM events "
                 "WHERE run_id = ? ORDER BY seq", (run_id,))
             while rows := cursor.fetchmany(2000):
                 out.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                 [tuple(row) for row in rows])
-            for row in store.db.execute("SELECT run_id, name, data FROM artifacts WHERE run_id = ?",
-                                        (run_id,)):
+            for row in source.execute("SELECT run_id, name, data FROM artifacts WHERE run_id = ?",
+                                      (run_id,)):
                 out.execute("INSERT INTO artifacts VALUES (?, ?, ?)", tuple(row))
         out.execute("PRAGMA journal_mode=DELETE")  # one file, no -wal beside it
         out.execute("VACUUM")
     finally:
+        source.execute("ROLLBACK")
         out.close()
     return path
 
@@ -206,7 +215,13 @@ def import_run(store: RunStore, source: bytes | Path) -> dict:
         run, events, artifacts = _read_validated(path)
     run_id = new_run_id()
     if run["status"] in ACTIVE_STATUSES:
-        run["status"] = "stopped"  # a snapshot of a live run: nobody writes this copy
+        # A snapshot of a live run: nobody writes this copy, so it ends here, and its stream
+        # says so with a final status event like any other ended run.
+        run["status"], run["error"] = "stopped", SNAPSHOT_NOTE
+        run["ended_at"] = run.get("ended_at") or run.get("heartbeat_at") or run["created_at"]
+        last_seq, last_step = (events[-1][0], events[-1][1]) if events else (0, 0)
+        events.append((last_seq + 1, last_step, "status",
+                       json.dumps({"status": "stopped", "error": SNAPSHOT_NOTE}), None, None, None))
     run["id"] = run_id
     with store._write() as db:
         columns = [key for key in run if key in _run_columns(db)]

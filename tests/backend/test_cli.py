@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -29,6 +30,9 @@ def test_every_run_config_field_is_a_train_flag(capsys):
     (["--epochs", "many"], "--epochs"),
     (["--model", "cnn"], "model"),  # cnn on the synthetic task: a combination error
     (["--bogus", "1"], "unrecognized arguments"),
+    (["--hidden", "abc"], "--hidden: invalid int value: 'abc'"),
+    (["--hidden", "8", "0"], "--hidden (value 2)"),
+    (["--density", "2"], "--density"),
 ])
 def test_bad_flags_give_a_message_and_a_nonzero_exit(tmp_path, capsys, argv, message):
     try:
@@ -36,7 +40,9 @@ def test_bad_flags_give_a_message_and_a_nonzero_exit(tmp_path, capsys, argv, mes
     except SystemExit as exit_info:
         code = exit_info.code
     assert code != 0
-    assert message in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert message in error
+    assert len(error.strip().splitlines()) == 1 and "Traceback" not in error and "usage:" not in error
     assert not (tmp_path / "runs.sqlite3").exists() or not RunStore(tmp_path).list_runs()
 
 
@@ -80,6 +86,49 @@ def test_runs_list_show_export_import_delete(tmp_path, capsys):
     (tmp_path / "junk.sparsescope").write_bytes(b"junk" * 100)
     with pytest.raises(SystemExit, match="SQLite header"):
         main(["runs", "import", str(tmp_path / "junk.sparsescope"), "--data-dir", str(other)])
+
+
+def test_runs_commands_on_missing_ids_and_bad_paths_exit_with_a_message(tmp_path, capsys):
+    assert main(["train", "--data-dir", str(tmp_path), "--epochs", "1", "--hidden", "8",
+                 "--quiet"]) == 0
+    run_id = capsys.readouterr().out.strip()
+    for action in ("show", "export", "delete"):
+        with pytest.raises(SystemExit, match="no run '0123456789abcdef'"):
+            main(["runs", action, "0123456789abcdef", "--data-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="cannot write"):
+        main(["runs", "export", run_id, "-o", str(tmp_path / "missing" / "x.sparsescope"),
+              "--data-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="No such file"):
+        main(["runs", "import", str(tmp_path / "nothing.sparsescope"), "--data-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no run store"):
+        main(["runs", "list", "--data-dir", str(tmp_path / "empty")])
+    assert [run["id"] for run in RunStore(tmp_path).list_runs()] == [run_id]
+
+
+def test_ctrl_c_during_train_leaves_the_run_stopped_with_its_data(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "backend.cli", "train", "--data-dir", str(tmp_path), "--epochs",
+         "5000", "--hidden", "16", "--quiet"], cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        store = None
+        while store is None or not any(event["type"] == "topology" for event in
+                                       store.read_events(store.list_runs()[0]["id"], 0, 50)):
+            assert process.poll() is None, process.stderr.read()
+            if (tmp_path / "runs.sqlite3").exists() and RunStore(tmp_path).list_runs():
+                store = RunStore(tmp_path)
+            subprocess.run(["sleep", "0.2"])
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    run = store.get_run(out.strip())
+    assert run["status"] == "stopped" and run["summary"]["steps"] > 0
+    events = store.read_events(run["id"], 0, 10**6)
+    assert events[-1] == {**events[-1], "type": "status", "status": "stopped"}
+    assert any(event["type"] == "metrics" for event in events)
 
 
 def test_serve_keeps_its_flags(capsys):

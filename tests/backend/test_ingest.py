@@ -69,6 +69,21 @@ def test_ingest_validates_and_stops_after_the_end(client):
     assert response.status_code == 413
 
 
+@pytest.mark.parametrize("body, field", [
+    (b"notjson", "body"),
+    (b'{"events": [{"seq": 99999999999999999999999, "step": 0, "type": "metrics"}]}', "seq"),
+    (b'{"events": [{"seq": 2, "step": 99999999999999999999999, "type": "metrics"}]}', "step"),
+    (b'{"events": [{"seq": 2, "step": 0, "type": "status", "status": "bogus"}]}', "status"),
+])
+def test_hostile_ingest_batches_get_a_422_naming_the_problem(client, body, field):
+    run_id = client.post("/api/ingest/runs", json={}).json()["id"]
+    response = client.post(f"/api/ingest/runs/{run_id}/events", content=body,
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert field in response.text
+    assert [event["seq"] for event in client.app.state.store.read_events(run_id)] == [1]
+
+
 def test_a_run_whose_writer_goes_silent_is_marked_stale(tmp_path):
     settings = Settings(data_dir=tmp_path / "data", stale_after_s=0.5)
     from fastapi.testclient import TestClient
@@ -224,3 +239,35 @@ def test_remote_recorder_refuses_a_wrong_token(tmp_path):
     with ThreadServer(tmp_path / "data", port, token="secret"):
         with pytest.raises(RemoteRecorderError, match="401"):
             Recorder(url=f"http://127.0.0.1:{port}", token="wrong", spool_dir=tmp_path)
+
+
+def test_remote_run_survives_a_server_restart_and_resumes_from_the_spool(tmp_path):
+    """The restarted server fails runs nobody records (fail_interrupted); a remote writer whose
+    heartbeat is fresh is not one of them, and its spooled batches land once each."""
+    port = free_port()
+    model, optimizer, driver = _model()
+    with ThreadServer(tmp_path / "data", port, token="secret"):
+        recorder = Recorder(url=f"http://127.0.0.1:{port}", token="secret", name="restarted",
+                            spool_dir=tmp_path / "spool", flush_interval_s=0.0)
+        recorder.attach(driver)
+        _loop(recorder, range(1, 21), driver, model, optimizer)
+        recorder.writer._drain()
+    _loop(recorder, range(21, 41), driver, model, optimizer)  # the server is down
+    recorder.flush()
+    assert recorder.writer.spool_path.stat().st_size > 0
+    with ThreadServer(tmp_path / "data", port, token="secret"):
+        _loop(recorder, range(41, 61), driver, model, optimizer)
+        recorder.finish("completed")
+    store = RunStore(tmp_path / "data")
+    run = store.get_run(recorder.run_id)
+    assert run["status"] == "completed", run["error"]
+    events = store.read_events(recorder.run_id, 0, 100_000)
+    assert [event["seq"] for event in events] == list(range(1, len(events) + 1))
+    assert [e["step"] for e in events if e["type"] == "metrics"] == list(range(1, 61))
+    assert [e["status"] for e in events if e["type"] == "status"] == ["running", "completed"]
+
+
+def test_an_unreachable_server_at_creation_is_said_at_once_then_given_up(tmp_path):
+    with pytest.warns(RuntimeWarning, match="unreachable .*retrying for up to 1 s"):
+        with pytest.raises(RemoteRecorderError, match="unreachable for 1 s"):
+            Recorder(url=f"http://127.0.0.1:{free_port()}", spool_dir=tmp_path, give_up_after_s=1.0)

@@ -9,11 +9,13 @@ import threading
 
 import pytest
 import torch
+from starlette.websockets import WebSocketDisconnect
 
 from backend.api.routes.stream import Outbox, RunFollower, SlowClient
 from dst_core.events import delta_payload, keyframe_payload
 from dst_core.recording import RunStore
 from dst_core.recording.codec import parse_binary_message
+from tests.backend.conftest import stream_events
 
 
 def record_run(store: RunStore, rewires: int = 30, shape=(64, 96), status="completed",
@@ -110,6 +112,40 @@ def test_unknown_run_and_bad_format(client):
     run_id = record_run(client.app.state.store, rewires=1)
     with client.websocket_connect(f"/ws/runs/{run_id}?format=xml") as socket:
         assert "format" in json.loads(socket.receive_text())["error"]
+
+
+@pytest.mark.parametrize("from_seq", ["-1", "abc", "1.5", "", "99999999999999999999999", "\u00b2"])
+def test_a_bad_from_seq_gets_a_clear_error_not_a_refused_handshake(client, from_seq):
+    run_id = record_run(client.app.state.store, rewires=1)
+    with client.websocket_connect(f"/ws/runs/{run_id}?from_seq={from_seq}") as socket:
+        message = json.loads(socket.receive_text())
+        assert message["type"] == "error" and "from_seq" in message["error"]
+        with pytest.raises(WebSocketDisconnect) as closed:
+            socket.receive_text()
+    assert closed.value.code == 4422
+
+
+def test_from_seq_past_the_end_ends_with_the_real_last_seq(client):
+    store = client.app.state.store
+    run_id = record_run(store, rewires=2)
+    messages = stream_events(client, run_id, from_seq=store.last_seq(run_id) + 100)
+    assert messages == [{"type": "end", "last_seq": store.last_seq(run_id)}]
+
+
+def test_a_run_deleted_while_streamed_says_so_and_ends(client):
+    store = client.app.state.store
+    run_id = record_run(store, rewires=2, status="running")
+    with client.websocket_connect(f"/ws/runs/{run_id}?from_seq=0") as socket:
+        first = json.loads(socket.receive_text())
+        assert first["seq"] == 1
+        store.delete_run(run_id)
+        messages = [first]
+        while messages[-1]["type"] != "end":
+            messages.append(json.loads(socket.receive_text()))
+        with pytest.raises(WebSocketDisconnect) as closed:
+            socket.receive_text()
+    assert messages[-2] == {"type": "error", "error": f"run {run_id} was deleted"}
+    assert closed.value.code == 4404
 
 
 def test_a_stalled_client_of_a_live_run_skips_to_the_newest_keyframe(tmp_path):

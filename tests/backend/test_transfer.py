@@ -133,3 +133,41 @@ def test_completed_run_offers_its_model_in_two_lines(client, tmp_path):
     exported = client.get(f"/api/runs/{run['id']}/export").content
     copy = client.post("/api/runs/import", content=exported).json()
     assert client.get(f"/api/runs/{copy['id']}/model").content == response.content
+
+
+def test_a_running_run_exports_as_a_snapshot_that_imports_stopped_twice(client):
+    store = client.app.state.store
+    run_id = record_run(store, rewires=4, status="running")
+    data = _export(client, run_id)
+    store.append_events(run_id, [("metrics", 999, {"loss": 0.1})])  # the writer goes on
+    first = client.post("/api/runs/import", content=data)
+    second = client.post("/api/runs/import", content=data)
+    assert first.status_code == second.status_code == 201
+    copies = [first.json(), second.json()]
+    assert len({run_id, copies[0]["id"], copies[1]["id"]}) == 3  # two new runs
+    original_events = store.read_events(run_id, 0, 100_000)[:-1]  # without the later metrics
+    for copy in copies:
+        assert copy["status"] == "stopped" and "exported while it was running" in copy["error"]
+        assert copy["ended_at"] is not None
+        events = store.read_events(copy["id"], 0, 100_000)
+        assert events[:-1] == original_events
+        assert events[-1] == {"seq": len(original_events) + 1, "step": original_events[-1]["step"],
+                              "type": "status", "status": "stopped", "error": copy["error"]}
+    assert store.get_run(run_id)["status"] == "running"  # the original is untouched
+
+
+def test_model_download_of_a_run_without_a_model_says_why(client):
+    store = client.app.state.store
+    running = record_run(store, rewires=1, status="running")
+    response = client.get(f"/api/runs/{running}/model")
+    assert response.status_code == 404 and "is running" in response.json()["detail"]
+    assert "no run" in client.get("/api/runs/0123456789abcdef/model").json()["detail"]
+    completed = record_run(store, rewires=1)
+    response = client.get(f"/api/runs/{completed}/model")
+    assert response.status_code == 404 and "stored no model" in response.json()["detail"]
+
+
+def test_mask_at_an_absurd_step_is_a_422_naming_it(client):
+    run_id = record_run(client.app.state.store, rewires=1)
+    response = client.get(f"/api/runs/{run_id}/mask", params={"layer": 0, "step": 10**23})
+    assert response.status_code == 422 and "step" in response.text

@@ -12,6 +12,7 @@ from backend.api.deps import RunIdDep, StoreDep
 from dst_core.recording import RunReader
 
 router = APIRouter(prefix="/api/runs", tags=["frames"])
+MAX_STEP = 2**62  # SQLite integers are 64-bit: a larger step is a 422, not an OverflowError
 
 
 def _reader(store, run_id: str) -> RunReader:
@@ -23,7 +24,7 @@ def _reader(store, run_id: str) -> RunReader:
 @router.get("/{run_id}/mask")
 async def get_mask(run_id: RunIdDep, store: StoreDep,
                    layer: str = Query(..., max_length=200, description="Layer name or index"),
-                   step: int = Query(..., ge=0, description="Training step")) -> dict:
+                   step: int = Query(..., ge=0, le=MAX_STEP, description="Training step")) -> dict:
     """One layer's mask at `step` (newest keyframe + deltas), as the wire's packed bits."""
 
     def read() -> dict:

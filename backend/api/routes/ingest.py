@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from contextlib import asynccontextmanager
 
@@ -25,6 +26,7 @@ from dst_core.recording.codec import FrameError
 from dst_core.recording.transfer import ARTIFACT_NAMES
 
 log = logging.getLogger("sparsescope.ingest")
+MAX_INTEGER = 2**62  # SQLite integers are 64-bit: larger seqs and steps are refused with a 422
 
 
 async def _watch_stale(app: FastAPI) -> None:
@@ -71,8 +73,8 @@ class IngestEvent(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    seq: int = Field(..., ge=1)
-    step: int = Field(..., ge=0)
+    seq: int = Field(..., ge=1, le=MAX_INTEGER)
+    step: int = Field(..., ge=0, le=MAX_INTEGER)
     type: str = Field(..., pattern=r"^[a-z_]{1,32}$")
 
 
@@ -102,6 +104,19 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _as_body_error(item: dict, raw: bytes) -> dict:
+    """A pydantic error of the parsed body in FastAPI's own shape: located under `body`, and
+    malformed JSON at its character position (as FastAPI reports it for a declared body)."""
+    if item["type"] != "json_invalid":
+        return {**item, "loc": ("body", *item["loc"])}
+    try:
+        json.loads(raw)
+        position = 0
+    except ValueError as error:
+        position = getattr(error, "pos", 0)
+    return {**item, "loc": ("body", position)}
+
+
 def _writable(store: RunStore, run_id: str) -> None:
     run = store.get_run(run_id)
     if run is None:
@@ -129,14 +144,15 @@ async def events(run_id: RunIdDep, request: Request, store: StoreDep,
     try:
         body = IngestBatch.model_validate_json(raw)
     except ValidationError as error:
-        raise RequestValidationError(error.errors(include_url=False)) from None
+        raise RequestValidationError([_as_body_error(item, raw)
+                                      for item in error.errors(include_url=False)]) from None
 
     def write() -> int:
         _writable(store, run_id)
         try:
             return store.ingest_events(run_id, [event.model_dump() for event in body.events],
                                        body.summary)
-        except (FrameError, KeyError, TypeError, ValueError) as error:
+        except (FrameError, KeyError, TypeError, ValueError, OverflowError) as error:
             raise HTTPException(422, detail=f"events: {error}") from None
 
     return {"last_seq": await asyncio.to_thread(write)}

@@ -32,6 +32,18 @@ OUTBOX_BYTES = 8 * 1024 * 1024  # per client: a few keyframes of a large layer
 SLOW_CLIENT_S = 2.0  # an outbox full this long while the run is live: skip to a keyframe
 MAX_SKIPS = 5  # skips in a row without the client taking one message: disconnect it
 SEND_TIMEOUT_S = 30.0  # one message not accepted by the socket for this long: disconnect
+MAX_FROM_SEQ = 2**62  # SQLite integers are 64-bit; a larger from_seq cannot name any event
+
+
+def parse_from_seq(raw: str) -> int:
+    """`from_seq` as a non-negative integer, or ValueError naming it.
+
+    Parsed here rather than by FastAPI: a websocket that fails query validation is refused
+    at the handshake (an HTTP 403 with no body), which tells a client nothing."""
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_FROM_SEQ:
+        raise ValueError(f"from_seq: must be an integer from 0 to {MAX_FROM_SEQ}, got {raw!r}")
+    return int(text)
 
 
 class Outbox:
@@ -99,6 +111,7 @@ class RunFollower:
         self.outbox = outbox
         self.slow_client_s = slow_client_s
         self.skips = 0
+        self.close_code = 1000  # 4404 when the run is deleted while it is streamed
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -114,11 +127,21 @@ class RunFollower:
                 last_put = loop.time()
                 continue
             run = await asyncio.to_thread(self.store.get_run, self.run_id)
-            if run is None or run["status"] in FINAL_STATUSES:
+            if run is None:
+                # Deleted while streamed: say so, then end (a client waiting for `end` stops).
+                last_seq = self.seq - 1
+                await self._put_wait(json.dumps({"type": "error", "error": f"run {self.run_id} was "
+                                                 "deleted"}), "error")
+                await self._put_wait(json.dumps({"type": "end", "last_seq": last_seq}), "end")
+                self.close_code = 4404
+                return
+            if run["status"] in FINAL_STATUSES:
                 # The final status is stored before the run counts as ended: one last read.
                 if await asyncio.to_thread(self.store.read_messages, self.run_id, self.seq, 1):
                     continue
-                await self._put_wait(json.dumps({"type": "end", "last_seq": self.seq - 1}), "end")
+                # last_seq is the run's last stored event, also for a from_seq past the end.
+                last_seq = await asyncio.to_thread(self.store.last_seq, self.run_id)
+                await self._put_wait(json.dumps({"type": "end", "last_seq": last_seq}), "end")
                 return
             if loop.time() - last_put > KEEPALIVE_S:
                 await self._put_wait(json.dumps({"type": "keepalive"}), "keepalive")
@@ -174,7 +197,7 @@ async def _drain(websocket: WebSocket) -> None:
 
 
 @router.websocket("/ws/runs/{run_id}")
-async def stream_run(websocket: WebSocket, run_id: str, from_seq: int = 0,
+async def stream_run(websocket: WebSocket, run_id: str, from_seq: str = "0",
                      format: str = "json") -> None:
     """Stored events from `from_seq` in order, following while the run is active, then `end`.
 
@@ -193,12 +216,18 @@ async def stream_run(websocket: WebSocket, run_id: str, from_seq: int = 0,
                                               "error": "format: must be 'json' or 'binary'"}))
         await websocket.close(code=4400)
         return
+    try:
+        first_seq = parse_from_seq(from_seq)
+    except ValueError as error:
+        await websocket.send_text(json.dumps({"type": "error", "error": str(error)}))
+        await websocket.close(code=4422)
+        return
     if await asyncio.to_thread(store.get_run, run_id) is None:
         await websocket.send_text(json.dumps({"type": "error", "error": f"no run {run_id!r}"}))
         await websocket.close(code=4404)
         return
     outbox = Outbox()
-    follower = RunFollower(store, run_id, from_seq, format == "binary", outbox)
+    follower = RunFollower(store, run_id, first_seq, format == "binary", outbox)
     receiver = asyncio.create_task(_drain(websocket), name="ws-receive")
     reader = asyncio.create_task(follower.run(), name="ws-read")
     sender = asyncio.create_task(_send_all(websocket, outbox), name="ws-send")
@@ -209,6 +238,7 @@ async def stream_run(websocket: WebSocket, run_id: str, from_seq: int = 0,
         if done == {reader} and reader.exception() is None:  # `end` queued: let it be sent
             done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
             done = done | {reader}
+            code = follower.close_code
         for task in done:
             if not task.cancelled() and isinstance(task.exception(), SlowClient):
                 code = 1013  # "try again later": the client may reconnect with from_seq

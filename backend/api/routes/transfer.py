@@ -66,8 +66,11 @@ async def import_file(request: Request, store: StoreDep, settings: SettingsDep) 
 async def model(run_id: RunIdDep, store: StoreDep) -> Response:
     """The trained model of a completed run (state_dict + masks); `dst_core.recording.load_model`."""
     run = await asyncio.to_thread(store.get_run, run_id)
-    if run is None or run["status"] != "completed":
-        raise HTTPException(404, detail=f"no completed run {run_id!r}")
+    if run is None:
+        raise HTTPException(404, detail=f"no run {run_id!r}")
+    if run["status"] != "completed":
+        raise HTTPException(404, detail=f"run {run_id} is {run['status']}: only a completed run "
+                                        "has a trained model")
     data = await asyncio.to_thread(store.get_artifact, run_id, MODEL_ARTIFACT)
     if data is None:
         raise HTTPException(404, detail=f"run {run_id!r} stored no model")
