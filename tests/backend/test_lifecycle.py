@@ -210,7 +210,7 @@ def test_the_default_run_lasts_long_enough_to_watch_and_stop(make_client):
     with client.websocket_connect(f"/ws/runs/{run['id']}?from_seq=0") as socket:
         while (event := json.loads(socket.receive_text()))["type"] != "meta":
             pass
-    assert event["total_steps"] == RunConfig().epochs * event["steps_per_epoch"] >= 100_000
+    assert event["total_steps"] == RunConfig().resolved_epochs * event["steps_per_epoch"] >= 100_000
     stopped = client.post(f"/api/runs/{run['id']}/stop").json()
     assert stopped["status"] == "stopped" and stopped["summary"]["steps"] < event["total_steps"]
 
