@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from dst_core.config import RunConfig
     from dst_core.recording import FINAL_STATUSES, Recorder
     from dst_core.recording.recorder import run_info
-    from dst_core.training import train
+    from dst_core.training import Diverged, train
 
     torch.set_num_threads(args.threads)
     recorder = Recorder(args.data_dir, run_id=args.run_id)
@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         outcome = train(config, recorder, should_stop=stop_requested.is_set)
     except Exception as error:  # the run fails, the worker reports why and exits cleanly
-        recorder.finish("failed", error=f"{type(error).__name__}: {error}")
+        # Diverged says it all ("diverged: loss became nan at step …"); others need their type.
+        reason = str(error) if isinstance(error, Diverged) else f"{type(error).__name__}: {error}"
+        recorder.finish("failed", error=reason)
         print(f"run {args.run_id} failed: {error}", file=sys.stderr)
         return 1
     recorder.finish(outcome)
