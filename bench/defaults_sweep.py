@@ -13,22 +13,12 @@ import argparse
 import time
 
 import torch
+from accuracy import FinalEval  # bench/ is on sys.path when a script here runs
 
 from dst_core import REGISTRY, RunConfig
 from dst_core.training import train
 
 SETUPS = [("synthetic", "mlp"), ("digits", "mlp"), ("digits", "cnn"), ("mnist", "mlp")]
-
-
-class FinalEval:
-    """A sink that keeps only the last `eval` event."""
-
-    def __init__(self) -> None:
-        self.last: dict = {}
-
-    def emit(self, type: str, step: int, payload: dict) -> None:
-        if type == "eval":
-            self.last = payload
 
 
 def main() -> None:
