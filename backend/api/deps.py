@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Annotated
 
@@ -39,3 +40,14 @@ StoreDep = Annotated[RunStore, Depends(get_store)]
 ManagerDep = Annotated[RunManager, Depends(get_manager)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RunIdDep = Annotated[str, Depends(valid_run_id)]
+
+
+async def existing_run(run_id: RunIdDep, store: StoreDep) -> dict:
+    """The stored run of a valid id, or the one 404 every route answers for a missing run."""
+    run = await asyncio.to_thread(store.get_run, run_id)
+    if run is None:
+        raise HTTPException(404, detail=f"no run {run_id!r}")
+    return run
+
+
+RunDep = Annotated[dict, Depends(existing_run)]

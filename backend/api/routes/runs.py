@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter, HTTPException, Response, status
 from fastapi.exceptions import RequestValidationError
 
-from backend.api.deps import ManagerDep, RunIdDep, SettingsDep, StoreDep
+from backend.api.deps import ManagerDep, RunDep, RunIdDep, SettingsDep, StoreDep
 from backend.manager import NotOwned, QueueFull
 from backend.schemas import BODY_RESPONSES, ERROR_RESPONSES, ErrorOut, RunOut, ValidationErrorOut
 from backend.settings import Settings
@@ -66,9 +66,9 @@ async def list_runs(store: StoreDep) -> list[dict]:
 
 
 @router.get("/{run_id}", response_model=RunOut)
-async def get_run(run_id: RunIdDep, store: StoreDep) -> dict:
+async def get_run(run: RunDep) -> dict:
     """Config, status, timestamps, error and summary of one run."""
-    return _found(await asyncio.to_thread(store.get_run, run_id), run_id)
+    return run
 
 
 @router.post("/{run_id}/stop", response_model=RunOut,

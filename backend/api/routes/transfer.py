@@ -11,7 +11,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from backend.api.deps import RunIdDep, SettingsDep, StoreDep
+from backend.api.deps import RunDep, RunIdDep, SettingsDep, StoreDep
 from backend.schemas import RunOut
 from dst_core.recording import BadExportError, export_run, import_run
 from dst_core.recording.recorder import MODEL_ARTIFACT
@@ -22,11 +22,8 @@ router = APIRouter(prefix="/api/runs", tags=["transfer"])
 
 @router.get("/{run_id}/export", response_class=FileResponse,
             responses={200: {"content": {"application/octet-stream": {}}}})
-async def export(run_id: RunIdDep, store: StoreDep) -> Response:
+async def export(run_id: RunIdDep, run: RunDep, store: StoreDep) -> Response:
     """The run as one self-contained `.sparsescope` file (events, frames, model)."""
-    run = await asyncio.to_thread(store.get_run, run_id)
-    if run is None:
-        raise HTTPException(404, detail=f"no run {run_id!r}")
     folder = tempfile.mkdtemp(prefix="sparsescope-export-")  # streamed from disk, then removed
     path = await asyncio.to_thread(export_run, store, run_id, Path(folder) / "export.sqlite3")
     return FileResponse(path, media_type="application/octet-stream",
@@ -63,11 +60,8 @@ async def import_file(request: Request, store: StoreDep, settings: SettingsDep) 
 
 @router.get("/{run_id}/model", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}}})
-async def model(run_id: RunIdDep, store: StoreDep) -> Response:
+async def model(run_id: RunIdDep, run: RunDep, store: StoreDep) -> Response:
     """The trained model of a completed run (state_dict + masks); `dst_core.recording.load_model`."""
-    run = await asyncio.to_thread(store.get_run, run_id)
-    if run is None:
-        raise HTTPException(404, detail=f"no run {run_id!r}")
     if run["status"] != "completed":
         raise HTTPException(404, detail=f"run {run_id} is {run['status']}: only a completed run "
                                         "has a trained model")
