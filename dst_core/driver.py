@@ -24,7 +24,7 @@ from torch import nn
 from dst_core.density import layer_densities
 from dst_core.rewire import get_algorithm
 from dst_core.schedules import RewireSchedule
-from dst_core.selection import flat_nonzero
+from dst_core.selection import count_true, flat_nonzero
 
 PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 DEFAULT_INTERVAL_STEPS = 100  # when a per-epoch method is driven without steps_per_epoch
@@ -59,7 +59,7 @@ class MaskedLayer:
 
     @property
     def active_count(self) -> int:
-        return int(torch.count_nonzero(self.mask))
+        return count_true(self.mask)
 
     @property
     def density(self) -> float:
@@ -359,7 +359,7 @@ class SparseDriver:
     def itop_rate(self) -> float:
         """In-Time Over-Parameterization: share of all connections ever active (Liu et al. 2021)."""
         total = sum(layer.mask.numel() for layer in self.layers)
-        return sum(int(torch.count_nonzero(layer.ever_active)) for layer in self.layers) / max(1, total)
+        return sum(count_true(layer.ever_active) for layer in self.layers) / max(1, total)
 
     # ---- checkpoints --------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from dst_core.selection import index_to_mask, magnitude, rewire_threads, select_index
+from dst_core.selection import count_true, magnitude, rewire_threads, select_mask
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,8 @@ class Algorithm:
 class Rewirer(Algorithm):
     """Drop-then-grow with an exact count: subclasses give the drop and the grow scores.
 
-    The base keeps each layer's active count: it drops `int(f · k)` active positions (lowest
-    `drop_score`), then grows the same number among every position not kept (highest
+    The base keeps each layer's active count: it drops `int(f · k)` active positions (`drop`:
+    the smallest |w|), then grows the same number among every position not kept (highest
     `grow_score`; RigL's candidate set, so a just-dropped position may come back and then is
     a net non-change). Ties go to the lower flat index.
     """
@@ -64,12 +64,12 @@ class Rewirer(Algorithm):
     grow_init: ClassVar[str] = "zero"  # "zero" or "random" (uniform at the layer's init bound)
 
     # ---- what a subclass supplies -----------------------------------------------------
-    def drop_index(self, weight: torch.Tensor, mask: torch.Tensor,
-                   drop_fraction: float) -> torch.Tensor:
-        """Flat indices of the active positions to drop: the `int(f·k)` smallest |w|."""
-        count = int(drop_fraction * int(torch.count_nonzero(mask)))
+    def drop(self, weight: torch.Tensor, mask: torch.Tensor, drop_fraction: float) -> torch.Tensor:
+        """A fresh bool tensor (mask's shape) of the active positions to drop: the `int(f·k)`
+        smallest |w|. Fresh because the rewire writes its results into it."""
+        count = int(drop_fraction * count_true(mask))
         scores = magnitude(weight, "drop")  # (numel,) float32
-        return select_index(scores, count, eligible=mask, largest=False)
+        return select_mask(scores, count, eligible=mask, largest=False).view(mask.shape)
 
     def grow_score(
         self,
@@ -82,7 +82,7 @@ class Rewirer(Algorithm):
         """(numel,) float32 scores; the highest positions outside `kept` grow."""
         raise NotImplementedError
 
-    def grow_index(
+    def grow(
         self,
         weight: torch.Tensor,
         kept: torch.Tensor,
@@ -91,20 +91,12 @@ class Rewirer(Algorithm):
         generator: torch.Generator | None,
         temperature: float,
     ) -> torch.Tensor:
-        """Flat indices of exactly `count` positions outside `kept` to activate."""
+        """A fresh bool tensor (weight's shape) of exactly `count` positions outside `kept` to
+        grow. Fresh because the rewire writes its results into it."""
         scores = self.grow_score(weight, kept, grad, generator, temperature)  # (numel,) float32
-        return select_index(scores, count, excluded=kept)
+        return select_mask(scores, count, excluded=kept).view(weight.shape)
 
     # ---- the shared machinery ----------------------------------------------------------
-    def drop(self, weight: torch.Tensor, mask: torch.Tensor, drop_fraction: float) -> torch.Tensor:
-        """Bool tensor (mask's shape) of the active positions to drop."""
-        return index_to_mask(self.drop_index(weight, mask, drop_fraction), mask)
-
-    def grow(self, weight, kept, count, grad, generator, temperature) -> torch.Tensor:
-        """Bool tensor (weight's shape) of exactly `count` positions outside `kept` to grow."""
-        return index_to_mask(self.grow_index(weight, kept, count, grad, generator, temperature),
-                             weight)
-
     def __call__(
         self,
         weight: torch.Tensor,
@@ -115,10 +107,10 @@ class Rewirer(Algorithm):
         temperature: float = 1.0,
         grow_count: int | None = None,
     ) -> RewireResult:
-        dropped = self.drop_index(weight, mask, drop_fraction)
-        kept = _without(mask, dropped)
-        count = dropped.numel() if grow_count is None else grow_count
-        grown = self.grow_index(weight, kept, count, grad, generator, temperature)
+        dropped = self.drop(weight, mask, drop_fraction)
+        kept = torch.gt(mask, dropped)  # mask & ~dropped in one pass
+        count = count_true(dropped) if grow_count is None else grow_count
+        grown = self.grow(weight, kept, count, grad, generator, temperature)
         return net_result(mask, kept, dropped, grown)
 
     # ---- driver hooks: periodic rewiring ---------------------------------------------
@@ -138,44 +130,39 @@ class Rewirer(Algorithm):
         fraction = driver.schedule.fraction_at(driver.step_count)
         grads = driver.scratch.pop("grads", [None] * len(driver.layers))
         # A dense layer can only regrow what it drops: skip the work unless counts move.
-        drops = [self.drop_index(layer.weight.detach(), layer.mask, fraction)
+        drops = [self.drop(layer.weight.detach(), layer.mask, fraction)
                  if self.redistributes or layer.active_count < layer.mask.numel()
-                 else torch.zeros(0, dtype=torch.long, device=layer.mask.device)
+                 else torch.zeros_like(layer.mask)
                  for layer in driver.layers]
-        counts = self.grow_counts(driver, drops, grads)
+        counts = self.grow_counts(driver, [count_true(dropped) for dropped in drops], grads)
         changes = []
         for layer, dropped, grad, count in zip(driver.layers, drops, grads, counts, strict=True):
-            kept = _without(layer.mask, dropped)
-            grown = self.grow_index(layer.weight.detach(), kept, count, grad, driver.generator,
-                                    driver.temperature)
+            kept = torch.gt(layer.mask, dropped)
+            grown = self.grow(layer.weight.detach(), kept, count, grad, driver.generator,
+                              driver.temperature)
             result = net_result(layer.mask, kept, dropped, grown)
             changes.append(driver.apply_change(layer, result.mask, result.added, result.removed,
                                                self.grow_init))
         return changes
 
-    def grow_counts(self, driver: Any, drops: list[torch.Tensor], grads: list) -> list[int]:
-        """How many connections each layer regrows (`drops`: each layer's dropped flat
-        indices): by default exactly what it dropped."""
-        return [dropped.numel() for dropped in drops]
-
-
-def _without(mask: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """A copy of `mask` with the flat positions `index` cleared."""
-    kept = mask.clone(memory_format=torch.contiguous_format)
-    kept.view(-1)[index] = False
-    return kept
+    def grow_counts(self, driver: Any, drop_counts: list[int], grads: list) -> list[int]:
+        """How many connections each layer regrows, given how many each dropped: by default
+        exactly what it dropped."""
+        return drop_counts
 
 
 def net_result(mask: torch.Tensor, kept: torch.Tensor, dropped: torch.Tensor,
                grown: torch.Tensor) -> RewireResult:
-    """New mask and net changes from the dropped and grown flat indices. Growth lies outside
-    `kept`, so a position both dropped and grown was regrown: neither added nor removed, and
-    works on the few changed indices rather than whole-tensor passes."""
-    added = index_to_mask(grown, mask)
-    new_mask = kept | added
-    regrown = added.view(-1)[dropped]  # (D,) bool: dropped positions that came back
-    added.view(-1)[dropped[regrown]] = False
-    removed = index_to_mask(dropped[~regrown], mask)
+    """New mask and net changes from the dropped and grown masks. Growth lies outside
+    `kept`, so a position both dropped and grown was regrown: neither added nor removed.
+
+    `kept`, `dropped` and `grown` are this rewire's own fresh tensors, so the results are
+    written into them: a fresh 4096² bool tensor costs ~3 ms of page faults on the CPU, more
+    than the pass that fills it.
+    """
+    new_mask = kept.bitwise_or_(grown)
+    removed = torch.gt(dropped, grown, out=dropped)  # dropped & ~grown
+    added = torch.gt(grown, mask, out=grown)  # grown & ~mask
     return RewireResult(mask=new_mask, added=added, removed=removed)
 
 

@@ -7,14 +7,15 @@ runs with the same seed make the same choice on any device.
 A full sort or `topk` over a 4096 × 4096 layer costs several dense training steps (DESIGN.md,
 "Performance facts"), so selection works by threshold instead:
 
-1. estimate a lower bound t of the k-th score from a fixed-seed random sample (65,536 scores,
-   one gather), a few binomial standard deviations below the expected rank;
-2. one comparison pass over all scores, then the indices of those ≥ t (scanned as 8-byte
-   words, since few are set): k plus a thin margin of candidates;
-3. on those only, the exact k-th value (`kthvalue`, linear time), everything above it and
-   the lowest-index ones among its ties.
+1. estimate bounds either side of the k-th score from a fixed-seed random sample (65,536
+   scores, one gather), a few binomial standard deviations from its expected rank;
+2. two comparison passes over all scores: the candidates (beyond the lower bound) and the
+   certain ones (beyond the upper bound), kept as bool masks, never listed;
+3. only the thin band between the bounds is listed (scanned as 8-byte words, since few are
+   set): there the exact k-th value (`kthvalue`, linear time), everything above it and the
+   lowest-index ones among its ties join the certain ones.
 
-If the sample missed (fewer than k scores ≥ t), a wider margin is tried, then all scores
+If the bounds missed (the k-th score lies outside them), a wider margin is tried, then all scores
 are resolved the same way: the answer is always exact; only its cost depends on the estimate.
 The sample uses its own fixed-seed generator, so selection never consumes the caller's RNG.
 """
@@ -22,6 +23,7 @@ The sample uses its own fixed-seed generator, so selection never consumes the ca
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -55,16 +57,6 @@ def rewire_threads(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def select_lowest(scores: torch.Tensor, eligible: torch.Tensor, count: int) -> torch.Tensor:
-    """Bool mask (scores' shape) of exactly `count` eligible positions with the lowest scores."""
-    return index_to_mask(select_index(scores, count, eligible=eligible, largest=False), scores)
-
-
-def select_highest(scores: torch.Tensor, eligible: torch.Tensor, count: int) -> torch.Tensor:
-    """Bool mask (scores' shape) of exactly `count` eligible positions with the highest scores."""
-    return index_to_mask(select_index(scores, count, eligible=eligible, largest=True), scores)
-
-
 def index_to_mask(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Bool tensor of `like`'s shape, True at the flat positions `index`."""
     chosen = torch.zeros(like.numel(), dtype=torch.bool, device=like.device)
@@ -72,7 +64,7 @@ def index_to_mask(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return chosen.view(like.shape)
 
 
-def select_index(
+def select_mask(
     scores: torch.Tensor,
     count: int,
     *,
@@ -80,27 +72,32 @@ def select_index(
     excluded: torch.Tensor | None = None,
     largest: bool = True,
 ) -> torch.Tensor:
-    """Ascending flat indices of exactly `count` entries with the highest (or, with
+    """Bool mask (scores' shape) of exactly `count` entries with the highest (or, with
     `largest=False`, lowest) scores among those `eligible` and not `excluded` (bool tensors of
     scores' shape, both optional); ties go to the lower index.
 
     An infinite score on the losing side (-inf for highest, +inf for lowest) and NaN are never
     chosen. Raises ValueError when fewer than `count` entries can be chosen.
+
+    The answer stays a mask: the entries certainly chosen (beyond the upper bound) are found
+    by one comparison and never listed; only the thin band between the bounds is listed,
+    ranked and scattered back. Listing the ~k chosen positions instead (`nonzero` and a
+    gather of k scores) cost more than every comparison pass together at 4096².
     """
     flat = scores.reshape(-1)
     flat_eligible = eligible.reshape(-1) if eligible is not None else None
     flat_excluded = excluded.reshape(-1) if excluded is not None else None
     size = flat.numel()
-    if count <= 0:
-        return torch.zeros(0, dtype=torch.long, device=flat.device)
     if count > size:
         raise ValueError(f"count: cannot select {count} of {size} positions")
+    if count <= 0:
+        return torch.zeros(scores.shape, dtype=torch.bool, device=flat.device)
 
     def allowed(flags: torch.Tensor) -> torch.Tensor:
         if flat_eligible is not None:
             flags &= flat_eligible
         if flat_excluded is not None:
-            flags = torch.gt(flags, flat_excluded)  # flags & ~excluded in one pass
+            flags = torch.gt(flags, flat_excluded, out=flags)  # flags & ~excluded in one pass
         return flags
 
     if size > SORT_BELOW:
@@ -124,25 +121,28 @@ def select_index(
             high = _sample_rank(sample, math.floor(rank - spread))
             if not math.isfinite(low):
                 break
-            # The one pass over every score; what follows touches only the C ≳ count
-            # candidates on the winning side of the lower bound.
-            flags = allowed(flat >= low if largest else flat <= -low)
-            candidates = flat_nonzero(flags)  # (C,) ascending: the tie-break order
-            if candidates.numel() < count:
-                continue
-            values = _oriented(flat[candidates], largest)  # (C,)
-            certain = values > high  # above the upper bound: chosen without ranking
-            certain_count = int(torch.count_nonzero(certain))
+            # Two passes over every score: the candidates (on the winning side of the lower
+            # bound) and, among them, the certain ones (beyond the upper bound).
+            flags = workspace(size, flat.device, "candidates", torch.bool)
+            candidates = allowed(torch.ge(flat, low, out=flags) if largest
+                                 else torch.le(flat, -low, out=flags))
+            certain = flat > high if largest else flat < -high
+            certain &= candidates
+            certain_count = count_true(certain)
             if certain_count > count:
                 continue
-            band = flat_nonzero(~certain)  # (B,) positions in candidates, ascending
-            certain[band[_top_in_order(values[band], count - certain_count)]] = True
-            return candidates[certain]
+            band = flat_nonzero(torch.gt(candidates, certain, out=flags))  # (B,) ascending
+            if certain_count + band.numel() < count:
+                continue
+            values = _oriented(flat.index_select(0, band), largest)  # (B,)
+            certain[band[_top_in_order(values, count - certain_count)]] = True
+            return certain.view(scores.shape)
     # Exact fallback: every selectable score resolved the same way.
     candidates = flat_nonzero(allowed(flat > -math.inf if largest else flat < math.inf))
     if candidates.numel() < count:
         raise ValueError(f"count: cannot select {count} of {candidates.numel()} eligible positions")
-    return candidates[_top_in_order(_oriented(flat[candidates], largest), count)]
+    chosen = candidates[_top_in_order(_oriented(flat[candidates], largest), count)]
+    return index_to_mask(chosen, scores)
 
 
 def _oriented(values: torch.Tensor, largest: bool) -> torch.Tensor:
@@ -169,7 +169,7 @@ def _top_in_order(values: torch.Tensor, count: int) -> torch.Tensor:
     kth = torch.kthvalue(values, values.numel() - count + 1).values  # count-th highest
     chosen = values > kth
     ties = values == kth
-    ties &= torch.cumsum(ties, 0) <= count - int(torch.count_nonzero(chosen))
+    ties &= torch.cumsum(ties, 0) <= count - count_true(chosen)
     return chosen | ties
 
 
@@ -218,7 +218,7 @@ def random_index(excluded: torch.Tensor, count: int, candidate_count: int,
         return torch.zeros(0, dtype=torch.long, device=device)
     if count > RANDOM_SCORES_ABOVE * candidate_count or size <= SORT_BELOW:
         scores = torch.rand(size, generator=generator, device=device)
-        return select_index(scores, count, excluded=flat_excluded)
+        return flat_nonzero(select_mask(scores, count, excluded=flat_excluded))
     taken = flat_excluded.clone()  # excluded, then also everything chosen so far
     chosen: list[torch.Tensor] = []
     needed = count
@@ -238,23 +238,44 @@ def random_index(excluded: torch.Tensor, count: int, candidate_count: int,
     return torch.cat(chosen)
 
 
-_WORKSPACE: dict[str, torch.Tensor] = {}
+_WORKSPACE = threading.local()  # per thread: {(slot, dtype): the largest buffer seen}
 
 
-def score_buffer(size: int, device: torch.device, slot: str = "grow") -> torch.Tensor:
-    """A reusable float32 buffer of `size` entries for scores that are written, read and
-    dropped within one rewire.
+def workspace(size: int, device: torch.device, slot: str,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A reusable buffer of `size` entries for values written, read and dropped within one
+    rewire (scores, comparison flags).
 
-    On the CPU a fresh 67 MB tensor (a 4096² layer) costs ~15 ms of page faults, three
-    elementwise passes, every time it is allocated; keeping the largest buffer seen avoids
-    that (CUDA's caching allocator already does). Not shared between threads.
+    On the CPU a fresh 67 MB tensor (a 4096² layer's scores) costs ~15 ms of page faults, a
+    16.7 MB bool one ~3 ms, more than the pass that fills it; keeping the largest buffer seen
+    per slot avoids that (CUDA's caching allocator already does). Buffers are per thread, so
+    rewires in two threads never share one.
     """
     if device.type != "cpu":
-        return torch.empty(size, dtype=torch.float32, device=device)
-    buffer = _WORKSPACE.get(slot)
+        return torch.empty(size, dtype=dtype, device=device)
+    buffers = _WORKSPACE.__dict__.setdefault("buffers", {})
+    buffer = buffers.get((slot, dtype))
     if buffer is None or buffer.numel() < size:
-        buffer = _WORKSPACE[slot] = torch.empty(size, dtype=torch.float32)
+        buffer = buffers[(slot, dtype)] = torch.empty(size, dtype=dtype)
     return buffer[:size]
+
+
+def count_true(flags: torch.Tensor) -> int:
+    """Number of True entries of a bool tensor.
+
+    `count_nonzero` reads 16.7 M bools in ~1.3 ms on this CPU; summing them as int64 words,
+    16 words per row so no byte lane can carry (each ≤ 16), and then the bytes of those sums
+    takes ~0.35 ms.
+    """
+    flat = flags.reshape(-1)
+    size = flat.numel()
+    if flat.device.type != "cpu" or size < (1 << 16) or not flat.is_contiguous() \
+            or flat.storage_offset() % 8:
+        return int(torch.count_nonzero(flat))
+    body = size - size % 128
+    lanes = flat[:body].view(torch.int64).view(-1, 16).sum(1)  # (body / 128,) byte-lane sums
+    total = int(lanes.view(torch.uint8).sum(dtype=torch.int64))
+    return total + int(torch.count_nonzero(flat[body:]))
 
 
 def magnitude(tensor: torch.Tensor, slot: str) -> torch.Tensor:
@@ -262,4 +283,4 @@ def magnitude(tensor: torch.Tensor, slot: str) -> torch.Tensor:
     flat = tensor.reshape(-1)
     if flat.dtype != torch.float32:
         return flat.abs().float()
-    return torch.abs(flat, out=score_buffer(flat.numel(), flat.device, slot))
+    return torch.abs(flat, out=workspace(flat.numel(), flat.device, slot))

@@ -12,7 +12,7 @@ import math
 import torch
 
 from dst_core.rewire import Rewirer, register_rewirer
-from dst_core.selection import magnitude
+from dst_core.selection import count_true, magnitude, workspace
 
 SNFS_MOMENTUM = 0.9  # β of SNFS's exponentially smoothed dense gradient (Dettmers' SGD momentum)
 
@@ -57,14 +57,14 @@ class SNFSRewirer(RigLRewirer):
         if due:
             driver.scratch["grads"] = momenta
 
-    def grow_counts(self, driver, drops, grads):
-        total = sum(dropped.numel() for dropped in drops)
+    def grow_counts(self, driver, drop_counts, grads):
+        total = sum(drop_counts)
         shares = [float(momentum[layer.mask].abs().mean()) if layer.active_count else 0.0
                   for layer, momentum in zip(driver.layers, grads, strict=True)]
-        capacities = [layer.mask.numel() - layer.active_count + dropped.numel()
-                      for layer, dropped in zip(driver.layers, drops, strict=True)]
+        capacities = [layer.mask.numel() - layer.active_count + dropped
+                      for layer, dropped in zip(driver.layers, drop_counts, strict=True)]
         if not all(math.isfinite(share) for share in shares) or sum(shares) <= 0:
-            return [dropped.numel() for dropped in drops]
+            return drop_counts
         return apportion(total, shares, capacities)
 
 
@@ -115,10 +115,11 @@ class GradSampleRewirer(RigLRewirer):
 
     def grow_score(self, weight, kept, grad, generator, temperature):
         scores = magnitude(grad, "grow")  # (numel,) |g|
-        candidate_count = kept.numel() - int(torch.count_nonzero(kept))
+        candidate_count = kept.numel() - count_true(kept)
         candidate_sum = float(scores.sum()) - float(scores[kept.reshape(-1)].sum())
         mean = candidate_sum / max(1, candidate_count)
-        uniform = torch.rand(scores.shape, generator=generator, device=scores.device)
+        uniform = workspace(scores.numel(), scores.device, "noise")
+        uniform.uniform_(generator=generator)
         gumbel = uniform.clamp_(min=torch.finfo(torch.float32).tiny).log_().neg_().log_().neg_()
         if mean > 0 and math.isfinite(mean):
             gumbel.add_(scores, alpha=1.0 / (mean * temperature))

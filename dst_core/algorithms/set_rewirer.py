@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from dst_core.rewire import Rewirer, register_rewirer
-from dst_core.selection import random_index, select_index
+from dst_core.selection import count_true, random_choice, select_mask
 
 
 class SETMagnitudeRewirer(Rewirer):
@@ -22,25 +22,24 @@ class SETMagnitudeRewirer(Rewirer):
                 "end_fraction": 1.0, "distribution": "er"}
     grow_init = "random"
 
-    def grow_index(self, weight, kept, count, grad, generator, temperature):
+    def grow(self, weight, kept, count, grad, generator, temperature):
         # Uniform without replacement among the non-kept positions (no per-entry scores).
-        return random_index(kept, count, kept.numel() - int(torch.count_nonzero(kept)), generator)
+        return random_choice(kept, count, kept.numel() - count_true(kept), generator)
 
 
 class SETRewirer(SETMagnitudeRewirer):
     """SET (Mocanu et al. 2018): per-sign magnitude drop, uniform random growth."""
 
-    def drop_index(self, weight: torch.Tensor, mask: torch.Tensor,
-                   drop_fraction: float) -> torch.Tensor:
+    def drop(self, weight: torch.Tensor, mask: torch.Tensor, drop_fraction: float) -> torch.Tensor:
         # Exact zeros count as positive: they are the weakest of that side.
         positive = mask & (weight >= 0)
         negative = torch.gt(mask, positive)  # mask & ~positive in one pass
-        count_positive = int(drop_fraction * int(torch.count_nonzero(positive)))
-        count_negative = int(drop_fraction * int(torch.count_nonzero(negative)))
+        count_positive = int(drop_fraction * count_true(positive))
+        count_negative = int(drop_fraction * count_true(negative))
         # Closest to zero: the lowest positive weights and the highest negative ones.
-        dropped_positive = select_index(weight, count_positive, eligible=positive, largest=False)
-        dropped_negative = select_index(weight, count_negative, eligible=negative, largest=True)
-        return torch.cat([dropped_positive, dropped_negative])
+        dropped = select_mask(weight, count_positive, eligible=positive, largest=False)
+        dropped |= select_mask(weight, count_negative, eligible=negative, largest=True)
+        return dropped
 
 
 register_rewirer("set", SETRewirer)

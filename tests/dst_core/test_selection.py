@@ -7,7 +7,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dst_core.selection import flat_nonzero, random_choice, select_index
+from dst_core.selection import flat_nonzero, random_choice, select_mask
+
+
+def select_index(values, count, **options):
+    return flat_nonzero(select_mask(values, count, **options).reshape(-1))
 
 
 def _reference(values, count, eligible, largest):
@@ -21,13 +25,17 @@ def _reference(values, count, eligible, largest):
 @settings(max_examples=40, deadline=None)
 @given(size=st.sampled_from([10, 5000, 40000, 100_000, 262_144]),
        levels=st.sampled_from([2, 50, 10**6]), share=st.floats(0.0, 1.0),
-       eligible_share=st.floats(0.05, 1.0), largest=st.booleans(), seed=st.integers(0, 99))
-def test_select_index_matches_a_stable_sort(size, levels, share, eligible_share, largest, seed):
+       eligible_share=st.floats(0.05, 1.0), largest=st.booleans(), seed=st.integers(0, 99),
+       as_excluded=st.booleans())
+def test_select_mask_matches_a_stable_sort(size, levels, share, eligible_share, largest, seed,
+                                           as_excluded):
     generator = torch.Generator().manual_seed(seed)
     values = torch.randint(0, levels, (size,), generator=generator).float()
     eligible = torch.rand(size, generator=generator) < eligible_share
     count = int(share * int(eligible.sum()))
-    chosen = select_index(values, count, eligible=eligible, largest=largest)
+    # The same allowed set, given either as `eligible` or as its complement `excluded`.
+    options = {"excluded": ~eligible} if as_excluded else {"eligible": eligible}
+    chosen = select_index(values, count, largest=largest, **options)
     assert torch.equal(chosen, _reference(values, count, eligible, largest))
 
 
