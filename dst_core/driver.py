@@ -318,24 +318,41 @@ class SparseDriver:
     @torch.no_grad()
     def apply_change(self, layer: MaskedLayer, mask: torch.Tensor, added: torch.Tensor,
                      removed: torch.Tensor, grow_init: str = "zero") -> LayerChange:
-        """Install a rewire: init grown weights, zero dropped ones and both's optimizer state."""
+        """Install a rewire: init grown weights, zero dropped ones and both's optimizer state.
+
+        Works on the changed indices only: drawing a random value for every weight and
+        selecting the grown ones cost more than the rest of a SET rewire."""
         weight = layer.weight
+        added_index = flat_nonzero(added.reshape(-1))  # (A,) ascending, weight's device
+        removed_index = flat_nonzero(removed.reshape(-1))  # (R,)
+        changed_index = torch.cat([added_index, removed_index])
+        flat_weight = weight.view(-1) if weight.is_contiguous() else None
         if grow_init == "random":
-            fresh = torch.empty(weight.shape, device=weight.device, dtype=weight.dtype)
+            fresh = torch.empty(added_index.numel(), device=weight.device, dtype=weight.dtype)
             fresh.uniform_(-layer.init_bound, layer.init_bound, generator=self.generator)
-            weight.copy_(torch.where(added, fresh, weight))
         else:
-            weight.masked_fill_(added, 0.0)
-        weight.masked_fill_(removed, 0.0)
-        changed = added | removed
+            fresh = torch.zeros(added_index.numel(), device=weight.device, dtype=weight.dtype)
         # SGD momentum_buffer, Adam/AdamW exp_avg, exp_avg_sq (and max_exp_avg_sq): every
         # per-weight state restarts at grown and dropped entries (jaxpruner restart_inner_state).
-        for value in self.optimizer.state.get(weight, {}).values():
-            if isinstance(value, torch.Tensor) and value.shape == weight.shape:
-                value.masked_fill_(changed, 0.0)
+        states = [value for value in self.optimizer.state.get(weight, {}).values()
+                  if isinstance(value, torch.Tensor) and value.shape == weight.shape]
+        if flat_weight is not None:
+            flat_weight.index_fill_(0, removed_index, 0.0)
+            flat_weight.index_copy_(0, added_index, fresh)
+        else:  # a strided parameter (rare): the same through whole-tensor masks
+            placed = torch.zeros(weight.shape, device=weight.device, dtype=weight.dtype)
+            placed.view(-1).index_copy_(0, added_index, fresh)
+            weight.copy_(torch.where(added, placed, weight.masked_fill(removed, 0.0)))
+        for value in states:
+            if value.is_contiguous():
+                value.view(-1).index_fill_(0, changed_index, 0.0)
+            else:
+                value.masked_fill_(added | removed, 0.0)
         layer.mask = mask
         layer.ever_active |= mask
-        return self.record_change(layer, added, removed)
+        return LayerChange(layer=layer.name, step=self.step_count, added=added_index.cpu(),
+                           removed=removed_index.cpu(), active_count=layer.active_count,
+                           numel=layer.mask.numel())
 
     def record_change(self, layer: MaskedLayer, added: torch.Tensor,
                       removed: torch.Tensor) -> LayerChange:

@@ -46,11 +46,29 @@ def test_delta_codec_round_trip(count):
         assert len(blob) <= 4 * (added.size + removed.size)
 
 
+def test_deltas_stored_by_older_versions_still_decode():
+    """Runs recorded before the SPLIT tag zlib'd all four byte planes (tag ZLIB)."""
+    import struct
+    import zlib
+
+    added = np.array([3, 10, 70_000, 900_000], dtype="<u4")
+    removed = np.array([5, 6], dtype="<u4")
+    gaps = np.concatenate([np.diff(added, prepend=0), np.diff(removed, prepend=0)]).astype("<u4")
+    planes = gaps.view(np.uint8).reshape(-1, 4).T.tobytes()
+    legacy = struct.pack("<II", 4, 2) + bytes([codec.ZLIB]) + zlib.compress(planes)
+    got_added, got_removed = codec.decode_delta(legacy, 1 << 20)
+    assert np.array_equal(got_added, added) and np.array_equal(got_removed, removed)
+    assert codec.encode_delta(added, removed)[8] == codec.SPLIT
+    assert np.array_equal(codec.decode_delta(codec.encode_delta(added, removed), 1 << 20)[0], added)
+
+
 def test_corrupted_frames_are_rejected():
     added = np.arange(0, 1000, 3, dtype="<u4")
     blob = codec.encode_delta(added, added[:5])
     with pytest.raises(codec.FrameError):
         codec.decode_delta(blob[:-10], 1000)  # truncated
+    with pytest.raises(codec.FrameError):
+        codec.decode_delta(blob[:20], 1000)  # truncated inside the low plane
     with pytest.raises(codec.FrameError):
         codec.decode_delta(blob, 500)  # indices outside the layer
     with pytest.raises(codec.FrameError):
