@@ -1,8 +1,11 @@
 """Plain-data events a run emits; recorders store them and streams send them as JSON.
 
-The topology payload is the one wire format shared by the store, the websocket and the
+The topology payload is the one format shared by the store, the websocket and the
 dashboard: keyframes carry the whole mask as little-endian packed bits, deltas the sorted
-flat indices of net added and removed edges as little-endian uint32, both base64 text.
+flat indices of net added and removed edges as little-endian uint32. In process those fields
+are numpy arrays of exactly those bytes (uint8, '<u4'); at every JSON boundary (`to_wire`,
+the store's `dumps`) they become base64 text of the same bytes, the wire format. Keeping
+them binary until then spares the local recorder an encode and a decode of every frame.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from typing import Protocol
 
 import numpy as np
 import torch
+
+from dst_core.recording.codec import wire_value
 
 
 class EventSink(Protocol):
@@ -26,19 +31,26 @@ def matrix_shape(shape: tuple[int, ...]) -> list[int]:
     return [int(shape[0]), int(math.prod(shape[1:]))] if len(shape) > 1 else [1, int(shape[0])]
 
 
-def encode_bits(mask: torch.Tensor) -> str:
+def packed_bits(mask: torch.Tensor) -> np.ndarray:
+    """(ceil(numel / 8),) uint8: the mask's flat bits, little-endian within each byte."""
     flat = mask.reshape(-1).to(torch.bool).cpu().numpy()
-    return base64.b64encode(np.packbits(flat, bitorder="little").tobytes()).decode("ascii")
+    return np.packbits(flat, bitorder="little")
+
+
+def index_array(indices: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(N,) '<u4' flat indices."""
+    array = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices)
+    return array.astype("<u4")
+
+
+def to_wire(payload: dict) -> dict:
+    """The payload with its binary fields as base64 text (the JSON wire format)."""
+    return {key: wire_value(value) for key, value in payload.items()}
 
 
 def decode_bits(text: str, numel: int) -> np.ndarray:
     packed = np.frombuffer(base64.b64decode(text), dtype=np.uint8)
     return np.unpackbits(packed, bitorder="little", count=numel).astype(bool)
-
-
-def encode_indices(indices: torch.Tensor | np.ndarray) -> str:
-    array = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices)
-    return base64.b64encode(array.astype("<u4").tobytes()).decode("ascii")
 
 
 def decode_indices(text: str) -> np.ndarray:
@@ -47,10 +59,10 @@ def decode_indices(text: str) -> np.ndarray:
 
 def keyframe_payload(layer: str, index: int, shape, mask: torch.Tensor) -> dict:
     return {"layer": layer, "index": index, "shape": matrix_shape(tuple(shape)),
-            "keyframe": True, "active": int(mask.sum()), "bits": encode_bits(mask)}
+            "keyframe": True, "active": int(mask.sum()), "bits": packed_bits(mask)}
 
 
 def delta_payload(layer: str, index: int, shape, added, removed, active: int) -> dict:
     return {"layer": layer, "index": index, "shape": matrix_shape(tuple(shape)),
-            "keyframe": False, "active": int(active), "added": encode_indices(added),
-            "removed": encode_indices(removed)}
+            "keyframe": False, "active": int(active), "added": index_array(added),
+            "removed": index_array(removed)}

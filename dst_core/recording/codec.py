@@ -118,6 +118,13 @@ def decode_delta(blob: bytes, numel: int) -> tuple[np.ndarray, np.ndarray]:
     return added.astype("<u4"), removed.astype("<u4")
 
 
+def wire_value(value):
+    """A payload field as JSON carries it: binary arrays as base64 text of their bytes."""
+    if isinstance(value, np.ndarray):
+        return base64.b64encode(value.tobytes()).decode("ascii")
+    return value
+
+
 # ---- wire payloads <-> stored rows ---------------------------------------------------------------
 HEADER_KEYS = ("layer", "index", "shape", "keyframe", "active")
 
@@ -133,19 +140,27 @@ def frame_numel(shape) -> int:
     return numel
 
 
+def _binary(value, dtype: str) -> np.ndarray:
+    """A payload's binary field: in process a numpy array, on the wire base64 text."""
+    if isinstance(value, np.ndarray):
+        return np.ascontiguousarray(value, dtype=dtype).reshape(-1)
+    return np.frombuffer(base64.b64decode(value, validate=True), dtype=dtype)
+
+
 def payload_to_stored(payload: dict) -> tuple[dict, bytes]:
-    """A topology payload in the wire format → (small JSON header, compressed blob)."""
+    """A topology payload (wire format, or in process with numpy fields) → (small JSON
+    header, compressed blob)."""
     header = {key: payload[key] for key in HEADER_KEYS}
     numel = frame_numel(header["shape"])
     try:
         if payload["keyframe"]:
-            bits = base64.b64decode(payload["bits"], validate=True)
+            bits = _binary(payload["bits"], "u1").tobytes()
             if len(bits) != math.ceil(numel / 8):
                 raise FrameError(f"frame: keyframe has {len(bits)} bytes, shape "
                                  f"{header['shape']} needs {math.ceil(numel / 8)}")
             return header, encode_keyframe(bits)
-        added = np.frombuffer(base64.b64decode(payload["added"], validate=True), dtype="<u4")
-        removed = np.frombuffer(base64.b64decode(payload["removed"], validate=True), dtype="<u4")
+        added = _binary(payload["added"], "<u4")
+        removed = _binary(payload["removed"], "<u4")
     except (ValueError, TypeError) as error:  # binascii.Error and a ragged uint32 buffer
         if isinstance(error, FrameError):
             raise

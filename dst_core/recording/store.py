@@ -24,7 +24,10 @@ import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
+
 from dst_core.recording import codec
+from dst_core.recording.codec import wire_value
 
 SCHEMA_VERSION = 2
 DB_NAME = "runs.sqlite3"
@@ -109,7 +112,10 @@ def new_run_id() -> str:
 
 
 def finite_json(value):
-    """JSON-safe copy: NaN and ±inf become null (a NaN breaks the browser's JSON parser)."""
+    """JSON-safe copy: NaN and ±inf become null (a NaN breaks the browser's JSON parser);
+    a topology payload's binary fields become base64 text (`events.wire_value`)."""
+    if isinstance(value, np.ndarray):
+        return wire_value(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):

@@ -14,7 +14,7 @@ import uvicorn
 from backend.app import create_app
 from backend.settings import Settings
 from dst_core import SparseDriver
-from dst_core.events import keyframe_payload
+from dst_core.events import keyframe_payload, to_wire
 from dst_core.recording import Recorder, RemoteRecorderError, RunReader, RunStore
 from tests.conftest import free_port, wait_for_status
 
@@ -51,7 +51,7 @@ def test_ingest_validates_and_stops_after_the_end(client):
     assert response.status_code == 422 and "frame" in response.text
     mask = torch.zeros(4, 4, dtype=torch.bool)
     good = {"events": [{"seq": 2, "step": 0, "type": "topology",
-                        **keyframe_payload("x", 0, (4, 4), mask)},
+                        **to_wire(keyframe_payload("x", 0, (4, 4), mask))},
                        {"seq": 3, "step": 1, "type": "status", "status": "completed"}]}
     assert client.post(f"/api/ingest/runs/{run_id}/events", json=good).status_code == 200
     assert client.get(f"/api/runs/{run_id}").json()["status"] == "completed"

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from dst_core import REGISTRY, SparseDriver
-from dst_core.events import delta_payload, keyframe_payload
+from dst_core.events import delta_payload, keyframe_payload, to_wire
 from dst_core.recording import Recorder, RunReader, RunStore, codec
 from dst_core.recording.store import SCHEMA_VERSION
 
@@ -164,10 +164,10 @@ def _v1_file(path: Path) -> tuple[str, list[dict]]:
     ]
     for seq, (kind, step, payload) in enumerate(payloads, start=1):
         db.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)",
-                   ("00112233445566aa", seq, step, kind, json.dumps(payload)))
+                   ("00112233445566aa", seq, step, kind, json.dumps(to_wire(payload))))
     db.commit()
     db.close()
-    return "00112233445566aa", [{**p, "seq": s, "step": st, "type": k}
+    return "00112233445566aa", [{**to_wire(p), "seq": s, "step": st, "type": k}
                                 for s, (k, st, p) in enumerate(payloads, start=1)]
 
 
