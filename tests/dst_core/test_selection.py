@@ -78,3 +78,27 @@ def test_random_choice_is_uniform():
     upper, lower = hits[50_000:75_000].sum(), hits[75_000:].sum()
     assert hits[:50_000].sum() == 0
     assert abs(float(upper - lower)) / float(upper + lower) < 0.03
+
+
+def test_random_choice_hits_every_candidate_equally_often():
+    """Per-position frequencies over many draws match uniform sampling without replacement:
+    batches that overshoot give back a random surplus, batches that fall short draw again."""
+    size, count, rounds = 60_000, 6000, 300
+    excluded = torch.zeros(size, dtype=torch.bool)
+    excluded[::3] = True  # 40,000 candidates, interleaved with excluded positions
+    candidates = size - int(excluded.sum())
+    generator = torch.Generator().manual_seed(1)
+    hits = torch.zeros(size)
+    for _ in range(rounds):
+        chosen = random_choice(excluded, count, candidates, generator)
+        assert int(chosen.sum()) == count
+        hits += chosen.float()
+    allowed = hits[~excluded]
+    p = count / candidates
+    assert hits[excluded].sum() == 0
+    # Each candidate is chosen Binomial(rounds, p) times: mean 45, variance 38.25.
+    assert abs(float(allowed.mean()) - rounds * p) < 1e-6
+    assert abs(float(allowed.var()) / (rounds * p * (1 - p)) - 1) < 0.05
+    # No region is favoured: 40 blocks of 1,000 candidates each get 1/40 of the hits.
+    blocks = allowed.view(40, -1).sum(1) / allowed.sum()
+    assert float((blocks - 1 / 40).abs().max()) < 0.0006
