@@ -224,16 +224,18 @@ def random_choice(excluded: torch.Tensor, count: int, candidate_count: int,
     batch = workspace(size, device, "random_batch", torch.bool)
     needed, available = count, candidate_count
     while needed > 0:
-        # Draws whose expected distinct allowed hits just exceed what is needed:
-        # available · (1 − e^(−n / size)) = target.
-        target = min(available - 0.5, needed * 1.03 + 64)
+        # A batch that overshoots lists its hits to give the surplus back, so a large need
+        # is first met to ~97% and only the small rest is overshot. Expected distinct
+        # allowed hits of n draws: available · (1 − e^(−n / size)) = target.
+        target = needed * 0.97 if needed > SORT_BELOW else min(available - 0.5,
+                                                                needed * 1.05 + 64)
         draw_count = max(64, math.ceil(-size * math.log1p(-target / available)))
         draws = torch.randint(size, (draw_count,), generator=generator, device=device)
-        blocked = flat_excluded[draws]
-        if needed < count:
-            blocked |= chosen[draws]
         batch.zero_()
-        batch[draws[~blocked]] = True
+        batch[draws] = True
+        torch.gt(batch, flat_excluded, out=batch)  # batch & ~excluded
+        if needed < count:
+            torch.gt(batch, chosen, out=batch)
         hit_count = count_true(batch)
         if hit_count > needed:
             positions = flat_nonzero(batch)  # (hit_count,)

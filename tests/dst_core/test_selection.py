@@ -80,12 +80,14 @@ def test_random_choice_is_uniform():
     assert abs(float(upper - lower)) / float(upper + lower) < 0.03
 
 
-def test_random_choice_hits_every_candidate_equally_often():
-    """Per-position frequencies over many draws match uniform sampling without replacement:
-    batches that overshoot give back a random surplus, batches that fall short draw again."""
-    size, count, rounds = 60_000, 6000, 300
+@pytest.mark.parametrize("size, count, rounds", [
+    (60_000, 6000, 300),  # small need: batches overshoot and give a random surplus back
+    (300_000, 50_000, 40),  # large need: a first batch short of it, then the rest
+])
+def test_random_choice_hits_every_candidate_equally_often(size, count, rounds):
+    """Per-position frequencies over many draws match uniform sampling without replacement."""
     excluded = torch.zeros(size, dtype=torch.bool)
-    excluded[::3] = True  # 40,000 candidates, interleaved with excluded positions
+    excluded[::3] = True  # two thirds are candidates, interleaved with excluded positions
     candidates = size - int(excluded.sum())
     generator = torch.Generator().manual_seed(1)
     hits = torch.zeros(size)
@@ -96,9 +98,8 @@ def test_random_choice_hits_every_candidate_equally_often():
     allowed = hits[~excluded]
     p = count / candidates
     assert hits[excluded].sum() == 0
-    # Each candidate is chosen Binomial(rounds, p) times: mean 45, variance 38.25.
-    assert abs(float(allowed.mean()) - rounds * p) < 1e-6
+    # Each candidate is chosen Binomial(rounds, p) times.
     assert abs(float(allowed.var()) / (rounds * p * (1 - p)) - 1) < 0.05
-    # No region is favoured: 40 blocks of 1,000 candidates each get 1/40 of the hits.
-    blocks = allowed.view(40, -1).sum(1) / allowed.sum()
+    # No region is favoured: 40 blocks of candidates each get 1/40 of the hits.
+    blocks = allowed[:allowed.numel() // 40 * 40].view(40, -1).sum(1) / allowed.sum()
     assert float((blocks - 1 / 40).abs().max()) < 0.0006
