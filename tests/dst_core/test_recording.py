@@ -19,7 +19,7 @@ import torch
 from dst_core import REGISTRY, SparseDriver
 from dst_core.events import delta_payload, keyframe_payload, to_wire
 from dst_core.recording import Recorder, RunReader, RunStore, codec
-from dst_core.recording.store import SCHEMA_VERSION
+from dst_core.recording.store import SCHEMA_VERSION, dumps
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,6 +44,19 @@ def test_delta_codec_round_trip(count):
     assert np.array_equal(got_added, added) and np.array_equal(got_removed, removed)
     if count >= 5000:
         assert len(blob) <= 4 * (added.size + removed.size)
+
+
+def test_in_process_and_wire_payloads_store_the_same_blob():
+    """Payloads hold numpy arrays in process and base64 text on the wire; both store alike."""
+    mask = torch.rand(30, 70, generator=torch.Generator().manual_seed(0)) < 0.2
+    for payload in (keyframe_payload("w", 0, (30, 70), mask),
+                    delta_payload("w", 0, (30, 70), torch.tensor([3, 99, 2000]),
+                                  torch.tensor([5, 6]), 420)):
+        wire = to_wire(payload)
+        assert all(isinstance(value, str) for key, value in wire.items()
+                   if key in ("bits", "added", "removed"))
+        assert codec.payload_to_stored(payload) == codec.payload_to_stored(wire)
+        assert json.loads(dumps(payload)) == wire  # the store's JSON carries the wire form
 
 
 def test_deltas_stored_by_older_versions_still_decode():

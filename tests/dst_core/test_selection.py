@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dst_core.selection import flat_nonzero, random_choice, select_mask
+from dst_core.selection import count_true, flat_nonzero, random_choice, select_mask, workspace
 
 
 def select_index(values, count, **options):
@@ -103,3 +103,29 @@ def test_random_choice_hits_every_candidate_equally_often(size, count, rounds):
     # No region is favoured: 40 blocks of candidates each get 1/40 of the hits.
     blocks = allowed[:allowed.numel() // 40 * 40].view(40, -1).sum(1) / allowed.sum()
     assert float((blocks - 1 / 40).abs().max()) < 0.0006
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 65_536, 65_536 + 77, 300_001])
+@pytest.mark.parametrize("share", [0.0, 0.03, 0.5, 1.0])
+def test_count_true_agrees_with_count_nonzero(size, share):
+    flags = torch.rand(size, generator=torch.Generator().manual_seed(size)) < share
+    assert count_true(flags) == int(torch.count_nonzero(flags))
+    if size > 8:
+        assert count_true(flags[3:]) == int(torch.count_nonzero(flags[3:]))  # unaligned view
+        assert count_true(flags[::2]) == int(torch.count_nonzero(flags[::2]))  # strided
+        grid = flags[: size - size % 8].view(8, -1)
+        assert count_true(grid.t()) == int(torch.count_nonzero(grid))  # non-contiguous 2-D
+
+
+def test_workspace_buffers_are_per_thread_and_per_dtype():
+    import threading
+
+    mine = workspace(1000, torch.device("cpu"), "test")
+    assert workspace(500, torch.device("cpu"), "test").data_ptr() == mine.data_ptr()  # reused
+    assert workspace(1000, torch.device("cpu"), "test", torch.bool).data_ptr() != mine.data_ptr()
+    other = []
+    thread = threading.Thread(target=lambda: other.append(
+        workspace(1000, torch.device("cpu"), "test").data_ptr()))
+    thread.start()
+    thread.join()
+    assert other[0] != mine.data_ptr()
