@@ -68,7 +68,7 @@ class Rewirer(Algorithm):
         """A fresh bool tensor (mask's shape) of the active positions to drop: the `int(f·k)`
         smallest |w|. Fresh because the rewire writes its results into it."""
         count = int(drop_fraction * count_true(mask))
-        scores = magnitude(weight, "drop")  # (numel,) float32
+        scores = magnitude(weight, "scores")  # (numel,) float32
         return select_mask(scores, count, eligible=mask, largest=False).view(mask.shape)
 
     def grow_score(

@@ -27,7 +27,7 @@ class RigLRewirer(Rewirer):
     grow_init = "zero"
 
     def grow_score(self, weight, kept, grad, generator, temperature):
-        return magnitude(grad, "grow")
+        return magnitude(grad, "scores")
 
 
 class SNFSRewirer(RigLRewirer):
@@ -114,7 +114,7 @@ class GradSampleRewirer(RigLRewirer):
                 "end_fraction": 0.75, "distribution": "erk", "temperature": 1.0}
 
     def grow_score(self, weight, kept, grad, generator, temperature):
-        scores = magnitude(grad, "grow")  # (numel,) |g|
+        scores = magnitude(grad, "scores")  # (numel,) |g|
         candidate_count = kept.numel() - count_true(kept)
         candidate_sum = float(scores.sum()) - float(scores[kept.reshape(-1)].sum())
         mean = candidate_sum / max(1, candidate_count)

@@ -7,7 +7,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dst_core.selection import count_true, flat_nonzero, random_choice, select_mask, workspace
+from dst_core.selection import (
+    count_true,
+    flat_nonzero,
+    random_choice,
+    release_workspace,
+    select_mask,
+    workspace,
+)
 
 
 def select_index(values, count, **options):
@@ -129,3 +136,9 @@ def test_workspace_buffers_are_per_thread_and_per_dtype():
     thread.start()
     thread.join()
     assert other[0] != mine.data_ptr()
+    import weakref
+
+    held = weakref.ref(workspace(1000, torch.device("cpu"), "test")._base)
+    del mine
+    release_workspace()
+    assert held() is None  # nothing keeps the buffer alive any more
