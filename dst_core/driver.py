@@ -350,20 +350,19 @@ class SparseDriver:
                 value.masked_fill_(added | removed, 0.0)
         layer.mask = mask
         layer.ever_active |= mask
-        return LayerChange(layer=layer.name, step=self.step_count, added=added_index.cpu(),
-                           removed=removed_index.cpu(), active_count=layer.active_count,
-                           numel=layer.mask.numel())
+        return self._change(layer, added_index, removed_index)
 
     def record_change(self, layer: MaskedLayer, added: torch.Tensor,
                       removed: torch.Tensor) -> LayerChange:
-        return LayerChange(
-            layer=layer.name,
-            step=self.step_count,
-            added=flat_nonzero(added.reshape(-1)).cpu(),
-            removed=flat_nonzero(removed.reshape(-1)).cpu(),
-            active_count=layer.active_count,
-            numel=layer.mask.numel(),
-        )
+        """Report changes already installed (Deep R's flips), from bool masks."""
+        return self._change(layer, flat_nonzero(added.reshape(-1)),
+                            flat_nonzero(removed.reshape(-1)))
+
+    def _change(self, layer: MaskedLayer, added_index: torch.Tensor,
+                removed_index: torch.Tensor) -> LayerChange:
+        return LayerChange(layer=layer.name, step=self.step_count, added=added_index.cpu(),
+                           removed=removed_index.cpu(), active_count=layer.active_count,
+                           numel=layer.mask.numel())
 
     # ---- metrics ----------------------------------------------------------------------
     def densities(self) -> dict[str, float]:
