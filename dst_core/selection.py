@@ -191,6 +191,7 @@ def flat_nonzero(flags: torch.Tensor) -> torch.Tensor:
 
 
 RANDOM_SCORES_ABOVE = 0.5  # choosing more than this share of the candidates: random scores
+FEW_CANDIDATES_BELOW = 16  # fewer than 1/16 of the positions are candidates: list them
 
 
 def random_choice(excluded: torch.Tensor, count: int, candidate_count: int,
@@ -207,7 +208,7 @@ def random_choice(excluded: torch.Tensor, count: int, candidate_count: int,
     positions still allowed. The result is exactly uniform, and nothing sorts the draws
     (deduplicating them in draw order with `unique` cost more than the rest of a SET rewire).
     When most candidates must be chosen, drawing would mostly hit taken positions, so it
-    falls back to random scores.
+    falls back to random scores; when candidates are few, they are listed and scored.
     """
     flat_excluded = excluded.reshape(-1)
     size = flat_excluded.numel()
@@ -216,6 +217,12 @@ def random_choice(excluded: torch.Tensor, count: int, candidate_count: int,
         raise ValueError(f"count: cannot choose {count} of {candidate_count} candidates")
     if count <= 0:
         return torch.zeros(excluded.shape, dtype=torch.bool, device=device)
+    if candidate_count * FEW_CANDIDATES_BELOW < size:
+        # Few candidates in a large layer (Deep R reviving in a nearly dense one): draws would
+        # mostly hit excluded positions, so list the candidates and pick among them.
+        candidates = flat_nonzero(~flat_excluded)  # (candidate_count,)
+        scores = torch.rand(candidates.numel(), generator=generator, device=device)
+        return index_to_mask(candidates[select_mask(scores, count)], excluded)
     if count > RANDOM_SCORES_ABOVE * candidate_count or size <= SORT_BELOW:
         scores = workspace(size, device, "noise")
         scores.uniform_(generator=generator)

@@ -63,7 +63,8 @@ def test_flat_nonzero(share):
 
 
 @pytest.mark.parametrize("size, excluded_share, count", [(100, 0.3, 20), (200_000, 0.1, 6000),
-                                                         (200_000, 0.9, 15_000)])
+                                                         (200_000, 0.9, 15_000),
+                                                         (2_000_000, 0.9995, 400)])
 def test_random_choice_exact_outside_excluded_and_reproducible(size, excluded_share, count):
     excluded = torch.rand(size, generator=torch.Generator().manual_seed(0)) < excluded_share
     candidates = size - int(excluded.sum())
