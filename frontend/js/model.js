@@ -17,6 +17,19 @@ export function countPacked(packed) {
   return count;
 }
 
+// Binary search over `length` ascending steps (`stepOf(i)`): the last index whose step is at
+// or before `step`, -1 when none.
+function lastAtOrBefore(length, stepOf, step) {
+  let lo = 0;
+  let hi = length - 1;
+  let found = -1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    if (stepOf(mid) <= step) { found = mid; lo = mid + 1; } else hi = mid - 1;
+  }
+  return found;
+}
+
 // Net changes between two masks of one layer (a keyframe stored at a rewire replaces its delta).
 function diffMasks(before, after) {
   let added = 0;
@@ -86,14 +99,7 @@ export class LayerHistory {
 
   // Index of the newest frame at or before `step` (-1 when none).
   frameAt(step) {
-    let lo = 0;
-    let hi = this.frames.length - 1;
-    let found = -1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >> 1;
-      if (this.frames[mid].step <= step) { found = mid; lo = mid + 1; } else hi = mid - 1;
-    }
-    return found;
+    return lastAtOrBefore(this.frames.length, (i) => this.frames[i].step, step);
   }
 
   // The mask at frame `index`, with that frame's net changes; reuses the view cursor when it can.
@@ -221,13 +227,6 @@ export class RunModel {
 
   // Index into `steps` of the newest topology step at or before `step`.
   stepIndexAt(step) {
-    let lo = 0;
-    let hi = this.steps.length - 1;
-    let found = -1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >> 1;
-      if (this.steps[mid] <= step) { found = mid; lo = mid + 1; } else hi = mid - 1;
-    }
-    return found;
+    return lastAtOrBefore(this.steps.length, (i) => this.steps[i], step);
   }
 }

@@ -22,6 +22,13 @@ from tests.backend.conftest import (
 from tests.conftest import wait_for_status
 
 
+def receive_until(socket, event_type: str) -> dict:
+    """The first event of `event_type` on a run's stream (earlier ones are skipped)."""
+    while (event := json.loads(socket.receive_text()))["type"] != event_type:
+        pass
+    return event
+
+
 def test_empty_body_and_no_body_start_runs(make_client):
     client = make_client()
     null = {"content": b"null", "headers": {"content-type": "application/json"}}
@@ -88,8 +95,7 @@ def test_stopped_long_run_reads_stopped_and_keeps_frames(make_client):
     run = client.post("/api/runs", json=LONG_RUN).json()
     wait_for_status(client, run["id"], ("running",))
     with client.websocket_connect(f"/ws/runs/{run['id']}") as socket:
-        while json.loads(socket.receive_text())["type"] != "topology":
-            pass
+        receive_until(socket, "topology")
     worker = client.app.state.manager.workers[run["id"]]
     # The stop request answers once the run has ended, and gives up waiting after 4.5 s:
     # reading `stopped` in its answer is the 5-second contract.
@@ -168,8 +174,7 @@ def test_delete_of_a_run_being_streamed_ends_its_stream(make_client):
     run = client.post("/api/runs", json=LONG_RUN).json()
     wait_for_status(client, run["id"], ("running",))
     with client.websocket_connect(f"/ws/runs/{run['id']}?from_seq=0") as socket:
-        while json.loads(socket.receive_text())["type"] != "topology":
-            pass
+        receive_until(socket, "topology")
         assert client.delete(f"/api/runs/{run['id']}").status_code == 204
         # The viewer is told the run is over, instead of waiting on a run that is gone.
         while (message := json.loads(socket.receive_text()))["type"] not in ("end", "error"):
@@ -208,8 +213,7 @@ def test_the_default_run_lasts_long_enough_to_watch_and_stop(make_client):
     run = client.post("/api/runs", json={}).json()
     wait_for_status(client, run["id"], ("running",))
     with client.websocket_connect(f"/ws/runs/{run['id']}?from_seq=0") as socket:
-        while (event := json.loads(socket.receive_text()))["type"] != "meta":
-            pass
+        event = receive_until(socket, "meta")
     assert event["total_steps"] == RunConfig().resolved_epochs * event["steps_per_epoch"] >= 100_000
     stopped = client.post(f"/api/runs/{run['id']}/stop").json()
     assert stopped["status"] == "stopped" and stopped["summary"]["steps"] < event["total_steps"]
