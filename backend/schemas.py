@@ -6,8 +6,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dst_core.config import RunConfig
-
 RunStatus = Literal["queued", "running", "completed", "stopped", "failed"]
 
 
@@ -29,9 +27,26 @@ class RunOut(BaseModel):
 
     id: str = Field(description="16 hex digits")
     name: str
-    # A run recorded by a user's own script carries whatever config that script passed, so a
-    # stored config that is not a RunConfig is returned as it is rather than failing the list.
-    config: RunConfig | dict[str, Any] = Field(union_mode="left_to_right")
+    # Returned exactly as stored: a run config of the dashboard or the CLI (every field), or a
+    # script's own dict. Never completed with RunConfig's defaults, which would name settings
+    # (a method, a model) the run did not use.
+    config: dict[str, Any] = Field(
+        description="What the run was started with: the RunConfig of a dashboard or CLI run "
+                    "(every field), or the config dict a script passed to its Recorder ({} "
+                    "when none)")
+    settings: dict[str, Any] | None = Field(
+        None, description="The settings the run actually used, every method default resolved: "
+                          "method, density, distribution, drop_fraction, schedule, "
+                          "interval_steps, end_fraction, total_steps, temperature, l1, model "
+                          "(e.g. 'mlp [64, 64]', 'custom: Net (12.3 k params)'), task, layers "
+                          "[{name, shape, density}]; null until the writer stored them (and for "
+                          "runs recorded before settings were)")
+    has_model: bool = Field(False, description="Whether a trained model is stored "
+                                               "(GET /api/runs/{id}/model)")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Why these settings may show nothing (no rewire, a drop fraction that "
+                    "moves no connection); answered by POST /api/runs, empty elsewhere")
     status: RunStatus
     created_at: float = Field(description="Unix time")
     started_at: float | None = Field(None, description="Unix time the worker began training")
@@ -41,8 +56,8 @@ class RunOut(BaseModel):
     info: dict[str, Any] = Field(
         default_factory=dict,
         description="Who wrote the run and with what: writer (worker, cli, script, remote), "
-                    "torch and sparsescope versions, git commit when known, seed, and the "
-                    "script's own config when it was not a RunConfig (user_config)")
+                    "torch and sparsescope versions, git commit when known, seed; an imported "
+                    "copy adds imported_at and imported_from (the original's id)")
 
 
 class Health(BaseModel):

@@ -18,6 +18,7 @@ from dst_core.driver import SparseDriver
 from dst_core.events import EventSink
 from dst_core.models import build_model
 from dst_core.rewire import get_algorithm
+from dst_core.run_settings import builtin_model_label, run_settings
 from dst_core.tasks import load_task
 from dst_core.topology import TopologyEmitter
 
@@ -106,7 +107,9 @@ def train(
     meta = emitter.meta()
     meta.update(task=task.name, input_shape=list(task.input_shape),
                 image_shape=list(task.image_shape) if task.image_shape else None,
-                num_classes=task.num_classes, steps_per_epoch=steps_per_epoch)
+                num_classes=task.num_classes, steps_per_epoch=steps_per_epoch,
+                settings=run_settings(driver, model=model, task=task.name,
+                                      label=builtin_model_label(config.model, config.hidden)))
     sink.emit("meta", 0, meta)
     emitter.keyframes(0)
     shuffler = torch.Generator().manual_seed(config.seed)

@@ -1,8 +1,9 @@
 """Recorder: writes one run's events, from any training loop, into the store or to a server.
 
-    with Recorder("./sparsescope-data", name="my-model", config={...}) as rec:
-        rec.attach(driver)              # topology frames at every rewire
-        ...; rec.log(step, loss=...)    # metrics whenever you like
+    with Recorder("./sparsescope-data", name="my-model") as rec:
+        rec.attach(driver)              # the driver's settings; topology frames at every rewire
+        ...; rec.log(step, loss=...)    # training metrics whenever you like
+        rec.eval(step, test_accuracy=...)  # held-out metrics
 
 `Recorder(url="http://host:8000", token=...)` sends the same events to a running server
 instead (see remote.py). Events are batched and committed every `flush_interval_s`, so
@@ -20,12 +21,12 @@ import subprocess
 import threading
 import time
 import traceback
+from numbers import Real
 from pathlib import Path
 
-from dst_core.recording.store import RunStore
+from dst_core.recording.store import MODEL_ARTIFACT, RunStore
 
 DEFAULT_DATA_DIR = "./sparsescope-data"
-MODEL_ARTIFACT = "model.pt"
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:
@@ -38,44 +39,15 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
-def run_info(writer: str, seed: int | None, user_config: dict | None = None) -> dict:
+def run_info(writer: str, seed: int | None) -> dict:
     """Provenance every run stores: versions, commit, seed, who wrote it."""
     import torch
 
     from dst_core import __version__
 
-    info = {"writer": writer, "torch": torch.__version__, "sparsescope": __version__,
+    return {"writer": writer, "torch": torch.__version__, "sparsescope": __version__,
             "python": platform.python_version(), "git_commit": git_commit(), "seed": seed,
             "host": platform.node(), "pid": os.getpid()}
-    if user_config is not None:
-        info["user_config"] = user_config
-    return info
-
-
-def normalize_config(config: dict | None) -> tuple[dict, dict | None]:
-    """(a valid RunConfig dict, the caller's own dict when it held more than RunConfig knows).
-
-    The runs list shows every run through one schema; a script's own settings (its optimizer,
-    its data) are kept in the run's info instead of breaking that schema.
-    """
-    from pydantic import ValidationError
-
-    from dst_core.config import RunConfig
-
-    config = dict(config or {})
-    known = {key: value for key, value in config.items() if key in RunConfig.model_fields}
-    while True:
-        try:
-            valid = RunConfig.model_validate(known).model_dump()
-            break
-        except ValidationError as error:
-            bad = {str(item["loc"][0]) for item in error.errors() if item["loc"]}
-            if not bad & set(known):
-                known = {}
-            else:
-                known = {key: value for key, value in known.items() if key not in bad}
-    kept_whole = all(key in valid and valid[key] == value for key, value in config.items())
-    return valid, None if kept_whole else config
 
 
 class LocalWriter:
@@ -153,14 +125,16 @@ class Recorder:
                                  "takes this option")
             self.writer = LocalWriter(data_dir)
         if run_id is None:
-            valid, user_config = normalize_config(config)
-            self.config = valid
+            # Stored as given: a script's config is its own (its optimizer, its data); what
+            # the run used comes from the driver (`attach`), never from a form's defaults.
+            self.config = dict(config or {})
             if seed is None:
                 import torch
 
-                seed = int(valid["seed"]) if config and "seed" in config else torch.initial_seed()
-            self.run_id = self.writer.create(name or valid.get("name") or "script run", valid,
-                                             run_info(writer, seed, user_config))
+                seed = self.config.get("seed")
+                seed = seed if isinstance(seed, int) else torch.initial_seed()
+            self.run_id = self.writer.create(name or self.config.get("name") or "script run",
+                                             self.config, run_info(writer, seed))
             self._created = True
         else:
             run = self.writer.open(run_id)
@@ -227,22 +201,36 @@ class Recorder:
             self.flush()
 
     def log(self, step: int, **metrics) -> None:
-        """Record metrics of a user's own loop (loss, accuracy, test_accuracy, …).
+        """Record training metrics of a user's own loop (loss, accuracy, any other number).
 
         With a driver attached, density, per-layer density and the ITOP rate are added (as
         of the latest rewire, so logging stays cheap)."""
         payload = {**self._driver_metrics}
-        payload.update({key: float(value) for key, value in metrics.items()})
-        self.emit("metrics", step, payload)
+        payload.update(_numbers("log", metrics))
+        self.emit("metrics", _step("log", step), payload)
 
-    def attach(self, driver) -> None:
-        """Follow a SparseDriver: its layers now, a topology frame at each rewire."""
+    def eval(self, step: int, **metrics) -> None:
+        """Record held-out metrics (test_loss, test_accuracy, …): the same `eval` event the
+        built-in loop sends once per epoch, so the dashboard charts them as test curves."""
+        if not metrics:
+            raise ValueError("metrics: eval() needs at least one metric, e.g. test_accuracy=0.9")
+        self.emit("eval", _step("eval", step), _numbers("eval", metrics))
+
+    def attach(self, driver, *, model_label: str | None = None, task: str | None = None) -> None:
+        """Follow a SparseDriver: its layers now, a topology frame at each rewire, and the
+        settings it resolved as the run's settings.
+
+        `model_label`/`task` name a built-in model and task (the built-in loop's); a script's
+        own model is labelled `custom: <ClassName> (<parameter count>)`."""
+        from dst_core.run_settings import run_settings
         from dst_core.topology import TopologyEmitter
 
         self._driver = driver
         emitter = TopologyEmitter(driver, self, self.keyframe_every)
-        meta = {"task": None, "input_shape": None, "image_shape": None, "num_classes": None,
-                "steps_per_epoch": None, **emitter.meta()}
+        meta = {"task": task, "input_shape": None, "image_shape": None, "num_classes": None,
+                "steps_per_epoch": None, **emitter.meta(),
+                "settings": run_settings(driver, model=driver.model, label=model_label,
+                                         task=task)}
         self.emit("meta", driver.step_count, meta)
         emitter.keyframes(driver.step_count)
         driver.listeners.append(emitter)
@@ -295,6 +283,24 @@ class Recorder:
             summary["final_test_accuracy"] = accuracy
             best = summary.get("best_test_accuracy")
             summary["best_test_accuracy"] = accuracy if best is None else max(best, accuracy)
+
+
+def _step(call: str, step) -> int:
+    if isinstance(step, bool) or not isinstance(step, Real) or step != int(step) or step < 0:
+        raise ValueError(f"step: {call}() needs a step >= 0 (an int), got {step!r}")
+    return int(step)
+
+
+def _numbers(call: str, metrics: dict) -> dict[str, float]:
+    """The metrics as floats; a value that is not a number is refused, naming it."""
+    out = {}
+    for key, value in metrics.items():
+        try:
+            out[key] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}: {call}() takes numbers, got {type(value).__name__} "
+                             f"{value!r}") from None
+    return out
 
 
 def default_spool_dir() -> Path:

@@ -35,6 +35,10 @@ ACTIVE_STATUSES = ("queued", "running")
 FINAL_STATUSES = ("completed", "stopped", "failed")
 STATUSES = ACTIVE_STATUSES + FINAL_STATUSES
 WRITER_GONE_ERROR = "interrupted: its writer process is gone"
+MODEL_ARTIFACT = "model.pt"
+# A run row as readers see it: `has_model` tells the dashboard whether to offer the download.
+_RUN_SELECT = ("SELECT runs.*, EXISTS(SELECT 1 FROM artifacts WHERE artifacts.run_id = runs.id "
+               f"AND artifacts.name = '{MODEL_ARTIFACT}') AS has_model FROM runs")
 STALE_ERROR = "stale: writer went silent"
 
 # Version 1: the foundation's layout (JSON payloads only). Every file starts from it and is
@@ -228,18 +232,18 @@ class RunStore:
         return self.get_run(run_id)
 
     def get_run(self, run_id: str) -> dict | None:
-        row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        row = self.db.execute(f"{_RUN_SELECT} WHERE id = ?", (run_id,)).fetchone()
         return _run_row(row) if row else None
 
     def list_runs(self) -> list[dict]:
-        rows = self.db.execute("SELECT * FROM runs ORDER BY created_at DESC, id DESC").fetchall()
+        rows = self.db.execute(f"{_RUN_SELECT} ORDER BY created_at DESC, id DESC").fetchall()
         return [_run_row(row) for row in rows]
 
     def runs_with_status(self, statuses: Iterable[str]) -> list[dict]:
         statuses = list(statuses)
         marks = ",".join("?" * len(statuses))
         rows = self.db.execute(
-            f"SELECT * FROM runs WHERE status IN ({marks}) ORDER BY created_at", statuses
+            f"{_RUN_SELECT} WHERE status IN ({marks}) ORDER BY created_at", statuses
         ).fetchall()
         return [_run_row(row) for row in rows]
 
@@ -312,8 +316,12 @@ class RunStore:
         return failed
 
     def set_info(self, run_id: str, info: dict) -> None:
+        """Replace the run's info; the settings its meta event stored stay (they are not part
+        of the `info` readers get back, so a read-modify-write must not drop them)."""
         with self._write() as db:
-            db.execute("UPDATE runs SET info = ? WHERE id = ?", (dumps(info), run_id))
+            db.execute("UPDATE runs SET info = CASE WHEN json_extract(info, '$.settings') IS NULL "
+                       "THEN json(?1) ELSE json_set(json(?1), '$.settings', "
+                       "json(info -> '$.settings')) END WHERE id = ?2", (dumps(info), run_id))
 
     def delete_run(self, run_id: str) -> bool:
         with self._write() as db:
@@ -362,6 +370,7 @@ class RunStore:
                 rows.append(_row(run_id, seq, int(event["step"]), event["type"], payload))
                 last = seq
             db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            _keep_settings(db, run_id, ((row[3], row[4]) for row in rows))
             db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (time.time(), run_id))
             if summary is not None:
                 db.execute("UPDATE runs SET summary = ? WHERE id = ?", (dumps(summary), run_id))
@@ -372,6 +381,7 @@ class RunStore:
         rows = [_row(run_id, last + offset, int(step), event_type, payload)
                 for offset, (event_type, step, payload) in enumerate(events, start=1)]
         db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        _keep_settings(db, run_id, ((row[3], row[4]) for row in rows))
         return last + len(rows)
 
     @staticmethod
@@ -465,6 +475,19 @@ def _status_change(db: sqlite3.Connection, run_id: str, status: str, error: str 
     return True
 
 
+def _keep_settings(db: sqlite3.Connection, run_id: str, events: Iterable[tuple[str, str]]) -> None:
+    """Copy the settings a meta event carries into the run's info, in the same transaction:
+    the run object (`GET /api/runs/{id}`) shows what the run used without reading its events,
+    whichever writer (worker, CLI, script, remote) stored the meta event."""
+    for event_type, payload_text in events:
+        if event_type != "meta":
+            continue
+        settings = json.loads(payload_text).get("settings")
+        if isinstance(settings, dict):
+            db.execute("UPDATE runs SET info = json_set(COALESCE(info, '{}'), '$.settings', "
+                       "json(?)) WHERE id = ?", (dumps(settings), run_id))
+
+
 def _row(run_id: str, seq: int, step: int, event_type: str, payload: dict) -> tuple:
     if event_type == "topology":
         header, blob = codec.payload_to_stored(payload)
@@ -491,13 +514,17 @@ def event_text(row) -> str:
 
 def _run_row(row: sqlite3.Row) -> dict:
     keys = row.keys()
+    info = json.loads(row["info"] or "{}") if "info" in keys else {}
+    settings = info.pop("settings", None)
     return {
         "id": row["id"], "name": row["name"], "config": json.loads(row["config"]),
         "status": row["status"], "created_at": row["created_at"],
         "started_at": row["started_at"], "ended_at": row["ended_at"], "error": row["error"],
         "summary": json.loads(row["summary"] or "{}"),
         "heartbeat_at": row["heartbeat_at"] if "heartbeat_at" in keys else None,
-        "info": json.loads(row["info"] or "{}") if "info" in keys else {},
+        "info": info,
+        "settings": settings if isinstance(settings, dict) else None,
+        "has_model": bool(row["has_model"]) if "has_model" in keys else False,
     }
 
 

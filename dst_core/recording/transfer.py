@@ -15,6 +15,7 @@ import json
 import re
 import sqlite3
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -38,6 +39,7 @@ ARTIFACT_NAMES = ("model.pt",)  # artifacts are looked up by name: nothing else 
 EVENT_TYPE = re.compile(r"^[a-z_]{1,32}$")
 MAX_EVENTS = 10_000_000
 MAX_TEXT = 10_000_000  # one event's JSON payload
+IMPORTED_SUFFIX = " (imported)"
 SNAPSHOT_NOTE = "exported while it was running: this copy ends at the export"
 
 
@@ -157,10 +159,13 @@ def _check_run(run: dict) -> None:
             _fail(f"{key}: not valid JSON")
         if not isinstance(value, dict):
             _fail(f"{key}: not a JSON object")
-    try:
-        RunConfig.model_validate(json.loads(run["config"]))
-    except ValidationError as error:
-        _fail(f"config: {error.errors()[0]['loc']}: {error.errors()[0]['msg']}")
+    # The dashboard's and the CLI's runs were started from a RunConfig; a script's config
+    # is its own dict (checked above to be a JSON object).
+    if json.loads(run.get("info") or "{}").get("writer") in ("worker", "cli"):
+        try:
+            RunConfig.model_validate(json.loads(run["config"]))
+        except ValidationError as error:
+            _fail(f"config: {error.errors()[0]['loc']}: {error.errors()[0]['msg']}")
     if run.get("error") is not None and not isinstance(run["error"], str):
         _fail("error: not text")
     for key in ("created_at", "started_at", "ended_at", "heartbeat_at"):
@@ -222,6 +227,11 @@ def import_run(store: RunStore, source: bytes | Path) -> dict:
         last_seq, last_step = (events[-1][0], events[-1][1]) if events else (0, 0)
         events.append((last_seq + 1, last_step, "status",
                        json.dumps({"status": "stopped", "error": SNAPSHOT_NOTE}), None, None, None))
+    # Told apart from its original in every list: a name that says so, and where it came from.
+    info = json.loads(run.get("info") or "{}")
+    info.update(imported_at=time.time(), imported_from=run["id"])
+    run["info"] = json.dumps(info)
+    run["name"] = imported_name(run["name"])
     run["id"] = run_id
     with store._write() as db:
         columns = [key for key in run if key in _run_columns(db)]
@@ -232,6 +242,11 @@ def import_run(store: RunStore, source: bytes | Path) -> dict:
         db.executemany("INSERT INTO artifacts VALUES (?, ?, ?)",
                        [(run_id, name, blob) for name, blob in artifacts])
     return store.get_run(run_id)
+
+
+def imported_name(name: str) -> str:
+    """`name (imported)`, once: a copy of a copy does not grow a second suffix."""
+    return name if name.endswith(IMPORTED_SUFFIX) else name + IMPORTED_SUFFIX
 
 
 def _run_columns(db: sqlite3.Connection) -> set[str]:

@@ -14,13 +14,13 @@ import contextlib
 import json
 import logging
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from backend.api.deps import RunIdDep, SettingsDep, StoreDep
-from dst_core.config import RunConfig
 from dst_core.recording import FINAL_STATUSES, RunStore
 from dst_core.recording.codec import FrameError
 from dst_core.recording.transfer import ARTIFACT_NAMES
@@ -64,7 +64,9 @@ class IngestRun(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field("remote run", max_length=200)
-    config: RunConfig = Field(default_factory=RunConfig)
+    # The writer's own config, stored as given (a CLI sends a whole RunConfig, a script its
+    # own dict): what the run used arrives with its meta event as `settings`.
+    config: dict[str, Any] = Field(default_factory=dict)
     info: dict = Field(default_factory=dict, description="Versions, git commit, seed, host")
 
 
@@ -130,7 +132,7 @@ def _writable(store: RunStore, run_id: str) -> None:
 async def create(body: IngestRun, store: StoreDep) -> Created:
     """A new run for a remote writer; it numbers its events from `next_seq`."""
     info = {**body.info, "writer": "remote"}
-    run = await asyncio.to_thread(store.create_run, body.config.model_dump(), body.name,
+    run = await asyncio.to_thread(store.create_run, body.config, body.name,
                                   "running", info)  # never queued: the manager would launch it
     return Created(id=run["id"], next_seq=store.last_seq(run["id"]) + 1)
 

@@ -12,6 +12,7 @@ from backend.manager import NotOwned, QueueFull
 from backend.schemas import BODY_RESPONSES, ERROR_RESPONSES, ErrorOut, RunOut, ValidationErrorOut
 from backend.settings import Settings
 from dst_core.config import RunConfig
+from dst_core.plan import plan_run
 
 router = APIRouter(prefix="/api/runs", tags=["runs"], responses=ERROR_RESPONSES)
 
@@ -46,15 +47,17 @@ def machine_errors(config: RunConfig, settings: Settings) -> list[tuple[str, str
 async def start_run(settings: SettingsDep, manager: ManagerDep,
                     config: RunConfig | None = None) -> dict:
     """Queue a run (every field optional: `{}` or no body is a valid run); a worker process
-    starts it as soon as a slot is free."""
+    starts it as soon as a slot is free. `warnings` says which settings cannot show anything
+    (no rewire, a drop fraction that moves no connection); `POST /api/runs/plan` previews them."""
     config = config or RunConfig()
     errors = machine_errors(config, settings)
     if errors:
         raise RequestValidationError([
             {"loc": ("body", field), "msg": message, "type": "value_error"}
             for field, message in errors])
+    warnings = plan_run(config).warnings  # said with the run: it starts anyway
     try:
-        return manager.submit(config)
+        return {**manager.submit(config), "warnings": warnings}
     except QueueFull as error:
         raise HTTPException(429, detail=f"queue full: {error}") from None
 
