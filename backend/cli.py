@@ -82,10 +82,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     config = parser.add_argument_group("run config (every field of the REST run config)")
     for name, field in RunConfig.model_fields.items():
         spec = _flag_spec(field.annotation)
-        default = field.default
-        shown = "the method's default" if default is None else default
+        description = field.description or name
+        # A field left out (None) takes a default its description names (the task's epochs,
+        # the method's schedule); only a plain value is worth repeating here.
+        shown = "" if field.default is None and "default" in description \
+            else f" (default: {'the method’s' if field.default is None else field.default})"
         config.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS,
-                            help=f"{field.description or name} (default: {shown})", **spec)
+                            help=description + shown, **spec)
     where = parser.add_argument_group("where the run is recorded")
     where.add_argument("--data-dir", default=DATA_DIR_DEFAULT,
                        help="run store folder (default ./sparsescope-data)")
@@ -231,12 +234,7 @@ def runs_command(args: argparse.Namespace) -> int:
         return 0
     store = _store(args)
     if args.action == "list":
-        runs = store.list_runs()
-        print(f"{'id':16}  {'status':9}  {'steps':>7}  {'created (UTC)':19}  name")
-        for run in runs:
-            created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(run["created_at"]))
-            print(f"{run['id']:16}  {run['status']:9}  {run['summary'].get('steps', 0):>7}  "
-                  f"{created:19}  {run['name']}")
+        print_runs(store.list_runs())
         return 0
     run = _run_or_exit(store, args.run_id)
     if args.action == "show":
@@ -255,6 +253,36 @@ def runs_command(args: argparse.Namespace) -> int:
         store.delete_run(run["id"])
         print(f"deleted {run['id']}")
     return 0
+
+
+LIST_COLUMNS = (  # (title, width, right-aligned)
+    ("id", 16, False), ("status", 9, False), ("method", 11, False), ("task", 9, False),
+    ("density", 7, True), ("steps", 7, True), ("best acc", 8, True), ("created (UTC)", 19, False),
+    ("name", 0, False),
+)
+
+
+def run_columns(run: dict) -> list[str]:
+    """One row of `runs list`: what a run used (its stored settings, else its config)."""
+    used = run.get("settings") or run.get("config") or {}
+    density = used.get("density")
+    best = run["summary"].get("best_test_accuracy")
+    return [run["id"], run["status"], str(used.get("method") or "–"),
+            str(used.get("task") or "–"),
+            f"{density:g}" if isinstance(density, (int, float)) else "–",
+            str(run["summary"].get("steps", 0)),
+            f"{best:.2%}" if isinstance(best, (int, float)) else "–",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(run["created_at"])), run["name"]]
+
+
+def print_runs(runs: list[dict]) -> None:
+    def line(cells: list[str]) -> str:
+        return "  ".join(cell.rjust(width) if right else cell.ljust(width)
+                         for cell, (_, width, right) in zip(cells, LIST_COLUMNS, strict=True))
+
+    print(line([title for title, _, _ in LIST_COLUMNS]).rstrip())
+    for run in runs:
+        print(line(run_columns(run)).rstrip())
 
 
 class OneLineErrors(argparse.ArgumentParser):
@@ -294,7 +322,13 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("--force", action="store_true", help="delete even an active run")
         sub.set_defaults(handler=runs_command)
     args = parser.parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except BrokenPipeError:
+        # The reader left (`sparsescope runs show ID | head`): not an error of ours. Output
+        # still buffered goes to /dev/null, so the interpreter's last flush cannot fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command the pipe closed on
 
 
 if __name__ == "__main__":

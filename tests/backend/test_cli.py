@@ -155,3 +155,53 @@ def test_train_records_into_a_running_server(tmp_path, capsys):
     events = store.read_events(run_id, 0, 10**6)
     assert [event["seq"] for event in events] == list(range(1, len(events) + 1))
     assert store.get_artifact(run_id, "model.pt")
+
+
+def test_epochs_help_names_the_tasks_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    epochs = text.rsplit("--epochs EPOCHS", 1)[1].split("--batch-size", 1)[0]
+    assert "the task's" in epochs and "method" not in epochs
+    drop = text.rsplit("--drop-fraction DROP_FRACTION", 1)[1].split("--schedule", 1)[0]
+    assert "the method" in drop
+
+
+def _store_with_runs(data_dir):
+    store = RunStore(data_dir)
+    script = store.create_run({}, "my loop", status="running", info={"writer": "script"})
+    store.append_events(script["id"], [("meta", 0, {"settings": {
+        "method": "rigl", "density": 0.2, "task": None, "model": "custom: Net (1.2 k params)"}})],
+        {"steps": 40, "best_test_accuracy": 0.8125})
+    store.set_status(script["id"], "completed")
+    old = store.create_run(RunConfig(method="snfs", task="digits", density=0.05).model_dump(),
+                           "old run", status="stopped")
+    return script["id"], old["id"]
+
+
+def test_runs_list_shows_method_task_density_and_accuracy(tmp_path, capsys):
+    script_id, old_id = _store_with_runs(tmp_path)
+    assert main(["runs", "list", "--data-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0].split()
+    assert header[:5] == ["id", "status", "method", "task", "density"] and "acc" in header
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows[script_id][1:5] == ["completed", "rigl", "–", "0.2"]
+    assert "81.25%" in rows[script_id]
+    assert rows[old_id][1:5] == ["stopped", "snfs", "digits", "0.05"]
+
+
+@pytest.mark.parametrize("action", ["show", "list"])
+def test_a_closed_pipe_ends_runs_output_quietly(tmp_path, action):
+    script_id, _ = _store_with_runs(tmp_path)
+    store = RunStore(tmp_path)
+    for index in range(200):  # enough output to outlast the pipe's buffer
+        store.create_run({"note": "x" * 500}, f"run {index}", status="stopped")
+    argv = [sys.executable, "-m", "backend.cli", "runs", action, "--data-dir", str(tmp_path)]
+    argv += [script_id] if action == "show" else []
+    if action == "show":
+        store.set_info(script_id, {"writer": "script", "notes": ["y" * 200] * 2000})
+    result = subprocess.run(f"{' '.join(argv)} | head -n 2", shell=True, cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert len(result.stdout.splitlines()) == 2
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
