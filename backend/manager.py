@@ -24,7 +24,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from pathlib import Path
 
 from backend.logfmt import log_event
 from backend.settings import Settings
+from backend.worker_pool import WorkerPool
 from dst_core.config import RunConfig
 from dst_core.recording import FINAL_STATUSES, RunStore
 
@@ -70,6 +70,7 @@ class RunManager:
         self.log_dir = Path(settings.data_dir) / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._owned: set[str] = set()
+        self.pool = WorkerPool(settings, self.log_dir)
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
@@ -104,6 +105,7 @@ class RunManager:
         for worker in list(self.workers.values()):
             self._kill(worker)
         self._reap(wait=True)
+        self.pool.close()
         log_event(log, "manager_stopped")
 
     # ---- requests ---------------------------------------------------------------------------
@@ -171,6 +173,7 @@ class RunManager:
                 self._reap()
                 self._enforce_grace()
                 self._launch_queued()
+                self.pool.fill()
             except Exception:  # the supervisor must outlive any single bad run
                 log.exception("event=supervisor_error")
             with contextlib.suppress(asyncio.TimeoutError):
@@ -188,18 +191,8 @@ class RunManager:
 
     def _spawn(self, run_id: str) -> None:
         log_path = self.log_dir / f"{run_id}.log"
-        command = [sys.executable, "-m", "backend.worker", "--data-dir",
-                   str(self.settings.data_dir), "--run-id", run_id,
-                   "--parent-pid", str(os.getpid()), "--threads",
-                   str(self.settings.worker_threads)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.settings.worker_threads)}
         try:
-            with open(log_path, "ab") as handle:
-                # Popen from the event-loop thread: PR_SET_PDEATHSIG follows the spawning
-                # thread, and this thread lives as long as the server.
-                process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL, start_new_session=True,
-                                           env=env)
+            process = self.pool.take(run_id, log_path)  # from the event-loop thread
         except OSError as error:
             self._finish_unstarted(run_id, "failed", error=f"could not start a worker: {error}")
             return

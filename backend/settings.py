@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # ---- workers ----------------------------------------------------------------------------
     max_concurrent_runs: int = Field(1, ge=1, le=64, description="Worker processes at once")
     worker_threads: int = Field(1, ge=1, le=256, description="torch threads per worker")
+    warm_workers: int = Field(1, ge=0, le=64,
+                              description="Idle workers kept with torch imported, so a started "
+                                          "run trains at once (0: each run starts its own)")
     stop_grace_s: float = Field(3.0, ge=0.0, le=60.0,
                                 description="Cooperative stop, then the worker is killed")
 

@@ -1,8 +1,10 @@
 """One training run in its own process: `python -m backend.worker --data-dir D --run-id ID`.
 
-The server starts it as a direct child; it dies with the server (PR_SET_PDEATHSIG plus a
-parent watchdog), stops cooperatively on SIGTERM within one step, and records everything
-through the same Recorder a user's script would use.
+Without `--run-id` it imports everything first, then reads the run's id from stdin: the
+server's warm workers (backend/worker_pool.py). The server starts it as a direct child; it
+dies with the server (PR_SET_PDEATHSIG plus a parent watchdog), stops cooperatively on
+SIGTERM within one step, and records everything through the same Recorder a user's script
+would use.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ def die_with_parent(parent_pid: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m backend.worker")
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--run-id", default=None,
+                        help="the run to train; left out, one line of stdin names it (the "
+                             "server's warm workers wait there with torch already imported)")
     parser.add_argument("--parent-pid", type=int, default=os.getppid())
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -47,8 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.set())
     signal.signal(signal.SIGINT, lambda *_: stop_requested.set())
 
+    # Everything a run needs is imported before the run is known: a warm worker waits with
+    # it loaded. torch.optim imports torch._dynamo lazily (seconds, not interruptible);
+    # sklearn.datasets is the digits task's loader.
+    import sklearn.datasets  # noqa: F401
     import torch
-    import torch._dynamo  # noqa: F401  (torch.optim imports it lazily: ~3 s, not interruptible)
+    import torch._dynamo  # noqa: F401
 
     from dst_core.config import RunConfig
     from dst_core.recording import FINAL_STATUSES, Recorder
@@ -56,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     from dst_core.training import Diverged, train
 
     torch.set_num_threads(args.threads)
+    if args.run_id is None:
+        args.run_id = sys.stdin.readline().strip()
+        if not args.run_id:  # the server let this idle worker go
+            return 0
     recorder = Recorder(args.data_dir, run_id=args.run_id)
     run = recorder.store.get_run(args.run_id)
     if run["status"] in FINAL_STATUSES or stop_requested.is_set():

@@ -32,7 +32,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", stop_grace_s=3.0)
+    # No idle worker: most tests start no run, and each idle one imports torch (seconds of
+    # CPU); tests/backend/test_worker_pool.py covers the warm path.
+    return Settings(data_dir=tmp_path / "data", stop_grace_s=3.0, warm_workers=0)
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ def make_client(tmp_path) -> Iterator[Callable[..., TestClient]]:
 
     def make(**overrides) -> TestClient:
         overrides.setdefault("data_dir", tmp_path / f"data{len(clients)}")
+        overrides.setdefault("warm_workers", 0)  # as the `settings` fixture
         client = TestClient(create_app(Settings(**overrides)))
         client.__enter__()
         clients.append(client)
@@ -127,7 +128,8 @@ class ServerProcess:
 def start_server(data_dir: Path, *args: str, env: dict | None = None,
                  wait: bool = True) -> ServerProcess:
     port = free_port()
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "SPARSESCOPE_WARM_WORKERS": "0",
+                **(env or {})}
     # Output goes to a file: an unread pipe fills up and would block the server mid-test.
     log_path = data_dir.parent / f"server-{port}.log"
     with open(log_path, "wb") as log_file:
