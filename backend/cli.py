@@ -132,6 +132,9 @@ class ProgressSink:
         self.stream.flush()
         self._drawn = time.monotonic()
 
+    def flush(self) -> None:
+        self.recorder.flush()
+
     def save_model(self, model, driver) -> None:
         self.recorder.save_model(model, driver)
 

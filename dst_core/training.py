@@ -112,6 +112,8 @@ def train(
                                       label=builtin_model_label(config.model, config.hidden)))
     sink.emit("meta", 0, meta)
     emitter.keyframes(0)
+    if hasattr(sink, "flush"):  # the layers show at once, not a flush interval later
+        sink.flush()
     shuffler = torch.Generator().manual_seed(config.seed)
     started = time.perf_counter()
     window_loss = window_correct = window_seen = 0.0

@@ -236,6 +236,7 @@ class Recorder:
         driver.listeners.append(emitter)
         driver.listeners.append(lambda changes: self._refresh_driver_metrics())
         self._refresh_driver_metrics()
+        self.flush()  # a viewer sees the layers at once, not a flush interval later
 
     def _refresh_driver_metrics(self) -> None:
         driver = self._driver
