@@ -17,6 +17,7 @@ from dst_core.config import CNN_CHANNELS, CNN_KERNEL, CNN_POOLINGS, TASK_SHAPES,
 from dst_core.density import layer_densities
 from dst_core.rewire import Algorithm, Rewirer, get_algorithm
 from dst_core.schedules import RewireSchedule
+from dst_core.training import resolved_lr
 
 # Training examples of each built-in task (dst_core.tasks: the examples left after the fixed
 # 20 % test split), so a run's steps are known before its data is loaded
@@ -42,6 +43,8 @@ class RunPlan:
     rewires: int  # topology changes the run will record (0 for the dense/static baselines)
     last_rewire_step: int | None
     connections_moved: int  # connections dropped (and regrown) at the first rewire, all layers
+    # The value each field left out (None) takes: what the form shows as "method default".
+    resolved: dict[str, float | int | str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -125,4 +128,11 @@ def plan_run(config: RunConfig) -> RunPlan:
         drop_fraction=schedule.drop_fraction, schedule=schedule.kind,
         interval_steps=schedule.interval_steps, end_fraction=schedule.end_fraction,
         end_step=schedule.end_step, rewires=rewires, last_rewire_step=last_rewire_step,
-        connections_moved=moved, warnings=warnings)
+        connections_moved=moved, warnings=warnings,
+        resolved={"epochs": epochs, "distribution": distribution,
+                  "drop_fraction": schedule.drop_fraction, "schedule": schedule.kind,
+                  "interval_steps": schedule.interval_steps,
+                  "end_fraction": schedule.end_fraction, "lr": resolved_lr(config),
+                  "temperature": float(config.temperature if config.temperature is not None
+                                       else defaults.get("temperature", 1.0)),
+                  "l1": float(config.l1 if config.l1 is not None else defaults.get("l1", 0.0))})

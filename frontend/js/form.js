@@ -128,15 +128,82 @@ export function runConfigSchema(openapi) {
   return schema;
 }
 
+const PLAN_DELAY_MS = 250; // typing pauses this long before the schedule is asked for
+
+// "150,000 steps (3,000 epochs × 50) · 2,999 rewires, every 50 steps, until step 149,950".
+export function planText(plan) {
+  const count = (value) => Number(value).toLocaleString("en");
+  const steps = `${count(plan.total_steps)} steps (${count(plan.epochs)} epochs × ${count(plan.steps_per_epoch)})`;
+  if (plan.rewires === 0 && plan.warnings.length === 0) return `${steps} · ${plan.method}: the mask never changes`;
+  const rewires = plan.rewires === 1 ? "1 rewire" : `${count(plan.rewires)} rewires`;
+  const when = plan.rewires ? `, every ${count(plan.interval_steps)} steps, the last at step ${count(plan.last_rewire_step)}` : "";
+  const moved = plan.rewires && plan.connections_moved
+    ? ` · the first moves ${count(plan.connections_moved)} connections` : "";
+  return `${steps} · ${rewires}${when}${moved}`;
+}
+
 export class RunForm {
   constructor(form, { onStarted }) {
     this.form = form;
     this.onStarted = onStarted;
     this.fields = [];
     this.inputs = new Map();
+    this.planAsked = 0;
     form.noValidate = true; // the server validates and answers 422 naming the field
     form.addEventListener("submit", (event) => { event.preventDefault(); this.submit(); });
     form.querySelector("#form-reset").addEventListener("click", () => this.reset());
+    form.addEventListener("input", () => this.schedulePlan());
+    form.addEventListener("change", () => this.schedulePlan());
+    // The schedule this form would start, with warnings, shown before Start is pressed.
+    this.planBox = document.createElement("section");
+    this.planBox.id = "form-plan";
+    this.planBox.setAttribute("aria-live", "polite");
+    this.planBox.setAttribute("aria-label", "Schedule of this run");
+    this.planSummary = document.createElement("p");
+    this.planSummary.id = "plan-summary";
+    this.planWarnings = document.createElement("ul");
+    this.planWarnings.id = "plan-warnings";
+    this.planBox.append(this.planSummary, this.planWarnings);
+    form.querySelector(".form-actions").before(this.planBox);
+  }
+
+  schedulePlan() {
+    clearTimeout(this.planTimer);
+    this.planTimer = setTimeout(() => this.updatePlan(), PLAN_DELAY_MS);
+  }
+
+  // Asks the server what these settings will do; an answer to an older request is dropped.
+  async updatePlan() {
+    const asked = ++this.planAsked;
+    let plan;
+    try {
+      plan = await api("/api/runs/plan", { method: "POST", body: this.values() });
+    } catch (error) {
+      if (asked !== this.planAsked) return;
+      this.planSummary.textContent = error instanceof ApiError && error.status === 422
+        ? "Schedule: fix the marked settings first." : `Schedule unavailable: ${error.message}`;
+      this.planWarnings.replaceChildren();
+      this.form.dataset.planRewires = "";
+      return;
+    }
+    if (asked !== this.planAsked) return;
+    this.plan = plan;
+    this.planSummary.textContent = planText(plan);
+    this.planWarnings.replaceChildren(...plan.warnings.map((text) =>
+      Object.assign(document.createElement("li"), { className: "plan-warning", textContent: text })));
+    this.form.dataset.planRewires = String(plan.rewires);
+    this.showResolved(plan.resolved || {});
+  }
+
+  // A field left empty shows the value the run will use ("method default: 0.3").
+  showResolved(resolved) {
+    for (const field of this.fields) {
+      if (!field.nullable || !(field.name in resolved)) continue;
+      const input = this.inputs.get(field.name);
+      const text = `${nullLabel(field)}: ${resolved[field.name]}`;
+      if (input.tagName === "SELECT") input.options[0].textContent = text;
+      else input.placeholder = text;
+    }
   }
 
   async load() {
@@ -182,6 +249,7 @@ export class RunForm {
   reset() {
     for (const field of this.fields) setValue(this.inputs.get(field.name), field, field.default);
     this.clearErrors();
+    this.schedulePlan();
   }
 
   values() {

@@ -4,12 +4,31 @@ import { api, download } from "./api.js";
 
 export const ACTIVE = new Set(["queued", "running"]);
 
+// What a run used: its stored settings (every method default resolved, the model a script
+// trained), else, for runs recorded before settings were, the config it was started with.
+export function usedSettings(run) {
+  return run.settings || run.config || {};
+}
+
+// "digits · mlp [64, 64]", or only the model for a script's own data ("custom: Net (…)").
+export function modelText(run) {
+  const used = usedSettings(run);
+  let model = used.model ?? "";
+  if (!run.settings && Array.isArray(used.hidden)) model = `${model} [${used.hidden.join(", ")}]`;
+  return [used.task, model].filter(Boolean).join(" · ") || "–";
+}
+
+function densityText(density) {
+  if (typeof density !== "number") return "–";
+  return `${(density * 100).toFixed(density < 0.01 ? 1 : 0)}%`;
+}
+
 const COLUMNS = [
   ["status", "Status", (run) => run.status],
   ["name", "Name", (run) => run.name.toLowerCase()],
-  ["task", "Task", (run) => run.config.task],
-  ["method", "Method", (run) => run.config.method],
-  ["density", "Density", (run) => run.config.density],
+  ["task", "Task", (run) => modelText(run)],
+  ["method", "Method", (run) => usedSettings(run).method ?? ""],
+  ["density", "Density", (run) => usedSettings(run).density ?? -1],
   ["best", "Best acc.", (run) => run.summary?.best_test_accuracy ?? -1],
   ["age", "Age", (run) => -run.created_at],
 ];
@@ -79,7 +98,7 @@ export class RunsList {
     const status = this.statusFilter.value;
     const [, , key] = COLUMNS.find(([name]) => name === this.sort.key);
     const rows = this.runs.filter((run) => (!status || run.status === status) && (!text ||
-      [run.name, run.id, run.config.task, run.config.method, run.config.model, run.status]
+      [run.name, run.id, modelText(run), usedSettings(run).method, run.status]
         .some((value) => String(value).toLowerCase().includes(text))));
     rows.sort((a, b) => {
       const x = key(a);
@@ -97,7 +116,8 @@ export class RunsList {
     }
     const rows = this.visible();
     const signature = JSON.stringify([this.selected.size, rows.map((run) =>
-      [run.id, run.status, run.name, run.summary?.best_test_accuracy, this.selected.has(run.id)])]);
+      [run.id, run.status, run.name, run.summary?.best_test_accuracy, run.has_model,
+        Boolean(run.settings), this.selected.has(run.id)])]);
     if (signature === this.signature) {
       // Nothing but the ages changed: update them in place, so keyboard focus stays put.
       rows.forEach((run, index) => {
@@ -135,9 +155,9 @@ export class RunsList {
       pick,
       Object.assign(document.createElement("span"), { className: "badge", textContent: run.status }),
       run.name,
-      `${run.config.task} · ${run.config.model}`,
-      run.config.method,
-      `${(run.config.density * 100).toFixed(run.config.density < 0.01 ? 1 : 0)}%`,
+      modelText(run),
+      usedSettings(run).method ?? "–",
+      densityText(usedSettings(run).density),
       best === null || best === undefined ? "–" : `${(best * 100).toFixed(1)}%`,
       age(run.created_at),
     ];
@@ -157,8 +177,8 @@ export class RunsList {
     actions.append(button("Open", `Open ${run.name}`, () => this.onOpen(run)));
     if (ACTIVE.has(run.status)) actions.append(button("Stop", `Stop run ${run.name}`, () => this.stop(run)));
     actions.append(button("Export", `Export ${run.name}`, () => this.exportRun(run)));
-    // The trained weights and masks (a .pt file), which only a completed run has.
-    if (run.status === "completed") {
+    // The trained weights and masks (a .pt file), offered only where the server stored one.
+    if (run.has_model) {
       actions.append(button("Model", `Download the trained model of ${run.name}`, () => this.downloadModel(run)));
     }
     const remove = button("Delete", `Delete ${run.name}`, () => {

@@ -30,13 +30,39 @@ def test_every_config_field_has_a_labelled_input_with_its_default(page):
                 else control.input_value() == default, name
     assert sorted(page.eval_on_selector_all("#form-fields .field", "els => els.map(e => e.dataset.field)")) \
         == sorted(RunConfig.model_fields)
-    # lr, temperature and l1 are nullable: empty means the method's own default, and says so.
-    for name in ("lr", "temperature", "l1"):
+    # lr, temperature and l1 are nullable: empty means the method's own default, and the
+    # field shows the value the run will use (SET's, the form's default method).
+    page.locator("#plan-summary:not(:empty)").wait_for()
+    for name, used in (("lr", 0.05), ("temperature", 1.0), ("l1", 0.0)):
         assert RunConfig.model_fields[name].default is None, name
-        assert page.locator(f"#field-{name}").get_attribute("placeholder") == "method default", name
+        placeholder = page.locator(f"#field-{name}").get_attribute("placeholder")
+        label, value = placeholder.split(": ")
+        assert label == "method default" and float(value) == used, name
         assert "method default" in page.locator(f"#help-{name}").inner_text(), name
     # epochs is nullable too, and empty means the task's default.
-    assert page.locator("#field-epochs").get_attribute("placeholder") == "task default"
+    assert page.locator("#field-epochs").get_attribute("placeholder") == "task default: 3000"
+    assert page.locator("#field-distribution option").first.inner_text() == "method default: er"
+
+
+def test_the_form_shows_the_schedule_and_warns_of_zero_rewires_before_start(page):
+    open_form(page)
+    page.select_option("#field-task", "digits")
+    page.select_option("#field-method", "rigl")
+    page.fill("#field-epochs", "5")
+    warning = page.locator("#plan-warnings .plan-warning")
+    warning.wait_for()
+    assert "no rewire" in warning.inner_text()
+    summary = page.locator("#plan-summary").inner_text()
+    assert "115 steps (5 epochs × 23)" in summary and "0 rewires" in summary
+    assert page.locator("#field-interval_steps").get_attribute("placeholder") \
+        == "method default: 100"
+    # The task's default epochs rewire: the warning goes, the count of rewires shows.
+    page.fill("#field-epochs", "")
+    page.wait_for_function("document.querySelector('#run-form').dataset.planRewires > 0")
+    assert page.locator("#plan-warnings li").count() == 0
+    assert "rewires, every 100 steps" in page.locator("#plan-summary").inner_text()
+    runs = page.evaluate("fetch('/api/runs').then(r => r.json())")
+    assert runs == []  # the preview started nothing
 
 
 def test_server_422_shows_beside_the_field_it_names(page):
