@@ -159,9 +159,9 @@ def _check_run(run: dict) -> None:
             _fail(f"{key}: not valid JSON")
         if not isinstance(value, dict):
             _fail(f"{key}: not a JSON object")
-    # The dashboard's and the CLI's runs were started from a RunConfig; a script's config
-    # is its own dict (checked above to be a JSON object).
-    if json.loads(run.get("info") or "{}").get("writer") in ("worker", "cli"):
+    # A script's (or a remote job's) config is its own dict, checked above to be a JSON
+    # object; every other run was started from a RunConfig.
+    if json.loads(run.get("info") or "{}").get("writer") not in ("script", "remote"):
         try:
             RunConfig.model_validate(json.loads(run["config"]))
         except ValidationError as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import sqlite3
+import time
 
 import numpy as np
 import pytest
@@ -32,11 +33,20 @@ def test_export_import_round_trip_is_identical(client):
     copy = response.json()
     assert copy["id"] != run_id
     original = client.get(f"/api/runs/{run_id}").json()
-    assert {**copy, "id": run_id} == original
+    # Told apart from its original: its name says so, its info says when and from where.
+    assert copy["name"] == original["name"] + " (imported)"
+    info = dict(copy["info"])
+    assert info.pop("imported_from") == run_id and time.time() - info.pop("imported_at") < 60
+    assert info == original["info"]
+    assert {**copy, "id": run_id, "name": original["name"], "info": original["info"]} == original
+    assert copy["has_model"] and original["has_model"]
     assert store.read_events(copy["id"], 0, 100_000) == store.read_events(run_id, 0, 100_000)
     assert store.get_artifact(copy["id"], "model.pt") == b"weights"
     exported_again = client.get(f"/api/runs/{copy['id']}/export").content
-    assert client.post("/api/runs/import", content=exported_again).status_code == 201
+    again = client.post("/api/runs/import", content=exported_again)
+    assert again.status_code == 201
+    assert again.json()["name"] == copy["name"]  # one suffix, however often it travels
+    assert again.json()["info"]["imported_from"] == copy["id"]
 
 
 def _tamper(data: bytes, tmp_path, sql: str, *params) -> bytes:

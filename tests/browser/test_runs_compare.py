@@ -81,9 +81,25 @@ def test_export_and_import(page, server, pair, tmp_path):
     page.wait_for_function("document.querySelector('#runs-message').textContent.startsWith('Imported')")
     page.wait_for_function(f"document.querySelectorAll('#runs-body tr').length === {before + 1}")
     [imported] = [run for run in server.http.get("/api/runs").json() if run["id"] not in known]
-    assert imported["name"] == "alpha"
+    assert imported["name"] == "alpha (imported)"
+    assert imported["info"]["imported_from"] == alpha
+    page.wait_for_function(f"document.querySelector('#runs-body tr[data-run-id=\"{imported['id']}\"] "
+                           "td.name').textContent === 'alpha (imported)'")
     # The module's runs stay as they were for the tests after this one (names are labels).
     assert server.http.delete(f"/api/runs/{imported['id']}").status_code == 204
+
+
+def test_model_is_offered_only_for_runs_with_a_stored_model(page, server, pair):
+    stopped = server.start_run(name="cut short", task="synthetic", hidden=[8], epochs=5000)
+    server.wait(stopped["id"], ("running",))
+    assert server.http.post(f"/api/runs/{stopped['id']}/stop").json()["status"] == "stopped"
+    page.goto(f"{page.base_url}/#/runs")
+    page.wait_for_selector(f"#runs-body tr[data-run-id='{stopped['id']}'][data-status='stopped']")
+    assert server.http.get(f"/api/runs/{stopped['id']}").json()["has_model"] is False
+    assert page.get_by_role("button", name="Download the trained model of cut short").count() == 0
+    assert server.http.get(f"/api/runs/{pair['alpha']['id']}").json()["has_model"] is True
+    assert page.get_by_role("button", name="Download the trained model of alpha").count() == 1
+    assert server.http.delete(f"/api/runs/{stopped['id']}").status_code == 204
 
 
 def test_compare_two_runs(page, pair):
