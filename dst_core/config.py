@@ -12,10 +12,24 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from dst_core.settings import OPTION_NAMES, ResolvedSettings, resolve_settings
+
 TaskName = Literal["synthetic", "digits", "mnist"]
 ModelName = Literal["mlp", "cnn"]
-MethodName = Literal["dense", "static", "set", "set_magnitude", "rigl", "snfs", "deep_r",
-                     "grad_sample"]
+
+
+def registered_methods() -> list[str]:
+    """Every method in `dst_core.rewire.REGISTRY`, built-in and user-registered, sorted: the
+    source of `method`'s choices in the config, the OpenAPI enum, the form and the CLI."""
+    from dst_core import algorithms  # noqa: F401  (fills the registry)
+    from dst_core.rewire import REGISTRY
+
+    return sorted(REGISTRY)
+
+
+def _method_enum(schema: dict[str, Any]) -> None:
+    # Read when the schema is generated, so a method registered after import is listed.
+    schema["enum"] = registered_methods()
 
 # (input_shape, num_classes) of each built-in task, so a run's size is known before any data
 # is loaded (tests/backend/test_validation_limits.py checks it against dst_core.tasks).
@@ -33,6 +47,13 @@ Width = Annotated[int, Field(ge=1, description="Units in one hidden layer")]
 
 
 TASK_EPOCHS = {"synthetic": 3000, "digits": 100, "mnist": 30}
+BOOLEAN_FIELDS = frozenset({"skip_update_on_rewire", "first_layer_dense", "dense_first_last",
+                            "global_selection"})
+# RunConfig fields that are SparseDriver options of the same name.
+DRIVER_OPTIONS = ("distribution", "drop_fraction", "schedule", "interval_steps", "end_fraction",
+                  "temperature", "l1", "begin_step", "drop_noise", "skip_update_on_rewire",
+                  "first_layer_dense", "dense_first_last", "global_selection",
+                  "ablation_threshold", "structure", "n", "m")
 
 
 class RunConfig(BaseModel):
@@ -45,7 +66,8 @@ class RunConfig(BaseModel):
     task: TaskName = Field("synthetic", description="Data set (all ship with their packages)")
     model: ModelName = Field("mlp", description="mlp: fully connected; cnn: LeNet-style")
     hidden: list[Width] = Field([64, 64], description="Hidden layer widths")
-    method: MethodName = Field("set", description="Dynamic sparse training algorithm")
+    method: str = Field("set", description="Dynamic sparse training algorithm (any registered "
+                        "method)", json_schema_extra=_method_enum)
     density: float = Field(0.1, gt=0.0, le=1.0,
                            description="Share of connections kept active (ignored for dense: 1)")
     distribution: Literal["uniform", "er", "erk"] | None = Field(
@@ -67,7 +89,10 @@ class RunConfig(BaseModel):
     batch_size: int = Field(64, ge=1, le=65536, description="Examples per step")
     lr: float | None = Field(None, gt=0.0, le=10.0,
                              description="Learning rate; default: the method's (0.05; Deep R 0.2)")
-    optimizer: Literal["sgd", "adam", "adamw"] = Field("sgd", description="Optimizer")
+    optimizer: Literal["sgd", "adam", "adamw"] = Field(
+        "sgd", description="Optimizer (Deep R moves its sparse weights by its own SGD rule "
+                           "whatever is chosen here, as the paper's Algorithm 1; biases follow "
+                           "this one: compare Deep R with others under SGD)")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="L2 / decoupled weight decay")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds masks, init, data order")
@@ -79,6 +104,29 @@ class RunConfig(BaseModel):
                     "(grad_sample 1, Deep R 1e-6)")
     l1: float | None = Field(None, ge=0.0, le=1.0,
                              description="Deep R L1 shrink of active parameters (default 1e-5)")
+    begin_step: int | None = Field(
+        None, ge=0, le=10**9, description="No rewiring before this step (default 0)")
+    drop_noise: float | None = Field(
+        None, ge=0.0, le=1.0, description="Std of Gaussian noise added to |w| drop scores; "
+                                          "default: the method's (RigL 1e-5, others 0)")
+    skip_update_on_rewire: bool | None = Field(
+        None, description="No optimizer update on a rewire step; default: the method's "
+                          "(RigL yes, as its reference)")
+    first_layer_dense: bool | None = Field(
+        None, description="With uniform densities, keep the first layer dense; default: the "
+                          "method's (RigL yes)")
+    dense_first_last: bool = Field(False, description="Keep the first and the last layer dense")
+    global_selection: bool | None = Field(
+        None, description="Drop and grow by one ranking across all layers (magnitude and "
+                          "gradient methods); default no")
+    ablation_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="SRigL γ_sal: a unit with fewer salient weights "
+                                          "than this share of its fan-in is ablated (0.3)")
+    structure: Literal["unstructured", "n:m"] | None = Field(
+        None, description="n:m keeps at most n active weights in every m consecutive inputs "
+                          "of a row (2:4 by default: what GPUs accelerate)")
+    n: int | None = Field(None, ge=1, le=64, description="N of N:M (default 2)")
+    m: int | None = Field(None, ge=1, le=64, description="M of N:M (default 4)")
     init: Literal["pytorch", "he", "he_sparse"] = Field(
         "pytorch",
         description="Initial weights: pytorch (PyTorch's default, as the DST papers train), he "
@@ -102,13 +150,49 @@ class RunConfig(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_booleans(cls, value: Any) -> Any:
-        # No field is a boolean, but pydantic's lax mode reads true as 1 and false as 0:
-        # {"epochs": true} would quietly train for one epoch.
+    def _no_booleans(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads true as 1 and false as 0: {"epochs": true} would quietly
+        # train for one epoch. Only the yes/no fields take booleans.
+        if info.field_name in BOOLEAN_FIELDS:
+            return value
         if isinstance(value, bool) or (isinstance(value, list)
                                        and any(isinstance(item, bool) for item in value)):
             raise ValueError("true/false is not a valid value here")
         return value
+
+    @field_validator("method")
+    @classmethod
+    def _method_registered(cls, method: str) -> str:
+        known = registered_methods()
+        if method not in known:
+            raise ValueError(f"unknown method {method!r}; known: {', '.join(known)}")
+        return method
+
+    @model_validator(mode="after")
+    def _structure_fits(self) -> RunConfig:
+        settings = self.resolved_settings()
+        if settings.structure == "n:m":
+            if settings.n > settings.m:
+                raise ValueError(f"n: must not exceed m ({settings.n} > {settings.m})")
+            if self.density > settings.n / settings.m:
+                raise ValueError(f"density: {self.density:g} does not fit {settings.n}:"
+                                 f"{settings.m} (at most n/m = {settings.n / settings.m:g})")
+        return self
+
+    def driver_options(self) -> dict[str, Any]:
+        """The config's driver options (None: the method's default), as SparseDriver takes
+        them."""
+        return {name: getattr(self, name) for name in DRIVER_OPTIONS}
+
+    def resolved_settings(self, steps_per_epoch: int | None = None,
+                          total_steps: int | None = None) -> ResolvedSettings:
+        """This config's settings with the method's defaults filled in (the one resolver,
+        `dst_core.settings.resolve_settings`, that the driver uses too)."""
+        options = {name: value for name, value in self.driver_options().items()
+                   if name in OPTION_NAMES}
+        options["lr"] = self.lr
+        return resolve_settings(self.method, options, total_steps=total_steps,
+                                steps_per_epoch=steps_per_epoch)
 
     @field_validator("model")
     @classmethod

@@ -4,9 +4,10 @@ Masked weights are kept exactly zero in the parameter itself (no `weight * mask`
 forward pass), so `weight.grad` after backward *is* the dense gradient RigL needs. After
 every `optimizer.step()` the weights are multiplied by their mask (one pass per layer), which
 keeps inactive weights exactly zero under any optimizer, weight decay included. Gradients are
-not masked: the optimizer's state at inactive positions never reaches an active weight,
-because a rewire zeroes the state of every grown (and dropped) entry — measured, masking the
-gradient as well costs a second pass per layer and step for no change in the trajectory.
+masked too, in place by a post-accumulate hook right after backward, so whatever runs between
+`backward()` and `step()` (clipping, LARS/LAMB trust ratios, logging) sees the gradients the
+reference implementations pass to their optimizers; the dense gradient a rewire reads is
+copied aside by the same hook, only on the steps that need it.
 The algorithm (`dst_core.rewire.REGISTRY`) decides the rest through two hooks.
 """
 
@@ -21,13 +22,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from dst_core.density import layer_densities
+from dst_core.density import DISTRIBUTIONS, layer_densities
 from dst_core.rewire import get_algorithm
 from dst_core.schedules import RewireSchedule
 from dst_core.selection import count_true, flat_nonzero
+from dst_core.settings import STRUCTURES, ResolvedSettings, resolve_settings
+from dst_core.structure import NMStructure
 
 PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-DEFAULT_INTERVAL_STEPS = 100  # when a per-epoch method is driven without steps_per_epoch
 
 
 @dataclass
@@ -40,6 +42,8 @@ class MaskedLayer:
     ever_active: torch.Tensor  # bool, weight's shape: union of every mask so far (ITOP)
     init_bound: float  # uniform bound of the layer's default init, for random regrowth
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # algorithm state, saved
+    structure: NMStructure | None = None  # an N:M constraint the layer's masks keep
+    grad_masked: bool = field(default=False, repr=False)  # the hook masked this step's .grad
     # The mask in the weight's dtype, rebuilt whenever `mask` is *assigned* a new tensor:
     # multiplying by a float mask is ~6× faster than by a bool one on the CPU, and the
     # per-step masking is most of the driver's per-step cost.
@@ -165,7 +169,12 @@ class SparseDriver:
         driver = SparseDriver(model, optimizer, method="rigl", density=0.1, total_steps=n)
         loss.backward(); driver.step(); optimizer.zero_grad()
 
-    Arguments left at None take the method's published defaults (`REGISTRY[method].defaults`).
+    Options left at None take the method's published defaults (`REGISTRY[method].defaults`,
+    resolved by `dst_core.settings.resolve_settings`; `settings()` reports the result).
+    After `backward()` every sparsified weight's `.grad` is already masked (a post-accumulate
+    hook), so clipping, logging and the optimizer see what the reference implementations
+    see; on the steps whose rewire reads the dense gradient (RigL's) the hook keeps a copy
+    aside first (`dense_grad(layer)`), never in `.grad`.
     `sparse_init=True` rescales each sparse layer's initial weights to its active fan-in
     (`scale_to_active_fan_in`); the default False keeps the model's weights exactly as given.
     Raises ValueError naming the argument on bad input, including a model with no Linear/Conv
@@ -188,6 +197,15 @@ class SparseDriver:
         steps_per_epoch: int | None = None,
         temperature: float | None = None,
         l1: float | None = None,
+        begin_step: int | None = None,
+        drop_noise: float | None = None,
+        skip_update_on_rewire: bool | None = None,
+        first_layer_dense: bool | None = None,
+        global_selection: bool | None = None,
+        ablation_threshold: float | None = None,
+        structure: str | None = None,
+        n: int | None = None,
+        m: int | None = None,
         include: Iterable[str] | None = None,
         exclude: Iterable[str] | None = None,
         dense_first_last: bool = False,
@@ -201,47 +219,59 @@ class SparseDriver:
                              f"{type(optimizer).__name__}")
         for argument, value in (("density", density), ("drop_fraction", drop_fraction),
                                 ("end_fraction", end_fraction), ("temperature", temperature),
-                                ("l1", l1)):
+                                ("l1", l1), ("drop_noise", drop_noise),
+                                ("ablation_threshold", ablation_threshold)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, Real)
                                       or not math.isfinite(value)):
                 raise ValueError(f"{argument}: expected a finite number, got {value!r}")
         for argument, value in (("interval_steps", interval_steps),
-                                ("steps_per_epoch", steps_per_epoch), ("seed", seed)):
+                                ("steps_per_epoch", steps_per_epoch), ("seed", seed),
+                                ("begin_step", begin_step), ("n", n), ("m", m)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, Integral)):
                 raise ValueError(f"{argument}: expected an int, got {value!r}")
+        for argument, value in (("skip_update_on_rewire", skip_update_on_rewire),
+                                ("first_layer_dense", first_layer_dense),
+                                ("global_selection", global_selection),
+                                ("dense_first_last", dense_first_last),
+                                ("sparse_init", sparse_init)):
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"{argument}: expected True or False, got {value!r}")
         self.model = model
         self.optimizer = optimizer
         self.method = method
         self.algorithm = get_algorithm(method)
-        defaults = self.algorithm.defaults
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise ValueError(f"total_steps: must be an int >= 1, got {total_steps!r}")
         if steps_per_epoch is not None and steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch: must be >= 1, got {steps_per_epoch!r}")
-        self.temperature = float(temperature if temperature is not None
-                                 else defaults.get("temperature", 1.0))
-        if not self.temperature > 0:
-            raise ValueError(f"temperature: must be > 0, got {temperature!r}")
-        self.l1 = float(l1 if l1 is not None else defaults.get("l1", 0.0))
-        if self.l1 < 0:
-            raise ValueError(f"l1: must be >= 0, got {l1!r}")
+        options = resolve_settings(method, {
+            "distribution": distribution, "drop_fraction": drop_fraction, "schedule": schedule,
+            "interval_steps": interval_steps, "end_fraction": end_fraction,
+            "temperature": temperature, "l1": l1, "begin_step": begin_step,
+            "drop_noise": drop_noise, "skip_update_on_rewire": skip_update_on_rewire,
+            "first_layer_dense": first_layer_dense, "global_selection": global_selection,
+            "ablation_threshold": ablation_threshold, "structure": structure, "n": n, "m": m,
+        }, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+        self._check_options(options)
+        self.options = options
+        self.temperature = float(options.temperature)
+        self.l1 = float(options.l1)
         self.step_count = 0
+        self.skipped_update = False  # whether the last step left the optimizer out (rigl)
         self.listeners: list[Callable[[list[LayerChange]], None]] = []
         self.scratch: dict[str, Any] = {}  # hand-over between an algorithm's two hooks
-        if interval_steps is None:
-            interval_steps = defaults.get("interval_steps", DEFAULT_INTERVAL_STEPS)
-            if interval_steps == "epoch":
-                interval_steps = steps_per_epoch or DEFAULT_INTERVAL_STEPS
         self.schedule = RewireSchedule(
-            drop_fraction=float(drop_fraction if drop_fraction is not None
-                                else defaults.get("drop_fraction", 0.3)),
-            kind=schedule or defaults.get("schedule", "constant"),
-            interval_steps=int(interval_steps),
-            end_fraction=float(end_fraction if end_fraction is not None
-                               else defaults.get("end_fraction", 1.0)),
-            total_steps=int(total_steps),
-        )
-        self.distribution = distribution or defaults.get("distribution", "uniform")
+            drop_fraction=float(options.drop_fraction), kind=options.schedule,
+            interval_steps=int(options.interval_steps),
+            end_fraction=float(options.end_fraction), total_steps=int(total_steps),
+            begin_step=int(options.begin_step),
+            min_drop_fraction=float(options.min_drop_fraction))
+        self.distribution = options.distribution
+        self.dense_first_last = dense_first_last
+        self.include = [include] if isinstance(include, str) else list(include or [])
+        self.exclude = [exclude] if isinstance(exclude, str) else list(exclude or [])
+        self.sparse_init = sparse_init
+        self.seed = seed
         prunable = find_prunable(model, include, exclude, dense_first_last)
         if not prunable:
             raise ValueError(
@@ -260,29 +290,126 @@ class SparseDriver:
             density = 1.0
         densities = layer_densities([tuple(w.shape) for _, w in prunable], density,
                                     self.distribution)
+        if options.first_layer_dense and self.distribution == "uniform" and len(densities) > 1:
+            densities[0] = 1.0  # rigl's uniform: the input layer stays dense
         self.target_density = float(density)
+        structure_of = (NMStructure(options.n, options.m) if options.structure == "n:m"
+                        else None)
         device = prunable[0][1].device if prunable else torch.device("cpu")
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
         self.layers: list[MaskedLayer] = []
+        initial_mask = getattr(self.algorithm, "initial_mask", None)
         for (name, weight), layer_density in zip(prunable, densities, strict=True):
-            mask = random_mask(tuple(weight.shape), layer_density, self.generator, weight.device)
+            shape = tuple(weight.shape)
+            layer_structure = structure_of if layer_density < 1.0 else None
+            if initial_mask is not None and layer_density < 1.0:
+                mask = initial_mask(shape, layer_density, self.generator).to(weight.device)
+            elif layer_structure is not None:
+                count = min(math.prod(shape), max(1, round(layer_density * math.prod(shape))))
+                mask = layer_structure.random_mask(shape, count, self.generator).to(weight.device)
+            else:
+                mask = random_mask(shape, layer_density, self.generator, weight.device)
             # Measured before the sparse rescale: a grown connection joins units that already
             # have their inputs, so it starts at the model's own init scale (SET on digits at
             # 95% sparsity, 3 seeds: 95.6% this way, 94.1% at the rescaled scale).
             init_bound = measured_init_bound(weight.detach(), mask)
             if sparse_init and layer_density < 1.0:
                 scale_to_active_fan_in(weight.data, mask)
-            self.layers.append(MaskedLayer(name, weight, mask, mask.clone(), init_bound))
+            self.layers.append(MaskedLayer(name, weight, mask, mask.clone(), init_bound,
+                                           structure=layer_structure))
         self.apply_masks()
         setup = getattr(self.algorithm, "setup", None)
         if setup is not None:
             setup(self)
+        self._dense_grads: dict[str, torch.Tensor] = {}
+        self._hooks = [layer.weight.register_post_accumulate_grad_hook(self._grad_hook(layer))
+                       for layer in self.layers]
+
+    def _check_options(self, options: ResolvedSettings) -> None:
+        algorithm, method = self.algorithm, self.method
+        if options.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"distribution: unknown {options.distribution!r}; known: "
+                             f"{', '.join(DISTRIBUTIONS)}")
+        if options.structure not in STRUCTURES:
+            raise ValueError(f"structure: unknown {options.structure!r}; known: "
+                             f"{', '.join(STRUCTURES)}")
+        if options.structure == "n:m":
+            NMStructure(options.n, options.m)  # raises naming n or m
+            if not algorithm.supports_structure:
+                raise ValueError(f"structure: method {method!r} cannot keep an N:M "
+                                 "constraint; N:M works with the magnitude and gradient "
+                                 "rewirers and static")
+        if options.global_selection and not algorithm.supports_global:
+            raise ValueError(f"global_selection: method {method!r} has no single cross-layer "
+                             "ranking (use set_magnitude, rigl or grad_sample)")
+        for argument in ("drop_noise", "ablation_threshold", "l1"):
+            if getattr(options, argument) < 0:
+                raise ValueError(f"{argument}: must be >= 0, got {getattr(options, argument)}")
+        if not options.temperature > 0:
+            raise ValueError(f"temperature: must be > 0, got {options.temperature!r}")
+        if options.begin_step < 0:
+            raise ValueError(f"begin_step: must be >= 0, got {options.begin_step}")
 
     @property
     def rewirer(self):
         """The foundation's name for `algorithm` (kept for code written against it)."""
         return self.algorithm
+
+    def settings(self) -> dict[str, Any]:
+        """The driver's resolved settings, as plain data: every option (the method's default
+        where none was given) and each sparsified layer's name, shape and density. A recorder
+        stores this with the run, so a run says what it actually did."""
+        options = self.options.as_dict()
+        options.pop("lr")  # the optimizer's, not the driver's
+        options.update(
+            density=self.target_density,
+            first_layer_dense=bool(options["first_layer_dense"]
+                                   and self.distribution == "uniform"),
+            dense_first_last=self.dense_first_last, include=self.include,
+            exclude=self.exclude, sparse_init=self.sparse_init, seed=self.seed,
+            masked_gradients=True,
+            layers=[{"name": layer.name, "shape": list(layer.shape), "density": layer.density}
+                    for layer in self.layers])
+        if options["structure"] == "unstructured":
+            options.pop("n")
+            options.pop("m")
+        return options
+
+    # ---- gradients --------------------------------------------------------------------
+    def _grad_hook(self, layer: MaskedLayer) -> Callable[[torch.Tensor], None]:
+        def mask_gradient(parameter: torch.Tensor) -> None:
+            self._mask_grad(layer)
+        return mask_gradient
+
+    @torch.no_grad()
+    def _mask_grad(self, layer: MaskedLayer) -> None:
+        """Mask `.grad` in place, keeping the dense gradient aside first when the algorithm
+        reads it this step. Under gradient accumulation `.grad` already holds the masked sum
+        of earlier backward passes, so the dense sum is this `.grad` plus the inactive part
+        kept from before."""
+        grad = layer.weight.grad
+        if grad is None or grad.is_sparse:
+            return
+        if self.algorithm.dense_gradient_wanted(self, self.rewire_due()):
+            previous = self._dense_grads.get(layer.name)
+            if previous is None:
+                self._dense_grads[layer.name] = grad.detach().clone()
+            else:
+                previous.mul_(1 - layer.multiplier).add_(grad)
+        grad.mul_(layer.multiplier)
+        layer.grad_masked = True
+
+    def dense_grad(self, layer: MaskedLayer) -> torch.Tensor | None:
+        """This step's dense gradient of `layer` (kept aside by the gradient hook on steps the
+        algorithm asked for it), or None when backward never reached the layer."""
+        return self._dense_grads.get(layer.name)
+
+    def remove_hooks(self) -> None:
+        """Detach the gradient hooks (the model then trains with dense gradients again)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
 
     # ---- per step -------------------------------------------------------------------
     @torch.no_grad()
@@ -296,13 +423,25 @@ class SparseDriver:
         return self.schedule.is_due(self.step_count + 1)
 
     def step(self) -> list[LayerChange]:
-        """optimizer.step() with masks kept, then the algorithm's rewire if one is due."""
+        """optimizer.step() with masks kept, then the algorithm's rewire if one is due.
+
+        With `skip_update_on_rewire` (rigl's reference) a step that rewires leaves the
+        optimizer out: the mask update replaces that step's weight update."""
         due = self.rewire_due()
+        for layer in self.layers:  # .grad set without backward (autograd.grad, by hand)
+            if not layer.grad_masked:
+                self._mask_grad(layer)
+            layer.grad_masked = False
         self.algorithm.before_optimizer_step(self, due)
-        self.optimizer.step()
+        self.skipped_update = due and self.options.skip_update_on_rewire
+        if not self.skipped_update:
+            self.optimizer.step()
         self.apply_masks()
         self.step_count += 1
-        changes = self.algorithm.after_optimizer_step(self, due)
+        try:
+            changes = self.algorithm.after_optimizer_step(self, due)
+        finally:
+            self._dense_grads = {}
         if changes:
             for listener in self.listeners:
                 listener(changes)
@@ -317,8 +456,10 @@ class SparseDriver:
 
     @torch.no_grad()
     def apply_change(self, layer: MaskedLayer, mask: torch.Tensor, added: torch.Tensor,
-                     removed: torch.Tensor, grow_init: str = "zero") -> LayerChange:
-        """Install a rewire: init grown weights, zero dropped ones and both's optimizer state.
+                     removed: torch.Tensor, grow_init: str = "zero",
+                     reset_state: bool = True) -> LayerChange:
+        """Install a rewire: init grown weights, zero dropped ones and (unless `reset_state`
+        is False: SNFS keeps what chose them) both's optimizer state.
 
         Works on the changed indices only: drawing a random value for every weight and
         selecting the grown ones cost more than the rest of a SET rewire."""
@@ -335,7 +476,8 @@ class SparseDriver:
         # SGD momentum_buffer, Adam/AdamW exp_avg, exp_avg_sq (and max_exp_avg_sq): every
         # per-weight state restarts at grown and dropped entries (jaxpruner restart_inner_state).
         states = [value for value in self.optimizer.state.get(weight, {}).values()
-                  if isinstance(value, torch.Tensor) and value.shape == weight.shape]
+                  if isinstance(value, torch.Tensor) and value.shape == weight.shape] \
+            if reset_state else []
         if flat_weight is not None:
             flat_weight.index_fill_(0, removed_index, 0.0)
             flat_weight.index_copy_(0, added_index, fresh)

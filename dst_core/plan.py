@@ -17,7 +17,6 @@ from dst_core.config import CNN_CHANNELS, CNN_KERNEL, CNN_POOLINGS, TASK_SHAPES,
 from dst_core.density import layer_densities
 from dst_core.rewire import Algorithm, Rewirer, get_algorithm
 from dst_core.schedules import RewireSchedule
-from dst_core.training import resolved_lr
 
 # Training examples of each built-in task (dst_core.tasks: the examples left after the fixed
 # 20 % test split), so a run's steps are known before its data is loaded
@@ -52,7 +51,8 @@ class RunPlan:
 
 
 def weight_shapes(config: RunConfig) -> list[tuple[int, ...]]:
-    """The shapes of the weights the driver sparsifies in the built-in model of `config`."""
+    """The shapes of the weights the driver sparsifies in the built-in model of `config`
+    (find_prunable's order; `dense_first_last` leaves the first and the last out)."""
     input_shape, num_classes = TASK_SHAPES[config.task]
     shapes: list[tuple[int, ...]] = []
     if config.model == "cnn":
@@ -66,45 +66,46 @@ def weight_shapes(config: RunConfig) -> list[tuple[int, ...]]:
     for out in [*config.hidden, num_classes]:
         shapes.append((out, fan_in))
         fan_in = out
-    return shapes
+    return shapes[1:-1] if config.dense_first_last and len(shapes) >= 2 else shapes
 
 
 def plan_run(config: RunConfig) -> RunPlan:
-    """The schedule `config` will run, and a warning for each setting that cannot show anything."""
+    """The schedule `config` will run, and a warning for each setting that cannot show anything.
+
+    The settings come from the one resolver the driver uses (`RunConfig.resolved_settings`);
+    the count of connections a rewire moves is each layer's int(f · k), exact for per-layer
+    selection (global selection and N:M redistribute it, the total stays near)."""
     algorithm = get_algorithm(config.method)
-    defaults = algorithm.defaults
     steps_per_epoch = math.ceil(TRAIN_EXAMPLES[config.task] / config.batch_size)
     epochs = config.resolved_epochs
     total_steps = steps_per_epoch * epochs
-    interval = config.interval_steps if config.interval_steps is not None \
-        else defaults.get("interval_steps", 100)
-    if interval == "epoch":
-        interval = steps_per_epoch
+    used = config.resolved_settings(steps_per_epoch=steps_per_epoch, total_steps=total_steps)
     schedule = RewireSchedule(
-        drop_fraction=float(config.drop_fraction if config.drop_fraction is not None
-                            else defaults.get("drop_fraction", 0.3)),
-        kind=config.schedule or defaults.get("schedule", "constant"),
-        interval_steps=int(interval),
-        end_fraction=float(config.end_fraction if config.end_fraction is not None
-                           else defaults.get("end_fraction", 1.0)),
-        total_steps=total_steps,
-    )
-    distribution = config.distribution or defaults.get("distribution", "uniform")
+        drop_fraction=float(used.drop_fraction), kind=used.schedule,
+        interval_steps=int(used.interval_steps), end_fraction=float(used.end_fraction),
+        total_steps=total_steps, begin_step=int(used.begin_step),
+        min_drop_fraction=float(used.min_drop_fraction))
+    distribution = used.distribution
     density = 1.0 if algorithm.trains_dense else config.density
     # The baselines never change their mask (no after-step hook); Deep R flips connections
     # every step and reports them on the schedule; the rewirers drop and grow on it.
     changes_mask = type(algorithm).after_optimizer_step is not Algorithm.after_optimizer_step
     drops_on_schedule = isinstance(algorithm, Rewirer)
-    # Steps s with s % interval == 0 and s < end_step (RewireSchedule.is_due), counted.
-    due_count = max(0, (schedule.end_step - 1) // schedule.interval_steps)
+    # Steps s > begin with (s - begin) % interval == 0 and s < end_step
+    # (RewireSchedule.is_due), counted.
+    begin, interval = schedule.begin_step, schedule.interval_steps
+    due_count = max(0, (schedule.end_step - 1 - begin) // interval)
     rewires = due_count if changes_mask else 0
-    last_rewire_step = rewires * schedule.interval_steps if rewires else None
+    first_rewire_step = begin + interval
+    last_rewire_step = begin + rewires * interval if rewires else None
     moved = 0
     if rewires and drops_on_schedule:
         shapes = weight_shapes(config)
-        first_fraction = schedule.fraction_at(schedule.interval_steps)
-        for shape, layer_density in zip(shapes, layer_densities(shapes, density, distribution),
-                                        strict=True):
+        densities = layer_densities(shapes, density, distribution)
+        if used.first_layer_dense and distribution == "uniform" and len(densities) > 1:
+            densities[0] = 1.0
+        first_fraction = schedule.fraction_at(first_rewire_step)
+        for shape, layer_density in zip(shapes, densities, strict=True):
             numel = math.prod(shape)
             active = min(numel, max(1, round(layer_density * numel)))  # driver.random_mask
             # A layer kept dense has no inactive position to grow into.
@@ -112,13 +113,14 @@ def plan_run(config: RunConfig) -> RunPlan:
     warnings = []
     if changes_mask and rewires == 0:
         warnings.append(
-            f"no rewire: {total_steps} steps, rewire every {schedule.interval_steps} steps, "
-            f"rewiring stops at {schedule.end_fraction:.0%} of training (step "
+            f"no rewire: {total_steps} steps, rewire every {interval} steps"
+            + (f" after step {begin}" if begin else "")
+            + f", rewiring stops at {schedule.end_fraction:.0%} of training (step "
             f"{schedule.end_step}); the mask stays as initialised. Train more epochs or set "
-            f"interval_steps below {max(1, schedule.end_step)}.")
+            f"interval_steps below {max(1, schedule.end_step - begin)}.")
     elif drops_on_schedule and rewires and moved == 0:
         warnings.append(
-            f"drop fraction {schedule.fraction_at(schedule.interval_steps):g} moves no "
+            f"drop fraction {schedule.fraction_at(first_rewire_step):.3g} moves no "
             f"connection at density {density:g}: each rewire replaces int(drop fraction × "
             "active connections) per layer, which is 0 in every layer here. Raise the drop "
             "fraction or the density.")
@@ -131,8 +133,5 @@ def plan_run(config: RunConfig) -> RunPlan:
         connections_moved=moved, warnings=warnings,
         resolved={"epochs": epochs, "distribution": distribution,
                   "drop_fraction": schedule.drop_fraction, "schedule": schedule.kind,
-                  "interval_steps": schedule.interval_steps,
-                  "end_fraction": schedule.end_fraction, "lr": resolved_lr(config),
-                  "temperature": float(config.temperature if config.temperature is not None
-                                       else defaults.get("temperature", 1.0)),
-                  "l1": float(config.l1 if config.l1 is not None else defaults.get("l1", 0.0))})
+                  "interval_steps": interval, "end_fraction": schedule.end_fraction,
+                  "lr": used.lr, "temperature": used.temperature, "l1": used.l1})

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 
 from dst_core.selection import count_true, magnitude, rewire_threads, select_mask
+from dst_core.settings import MethodDefaults, with_defaults
 
 
 @dataclass(frozen=True)
@@ -33,16 +34,24 @@ class RewireResult:
 class Algorithm:
     """Anything `SparseDriver` can run. The driver calls the two hooks around optimizer.step().
 
-    `defaults` holds the method's published schedule and layer distribution; `None` fields of a
-    config take them.
+    `defaults` holds the method's published schedule, layer distribution and options
+    (`dst_core.settings.MethodDefaults`); `None` options of a config or driver take them.
     """
 
-    defaults: ClassVar[dict[str, Any]] = {}
+    defaults: ClassVar[MethodDefaults] = MethodDefaults()
     trains_dense: ClassVar[bool] = False  # every connection active (the dense baseline)
     mask_level: ClassVar[bool] = False  # usable through `rewire()` on a single tensor
+    supports_global: ClassVar[bool] = False  # global_selection means something for it
+    supports_structure: ClassVar[bool] = False  # can keep an N:M constraint
+
+    def dense_gradient_wanted(self, driver: Any, due: bool) -> bool:
+        """Whether the driver keeps this step's dense gradient aside (before masking
+        `.grad`): only the steps whose rewire reads it, so other steps pay nothing."""
+        return False
 
     def before_optimizer_step(self, driver: Any, due: bool) -> None:
-        """Called after backward, while `weight.grad` still holds the dense gradient."""
+        """Called after backward; `.grad` is masked, `driver.dense_grad(layer)` holds the
+        dense gradient where `dense_gradient_wanted` asked for it."""
 
     def after_optimizer_step(self, driver: Any, due: bool) -> list:
         """Called after optimizer.step(); returns the LayerChanges to report (may be empty)."""
@@ -59,16 +68,29 @@ class Rewirer(Algorithm):
     """
 
     mask_level = True
+    supports_global = True
+    supports_structure = True
     needs_grad: ClassVar[bool] = False  # growth reads a dense gradient (or its momentum)
-    redistributes: ClassVar[bool] = False  # moves connections between layers (SNFS)
     grow_init: ClassVar[str] = "zero"  # "zero" or "random" (uniform at the layer's init bound)
+    random_growth: ClassVar[bool] = False  # grows uniformly at random (no grow_score)
 
     # ---- what a subclass supplies -----------------------------------------------------
-    def drop(self, weight: torch.Tensor, mask: torch.Tensor, drop_fraction: float) -> torch.Tensor:
-        """A fresh bool tensor (mask's shape) of the active positions to drop: the `int(f·k)`
-        smallest |w|. Fresh because the rewire writes its results into it."""
-        count = int(drop_fraction * count_true(mask))
+    def drop_score(self, weight: torch.Tensor, noise: float = 0.0,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+        """(numel,) float32 drop scores, lowest dropped: |w|, plus N(0, noise²) when
+        `noise` > 0 (rigl's "slight bit of randomness", std 1e-5, breaks ties at random)."""
         scores = magnitude(weight, "scores")  # (numel,) float32
+        if noise > 0:
+            scores = scores + noise * torch.randn(scores.shape, generator=generator,
+                                                  device=scores.device)
+        return scores
+
+    def drop(self, weight: torch.Tensor, mask: torch.Tensor, drop_fraction: float, *,
+             noise: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A fresh bool tensor (mask's shape) of the active positions to drop: the `int(f·k)`
+        lowest drop scores. Fresh because the rewire writes its results into it."""
+        count = int(drop_fraction * count_true(mask))
+        scores = self.drop_score(weight, noise, generator)
         return select_mask(scores, count, eligible=mask, largest=False).view(mask.shape)
 
     def grow_score(
@@ -90,11 +112,17 @@ class Rewirer(Algorithm):
         grad: torch.Tensor | None,
         generator: torch.Generator | None,
         temperature: float,
+        structure: Any = None,
     ) -> torch.Tensor:
         """A fresh bool tensor (weight's shape) of exactly `count` positions outside `kept` to
-        grow. Fresh because the rewire writes its results into it."""
-        scores = self.grow_score(weight, kept, grad, generator, temperature)  # (numel,) float32
-        return select_mask(scores, count, excluded=kept).view(weight.shape)
+        grow, within `structure` (an N:M constraint) when given. Fresh because the rewire
+        writes its results into it."""
+        if self.random_growth:
+            scores = torch.rand(weight.numel(), generator=generator, device=weight.device)
+        else:
+            scores = self.grow_score(weight, kept, grad, generator, temperature)  # (numel,)
+        eligible = structure.eligible(scores, kept).reshape(-1) if structure is not None else None
+        return select_mask(scores, count, excluded=kept, eligible=eligible).view(weight.shape)
 
     # ---- the shared machinery ----------------------------------------------------------
     def __call__(
@@ -114,41 +142,85 @@ class Rewirer(Algorithm):
         return net_result(mask, kept, dropped, grown)
 
     # ---- driver hooks: periodic rewiring ---------------------------------------------
-    def before_optimizer_step(self, driver: Any, due: bool) -> None:
-        if due and self.needs_grad:
-            # weight.grad is the dense gradient: masked weights are exact zeros in the
-            # parameter, not multiplied by the mask in forward. Copied only when needed.
-            driver.scratch["grads"] = [_dense_grad(layer) for layer in driver.layers]
+    def dense_gradient_wanted(self, driver: Any, due: bool) -> bool:
+        return due and self.needs_grad
 
     def after_optimizer_step(self, driver: Any, due: bool) -> list:
         if not due:
             return []
         with rewire_threads(driver.layers[0].weight.device):
+            if driver.options.global_selection:
+                return self._rewire_global(driver)
             return self._rewire_layers(driver)
 
+    def _grads(self, driver: Any) -> list:
+        return [driver.dense_grad(layer) if self.needs_grad else None for layer in driver.layers]
+
     def _rewire_layers(self, driver: Any) -> list:
+        """Each layer drops and regrows its own `int(f · k)`: counts per layer stay exact."""
+        options = driver.options
         fraction = driver.schedule.fraction_at(driver.step_count)
-        grads = driver.scratch.pop("grads", [None] * len(driver.layers))
-        # A dense layer can only regrow what it drops: skip the work unless counts move.
-        drops = [self.drop(layer.weight.detach(), layer.mask, fraction)
-                 if self.redistributes or layer.active_count < layer.mask.numel()
-                 else torch.zeros_like(layer.mask)
-                 for layer in driver.layers]
-        counts = self.grow_counts(driver, [count_true(dropped) for dropped in drops], grads)
         changes = []
-        for layer, dropped, grad, count in zip(driver.layers, drops, grads, counts, strict=True):
-            kept = torch.gt(layer.mask, dropped)
-            grown = self.grow(layer.weight.detach(), kept, count, grad, driver.generator,
-                              driver.temperature)
+        for layer, grad in zip(driver.layers, self._grads(driver), strict=True):
+            if layer.active_count >= layer.mask.numel():
+                continue  # a dense layer can only regrow what it drops
+            weight = layer.weight.detach()
+            dropped = self.drop(weight, layer.mask, fraction, noise=options.drop_noise,
+                                generator=driver.generator)
+            kept = torch.gt(layer.mask, dropped)  # mask & ~dropped in one pass
+            grown = self.grow(weight, kept, count_true(dropped), grad, driver.generator,
+                              driver.temperature, layer.structure)
             result = net_result(layer.mask, kept, dropped, grown)
             changes.append(driver.apply_change(layer, result.mask, result.added, result.removed,
                                                self.grow_init))
         return changes
 
-    def grow_counts(self, driver: Any, drop_counts: list[int], grads: list) -> list[int]:
-        """How many connections each layer regrows, given how many each dropped: by default
-        exactly what it dropped."""
-        return drop_counts
+    def _rewire_global(self, driver: Any) -> list:
+        """One ranking across layers (rigl's global magnitude / gradient selection): the
+        `int(f · K)` lowest drop scores of all K active weights go, as many highest grow
+        scores come back; per-layer counts move, the total is exact."""
+        options, layers = driver.options, driver.layers
+        fraction = driver.schedule.fraction_at(driver.step_count)
+        sizes = [layer.mask.numel() for layer in layers]
+        device = layers[0].weight.device
+        masks = torch.cat([layer.mask.reshape(-1) for layer in layers])  # (N,)
+        scores = torch.empty(sum(sizes), device=device)  # (N,) filled layer by layer
+        for layer, part in zip(layers, scores.split(sizes), strict=True):
+            # Copied at once: drop_score may return the shared workspace buffer.
+            part.copy_(self.drop_score(layer.weight.detach(), options.drop_noise,
+                                       driver.generator))
+        count = int(fraction * count_true(masks))
+        dropped = select_mask(scores, count, eligible=masks, largest=False)  # (N,)
+        kept = torch.gt(masks, dropped)
+        eligible = torch.ones_like(masks) if any(l.structure for l in layers) else None
+        for layer, grad, part, kept_part, offset in zip(
+                layers, self._grads(driver), scores.split(sizes), kept.split(sizes),
+                _offsets(sizes), strict=True):
+            weight = layer.weight.detach()
+            kept_layer = kept_part.view(layer.mask.shape)
+            if self.random_growth:
+                part.uniform_(generator=driver.generator)
+            else:
+                part.copy_(self.grow_score(weight, kept_layer, grad, driver.generator,
+                                           driver.temperature))
+            if eligible is not None and layer.structure is not None:
+                eligible[offset:offset + part.numel()] = \
+                    layer.structure.eligible(part, kept_layer).reshape(-1)
+        grown = select_mask(scores, count, excluded=kept, eligible=eligible)  # (N,)
+        changes = []
+        for layer, old, kept_part, dropped_part, grown_part in zip(
+                layers, masks.split(sizes), kept.split(sizes), dropped.split(sizes),
+                grown.split(sizes), strict=True):
+            shape = layer.mask.shape
+            result = net_result(old.view(shape), kept_part.view(shape).clone(),
+                                dropped_part.view(shape).clone(), grown_part.view(shape).clone())
+            changes.append(driver.apply_change(layer, result.mask, result.added, result.removed,
+                                               self.grow_init))
+        return changes
+
+
+def _offsets(sizes: list[int]) -> list[int]:
+    return [sum(sizes[:index]) for index in range(len(sizes))]
 
 
 def net_result(mask: torch.Tensor, kept: torch.Tensor, dropped: torch.Tensor,
@@ -166,11 +238,6 @@ def net_result(mask: torch.Tensor, kept: torch.Tensor, dropped: torch.Tensor,
     return RewireResult(mask=new_mask, added=added, removed=removed)
 
 
-def _dense_grad(layer: Any) -> torch.Tensor:
-    grad = layer.weight.grad
-    return grad.detach().clone() if grad is not None else torch.zeros_like(layer.weight)
-
-
 REGISTRY: dict[str, Algorithm] = {}
 
 
@@ -181,6 +248,8 @@ def register_rewirer(name: str, algorithm: Algorithm | type[Algorithm]) -> None:
     instance = algorithm() if isinstance(algorithm, type) else algorithm
     if not isinstance(instance, Algorithm):
         raise ValueError("algorithm: must be a dst_core.rewire.Algorithm (e.g. a Rewirer)")
+    if isinstance(instance.defaults, dict):  # defaults written as a plain dict: typed here
+        instance.defaults = with_defaults(**instance.defaults)
     REGISTRY[name] = instance
 
 

@@ -17,7 +17,6 @@ from dst_core.config import RunConfig
 from dst_core.driver import SparseDriver
 from dst_core.events import EventSink
 from dst_core.models import build_model
-from dst_core.rewire import get_algorithm
 from dst_core.run_settings import builtin_model_label, run_settings
 from dst_core.tasks import load_task
 from dst_core.topology import TopologyEmitter
@@ -37,15 +36,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-DEFAULT_LR = 0.05
-
-
 def resolved_lr(config: RunConfig) -> float:
     """The config's learning rate, else the method's (Deep R updates θ by plain SGD and needs
     a larger step than the weight-space methods)."""
-    if config.lr is not None:
-        return config.lr
-    return float(get_algorithm(config.method).defaults.get("lr", DEFAULT_LR))
+    return float(config.resolved_settings().lr)
 
 
 def build_optimizer(config: RunConfig, params) -> torch.optim.Optimizer:
@@ -95,12 +89,8 @@ def train(
     steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
     driver = SparseDriver(
         model, optimizer, method=config.method, density=config.density,
-        distribution=config.distribution, total_steps=steps_per_epoch * config.resolved_epochs,
-        drop_fraction=config.drop_fraction, schedule=config.schedule,
-        interval_steps=config.interval_steps, end_fraction=config.end_fraction,
-        steps_per_epoch=steps_per_epoch,
-        temperature=config.temperature, l1=config.l1, seed=config.seed,
-        sparse_init=init == "he_sparse",
+        total_steps=steps_per_epoch * config.resolved_epochs, steps_per_epoch=steps_per_epoch,
+        seed=config.seed, sparse_init=init == "he_sparse", **config.driver_options(),
     )
     emitter = TopologyEmitter(driver, sink, config.keyframe_every)
     driver.listeners.append(emitter)

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from dst_core.rewire import Algorithm, register_rewirer
+from dst_core.settings import with_defaults
 
 
 class DenseBaseline(Algorithm):
     """Every connection active; the driver still reports densities (all 1) and ITOP."""
 
     trains_dense = True
-    defaults = {"distribution": "uniform"}
+    defaults = with_defaults(distribution="uniform")
 
 
 class StaticBaseline(Algorithm):
     """A fixed random mask at the target density, never rewired (the "static sparse" line)."""
 
-    defaults = {"distribution": "erk"}
+    defaults = with_defaults(distribution="erk")
+    supports_structure = True  # an N:M mask that never changes
 
 
 register_rewirer("dense", DenseBaseline)

@@ -22,6 +22,7 @@ import torch
 
 from dst_core.rewire import Algorithm, register_rewirer
 from dst_core.selection import random_choice
+from dst_core.settings import with_defaults
 
 REVIVED_THETA = 1e-12  # Bellec et al.: a revived connection starts just above zero
 
@@ -35,9 +36,9 @@ class DeepR(Algorithm):
     # (bench/defaults_sweep.py-style, 20 epochs), lr 0.05 left digits near chance, lr 0.5
     # oscillated on the digits CNN (39%), lr 0.2 with ERK densities gave digits MLP 92.5%,
     # CNN 82.2%, MNIST-5k MLP 89.0% (uniform densities starve LeNet's 144-weight first conv).
-    defaults = {"interval_steps": 100, "end_fraction": 1.0, "schedule": "constant",
-                "drop_fraction": 0.0, "distribution": "erk", "temperature": 1e-6,
-                "l1": 1e-5, "lr": 0.2}
+    defaults = with_defaults(interval_steps=100, end_fraction=1.0, schedule="constant",
+                             drop_fraction=0.0, distribution="erk", temperature=1e-6,
+                             l1=1e-5, lr=0.2)
 
     def setup(self, driver) -> None:
         for layer in driver.layers:

@@ -11,6 +11,7 @@ import torch
 
 from dst_core.rewire import Rewirer, register_rewirer
 from dst_core.selection import count_true, random_choice, select_mask
+from dst_core.settings import with_defaults
 
 
 class SETMagnitudeRewirer(Rewirer):
@@ -18,19 +19,28 @@ class SETMagnitudeRewirer(Rewirer):
 
     # Mocanu et al.: ζ = 0.3, rewired once per epoch, Erdős–Rényi layer densities; grown
     # weights drawn at random (zero init measured here drops SET below a static mask at 95%).
-    defaults = {"drop_fraction": 0.3, "schedule": "constant", "interval_steps": "epoch",
-                "end_fraction": 1.0, "distribution": "er"}
+    defaults = with_defaults(drop_fraction=0.3, schedule="constant", interval_steps="epoch",
+                             end_fraction=1.0, distribution="er")
     grow_init = "random"
+    random_growth = True
 
-    def grow(self, weight, kept, count, grad, generator, temperature):
+    def grow(self, weight, kept, count, grad, generator, temperature, structure=None):
+        if structure is not None:  # random scores within the N:M groups
+            return super().grow(weight, kept, count, grad, generator, temperature, structure)
         # Uniform without replacement among the non-kept positions (no per-entry scores).
         return random_choice(kept, count, kept.numel() - count_true(kept), generator)
 
 
 class SETRewirer(SETMagnitudeRewirer):
-    """SET (Mocanu et al. 2018): per-sign magnitude drop, uniform random growth."""
+    """SET (Mocanu et al. 2018): per-sign magnitude drop, uniform random growth.
 
-    def drop(self, weight: torch.Tensor, mask: torch.Tensor, drop_fraction: float) -> torch.Tensor:
+    Its drop ranks each sign separately, so it has no single cross-layer ranking
+    (`global_selection`: use `set_magnitude`) and no drop-score noise."""
+
+    supports_global = False
+
+    def drop(self, weight: torch.Tensor, mask: torch.Tensor, drop_fraction: float, *,
+             noise: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
         # Exact zeros count as positive: they are the weakest of that side.
         positive = mask & (weight >= 0)
         negative = torch.gt(mask, positive)  # mask & ~positive in one pass

@@ -30,6 +30,10 @@ CONFIGS = [
      "end_fraction": 0.5, "density": 0.05},
     {"task": "synthetic", "method": "deep_r", "epochs": 3},
     {"task": "synthetic", "method": "static", "epochs": 3},
+    {"task": "digits", "method": "rigl", "epochs": 6, "begin_step": 30, "interval_steps": 9,
+     "dense_first_last": True, "hidden": [32, 16]},
+    {"task": "digits", "method": "set", "epochs": 3, "distribution": "uniform",
+     "first_layer_dense": True},
 ]
 
 
@@ -41,13 +45,10 @@ def test_plan_counts_what_the_driver_does(fields):
                                 "mnist": ((1, 28, 28), 10)}[config.task]
     model = build_model(config.model, input_shape, config.hidden, num_classes)
     steps_per_epoch = math.ceil(TRAIN_EXAMPLES[config.task] / config.batch_size)
-    driver = SparseDriver(
+    driver = SparseDriver(  # as dst_core.training builds it
         model, build_optimizer(config, model.parameters()), method=config.method,
-        density=config.density, distribution=config.distribution,
-        total_steps=steps_per_epoch * config.resolved_epochs,
-        drop_fraction=config.drop_fraction, schedule=config.schedule,
-        interval_steps=config.interval_steps, end_fraction=config.end_fraction,
-        steps_per_epoch=steps_per_epoch)
+        density=config.density, total_steps=steps_per_epoch * config.resolved_epochs,
+        steps_per_epoch=steps_per_epoch, **config.driver_options())
     assert [layer.shape for layer in driver.layers] == weight_shapes(config)
     schedule = driver.schedule
     due = [step for step in range(1, schedule.total_steps + 1) if schedule.is_due(step)]
@@ -92,13 +93,15 @@ class Collect:
 
 @pytest.mark.parametrize("task", TASKS)
 def test_every_tasks_defaults_learn_and_rewire(task):
-    """The form's defaults (only the task chosen): several rewires that move connections, and
-    accuracy well above chance within the first rewires."""
+    """The form's defaults (only the task chosen): rewires that move connections, and accuracy
+    well above chance early in the run."""
     config = RunConfig(task=task)
     plan = plan_run(config)
     assert plan.warnings == [] and plan.rewires >= 10 and plan.connections_moved > 0
     sink = Collect()
-    stop_after = 4 * plan.interval_steps  # four rewires in
+    # Four rewires in, and 400 steps (the default digits MLP at density 0.1 leaves chance
+    # after ~160 steps; synthetic and MNIST sooner).
+    stop_after = max(4 * plan.interval_steps, 400)
     torch.set_num_threads(1)
     train(config, sink, should_stop=lambda: any(
         step >= stop_after for kind, step, _ in sink.events if kind == "metrics"))
@@ -107,4 +110,4 @@ def test_every_tasks_defaults_learn_and_rewire(task):
     assert all(sum(layer["added"] for layer in r["layers"].values()) > 0 for r in rewires)
     accuracy = [payload["accuracy"] for kind, _, payload in sink.events if kind == "metrics"]
     chance = 1 / {"synthetic": 2, "digits": 10, "mnist": 10}[task]
-    assert accuracy[-1] > min(0.9, 1.6 * chance), accuracy
+    assert accuracy[-1] > min(0.9, 3 * chance), accuracy
