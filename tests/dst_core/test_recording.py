@@ -266,23 +266,46 @@ def test_writer_and_reader_in_two_processes(tmp_path):
     assert sum(1 for event in seen if event["type"] == "topology") == 2 * (1 + rewires)
 
 
+def _run_python(code: str, cwd) -> None:
+    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True,
+                            text=True, timeout=600, env={"PYTHONPATH": str(REPO),
+                                                         "PATH": "/usr/bin:/bin",
+                                                         "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+
+
 def test_readme_example_runs_as_written(tmp_path):
     readme = (REPO / "README.md").read_text()
     section = readme.split("## Recording your own training loop", 1)[1].split("\n## ", 1)[0]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     added = [line for line in code.splitlines() if "rec." in line or "Recorder(" in line]
-    assert len(added) == 3  # the three lines a loop adds
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300, env={"PYTHONPATH": str(REPO),
-                                                         "PATH": "/usr/bin:/bin"})
-    assert result.returncode == 0, result.stderr
+    assert len(added) == 4  # the four lines a loop adds
+    _run_python(code, tmp_path)
     store = RunStore(tmp_path / "sparsescope-data")
     (run,) = store.list_runs()
     events = store.read_events(run["id"], 0, 100_000)
     assert run["status"] == "completed"
-    assert {"meta", "metrics", "topology", "rewire"} <= {event["type"] for event in events}
+    assert {"meta", "metrics", "eval", "topology", "rewire"} <= {event["type"] for event in events}
+    assert run["settings"]["method"] == "set" and run["settings"]["interval_steps"] == 50
+    assert run["settings"]["model"].startswith("custom: Sequential (")
     keyframe = next(e for e in events if e["type"] == "topology")
     assert len(base64.b64decode(keyframe["bits"])) == -(-np.prod(keyframe["shape"]) // 8)
+
+
+def test_the_recording_pages_script_is_listed_by_what_it_ran(tmp_path):
+    """docs/recording.md's complete script: a CNN with BatchNorm, RigL at density 0.2 every
+    10 steps, a Recorder with no config; listed as rigl, 0.2, custom: DigitsNet."""
+    page = (REPO / "docs" / "recording.md").read_text()
+    code = re.search(r"```python\n(.*?)```", page, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 45
+    _run_python(code, tmp_path)
+    (run,) = RunStore(tmp_path / "sparsescope-data").list_runs()
+    settings = run["settings"]
+    assert (settings["method"], settings["density"], settings["interval_steps"]) == ("rigl", 0.2, 10)
+    assert settings["model"] == "custom: DigitsNet (2.8 k params)"  # as the page says
+    assert run["config"] == {} and run["summary"]["best_test_accuracy"] > 0.5
+    events = RunStore(tmp_path / "sparsescope-data").read_events(run["id"], 0, 100_000)
+    assert sum(event["type"] == "eval" for event in events) == 10
 
 
 def test_server_start_fails_only_runs_no_writer_is_recording(tmp_path):
