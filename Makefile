@@ -10,7 +10,7 @@ TORCH_PIN ?= torch==2.13.0
 .PHONY: run test install install-test system-deps lint bench clean
 
 # The stamps below say what was installed once; they are trusted only while the venv still
-# works. Checked when make starts (find_spec imports nothing: ~50 ms):
+# works. Checked when make starts (find_spec imports nothing, so the check is cheap):
 # - an interpreter that no longer runs or has no pip (the base Python went away, or an
 #   earlier `python3 -m venv` was interrupted) → the venv is rebuilt from scratch;
 # - a package gone missing (uninstalled by hand, an install cut short) → reinstalled.

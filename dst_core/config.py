@@ -32,7 +32,7 @@ def _method_enum(schema: dict[str, Any]) -> None:
     schema["enum"] = registered_methods()
 
 # (input_shape, num_classes) of each built-in task, so a run's size is known before any data
-# is loaded (tests/backend/test_validation_limits.py checks it against dst_core.tasks).
+# is loaded (tests/backend/test_validation.py checks it against dst_core.tasks).
 TASK_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
     "synthetic": ((20,), 2),
     "digits": ((1, 8, 8), 10),
@@ -81,11 +81,12 @@ class RunConfig(BaseModel):
     end_fraction: float | None = Field(
         None, ge=0.0, le=1.0, description="Stop rewiring after this share of training")
     # Left out, it is the task's: the seed task's epoch is 50 steps of a tiny MLP, so Start on
-    # the dashboard gets about a minute to watch; digits and MNIST converge in far fewer.
+    # the dashboard trains for minutes, long enough to watch and Stop (150,000 steps; measured
+    # in docs/benchmarks.md); digits and MNIST converge in far fewer.
     epochs: int | None = Field(
         None, ge=1,
-        description="Passes over the training set; default: the task's (synthetic 3000, about "
-                    "a minute to watch; digits 100; mnist 30)")
+        description="Passes over the training set; default: the task's (synthetic 3000 = "
+                    "150,000 steps, minutes to watch; digits 100; mnist 30)")
     batch_size: int = Field(64, ge=1, le=65536, description="Examples per step")
     lr: float | None = Field(None, gt=0.0, le=10.0,
                              description="Learning rate; default: the method's (0.05; Deep R 0.2)")

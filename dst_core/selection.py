@@ -36,10 +36,9 @@ _SAMPLE_SEED = 0x5EED  # fixed: the estimate (and so the cost) must not depend o
 # CPU threads a rewire runs on (None: torch's setting). A rewire is a dozen memory-bound
 # passes plus nonzero, boolean gathers, kthvalue and cumsum that PyTorch runs on one thread;
 # each parallel pass ends at a barrier, and when the cores are shared a barrier waits for a
-# descheduled sibling thread. Measured on this 2-core machine (bench/rewire.py --threads 2
-# --clock wall, 4096² RigL): shared with other jobs, 780–1570 ms on 2 threads vs 131 ms on 1;
-# quiet, 72 ms on 2 threads vs 127 ms on 1. Machines are usually not shared: torch's setting
-# by default; set 1 where the cores are oversubscribed.
+# descheduled sibling thread: on shared cores 2 threads were an order of magnitude slower
+# than 1, on quiet ones faster (docs/benchmarks.md, "Threads"). Machines are usually not
+# shared: torch's setting by default; set 1 where the cores are oversubscribed.
 REWIRE_THREADS: int | None = None
 
 

@@ -207,7 +207,7 @@ def test_concurrent_workers_and_queue_limit(make_client):
 
 
 def test_the_default_run_lasts_long_enough_to_watch_and_stop(make_client):
-    # What Start on the dashboard runs: 3000 epochs of 50 steps, about a minute on one thread
+    # What Start on the dashboard runs: 3000 epochs of 50 steps, minutes on one thread
     # (the seed task at 100 epochs was over in under two seconds: nothing left to Stop).
     client = make_client()
     run = client.post("/api/runs", json={}).json()
