@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/stream.py [--quick]
 
-Targets (issue 5): keyframe <= 1/8 of the bool mask's bytes, delta <= 4 bytes per changed
+Targets: keyframe <= 1/8 of the bool mask's bytes, delta <= 4 bytes per changed
 edge, recording overhead <= 5% of training time for a 784-1024-1024-10 MLP, seek <= 200 ms
 to a random step of a 10,000-step run rewired every 10 steps. Figures are ratios and
 medians of one run on this machine; nothing here is asserted in tests.
