@@ -43,7 +43,7 @@ class RunPlan:
     last_rewire_step: int | None
     connections_moved: int  # connections dropped (and regrown) at the first rewire, all layers
     # The value each field left out (None) takes: what the form shows as "method default".
-    resolved: dict[str, float | int | str] = field(default_factory=dict)
+    resolved: dict[str, bool | int | float | str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -131,7 +131,6 @@ def plan_run(config: RunConfig) -> RunPlan:
         interval_steps=schedule.interval_steps, end_fraction=schedule.end_fraction,
         end_step=schedule.end_step, rewires=rewires, last_rewire_step=last_rewire_step,
         connections_moved=moved, warnings=warnings,
-        resolved={"epochs": epochs, "distribution": distribution,
-                  "drop_fraction": schedule.drop_fraction, "schedule": schedule.kind,
-                  "interval_steps": interval, "end_fraction": schedule.end_fraction,
-                  "lr": used.lr, "temperature": used.temperature, "l1": used.l1})
+        resolved={"epochs": epochs, **{  # every field a config may leave to the method
+            name: value for name, value in used.as_dict().items()
+            if name in RunConfig.model_fields and RunConfig.model_fields[name].default is None}})

@@ -9,6 +9,9 @@ function describe(name, schema) {
   const main = options.find((o) => o.type !== "null") || {};
   let kind = "text";
   if (main.enum) kind = "enum";
+  // A yes/no option left to the method (null) needs three states: a checkbox has two, and
+  // unticked it would send false over the method's own default.
+  else if (main.type === "boolean" && nullable) return describeChoice(name, schema, ["true", "false"]);
   else if (main.type === "integer") kind = "integer";
   else if (main.type === "number") kind = "number";
   else if (main.type === "boolean") kind = "boolean";
@@ -19,6 +22,13 @@ function describe(name, schema) {
     minimum: main.minimum ?? main.exclusiveMinimum, maximum: main.maximum ?? main.exclusiveMaximum,
     exclusiveMinimum: main.exclusiveMinimum !== undefined, exclusiveMaximum: main.exclusiveMaximum !== undefined,
     maxLength: main.maxLength,
+  };
+}
+
+function describeChoice(name, schema, choices) {
+  return {
+    name, kind: "enum", boolean: true, nullable: true, enum: choices, default: schema.default,
+    title: schema.title || name, description: schema.description || "",
   };
 }
 
@@ -85,6 +95,7 @@ function readValue(input, field) {
     return text.split(/[\s,]+/).filter(Boolean).map((part) => parseNumber(part, true));
   }
   if (text.trim() === "") return field.nullable ? undefined : (field.kind === "text" ? "" : undefined);
+  if (field.boolean) return text === "true";
   if (field.kind === "integer") return parseNumber(text, true);
   if (field.kind === "number") return parseNumber(text, false);
   return text;
