@@ -21,7 +21,9 @@ def test_every_config_field_has_a_labelled_input_with_its_default(page):
         help_text = page.locator(f"#help-{name}").inner_text()
         assert "Default:" in help_text, name
         default = field.default
-        if isinstance(default, list):
+        if isinstance(default, bool):  # a yes/no field with a fixed default: a checkbox
+            assert control.is_checked() == default, name
+        elif isinstance(default, list):
             assert control.input_value() == ", ".join(map(str, default)), name
         elif default is None:
             assert control.input_value() == "", name
@@ -42,6 +44,12 @@ def test_every_config_field_has_a_labelled_input_with_its_default(page):
     # epochs is nullable too, and empty means the task's default.
     assert page.locator("#field-epochs").get_attribute("placeholder") == "task default: 3000"
     assert page.locator("#field-distribution option").first.inner_text() == "method default: er"
+    # A yes/no option left to the method is a three-way choice, not a checkbox that sends false.
+    nullable_flags = [name for name, field in RunConfig.model_fields.items()
+                      if field.default is None and field.annotation == (bool | None)]
+    for name in nullable_flags:
+        options = page.eval_on_selector_all(f"#field-{name} option", "os => os.map(o => o.value)")
+        assert options == ["", "true", "false"], name
 
 
 def test_the_form_shows_the_schedule_and_warns_of_zero_rewires_before_start(page):
