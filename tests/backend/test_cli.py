@@ -112,8 +112,9 @@ def test_ctrl_c_during_train_leaves_the_run_stopped_with_its_data(tmp_path):
         stderr=subprocess.PIPE, text=True)
     try:
         store = None
-        while store is None or not any(event["type"] == "topology" for event in
-                                       store.read_events(store.list_runs()[0]["id"], 0, 50)):
+        # Training under way: the first frames are stored at step 0, metrics after steps.
+        while store is None or not any(event["type"] == "metrics" for event in
+                                       store.read_events(store.list_runs()[0]["id"], 0, 200)):
             assert process.poll() is None, process.stderr.read()
             if (tmp_path / "runs.sqlite3").exists() and RunStore(tmp_path).list_runs():
                 store = RunStore(tmp_path)
