@@ -60,7 +60,9 @@ def test_ingest_validates_and_stops_after_the_end(client):
     assert client.post(f"/api/ingest/runs/{run_id}/heartbeat").status_code == 409
     assert client.put(f"/api/ingest/runs/{run_id}/artifacts/..%2Fx", content=b"1").status_code \
         == 404
-    assert client.post("/api/ingest/runs", json={"config": {"density": 5}}).status_code == 422
+    # A remote writer's config is its own (a script's dict): it must be a JSON object.
+    assert client.post("/api/ingest/runs", json={"config": [1, 2]}).status_code == 422
+    assert client.post("/api/ingest/runs", json={"config": "x"}).status_code == 422
     other = client.post("/api/ingest/runs", json={}).json()["id"]
     response = client.post(f"/api/ingest/runs/{other}/events", json={"events": [{"seq": 0}]})
     assert response.status_code == 422 and "seq" in response.text
