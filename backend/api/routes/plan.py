@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from backend.schemas import ValidationErrorOut
+from backend.schemas import BODY_RESPONSES, ErrorOut, ValidationErrorOut
 from dst_core.config import RunConfig
 from dst_core.plan import RunPlan, plan_run
 
@@ -12,7 +12,9 @@ router = APIRouter(prefix="/api/runs", tags=["runs"])
 
 
 @router.post("/plan", response_model=RunPlan,
-             responses={422: {"model": ValidationErrorOut, "description": "Bad config"}})
+             responses={**BODY_RESPONSES,
+                        401: {"model": ErrorOut, "description": "Missing or wrong bearer token"},
+                        422: {"model": ValidationErrorOut, "description": "Bad config"}})
 async def preview(config: RunConfig | None = None) -> RunPlan:
     """Steps, number of rewires, when rewiring stops, and `warnings` for settings that cannot
     show anything (zero rewires; a drop fraction that moves no connection). Starts nothing;
