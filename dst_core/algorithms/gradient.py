@@ -17,7 +17,6 @@ from dst_core.selection import count_true, magnitude, rewire_threads, select_mas
 from dst_core.settings import with_defaults
 
 
-
 class RigLRewirer(Rewirer):
     """RigL (Evci et al. 2020): SET's drop, growth where |dense gradient| is largest."""
 
