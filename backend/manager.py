@@ -192,7 +192,11 @@ class RunManager:
                    str(self.settings.data_dir), "--run-id", run_id,
                    "--parent-pid", str(os.getpid()), "--threads",
                    str(self.settings.worker_threads)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.settings.worker_threads)}
+        from dst_core.plugins import plugin_environment
+
+        # Methods registered in this process are imported by the worker too.
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.settings.worker_threads),
+               **plugin_environment()}
         try:
             with open(log_path, "ab") as handle:
                 # Popen from the event-loop thread: PR_SET_PDEATHSIG follows the spawning
