@@ -11,7 +11,8 @@ function describe(name, schema) {
   if (main.enum) kind = "enum";
   else if (main.type === "integer") kind = "integer";
   else if (main.type === "number") kind = "number";
-  else if (main.type === "boolean") kind = "boolean";
+  // A yes/no that may be left to the method (null) needs three states: a select, not a box.
+  else if (main.type === "boolean") kind = nullable ? "tristate" : "boolean";
   else if (main.type === "array") kind = "array";
   return {
     name, kind, nullable, enum: main.enum || [], default: schema.default,
@@ -48,6 +49,9 @@ function inputFor(field) {
     input = document.createElement("select");
     if (field.nullable) input.append(new Option(nullLabel(field), ""));
     for (const value of field.enum) input.append(new Option(String(value), String(value)));
+  } else if (field.kind === "tristate") {
+    input = document.createElement("select");
+    input.append(new Option(nullLabel(field), ""), new Option("yes", "true"), new Option("no", "false"));
   } else if (field.kind === "boolean") {
     input = document.createElement("input");
     input.type = "checkbox";
@@ -66,6 +70,7 @@ function inputFor(field) {
 
 function setValue(input, field, value) {
   if (field.kind === "boolean") input.checked = Boolean(value);
+  else if (field.kind === "tristate") input.value = value === null || value === undefined ? "" : String(Boolean(value));
   else if (value === null || value === undefined) input.value = "";
   else if (Array.isArray(value)) input.value = value.join(", ");
   else input.value = String(value);
@@ -80,6 +85,7 @@ function parseNumber(text, integer) {
 
 function readValue(input, field) {
   if (field.kind === "boolean") return input.checked;
+  if (field.kind === "tristate") return input.value === "" ? undefined : input.value === "true";
   const text = input.value;
   if (field.kind === "array") {
     return text.split(/[\s,]+/).filter(Boolean).map((part) => parseNumber(part, true));

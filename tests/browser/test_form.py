@@ -21,7 +21,9 @@ def test_every_config_field_has_a_labelled_input_with_its_default(page):
         help_text = page.locator(f"#help-{name}").inner_text()
         assert "Default:" in help_text, name
         default = field.default
-        if isinstance(default, list):
+        if isinstance(default, bool):
+            assert control.is_checked() == default, name
+        elif isinstance(default, list):
             assert control.input_value() == ", ".join(map(str, default)), name
         elif default is None:
             assert control.input_value() == "", name
