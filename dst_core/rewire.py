@@ -43,6 +43,9 @@ class Algorithm:
     mask_level: ClassVar[bool] = False  # usable through `rewire()` on a single tensor
     supports_global: ClassVar[bool] = False  # global_selection means something for it
     supports_structure: ClassVar[bool] = False  # can keep an N:M constraint
+    # Leaves non-zero optimizer state at inactive positions (SNFS's dense moments): the
+    # driver must then re-zero inactive weights after every optimizer step.
+    keeps_inactive_state: ClassVar[bool] = False
 
     def dense_gradient_wanted(self, driver: Any, due: bool) -> bool:
         """Whether the driver keeps this step's dense gradient aside (before masking

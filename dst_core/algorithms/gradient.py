@@ -56,6 +56,7 @@ class SNFSRewirer(Rewirer):
                              interval_steps="epoch", end_fraction=1.0, distribution="uniform")
     needs_grad = True
     supports_global = False  # its redistribution is the cross-layer rule
+    keeps_inactive_state = True  # the optimizer's moments at inactive positions
 
     def grow_score(self, weight, kept, grad, generator, temperature):
         return magnitude(grad, "scores")
