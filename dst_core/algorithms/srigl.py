@@ -34,7 +34,8 @@ from dst_core.structure import constant_fan_in_mask, rows_view, top_per_row
 class SRigLRewirer(RigLRewirer):
     """Constant fan-in RigL with neuron ablation (see the module docstring)."""
 
-    defaults = with_defaults(RigLRewirer.defaults, ablation_threshold=0.3)
+    # rigl-torch (the authors' base) adds no drop-score noise; γ_sal = 0.3 as published.
+    defaults = with_defaults(RigLRewirer.defaults, ablation_threshold=0.3, drop_noise=0.0)
     supports_global = False  # fan-in is a per-layer rule
     supports_structure = False  # constant fan-in is its structure
     mask_level = False  # its masks are constant fan-in from initialisation: driver only
