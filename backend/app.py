@@ -36,6 +36,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     settings.check()
     _configure_logging(settings)
+    from dst_core.plugins import load_plugins
+
+    load_plugins()  # user methods named in $SPARSESCOPE_PLUGINS join the registry (and form)
     try:
         store = RunStore(settings.data_dir)
     except (OSError, sqlite3.Error) as error:

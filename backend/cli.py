@@ -80,8 +80,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     from dst_core.config import RunConfig
 
     config = parser.add_argument_group("run config (every field of the REST run config)")
+    properties = RunConfig.model_json_schema()["properties"]
     for name, field in RunConfig.model_fields.items():
         spec = _flag_spec(field.annotation)
+        if "enum" in properties[name]:  # e.g. method: every registered one
+            spec["choices"] = properties[name]["enum"]
         description = field.description or name
         # A field left out (None) takes a default its description names (the task's epochs,
         # the method's schedule); only a plain value is worth repeating here.
@@ -296,6 +299,13 @@ class OneLineErrors(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dst_core.plugins import load_plugins
+
+    try:
+        load_plugins()  # user methods named in $SPARSESCOPE_PLUGINS become --method choices
+    except ValueError as error:
+        print(f"sparsescope: {error}", file=sys.stderr)
+        return 2
     parser = OneLineErrors(prog="sparsescope", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)

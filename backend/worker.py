@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch._dynamo  # noqa: F401
 
     from dst_core.config import RunConfig
+    from dst_core.plugins import load_plugins
     from dst_core.recording import FINAL_STATUSES, Recorder
     from dst_core.recording.recorder import run_info
     from dst_core.training import Diverged, train
@@ -69,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.run_id:  # the server let this idle worker go
             return 0
     recorder = Recorder(args.data_dir, run_id=args.run_id)
+    try:
+        load_plugins()  # the server's user-registered methods ($SPARSESCOPE_PLUGINS)
+    except ValueError as error:
+        recorder.finish("failed", error=str(error))
+        return 1
     run = recorder.store.get_run(args.run_id)
     if run["status"] in FINAL_STATUSES or stop_requested.is_set():
         recorder.finish("stopped")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from backend.logfmt import log_event
 from backend.settings import Settings
+from dst_core.plugins import plugin_environment
 
 log = logging.getLogger("sparsescope.runs")
 
@@ -32,6 +33,7 @@ log = logging.getLogger("sparsescope.runs")
 class IdleWorker:
     process: subprocess.Popen
     log_path: Path  # its output so far (the imports); becomes the run's log when taken
+    plugins: dict[str, str]  # the user methods' modules it will import (SPARSESCOPE_PLUGINS)
 
 
 class WorkerPool:
@@ -49,14 +51,15 @@ class WorkerPool:
 
     def _start(self) -> IdleWorker:
         """A new worker, importing torch now; raises OSError when it cannot be started."""
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.settings.worker_threads)}
+        plugins = plugin_environment()  # methods registered in this process, for the worker
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.settings.worker_threads), **plugins}
         # Its own name until it is taken; then renamed to the run's log.
         log_path = self.log_dir / f"idle-{os.getpid()}-{next(self._numbers)}.log"
         with open(log_path, "ab") as handle:
             process = subprocess.Popen(self.command(), stdin=subprocess.PIPE, stdout=handle,
                                        stderr=subprocess.STDOUT, start_new_session=True,
                                        env=env)
-        return IdleWorker(process, log_path)
+        return IdleWorker(process, log_path, plugins)
 
     def fill(self) -> None:
         """Forget idle workers that died (their log stays), start up to `warm_workers`."""
@@ -76,8 +79,12 @@ class WorkerPool:
     def take(self, run_id: str, log_path: Path) -> subprocess.Popen:
         """A worker training `run_id` (an idle one if any is alive, else a new one); its output
         goes on in `log_path`. Raises OSError when no worker can be started."""
+        plugins = plugin_environment()
         while self.idle:
             worker = self.idle.pop(0)
+            if worker.plugins != plugins:  # started before a method was registered here
+                self._discard(worker)
+                continue
             if self._hand_over(worker, run_id, log_path):
                 return worker.process
         worker = self._start()
@@ -103,12 +110,15 @@ class WorkerPool:
     def close(self) -> None:
         """Kill every idle worker (nothing to save: none has a run) and reap it."""
         for worker in self.idle:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(worker.process.pid, signal.SIGKILL)
-        for worker in self.idle:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                worker.process.wait(timeout=5)
-            with contextlib.suppress(OSError):
-                worker.log_path.unlink()
+            self._discard(worker)
         self.idle = []
+
+    @staticmethod
+    def _discard(worker: IdleWorker) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(worker.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.process.wait(timeout=5)
+        with contextlib.suppress(OSError):
+            worker.log_path.unlink()
 

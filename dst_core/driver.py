@@ -1,14 +1,16 @@
 """The sparse-training driver: wraps any model and its optimizer and keeps them sparse.
 
 Masked weights are kept exactly zero in the parameter itself (no `weight * mask` in the
-forward pass), so `weight.grad` after backward *is* the dense gradient RigL needs. After
-every `optimizer.step()` the weights are multiplied by their mask (one pass per layer), which
-keeps inactive weights exactly zero under any optimizer, weight decay included. Gradients are
-masked too, in place by a post-accumulate hook right after backward, so whatever runs between
-`backward()` and `step()` (clipping, LARS/LAMB trust ratios, logging) sees the gradients the
-reference implementations pass to their optimizers; the dense gradient a rewire reads is
-copied aside by the same hook, only on the steps that need it.
-The algorithm (`dst_core.rewire.REGISTRY`) decides the rest through two hooks.
+forward pass), so the gradient backward computes *is* the dense gradient RigL needs.
+Gradients are masked in place by a post-accumulate hook right after backward, so whatever
+runs between `backward()` and `step()` (clipping, LARS/LAMB trust ratios, logging) sees the
+gradients the reference implementations pass to their optimizers; the dense gradient a
+rewire reads is copied aside by the same hook, only on the steps that need it. After
+`optimizer.step()` the weights are multiplied by their mask (one pass per layer), which keeps
+inactive weights exactly zero under any optimizer; it is skipped for SGD/Adam/AdamW, whose
+update of a zero weight with zero gradient and zero state is exactly zero
+(`mask_weights_each_step`). The algorithm (`dst_core.rewire.REGISTRY`) decides the rest
+through two hooks.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ from dst_core.settings import STRUCTURES, ResolvedSettings, resolve_settings
 from dst_core.structure import NMStructure
 
 PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# Optimizers whose update is exactly 0 where the gradient and the state are 0 (weight decay
+# of a zero weight included): with masked gradients and a rewire that zeroes the state of
+# changed entries, they never move an inactive weight, so the per-step re-masking pass is
+# skipped for them (measured: 0.89× → see bench/train_overhead.py). Others keep it.
+SELF_MASKING_OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 
 
 @dataclass
@@ -323,8 +330,14 @@ class SparseDriver:
         if setup is not None:
             setup(self)
         self._dense_grads: dict[str, torch.Tensor] = {}
-        self._hooks = [layer.weight.register_post_accumulate_grad_hook(self._grad_hook(layer))
-                       for layer in self.layers]
+        # A dense baseline's masks are all ones: nothing to mask, no pass to pay.
+        self._hooks = [] if self.algorithm.trains_dense else [
+            layer.weight.register_post_accumulate_grad_hook(self._grad_hook(layer))
+            for layer in self.layers]
+        self.mask_weights_each_step = not (
+            self.algorithm.trains_dense
+            or (type(optimizer) in SELF_MASKING_OPTIMIZERS
+                and not self.algorithm.keeps_inactive_state))
 
     def _check_options(self, options: ResolvedSettings) -> None:
         algorithm, method = self.algorithm, self.method
@@ -428,15 +441,17 @@ class SparseDriver:
         With `skip_update_on_rewire` (rigl's reference) a step that rewires leaves the
         optimizer out: the mask update replaces that step's weight update."""
         due = self.rewire_due()
-        for layer in self.layers:  # .grad set without backward (autograd.grad, by hand)
-            if not layer.grad_masked:
-                self._mask_grad(layer)
-            layer.grad_masked = False
+        if self._hooks:
+            for layer in self.layers:  # .grad set without backward (autograd.grad, by hand)
+                if not layer.grad_masked:
+                    self._mask_grad(layer)
+                layer.grad_masked = False
         self.algorithm.before_optimizer_step(self, due)
         self.skipped_update = due and self.options.skip_update_on_rewire
         if not self.skipped_update:
             self.optimizer.step()
-        self.apply_masks()
+        if self.mask_weights_each_step:
+            self.apply_masks()
         self.step_count += 1
         try:
             changes = self.algorithm.after_optimizer_step(self, due)

@@ -43,6 +43,9 @@ class Algorithm:
     mask_level: ClassVar[bool] = False  # usable through `rewire()` on a single tensor
     supports_global: ClassVar[bool] = False  # global_selection means something for it
     supports_structure: ClassVar[bool] = False  # can keep an N:M constraint
+    # Leaves non-zero optimizer state at inactive positions (SNFS's dense moments): the
+    # driver must then re-zero inactive weights after every optimizer step.
+    keeps_inactive_state: ClassVar[bool] = False
 
     def dense_gradient_wanted(self, driver: Any, due: bool) -> bool:
         """Whether the driver keeps this step's dense gradient aside (before masking
@@ -192,7 +195,7 @@ class Rewirer(Algorithm):
         count = int(fraction * count_true(masks))
         dropped = select_mask(scores, count, eligible=masks, largest=False)  # (N,)
         kept = torch.gt(masks, dropped)
-        eligible = torch.ones_like(masks) if any(l.structure for l in layers) else None
+        eligible = torch.ones_like(masks) if any(layer.structure for layer in layers) else None
         for layer, grad, part, kept_part, offset in zip(
                 layers, self._grads(driver), scores.split(sizes), kept.split(sizes),
                 _offsets(sizes), strict=True):
@@ -265,6 +268,12 @@ def get_algorithm(name: str) -> Algorithm:
 get_rewirer = get_algorithm  # the foundation's name
 
 
+def mask_level_methods() -> list[str]:
+    """Registered methods usable through `rewire()` on one tensor (tests iterate these)."""
+    return sorted(name for name, algorithm in REGISTRY.items()
+                  if isinstance(algorithm, Rewirer) and algorithm.mask_level)
+
+
 def rewire(
     method: str,
     weight: torch.Tensor,
@@ -277,8 +286,8 @@ def rewire(
 ) -> RewireResult:
     """Rewire one layer's mask; never modifies its inputs. `mask` may be bool or 0/1."""
     rewirer = get_algorithm(method)
-    if not isinstance(rewirer, Rewirer):
-        mask_level = ", ".join(sorted(n for n, a in REGISTRY.items() if isinstance(a, Rewirer)))
+    if not isinstance(rewirer, Rewirer) or not rewirer.mask_level:
+        mask_level = ", ".join(mask_level_methods())
         raise ValueError(f"method: {method!r} is not a mask-level rewirer (it runs inside "
                          f"SparseDriver); mask-level: {mask_level}")
     if not isinstance(weight, torch.Tensor):

@@ -6,6 +6,7 @@ the same held-out images.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 from dataclasses import dataclass
@@ -81,7 +82,10 @@ def mnist() -> Task:
 _LOADERS = {"synthetic": synthetic, "digits": digits, "mnist": mnist}
 
 
+@functools.cache
 def load_task(name: str) -> Task:
+    """The task's tensors, loaded once per process (MNIST-5k's CSV takes seconds to parse;
+    training never writes into them)."""
     try:
         loader = _LOADERS[name]
     except KeyError:

@@ -17,7 +17,6 @@ from dst_core.selection import count_true, magnitude, rewire_threads, select_mas
 from dst_core.settings import with_defaults
 
 
-
 class RigLRewirer(Rewirer):
     """RigL (Evci et al. 2020): SET's drop, growth where |dense gradient| is largest."""
 
@@ -57,6 +56,7 @@ class SNFSRewirer(Rewirer):
                              interval_steps="epoch", end_fraction=1.0, distribution="uniform")
     needs_grad = True
     supports_global = False  # its redistribution is the cross-layer rule
+    keeps_inactive_state = True  # the optimizer's moments at inactive positions
 
     def grow_score(self, weight, kept, grad, generator, temperature):
         return magnitude(grad, "scores")

@@ -44,9 +44,15 @@ class SETRewirer(SETMagnitudeRewirer):
         # Exact zeros count as positive: they are the weakest of that side.
         positive = mask & (weight >= 0)
         negative = torch.gt(mask, positive)  # mask & ~positive in one pass
-        count_positive = int(drop_fraction * count_true(positive))
-        count_negative = int(drop_fraction * count_true(negative))
-        # Closest to zero: the lowest positive weights and the highest negative ones.
+        return self.drop_per_sign(weight, positive, negative,
+                                  int(drop_fraction * count_true(positive)),
+                                  int(drop_fraction * count_true(negative)))
+
+    @staticmethod
+    def drop_per_sign(weight: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
+                      count_positive: int, count_negative: int) -> torch.Tensor:
+        """The `count_positive` lowest positive and `count_negative` highest negative weights
+        (ties to the lower index): the band around zero Mocanu's thresholds cut."""
         dropped = select_mask(weight, count_positive, eligible=positive, largest=False)
         dropped |= select_mask(weight, count_negative, eligible=negative, largest=True)
         return dropped

@@ -34,21 +34,17 @@ from dst_core.structure import constant_fan_in_mask, rows_view, top_per_row
 class SRigLRewirer(RigLRewirer):
     """Constant fan-in RigL with neuron ablation (see the module docstring)."""
 
-    defaults = with_defaults(RigLRewirer.defaults, ablation_threshold=0.3)
+    # rigl-torch (the authors' base) adds no drop-score noise; γ_sal = 0.3 as published.
+    defaults = with_defaults(RigLRewirer.defaults, ablation_threshold=0.3, drop_noise=0.0)
     supports_global = False  # fan-in is a per-layer rule
     supports_structure = False  # constant fan-in is its structure
+    mask_level = False  # its masks are constant fan-in from initialisation: driver only
 
     def initial_mask(self, shape: tuple[int, ...], density: float,
                      generator: torch.Generator, structure=None) -> torch.Tensor:
         fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
         active_fan_in = min(fan_in, max(1, round(density * fan_in)))
         return constant_fan_in_mask(shape, active_fan_in, generator)
-
-    def __call__(self, weight, mask, drop_fraction, grad=None, generator=None,
-                 temperature=1.0, grow_count=None):
-        budget = count_true(mask)
-        return self.rewire_layer(weight, mask, drop_fraction, grad, budget,
-                                 self.defaults.ablation_threshold)
 
     def after_optimizer_step(self, driver, due) -> list:
         if not due:

@@ -9,12 +9,10 @@ function describe(name, schema) {
   const main = options.find((o) => o.type !== "null") || {};
   let kind = "text";
   if (main.enum) kind = "enum";
-  // A yes/no option left to the method (null) needs three states: a checkbox has two, and
-  // unticked it would send false over the method's own default.
-  else if (main.type === "boolean" && nullable) return describeChoice(name, schema, ["true", "false"]);
   else if (main.type === "integer") kind = "integer";
   else if (main.type === "number") kind = "number";
-  else if (main.type === "boolean") kind = "boolean";
+  // A yes/no that may be left to the method (null) needs three states: a select, not a box.
+  else if (main.type === "boolean") kind = nullable ? "tristate" : "boolean";
   else if (main.type === "array") kind = "array";
   return {
     name, kind, nullable, enum: main.enum || [], default: schema.default,
@@ -22,13 +20,6 @@ function describe(name, schema) {
     minimum: main.minimum ?? main.exclusiveMinimum, maximum: main.maximum ?? main.exclusiveMaximum,
     exclusiveMinimum: main.exclusiveMinimum !== undefined, exclusiveMaximum: main.exclusiveMaximum !== undefined,
     maxLength: main.maxLength,
-  };
-}
-
-function describeChoice(name, schema, choices) {
-  return {
-    name, kind: "enum", boolean: true, nullable: true, enum: choices, default: schema.default,
-    title: schema.title || name, description: schema.description || "",
   };
 }
 
@@ -58,6 +49,9 @@ function inputFor(field) {
     input = document.createElement("select");
     if (field.nullable) input.append(new Option(nullLabel(field), ""));
     for (const value of field.enum) input.append(new Option(String(value), String(value)));
+  } else if (field.kind === "tristate") {
+    input = document.createElement("select");
+    input.append(new Option(nullLabel(field), ""), new Option("yes", "true"), new Option("no", "false"));
   } else if (field.kind === "boolean") {
     input = document.createElement("input");
     input.type = "checkbox";
@@ -76,6 +70,7 @@ function inputFor(field) {
 
 function setValue(input, field, value) {
   if (field.kind === "boolean") input.checked = Boolean(value);
+  else if (field.kind === "tristate") input.value = value === null || value === undefined ? "" : String(Boolean(value));
   else if (value === null || value === undefined) input.value = "";
   else if (Array.isArray(value)) input.value = value.join(", ");
   else input.value = String(value);
@@ -90,12 +85,12 @@ function parseNumber(text, integer) {
 
 function readValue(input, field) {
   if (field.kind === "boolean") return input.checked;
+  if (field.kind === "tristate") return input.value === "" ? undefined : input.value === "true";
   const text = input.value;
   if (field.kind === "array") {
     return text.split(/[\s,]+/).filter(Boolean).map((part) => parseNumber(part, true));
   }
   if (text.trim() === "") return field.nullable ? undefined : (field.kind === "text" ? "" : undefined);
-  if (field.boolean) return text === "true";
   if (field.kind === "integer") return parseNumber(text, true);
   if (field.kind === "number") return parseNumber(text, false);
   return text;

@@ -28,11 +28,13 @@ HTTP_ERROR = re.compile(r"Failed to load resource: the server responded with a s
 class Server:
     """`python -m backend` as a user starts it, plus the REST/websocket reads the tests compare with."""
 
-    def __init__(self, data_dir: Path, token: str | None = None):
+    def __init__(self, data_dir: Path, token: str | None = None, plugins: str | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = token
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if plugins:  # modules registering user methods (dst_core.plugins)
+            env["SPARSESCOPE_PLUGINS"] = plugins
         env.pop("SPARSESCOPE_TOKEN", None)
         if token:
             env["SPARSESCOPE_TOKEN"] = token

@@ -13,8 +13,9 @@ from torch import nn
 from dst_core import SparseDriver, layer_densities, rewire
 from dst_core.driver import measured_init_bound
 from dst_core.models import build_model
+from dst_core.rewire import mask_level_methods
 
-METHODS = ["set", "set_magnitude", "rigl", "snfs", "grad_sample"]
+METHODS = mask_level_methods()  # from the registry
 
 
 def _check(result, mask):
@@ -216,6 +217,10 @@ def test_mixed_model_any_optimizer_exact_counts(method, optimizer_name):
                  "adam": lambda p: torch.optim.Adam(p, lr=1e-3),
                  "adamw": lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.1),
                  }[optimizer_name](model.parameters())
+    if method == "snfs" and optimizer_name == "sgd":  # no momentum: nothing to grow from
+        with pytest.raises(ValueError, match="optimizer: snfs grows from"):
+            SparseDriver(model, optimizer, method=method, density=0.2, total_steps=12)
+        return
     driver = SparseDriver(model, optimizer, method=method, density=0.2, total_steps=12,
                           interval_steps=3, drop_fraction=0.3)
     assert [layer.name for layer in driver.layers] == ["attention.out_proj.weight", "head.weight"]

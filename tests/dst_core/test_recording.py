@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from dst_core import REGISTRY, SparseDriver
+from dst_core import SparseDriver
 from dst_core.events import delta_payload, keyframe_payload, to_wire
 from dst_core.recording import Recorder, RunReader, RunStore, codec
 from dst_core.recording.store import SCHEMA_VERSION, dumps
+from dst_core.rewire import mask_level_methods
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -117,7 +118,7 @@ def _train_loop(tmp_path, method="set", steps=120, keyframe_every=3):
 
 
 # every registered rewiring method of this build (SET at least; others as they are merged)
-@pytest.mark.parametrize("method", [m for m in ("set", "set_magnitude", "rigl", "snfs") if m in REGISTRY])
+@pytest.mark.parametrize("method", mask_level_methods())
 def test_reconstructed_masks_equal_the_engines_at_every_recorded_step(tmp_path, method):
     run_id, snapshots = _train_loop(tmp_path, method)
     reader = RunReader(RunStore(tmp_path / "data"))
