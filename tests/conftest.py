@@ -17,6 +17,10 @@ from fastapi.testclient import TestClient
 from backend.app import create_app
 from backend.settings import Settings
 
+# TestClient talks to the app as a browser on this machine would (its own "testserver" Host
+# is refused by the DNS-rebinding check of a loopback server).
+LOOPBACK = "http://127.0.0.1:8000"
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -37,7 +41,7 @@ def settings(tmp_path) -> Settings:
 
 @pytest.fixture
 def client(settings):
-    with TestClient(create_app(settings)) as test_client:
+    with TestClient(create_app(settings), base_url=LOOPBACK) as test_client:
         yield test_client
 
 

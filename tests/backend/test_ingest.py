@@ -16,7 +16,7 @@ from backend.settings import Settings
 from dst_core import SparseDriver
 from dst_core.events import keyframe_payload, to_wire
 from dst_core.recording import Recorder, RemoteRecorderError, RunReader, RunStore
-from tests.conftest import free_port, wait_for_status
+from tests.conftest import LOOPBACK, free_port, wait_for_status
 
 
 def _batch(first_seq: int, count: int) -> dict:
@@ -88,7 +88,7 @@ def test_a_run_whose_writer_goes_silent_is_marked_stale(tmp_path):
     settings = Settings(data_dir=tmp_path / "data", stale_after_s=0.5)
     from fastapi.testclient import TestClient
 
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url=LOOPBACK) as client:
         run_id = client.post("/api/ingest/runs", json={}).json()["id"]
         run = wait_for_status(client, run_id, ("failed",), timeout_s=30)
     assert run["error"] == "stale: writer went silent"
