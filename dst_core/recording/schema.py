@@ -223,6 +223,8 @@ def _timestamp(value: Any) -> float | None:
 
 def checked_run_columns(run: dict) -> dict:
     """An imported `runs` row, every column checked by the same rules as a new run's."""
+    from dst_core.config import RunConfig  # lazily: dst_core's package imports this module
+
     out = {"name": checked_name(run.get("name"))}
     out["status"], out["error"] = checked_status(run.get("status"), run.get("error"))
     for key, check in (("config", checked_config), ("summary", checked_summary),
@@ -233,6 +235,10 @@ def checked_run_columns(run: dict) -> dict:
         except (TypeError, ValueError, RecursionError):
             raise InvalidValue(key, "not valid JSON text") from None
         out[key] = check(value)
+    try:  # every writer stores a RunConfig (a script's own dict goes to info.user_config)
+        RunConfig.model_validate_json(out["config"])
+    except ValidationError as error:
+        raise _first_error(error, "config") from None
     created = _timestamp(run.get("created_at"))
     if created is None:
         raise InvalidValue("created_at", "missing or not a timestamp")
@@ -266,6 +272,8 @@ FRAME_KEYS = ("layer", "index", "shape", "keyframe", "active")
 def check_frame_header(payload: dict, max_elements: int, field: str = "payload") -> int:
     """A topology payload's header fields, checked before any of its data is decoded;
     returns the frame's element count (rows × cols ≤ `max_elements`)."""
+    if not isinstance(payload, dict):
+        raise InvalidValue(field, "a topology frame must be a JSON object")
     for key in FRAME_KEYS:
         if key not in payload:
             raise InvalidValue(f"{field}.{key}", "missing from a topology frame")

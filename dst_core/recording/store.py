@@ -411,12 +411,13 @@ class RunStore:
         """The newest keyframe of a layer at or before `step` and every delta after it."""
         keyframe = self.db.execute(
             "SELECT seq FROM events WHERE run_id = ? AND layer = ? AND keyframe = 1 AND step <= ?"
-            " ORDER BY step DESC, seq DESC LIMIT 1", (run_id, layer_index, step)).fetchone()
+            " AND type = 'topology' ORDER BY step DESC, seq DESC LIMIT 1",
+            (run_id, layer_index, step)).fetchone()
         if keyframe is None:
             return []
         return self.db.execute(
             "SELECT seq, step, payload, blob FROM events WHERE run_id = ? AND layer = ? "
-            "AND step <= ? AND seq >= ? ORDER BY seq", (run_id, layer_index, step,
+            "AND step <= ? AND seq >= ? AND type = 'topology' ORDER BY seq", (run_id, layer_index, step,
                                                         keyframe[0])).fetchall()
 
     def frame_steps(self, run_id: str, layer_index: int = 0) -> list[int]:
