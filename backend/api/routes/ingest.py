@@ -71,6 +71,8 @@ def _as_body_error(item: dict, raw: bytes) -> dict:
         position = 0
     except ValueError as error:
         position = getattr(error, "pos", 0)
+    except RecursionError:  # nested past Python's own parser too: no position to give
+        position = 0
     return {**item, "loc": ("body", position)}
 
 
