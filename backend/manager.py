@@ -49,6 +49,7 @@ log = logging.getLogger("sparsescope.runs")
 POLL_INTERVAL_S = 0.1
 STOP_WAIT_S = 4.5  # a stop answers once the run has ended: grace (3 s) + kill + reap
 INTERRUPTED = "interrupted: the server stopped while the run was active"
+STOPPED_EXIT_CODES = (0, -signal.SIGTERM, -signal.SIGKILL)
 WRITER_GONE_ERROR = "interrupted: its writer process is gone"
 STALE_ERROR = "stale: writer went silent"
 # What Stop can say about a run another process writes: who that is, and what is left to do.
@@ -293,7 +294,9 @@ class RunManager:
             try:
                 run = self.store.get_run(run_id)
                 if run is not None and run["status"] not in FINAL_STATUSES:
-                    if worker.stop_requested:
+                    # A worker that failed on its own (exit 1: e.g. a disk error) before a
+                    # stop reached it keeps its real cause; a stopped or killed one is stopped.
+                    if worker.stop_requested and code in STOPPED_EXIT_CODES:
                         self.store.set_status(run_id, "stopped")
                     else:
                         self.store.set_status(run_id, "failed", error=_exit_reason(
