@@ -215,6 +215,15 @@ def stored_run(columns: dict[str, Any]) -> dict:
         unreadable=reason[:500]).model_dump()
 
 
+def stored_info(text: Any) -> dict:
+    """A stored `info` column as a dict; {} when it is not a readable JSON object."""
+    try:
+        value = json.loads(text) if isinstance(text, str) and text else {}
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def _timestamp(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)

@@ -34,6 +34,7 @@ from dst_core.recording.schema import (
     checked_summary,
     clean_json,
     compact_json,
+    stored_info,
     stored_run,
 )
 
@@ -244,7 +245,7 @@ class RunStore:
                        (text, time.time(), run_id))
 
     def heartbeat(self, run_id: str) -> None:
-        """The writer is alive (see mark_stale)."""
+        """The writer is alive (the run manager's stale watcher reads it)."""
         with self._write() as db:
             db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (time.time(), run_id))
 
@@ -253,9 +254,7 @@ class RunStore:
         rows = self.db.execute(
             "SELECT id, info, COALESCE(heartbeat_at, started_at, created_at) AS beat FROM runs "
             "WHERE status = 'running'").fetchall()
-        return [(row["id"], float(row["beat"] or 0.0), stored_run(
-            {"id": row["id"], "name": "", "status": "running", "created_at": 0.0,
-             "info": row["info"]})["info"]) for row in rows]
+        return [(row["id"], float(row["beat"] or 0.0), stored_info(row["info"])) for row in rows]
 
     def fail_if_silent(self, run_id: str, error: str, beat_before: float | None = None) -> bool:
         """Fail a running run, in one transaction, unless a heartbeat at or after
