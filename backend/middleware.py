@@ -158,9 +158,10 @@ class SameOrigin:
         origin = origin.rstrip("/").lower()
         if origin in self.allowed_origins:
             return True
-        scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"),
-                                                    scope.get("scheme", "http"))
-        return bool(host) and origin == f"{scheme}://{host}"
+        # The page's own origin names the Host it was loaded from. Only the authority is
+        # compared: behind a TLS proxy the page is https:// while this server sees http.
+        scheme, _, authority = origin.partition("://")
+        return bool(host) and scheme in ("http", "https") and authority == host
 
 
 def _host_name(host: str) -> str:
