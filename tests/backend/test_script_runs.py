@@ -8,8 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from backend.app import create_app
-from backend.settings import Settings
 from dst_core import SparseDriver
 from dst_core.recording import Recorder, RunStore
 from tests.backend.test_ingest import ThreadServer
@@ -80,15 +78,12 @@ def test_a_script_run_into_a_folder_is_labelled_by_its_driver(tmp_path, make_cli
     check_labelled_by_what_it_ran(run, store.read_events(run_id, 0, 100_000))
 
 
-def test_a_script_run_through_a_server_is_labelled_alike(tmp_path):
+def test_a_script_run_through_a_server_is_labelled_alike(tmp_path, make_client):
     port = free_port()
     with ThreadServer(tmp_path / "data", port):
         run_id = record_script_run(url=f"http://127.0.0.1:{port}", spool_dir=tmp_path / "spool")
     store = RunStore(tmp_path / "data")
-    from fastapi.testclient import TestClient
-
-    with TestClient(create_app(Settings(data_dir=tmp_path / "data"))) as client:
-        run = client.get(f"/api/runs/{run_id}").json()
+    run = make_client(data_dir=tmp_path / "data").get(f"/api/runs/{run_id}").json()
     check_labelled_by_what_it_ran(run, store.read_events(run_id, 0, 100_000))
     assert run["info"]["writer"] == "remote"
 
