@@ -62,12 +62,11 @@ def test_registered_method_through_the_cli(tiny_method, tmp_path):
 
 
 def test_registered_method_through_the_server_worker(tiny_method, tmp_path):
-    from fastapi.testclient import TestClient
-
     from backend.app import create_app
     from backend.settings import Settings
+    from tests.conftest import LoopbackClient  # as a browser on this machine: Host 127.0.0.1
 
-    with TestClient(create_app(Settings(data_dir=tmp_path / "data"))) as client:
+    with LoopbackClient(create_app(Settings(data_dir=tmp_path / "data"))) as client:
         assert "tiny" in client.get("/openapi.json").text
         response = client.post("/api/runs", json={"method": "tiny", "epochs": 1,
                                                   "hidden": [8]})
