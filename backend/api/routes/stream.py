@@ -23,6 +23,7 @@ import contextlib
 import hmac
 import itertools
 import json
+import logging
 from collections import Counter, deque
 
 from fastapi import APIRouter, WebSocket
@@ -31,6 +32,7 @@ from backend.wire import StoredEvent, WireError, encode_all, end_message, error_
 from dst_core.recording import FINAL_STATUSES, RunStore
 
 router = APIRouter()
+log = logging.getLogger("sparsescope")
 BATCH = 256  # events per store read
 POLL_S = 0.1  # how often a live run's store is checked for new events
 KEEPALIVE_S = 15.0  # proxies drop idle sockets
@@ -153,12 +155,12 @@ class RunHub:
     async def run(self) -> None:
         try:
             await self._follow()
-        except Exception:
+        except Exception as error:
             # A store that cannot be read (disk fault): every viewer reads on its own and
             # meets the error itself.
+            log.warning("stream hub of run %s stopped: %r", self.run_id, error)
             self.state = "failed"
             self._notify()
-            raise
 
     async def _follow(self) -> None:
         while True:
