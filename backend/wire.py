@@ -61,7 +61,7 @@ def _parse_object(text, seq: int) -> tuple[dict, bool]:
     return payload, finite
 
 
-def _topology_header(payload: dict, seq: int) -> dict:
+def _topology_header(payload: dict, seq: int) -> None:
     missing = [key for key in codec.HEADER_KEYS if key not in payload]
     if missing:
         raise WireError(seq, f"topology header lacks {', '.join(map(repr, missing))}")
@@ -74,7 +74,6 @@ def _topology_header(payload: dict, seq: int) -> dict:
         codec.frame_numel(payload["shape"])
     except codec.FrameError as error:
         raise WireError(seq, str(error)) from None
-    return payload
 
 
 class StoredEvent:
@@ -98,6 +97,8 @@ class StoredEvent:
                 message = self._encode(mode)
             except WireError as error:
                 message = error
+            except Exception as error:  # whatever else a stored row holds: never a dead socket
+                message = WireError(self.seq, f"{type(error).__name__}: {error}")
             self._messages[mode] = message
         if isinstance(message, WireError):
             raise message
@@ -115,9 +116,9 @@ class StoredEvent:
         if self.type != "topology":
             text = self._payload if finite else dumps(payload)
             return head + ("}" if text == "{}" else "," + text[1:])
-        header = {key: payload[key] for key in codec.HEADER_KEYS} | {
-            key: payload[key] for key in ("n_added", "n_removed") if key in payload}
-        header = finite_json(_topology_header(header, self.seq))
+        _topology_header(payload, self.seq)
+        header = finite_json({key: payload[key] for key in codec.HEADER_KEYS} | {
+            key: payload[key] for key in ("n_added", "n_removed") if key in payload})
         if mode == "announce":
             return head + "," + dumps(header | {"announce": True})[1:]
         if self._blob is None:
