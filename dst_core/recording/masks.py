@@ -38,38 +38,46 @@ class Frame:
 
 
 class MaskCache:
-    """Least-recently-used rebuilt masks, bounded by bytes; thread-safe.
+    """Least-recently-used rebuilt masks and decoded deltas, bounded by bytes; thread-safe.
 
-    Keys are (run key, layer index, frame seq). Arrays are read-only: callers copy to edit."""
+    Keys are (run key, layer index, frame seq[, "delta"]); values are read-only arrays or
+    tuples of them (callers copy to edit)."""
 
     def __init__(self, limit_bytes: int = CACHE_BYTES):
         self.limit_bytes = limit_bytes
         self.size = 0
-        self._items: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._items: OrderedDict[tuple, tuple[object, int]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple) -> np.ndarray | None:
+    def get(self, key: tuple):
         with self._lock:
-            mask = self._items.get(key)
-            if mask is not None:
-                self._items.move_to_end(key)
-            return mask
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
 
-    def put(self, key: tuple, mask: np.ndarray) -> None:
-        if mask.nbytes > self.limit_bytes:
+    def put(self, key: tuple, value) -> None:
+        arrays = value if isinstance(value, tuple) else (value,)
+        nbytes = sum(array.nbytes for array in arrays)
+        if nbytes > self.limit_bytes:
             return
-        if mask.flags.writeable:
-            mask = mask.copy()
-            mask.flags.writeable = False
+        for array in arrays:
+            array.flags.writeable = False
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:
-                self.size -= old.nbytes
-            self._items[key] = mask
-            self.size += mask.nbytes
+                self.size -= old[1]
+            self._items[key] = (value, nbytes)
+            self.size += nbytes
             while self.size > self.limit_bytes:
-                _, evicted = self._items.popitem(last=False)
-                self.size -= evicted.nbytes
+                _, (_, evicted) = self._items.popitem(last=False)
+                self.size -= evicted
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.size = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -194,10 +202,17 @@ class FrameChains:
         return np.unpackbits(packed, bitorder="little", count=numel).astype(bool)
 
     def delta(self, run_id: str, frame: Frame, numel: int) -> tuple[np.ndarray, np.ndarray]:
-        """(added, removed) sorted int64 flat indices of a stored delta."""
+        """(added, removed) read-only sorted int64 flat indices of a stored delta (cached: a
+        view applies a delta to rebuild its mask and bins the same delta's changes)."""
+        key = (run_id, frame.seq, "delta")
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
         blob = self._stored(run_id, frame, numel)
         try:
             added, removed = codec.decode_delta(blob, numel)
         except FrameError as error:
             raise StoredDataError(f"stored frame at seq {frame.seq}: {error}") from None
-        return added.astype(np.int64), removed.astype(np.int64)
+        value = (added.astype(np.int64), removed.astype(np.int64))
+        self.cache.put(key, value)
+        return value

@@ -7,9 +7,10 @@ connections it covers are kept, added, removed at this rewire, and how many ther
 [⌊j·cols/gc⌋, ⌊(j+1)·cols/gc⌋), so a layer no larger than its panel is shown exactly.
 
 Rewire r of a run is the r-th distinct step at which any topology frame is stored (rewire 0:
-the initial masks). Counting is vectorised: the active mask is binned with two
-`np.add.reduceat`s (columns, then rows), the few added and removed connections with one
-`np.bincount` of their pixels; masks come from masks.py's cache.
+the initial masks). Counting is vectorised: two lookup tables give each matrix row's and
+column's pixel; the active mask is binned with two `np.add.reduceat`s (columns, then rows)
+or, when pixels hold few connections, one `np.bincount` of its active indices' pixels, the
+added and removed connections with one bincount each; masks come from masks.py's cache.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import base64
 import bisect
 import hashlib
-import json
 import math
 import threading
 
@@ -36,13 +36,14 @@ class UnknownError(LookupError):
     """No such layer, or no rewire at or before the step asked for (a 404)."""
 
 
-class _StepIndex:
-    """The ascending distinct steps of a run's topology frames, extended as a live run grows
-    (only frames with a seq past the last one scanned are read again)."""
+class _FrameIndex:
+    """The ascending distinct steps of a run's topology frames and each layer's newest
+    `active`, extended as a live run grows (only frames past the last seq scanned are read)."""
 
     def __init__(self) -> None:
         self.scanned_seq = -1
         self.steps: list[int] = []
+        self.active: dict[int, object] = {}  # layer index → `active` of its newest frame
         self.lock = threading.Lock()
 
 
@@ -54,61 +55,57 @@ class LayerViews:
         self.store = store
         self.chains = FrameChains(store, cache)
         self.reader = RunReader(store, self.chains)
-        self._indices: dict[str, _StepIndex] = {}
+        self._indices: dict[str, _FrameIndex] = {}
         self._lock = threading.Lock()
 
     # ---- rewires ------------------------------------------------------------------------------
     def rewire_steps(self, run: dict) -> list[int]:
         """Ascending distinct steps of stored topology frames: rewire r is steps[r]."""
+        return self._index(run)[0]
+
+    def _index(self, run: dict) -> tuple[list[int], dict[int, object]]:
         key = run_key(run)
         with self._lock:
             index = self._indices.get(key)
             if index is None:
                 if len(self._indices) >= MAX_INDEXED_RUNS:
                     self._indices.pop(next(iter(self._indices)))
-                index = self._indices[key] = _StepIndex()
+                index = self._indices[key] = _FrameIndex()
         with index.lock:
             rows = self.store.db.execute(
-                "SELECT seq, step FROM events WHERE run_id = ? AND seq > ? AND layer IS NOT NULL "
-                "ORDER BY seq", (run["id"], index.scanned_seq)).fetchall()
+                "SELECT seq, step, layer, CASE WHEN json_valid(payload) THEN "
+                "json_extract(payload, '$.active') END FROM events WHERE run_id = ? AND seq > ? "
+                "AND layer IS NOT NULL ORDER BY seq", (run["id"], index.scanned_seq)).fetchall()
             if rows:
                 fresh = sorted({int(row[1]) for row in rows})
                 if index.steps and fresh[0] <= index.steps[-1]:  # a step stored late, or again
                     index.steps = sorted(set(index.steps) | set(fresh))
                 else:
                     index.steps.extend(fresh)
+                index.active.update((int(row[2]), row[3]) for row in rows)  # newest wins
                 index.scanned_seq = int(rows[-1][0])
-            return list(index.steps)
+            return list(index.steps), dict(index.active)
 
     def rewires(self, run: dict) -> dict:
-        """The answer of GET /rewires: steps, the newest seq and one entry per layer."""
+        """The answer of GET /rewires: steps, the newest seq and one entry per layer (its
+        density and active count at its newest stored frame, else as planned in the meta)."""
         run_id = run["id"]
         last = self.store.db.execute("SELECT MAX(seq) FROM events WHERE run_id = ?",
                                      (run_id,)).fetchone()[0]
+        steps, newest_active = self._index(run)
         layers = []
         for index, entry in enumerate(self.reader.layers(run_id)):
             rows, cols = entry["matrix"]
-            active = self._newest_active(run_id, index)
+            active = newest_active.get(index)
+            if isinstance(active, bool) or not isinstance(active, (int, float)) \
+                    or not math.isfinite(active) or not 0 <= active <= rows * cols:
+                active = None
+            active = None if active is None else int(active)
             density = active / (rows * cols) if active is not None else entry["density"]
             layers.append({"index": index, "name": entry["name"], "shape": [rows, cols],
                            "weight_shape": entry["weight_shape"], "kind": entry["kind"],
                            "density": density, "active": active})
-        return {"steps": self.rewire_steps(run), "last_seq": -1 if last is None else int(last),
-                "layers": layers}
-
-    def _newest_active(self, run_id: str, index: int) -> int | None:
-        """`active` of the layer's newest stored frame (None when none or unreadable)."""
-        row = self.store.db.execute(
-            "SELECT payload FROM events WHERE run_id = ? AND layer = ? "
-            "ORDER BY step DESC, seq DESC LIMIT 1", (run_id, index)).fetchone()
-        try:
-            active = json.loads(row[0]).get("active") if row else None
-        except (AttributeError, TypeError, ValueError):
-            return None
-        if isinstance(active, bool) or not isinstance(active, (int, float)) \
-                or not math.isfinite(active) or active < 0:
-            return None
-        return int(active)
+        return {"steps": steps, "last_seq": -1 if last is None else int(last), "layers": layers}
 
     # ---- one panel ----------------------------------------------------------------------------
     def locate(self, run: dict, layer: str, step: int | None) -> dict:
@@ -158,13 +155,11 @@ class LayerViews:
         mask = self.chains.mask(run, index, located["chain"], rows * cols)  # (rows*cols,)
         added, removed = self._changes(run, located, mask)
         grid_rows, grid_cols = min(panel_rows, rows), min(panel_cols, cols)
-        row_starts = (np.arange(grid_rows, dtype=np.int64) * rows) // grid_rows  # (gr,)
-        col_starts = (np.arange(grid_cols, dtype=np.int64) * cols) // grid_cols  # (gc,)
-        active_counts = bin_dense(mask.reshape(rows, cols), row_starts, col_starts)
-        added_counts = bin_sparse(added, cols, row_starts, col_starts)
-        removed_counts = bin_sparse(removed, cols, row_starts, col_starts)
-        possible = np.outer(np.diff(np.r_[row_starts, rows]),
-                            np.diff(np.r_[col_starts, cols]))  # (gr, gc)
+        pixels = PixelMap(rows, cols, grid_rows, grid_cols)
+        active_counts = pixels.count_dense(mask.reshape(rows, cols))  # (gr, gc)
+        added_counts = pixels.count_sparse(added)
+        removed_counts = pixels.count_sparse(removed)
+        possible = pixels.possible()
         dtype = next(name for name, top in COUNT_DTYPES if int(possible.max()) <= top)
 
         def encoded(counts: np.ndarray) -> str:
@@ -196,24 +191,45 @@ class LayerViews:
         return np.flatnonzero(mask & ~previous), np.flatnonzero(previous & ~mask)
 
 
-def bin_dense(mask: np.ndarray, row_starts: np.ndarray, col_starts: np.ndarray) -> np.ndarray:
-    """(gr, gc) int64 counts of the true entries of a (rows, cols) bool mask per pixel."""
-    rows, cols = mask.shape
-    counts = mask.view(np.uint8)
-    if col_starts.size < cols:  # along the contiguous axis first: the later pass is smaller
-        counts = np.add.reduceat(counts, col_starts, axis=1, dtype=np.int32)  # (rows, gc)
-    if row_starts.size < rows:
-        counts = np.add.reduceat(counts, row_starts, axis=0, dtype=np.int64)  # (gr, gc)
-    return counts.astype(np.int64)
+class PixelMap:
+    """Which pixel each matrix row and column falls in, for a grid over a (rows, cols) matrix:
+    the pixel rule of the module docstring as two lookup tables."""
 
+    def __init__(self, rows: int, cols: int, grid_rows: int, grid_cols: int):
+        self.shape, self.grid = (rows, cols), (grid_rows, grid_cols)
+        self.row_starts = (np.arange(grid_rows, dtype=np.int64) * rows) // grid_rows  # (gr,)
+        self.col_starts = (np.arange(grid_cols, dtype=np.int64) * cols) // grid_cols  # (gc,)
+        self.row_widths = np.diff(np.r_[self.row_starts, rows])  # (gr,)
+        self.col_widths = np.diff(np.r_[self.col_starts, cols])  # (gc,)
+        self.row_pixel = np.repeat(np.arange(grid_rows, dtype=np.int64), self.row_widths)
+        self.col_pixel = np.repeat(np.arange(grid_cols, dtype=np.int64), self.col_widths)
 
-def bin_sparse(indices: np.ndarray, cols: int, row_starts: np.ndarray,
-               col_starts: np.ndarray) -> np.ndarray:
-    """(gr, gc) int64 counts of the flat `indices` per pixel (one bincount, no dense pass)."""
-    grid_rows, grid_cols = row_starts.size, col_starts.size
-    if indices.size == 0:
-        return np.zeros((grid_rows, grid_cols), dtype=np.int64)
-    pixel_rows = np.searchsorted(row_starts, indices // cols, side="right") - 1  # (N,)
-    pixel_cols = np.searchsorted(col_starts, indices % cols, side="right") - 1  # (N,)
-    return np.bincount(pixel_rows * grid_cols + pixel_cols,
-                       minlength=grid_rows * grid_cols).reshape(grid_rows, grid_cols)
+    def possible(self) -> np.ndarray:
+        return np.outer(self.row_widths, self.col_widths)  # (gr, gc)
+
+    def count_sparse(self, indices: np.ndarray) -> np.ndarray:
+        """(gr, gc) int64 counts of the flat `indices` per pixel: one bincount."""
+        grid_rows, grid_cols = self.grid
+        if indices.size == 0:
+            return np.zeros(self.grid, dtype=np.int64)
+        rows, cols = np.divmod(indices, self.shape[1])  # (N,), (N,)
+        pixels = self.row_pixel[rows] * grid_cols + self.col_pixel[cols]
+        return np.bincount(pixels, minlength=grid_rows * grid_cols).reshape(self.grid)
+
+    def count_dense(self, mask: np.ndarray) -> np.ndarray:
+        """(gr, gc) int64 counts of the true entries of a (rows, cols) bool mask per pixel.
+
+        `np.add.reduceat` pays per group: with few connections per pixel (a big panel of a
+        wide layer) counting the active indices' pixels is several times faster."""
+        rows, cols = self.shape
+        grid_rows, grid_cols = self.grid
+        if self.grid == self.shape:
+            return mask.astype(np.int64)
+        if rows * grid_cols > mask.size // 32:  # fewer than ~32 entries per first-pass group
+            return self.count_sparse(np.flatnonzero(mask))
+        counts = mask.view(np.uint8)
+        if grid_cols < cols:  # along the contiguous axis first: the second pass is smaller
+            counts = np.add.reduceat(counts, self.col_starts, axis=1, dtype=np.int32)
+        if grid_rows < rows:
+            counts = np.add.reduceat(counts, self.row_starts, axis=0, dtype=np.int64)
+        return counts.astype(np.int64)
