@@ -37,11 +37,10 @@ class Frame:
     keyframe: bool
 
 
-class MaskCache:
-    """Least-recently-used rebuilt masks and decoded deltas, bounded by bytes; thread-safe.
-
-    Keys are (run key, layer index, frame seq[, "delta"]); values are read-only arrays or
-    tuples of them (callers copy to edit)."""
+class BytesLRU:
+    """Least-recently-used values bounded by their bytes; thread-safe. Holds rebuilt masks
+    and decoded deltas (read-only arrays, or tuples of them: callers copy to edit) and the
+    views' answers (their size given)."""
 
     def __init__(self, limit_bytes: int = CACHE_BYTES):
         self.limit_bytes = limit_bytes
@@ -57,13 +56,16 @@ class MaskCache:
             self._items.move_to_end(key)
             return item[0]
 
-    def put(self, key: tuple, value) -> None:
-        arrays = value if isinstance(value, tuple) else (value,)
-        nbytes = sum(array.nbytes for array in arrays)
+    def put(self, key: tuple, value, nbytes: int | None = None) -> None:
+        """Keep `value`; arrays (alone or in a tuple) are made read-only and counted by
+        their bytes, anything else by the `nbytes` given."""
+        if nbytes is None:
+            arrays = value if isinstance(value, tuple) else (value,)
+            nbytes = sum(array.nbytes for array in arrays)
+            for array in arrays:
+                array.flags.writeable = False
         if nbytes > self.limit_bytes:
             return
-        for array in arrays:
-            array.flags.writeable = False
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:
@@ -92,9 +94,9 @@ def run_key(run: dict) -> str:
 class FrameChains:
     """A layer's stored frames as chains from a keyframe, and masks rebuilt along them."""
 
-    def __init__(self, store: RunStore, cache: MaskCache | None = None):
+    def __init__(self, store: RunStore, cache: BytesLRU | None = None):
         self.store = store
-        self.cache = cache if cache is not None else MaskCache()
+        self.cache = cache if cache is not None else BytesLRU()
 
     def chain(self, run_id: str, index: int, step: int) -> list[Frame]:
         """The layer's newest keyframe at or before `step` and every frame after it up to

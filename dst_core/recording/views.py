@@ -23,13 +23,16 @@ import threading
 
 import numpy as np
 
-from dst_core.recording.masks import FrameChains, MaskCache, run_key
+from dst_core.recording.masks import BytesLRU, FrameChains, run_key
 from dst_core.recording.reader import RunReader
 from dst_core.recording.store import RunStore
 
 MAX_PANEL = 2048  # pixels per side of one panel: more than any screen shows
 MAX_INDEXED_RUNS = 1024  # runs whose rewire steps are kept in memory
+ANSWERS_BYTES = 64 * 1024 * 1024  # recent answers: every viewer of a live run asks for the
+#                                   same new rewire, and a page scrubbing back asks again
 COUNT_DTYPES = (("u1", 0xFF), ("u2", 0xFFFF), ("u4", 0xFFFFFFFF))
+COUNT_FIELDS = ("kept", "added", "removed", "possible")
 
 
 class UnknownError(LookupError):
@@ -51,10 +54,11 @@ class LayerViews:
     """Rewire lists and panel views of a data folder's runs (one per server: it owns the
     mask cache)."""
 
-    def __init__(self, store: RunStore, cache: MaskCache | None = None):
+    def __init__(self, store: RunStore, cache: BytesLRU | None = None):
         self.store = store
         self.chains = FrameChains(store, cache)
         self.reader = RunReader(store, self.chains)
+        self.answers = BytesLRU(ANSWERS_BYTES)
         self._indices: dict[str, _FrameIndex] = {}
         self._lock = threading.Lock()
 
@@ -146,10 +150,19 @@ class LayerViews:
         return '"' + hashlib.sha1(text.encode()).hexdigest()[:24] + '"'
 
     def view(self, run: dict, located: dict, panel_rows: int, panel_cols: int) -> dict:
-        """Per-pixel kept/added/removed/possible counts of the located layer and rewire."""
+        """Per-pixel kept/added/removed/possible counts of the located layer and rewire
+        (an answer is made once and kept while it is asked for; callers must not edit it)."""
         for name, value in (("rows", panel_rows), ("cols", panel_cols)):
             if not 1 <= value <= MAX_PANEL:
                 raise ValueError(f"{name}: must be from 1 to {MAX_PANEL}, got {value}")
+        key = (located["tag"], panel_rows, panel_cols)
+        answer = self.answers.get(key)
+        if answer is None:
+            answer = self._view(run, located, panel_rows, panel_cols)
+            self.answers.put(key, answer, sum(len(answer[field]) for field in COUNT_FIELDS))
+        return answer
+
+    def _view(self, run: dict, located: dict, panel_rows: int, panel_cols: int) -> dict:
         index, entry = located["index"], located["entry"]
         rows, cols = entry["matrix"]
         mask = self.chains.mask(run, index, located["chain"], rows * cols)  # (rows*cols,)

@@ -136,9 +136,9 @@ def test_scrubbing_starts_from_the_cached_neighbour(tmp_path, monkeypatch):
 
 
 def test_cache_is_bounded_by_bytes(tmp_path):
-    from dst_core.recording.masks import MaskCache
+    from dst_core.recording.masks import BytesLRU
 
-    cache = MaskCache(limit_bytes=10_000)
+    cache = BytesLRU(limit_bytes=10_000)
     for key in range(10):
         cache.put(("run", 0, key), np.zeros(3_000, dtype=bool))
     assert cache.size <= 10_000 and len(cache) == 3
