@@ -363,11 +363,15 @@ class RunFollower:
 async def _send_all(websocket: WebSocket, outbox: Outbox) -> None:
     while True:
         message, event_type = await outbox.get()
-        send = websocket.send_bytes(message) if isinstance(message, bytes) else \
-            websocket.send_text(message)
         try:
-            await asyncio.wait_for(send, SEND_TIMEOUT_S)
-        except asyncio.TimeoutError:
+            # asyncio.timeout, not wait_for: no extra task per message (50 viewers of a live
+            # run send thousands of messages a second)
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                if isinstance(message, bytes):
+                    await websocket.send_bytes(message)
+                else:
+                    await websocket.send_text(message)
+        except TimeoutError:
             raise SlowClient(f"one message not accepted for {SEND_TIMEOUT_S:g} s") from None
         if event_type == "end":
             return
