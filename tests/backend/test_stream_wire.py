@@ -242,3 +242,25 @@ def test_a_viewer_that_joins_late_starts_at_its_from_seq(tmp_path):
     assert [m["seq"] for m in first if "seq" in m] == expected
     assert [m["seq"] for m in late if "seq" in m] == expected[4:]
     assert all(m.get("announce") for m in late if m["type"] == "topology")
+
+
+def test_a_viewer_behind_the_hubs_window_reads_the_store_then_rejoins(tmp_path):
+    store = RunStore(tmp_path)
+    run_id = record_run(store, rewires=2, status="running")
+
+    async def scenario():
+        hub = RunHub(store, run_id, window_bytes=3_000)  # a few events only
+        hub.next_seq = store.last_seq(run_id) + 1
+        hub.modes["json"] += 1
+        hub.task = asyncio.create_task(hub.run())
+        await write_live(store, run_id, 30, pause_s=0.005)
+        await asyncio.sleep(0.3)
+        assert hub.first_seq > 20 and hub.size <= 3_000 + max(e.nbytes for e in hub.events)
+        streamed = await follow(store, run_id, hub, from_seq=3)
+        await hub.task
+        return streamed
+
+    streamed = asyncio.run(asyncio.wait_for(scenario(), 60))
+    expected = list(range(3, store.last_seq(run_id) + 1))
+    assert [m["seq"] for m in streamed if "seq" in m] == expected
+    assert streamed[-1] == {"type": "end", "last_seq": expected[-1]}

@@ -126,6 +126,7 @@ class RunHub:
     def __init__(self, store: RunStore, run_id: str, window_bytes: int = HUB_WINDOW_BYTES):
         self.store, self.run_id, self.window_bytes = store, run_id, window_bytes
         self.events: deque[StoredEvent] = deque()
+        self._sizes: deque[int] = deque()  # each event's bytes as counted when it came in
         self.size = 0
         self.next_seq = 0  # the first seq the hub has not read yet (set before it starts)
         self.state: str = "live"  # then "ended" (last event read), "deleted" or "failed"
@@ -196,11 +197,13 @@ class RunHub:
     def _append(self, events: list[StoredEvent]) -> None:
         for event in events:
             self.events.append(event)
-            self.size += event.nbytes
+            self._sizes.append(event.nbytes)
+            self.size += self._sizes[-1]
         self.next_seq = events[-1].seq + 1
         while len(self.events) > 1 and (self.size > self.window_bytes
                                         or len(self.events) > HUB_WINDOW_EVENTS):
-            self.size -= self.events.popleft().nbytes
+            self.events.popleft()
+            self.size -= self._sizes.popleft()
         self._notify()
 
 
