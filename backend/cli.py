@@ -66,9 +66,12 @@ def serve(args: argparse.Namespace) -> int:
         print(f"sparsescope: {error}", file=sys.stderr)
         return 2
     print(f"sparsescope dashboard: http://{settings.host}:{settings.port}", flush=True)
+    # No permessage-deflate: it compresses every message once per viewer (most of the server's
+    # CPU with 50 viewers, bench/viewers.py), and frames are packed bits or announcements.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
                 timeout_graceful_shutdown=3, access_log=False,  # AccessLog logs requests
-                http=bounded_http_protocol(settings.max_header_bytes))
+                http=bounded_http_protocol(settings.max_header_bytes),
+                ws_per_message_deflate=False)
     return 0
 
 
