@@ -371,6 +371,7 @@ export class InputPanel {
   }
 
   draw(view) {
+    const complete = view.gc === view.cols; // one pixel per column: exact column sums
     const sums = new Float64Array(view.gc);
     for (let j = 0; j < view.gc; j++) sums[j] = view.kept[j] + view.added[j];
     const { height, width, channels, label } = this.geometry;
@@ -383,7 +384,7 @@ export class InputPanel {
       for (let w = 0; w < width; w++) {
         for (let ch = 0; ch < channels; ch++) {
           const column = ch * plane + h * width + w;
-          row[w] += view.exact ? sums[column] || 0 : 0;
+          row[w] += complete ? sums[column] || 0 : 0;
         }
         total += row[w];
         if (row[w] > highest) highest = row[w];

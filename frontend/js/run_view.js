@@ -57,6 +57,9 @@ export class RunView {
     if (generation !== this.generation) return;
     this.run = run;
     this.views = new ViewCache(id);
+    this.metrics = new MetricSeries();
+    this.rewireSeries = new RewireSeries(null, rewires.layers);
+    this.liveRewires = [];
     this.header(run);
     this.layout(rewires);
     const position = step === null ? null : Math.max(0, lastAtOrBefore(rewires.steps, step));
@@ -64,8 +67,6 @@ export class RunView {
     this.player.followable = ACTIVE.has(run.status);
     this.player.live = live;
     this.player.setSteps(rewires.steps, { position: position ?? rewires.steps.length - 1 });
-    this.metrics = new MetricSeries();
-    this.rewireSeries = new RewireSeries(null, this.layers);
     loadSeries(id, this.layers).then(({ metrics, rewires: series }) => {
       if (generation !== this.generation) return;
       // Live events that arrived meanwhile are already in the answers (or follow them).
@@ -76,7 +77,6 @@ export class RunView {
       this.overview.update(series, this.player.step);
       this.chartsDirty();
     }).catch((error) => { $("run-error").textContent = `charts: ${error.message}`; });
-    this.liveRewires = [];
     if (ACTIVE.has(run.status) || rewires.last_seq < 0) {
       this.stream = new RunStream(id, rewires.last_seq + 1, {
         onEvent: (event) => this.handle(event, generation), onState: this.onConnection,
