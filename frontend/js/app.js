@@ -51,7 +51,10 @@ const compareView = new CompareView({ palette: () => palette, message: runsMessa
 
 // Test hook: the run on screen and the counters the browser tests and the bench read.
 window.sparsescope = {
-  codec, rewires: 0, lastStep: 0, paints: 0,
+  codec, paints: 0,
+  // Rewires known to the page, and the newest one's step (grows while following live).
+  get rewires() { return runView.player.steps.length; },
+  get lastStep() { const steps = runView.player.steps; return steps.length ? steps[steps.length - 1] : 0; },
   get model() {
     const run = runView.run;
     return run ? { id: run.id, name: run.name, status: run.status, steps: runView.player.steps } : null;
@@ -126,7 +129,6 @@ async function openRunById(id, step = null) {
   }
   try {
     await runView.open(id, { step });
-    window.sparsescope.rewires = runView.player.steps.length;
   } catch (error) {
     runsMessage(`Could not open run ${id}: ${error.message}`);
     go("#/runs");

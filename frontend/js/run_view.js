@@ -133,7 +133,6 @@ export class RunView {
     this.drawInput(state.step);
     this.overview.update(this.rewireSeries, state.step);
     this.chartsDirty();
-    window.sparsescope.lastStep = state.steps.length ? state.steps[state.steps.length - 1] : 0;
   }
 
   // Column sums of the first layer, drawn as the input it reads (image, kernel window, features).
@@ -228,7 +227,6 @@ export class RunView {
     const steps = this.player.steps;
     if (steps.length && steps[steps.length - 1] >= pending.step) return;
     this.player.setSteps([...this.player.steps, pending.step]);
-    window.sparsescope.rewires = this.player.steps.length;
   }
 
   async refreshHeader(generation) {
