@@ -100,14 +100,14 @@ def record(data_dir: Path, *, steps: int, width: int = 64, image: int = 32, batc
     generator = torch.Generator().manual_seed(seed)
     with Recorder(data_dir, name=name, seed=seed, **(recorder_options or {})) as recorder:
         recorder.attach(driver)
-        for step in range(steps):
+        for _step in range(steps):
             x = torch.randn(batch, 3, image, image, generator=generator)
             y = torch.randint(0, 10, (batch,), generator=generator)
             loss = nn.functional.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             driver.step()
-            recorder.log(driver.step_count, loss=float(loss))
+            recorder.log(driver.step_count, loss=float(loss.detach()))
             if step_delay_s:
                 time.sleep(step_delay_s)
         return recorder.run_id
@@ -140,14 +140,15 @@ def measure(browser, url: str, run_id: str, scrubs: int = 50) -> dict:
     client = context.new_cdp_session(page)
     frames = {"bytes": 0}
     client.send("Network.enable")
-    client.on("Network.webSocketFrameReceived",
-              lambda event: frames.__setitem__("bytes", frames["bytes"] + len(event["response"]["payloadData"])))
+    client.on("Network.webSocketFrameReceived", lambda event: frames.__setitem__(
+        "bytes", frames["bytes"] + len(event["response"]["payloadData"])))
     page.goto(f"{url}/#/runs")
     page.wait_for_function("document.querySelectorAll('#runs-body tr').length > 0")
     started["t"] = time.monotonic()
     t0 = time.perf_counter()
     page.evaluate(f"location.hash = '#/run/{run_id}'")
-    page.wait_for_function("window.sparsescope.settled() && document.querySelector('#heatmap-0')?.dataset.step",
+    page.wait_for_function("window.sparsescope.settled()"
+                           " && document.querySelector('#heatmap-0')?.dataset.step",
                            timeout=60_000, polling="raf")
     open_s = time.perf_counter() - t0
     steps = page.evaluate("window.sparsescope.model.steps")
@@ -157,7 +158,8 @@ def measure(browser, url: str, run_id: str, scrubs: int = 50) -> dict:
         position = (i * 37 + 11) % len(steps)
         t1 = time.perf_counter()
         page.evaluate(f"window.sparsescope.player.seek({position})")
-        page.wait_for_function(f"window.sparsescope.settled() && window.sparsescope.player.position === {position}",
+        page.wait_for_function("window.sparsescope.settled()"
+                               f" && window.sparsescope.player.position === {position}",
                                timeout=30_000, polling="raf")
         times.append(time.perf_counter() - t1)
     heap_scrubbed = heap(client)
@@ -180,8 +182,8 @@ def bytes_to_open(browser, url: str, run_id: str) -> int:
     client = context.new_cdp_session(page)
     client.send("Network.enable")
     total = {"bytes": 0}
-    client.on("Network.webSocketFrameReceived",
-              lambda event: total.__setitem__("bytes", total["bytes"] + len(event["response"]["payloadData"])))
+    client.on("Network.webSocketFrameReceived", lambda event: total.__setitem__(
+        "bytes", total["bytes"] + len(event["response"]["payloadData"])))
     counted = []
     page.on("response", lambda response: counted.append(response))
     page.goto(f"{url}/#/run/{run_id}")
