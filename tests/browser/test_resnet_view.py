@@ -124,7 +124,7 @@ def test_live_following_keeps_up(page, server, data_dir):
 
     def train():
         holder["id"] = record(data_dir, steps=12, width=2, image=8, batch=2, name="resnet live", seed=3,
-                              step_delay_s=0.6)
+                              step_delay_s=1.0)
 
     thread = threading.Thread(target=train)
     thread.start()
@@ -142,7 +142,9 @@ def test_live_following_keeps_up(page, server, data_dir):
         behind = []
         while thread.is_alive():
             stored = server.http.get(f"/api/runs/{run_id}/rewires").json()["steps"]
-            page.wait_for_timeout(700)  # a rewire interval: the page has had time to show it
+            # A rewire interval: a rewire stored before it has arrived and is shown by its end
+            # (the newer ones stored meanwhile may still be on their way: at most one).
+            page.wait_for_timeout(1000)
             shown = int(page.evaluate("Number(document.querySelector('#heatmap-0')?.dataset.step ?? -1)"))
             behind.append(sum(1 for step in stored if step > shown))
     finally:
