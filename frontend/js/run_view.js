@@ -336,15 +336,17 @@ export function describeSettings(run) {
     const head = [settings.task, settings.model].filter(Boolean).join(" · ");
     if (head) parts.push(head);
     if (settings.method) parts.push(`${settings.method} · density ${settings.density} (${settings.distribution ?? "–"})`);
-    if (settings.interval_steps !== undefined) {
+    if (settings.interval_steps !== undefined && settings.interval_steps !== null) {
       parts.push(`rewire every ${settings.interval_steps} steps (${settings.schedule ?? "–"}, ` +
                  `drop ${settings.drop_fraction ?? "–"}, end ${settings.end_fraction ?? "–"})`);
     }
-    if (settings.total_steps !== undefined) parts.push(`${settings.total_steps} steps`);
+    if (settings.total_steps !== undefined && settings.total_steps !== null) parts.push(`${settings.total_steps} steps`);
   } else if (config.task || config.method) {
     const hidden = Array.isArray(config.hidden) ? ` [${config.hidden.join(", ")}]` : "";
     parts.push(`${config.task} · ${config.model ?? ""}${hidden} · ${config.method} · density ${config.density}`);
-    if (config.interval_steps !== undefined) parts.push(`rewire every ${config.interval_steps} steps`);
+    if (config.interval_steps !== undefined && config.interval_steps !== null) {
+      parts.push(`rewire every ${config.interval_steps} steps`);
+    }
   }
   parts.push(run.id);
   return parts.join(" · ");
