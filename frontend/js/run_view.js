@@ -78,8 +78,15 @@ export class RunView {
       this.chartsDirty();
     }).catch((error) => { $("run-error").textContent = `charts: ${error.message}`; });
     if (ACTIVE.has(run.status) || rewires.last_seq < 0) {
+      let opened = 0;
       this.stream = new RunStream(id, rewires.last_seq + 1, {
-        onEvent: (event) => this.handle(event, generation), onState: this.onConnection,
+        onEvent: (event) => this.handle(event, generation),
+        onState: (state) => {
+          // Reconnected: the rewires stored meanwhile arrive as announcements, but a rewire
+          // whose announcements straddled the drop is read back from the store.
+          if (state === "open" && opened++ > 0) this.resync(generation);
+          this.onConnection(state);
+        },
       }).open();
     } else {
       this.onConnection("ended");
@@ -190,7 +197,8 @@ export class RunView {
           if (generation !== this.generation) return;
           this.layout(rewires);
           this.rewireSeries = new RewireSeries(null, this.layers);
-          this.player.setSteps(rewires.steps);
+          // Rewires announced while this answer was on its way are kept.
+          this.player.setSteps(mergeSteps(this.player.steps, rewires.steps));
         }).catch(() => undefined);
         break;
       case "status":
@@ -206,6 +214,11 @@ export class RunView {
         break;
       case "error":
         $("run-error").textContent = event.error || "the stream was refused";
+        break;
+      case "skipped":
+        // The server skipped this slow page ahead: the rewires (and their series) it did not
+        // send are read back from the store, so the scrubber still knows every rewire.
+        this.resync(generation);
         break;
       default: break;
     }
@@ -227,6 +240,19 @@ export class RunView {
     const steps = this.player.steps;
     if (steps.length && steps[steps.length - 1] >= pending.step) return;
     this.player.setSteps([...this.player.steps, pending.step]);
+  }
+
+  async resync(generation) {
+    try {
+      const [rewires, series] = await Promise.all([
+        api(`/api/runs/${this.run.id}/rewires`), loadSeries(this.run.id, this.layers)]);
+      if (generation !== this.generation) return;
+      const merged = mergeSteps(this.player.steps, rewires.steps);
+      if (merged.length !== this.player.steps.length) this.player.setSteps(merged);
+      this.metrics = mergeLive(series.metrics, this.metrics);
+      this.rewireSeries = series.rewires;
+      this.chartsDirty();
+    } catch { /* the next announcement or resync fills the gap */ }
   }
 
   async refreshHeader(generation) {
@@ -312,6 +338,12 @@ export class RunView {
     // A new run starts its charts from scratch (no axis ranges carried over from the last one).
     for (const chart of document.querySelectorAll("#charts .chart")) Plotly.purge(chart);
   }
+}
+
+// Every step of either ascending list, once, ascending.
+function mergeSteps(known, stored) {
+  const seen = new Set(known);
+  return [...known, ...stored.filter((step) => !seen.has(step))].sort((a, b) => a - b);
 }
 
 // Live events that arrived before the downsampled answer: appended where they are newer.
