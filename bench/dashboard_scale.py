@@ -3,7 +3,7 @@
     .venv/bin/python bench/dashboard_scale.py [--steps 100] [--width 64] [--quick]
 
 Records, with `Recorder(data_dir)` and `SparseDriver(method="set", interval_steps=1)`, a model
-built here (53 convs + fc, ~25.5 M weights at --width 64, BatchNorm, residuals, ERK at density
+built here (53 convs + a 1000-way fc, ~25.5 M weights at --width 64, BatchNorm, residuals, ERK at density
 0.2) on 32×32 inputs, once with --steps rewires and once with a tenth of them; serves both with
 `python -m backend`, opens each in chromium and prints, per run: time from navigation to the
 visible panels painted, time for a scrub to another rewire to be painted (median of 20), bytes
@@ -88,12 +88,12 @@ class ResNet(nn.Module):
 
 
 def record(data_dir: Path, *, steps: int, width: int = 64, image: int = 32, batch: int = 4,
-           name: str = "resnet", seed: int = 0, step_delay_s: float = 0.0,
+           classes: int = 1000, name: str = "resnet", seed: int = 0, step_delay_s: float = 0.0,
            recorder_options: dict | None = None) -> str:
     """Train a ResNet-shaped model `steps` steps on random data, rewiring every step; returns
     the run id. The data are noise: the run is about the topology, not the accuracy."""
     torch.manual_seed(seed)
-    model = ResNet(width)
+    model = ResNet(width, classes)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     driver = SparseDriver(model, optimizer, method="set", density=0.2, distribution="erk",
                           total_steps=steps + 1, interval_steps=1, seed=seed)
@@ -102,7 +102,7 @@ def record(data_dir: Path, *, steps: int, width: int = 64, image: int = 32, batc
         recorder.attach(driver)
         for _step in range(steps):
             x = torch.randn(batch, 3, image, image, generator=generator)
-            y = torch.randint(0, 10, (batch,), generator=generator)
+            y = torch.randint(0, classes, (batch,), generator=generator)
             loss = nn.functional.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -249,8 +249,10 @@ def main() -> None:
     from tests.browser.conftest import CHROMIUM, FLAGS, Server
 
     data_dir = Path(tempfile.mkdtemp(prefix="dashboard-scale-"))
-    weights = sum(p.numel() for name, p in ResNet(args.width).named_parameters() if p.dim() > 1)
-    print(f"model: ResNet-50-shaped, width {args.width}, {weights / 1e6:.1f} M conv/fc weights")
+    model = ResNet(args.width, 1000)
+    weights = sum(p.numel() for p in model.parameters() if p.dim() > 1)
+    print(f"model: ResNet-50-shaped, width {args.width}, {weights / 1e6:.1f} M conv/fc weights, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters")
     runs = {}
     for steps in (args.steps, max(1, args.steps // 10)):
         t0 = time.perf_counter()

@@ -32,7 +32,48 @@ const line = (name, series, extra = {}) => ({
   type: "scatter", mode: "lines", name: plain(name), x: series ? series.step : [], y: series ? series.last : [], ...extra,
 });
 
+const logged = (pick, fields) => fields.filter((field) => pick(field))
+  .map((field) => line(`${field.replace("_", " ")} (logged)`, pick(field), { mode: "lines+markers" }));
+
 const hasPoints = (traces) => traces.some((trace) => trace.x && trace.x.length > 0);
+
+// Metrics drawn by the fixed charts (by event type); every other numeric field of a run is drawn
+// in a chart of its own group (see extraGroups). `epoch` is a counter, not a metric.
+const KNOWN = {
+  metrics: new Set(["loss", "accuracy", "density", "itop_rate", "epoch", "train_loss", "test_loss",
+                    "train_accuracy", "test_accuracy"]),
+  eval: new Set(["train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch"]),
+};
+
+// The group of a metric name: what comes before its first "/", "." or "_" (`val/top5` and
+// `val_top1` go together), the whole name when it has none.
+export function metricGroup(field) {
+  const match = /^(.+?)[/._]/.exec(field);
+  return match ? match[1] : field;
+}
+
+// Fields of `metrics` (a MetricSeries) not in the fixed charts: [{group, fields: [[type, field]]}],
+// groups in name order.
+export function extraGroups(metrics) {
+  const groups = new Map();
+  for (const type of Object.keys(metrics.types).sort()) {
+    for (const field of metrics.fields(type).sort()) {
+      if (KNOWN[type] && KNOWN[type].has(field)) continue;
+      const group = metricGroup(field);
+      if (!groups.has(group)) groups.set(group, []);
+      groups.get(group).push([type, field]);
+    }
+  }
+  return [...groups.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([group, fields]) => ({ group, fields }));
+}
+
+// One chart of an extra group: a line per field (the event type named where it is `eval`).
+export function extraChart(metrics, { group, fields }) {
+  const traces = fields.map(([type, field]) => line(type === "eval" ? `${field} (eval)` : field,
+                                                    metrics.get(type, field), { mode: "lines+markers" }));
+  return [traces, layout(group, group)];
+}
 
 // The fixed charts of the run view, from MetricSeries + RewireSeries; `step` draws the
 // scrubber's position as a dotted line.
@@ -45,11 +86,14 @@ export function runCharts(metrics, rewires, palette) {
       line("train loss (running)", m("loss"), { line: { color: "#94a3b8" } }),
       line("train loss", e("train_loss"), { mode: "lines+markers" }),
       line("test loss", e("test_loss"), { mode: "lines+markers" }),
+      // Logged by a script with rec.log (metrics events) rather than rec.eval.
+      ...logged(m, ["train_loss", "test_loss"]),
     ], layout("Loss", "cross-entropy")],
     accuracy: [[
       line("train acc. (running)", m("accuracy"), { line: { color: "#94a3b8" } }),
       line("train accuracy", e("train_accuracy"), { mode: "lines+markers" }),
       line("test accuracy", e("test_accuracy"), { mode: "lines+markers" }),
+      ...logged(m, ["train_accuracy", "test_accuracy"]),
     ], layout("Accuracy", "accuracy", { yaxis: { title: { text: "accuracy" }, range: [0, 1.02], automargin: true } })],
     density: densityChart(metrics, rewires),
     itop: [[line("ITOP rate", m("itop_rate"), { line: { color: "#7c3aed" } })],
@@ -106,6 +150,22 @@ export const COMPARE_METRICS = [
     (r) => ({ step: r.rewires.step, last: r.rewires.turnover })],
   ["added", "Added per rewire", "connections", (r) => ({ step: r.rewires.step, last: r.rewires.totals().added })],
 ];
+
+// Compare: one chart per extra metric field any compared run logged, a line per run.
+export function compareExtraFields(runs) {
+  const fields = new Map();
+  for (const run of runs) {
+    for (const { fields: list } of extraGroups(run.metrics)) {
+      for (const [type, field] of list) fields.set(`${type}:${field}`, [type, field]);
+    }
+  }
+  return [...fields.values()].sort((a, b) => (a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0));
+}
+
+export function compareExtraChart([type, field], runs) {
+  const traces = runs.map((run) => line(run.name, run.metrics.get(type, field), { mode: "lines+markers" }));
+  return [traces, layout(type === "eval" ? `${field} (eval)` : field, metricGroup(field))];
+}
 
 export function compareChart(key, runs) {
   const [, title, yTitle, pick] = COMPARE_METRICS.find((metric) => metric[0] === key);

@@ -2,7 +2,7 @@
 // metric overlaid. Same parts as the run view: the shared Player, panels drawn from `/view` at
 // panel resolution, downsampled series extended live from announce-mode websockets.
 import { api } from "./api.js";
-import { COMPARE_METRICS, compareChart, drawChart } from "./charts.js";
+import { COMPARE_METRICS, compareChart, compareExtraChart, compareExtraFields, drawChart } from "./charts.js";
 import { PanelSet } from "./panels.js";
 import { Player } from "./player.js";
 import { ACTIVE } from "./runs.js";
@@ -52,10 +52,12 @@ export class CompareView {
     }
     if (generation !== this.generation) return;
     this.runs = runs;
-    for (const entry of runs) {
+    this.extraCharts = new Map();
+    const loaded = await Promise.all(runs.map((entry) => loadSeries(entry.id, entry.layers).catch(() => null)));
+    if (generation !== this.generation) return;
+    runs.forEach((entry, index) => {
       entry.views = new ViewCache(entry.id);
-      const series = await loadSeries(entry.id, entry.layers).catch(() => null);
-      if (generation !== this.generation) return;
+      const series = loaded[index];
       entry.metrics = series?.metrics;
       entry.rewires = series?.rewires;
       entry.pending = null;
@@ -64,7 +66,7 @@ export class CompareView {
           onEvent: (event) => this.handle(entry, event, generation),
         }).open();
       }
-    }
+    });
     $("compare-body").hidden = false;
     const select = $("compare-layer");
     const reference = runs[0].layers;
@@ -148,7 +150,27 @@ export class CompareView {
         const div = $(`compare-chart-${key}`);
         if (div) drawChart(div, compareChart(key, ready), marker, revision);
       }
+      for (const field of compareExtraFields(ready)) {
+        drawChart(this.extraDiv(field), compareExtraChart(field, ready), marker, revision);
+      }
     }, CHART_INTERVAL_MS);
+  }
+
+  extraDiv([type, field]) {
+    this.extraCharts ||= new Map();
+    const key = `${type}:${field}`;
+    let div = this.extraCharts.get(key);
+    if (!div) {
+      div = document.createElement("div");
+      div.className = "chart chart-extra";
+      div.id = `compare-chart-extra-${this.extraCharts.size}`;
+      div.dataset.field = field;
+      div.setAttribute("role", "img");
+      div.setAttribute("aria-label", `${field} of the compared runs`);
+      $("compare-charts").append(div);
+      this.extraCharts.set(key, div);
+    }
+    return div;
   }
 
   resize() {

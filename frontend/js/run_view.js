@@ -6,7 +6,7 @@
 // the websocket in `topology=announce` mode tells when a rewire is complete, and the player
 // (following live) moves to it, which fetches the visible panels at that rewire.
 import { api } from "./api.js";
-import { drawChart, runCharts } from "./charts.js";
+import { drawChart, extraChart, extraGroups, runCharts } from "./charts.js";
 import { InputPanel, MAX_GRID } from "./heatmap.js";
 import { LayerOverview } from "./overview.js";
 import { PanelSet } from "./panels.js";
@@ -103,6 +103,25 @@ export class RunView {
     $("run-info").textContent = describeSettings(run);
     $("run-provenance").textContent = provenance(run.info);
     this.onStatus(run.status);
+    this.explainWaiting(run.status, this.generation);
+  }
+
+  // A queued run says what it waits for: the runs the server is training now, ahead of it.
+  async explainWaiting(status, generation) {
+    const note = $("run-waiting");
+    if (status !== "queued") { note.hidden = true; return; }
+    note.hidden = false;
+    note.textContent = "Queued: waiting for a free worker.";
+    try {
+      const runs = await api("/api/runs");
+      if (generation !== this.generation || this.run?.status !== "queued") return;
+      const running = runs.filter((run) => run.status === "running");
+      const ahead = runs.filter((run) => run.status === "queued" && run.created_at < this.run.created_at);
+      const names = (list) => list.map((run) => `${run.name} (${run.id})`).join(", ");
+      note.textContent = "Queued: it starts when a worker is free" +
+        (running.length ? `; training now: ${names(running)}` : "") +
+        (ahead.length ? `; queued before it: ${names(ahead)}` : "") + ".";
+    } catch { /* the generic line stays */ }
   }
 
   layout(rewires) {
@@ -204,6 +223,7 @@ export class RunView {
       case "status":
         this.run = { ...this.run, status: event.status, error: event.error || this.run.error };
         this.onStatus(event.status);
+        this.explainWaiting(event.status, generation);
         $("run-error").textContent = this.run.error || "";
         if (event.status === "running") this.refreshHeader(generation);
         break;
@@ -310,6 +330,26 @@ export class RunView {
     const marker = this.player.live ? null : this.player.step;
     const revision = `${this.metrics.revision}-${this.rewireSeries.revision}-${this.rewireSeries.step.length}`;
     for (const key of CHART_KEYS) drawChart($(`chart-${key}`), charts[key], marker, revision);
+    // Every other numeric metric the run logs, one chart per name prefix.
+    for (const group of extraGroups(this.metrics)) {
+      drawChart(this.extraDiv(group.group), extraChart(this.metrics, group), marker, revision);
+    }
+  }
+
+  extraDiv(group) {
+    this.extraCharts ||= new Map();
+    let div = this.extraCharts.get(group);
+    if (!div) {
+      div = document.createElement("div");
+      div.className = "chart chart-extra";
+      div.id = `chart-extra-${this.extraCharts.size}`;
+      div.dataset.group = group;
+      div.setAttribute("role", "img");
+      div.setAttribute("aria-label", `${group} metrics`);
+      $("charts").append(div);
+      this.extraCharts.set(group, div);
+    }
+    return div;
   }
 
   // True once every visible panel shows the player's rewire.
@@ -337,6 +377,8 @@ export class RunView {
     this.player.live = false;
     // A new run starts its charts from scratch (no axis ranges carried over from the last one).
     for (const chart of document.querySelectorAll("#charts .chart")) Plotly.purge(chart);
+    for (const div of this.extraCharts?.values() || []) div.remove();
+    this.extraCharts = new Map();
   }
 }
 

@@ -23,7 +23,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def resnet(data_dir):
-    return record(data_dir, steps=8, width=2, image=8, batch=2, name=f"resnet {HOSTILE}")
+    return record(data_dir, steps=8, width=2, image=8, batch=2, classes=10, name=f"resnet {HOSTILE}")
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_live_following_keeps_up(page, server, data_dir):
     holder = {}
 
     def train():
-        holder["id"] = record(data_dir, steps=12, width=2, image=8, batch=2, name="resnet live", seed=3,
+        holder["id"] = record(data_dir, steps=12, width=2, image=8, batch=2, classes=10, name="resnet live", seed=3,
                               step_delay_s=1.0)
 
     thread = threading.Thread(target=train)
