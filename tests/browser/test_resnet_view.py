@@ -123,8 +123,8 @@ def test_live_following_keeps_up(page, server, data_dir):
     holder = {}
 
     def train():
-        holder["id"] = record(data_dir, steps=12, width=2, image=8, batch=2, classes=10, name="resnet live", seed=3,
-                              step_delay_s=1.0)
+        holder["id"] = record(data_dir, steps=12, width=2, image=8, batch=2, classes=10,
+                              name="resnet live", seed=3, step_delay_s=1.0)
 
     thread = threading.Thread(target=train)
     thread.start()
