@@ -242,6 +242,12 @@ $("palette").addEventListener("click", togglePalette);
 $("compare-selected").addEventListener("click", compareSelected);
 $("compare-go").addEventListener("click", compareSelected);
 window.addEventListener("hashchange", route);
+// A resized window changes how many pixels a panel has: the visible ones ask for their new grid.
+let resizeTimer = 0;
+window.addEventListener("resize", () => {
+  clearTimeout(resizeTimer);
+  resizeTimer = setTimeout(() => { runView.panels?.refresh(); compareView.panels?.refresh(); }, 200);
+});
 // Shortcuts in the run view when no control has the focus: ← / → one rewire, space play/pause.
 document.addEventListener("keydown", (event) => {
   if (current !== "run" || event.target !== document.body) return;

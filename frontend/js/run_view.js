@@ -159,6 +159,12 @@ export class RunView {
     this.drawInput(state.step);
     this.overview.update(this.rewireSeries, state.step);
     this.chartsDirty();
+    // The address names the rewire on screen, so a link (or a reload) opens it again; while
+    // following live it names the run only. replaceState: no history entry, no hashchange.
+    if (location.hash.startsWith(`#/run/${this.run.id}`)) {
+      const hash = state.live || state.step === null ? `#/run/${this.run.id}` : `#/run/${this.run.id}?step=${state.step}`;
+      if (location.hash !== hash) history.replaceState(null, "", hash);
+    }
   }
 
   // Column sums of the first layer, drawn as the input it reads (image, kernel window, features).

@@ -103,6 +103,11 @@ def test_scrub_shows_the_stored_mask(page, server, resnet):
             assert shown["step"] == steps[position]
             mask = stored_mask(server, resnet, index, steps[position])
             assert shown["active"] == pixel_counts(mask, shown["gr"], shown["gc"]).ravel().tolist()
+        # The address names the rewire on screen: a link or a reload opens it again.
+        assert page.evaluate("location.hash") == f"#/run/{resnet}?step={steps[position]}"
+    page.reload()
+    page.wait_for_function("window.sparsescope.settled()", timeout=60_000)
+    assert page.locator("#heatmap-0").get_attribute("data-step") == str(steps[-1])
 
 
 def test_names_are_text_not_markup(page, server, resnet):
