@@ -6,13 +6,19 @@ import threading
 import time
 
 import pytest
+import torch
+from torch import nn
 
+from dst_core import SparseDriver
 from dst_core.recording import Recorder
 from tests.browser.conftest import Server
 
 pytestmark = pytest.mark.browser
 
 BIG_SEED = 4369315837155030017  # > 2**53: a JavaScript number would round it
+HOSTILE = '<a href="https://evil.example" target="_top">x</a><span style="font-size:90px">big</span>'
+# A module name cannot hold a ".": the same attack without one, as a layer name.
+HOSTILE_LAYER = "<a href=https:evil target=_top>x</a><span style=font-size:90px>big</span>"
 LONG = {"task": "digits", "hidden": [16], "epochs": 500, "interval_steps": 5}
 
 
@@ -31,7 +37,26 @@ def logged(data_dir):
 
 
 @pytest.fixture(scope="module")
-def server(data_dir, logged):
+def hostile(data_dir):
+    """A run, a layer and a metric named with markup."""
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module(HOSTILE_LAYER, nn.Linear(12, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    driver = SparseDriver(model, optimizer, method="set", density=0.5, total_steps=4, interval_steps=1)
+    with Recorder(data_dir, name=f"run {HOSTILE}", seed=0) as recorder:
+        recorder.attach(driver)
+        for _ in range(3):
+            loss = model(torch.randn(4, 12)).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            driver.step()
+            recorder.log(driver.step_count, loss=float(loss.detach()), **{HOSTILE: 0.5})
+    return recorder.run_id
+
+
+@pytest.fixture(scope="module")
+def server(data_dir, logged, hostile):
     instance = Server(data_dir)
     yield instance
     instance.close()
@@ -109,3 +134,40 @@ def test_a_queued_run_says_what_it_waits_for(page, server):
     finally:
         for run in (second, first):
             server.http.post(f"/api/runs/{run['id']}/stop")
+
+
+def no_markup(page):
+    assert page.locator("a[href*='evil']").count() == 0
+    assert page.locator("[target='_top']").count() == 0
+    assert page.locator("span[style*='90px']").count() == 0
+
+
+def test_names_are_text_not_markup(page, hostile):
+    """Run, layer and metric names are plain text in the DOM and in every Plotly title, legend,
+    axis and hover label."""
+    page.goto(f"{page.base_url}/#/run/{hostile}")
+    page.wait_for_function("window.sparsescope.settled()"
+                           " && document.querySelector('#heatmap-0')?.dataset.step", timeout=30_000)
+    page.wait_for_selector("#chart-extra-0 .gtitle", timeout=30_000)
+    page.wait_for_timeout(400)
+    no_markup(page)
+    layer = f"{HOSTILE_LAYER}.weight"
+    assert page.locator("#run-title").text_content() == f"run {HOSTILE}"
+    assert page.locator("#run-label").text_content() == f"run {HOSTILE}"
+    assert page.locator("#heatmap-0").get_attribute("data-layer") == layer
+    assert page.locator("#layer-overview-table button.link").first.text_content() == layer
+    assert page.locator("#heatmaps .panel-title").last.text_content().startswith(layer)
+    ticks = page.eval_on_selector_all("#chart-density .ytick text", "els => els.map(e => e.textContent)")
+    assert f"0: {layer}" in ticks
+    # The metric's chart is titled by its group: the name up to its first "/".
+    assert page.locator("#chart-extra-0 .gtitle").text_content() == '<a href="https:'
+    assert page.locator("#chart-extra-0").get_attribute("data-group") == '<a href="https:'
+    # The same run compared: its name in the legends, as text.
+    page.goto(f"{page.base_url}/#/compare/{hostile},{hostile}")
+    page.wait_for_function("document.querySelector('#compare-chart-train_loss_running')?.data?.length === 2",
+                           timeout=30_000)
+    page.wait_for_timeout(400)
+    no_markup(page)
+    legend = page.locator("#compare-chart-train_loss_running .legendtext").first.text_content()
+    assert legend == f"run {HOSTILE}"
+    assert page.locator("#compare-heatmaps .panel-title").first.text_content().startswith(f"run {HOSTILE}")
