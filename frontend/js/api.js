@@ -51,6 +51,19 @@ async function errorOf(response, method, path) {
   return new ApiError(response.status, detail, text);
 }
 
+// An integer JavaScript numbers cannot hold exactly (a seed from torch.initial_seed(), up to
+// 2^64) is kept as its decimal text, so it is shown as stored, never rounded.
+function exactIntegers(key, value, context) {
+  if (typeof value === "number" && !Number.isSafeInteger(value) && context && /^-?\d+$/.test(context.source)) {
+    return context.source;
+  }
+  return value;
+}
+
+export function parseJson(text) {
+  return JSON.parse(text, exactIntegers);
+}
+
 // JSON in, JSON out; throws ApiError (with FastAPI's `detail`) on any non-2xx answer.
 export async function api(path, { method = "GET", body, raw = false } = {}) {
   const options = { method };
@@ -60,7 +73,7 @@ export async function api(path, { method = "GET", body, raw = false } = {}) {
   }
   const response = await request(path, options);
   if (!response.ok) throw await errorOf(response, method, path);
-  return response.status === 204 ? null : response.json();
+  return response.status === 204 ? null : parseJson(await response.text());
 }
 
 export async function download(path) {
