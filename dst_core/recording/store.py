@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dst_core.events import wire_value
 from dst_core.recording import codec
-from dst_core.recording.codec import wire_value
 
 SCHEMA_VERSION = 2
 DB_NAME = "runs.sqlite3"
