@@ -1,0 +1,303 @@
+"""Topology analytics of a sparse layer: degrees, dead units, connection ages, cohort survival,
+mask distance, weight magnitudes at a rewire, and reachability through a chain of Linear layers.
+
+Everything is computed exactly from the mask and the rewires' *net* changes (added / removed
+flat indices, as the driver reports and the store keeps them), in vectorised numpy: no loop
+runs over connections. A layer is seen as the dashboard shows it, output × input, a conv
+kernel flattened into the input axis (`events.matrix_shape`): fan-in is per output unit
+(channel), fan-out per input unit (input channel × kernel position).
+
+Rewires are numbered from 1 in each run; the initial mask is rewire 0. A connection's *age*
+is the number of rewires since it last became active (one active since the start has the
+age of the rewire's number, one grown at this rewire has age 0). The *cohort* of rewire c is
+its net-grown connections A_c; its survival at rewire r is |A_c ∩ M_r| / |A_c|, i.e. the share
+active now, whether or not it was dropped and regrown in between (the issue's definition).
+These questions come from the DST papers: degree distributions moving away from
+Erdős–Rényi (Mocanu et al. 2018, SET), dead units and the effective compressed size (Evci et
+al. 2020, RigL), mask distance and settling (Liu et al. 2021, ITOP).
+
+Nothing here imports the run store, pydantic or web code (the engine stays pure).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+QUANTILE_LEVELS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+# Above this many values a quantile is taken over an evenly strided sample of them: the
+# rank error is ~1/sample, and a rewire must not pay for sorting millions of magnitudes.
+QUANTILE_SAMPLE = 1 << 16
+
+
+# ---- degrees --------------------------------------------------------------------------------
+def count_pairs(values: np.ndarray) -> list[list[int]]:
+    """[[value, how many], ...] for every value present, ascending (values are ints >= 0)."""
+    counts = np.bincount(np.asarray(values, dtype=np.int64).reshape(-1))
+    present = np.flatnonzero(counts)
+    return np.stack([present, counts[present]], axis=1).tolist()
+
+
+def degree_stats(degrees: np.ndarray) -> dict:
+    """Mean, population std and max of a degree vector (0 for an empty one)."""
+    if degrees.size == 0:
+        return {"mean": 0.0, "std": 0.0, "max": 0}
+    as_float = degrees.astype(np.float64)
+    return {"mean": float(as_float.mean()), "std": float(as_float.std()),
+            "max": int(degrees.max())}
+
+
+def degrees(mask: np.ndarray) -> dict:
+    """Exact degree distributions and dead units of a (rows, cols) mask.
+
+    `fan_in` counts each output unit's active inputs (row sums), `fan_out` each input unit's
+    active outputs (column sums); `dead_out` are output units with fan-in 0, `dead_in` input
+    units with fan-out 0."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"mask: expected a (rows, cols) matrix, got shape {mask.shape}")
+    fan_in = np.count_nonzero(mask, axis=1)  # (rows,)
+    fan_out = np.count_nonzero(mask, axis=0)  # (cols,)
+    return {"fan_in": count_pairs(fan_in), "fan_in_stats": degree_stats(fan_in),
+            "fan_out": count_pairs(fan_out), "fan_out_stats": degree_stats(fan_out),
+            "dead_out": int(np.count_nonzero(fan_in == 0)),
+            "dead_in": int(np.count_nonzero(fan_out == 0))}
+
+
+def erdos_renyi_degrees(units: int, trials: int, active: int, total: int) -> list[list[float]]:
+    """Expected [degree, units] under a uniformly random mask with the same active count:
+    each of `units` units has Binomial(trials, active / total) connections (the reference
+    curve SET's scale-free claim is judged against). Degrees expected on fewer than 1e-3
+    units are left out."""
+    if units <= 0 or trials <= 0 or total <= 0:
+        return []
+    density = min(1.0, max(0.0, active / total))
+    degree = torch.arange(trials + 1, dtype=torch.float64)  # (trials + 1,)
+    if density in (0.0, 1.0):
+        expected = torch.zeros(trials + 1, dtype=torch.float64)
+        expected[0 if density == 0.0 else trials] = units
+    else:
+        log_choose = (torch.lgamma(torch.tensor(trials + 1.0, dtype=torch.float64))
+                      - torch.lgamma(degree + 1) - torch.lgamma(trials - degree + 1))
+        expected = units * torch.exp(log_choose + degree * np.log(density)
+                                     + (trials - degree) * np.log1p(-density))
+    keep = expected >= 1e-3
+    return [[int(d), float(e)] for d, e in zip(degree[keep].tolist(), expected[keep].tolist(),
+                                               strict=True)]
+
+
+# ---- weights at a rewire ----------------------------------------------------------------------
+def magnitude_quantiles(values: torch.Tensor) -> dict:
+    """{count, quantiles} of |values| at QUANTILE_LEVELS; quantiles None when empty.
+
+    Exact up to QUANTILE_SAMPLE values, above that over an evenly strided sample (the
+    values are in index order, so the stride spreads it over the whole layer)."""
+    flat = values.detach().reshape(-1)
+    count = int(flat.numel())
+    if count == 0:
+        return {"count": 0, "quantiles": None}
+    if count > QUANTILE_SAMPLE:
+        flat = flat[:: -(-count // QUANTILE_SAMPLE)]
+    levels = torch.tensor(QUANTILE_LEVELS, dtype=torch.float64, device=flat.device)
+    quantiles = torch.quantile(flat.abs().to(torch.float64), levels)
+    return {"count": count, "quantiles": [float(q) for q in quantiles.cpu()]}
+
+
+# ---- history of one layer ----------------------------------------------------------------------
+class LayerHistory:
+    """Every rewire of one layer, kept compactly enough to answer any rewire's ages and cohort
+    survival without replaying the run again.
+
+    Each net growth is one event (connection j joined cohort c) in append-only arrays, chained
+    per connection newest-first (`head[j]` → `previous[e]` → …), so the cohorts a connection
+    belongs to are a walk of its own events: per query the work is the active connections'
+    growth events, not the whole run's (a rewire at 10% density and 30% churn grows 3% of the
+    layer; one checkpointed state per rewire would cost the whole mask each time). Cohort
+    sizes, net removals and the re-pruned-at-next-rewire counts are per rewire and small.
+    """
+
+    def __init__(self, initial_mask: np.ndarray, shape: tuple[int, int]):
+        self.shape = (int(shape[0]), int(shape[1]))
+        numel = self.shape[0] * self.shape[1]
+        initial = np.asarray(initial_mask, dtype=bool).reshape(-1)
+        if initial.size != numel:
+            raise ValueError(f"initial_mask: {initial.size} entries for a {shape} layer")
+        self.initial = initial.copy()  # (numel,) M_0
+        self.mask = initial.copy()  # (numel,) mask after the newest rewire
+        self.head = np.full(numel, -1, dtype=np.int64)  # (numel,) newest growth event or -1
+        self._cohort = np.empty(0, dtype=np.int32)  # (E,) rewire of each growth event
+        self._previous = np.empty(0, dtype=np.int64)  # (E,) same connection's older event
+        self.events = 0
+        self.grown = [0]  # |A_c| per rewire c (rewire 0: the initial mask, no growth)
+        self.removed = [0]  # |R_c| per rewire c
+        self.active = [int(initial.sum())]  # |M_c|
+        self.repruned = [0]  # |A_c ∩ R_{c+1}|, known once rewire c+1 is seen
+        grid = initial.reshape(self.shape)
+        self.fan_in = np.count_nonzero(grid, axis=1).astype(np.int64)  # (rows,) at the newest
+        self.fan_out = np.count_nonzero(grid, axis=0).astype(np.int64)  # (cols,) rewire
+        self.new_since_start = 0  # |M_newest \ M_0|
+        self.series: list[dict] = [self._summary(0)]  # per rewire: what charts over time need
+
+    @property
+    def rewires(self) -> int:
+        """The newest rewire's number (0 before any)."""
+        return len(self.grown) - 1
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.initial.nbytes + self.mask.nbytes + self.head.nbytes
+                   + self._cohort.nbytes + self._previous.nbytes + self.fan_in.nbytes
+                   + self.fan_out.nbytes + sum(entry["fan_in_counts"].nbytes
+                                               for entry in self.series))
+
+    def advance(self, added: np.ndarray, removed: np.ndarray) -> None:
+        """Take the next rewire's net changes (flat indices; each list distinct)."""
+        added = np.asarray(added, dtype=np.int64).reshape(-1)
+        removed = np.asarray(removed, dtype=np.int64).reshape(-1)
+        numel = self.mask.size
+        for name, indices in (("added", added), ("removed", removed)):
+            if indices.size and (indices.min() < 0 or indices.max() >= numel):
+                raise ValueError(f"{name}: index outside a layer of {numel} connections")
+        if removed.size and not self.mask[removed].all():
+            raise ValueError("removed: a connection that was not active")
+        if added.size and self.mask[added].any():
+            raise ValueError("added: a connection that was already active")
+        rewire = self.rewires + 1
+        # Removed now, grown at the previous rewire: those connections' newest event is it.
+        newest = self.head[removed]
+        newest = newest[newest >= 0]
+        self.repruned[-1] = int(np.count_nonzero(self._cohort[newest] == rewire - 1)) \
+            if rewire > 1 else 0
+        self.mask[removed] = False
+        self.mask[added] = True
+        self._append(added, rewire)
+        self.grown.append(int(added.size))
+        self.removed.append(int(removed.size))
+        self.active.append(self.active[-1] + int(added.size) - int(removed.size))
+        self.repruned.append(0)
+        # Degrees and the distance to the start follow the net changes: O(changes), not O(mask).
+        rows, cols = self.shape
+        self.fan_in += (np.bincount(added // cols, minlength=rows)
+                        - np.bincount(removed // cols, minlength=rows))
+        self.fan_out += (np.bincount(added % cols, minlength=cols)
+                         - np.bincount(removed % cols, minlength=cols))
+        self.new_since_start += (int(np.count_nonzero(~self.initial[added]))
+                                 - int(np.count_nonzero(~self.initial[removed])))
+        self.series.append(self._summary(rewire))
+
+    def _summary(self, rewire: int) -> dict:
+        active = self.active[rewire]
+        return {"fan_in_counts": np.bincount(self.fan_in).astype(np.int32),  # units per degree
+                "fan_in_stats": degree_stats(self.fan_in),
+                "fan_out_stats": degree_stats(self.fan_out),
+                "dead_out": int(np.count_nonzero(self.fan_in == 0)),
+                "dead_in": int(np.count_nonzero(self.fan_out == 0)),
+                "distance_initial": self.new_since_start / active if active else 0.0,
+                "distance_previous": self.grown[rewire] / active if active and rewire else 0.0}
+
+    def advance_to(self, mask: np.ndarray) -> None:
+        """Take the next rewire as a full mask (a keyframe): net changes are the difference."""
+        mask = np.asarray(mask, dtype=bool).reshape(-1)
+        if mask.size != self.mask.size:
+            raise ValueError(f"mask: {mask.size} entries for a layer of {self.mask.size}")
+        self.advance(np.flatnonzero(mask & ~self.mask), np.flatnonzero(self.mask & ~mask))
+
+    def _append(self, added: np.ndarray, rewire: int) -> None:
+        start, stop = self.events, self.events + added.size
+        if stop > self._cohort.size:  # amortised doubling: appends stay O(1) per event
+            capacity = max(stop, 2 * self._cohort.size, 1024)
+            self._cohort = np.resize(self._cohort, capacity)
+            self._previous = np.resize(self._previous, capacity)
+        self._cohort[start:stop] = rewire
+        self._previous[start:stop] = self.head[added]
+        self.head[added] = np.arange(start, stop, dtype=np.int64)
+        self.events = stop
+
+    def at(self, rewire: int, mask: np.ndarray) -> dict:
+        """Ages, cohort survival, re-pruning and distances at `rewire`, whose mask is `mask`
+        (the caller seeks it from the store; the history keeps only the newest one)."""
+        if not 0 <= rewire <= self.rewires:
+            raise ValueError(f"rewire: {rewire} outside 0..{self.rewires}")
+        mask = np.asarray(mask, dtype=bool).reshape(-1)
+        active_index = np.flatnonzero(mask)  # (k,)
+        born, members = self._walk(active_index, rewire)
+        ages = rewire - born  # (k,)
+        cohort_alive = np.bincount(members[members < rewire], minlength=rewire)  # (rewire,)
+        grown = np.asarray(self.grown[:rewire], dtype=np.int64)
+        earlier = np.flatnonzero(grown > 0)  # rewires 1..r-1 with net growth
+        survival = [[int(rewire - c), float(cohort_alive[c] / grown[c])]  # newest cohort first
+                    for c in earlier[::-1]]
+        repruned = [[c, self.repruned[c] / self.grown[c]] for c in range(1, rewire)
+                    if self.grown[c] > 0]
+        active_count = int(active_index.size)
+        new_since_start = int(np.count_nonzero(~self.initial[active_index]))
+        return {
+            "rewire": rewire, "active": active_count,
+            "age": count_pairs(ages),
+            "survival": survival,
+            "repruned_next": repruned,
+            "distance_initial": new_since_start / active_count if active_count else 0.0,
+            "distance_previous": (self.grown[rewire] / active_count
+                                  if active_count and rewire else 0.0),
+        }
+
+    def _walk(self, active_index: np.ndarray, rewire: int) -> tuple[np.ndarray, np.ndarray]:
+        """(born, members): for each active connection the rewire it last became active at or
+        before `rewire` (0: active since the start), and every cohort <= `rewire` the active
+        connections belong to (one entry per membership).
+
+        One vectorised hop per level of the per-connection event chains; chains are as long
+        as a connection's number of regrowths, so the loop runs that many times, each over
+        the connections still walking."""
+        born = np.zeros(active_index.size, dtype=np.int64)
+        found = np.zeros(active_index.size, dtype=bool)
+        owner = np.arange(active_index.size)
+        pointer = self.head[active_index]
+        walking = pointer >= 0
+        owner, pointer = owner[walking], pointer[walking]
+        members: list[np.ndarray] = []
+        while pointer.size:
+            cohort = self._cohort[pointer]
+            hit = cohort <= rewire
+            members.append(cohort[hit])
+            first = hit & ~found[owner]  # chains run newest-first: the first hit is `born`
+            born[owner[first]] = cohort[first]
+            found[owner[first]] = True
+            pointer = self._previous[pointer]
+            walking = pointer >= 0
+            owner, pointer = owner[walking], pointer[walking]
+        return born, (np.concatenate(members) if members else np.empty(0, np.int32))
+
+
+# ---- chains of Linear layers --------------------------------------------------------------------
+def chain_connectivity(masks: list[np.ndarray]) -> dict:
+    """Units cut off through an MLP-shaped chain of (out, in) masks, input first, and the
+    effective (compressed) parameter count: connections on at least one input→output path
+    (RigL's "effective compressed size", Evci et al. 2020).
+
+    Per layer: `cut_from_input` = its output units no input reaches, `cut_from_output` = its
+    output units that reach no output of the chain; `effective` = its connections whose input
+    unit is reached from the input and whose output unit reaches the output."""
+    masks = [np.asarray(mask, dtype=bool) for mask in masks]
+    for position in range(1, len(masks)):
+        if masks[position].shape[1] != masks[position - 1].shape[0]:
+            raise ValueError(f"masks: layer {position} takes {masks[position].shape[1]} inputs, "
+                             f"layer {position - 1} gives {masks[position - 1].shape[0]}")
+    reached = [np.ones(masks[0].shape[1], dtype=bool)]  # (in_0,) every input is an input
+    for mask in masks:
+        reached.append(mask[:, reached[-1]].any(axis=1))  # (out_l,)
+    reaches = [np.ones(masks[-1].shape[0], dtype=bool)]  # (out_last,) every output is one
+    for mask in reversed(masks):
+        reaches.append(mask[reaches[-1], :].any(axis=0))  # (in_l,)
+    reaches.reverse()  # reaches[l]: units entering layer l that reach the output
+    layers = []
+    for position, mask in enumerate(masks):
+        effective = int(np.count_nonzero(mask[np.ix_(reaches[position + 1],
+                                                     reached[position])]))
+        layers.append({"active": int(np.count_nonzero(mask)), "effective": effective,
+                       "cut_from_input": int(np.count_nonzero(~reached[position + 1])),
+                       "cut_from_output": int(np.count_nonzero(~reaches[position + 1]))})
+    return {"layers": layers,
+            "inputs_unused": int(np.count_nonzero(~reaches[0])),
+            "active_params": sum(layer["active"] for layer in layers),
+            "effective_params": sum(layer["effective"] for layer in layers)}
