@@ -27,7 +27,7 @@ import torch
 QUANTILE_LEVELS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 # Above this many values a quantile is taken over an evenly strided sample of them: the
 # rank error is ~1/sample, and a rewire must not pay for sorting millions of magnitudes.
-QUANTILE_SAMPLE = 1 << 16
+QUANTILE_SAMPLE = 1 << 12
 
 
 # ---- degrees --------------------------------------------------------------------------------
@@ -87,20 +87,40 @@ def erdos_renyi_degrees(units: int, trials: int, active: int, total: int) -> lis
 
 
 # ---- weights at a rewire ----------------------------------------------------------------------
-def magnitude_quantiles(values: torch.Tensor) -> dict:
+def magnitude_quantiles(values: torch.Tensor, count: int | None = None) -> dict:
     """{count, quantiles} of |values| at QUANTILE_LEVELS; quantiles None when empty.
 
     Exact up to QUANTILE_SAMPLE values, above that over an evenly strided sample (the
-    values are in index order, so the stride spreads it over the whole layer)."""
+    values are in index order, so the stride spreads it over the whole layer). `count`
+    is the size of the population when `values` is already a sample of it."""
     flat = values.detach().reshape(-1)
-    count = int(flat.numel())
-    if count == 0:
-        return {"count": 0, "quantiles": None}
-    if count > QUANTILE_SAMPLE:
-        flat = flat[:: -(-count // QUANTILE_SAMPLE)]
+    if count is None:
+        count = int(flat.numel())
+    if flat.numel() == 0:
+        return {"count": int(count), "quantiles": None}
+    if flat.numel() > QUANTILE_SAMPLE:
+        flat = flat[:: -(-flat.numel() // QUANTILE_SAMPLE)]
     levels = torch.tensor(QUANTILE_LEVELS, dtype=torch.float64, device=flat.device)
     quantiles = torch.quantile(flat.abs().to(torch.float64), levels)
-    return {"count": count, "quantiles": [float(q) for q in quantiles.cpu()]}
+    return {"count": int(count), "quantiles": [float(q) for q in quantiles.cpu()]}
+
+
+def rewire_magnitudes(weight: torch.Tensor, mask: torch.Tensor, added: torch.Tensor,
+                      dropped_values: torch.Tensor, grown_values: torch.Tensor,
+                      kept_count: int) -> dict:
+    """Quantiles of |w| of the kept, dropped and grown connections of one rewire.
+
+    `dropped_values` are the dropped weights before they were zeroed, `grown_values` the
+    grown ones as installed; kept weights (active before and after) are read from a strided
+    sample of positions, so this costs about QUANTILE_SAMPLE reads, not a pass over the layer."""
+    flat_weight = weight.detach().reshape(-1)
+    stride = max(1, kept_count // QUANTILE_SAMPLE) | 1  # odd: less aliasing with rows
+    positions = torch.arange(0, flat_weight.numel(), stride, device=flat_weight.device)
+    kept = mask.reshape(-1)[positions] & ~added.reshape(-1)[positions]  # (P,) bool
+    return {"levels": list(QUANTILE_LEVELS),
+            "kept": magnitude_quantiles(flat_weight[positions][kept], count=kept_count),
+            "dropped": magnitude_quantiles(dropped_values),
+            "grown": magnitude_quantiles(grown_values)}
 
 
 # ---- history of one layer ----------------------------------------------------------------------
