@@ -128,13 +128,17 @@ class LayerHistory:
     """Every rewire of one layer, kept compactly enough to answer any rewire's ages and cohort
     survival without replaying the run again.
 
-    Each net growth is one event (connection j joined cohort c) in append-only arrays, chained
-    per connection newest-first (`head[j]` → `previous[e]` → …), so the cohorts a connection
-    belongs to are a walk of its own events: per query the work is the active connections'
-    growth events, not the whole run's (a rewire at 10% density and 30% churn grows 3% of the
-    layer; one checkpointed state per rewire would cost the whole mask each time). Cohort
-    sizes, net removals and the re-pruned-at-next-rewire counts are per rewire and small.
+    Each net growth is an event (connection j joined cohort c). The events are kept grouped
+    by connection (CSR: `_offsets`, and `_members` holding each connection's cohorts in
+    ascending order), so a query gathers the active connections' own events (on average
+    density × events) instead of the whole run's; rewires newer than the last compaction stay
+    in `_pending` (cohort, connections) and are merged once they are a sizeable share. One
+    checkpointed state per rewire would cost the whole mask per rewire instead. Cohort sizes,
+    removals, degrees and the per-rewire summaries are updated from the net changes alone.
     """
+
+    COMPACT_EVENTS = 1 << 18  # pending events that trigger a merge (also at 1/4 of the CSR)
+    CHUNK_UNITS = 1 << 16  # connections per chunk when moving the CSR: bounded temporaries
 
     def __init__(self, initial_mask: np.ndarray, shape: tuple[int, int]):
         self.shape = (int(shape[0]), int(shape[1]))
@@ -144,10 +148,11 @@ class LayerHistory:
             raise ValueError(f"initial_mask: {initial.size} entries for a {shape} layer")
         self.initial = initial.copy()  # (numel,) M_0
         self.mask = initial.copy()  # (numel,) mask after the newest rewire
-        self.head = np.full(numel, -1, dtype=np.int64)  # (numel,) newest growth event or -1
-        self._cohort = np.empty(0, dtype=np.int32)  # (E,) rewire of each growth event
-        self._previous = np.empty(0, dtype=np.int64)  # (E,) same connection's older event
-        self.events = 0
+        self.born = np.zeros(numel, dtype=np.int32)  # (numel,) rewire it last became active
+        self._offsets = np.zeros(numel + 1, dtype=np.int64)  # (numel + 1,) CSR by connection
+        self._members = np.empty(0, dtype=np.int16)  # (E,) cohorts, ascending per connection
+        self._pending: list[tuple[int, np.ndarray]] = []  # (cohort, its connections), in order
+        self._pending_events = 0
         self.grown = [0]  # |A_c| per rewire c (rewire 0: the initial mask, no growth)
         self.removed = [0]  # |R_c| per rewire c
         self.active = [int(initial.sum())]  # |M_c|
@@ -165,15 +170,15 @@ class LayerHistory:
 
     @property
     def nbytes(self) -> int:
-        return int(self.initial.nbytes + self.mask.nbytes + self.head.nbytes
-                   + self._cohort.nbytes + self._previous.nbytes + self.fan_in.nbytes
-                   + self.fan_out.nbytes + sum(entry["fan_in_counts"].nbytes
-                                               for entry in self.series))
+        return int(self.initial.nbytes + self.mask.nbytes + self.born.nbytes
+                   + self._offsets.nbytes + self._members.nbytes
+                   + sum(conns.nbytes for _, conns in self._pending)
+                   + sum(entry["fan_in_counts"].nbytes for entry in self.series))
 
     def advance(self, added: np.ndarray, removed: np.ndarray) -> None:
         """Take the next rewire's net changes (flat indices; each list distinct)."""
-        added = np.asarray(added, dtype=np.int64).reshape(-1)
-        removed = np.asarray(removed, dtype=np.int64).reshape(-1)
+        added = np.asarray(added).reshape(-1).astype(np.int64, copy=False)
+        removed = np.asarray(removed).reshape(-1).astype(np.int64, copy=False)
         numel = self.mask.size
         for name, indices in (("added", added), ("removed", removed)):
             if indices.size and (indices.min() < 0 or indices.max() >= numel):
@@ -182,15 +187,19 @@ class LayerHistory:
             raise ValueError("removed: a connection that was not active")
         if added.size and self.mask[added].any():
             raise ValueError("added: a connection that was already active")
+        for name, indices in (("added", added), ("removed", removed)):
+            if not _distinct(indices):
+                raise ValueError(f"{name}: a connection listed twice")
         rewire = self.rewires + 1
-        # Removed now, grown at the previous rewire: those connections' newest event is it.
-        newest = self.head[removed]
-        newest = newest[newest >= 0]
-        self.repruned[-1] = int(np.count_nonzero(self._cohort[newest] == rewire - 1)) \
+        # Grown at the previous rewire and active since: born there (A_{r-1} ∩ R_r).
+        self.repruned[-1] = int(np.count_nonzero(self.born[removed] == rewire - 1)) \
             if rewire > 1 else 0
         self.mask[removed] = False
         self.mask[added] = True
-        self._append(added, rewire)
+        self.born[added] = rewire
+        if added.size:
+            self._pending.append((rewire, added))
+            self._pending_events += int(added.size)
         self.grown.append(int(added.size))
         self.removed.append(int(removed.size))
         self.active.append(self.active[-1] + int(added.size) - int(removed.size))
@@ -205,6 +214,13 @@ class LayerHistory:
                                  - int(np.count_nonzero(~self.initial[removed])))
         self.series.append(self._summary(rewire))
 
+    def advance_to(self, mask: np.ndarray) -> None:
+        """Take the next rewire as a full mask (a keyframe): net changes are the difference."""
+        mask = np.asarray(mask, dtype=bool).reshape(-1)
+        if mask.size != self.mask.size:
+            raise ValueError(f"mask: {mask.size} entries for a layer of {self.mask.size}")
+        self.advance(np.flatnonzero(mask & ~self.mask), np.flatnonzero(self.mask & ~mask))
+
     def _summary(self, rewire: int) -> dict:
         active = self.active[rewire]
         return {"fan_in_counts": np.bincount(self.fan_in).astype(np.int32),  # units per degree
@@ -215,23 +231,34 @@ class LayerHistory:
                 "distance_initial": self.new_since_start / active if active else 0.0,
                 "distance_previous": self.grown[rewire] / active if active and rewire else 0.0}
 
-    def advance_to(self, mask: np.ndarray) -> None:
-        """Take the next rewire as a full mask (a keyframe): net changes are the difference."""
-        mask = np.asarray(mask, dtype=bool).reshape(-1)
-        if mask.size != self.mask.size:
-            raise ValueError(f"mask: {mask.size} entries for a layer of {self.mask.size}")
-        self.advance(np.flatnonzero(mask & ~self.mask), np.flatnonzero(self.mask & ~mask))
-
-    def _append(self, added: np.ndarray, rewire: int) -> None:
-        start, stop = self.events, self.events + added.size
-        if stop > self._cohort.size:  # amortised doubling: appends stay O(1) per event
-            capacity = max(stop, 2 * self._cohort.size, 1024)
-            self._cohort = np.resize(self._cohort, capacity)
-            self._previous = np.resize(self._previous, capacity)
-        self._cohort[start:stop] = rewire
-        self._previous[start:stop] = self.head[added]
-        self.head[added] = np.arange(start, stop, dtype=np.int64)
-        self.events = stop
+    def compact(self) -> None:
+        """Merge the pending rewires into the per-connection CSR (each connection's cohorts
+        stay ascending: old ones first, then the pending in rewire order)."""
+        if not self._pending:
+            return
+        numel = self.mask.size
+        old_offsets, old_members = self._offsets, self._members
+        old_lengths = np.diff(old_offsets)  # (numel,)
+        new_lengths = old_lengths.copy()
+        for _, conns in self._pending:  # a cohort's connections are distinct: += is safe
+            new_lengths[conns] += 1
+        offsets = np.zeros(numel + 1, dtype=np.int64)
+        np.cumsum(new_lengths, out=offsets[1:])
+        dtype = np.int16 if self.rewires < np.iinfo(np.int16).max else np.int32
+        members = np.empty(int(offsets[-1]), dtype=dtype)
+        for low in range(0, numel, self.CHUNK_UNITS):  # old events move by their unit's shift
+            high = min(numel, low + self.CHUNK_UNITS)
+            start, stop = int(old_offsets[low]), int(old_offsets[high])
+            if stop > start:
+                shift = np.repeat(offsets[low:high] - old_offsets[low:high],
+                                  old_lengths[low:high])  # (stop - start,)
+                members[np.arange(start, stop) + shift] = old_members[start:stop]
+        free = offsets[:-1] + old_lengths  # (numel,) next slot of each connection
+        for cohort, conns in self._pending:
+            members[free[conns]] = cohort
+            free[conns] += 1
+        self._offsets, self._members = offsets, members
+        self._pending, self._pending_events = [], 0
 
     def at(self, rewire: int, mask: np.ndarray) -> dict:
         """Ages, cohort survival, re-pruning and distances at `rewire`, whose mask is `mask`
@@ -239,10 +266,12 @@ class LayerHistory:
         if not 0 <= rewire <= self.rewires:
             raise ValueError(f"rewire: {rewire} outside 0..{self.rewires}")
         mask = np.asarray(mask, dtype=bool).reshape(-1)
-        active_index = np.flatnonzero(mask)  # (k,)
-        born, members = self._walk(active_index, rewire)
-        ages = rewire - born  # (k,)
-        cohort_alive = np.bincount(members[members < rewire], minlength=rewire)  # (rewire,)
+        if mask.size != self.mask.size:
+            raise ValueError(f"mask: {mask.size} entries for a layer of {self.mask.size}")
+        if self._pending_events > max(self.COMPACT_EVENTS, self._members.size // 4):
+            self.compact()
+        active_index = np.flatnonzero(mask)  # (k,) ascending
+        born, cohort_alive = self._memberships(active_index, mask, rewire)
         grown = np.asarray(self.grown[:rewire], dtype=np.int64)
         earlier = np.flatnonzero(grown > 0)  # rewires 1..r-1 with net growth
         survival = [[int(rewire - c), float(cohort_alive[c] / grown[c])]  # newest cohort first
@@ -253,7 +282,7 @@ class LayerHistory:
         new_since_start = int(np.count_nonzero(~self.initial[active_index]))
         return {
             "rewire": rewire, "active": active_count,
-            "age": count_pairs(ages),
+            "age": count_pairs(rewire - born),
             "survival": survival,
             "repruned_next": repruned,
             "distance_initial": new_since_start / active_count if active_count else 0.0,
@@ -261,32 +290,46 @@ class LayerHistory:
                                   if active_count and rewire else 0.0),
         }
 
-    def _walk(self, active_index: np.ndarray, rewire: int) -> tuple[np.ndarray, np.ndarray]:
-        """(born, members): for each active connection the rewire it last became active at or
-        before `rewire` (0: active since the start), and every cohort <= `rewire` the active
-        connections belong to (one entry per membership).
+    def _memberships(self, active_index: np.ndarray, mask: np.ndarray,
+                     rewire: int) -> tuple[np.ndarray, np.ndarray]:
+        """(born, cohort_alive): per active connection the rewire <= `rewire` it last became
+        active at (0: since the start), and per cohort c < `rewire` how many of its
+        connections are active (|A_c ∩ M_r|)."""
+        newest = rewire == self.rewires and np.array_equal(mask, self.mask)
+        born = self.born[active_index].astype(np.int64) if newest else None  # kept current
+        starts = self._offsets[active_index]  # (k,)
+        lengths = self._offsets[active_index + 1] - starts  # (k,)
+        firsts = np.cumsum(lengths) - lengths  # (k,) where each one's events begin below
+        total = int(lengths.sum())
+        positions = np.repeat(starts - firsts, lengths) + np.arange(total)  # (total,)
+        cohorts = self._members[positions]  # (total,) ascending within each connection
+        cohort_alive = np.bincount(cohorts[cohorts < rewire], minlength=rewire)[:rewire]
+        if not newest:
+            # Each connection's newest cohort <= rewire: count its cohorts <= rewire.
+            cumulative = np.zeros(total + 1, dtype=np.int64)
+            np.cumsum(cohorts <= rewire, out=cumulative[1:])
+            counts = cumulative[firsts + lengths] - cumulative[firsts]  # (k,)
+            born = np.zeros(active_index.size, dtype=np.int64)
+            has = counts > 0
+            born[has] = cohorts[firsts[has] + counts[has] - 1]
+        cohort_alive = cohort_alive.astype(np.int64)
+        for cohort, conns in self._pending:  # newer than the CSR, in rewire order
+            if cohort > rewire:
+                break
+            hit = conns[mask[conns]]  # its connections active at `rewire`
+            if cohort < rewire:
+                cohort_alive[cohort] += hit.size
+            if not newest and hit.size:
+                born[np.searchsorted(active_index, hit)] = cohort
+        return born, cohort_alive
 
-        One vectorised hop per level of the per-connection event chains; chains are as long
-        as a connection's number of regrowths, so the loop runs that many times, each over
-        the connections still walking."""
-        born = np.zeros(active_index.size, dtype=np.int64)
-        found = np.zeros(active_index.size, dtype=bool)
-        owner = np.arange(active_index.size)
-        pointer = self.head[active_index]
-        walking = pointer >= 0
-        owner, pointer = owner[walking], pointer[walking]
-        members: list[np.ndarray] = []
-        while pointer.size:
-            cohort = self._cohort[pointer]
-            hit = cohort <= rewire
-            members.append(cohort[hit])
-            first = hit & ~found[owner]  # chains run newest-first: the first hit is `born`
-            born[owner[first]] = cohort[first]
-            found[owner[first]] = True
-            pointer = self._previous[pointer]
-            walking = pointer >= 0
-            owner, pointer = owner[walking], pointer[walking]
-        return born, (np.concatenate(members) if members else np.empty(0, np.int32))
+
+def _distinct(indices: np.ndarray) -> bool:
+    """No index twice (sorted input, as stored deltas are, is checked in one pass)."""
+    if indices.size < 2:
+        return True
+    steps = np.diff(indices)
+    return bool((steps > 0).all()) or np.unique(indices).size == indices.size
 
 
 # ---- chains of Linear layers --------------------------------------------------------------------

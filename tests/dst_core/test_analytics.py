@@ -62,12 +62,16 @@ def check_degrees(mask: np.ndarray) -> None:
         assert got[key]["max"] == top
 
 
-def check_history(masks: list[np.ndarray]) -> LayerHistory:
+def check_history(masks: list[np.ndarray], compact_every: int = 0) -> LayerHistory:
+    """Build a history of `masks` (merging pending rewires into the CSR every
+    `compact_every` rewires; 0: never) and check every rewire against brute force."""
     shape = masks[0].shape
     history = LayerHistory(masks[0], shape)
-    for previous, mask in zip(masks, masks[1:], strict=False):
+    for rewire, (previous, mask) in enumerate(zip(masks, masks[1:], strict=False), start=1):
         flat_prev, flat = previous.reshape(-1), mask.reshape(-1)
         history.advance(np.flatnonzero(flat & ~flat_prev), np.flatnonzero(flat_prev & ~flat))
+        if compact_every and rewire % compact_every == 0:
+            history.compact()
     for r in range(len(masks)):
         got = history.at(r, masks[r])
         want = brute_history(masks, r)
@@ -133,8 +137,22 @@ def test_degrees_reject_a_vector():
 @pytest.mark.parametrize("shape,density,fraction,bias", [
     ((6, 8), 0.3, 0.3, 0.0), ((6, 8), 0.3, 0.5, 20.0), ((16, 27), 0.2, 0.3, 5.0),
     ((1, 40), 0.5, 0.4, 10.0), ((30, 2), 0.1, 1.0, 0.0)])
-def test_history_matches_brute_force_on_rewired_runs(shape, density, fraction, bias):
-    check_history(rewired_masks(shape, density, 12, fraction, seed=3, regrow_bias=bias))
+@pytest.mark.parametrize("compact_every", [0, 1, 5])
+def test_history_matches_brute_force_on_rewired_runs(shape, density, fraction, bias,
+                                                     compact_every):
+    masks = rewired_masks(shape, density, 12, fraction, seed=3, regrow_bias=bias)
+    check_history(masks, compact_every)
+
+
+def test_history_answers_the_same_before_and_after_merging_pending_rewires():
+    masks = rewired_masks((16, 27), 0.2, 10, 0.4, seed=8, regrow_bias=20.0)
+    history = check_history(masks)
+    before = [history.at(r, masks[r]) for r in range(len(masks))]
+    history.compact()
+    assert [history.at(r, masks[r]) for r in range(len(masks))] == before
+    more = rewired_masks((16, 27), 0.2, 4, 0.4, seed=9)  # continue from another mask
+    history.advance_to(more[0])
+    assert history.at(11, more[0])["survival"] == brute_history(masks + [more[0]], 11)["survival"]
 
 
 def test_history_matches_brute_force_on_arbitrary_masks():
@@ -144,6 +162,7 @@ def test_history_matches_brute_force_on_arbitrary_masks():
     masks = [rng.random((5, 9)) < p for p in (0.4, 0.4, 0.1, 0.0, 0.7, 0.7, 1.0, 0.3)]
     masks.insert(2, masks[1].copy())  # a rewire without any change in this layer
     check_history(masks)
+    check_history(masks, compact_every=2)
 
 
 def test_advance_to_a_full_mask_equals_advance_by_changes():
@@ -178,6 +197,8 @@ def test_history_rejects_inconsistent_changes():
         history.advance(np.array([0]), np.array([]))
     with pytest.raises(ValueError, match="added"):
         history.advance(np.array([3]), np.array([]))
+    with pytest.raises(ValueError, match="listed twice"):
+        history.advance(np.array([1, 1]), np.array([]))
     assert history.rewires == 0  # nothing half-applied
     with pytest.raises(ValueError, match="rewire"):
         history.at(1, np.zeros(3, bool))
