@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dst_core.driver import LayerChange, SparseDriver
 from dst_core.events import EventSink, delta_payload, keyframe_payload, matrix_shape
+from dst_core.recording.codec import layer_kind
 
 
 class TopologyEmitter:
@@ -49,7 +50,8 @@ class TopologyEmitter:
             "method": driver.method,
             "total_steps": driver.schedule.total_steps,
             "layers": [{"name": layer.name, "shape": list(layer.shape),
-                        "matrix": matrix_shape(layer.shape), "density": layer.density}
+                        "matrix": matrix_shape(layer.shape), "density": layer.density,
+                        "weight_shape": list(layer.shape), "kind": layer_kind(layer.shape)}
                        for layer in driver.layers],
             "schedule": {"drop_fraction": driver.schedule.drop_fraction,
                          "kind": driver.schedule.kind,

@@ -2,7 +2,16 @@
 
 from fastapi import APIRouter
 
-from backend.api.routes import frames, health, ingest, runs, stream, topology, transfer
+from backend.api.routes import (
+    frames,
+    health,
+    ingest,
+    rewire_series,
+    runs,
+    stream,
+    topology,
+    transfer,
+)
 from backend.schemas import BODY_RESPONSES, ERROR_RESPONSES, WRITER_RESPONSES
 
 api_router = APIRouter()
@@ -11,6 +20,7 @@ api_router.include_router(health.router)
 api_router.include_router(transfer.router,  # before runs: /api/runs/import is not a run id
                           responses={**ERROR_RESPONSES, **BODY_RESPONSES})
 api_router.include_router(frames.router, responses=ERROR_RESPONSES)
+api_router.include_router(rewire_series.router, responses=ERROR_RESPONSES)
 api_router.include_router(topology.router, responses=ERROR_RESPONSES)
 api_router.include_router(runs.router)
 api_router.include_router(ingest.router,

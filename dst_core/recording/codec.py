@@ -122,6 +122,16 @@ def decode_delta(blob: bytes, numel: int) -> tuple[np.ndarray, np.ndarray]:
 HEADER_KEYS = ("layer", "index", "shape", "keyframe", "active")
 
 
+LAYER_KINDS = ("conv", "linear", "other")
+
+
+def layer_kind(weight_shape) -> str:
+    """How a layer's matrix maps to its weight: a 2-D weight is a linear layer (out × in), a
+    3-to-5-D one a convolution (out × in·kernel…, the kernel flattened into the input axis)."""
+    rank = len(weight_shape) if weight_shape else 0
+    return "linear" if rank == 2 else "conv" if 3 <= rank <= 5 else "other"
+
+
 def frame_numel(shape) -> int:
     try:
         rows, cols = (int(value) for value in shape)

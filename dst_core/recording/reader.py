@@ -1,7 +1,7 @@
-"""Reading a recorded run: any layer's mask at any step, and metrics downsampled per bucket.
+"""Reading a recorded run: its layers, any layer's mask at any step (masks.py), and metrics
+downsampled per bucket.
 
-A mask is rebuilt from the newest keyframe at or before the step plus the deltas after it
-(at most K-1 of them), so seeking costs the same at step 10 and at step 10 million. Long
+Long
 metric series are cut into N step ranges and each range keeps its min, max and last value
 (as W&B does), so a chart of a million points still shows every spike.
 """
@@ -9,10 +9,12 @@ metric series are cut into N step ranges and each range keeps its min, max and l
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 
 from dst_core.recording import codec
+from dst_core.recording.masks import FrameChains
 from dst_core.recording.store import RunStore
 
 METRIC_EVENT_TYPES = ("metrics", "eval")
@@ -21,15 +23,26 @@ METRIC_EVENT_TYPES = ("metrics", "eval")
 class RunReader:
     """Read-only views of one data folder's runs."""
 
-    def __init__(self, store: RunStore):
+    def __init__(self, store: RunStore, chains: FrameChains | None = None):
         self.store = store
+        self.chains = chains if chains is not None else FrameChains(store)
 
     def layers(self, run_id: str) -> list[dict]:
-        """The `layers` list of the run's first meta event (name, shape, matrix, density)."""
+        """The layers of the run's first meta event, each with `name`, `matrix` (rows, cols as
+        drawn), `weight_shape` (the parameter's own shape, None if unknown), `kind` and
+        `density`; [] when the meta event is missing or not a list of layers (a stored
+        payload must never turn a read into a 500)."""
         row = self.store.db.execute(
             "SELECT payload FROM events WHERE run_id = ? AND type = 'meta' ORDER BY seq LIMIT 1",
             (run_id,)).fetchone()
-        return json.loads(row[0]).get("layers", []) if row else []
+        try:
+            entries = json.loads(row[0]).get("layers") if row else None
+        except (AttributeError, TypeError, ValueError):
+            return []
+        if not isinstance(entries, list):
+            return []
+        layers = [_layer_entry(entry) for entry in entries]
+        return layers if all(layers) else []
 
     def layer_index(self, run_id: str, layer: str | int) -> int:
         layers = self.layers(run_id)
@@ -44,26 +57,17 @@ class RunReader:
         raise ValueError(f"layer: no layer {layer!r} in this run (known: {known})")
 
     def mask_at(self, run_id: str, layer: str | int, step: int) -> tuple[np.ndarray, int]:
-        """(mask as a (rows, cols) bool array, step of the newest frame used) at `step`."""
+        """(mask as a read-only (rows, cols) bool array, step of the newest frame used) at
+        `step`. ValueError for an unknown layer or no frame by then; StoredDataError (also a
+        ValueError) for a stored frame that cannot be read."""
         index = self.layer_index(run_id, layer)
-        frames = self.store.frames_for_mask(run_id, index, int(step))
-        if not frames:
+        chain = self.chains.chain(run_id, index, int(step))
+        if not chain:
             raise ValueError(f"step: no topology frame of layer {layer!r} at or before step {step}")
-        header = json.loads(frames[0]["payload"])
-        rows, cols = header["shape"]
-        numel = codec.frame_numel(header["shape"])
-        packed = np.frombuffer(codec.decode_keyframe(frames[0]["blob"], numel), dtype=np.uint8)
-        mask = np.unpackbits(packed, bitorder="little", count=numel).astype(bool)  # (rows*cols,)
-        for frame in frames[1:]:
-            header = json.loads(frame["payload"])
-            if header["keyframe"]:
-                packed = np.frombuffer(codec.decode_keyframe(frame["blob"], numel), dtype=np.uint8)
-                mask = np.unpackbits(packed, bitorder="little", count=numel).astype(bool)
-                continue
-            added, removed = codec.decode_delta(frame["blob"], numel)
-            mask[removed] = False
-            mask[added] = True
-        return mask.reshape(rows, cols), int(frames[-1]["step"])
+        rows, cols = self.layers(run_id)[index]["matrix"]
+        run = self.store.get_run(run_id) or {"id": run_id}
+        mask = self.chains.mask(run, index, chain, rows * cols)
+        return mask.reshape(rows, cols), chain[-1].step
 
     def metrics(self, run_id: str, buckets: int = 500, types=METRIC_EVENT_TYPES) -> dict:
         """Every numeric field of metrics/eval events as {type: {field: series}}.
@@ -94,6 +98,44 @@ class RunReader:
                                                    buckets)
                                    for key, (steps, values) in columns.items()}
         return out
+
+
+def _positive_ints(value) -> list[int] | None:
+    if not isinstance(value, list) or not value or len(value) > 8:
+        return None
+    if not all(isinstance(item, int) and not isinstance(item, bool) and item > 0
+               for item in value):
+        return None
+    return list(value)
+
+
+def _layer_entry(entry) -> dict | None:
+    """One meta layer, normalised; None when it is not a layer at all.
+
+    Older runs stored only `shape` (the weight's own shape) and `matrix`; older still, only a
+    2-D `shape`, which then is the matrix and the weight shape is unknown."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        return None
+    shape = _positive_ints(entry.get("shape"))
+    matrix = _positive_ints(entry.get("matrix"))
+    if matrix is None or len(matrix) != 2:
+        if shape is None or len(shape) != 2:
+            return None
+        matrix, weight_shape = shape, None
+    else:
+        weight_shape = _positive_ints(entry.get("weight_shape")) or shape
+    try:
+        codec.frame_numel(matrix)
+    except codec.FrameError:
+        return None
+    kind = entry.get("kind")
+    if kind not in codec.LAYER_KINDS:
+        kind = codec.layer_kind(weight_shape)
+    density = entry.get("density")
+    density = float(density) if isinstance(density, (int, float)) and not isinstance(
+        density, bool) and math.isfinite(density) else None
+    return {**entry, "matrix": matrix, "weight_shape": weight_shape, "kind": kind,
+            "density": density}
 
 
 def downsample(steps: np.ndarray, values: np.ndarray, buckets: int) -> dict:

@@ -399,21 +399,6 @@ class RunStore:
         """(seq, JSON text) of stored events, in the websocket's JSON wire format."""
         return [(row["seq"], event_text(row)) for row in self._rows(run_id, from_seq, limit)]
 
-    def read_messages(self, run_id: str, from_seq: int = 0, limit: int = 500,
-                      binary: bool = False) -> list[tuple[int, str | bytes, bool]]:
-        """(seq, message, starts_keyframe) for the stream: text, or bytes for binary frames."""
-        out = []
-        for row in self._rows(run_id, from_seq, limit):
-            keyframe = row["type"] == "topology" and json.loads(row["payload"])["keyframe"]
-            if binary and row["type"] == "topology":
-                header = json.loads(row["payload"])
-                raw = codec.stored_to_raw(header, row["blob"])
-                header = {"seq": row["seq"], "step": row["step"], "type": "topology", **header}
-                out.append((row["seq"], codec.binary_message(header, raw), keyframe))
-            else:
-                out.append((row["seq"], event_text(row), keyframe))
-        return out
-
     def last_seq(self, run_id: str) -> int:
         return self._last_seq(self.db, run_id)
 

@@ -274,14 +274,14 @@ class TopologyReader:
 
 
 def linear_chains(layers: list[dict]) -> list[list[int]]:
-    """Maximal runs of >= 2 consecutive 2-D (Linear) layers where each takes the previous
-    one's outputs as its inputs: the MLP-shaped parts of a model, in layer order."""
+    """Maximal runs of >= 2 consecutive Linear layers where each takes the previous one's
+    outputs as its inputs: the MLP-shaped parts of a model, in layer order. `layers` are
+    RunReader.layers entries (`kind`, `matrix` = [outputs, inputs])."""
     chains: list[list[int]] = []
     current: list[int] = []
     for index, meta in enumerate(layers):
-        shape = meta.get("shape")
-        linear = isinstance(shape, list) and len(shape) == 2
-        if linear and current and layers[current[-1]]["shape"][0] == shape[1]:
+        linear = meta.get("kind") == "linear"
+        if linear and current and layers[current[-1]]["matrix"][0] == meta["matrix"][1]:
             current.append(index)
             continue
         if len(current) >= 2:

@@ -1,10 +1,21 @@
-// Decoders of the topology wire formats (dst_core/events.py and the binary frames of COMMON.md).
+// The one place the browser decodes what the server sends (specified in docs/protocol.md):
 //
-// Both formats are normalised to one shape so the rest of the page never cares which arrived:
-//   { ...header, packed: Uint8Array (keyframes: little-endian packed bits),
-//     added: Uint32Array, removed: Uint32Array (deltas: sorted flat indices) }
+// - `GET /api/runs/{id}/view` answers: per-pixel counts of kept / added / removed / possible
+//   connections, base64 of little-endian unsigned ints of `dtype` ("u1", "u2", "u4"), gr × gc
+//   row-major, and the matrix ranges each pixel covers;
+// - websocket text messages (JSON; non-finite numbers arrive as null). In `topology=announce`
+//   mode a topology message is a header only (`announce: true`), no mask data.
+//
+// The golden fixtures in tests/fixtures/protocol/ are decoded by these functions in the browser
+// tests, and by the Python side's own decoder, so both ends read the same bytes the same way.
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+const TYPES = {
+  u1: { bytes: 1, array: Uint8Array, read: (view, offset) => view.getUint8(offset) },
+  u2: { bytes: 2, array: Uint16Array, read: (view, offset) => view.getUint16(offset, true) },
+  u4: { bytes: 4, array: Uint32Array, read: (view, offset) => view.getUint32(offset, true) },
+};
+export const COUNT_PLANES = ["kept", "added", "removed", "possible"];
 
 export function bytesOf(base64) {
   const text = atob(base64 || "");
@@ -13,89 +24,43 @@ export function bytesOf(base64) {
   return bytes;
 }
 
-// Little-endian uint32 from bytes; a view when the host is little-endian and aligned (no copy).
-export function uint32FromBytes(bytes, offset = 0, count = (bytes.length - offset) >> 2) {
-  const absolute = bytes.byteOffset + offset;
-  if (LITTLE_ENDIAN && absolute % 4 === 0) return new Uint32Array(bytes.buffer, absolute, count);
-  const view = new DataView(bytes.buffer, absolute, count * 4);
-  const out = new Uint32Array(count);
-  for (let i = 0; i < count; i++) out[i] = view.getUint32(i * 4, true);
+// `count` unsigned ints of `dtype` from base64; a view without a copy where the host allows.
+export function decodeCounts(base64, dtype, count) {
+  const type = TYPES[dtype];
+  if (!type) throw new Error(`view: unknown dtype ${JSON.stringify(dtype)}`);
+  const bytes = bytesOf(base64);
+  if (bytes.length !== count * type.bytes) {
+    throw new Error(`view: ${bytes.length} bytes for ${count} values of ${dtype}`);
+  }
+  // atob's buffer starts at offset 0, so it is always aligned.
+  if (LITTLE_ENDIAN) return new type.array(bytes.buffer, 0, count);
+  const view = new DataView(bytes.buffer);
+  const out = new type.array(count);
+  for (let i = 0; i < count; i++) out[i] = type.read(view, i * type.bytes);
   return out;
 }
 
-// Keyframe: little-endian packed bits → one byte (0/1) per connection.
-export function unpackBits(packed, count, out = new Uint8Array(count)) {
-  const whole = count >> 3;
-  for (let byte = 0; byte < whole; byte++) {
-    const value = packed[byte];
-    const base = byte << 3;
-    if (value === 0) {
-      out.fill(0, base, base + 8);
-      continue;
-    }
-    out[base] = value & 1; out[base + 1] = (value >> 1) & 1; out[base + 2] = (value >> 2) & 1;
-    out[base + 3] = (value >> 3) & 1; out[base + 4] = (value >> 4) & 1;
-    out[base + 5] = (value >> 5) & 1; out[base + 6] = (value >> 6) & 1; out[base + 7] = value >> 7;
-  }
-  for (let i = whole << 3; i < count; i++) out[i] = (packed[i >> 3] >> (i & 7)) & 1;
+// Matrix rows (or cols) [start, end) that pixel `i` of `pixels` covers along an axis of `size`.
+export function pixelRange(i, size, pixels) {
+  return [Math.floor((i * size) / pixels), Math.floor(((i + 1) * size) / pixels)];
+}
+
+// A `/view` answer → { ...header, rows, cols, gr, gc, kept, added, removed, possible }.
+export function decodeView(answer) {
+  const [rows, cols] = answer.shape;
+  const [gr, gc] = answer.grid;
+  const count = gr * gc;
+  const out = { ...answer, rows, cols, gr, gc };
+  for (const plane of COUNT_PLANES) out[plane] = decodeCounts(answer[plane], answer.dtype, count);
   return out;
 }
 
-export function decodeBits(base64, count) {
-  return unpackBits(bytesOf(base64), count);
-}
-
-export function decodeIndices(base64) {
-  return uint32FromBytes(bytesOf(base64));
-}
-
-const EMPTY = new Uint32Array(0);
-
-// A topology event as JSON text (base64 fields) → the normalised shape.
-export function normaliseTopology(event) {
-  if (event.packed || event.added instanceof Uint32Array) return event;
-  const out = { ...event };
-  if (event.keyframe) {
-    out.packed = bytesOf(event.bits);
-    delete out.bits;
-  } else {
-    out.added = event.added ? decodeIndices(event.added) : EMPTY;
-    out.removed = event.removed ? decodeIndices(event.removed) : EMPTY;
+// A websocket text message → an event object, or null for one that cannot be read.
+export function parseMessage(text) {
+  try {
+    const event = JSON.parse(text);
+    return event && typeof event === "object" && typeof event.type === "string" ? event : null;
+  } catch {
+    return null;
   }
-  return out;
-}
-
-// One binary websocket message: [uint32 LE header length][JSON header, space padded][payload].
-export function decodeBinaryFrame(buffer) {
-  if (buffer.byteLength < 4) throw new Error("binary frame shorter than its header length");
-  const headerLength = new DataView(buffer).getUint32(0, true);
-  if (4 + headerLength > buffer.byteLength) throw new Error("binary frame header overruns");
-  const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 4, headerLength)));
-  const payload = new Uint8Array(buffer, 4 + headerLength);
-  const event = { type: "topology", ...header };
-  if (header.keyframe) {
-    const [rows, cols] = header.shape;
-    const needed = Math.ceil((rows * cols) / 8);
-    if (payload.length < needed) throw new Error("binary keyframe payload too short");
-    event.packed = payload.subarray(0, needed);
-  } else {
-    const nAdded = header.n_added || 0;
-    const nRemoved = header.n_removed || 0;
-    if (payload.length < 4 * (nAdded + nRemoved)) throw new Error("binary delta payload too short");
-    event.added = uint32FromBytes(payload, 0, nAdded);
-    event.removed = uint32FromBytes(payload, 4 * nAdded, nRemoved);
-  }
-  return event;
-}
-
-// Test helper and the inverse of decodeBinaryFrame (used by the browser tests' round trip).
-export function encodeBinaryFrame(header, payloadBytes) {
-  let text = JSON.stringify(header);
-  let encoded = new TextEncoder().encode(text);
-  while ((4 + encoded.length) % 4 !== 0) { text += " "; encoded = new TextEncoder().encode(text); }
-  const buffer = new ArrayBuffer(4 + encoded.length + payloadBytes.length);
-  new DataView(buffer).setUint32(0, encoded.length, true);
-  new Uint8Array(buffer, 4, encoded.length).set(encoded);
-  new Uint8Array(buffer, 4 + encoded.length).set(payloadBytes);
-  return buffer;
 }

@@ -1,24 +1,26 @@
-// The websocket to one run: binary topology frames when the server offers them, JSON otherwise;
-// resumes from the last seq after a drop, so no frame is lost or applied twice.
-import { decodeBinaryFrame } from "./codec.js";
+// The websocket to one run, in `topology=announce` mode: topology events arrive as headers only
+// (the page fetches the panels it shows), everything else as stored. It subscribes from the
+// seq after the newest one the page already knows (`last_seq + 1` of `/rewires`), so no history
+// is ever queued, and resumes after the last seq it saw when the connection drops.
 import { socketUrl } from "./api.js";
+import { parseMessage } from "./codec.js";
 
 // Backs off to one attempt every 30 s: a stopped server gets a few attempts, not a flood
 // (each failed attempt is one line in the browser's console).
 const RETRY_MS = [500, 1000, 2000, 4000, 8000, 15000, 30000];
-// Messages received by kind, over every stream of the page (the browser tests read it).
-export const streamCounts = { text: 0, binary: 0 };
 
 export class RunStream {
-  // onEvent(event) for every decoded message; onState("connecting"|"open"|"retrying"|"closed"|"ended").
-  constructor(model, { onEvent, onState }) {
-    this.model = model;
+  // onEvent(event) for every message; onState("connecting"|"open"|"retrying"|"closed"|"ended").
+  constructor(runId, fromSeq, { onEvent, onState }) {
+    this.runId = runId;
+    this.lastSeq = fromSeq - 1;
     this.onEvent = onEvent;
     this.onState = onState || (() => {});
     this.socket = null;
     this.closed = false;
     this.failures = 0;
     this.timer = 0;
+    this.received = 0;
   }
 
   open() {
@@ -28,33 +30,29 @@ export class RunStream {
   }
 
   connect() {
-    const fromSeq = this.model.lastSeq + 1;
-    const socket = new WebSocket(socketUrl(`/ws/runs/${this.model.id}?from_seq=${fromSeq}&format=binary`));
-    socket.binaryType = "arraybuffer";
+    const path = `/ws/runs/${this.runId}?from_seq=${this.lastSeq + 1}&topology=announce`;
+    const socket = new WebSocket(socketUrl(path));
     this.socket = socket;
     this.onState("connecting");
     socket.onopen = () => { this.failures = 0; this.onState("open"); };
     socket.onmessage = (message) => {
-      let event;
-      try {
-        const text = typeof message.data === "string";
-        event = text ? JSON.parse(message.data) : decodeBinaryFrame(message.data);
-        streamCounts[text ? "text" : "binary"] += 1;
-      } catch (error) {
-        console.warn("sparsescope: undecodable message", error);
+      const event = typeof message.data === "string" ? parseMessage(message.data) : null;
+      if (!event) {
+        console.warn("sparsescope: unreadable stream message");
         return;
       }
-      if (event.type === "error") {
-        this.model.error = event.error;
-        this.closed = true;
+      if (event.seq !== undefined && event.seq !== null) {
+        if (event.seq <= this.lastSeq) return; // a resumed stream may repeat: never apply twice
+        this.lastSeq = event.seq;
       }
+      this.received += 1;
+      if (event.type === "error") this.closed = true;
       this.onEvent(event);
       if (event.type === "end") this.close("ended");
       else if (event.type === "error") this.close("closed");
     };
     socket.onclose = () => {
       if (this.socket !== socket || this.closed) return;
-      // Dropped before `end`: resume after the last stored event we applied.
       const delay = RETRY_MS[Math.min(this.failures, RETRY_MS.length - 1)];
       this.failures += 1;
       this.onState("retrying");

@@ -155,7 +155,7 @@ def test_a_stalled_client_of_a_live_run_skips_to_the_newest_keyframe(tmp_path):
 
     async def scenario() -> list:
         outbox = Outbox(limit_bytes=20_000)  # a few frames of 128 × 128 fill it
-        follower = RunFollower(store, run_id, 0, False, outbox, slow_client_s=0.05)
+        follower = RunFollower(store, run_id, 0, "json", outbox, slow_client_s=0.05)
         task = asyncio.create_task(follower.run())
         await asyncio.sleep(1.0)  # nobody takes anything
         task.cancel()
@@ -179,7 +179,7 @@ def test_a_client_that_takes_nothing_is_disconnected(tmp_path):
 
     async def scenario() -> None:
         outbox = Outbox(limit_bytes=5_000)  # fewer bytes than two keyframes
-        follower = RunFollower(store, run_id, 0, False, outbox, slow_client_s=0.05)
+        follower = RunFollower(store, run_id, 0, "json", outbox, slow_client_s=0.05)
         task = asyncio.create_task(follower.run())
         for step in range(200, 2000, 10):
             await asyncio.to_thread(store.append_events, run_id, [
@@ -201,7 +201,7 @@ def test_a_slow_reader_catches_up_after_skipping(tmp_path):
 
     async def scenario() -> list:
         outbox = Outbox(limit_bytes=20_000)
-        follower = RunFollower(store, run_id, 0, False, outbox, slow_client_s=0.05)
+        follower = RunFollower(store, run_id, 0, "json", outbox, slow_client_s=0.05)
         task = asyncio.create_task(follower.run())
         await asyncio.sleep(0.5)  # stalled long enough to be skipped ahead
         received = []
@@ -261,7 +261,7 @@ def test_a_slow_client_replaying_an_ended_run_gets_every_event(tmp_path):
 
     async def scenario() -> list:
         outbox = Outbox(limit_bytes=5_000)
-        follower = RunFollower(store, run_id, 0, False, outbox, slow_client_s=0.01)
+        follower = RunFollower(store, run_id, 0, "json", outbox, slow_client_s=0.01)
         task = asyncio.create_task(follower.run())
         received = []
         while True:

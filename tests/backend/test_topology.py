@@ -196,8 +196,11 @@ def test_a_growing_run_is_followed_and_series_and_model_answer(client):
 
 
 def test_linear_chains_follow_matching_shapes():
-    layers = [{"shape": [4, 1, 3, 3]}, {"shape": [8, 16]}, {"shape": [5, 8]}, {"shape": [2, 5]},
-              {"shape": [3, 7]}, {"shape": [9, 3]}, {"shape": [1, 4]}]
+    def linear(rows, cols):
+        return {"kind": "linear", "matrix": [rows, cols]}
+
+    layers = [{"kind": "conv", "matrix": [4, 9]}, linear(8, 16), linear(5, 8), linear(2, 5),
+              linear(3, 7), linear(9, 3), {"kind": "conv", "matrix": [1, 9]}, linear(1, 4)]
     assert linear_chains(layers) == [[1, 2, 3], [4, 5]]
 
 

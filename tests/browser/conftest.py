@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from playwright.sync_api import sync_playwright
 from websockets.sync.client import connect
@@ -139,3 +141,39 @@ def page(browser, server):
 def screenshot(page, name: str, full_page: bool = False) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / name), full_page=full_page)
+
+
+def stored_mask(server: Server, run_id: str, layer: int, step: int) -> np.ndarray:
+    """A layer's (rows, cols) bool mask at `step`, as the server stored it (GET /mask)."""
+    response = server.http.get(f"/api/runs/{run_id}/mask", params={"layer": layer, "step": step})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    rows, cols = body["shape"]
+    bits = np.frombuffer(base64.b64decode(body["bits"]), dtype=np.uint8)
+    return np.unpackbits(bits, bitorder="little", count=rows * cols).astype(bool).reshape(rows, cols)
+
+
+def pixel_counts(mask: np.ndarray, grid_rows: int, grid_cols: int) -> np.ndarray:
+    """Active connections per pixel of a grid_rows × grid_cols panel, with the ranges of
+    docs/protocol.md: pixel i covers rows [floor(i·rows/gr), floor((i+1)·rows/gr))."""
+    rows, cols = mask.shape
+    def pixel_of(size: int, pixels: int) -> np.ndarray:  # the pixel each matrix row/col falls in
+        starts = (np.arange(pixels) * size) // pixels
+        return np.searchsorted(starts, np.arange(size), side="right") - 1
+
+    row_pixel = pixel_of(rows, grid_rows)
+    col_pixel = pixel_of(cols, grid_cols)
+    counts = np.zeros((grid_rows, grid_cols), np.int64)
+    r, c = np.nonzero(mask)
+    np.add.at(counts, (row_pixel[r], col_pixel[c]), 1)
+    return counts
+
+
+# The counts a painted panel shows (kept + added per pixel) and its grid, read from the page.
+PANEL_COUNTS_JS = """(index) => {
+  const panel = window.sparsescope.panels[index];
+  const view = panel.view;
+  const active = Array.from(view.kept, (kept, i) => kept + view.added[i]);
+  return { step: view.step, gr: view.gr, gc: view.gc, active, added: view.added_total,
+           removed: view.removed_total, exact: view.exact };
+}"""

@@ -26,11 +26,11 @@ def test_token_is_asked_once_and_used_for_rest_and_websocket(page, server):
     assert page.evaluate("sessionStorage.getItem('sparsescope.token')") == TOKEN
     page.locator("#runs-empty").wait_for(state="visible")  # the list loaded with the token
     page.get_by_role("button", name="Start").click()
-    page.wait_for_function("window.sparsescope.framesApplied >= 3", timeout=60_000)
+    page.wait_for_function("window.sparsescope.rewires >= 3", timeout=60_000)
     run_id = page.evaluate("window.sparsescope.model.id")
     # Reloading keeps the token for this tab: no second prompt, the run replays.
     page.reload()
-    page.wait_for_function("window.sparsescope.framesApplied >= 3", timeout=60_000)
+    page.wait_for_function("window.sparsescope.rewires >= 3", timeout=60_000)
     assert dialog.is_hidden()
     assert page.evaluate("window.sparsescope.model.id") == run_id
     assert server.http.post(f"/api/runs/{run_id}/stop").json()["status"] == "stopped"

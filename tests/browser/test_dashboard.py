@@ -9,7 +9,7 @@ pytestmark = pytest.mark.browser
 
 def test_start_watch(page, server):
     page.get_by_role("button", name="Start").click()
-    page.wait_for_function("window.sparsescope.framesApplied >= 3", timeout=60_000)
+    page.wait_for_function("window.sparsescope.rewires >= 3", timeout=60_000)
     first_step = page.evaluate("window.sparsescope.lastStep")
     page.wait_for_function(f"window.sparsescope.lastStep > {first_step}", timeout=60_000)
     heatmap = page.locator("#heatmap-0")

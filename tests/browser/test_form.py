@@ -3,7 +3,7 @@
 import pytest
 
 from dst_core.config import RunConfig
-from tests.browser.conftest import screenshot, topology_frames
+from tests.browser.conftest import screenshot
 
 pytestmark = pytest.mark.browser
 
@@ -77,24 +77,24 @@ def test_start_from_form_watch_reconnect_and_stop(page, server):
     run_id = page.evaluate("window.sparsescope.model.id")
     run = server.http.get(f"/api/runs/{run_id}").json()
     assert run["config"]["hidden"] == [32, 32] and run["config"]["interval_steps"] == 5
-    page.wait_for_function("window.sparsescope.framesApplied >= 6", timeout=60_000)
+    page.wait_for_function("window.sparsescope.rewires >= 6", timeout=60_000)
     first = int(page.locator("#heatmap-0").get_attribute("data-drawn") or 0)
     page.wait_for_function(
         f"Number(document.querySelector('#heatmap-0').dataset.drawn) > {first}", timeout=30_000)
     # A dropped connection resumes from the last applied seq.
-    applied = page.evaluate("window.sparsescope.framesApplied")
+    applied = page.evaluate("window.sparsescope.rewires")
     page.evaluate("window.sparsescope.dropConnection()")
     page.wait_for_selector("#connection[data-state='retrying'], #connection[data-state='connecting']",
                            timeout=10_000)
     page.wait_for_selector("#connection[data-state='open']", timeout=20_000)
-    page.wait_for_function(f"window.sparsescope.framesApplied > {applied}", timeout=30_000)
+    page.wait_for_function(f"window.sparsescope.rewires > {applied}", timeout=30_000)
     # Scrubbing back while live: the view stays on the chosen rewire as new frames arrive.
     page.locator("#scrubber").fill("2")
     chosen = page.evaluate("window.sparsescope.model.steps[2]")
     page.wait_for_function(f"document.querySelector('#heatmap-0').dataset.step === '{chosen}'")
     assert page.locator("#live").get_attribute("aria-pressed") == "false"
-    applied = page.evaluate("window.sparsescope.framesApplied")
-    page.wait_for_function(f"window.sparsescope.framesApplied > {applied + 3}", timeout=30_000)
+    applied = page.evaluate("window.sparsescope.rewires")
+    page.wait_for_function(f"window.sparsescope.rewires > {applied + 3}", timeout=30_000)
     page.wait_for_timeout(300)
     assert page.locator("#heatmap-0").get_attribute("data-step") == str(chosen)
     page.get_by_role("button", name="Follow live").click()
@@ -104,11 +104,9 @@ def test_start_from_form_watch_reconnect_and_stop(page, server):
     stop.click()
     page.wait_for_selector("#status[data-status='stopped']", timeout=15_000)
     page.wait_for_selector("#connection[data-state='ended']", timeout=15_000)
-    # Every stored frame arrived exactly once, across the reconnect.
-    stored = topology_frames(server.events(run_id))
-    assert page.evaluate("window.sparsescope.framesApplied") == len(stored)
-    assert page.evaluate("window.sparsescope.model.layers.reduce((n, l) => n + l.frames.length, 0)") \
-        == len(stored)
+    # Every stored rewire is known exactly once, across the reconnect, in order.
+    stored = server.http.get(f"/api/runs/{run_id}/rewires").json()["steps"]
+    assert page.evaluate("window.sparsescope.model.steps") == stored
     assert server.http.get(f"/api/runs/{run_id}").json()["status"] == "stopped"
 
 

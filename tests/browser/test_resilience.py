@@ -15,9 +15,9 @@ NETWORK_FAILURE = re.compile(r"ERR_CONNECTION_REFUSED|WebSocket connection to .*
 def test_reload_mid_run_resumes_and_a_deleted_runs_link_is_a_message(page, server):
     run = server.start_run(**SLOW)
     page.goto(f"{server.url}/#/run/{run['id']}")
-    page.wait_for_function("window.sparsescope.framesApplied >= 2", timeout=120_000)
+    page.wait_for_function("window.sparsescope.rewires >= 2", timeout=120_000)
     page.reload()
-    page.wait_for_function("window.sparsescope.framesApplied >= 2", timeout=120_000)
+    page.wait_for_function("window.sparsescope.rewires >= 2", timeout=120_000)
     page.wait_for_selector("#connection[data-state='open']")
     assert page.locator("#status").get_attribute("data-status") == "running"
     assert page.locator("#stop").is_enabled()
@@ -51,7 +51,7 @@ def test_a_stopped_server_is_shown_without_error_spam(browser, own_server):
     page.on("console", lambda message: message.type == "error" and errors.append(message.text))
     page.on("pageerror", lambda error: errors.append(f"page error: {error}"))
     page.goto(f"{own_server.url}/#/run/{run['id']}")
-    page.wait_for_function("window.sparsescope.framesApplied >= 2", timeout=120_000)
+    page.wait_for_function("window.sparsescope.rewires >= 2", timeout=120_000)
     assert errors == []
     own_server.close()
     page.wait_for_selector("#connection[data-state='unreachable']", timeout=30_000)

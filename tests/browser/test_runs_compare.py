@@ -110,7 +110,7 @@ def test_compare_two_runs(page, pair):
                            ".map(e => e.id)")
     assert models == ["compare-heatmap-0", "compare-heatmap-1"]
     order = page.evaluate("Array.from(document.querySelectorAll('#compare-heatmaps .heatmap'))"
-                          ".map(e => e.closest('figure').querySelector('.gtitle')?.textContent || '')")
+                          ".map(e => e.closest('figure').querySelector('.panel-title')?.textContent || '')")
     for index in range(2):
         page.wait_for_function(
             f"document.querySelector('#compare-heatmap-{index}').dataset.step === '{steps[position]}'")

@@ -1,30 +1,89 @@
-"""Reading into a recorded run without streaming it: a layer's mask at a step, metric ranges."""
+"""Reading into a recorded run without streaming it: a layer's mask at a step, metric ranges,
+the run's rewires and what a panel of R×C pixels shows of a layer at one rewire (see
+docs/protocol.md). Reads never answer 5xx: a stored frame that cannot be read is a 422 that
+names it."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+from typing import Literal
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from pydantic import BaseModel, Field
 
 from backend.api.deps import RunDep, RunIdDep, StoreDep
-from dst_core.recording import RunReader
+from dst_core.recording import FINAL_STATUSES, RunReader
+from dst_core.recording.masks import StoredDataError
+from dst_core.recording.views import MAX_PANEL, LayerViews, UnknownError
 
 router = APIRouter(prefix="/api/runs", tags=["frames"])
 MAX_STEP = 2**62  # SQLite integers are 64-bit: a larger step is a 422, not an OverflowError
+ENDED_MAX_AGE_S = 7 * 24 * 3600  # a rewire of an ended run never changes
+
+
+class LayerSummary(BaseModel):
+    index: int
+    name: str
+    shape: list[int] = Field(description="Matrix shape as drawn: [out, in·kh·kw]")
+    weight_shape: list[int] | None = Field(description="The parameter's own shape, null if "
+                                                       "unknown (older runs)")
+    kind: Literal["conv", "linear", "other"]
+    density: float | None = Field(description="At the newest stored frame (else as planned)")
+    active: int | None = Field(description="Active connections at the newest stored frame")
+
+
+class Rewires(BaseModel):
+    steps: list[int] = Field(description="Ascending distinct steps of stored topology frames; "
+                                         "rewire r is steps[r], rewire 0 the initial masks")
+    last_seq: int = Field(description="The run's newest stored seq (-1 if none)")
+    layers: list[LayerSummary]
+
+
+class PanelView(BaseModel):
+    layer: str
+    index: int
+    step: int = Field(description="Step of the rewire shown")
+    rewire: int = Field(description="Its number: 0 = the initial masks")
+    shape: list[int]
+    weight_shape: list[int] | None
+    grid: list[int] = Field(description="[gr, gc]: pixels used, min(rows, R) × min(cols, C)")
+    exact: bool = Field(description="One connection per pixel")
+    active: int
+    added_total: int
+    removed_total: int
+    dtype: Literal["u1", "u2", "u4"] = Field(description="Little-endian unsigned count type")
+    kept: str = Field(description="base64 of gr×gc counts, row-major")
+    added: str
+    removed: str
+    possible: str
+
+
+def layer_views(request: Request) -> LayerViews:
+    """The app's one LayerViews (it owns the mask cache), made on first use."""
+    views = getattr(request.app.state, "layer_views", None)
+    if views is None:
+        views = request.app.state.layer_views = LayerViews(request.app.state.store)
+    return views
+
+
+def _stored_data_error(error: StoredDataError) -> HTTPException:
+    return HTTPException(422, detail=f"stored data: {error}")
 
 
 @router.get("/{run_id}/mask")
-async def get_mask(run_id: RunIdDep, run: RunDep, store: StoreDep,
+async def get_mask(request: Request, run_id: RunIdDep, run: RunDep,
                    layer: str = Query(..., max_length=200, description="Layer name or index"),
                    step: int = Query(..., ge=0, le=MAX_STEP, description="Training step")) -> dict:
     """One layer's mask at `step` (newest keyframe + deltas), as the wire's packed bits."""
+    reader = layer_views(request).reader
 
     def read() -> dict:
-        reader = RunReader(store)
         try:
             mask, frame_step = reader.mask_at(run_id, layer, step)
+        except StoredDataError as error:
+            raise _stored_data_error(error) from None
         except ValueError as error:
             raise HTTPException(404, detail=str(error)) from None
         bits = np.packbits(mask.reshape(-1), bitorder="little").tobytes()
@@ -45,3 +104,50 @@ async def get_metrics(run_id: RunIdDep, run: RunDep, store: StoreDep,
         return RunReader(store).metrics(run_id, buckets)
 
     return await asyncio.to_thread(read)
+
+
+@router.get("/{run_id}/rewires", response_model=Rewires)
+async def get_rewires(request: Request, response: Response, run: RunDep) -> dict:
+    """The steps at which topology frames are stored (rewire r is steps[r]), the run's newest
+    seq (a live page subscribes from last_seq + 1) and its layers."""
+    views = layer_views(request)
+    response.headers["Cache-Control"] = "no-cache"
+    return await asyncio.to_thread(views.rewires, run)
+
+
+@router.get("/{run_id}/view", response_model=PanelView,
+            responses={304: {"description": "Not modified (If-None-Match matched the ETag)"}})
+async def get_view(request: Request, response: Response, run: RunDep,
+                   layer: str = Query(..., max_length=200, description="Layer name or index"),
+                   step: int | None = Query(None, ge=0, le=MAX_STEP,
+                                            description="Newest rewire at or before this step "
+                                                        "(omitted: the newest)"),
+                   rows: int = Query(..., ge=1, le=MAX_PANEL, description="Panel height, pixels"),
+                   cols: int = Query(..., ge=1, le=MAX_PANEL, description="Panel width, pixels"),
+                   ) -> dict | Response:
+    """What a panel of rows×cols pixels shows of `layer` at the newest rewire at or before
+    `step`: per pixel the kept / added / removed / possible connections it covers."""
+    views = layer_views(request)
+
+    def locate() -> dict:
+        try:
+            return views.locate(run, layer, step)
+        except UnknownError as error:
+            raise HTTPException(404, detail=str(error)) from None
+
+    located = await asyncio.to_thread(locate)
+    etag = views.etag(located, rows, cols)
+    headers = {"ETag": etag, "Cache-Control": f"private, max-age={ENDED_MAX_AGE_S}"
+               if run["status"] in FINAL_STATUSES else "no-cache"}
+    if etag in [tag.strip() for tag in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers=headers)
+
+    def read() -> dict:
+        try:
+            return views.view(run, located, rows, cols)
+        except StoredDataError as error:
+            raise _stored_data_error(error) from None
+
+    answer = await asyncio.to_thread(read)
+    response.headers.update(headers)
+    return answer

@@ -1,0 +1,274 @@
+"""Dashboard scale benchmark: a ResNet-50-shaped run opened in chromium, 100 vs 10 rewires.
+
+    .venv/bin/python bench/dashboard_scale.py [--steps 100] [--width 64] [--quick]
+
+Records, with `Recorder(data_dir)` and `SparseDriver(method="set", interval_steps=1)`, a model
+built here (53 convs + fc, ~25.5 M weights at --width 64, BatchNorm, residuals, ERK at density
+0.2) on 32×32 inputs, once with --steps rewires and once with a tenth of them; serves both with
+`python -m backend`, opens each in chromium and prints, per run: time from navigation to the
+visible panels painted, time for a scrub to another rewire to be painted (median of 20), bytes
+fetched in the first 20 s (everything but the page's own code, styles and fonts), JS heap
+after open and after 50 scrubs. Then it follows a live recording of the same model and prints
+how far behind the newest rewire the page ever was once a rewire had arrived.
+
+Targets (issue 11): open ≤ 1.5 s, scrub ≤ 250 ms, ≤ 10 MB to open, heap ≤ 200 MB, none growing
+with the number of rewires; live never more than one rewire behind. Nothing here is asserted
+in tests; figures are of one run on this (shared) machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dst_core import SparseDriver  # noqa: E402
+from dst_core.recording import Recorder  # noqa: E402
+
+STAGES = (3, 4, 6, 3)  # ResNet-50: bottleneck blocks per stage
+
+
+class Bottleneck(nn.Module):
+    """1×1 reduce, 3×3, 1×1 expand (×4), BatchNorm after each, a projection when the shape changes."""
+
+    def __init__(self, inputs: int, width: int, stride: int):
+        super().__init__()
+        outputs = width * 4
+        self.conv1 = nn.Conv2d(inputs, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, outputs, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(outputs)
+        self.project = None
+        if stride != 1 or inputs != outputs:
+            self.project = nn.Sequential(nn.Conv2d(inputs, outputs, 1, stride=stride, bias=False),
+                                         nn.BatchNorm2d(outputs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = torch.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return torch.relu(out + (x if self.project is None else self.project(x)))
+
+
+class ResNet(nn.Module):
+    """ResNet-50's layout (stem conv, 16 bottlenecks in 4 stages, fc): 53 convs + 1 linear.
+
+    `width` 64 is ResNet-50 itself (~25.5 M weights); a small width keeps the layer count and
+    shapes' proportions for tests that need fifty layers recorded in seconds."""
+
+    def __init__(self, width: int = 64, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1, bias=False)  # 32×32 inputs: a 3×3 stem
+        self.bn = nn.BatchNorm2d(width)
+        blocks = []
+        inputs = width
+        for stage, count in enumerate(STAGES):
+            for block in range(count):
+                blocks.append(Bottleneck(inputs, width * 2**stage, 2 if block == 0 and stage > 0 else 1))
+                inputs = width * 2**stage * 4
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(inputs, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.stem(x)))
+        x = self.blocks(x)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def record(data_dir: Path, *, steps: int, width: int = 64, image: int = 32, batch: int = 4,
+           name: str = "resnet", seed: int = 0, step_delay_s: float = 0.0,
+           recorder_options: dict | None = None) -> str:
+    """Train a ResNet-shaped model `steps` steps on random data, rewiring every step; returns
+    the run id. The data are noise: the run is about the topology, not the accuracy."""
+    torch.manual_seed(seed)
+    model = ResNet(width)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    driver = SparseDriver(model, optimizer, method="set", density=0.2, distribution="erk",
+                          total_steps=steps + 1, interval_steps=1, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    with Recorder(data_dir, name=name, seed=seed, **(recorder_options or {})) as recorder:
+        recorder.attach(driver)
+        for _step in range(steps):
+            x = torch.randn(batch, 3, image, image, generator=generator)
+            y = torch.randint(0, 10, (batch,), generator=generator)
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            driver.step()
+            recorder.log(driver.step_count, loss=float(loss.detach()))
+            if step_delay_s:
+                time.sleep(step_delay_s)
+        return recorder.run_id
+
+
+# ---------------------------------------------------------------- measuring in chromium
+
+OWN_CODE = ("/static/", "/vendor/", "/favicon")
+
+
+def measure(browser, url: str, run_id: str, scrubs: int = 50) -> dict:
+    """Open, scrub and heap figures of one run in a fresh tab."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    fetched = {"bytes": 0, "requests": 0}
+    started = {}
+
+    def on_response(response):
+        if time.monotonic() - started.get("t", 0) > 20 or any(part in response.url for part in OWN_CODE):
+            return
+        if response.url.rstrip("/") == url.rstrip("/"):
+            return  # the page itself
+        try:
+            fetched["bytes"] += len(response.body())
+            fetched["requests"] += 1
+        except Exception:  # a response without a body (websocket upgrade, 204)
+            pass
+
+    page.on("response", on_response)
+    client = context.new_cdp_session(page)
+    frames = {"bytes": 0}
+    client.send("Network.enable")
+    client.on("Network.webSocketFrameReceived", lambda event: frames.__setitem__(
+        "bytes", frames["bytes"] + len(event["response"]["payloadData"])))
+    page.goto(f"{url}/#/runs")
+    page.wait_for_function("document.querySelectorAll('#runs-body tr').length > 0")
+    started["t"] = time.monotonic()
+    t0 = time.perf_counter()
+    page.evaluate(f"location.hash = '#/run/{run_id}'")
+    page.wait_for_function("window.sparsescope.settled()"
+                           " && document.querySelector('#heatmap-0')?.dataset.step",
+                           timeout=60_000, polling="raf")
+    open_s = time.perf_counter() - t0
+    steps = page.evaluate("window.sparsescope.model.steps")
+    heap_open = heap(client)
+    times = []
+    for i in range(scrubs):
+        position = (i * 37 + 11) % len(steps)
+        t1 = time.perf_counter()
+        page.evaluate(f"window.sparsescope.player.seek({position})")
+        page.wait_for_function("window.sparsescope.settled()"
+                               f" && window.sparsescope.player.position === {position}",
+                               timeout=30_000, polling="raf")
+        times.append(time.perf_counter() - t1)
+    heap_scrubbed = heap(client)
+    remaining = 20 - (time.monotonic() - started["t"])
+    if remaining > 0:
+        page.wait_for_timeout(remaining * 1000)  # "bytes to open": what arrives in the first 20 s
+    context.close()
+    return {"rewires": len(steps), "open_s": round(open_s, 3),
+            "scrub_ms_median": round(1000 * statistics.median(times), 1),
+            "scrub_ms_max": round(1000 * max(times), 1),
+            "bytes_fetched_20s_incl_scrubs": fetched["bytes"] + frames["bytes"],
+            "heap_mb_open": heap_open, "heap_mb_after_50_scrubs": heap_scrubbed}
+
+
+def bytes_to_open(browser, url: str, run_id: str) -> int:
+    """Everything fetched in the first 20 s after navigating to the run (prefetch included),
+    without scrubbing: REST answers and websocket frames, not the page's own code."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    client = context.new_cdp_session(page)
+    client.send("Network.enable")
+    total = {"bytes": 0}
+    client.on("Network.webSocketFrameReceived", lambda event: total.__setitem__(
+        "bytes", total["bytes"] + len(event["response"]["payloadData"])))
+    counted = []
+    page.on("response", lambda response: counted.append(response))
+    page.goto(f"{url}/#/run/{run_id}")
+    page.wait_for_timeout(20_000)
+    for response in counted:
+        if any(part in response.url for part in OWN_CODE) or response.url.rstrip("/#") == url:
+            continue
+        try:
+            total["bytes"] += len(response.body())
+        except Exception:
+            pass
+    context.close()
+    return total["bytes"]
+
+
+def heap(client) -> float:
+    client.send("HeapProfiler.collectGarbage")
+    return round(client.send("Runtime.getHeapUsage")["usedSize"] / 2**20, 1)
+
+
+def follow_live(browser, server, data_dir: Path, steps: int, width: int) -> dict:
+    """A live recording of the same model, followed by a page: how many rewires the page was
+    ever behind the newest stored one, sampled after each rewire is stored."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    holder: dict = {}
+
+    def train():
+        holder["id"] = record(data_dir, steps=steps, width=width, name="resnet live", seed=2)
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    deadline = time.monotonic() + 120
+    run_id = None
+    while time.monotonic() < deadline and run_id is None:
+        runs = server.http.get("/api/runs").json()
+        live = [run for run in runs if run["name"] == "resnet live"]
+        run_id = live[0]["id"] if live else None
+        time.sleep(0.2)
+    page.goto(f"{server.url}/#/run/{run_id}")
+    behind = []
+    while thread.is_alive():
+        stored = server.http.get(f"/api/runs/{run_id}/rewires").json()["steps"]
+        time.sleep(1.0)  # one rewire interval of this model, at least, for the page to show it
+        shown = page.evaluate("Number(document.querySelector('#heatmap-0')?.dataset.step ?? -1)")
+        if stored:
+            behind.append(sum(1 for step in stored if step > shown))
+    thread.join()
+    context.close()
+    return {"live_samples": len(behind), "live_rewires_behind_max": max(behind, default=None)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=100, help="rewires of the long run")
+    parser.add_argument("--width", type=int, default=64, help="64 = ResNet-50 (~25.5 M weights)")
+    parser.add_argument("--quick", action="store_true", help="width 16, 30 rewires: a smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        args.width, args.steps = 16, 30
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser.conftest import CHROMIUM, FLAGS, Server
+
+    data_dir = Path(tempfile.mkdtemp(prefix="dashboard-scale-"))
+    weights = sum(p.numel() for name, p in ResNet(args.width).named_parameters() if p.dim() > 1)
+    print(f"model: ResNet-50-shaped, width {args.width}, {weights / 1e6:.1f} M conv/fc weights")
+    runs = {}
+    for steps in (args.steps, max(1, args.steps // 10)):
+        t0 = time.perf_counter()
+        runs[steps] = record(data_dir, steps=steps, width=args.width, name=f"resnet {steps} rewires")
+        print(f"recorded {steps} rewires in {time.perf_counter() - t0:.0f} s")
+    server = Server(data_dir)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            for steps, run_id in runs.items():
+                figures = measure(browser, server.url, run_id)
+                figures["bytes_to_open"] = bytes_to_open(browser, server.url, run_id)
+                print(json.dumps({"run": f"{steps} rewires", **figures}))
+            print(json.dumps(follow_live(browser, server, data_dir, max(10, args.steps // 5), args.width)))
+            browser.close()
+    finally:
+        server.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Rebuilding a layer's mask at a stored frame, from the nearest mask already rebuilt.
+
+A mask is the newest keyframe at or before the frame plus the deltas after it (at most K-1
+of them), so seeking costs the same at step 10 and at step 10 million. Scrubbing asks for
+neighbouring rewires, so rebuilt masks are kept in a cache bounded by bytes: the next
+request starts from the nearest cached mask, forward through later deltas or backward
+through earlier ones (net deltas are disjoint, so undoing one is exact), instead of from the
+keyframe. Stored frames never change, so a cached mask stays valid while a run is live.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from dst_core.recording import codec
+from dst_core.recording.codec import FrameError
+from dst_core.recording.store import RunStore
+
+CACHE_BYTES = 256 * 1024 * 1024  # rebuilt masks, 1 byte per connection (a ResNet-50: ~25 MB)
+
+
+class StoredDataError(ValueError):
+    """A stored frame or header that cannot be read: a clear answer instead of a traceback."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A stored topology frame's place in its layer's chain (its blob is read only if needed)."""
+
+    seq: int
+    step: int
+    keyframe: bool
+
+
+class MaskCache:
+    """Least-recently-used rebuilt masks, bounded by bytes; thread-safe.
+
+    Keys are (run key, layer index, frame seq). Arrays are read-only: callers copy to edit."""
+
+    def __init__(self, limit_bytes: int = CACHE_BYTES):
+        self.limit_bytes = limit_bytes
+        self.size = 0
+        self._items: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> np.ndarray | None:
+        with self._lock:
+            mask = self._items.get(key)
+            if mask is not None:
+                self._items.move_to_end(key)
+            return mask
+
+    def put(self, key: tuple, mask: np.ndarray) -> None:
+        if mask.nbytes > self.limit_bytes:
+            return
+        if mask.flags.writeable:
+            mask = mask.copy()
+            mask.flags.writeable = False
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.size -= old.nbytes
+            self._items[key] = mask
+            self.size += mask.nbytes
+            while self.size > self.limit_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self.size -= evicted.nbytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def run_key(run: dict) -> str:
+    """A run's identity for caches: its id and creation time (a run deleted and another one
+    imported under the same id must not see the old run's masks)."""
+    return f"{run['id']}@{run.get('created_at')}"
+
+
+class FrameChains:
+    """A layer's stored frames as chains from a keyframe, and masks rebuilt along them."""
+
+    def __init__(self, store: RunStore, cache: MaskCache | None = None):
+        self.store = store
+        self.cache = cache if cache is not None else MaskCache()
+
+    def chain(self, run_id: str, index: int, step: int) -> list[Frame]:
+        """The layer's newest keyframe at or before `step` and every frame after it up to
+        `step`, in seq order ([] when the layer has no keyframe by then)."""
+        keyframe = self.store.db.execute(
+            "SELECT seq FROM events WHERE run_id = ? AND layer = ? AND keyframe = 1 AND step <= ?"
+            " ORDER BY step DESC, seq DESC LIMIT 1", (run_id, index, step)).fetchone()
+        if keyframe is None:
+            return []
+        rows = self.store.db.execute(
+            "SELECT seq, step, keyframe FROM events WHERE run_id = ? AND layer = ? AND step <= ?"
+            " AND seq >= ? ORDER BY seq", (run_id, index, step, keyframe[0])).fetchall()
+        return [Frame(int(row[0]), int(row[1]), bool(row[2])) for row in rows]
+
+    def chain_to(self, run_id: str, index: int, frame: Frame) -> list[Frame]:
+        """The chain that ends exactly at `frame`."""
+        chain = self.chain(run_id, index, frame.step)
+        return chain[:next(i for i, item in enumerate(chain) if item.seq == frame.seq) + 1]
+
+    def frame_before(self, run_id: str, index: int, seq: int) -> Frame | None:
+        row = self.store.db.execute(
+            "SELECT seq, step, keyframe FROM events WHERE run_id = ? AND layer = ? AND seq < ? "
+            "ORDER BY seq DESC LIMIT 1", (run_id, index, seq)).fetchone()
+        return Frame(int(row[0]), int(row[1]), bool(row[2])) if row else None
+
+    def _frames_after(self, run_id: str, index: int, seq: int, limit: int) -> list[Frame]:
+        rows = self.store.db.execute(
+            "SELECT seq, step, keyframe FROM events WHERE run_id = ? AND layer = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?", (run_id, index, seq, max(0, limit))).fetchall()
+        return [Frame(int(row[0]), int(row[1]), bool(row[2])) for row in rows]
+
+    def mask(self, run: dict, index: int, chain: list[Frame], numel: int) -> np.ndarray:
+        """(numel,) read-only bool: the layer's mask at the chain's last frame."""
+        key, target = run_key(run), chain[-1]
+        cached = self.cache.get((key, index, target.seq))
+        if cached is not None:
+            return cached
+        start = next((position for position in range(len(chain) - 1, -1, -1)
+                      if self.cache.get((key, index, chain[position].seq)) is not None), None)
+        forward_cost = len(chain) - (start if start is not None else 0)
+        mask = self._undo_from_later(run, index, target, numel, forward_cost - 1)
+        if mask is None:
+            if start is None:
+                mask, start = self.keyframe(run["id"], chain[0], numel), 0
+            else:
+                mask = self.cache.get((key, index, chain[start].seq)).copy()
+            for frame in chain[start + 1:]:
+                if frame.keyframe:
+                    mask = self.keyframe(run["id"], frame, numel)
+                    continue
+                added, removed = self.delta(run["id"], frame, numel)
+                mask[removed] = False
+                mask[added] = True
+        mask.flags.writeable = False
+        self.cache.put((key, index, target.seq), mask)
+        return mask
+
+    def _undo_from_later(self, run: dict, index: int, target: Frame, numel: int,
+                         max_deltas: int) -> np.ndarray | None:
+        """A cached mask at most `max_deltas` deltas after `target`, those deltas undone;
+        None when there is none (a keyframe in between cannot be undone)."""
+        key = run_key(run)
+        after = self._frames_after(run["id"], index, target.seq, max_deltas)
+        for position, frame in enumerate(after):
+            if frame.keyframe:
+                return None
+            later = self.cache.get((key, index, frame.seq))
+            if later is None:
+                continue
+            mask = later.copy()
+            for undone in reversed(after[:position + 1]):
+                added, removed = self.delta(run["id"], undone, numel)
+                mask[added] = False
+                mask[removed] = True
+            return mask
+        return None
+
+    # ---- one frame's data ------------------------------------------------------------------
+    def _stored(self, run_id: str, frame: Frame, numel: int) -> bytes:
+        row = self.store.db.execute("SELECT payload, blob FROM events WHERE run_id = ? AND seq = ?",
+                                    (run_id, frame.seq)).fetchone()
+        where = f"stored frame at seq {frame.seq}"
+        try:
+            header = json.loads(row[0])
+        except (TypeError, ValueError):
+            raise StoredDataError(f"{where}: unreadable header") from None
+        if not isinstance(header, dict) or row[1] is None:
+            raise StoredDataError(f"{where}: no frame data")
+        try:
+            frame_numel = codec.frame_numel(header.get("shape"))
+        except FrameError as error:
+            raise StoredDataError(f"{where}: {error}") from None
+        if frame_numel != numel:
+            raise StoredDataError(f"{where}: shape {header.get('shape')} does not match the "
+                                  "layer's recorded shape")
+        return bytes(row[1])
+
+    def keyframe(self, run_id: str, frame: Frame, numel: int) -> np.ndarray:
+        """(numel,) writable bool mask of a stored keyframe."""
+        blob = self._stored(run_id, frame, numel)
+        try:
+            packed = np.frombuffer(codec.decode_keyframe(blob, numel), dtype=np.uint8)
+        except FrameError as error:
+            raise StoredDataError(f"stored frame at seq {frame.seq}: {error}") from None
+        return np.unpackbits(packed, bitorder="little", count=numel).astype(bool)
+
+    def delta(self, run_id: str, frame: Frame, numel: int) -> tuple[np.ndarray, np.ndarray]:
+        """(added, removed) sorted int64 flat indices of a stored delta."""
+        blob = self._stored(run_id, frame, numel)
+        try:
+            added, removed = codec.decode_delta(blob, numel)
+        except FrameError as error:
+            raise StoredDataError(f"stored frame at seq {frame.seq}: {error}") from None
+        return added.astype(np.int64), removed.astype(np.int64)

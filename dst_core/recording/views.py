@@ -1,0 +1,219 @@
+"""Panel views of a recorded layer: what R×C pixels show of one layer at one rewire.
+
+The browser never receives a mask larger than its panel: for one layer at one rewire the
+server bins the mask into a grid of at most R×C pixels and sends, per pixel, how many of the
+connections it covers are kept, added, removed at this rewire, and how many there are. Pixel
+(i, j) of a gr×gc grid covers matrix rows [⌊i·rows/gr⌋, ⌊(i+1)·rows/gr⌋) and columns
+[⌊j·cols/gc⌋, ⌊(j+1)·cols/gc⌋), so a layer no larger than its panel is shown exactly.
+
+Rewire r of a run is the r-th distinct step at which any topology frame is stored (rewire 0:
+the initial masks). Counting is vectorised: the active mask is binned with two
+`np.add.reduceat`s (columns, then rows), the few added and removed connections with one
+`np.bincount` of their pixels; masks come from masks.py's cache.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import hashlib
+import json
+import math
+import threading
+
+import numpy as np
+
+from dst_core.recording.masks import FrameChains, MaskCache, run_key
+from dst_core.recording.reader import RunReader
+from dst_core.recording.store import RunStore
+
+MAX_PANEL = 2048  # pixels per side of one panel: more than any screen shows
+MAX_INDEXED_RUNS = 1024  # runs whose rewire steps are kept in memory
+COUNT_DTYPES = (("u1", 0xFF), ("u2", 0xFFFF), ("u4", 0xFFFFFFFF))
+
+
+class UnknownError(LookupError):
+    """No such layer, or no rewire at or before the step asked for (a 404)."""
+
+
+class _StepIndex:
+    """The ascending distinct steps of a run's topology frames, extended as a live run grows
+    (only frames with a seq past the last one scanned are read again)."""
+
+    def __init__(self) -> None:
+        self.scanned_seq = -1
+        self.steps: list[int] = []
+        self.lock = threading.Lock()
+
+
+class LayerViews:
+    """Rewire lists and panel views of a data folder's runs (one per server: it owns the
+    mask cache)."""
+
+    def __init__(self, store: RunStore, cache: MaskCache | None = None):
+        self.store = store
+        self.chains = FrameChains(store, cache)
+        self.reader = RunReader(store, self.chains)
+        self._indices: dict[str, _StepIndex] = {}
+        self._lock = threading.Lock()
+
+    # ---- rewires ------------------------------------------------------------------------------
+    def rewire_steps(self, run: dict) -> list[int]:
+        """Ascending distinct steps of stored topology frames: rewire r is steps[r]."""
+        key = run_key(run)
+        with self._lock:
+            index = self._indices.get(key)
+            if index is None:
+                if len(self._indices) >= MAX_INDEXED_RUNS:
+                    self._indices.pop(next(iter(self._indices)))
+                index = self._indices[key] = _StepIndex()
+        with index.lock:
+            rows = self.store.db.execute(
+                "SELECT seq, step FROM events WHERE run_id = ? AND seq > ? AND layer IS NOT NULL "
+                "ORDER BY seq", (run["id"], index.scanned_seq)).fetchall()
+            if rows:
+                fresh = sorted({int(row[1]) for row in rows})
+                if index.steps and fresh[0] <= index.steps[-1]:  # a step stored late, or again
+                    index.steps = sorted(set(index.steps) | set(fresh))
+                else:
+                    index.steps.extend(fresh)
+                index.scanned_seq = int(rows[-1][0])
+            return list(index.steps)
+
+    def rewires(self, run: dict) -> dict:
+        """The answer of GET /rewires: steps, the newest seq and one entry per layer."""
+        run_id = run["id"]
+        last = self.store.db.execute("SELECT MAX(seq) FROM events WHERE run_id = ?",
+                                     (run_id,)).fetchone()[0]
+        layers = []
+        for index, entry in enumerate(self.reader.layers(run_id)):
+            rows, cols = entry["matrix"]
+            active = self._newest_active(run_id, index)
+            density = active / (rows * cols) if active is not None else entry["density"]
+            layers.append({"index": index, "name": entry["name"], "shape": [rows, cols],
+                           "weight_shape": entry["weight_shape"], "kind": entry["kind"],
+                           "density": density, "active": active})
+        return {"steps": self.rewire_steps(run), "last_seq": -1 if last is None else int(last),
+                "layers": layers}
+
+    def _newest_active(self, run_id: str, index: int) -> int | None:
+        """`active` of the layer's newest stored frame (None when none or unreadable)."""
+        row = self.store.db.execute(
+            "SELECT payload FROM events WHERE run_id = ? AND layer = ? "
+            "ORDER BY step DESC, seq DESC LIMIT 1", (run_id, index)).fetchone()
+        try:
+            active = json.loads(row[0]).get("active") if row else None
+        except (AttributeError, TypeError, ValueError):
+            return None
+        if isinstance(active, bool) or not isinstance(active, (int, float)) \
+                or not math.isfinite(active) or active < 0:
+            return None
+        return int(active)
+
+    # ---- one panel ----------------------------------------------------------------------------
+    def locate(self, run: dict, layer: str, step: int | None) -> dict:
+        """Which layer, rewire and frames a view at `step` (None: the newest) shows, without
+        reading any blob (enough for an ETag). UnknownError for an unknown layer or a step
+        before the first rewire."""
+        run_id = run["id"]
+        try:
+            index = self.reader.layer_index(run_id, layer)
+        except ValueError as error:
+            raise UnknownError(str(error)) from None
+        entry = self.reader.layers(run_id)[index]
+        steps = self.rewire_steps(run)
+        rewire = len(steps) - 1 if step is None else bisect.bisect_right(steps, step) - 1
+        if rewire < 0:
+            where = "" if step is None else f" at or before step {step}"
+            raise UnknownError(f"step: no rewire in this run{where}")
+        rewire_step = steps[rewire]
+        chain = self.chains.chain(run_id, index, rewire_step)
+        if not chain:
+            raise UnknownError(f"step: no topology frame of layer {entry['name']!r} at or before "
+                               f"step {rewire_step}")
+        changed = [frame for frame in chain if frame.step == rewire_step] if rewire > 0 else []
+        before = None  # the frame before the first one stored at this rewire
+        if changed:
+            first = chain.index(changed[0])
+            before = chain[first - 1] if first > 0 else \
+                self.chains.frame_before(run_id, index, changed[0].seq)
+        tag = (f"{run_key(run)}|{index}|{rewire_step}|{chain[-1].seq}|"
+               f"{before.seq if before else -1}|{len(changed)}")
+        return {"index": index, "entry": entry, "rewire": rewire, "step": rewire_step,
+                "chain": chain, "changed": changed, "before": before, "tag": tag}
+
+    @staticmethod
+    def etag(located: dict, panel_rows: int, panel_cols: int) -> str:
+        """Names the answer's content: the frames it is made of and the panel size."""
+        text = f"{located['tag']}|{panel_rows}x{panel_cols}"
+        return '"' + hashlib.sha1(text.encode()).hexdigest()[:24] + '"'
+
+    def view(self, run: dict, located: dict, panel_rows: int, panel_cols: int) -> dict:
+        """Per-pixel kept/added/removed/possible counts of the located layer and rewire."""
+        for name, value in (("rows", panel_rows), ("cols", panel_cols)):
+            if not 1 <= value <= MAX_PANEL:
+                raise ValueError(f"{name}: must be from 1 to {MAX_PANEL}, got {value}")
+        index, entry = located["index"], located["entry"]
+        rows, cols = entry["matrix"]
+        mask = self.chains.mask(run, index, located["chain"], rows * cols)  # (rows*cols,)
+        added, removed = self._changes(run, located, mask)
+        grid_rows, grid_cols = min(panel_rows, rows), min(panel_cols, cols)
+        row_starts = (np.arange(grid_rows, dtype=np.int64) * rows) // grid_rows  # (gr,)
+        col_starts = (np.arange(grid_cols, dtype=np.int64) * cols) // grid_cols  # (gc,)
+        active_counts = bin_dense(mask.reshape(rows, cols), row_starts, col_starts)
+        added_counts = bin_sparse(added, cols, row_starts, col_starts)
+        removed_counts = bin_sparse(removed, cols, row_starts, col_starts)
+        possible = np.outer(np.diff(np.r_[row_starts, rows]),
+                            np.diff(np.r_[col_starts, cols]))  # (gr, gc)
+        dtype = next(name for name, top in COUNT_DTYPES if int(possible.max()) <= top)
+
+        def encoded(counts: np.ndarray) -> str:
+            return base64.b64encode(counts.astype("<" + dtype).tobytes()).decode("ascii")
+
+        return {"layer": entry["name"], "index": index, "step": located["step"],
+                "rewire": located["rewire"], "shape": [rows, cols],
+                "weight_shape": entry["weight_shape"], "grid": [grid_rows, grid_cols],
+                "exact": grid_rows == rows and grid_cols == cols,
+                "active": int(active_counts.sum()), "added_total": int(added.size),
+                "removed_total": int(removed.size), "dtype": dtype,
+                "kept": encoded(active_counts - added_counts), "added": encoded(added_counts),
+                "removed": encoded(removed_counts), "possible": encoded(possible)}
+
+    def _changes(self, run: dict, located: dict,
+                 mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted flat indices net added and net removed at the located rewire: the stored
+        delta, or (a keyframe, or several frames at one step) the difference to the mask
+        before this rewire."""
+        changed, before, index = located["changed"], located["before"], located["index"]
+        numel = mask.size
+        if len(changed) == 1 and not changed[0].keyframe:
+            return self.chains.delta(run["id"], changed[0], numel)
+        if not changed or before is None:  # unchanged, or the layer's first frame
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty
+        previous = self.chains.mask(run, index, self.chains.chain_to(run["id"], index, before),
+                                    numel)
+        return np.flatnonzero(mask & ~previous), np.flatnonzero(previous & ~mask)
+
+
+def bin_dense(mask: np.ndarray, row_starts: np.ndarray, col_starts: np.ndarray) -> np.ndarray:
+    """(gr, gc) int64 counts of the true entries of a (rows, cols) bool mask per pixel."""
+    rows, cols = mask.shape
+    counts = mask.view(np.uint8)
+    if col_starts.size < cols:  # along the contiguous axis first: the later pass is smaller
+        counts = np.add.reduceat(counts, col_starts, axis=1, dtype=np.int32)  # (rows, gc)
+    if row_starts.size < rows:
+        counts = np.add.reduceat(counts, row_starts, axis=0, dtype=np.int64)  # (gr, gc)
+    return counts.astype(np.int64)
+
+
+def bin_sparse(indices: np.ndarray, cols: int, row_starts: np.ndarray,
+               col_starts: np.ndarray) -> np.ndarray:
+    """(gr, gc) int64 counts of the flat `indices` per pixel (one bincount, no dense pass)."""
+    grid_rows, grid_cols = row_starts.size, col_starts.size
+    if indices.size == 0:
+        return np.zeros((grid_rows, grid_cols), dtype=np.int64)
+    pixel_rows = np.searchsorted(row_starts, indices // cols, side="right") - 1  # (N,)
+    pixel_cols = np.searchsorted(col_starts, indices % cols, side="right") - 1  # (N,)
+    return np.bincount(pixel_rows * grid_cols + pixel_cols,
+                       minlength=grid_rows * grid_cols).reshape(grid_rows, grid_cols)

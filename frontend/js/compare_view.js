@@ -1,0 +1,172 @@
+// Compare: two or more runs side by side, one layer panel per run at the same step, and every
+// metric overlaid. Same parts as the run view: the shared Player, panels drawn from `/view` at
+// panel resolution, downsampled series extended live from announce-mode websockets.
+import { api } from "./api.js";
+import { COMPARE_METRICS, compareChart, drawChart } from "./charts.js";
+import { PanelSet } from "./panels.js";
+import { Player } from "./player.js";
+import { ACTIVE } from "./runs.js";
+import { loadSeries } from "./series.js";
+import { RunStream } from "./stream.js";
+import { ViewCache } from "./views.js";
+
+const $ = (id) => document.getElementById(id);
+const CHART_INTERVAL_MS = 250;
+
+export class CompareView {
+  constructor({ palette, message }) {
+    this.palette = palette;
+    this.message = message;
+    this.runs = [];
+    this.key = "";
+    this.layer = 0;
+    this.player = new Player({
+      scrubber: $("compare-scrubber"), back: $("compare-back"), forward: $("compare-forward"),
+      play: $("compare-play"), position: $("compare-position"), speed: null,
+    });
+    this.player.subscribe(() => { this.panels?.refresh(); this.chartsDirty(); });
+    $("compare-layer").addEventListener("change", (event) => { this.layer = Number(event.target.value); this.layout(); });
+    $("compare-mode").addEventListener("change", () => this.panels?.refresh());
+    this.generation = 0;
+  }
+
+  async open(ids) {
+    this.close();
+    const generation = ++this.generation;
+    this.key = ids.join(",");
+    $("compare-error").textContent = "";
+    let runs;
+    try {
+      runs = await Promise.all(ids.map(async (id) => {
+        const [run, rewires] = await Promise.all([api(`/api/runs/${id}`), api(`/api/runs/${id}/rewires`)]);
+        return { id, name: run.name, run, lastSeq: rewires.last_seq, layers: rewires.layers, steps: rewires.steps };
+      }));
+    } catch (error) {
+      if (generation !== this.generation) return;
+      // A bad link says so, here and in the runs list's message line.
+      const text = `Cannot compare ${ids.join(", ")}: ${error.message}`;
+      $("compare-error").textContent = text;
+      $("compare-body").hidden = true;
+      this.message(text);
+      return;
+    }
+    if (generation !== this.generation) return;
+    this.runs = runs;
+    for (const entry of runs) {
+      entry.views = new ViewCache(entry.id);
+      const series = await loadSeries(entry.id, entry.layers).catch(() => null);
+      if (generation !== this.generation) return;
+      entry.metrics = series?.metrics;
+      entry.rewires = series?.rewires;
+      entry.pending = null;
+      if (ACTIVE.has(entry.run.status)) {
+        entry.stream = new RunStream(entry.id, entry.lastSeq + 1, {
+          onEvent: (event) => this.handle(entry, event, generation),
+        }).open();
+      }
+    }
+    $("compare-body").hidden = false;
+    const select = $("compare-layer");
+    const reference = runs[0].layers;
+    select.replaceChildren(...reference.map((layer, index) => new Option(`${index}: ${layer.name}`, String(index))));
+    this.layer = Math.min(this.layer, Math.max(0, reference.length - 1));
+    select.value = String(this.layer);
+    $("compare-charts").replaceChildren(...COMPARE_METRICS.map(([key, title]) => {
+      const div = document.createElement("div");
+      div.className = "chart";
+      div.id = `compare-chart-${key}`;
+      div.setAttribute("role", "img");
+      div.setAttribute("aria-label", `${title} of the compared runs`);
+      return div;
+    }));
+    this.player.followable = runs.some((entry) => ACTIVE.has(entry.run.status));
+    this.player.live = this.player.followable;
+    this.player.setSteps(this.unionSteps());
+    this.layout();
+  }
+
+  unionSteps() {
+    const all = new Set();
+    for (const entry of this.runs) for (const step of entry.steps) all.add(step);
+    return [...all].sort((a, b) => a - b);
+  }
+
+  // One panel per run for the chosen layer, in run order.
+  layout() {
+    this.panels?.clear();
+    const container = $("compare-heatmaps");
+    container.replaceChildren();
+    const byPanel = new Map();
+    this.panels = new PanelSet({
+      views: (panel) => byPanel.get(panel).views,
+      target: () => ({ step: this.player.step, mode: $("compare-mode").value, palette: this.palette() }),
+    });
+    this.runs.forEach((entry, index) => {
+      const layer = entry.layers[this.layer];
+      if (!layer) return;
+      const panel = this.panels.add(container, { index: this.layer, ...layer },
+                                    { id: `compare-heatmap-${index}`, title: entry.name });
+      byPanel.set(panel, entry);
+    });
+    this.chartsDirty();
+  }
+
+  handle(entry, event, generation) {
+    if (generation !== this.generation) return;
+    if (event.type === "topology") {
+      if (entry.pending !== null && event.step > entry.pending) this.rewired(entry, entry.pending);
+      entry.pending = event.step;
+    } else if (event.type === "metrics" || event.type === "eval") {
+      if (entry.pending !== null && event.step > entry.pending) this.rewired(entry, entry.pending);
+      entry.metrics?.push(event);
+    } else if (event.type === "rewire") {
+      entry.rewires?.push(event);
+    } else if (event.type === "end") {
+      if (entry.pending !== null) this.rewired(entry, entry.pending);
+      entry.run = { ...entry.run, status: "ended" };
+      this.player.setFollowable(this.runs.some((other) => ACTIVE.has(other.run.status)));
+    }
+    this.chartsDirty();
+  }
+
+  rewired(entry, step) {
+    entry.pending = null;
+    if (!entry.steps.length || entry.steps[entry.steps.length - 1] < step) entry.steps = [...entry.steps, step];
+    this.player.setSteps(this.unionSteps());
+  }
+
+  chartsDirty() {
+    if (this.chartTimer || this.runs.length === 0) return;
+    this.chartTimer = setTimeout(() => {
+      this.chartTimer = 0;
+      if ($("view-compare").hidden) return;
+      const marker = this.player.live ? null : this.player.step;
+      const ready = this.runs.filter((entry) => entry.metrics);
+      // datarevision: the series grow in place while a compared run streams.
+      const revision = ready.map((entry) => `${entry.metrics.revision}.${entry.rewires.revision}`).join("-");
+      for (const [key] of COMPARE_METRICS) {
+        const div = $(`compare-chart-${key}`);
+        if (div) drawChart(div, compareChart(key, ready), marker, revision);
+      }
+    }, CHART_INTERVAL_MS);
+  }
+
+  resize() {
+    this.panels?.refresh();
+  }
+
+  close() {
+    this.generation += 1;
+    for (const entry of this.runs) {
+      if (entry.stream) entry.stream.close();
+      if (entry.views) entry.views.close();
+    }
+    this.runs = [];
+    this.key = "";
+    this.panels?.clear();
+    this.panels = null;
+    this.player.pause();
+    clearTimeout(this.chartTimer);
+    this.chartTimer = 0;
+  }
+}

@@ -1,0 +1,366 @@
+// The run view: one run's header, player, layer overview, layer panels and charts.
+//
+// Its cost is bounded by the screen, not by the run: it opens at the newest rewire (or the step
+// in the URL) from `/rewires`, the stored header from `GET /api/runs/{id}`, downsampled metrics,
+// and `/view` answers at panel resolution for the panels on screen only. Live is the same path:
+// the websocket in `topology=announce` mode tells when a rewire is complete, and the player
+// (following live) moves to it, which fetches the visible panels at that rewire.
+import { api } from "./api.js";
+import { drawChart, runCharts } from "./charts.js";
+import { InputPanel, MAX_GRID } from "./heatmap.js";
+import { LayerOverview } from "./overview.js";
+import { PanelSet } from "./panels.js";
+import { lastAtOrBefore, Player } from "./player.js";
+import { ACTIVE } from "./runs.js";
+import { loadSeries, MetricSeries, RewireSeries } from "./series.js";
+import { RunStream } from "./stream.js";
+import { ViewCache } from "./views.js";
+
+const $ = (id) => document.getElementById(id);
+const CHART_INTERVAL_MS = 250; // charts are cheap to skip; panels get the frame budget
+const PREFETCH_AHEAD = 2; // rewires fetched ahead of the one shown while playing
+const CHART_KEYS = ["loss", "accuracy", "density", "itop", "turnover"];
+
+export class RunView {
+  // palette() → the palette in use; onStatus(status), onConnection(state), onLabel(text).
+  constructor({ palette, onStatus, onConnection, onLabel }) {
+    this.palette = palette;
+    this.onStatus = onStatus;
+    this.onConnection = onConnection;
+    this.onLabel = onLabel;
+    this.run = null;
+    this.layers = [];
+    this.mode = "auto";
+    this.pending = null; // {step, indices: Set}: topology announced for a rewire not yet complete
+    this.pinned = new Set();
+    this.player = new Player({
+      scrubber: $("scrubber"), back: $("step-back"), forward: $("step-forward"), play: $("play"),
+      live: $("live"), position: $("position"), speed: $("speed"),
+    }, { label: (state) => this.positionText(state) });
+    this.player.subscribe((state) => this.moved(state));
+    this.overview = new LayerOverview($("layer-overview"), {
+      onJump: (index) => this.jump(index), onPin: (index) => this.togglePin(index),
+    });
+    $("mode").addEventListener("change", (event) => { this.mode = event.target.value; this.panels?.refresh(); });
+    this.generation = 0;
+  }
+
+  get id() {
+    return this.run ? this.run.id : null;
+  }
+
+  // Open run `id` at `step` (null: the newest rewire). Resolves once its layout is on screen.
+  async open(id, { step = null } = {}) {
+    this.close();
+    const generation = ++this.generation;
+    const [run, rewires] = await Promise.all([api(`/api/runs/${id}`), api(`/api/runs/${id}/rewires`)]);
+    if (generation !== this.generation) return;
+    this.run = run;
+    this.views = new ViewCache(id);
+    this.metrics = new MetricSeries();
+    this.rewireSeries = new RewireSeries(null, rewires.layers);
+    this.liveRewires = [];
+    this.header(run);
+    this.layout(rewires);
+    const position = step === null ? null : Math.max(0, lastAtOrBefore(rewires.steps, step));
+    const live = ACTIVE.has(run.status) && step === null;
+    this.player.followable = ACTIVE.has(run.status);
+    this.player.live = live;
+    this.player.setSteps(rewires.steps, { position: position ?? rewires.steps.length - 1 });
+    loadSeries(id, this.layers).then(({ metrics, rewires: series }) => {
+      if (generation !== this.generation) return;
+      // Live events that arrived meanwhile are already in the answers (or follow them).
+      this.metrics = mergeLive(metrics, this.metrics);
+      for (const event of this.liveRewires || []) series.push(event);
+      this.rewireSeries = series;
+      this.addInputPanel(series.input);
+      this.overview.update(series, this.player.step);
+      this.chartsDirty();
+    }).catch((error) => { $("run-error").textContent = `charts: ${error.message}`; });
+    if (ACTIVE.has(run.status) || rewires.last_seq < 0) {
+      this.stream = new RunStream(id, rewires.last_seq + 1, {
+        onEvent: (event) => this.handle(event, generation), onState: this.onConnection,
+      }).open();
+    } else {
+      this.onConnection("ended");
+    }
+    this.chartsDirty();
+  }
+
+  header(run) {
+    $("run-empty").hidden = true;
+    $("run-body").hidden = false;
+    $("run-title").textContent = run.name;
+    this.onLabel(run.name);
+    $("run-error").textContent = run.error || "";
+    $("run-info").textContent = describeSettings(run);
+    $("run-provenance").textContent = provenance(run.info);
+    this.onStatus(run.status);
+  }
+
+  layout(rewires) {
+    this.layers = rewires.layers.map((layer, index) => ({ index, ...layer }));
+    this.panels?.clear();
+    if (this.inputPanel) this.inputPanel.remove();
+    this.inputPanel = null;
+    const container = $("heatmaps");
+    container.replaceChildren();
+    $("pinned").replaceChildren();
+    this.pinned.clear();
+    this.panels = new PanelSet({
+      views: () => this.views,
+      target: () => ({ step: this.player.step, mode: this.mode, palette: this.palette() }),
+      onPainted: () => this.painted(),
+    });
+    for (const layer of this.layers) {
+      const pin = document.createElement("button");
+      pin.type = "button";
+      pin.className = "small";
+      pin.textContent = "Pin";
+      pin.setAttribute("aria-label", `Pin panel ${layer.name}`);
+      pin.addEventListener("click", () => this.togglePin(layer.index));
+      this.panels.add(container, layer, { id: `heatmap-${layer.index}`, actions: [pin] }).pinButton = pin;
+    }
+    this.overview.layout(this.layers);
+    $("layer-count").textContent = `${this.layers.length} sparsified layer${this.layers.length === 1 ? "" : "s"}`;
+  }
+
+  // The player moved: visible panels, the input view, the overview, the charts' marker.
+  moved(state) {
+    if (!this.run) return;
+    this.panels.refresh();
+    this.panels.prefetch(this.player.upcoming(PREFETCH_AHEAD));
+    this.drawInput(state.step);
+    this.overview.update(this.rewireSeries, state.step);
+    this.chartsDirty();
+  }
+
+  // Column sums of the first layer, drawn as the input it reads (image, kernel window, features).
+  addInputPanel(input) {
+    const first = this.layers[0];
+    if (this.inputPanel || !first || first.shape[1] > MAX_GRID) return;
+    this.inputPanel = new InputPanel($("heatmaps"), input, first);
+    $("heatmaps").prepend(this.inputPanel.root);
+    this.drawInput(this.player.step);
+  }
+
+  async drawInput(step) {
+    const panel = this.inputPanel;
+    if (!panel || step === null) return;
+    const [rows, cols] = panel.grid();
+    try {
+      const view = await this.views.get(0, step, rows, cols);
+      if (panel === this.inputPanel && this.player.step === step) await panel.draw(view);
+    } catch (error) {
+      panel.stats.textContent = `could not load: ${error.message}`;
+    }
+  }
+
+  painted() {
+    window.sparsescope.paints += 1;
+  }
+
+  positionText(state) {
+    if (state.step === null) return this.run && ACTIVE.has(this.run.status) ? "waiting for the first rewire" : "no rewires";
+    const last = state.steps.length - 1;
+    const tail = state.live ? " · live" : state.position === last && !state.followable ? " · newest" : "";
+    return `step ${state.step} · rewire ${state.position} of ${last}${tail}`;
+  }
+
+  // One websocket message of the followed run.
+  handle(event, generation) {
+    if (generation !== this.generation) return;
+    switch (event.type) {
+      case "topology": this.announced(event); break;
+      case "metrics":
+      case "eval":
+        this.complete(event.step);
+        this.metrics.push(event);
+        this.chartsDirty();
+        break;
+      case "rewire":
+        this.liveRewires.push(event);
+        this.rewireSeries.push(event);
+        this.overview.update(this.rewireSeries, this.player.step);
+        this.chartsDirty();
+        break;
+      case "meta":
+        // A queued run's first layout: lay the panels out from the stored answer.
+        api(`/api/runs/${this.run.id}/rewires`).then((rewires) => {
+          if (generation !== this.generation) return;
+          this.layout(rewires);
+          this.rewireSeries = new RewireSeries(null, this.layers);
+          this.player.setSteps(rewires.steps);
+        }).catch(() => undefined);
+        break;
+      case "status":
+        this.run = { ...this.run, status: event.status, error: event.error || this.run.error };
+        this.onStatus(event.status);
+        $("run-error").textContent = this.run.error || "";
+        if (event.status === "running") this.refreshHeader(generation);
+        break;
+      case "end":
+        this.complete(Infinity);
+        this.player.setFollowable(false);
+        this.refreshHeader(generation);
+        break;
+      case "error":
+        $("run-error").textContent = event.error || "the stream was refused";
+        break;
+      default: break;
+    }
+  }
+
+  // A topology header: the rewire of `event.step` is complete once every layer announced it,
+  // or a message of a later step arrives.
+  announced(event) {
+    if (this.pending && event.step > this.pending.step) this.complete(event.step);
+    if (!this.pending) this.pending = { step: event.step, indices: new Set() };
+    this.pending.indices.add(event.index);
+    if (this.pending.indices.size >= this.layers.length) this.complete(Infinity);
+  }
+
+  complete(beforeStep) {
+    const pending = this.pending;
+    if (!pending || pending.step >= beforeStep) return;
+    this.pending = null;
+    const steps = this.player.steps;
+    if (steps.length && steps[steps.length - 1] >= pending.step) return;
+    this.player.setSteps([...this.player.steps, pending.step]);
+  }
+
+  async refreshHeader(generation) {
+    try {
+      const run = await api(`/api/runs/${this.run.id}`);
+      if (generation !== this.generation) return;
+      this.run = run;
+      $("run-info").textContent = describeSettings(run);
+      $("run-provenance").textContent = provenance(run.info);
+      this.onStatus(run.status);
+    } catch { /* the stream's status is shown meanwhile */ }
+  }
+
+  jump(index) {
+    const panel = this.panels.panels[index];
+    if (!panel) return;
+    panel.root.scrollIntoView({ block: "start" });
+    this.overview.highlight(index);
+    for (const other of this.panels.panels) other.root.classList.toggle("current", other === panel);
+    panel.plot.focus?.();
+  }
+
+  togglePin(index) {
+    const panel = this.panels.panels[index];
+    if (!panel) return;
+    const pinned = !this.pinned.has(index);
+    if (pinned) {
+      this.pinned.add(index);
+      $("pinned").append(panel.root);
+    } else {
+      this.pinned.delete(index);
+      // Back to its place among the unpinned panels, in layer order.
+      const after = this.panels.panels.slice(index + 1).find((other) => !this.pinned.has(other.layer.index));
+      $("heatmaps").insertBefore(panel.root, after ? after.root : null);
+    }
+    panel.pinButton.textContent = pinned ? "Unpin" : "Pin";
+    panel.pinButton.setAttribute("aria-pressed", String(pinned));
+    this.overview.setPinned(index, pinned);
+    $("pinned").hidden = this.pinned.size === 0;
+  }
+
+  chartsDirty() {
+    if (this.chartTimer) return;
+    const wait = Math.max(0, CHART_INTERVAL_MS - (performance.now() - (this.lastCharts || 0)));
+    this.chartTimer = setTimeout(() => {
+      this.chartTimer = 0;
+      this.lastCharts = performance.now();
+      this.drawCharts();
+    }, wait);
+  }
+
+  drawCharts() {
+    if (!this.run || $("view-run").hidden) return;
+    const charts = runCharts(this.metrics, this.rewireSeries, this.palette());
+    const marker = this.player.live ? null : this.player.step;
+    const revision = `${this.metrics.revision}-${this.rewireSeries.revision}-${this.rewireSeries.step.length}`;
+    for (const key of CHART_KEYS) drawChart($(`chart-${key}`), charts[key], marker, revision);
+  }
+
+  // True once every visible panel shows the player's rewire.
+  settled() {
+    return Boolean(this.panels) && this.player.step !== null && this.panels.settled(this.player.step);
+  }
+
+  close() {
+    this.generation += 1;
+    if (this.stream) this.stream.close();
+    this.stream = null;
+    this.player.pause();
+    this.panels?.clear();
+    this.panels = null;
+    if (this.inputPanel) this.inputPanel.remove();
+    this.inputPanel = null;
+    if (this.views) this.views.close();
+    this.views = null;
+    clearTimeout(this.chartTimer);
+    this.chartTimer = 0;
+    this.pending = null;
+    this.run = null;
+    this.player.steps = [];
+    this.player.position = -1;
+    this.player.live = false;
+    // A new run starts its charts from scratch (no axis ranges carried over from the last one).
+    for (const chart of document.querySelectorAll("#charts .chart")) Plotly.purge(chart);
+  }
+}
+
+// Live events that arrived before the downsampled answer: appended where they are newer.
+function mergeLive(answer, live) {
+  for (const [type, fields] of Object.entries(live.types)) {
+    for (const [field, series] of Object.entries(fields)) {
+      const target = (answer.types[type] ||= {});
+      const into = (target[field] ||= new series.constructor());
+      series.step.forEach((step, i) => into.push(step, series.last[i]));
+    }
+  }
+  answer.revision = live.revision + 1;
+  return answer;
+}
+
+// The settings the run used (`settings`, every default resolved), else its stored config.
+export function describeSettings(run) {
+  const settings = run.settings;
+  const config = run.config || {};
+  const parts = [];
+  if (settings && typeof settings === "object") {
+    const head = [settings.task, settings.model].filter(Boolean).join(" · ");
+    if (head) parts.push(head);
+    if (settings.method) parts.push(`${settings.method} · density ${settings.density} (${settings.distribution ?? "–"})`);
+    if (settings.interval_steps !== undefined && settings.interval_steps !== null) {
+      parts.push(`rewire every ${settings.interval_steps} steps (${settings.schedule ?? "–"}, ` +
+                 `drop ${settings.drop_fraction ?? "–"}, end ${settings.end_fraction ?? "–"})`);
+    }
+    if (settings.total_steps !== undefined && settings.total_steps !== null) parts.push(`${settings.total_steps} steps`);
+  } else if (config.task || config.method) {
+    const hidden = Array.isArray(config.hidden) ? ` [${config.hidden.join(", ")}]` : "";
+    parts.push(`${config.task} · ${config.model ?? ""}${hidden} · ${config.method} · density ${config.density}`);
+    if (config.interval_steps !== undefined && config.interval_steps !== null) {
+      parts.push(`rewire every ${config.interval_steps} steps`);
+    }
+  }
+  parts.push(run.id);
+  return parts.join(" · ");
+}
+
+// Who recorded the run and with what, from the run's `info` (absent on old runs).
+export function provenance(info) {
+  if (!info || typeof info !== "object") return "";
+  const parts = [];
+  if (info.writer) parts.push(`recorded by ${info.writer}`);
+  if (info.sparsescope) parts.push(`sparsescope ${info.sparsescope}`);
+  if (info.torch) parts.push(`torch ${info.torch}`);
+  if (info.python) parts.push(`python ${info.python}`);
+  if (info.git_commit) parts.push(`commit ${String(info.git_commit).slice(0, 10)}`);
+  if (info.seed !== undefined && info.seed !== null) parts.push(`seed ${info.seed}`);
+  return parts.join(" · ");
+}

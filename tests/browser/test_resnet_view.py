@@ -1,0 +1,158 @@
+"""A ResNet-shaped run of 54 sparsified layers (53 convs + fc, tiny widths): it opens at its
+newest rewire with only the visible panels drawn, the overview jumps to a layer, a conv's hover
+reads channels and kernel position, scrubbing shows the stored masks, live following keeps up,
+and names are shown as text, never as markup."""
+
+import threading
+import time
+
+import pytest
+
+from bench.dashboard_scale import record
+from tests.browser.conftest import PANEL_COUNTS_JS, Server, pixel_counts, screenshot, stored_mask
+
+pytestmark = pytest.mark.browser
+
+HOSTILE = '<a href="https://evil.example" target="_top">x</a><span style="font-size:90px">big</span>'
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("resnet")
+
+
+@pytest.fixture(scope="module")
+def resnet(data_dir):
+    return record(data_dir, steps=8, width=2, image=8, batch=2, name=f"resnet {HOSTILE}")
+
+
+@pytest.fixture(scope="module")
+def server(data_dir, resnet):
+    instance = Server(data_dir)
+    yield instance
+    instance.close()
+
+
+def open_run(page, run_id, suffix=""):
+    page.goto(f"{page.base_url}/#/run/{run_id}{suffix}")
+    page.wait_for_function("window.sparsescope.settled()"
+                           " && document.querySelector('#heatmap-0')?.dataset.step",
+                           timeout=60_000)
+
+
+def test_opens_at_the_newest_rewire_with_only_visible_panels(page, server, resnet):
+    rewires = server.http.get(f"/api/runs/{resnet}/rewires").json()
+    assert len(rewires["layers"]) == 54
+    open_run(page, resnet)
+    newest = str(rewires["steps"][-1])
+    assert page.locator("#heatmap-0").get_attribute("data-step") == newest
+    assert page.locator("#status").get_attribute("data-status") == "completed"  # stored, at once
+    assert page.locator("#heatmap-53").get_attribute("data-layer") == rewires["layers"][53]["name"]
+    # Off-screen panels fetch nothing: far fewer views than layers were asked for.
+    fetched = page.evaluate("window.sparsescope.views.fetched")
+    assert 1 <= fetched < 20, fetched
+    assert page.locator("#heatmap-53").get_attribute("data-step") is None
+    page.wait_for_timeout(600)  # the charts' throttled first draw
+    screenshot(page, "run-view-resnet.png")
+    # The layer × step density map has one row per layer, not 54 legend entries.
+    rows = page.evaluate("document.querySelector('#chart-density').data[0].y.length")
+    assert rows == 54
+
+
+def test_overview_jumps_to_a_layer_and_pins_it(page, server, resnet):
+    open_run(page, resnet)
+    page.get_by_role("button", name="Go to layer blocks.14.conv2.weight").click()
+    index = page.evaluate("Array.from(document.querySelectorAll('.heatmap')).find("
+                          "e => e.dataset.layer === 'blocks.14.conv2.weight').id")
+    page.wait_for_function(f"document.querySelector('#{index}').dataset.step !== undefined", timeout=20_000)
+    assert page.locator(f"#{index}").is_visible()
+    assert page.locator(f"#{index}").get_attribute("data-step") is not None
+    page.get_by_role("button", name="Pin layer blocks.14.conv2.weight").click()
+    assert page.locator(f"#pinned #{index}").count() == 1
+    page.get_by_role("button", name="Pin layer blocks.14.conv2.weight").click()  # now "Unpin"
+    assert page.locator(f"#pinned #{index}").count() == 0
+
+
+def test_conv_hover_reads_channel_and_kernel(page, server, resnet):
+    rewires = server.http.get(f"/api/runs/{resnet}/rewires").json()
+    conv = next(layer for layer in rewires["layers"]
+                if layer["weight_shape"] and len(layer["weight_shape"]) == 4
+                and layer["weight_shape"][2] == 3)
+    open_run(page, resnet)
+    page.get_by_role("button", name=f"Go to layer {conv['name']}").click()
+    plot = page.locator(f"#heatmap-{conv['index']}")
+    page.wait_for_function(f"document.querySelector('#heatmap-{conv['index']}').dataset.step !== undefined")
+    box = plot.locator(".nsewdrag").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.6)
+    readout = plot.locator("xpath=ancestor::figure").locator(".readout")
+    page.wait_for_function(
+        "(el) => /out channel \\d+.*in \\d+, kernel row \\d, col \\d/.test(el.textContent)",
+        arg=readout.element_handle(), timeout=10_000)
+
+
+def test_scrub_shows_the_stored_mask(page, server, resnet):
+    steps = server.http.get(f"/api/runs/{resnet}/rewires").json()["steps"]
+    open_run(page, resnet, f"?step={steps[2]}")  # a step in the URL opens there
+    assert page.locator("#heatmap-0").get_attribute("data-step") == str(steps[2])
+    for position in (5, 1, len(steps) - 1):
+        page.locator("#scrubber").fill(str(position))
+        page.wait_for_function("window.sparsescope.settled()"
+                               f" && window.sparsescope.player.position === {position}")
+        for index in (0, 1, 2):
+            shown = page.evaluate(PANEL_COUNTS_JS, index)
+            assert shown["step"] == steps[position]
+            mask = stored_mask(server, resnet, index, steps[position])
+            assert shown["active"] == pixel_counts(mask, shown["gr"], shown["gc"]).ravel().tolist()
+
+
+def test_names_are_text_not_markup(page, server, resnet):
+    open_run(page, resnet)
+    page.goto(f"{page.base_url}/#/compare/{resnet},{resnet}")
+    page.wait_for_function("document.querySelector('#compare-chart-train_loss_running')?.data?.length === 2",
+                           timeout=30_000)
+    page.wait_for_timeout(400)
+    # No live link and no styled span anywhere: in the DOM, the charts, the legends.
+    assert page.locator("a[href='https://evil.example']").count() == 0
+    assert page.locator("span[style*='90px']").count() == 0
+    legend = page.locator("#compare-chart-train_loss_running .legendtext").first.text_content()
+    assert legend == f"resnet {HOSTILE}"
+    assert page.locator("#run-label").text_content() == f"resnet {HOSTILE}"
+
+
+def test_live_following_keeps_up(page, server, data_dir):
+    holder = {}
+
+    def train():
+        holder["id"] = record(data_dir, steps=12, width=2, image=8, batch=2, name="resnet live", seed=3,
+                              step_delay_s=1.0)
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 90
+        run_id = None
+        while run_id is None and time.monotonic() < deadline:
+            live = [run for run in server.http.get("/api/runs").json() if run["name"] == "resnet live"]
+            run_id = live[0]["id"] if live else None
+            time.sleep(0.1)
+        assert run_id, "the live run never appeared"
+        page.goto(f"{page.base_url}/#/run/{run_id}")
+        page.wait_for_function("window.sparsescope.rewires >= 1", timeout=60_000)
+        assert page.locator("#live").get_attribute("aria-pressed") == "true"
+        behind = []
+        while thread.is_alive():
+            stored = server.http.get(f"/api/runs/{run_id}/rewires").json()["steps"]
+            # A rewire interval: a rewire stored before it has arrived and is shown by its end
+            # (the newer ones stored meanwhile may still be on their way: at most one).
+            page.wait_for_timeout(1000)
+            shown = int(page.evaluate("Number(document.querySelector('#heatmap-0')?.dataset.step ?? -1)"))
+            behind.append(sum(1 for step in stored if step > shown))
+    finally:
+        thread.join()
+    assert behind and max(behind) <= 1, behind
+    page.wait_for_selector("#connection[data-state='ended']", timeout=30_000)
+    steps = server.http.get(f"/api/runs/{run_id}/rewires").json()["steps"]
+    page.wait_for_function(f"document.querySelector('#heatmap-0').dataset.step === '{steps[-1]}'",
+                           timeout=20_000)
+    assert page.evaluate("window.sparsescope.model.steps") == steps
+    assert page.locator("#live").get_attribute("aria-pressed") == "false"  # ended: nothing to follow
