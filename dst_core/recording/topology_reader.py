@@ -27,10 +27,12 @@ import numpy as np
 
 from dst_core.analytics import LayerHistory, chain_connectivity, degrees
 from dst_core.recording import codec
+from dst_core.recording.masks import StoredDataError
 from dst_core.recording.reader import RunReader
 from dst_core.recording.store import RunStore
 
 FRAME_BATCH = 64  # frames decoded per SQLite fetch while a history is built: bounded memory
+ANSWERS_PER_LAYER = 64  # rewires answered lately, kept: scrubbing back and forth is free
 DEFAULT_CACHE_MB = int(os.environ.get("SPARSESCOPE_TOPOLOGY_CACHE_MB", "1024"))
 
 
@@ -46,6 +48,8 @@ class _Entry:
     last_rewire_seq: int = 0  # newest rewire event taken in
     error: str | None = None  # a stored frame that could not be taken in (history stops there)
     error_step: int | None = None  # its step: requests at or after it answer the error
+    # rewire -> its answer (an earlier rewire's answer never changes as the run grows)
+    answers: OrderedDict[int, dict] = field(default_factory=OrderedDict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -92,9 +96,10 @@ CACHE = HistoryCache()
 class TopologyReader:
     """Per-layer and whole-model topology of one data folder's runs."""
 
-    def __init__(self, store: RunStore, cache: HistoryCache | None = None):
+    def __init__(self, store: RunStore, cache: HistoryCache | None = None,
+                 reader: RunReader | None = None):
         self.store = store
-        self.reader = RunReader(store)
+        self.reader = reader if reader is not None else RunReader(store)  # shares its mask cache
         self.cache = cache if cache is not None else CACHE
 
     # ---- one layer ----------------------------------------------------------------------------
@@ -106,26 +111,35 @@ class TopologyReader:
         entry = self._synced(run_id, index)
         with entry.lock:  # a concurrent request may be extending this history
             if entry.error_step is not None and int(step) >= entry.error_step:
-                raise ValueError(entry.error)
+                raise StoredDataError(entry.error)
             rewire = bisect.bisect_right(entry.steps, int(step)) - 1
             if rewire < 0:
                 raise ValueError(f"step: no topology frame of layer {name!r} at or before "
                                  f"step {step}")
             history = entry.history
             if history is None or rewire > history.rewires:
-                raise ValueError(entry.error or "step: the layer's frames stop before this step")
-            rewire_step = entry.steps[rewire]
-            if rewire == history.rewires:
-                mask = history.mask.reshape(history.shape)
-            else:
-                mask, _ = self.reader.mask_at(run_id, index, rewire_step)
-                if mask.shape != history.shape:
-                    raise codec.FrameError(f"frame: layer {name!r} changes shape to "
-                                           f"{list(mask.shape)}")
-            return {"layer": name, "index": index, "step": rewire_step,
-                    "requested_step": int(step), "shape": list(history.shape),
-                    **degrees(mask), **history.at(rewire, mask),
-                    "weights": entry.weights.get(rewire_step, {}).get(name)}
+                raise StoredDataError(entry.error or "the layer's frames stop before this step")
+            answer = entry.answers.get(rewire)
+            if answer is None:
+                answer = self._answer(run_id, index, name, entry, rewire)
+                entry.answers[rewire] = answer
+                while len(entry.answers) > ANSWERS_PER_LAYER:
+                    entry.answers.popitem(last=False)
+            entry.answers.move_to_end(rewire)
+            return {**answer, "requested_step": int(step)}
+
+    def _answer(self, run_id: str, index: int, name: str, entry: _Entry, rewire: int) -> dict:
+        history = entry.history
+        rewire_step = entry.steps[rewire]
+        if rewire == history.rewires:
+            mask = history.mask.reshape(history.shape)
+        else:
+            mask, _ = self.reader.mask_at(run_id, index, rewire_step)
+            if mask.shape != history.shape:
+                raise StoredDataError(f"layer {name!r} changes shape to {list(mask.shape)}")
+        return {"layer": name, "index": index, "step": rewire_step,
+                "shape": list(history.shape), **degrees(mask), **history.at(rewire, mask),
+                "weights": entry.weights.get(rewire_step, {}).get(name)}
 
     def series(self, run_id: str, layer: str | int, points: int = 200) -> dict:
         """Per-rewire summaries for charts over time, at most `points` rewires (evenly picked,
@@ -138,7 +152,9 @@ class TopologyReader:
         with entry.lock:
             history = entry.history
             if history is None:
-                raise ValueError(entry.error or f"layer: no topology frame of layer {layer!r}")
+                if entry.error:
+                    raise StoredDataError(entry.error)
+                raise ValueError(f"layer: no topology frame of layer {layer!r}")
             count = history.rewires + 1
             picked = np.unique(np.linspace(0, count - 1, min(points, count)).round().astype(int))
             rows = [history.series[r] for r in picked]
@@ -223,7 +239,7 @@ class TopologyReader:
                 try:
                     self._take_frame(entry, row)
                 except (ValueError, KeyError, TypeError) as error:  # FrameError is a ValueError
-                    entry.error = (f"frame: stored frame seq {row['seq']} (step {row['step']}) "
+                    entry.error = (f"stored frame seq {row['seq']} (step {row['step']}) "
                                    f"is unreadable ({error})")
                     entry.error_step = int(row["step"])
                     return

@@ -214,20 +214,21 @@ def test_bad_requests_and_broken_runs_never_answer_5xx(client):
     assert client.get(url, params={"layer": 0, "step": 10**23}).status_code == 422
     assert client.get(url, params={"layer": 0}).status_code == 422
     assert client.get("/api/runs/0123456789abcdef/topology?layer=0&step=1").status_code == 404
-    # A delta that does not decode: rewires before it still answer, later ones 404 naming it.
+    # A delta that does not decode: rewires before it still answer, later ones 422 naming it.
     store.db.execute("UPDATE events SET blob = x'01ffff' WHERE run_id = ? AND type = 'topology' "
                      "AND layer = 0 AND step = 40", (run_id,))
     CACHE.clear()
     assert client.get(url, params={"layer": 0, "step": 35}).status_code == 200
     broken = client.get(url, params={"layer": 0, "step": 45})
-    assert broken.status_code == 404 and "frame" in broken.json()["detail"]
+    assert broken.status_code == 422 and "stored data" in broken.json()["detail"]
+    assert "seq" in broken.json()["detail"]
     model = client.get(f"/api/runs/{run_id}/topology/model", params={"step": 45})
     assert model.status_code == 200 and "error" in model.json()["layers"][0]
     # A header that is not JSON, and a run whose meta is gone.
     store.db.execute("UPDATE events SET payload = 'not json' WHERE run_id = ? AND layer = 1 "
                      "AND step = 20", (run_id,))
     CACHE.clear()
-    assert client.get(url, params={"layer": 1, "step": 45}).status_code == 404
+    assert client.get(url, params={"layer": 1, "step": 45}).status_code == 422
     assert client.get(f"{url}/series", params={"layer": 1}).status_code == 200
     store.db.execute("DELETE FROM events WHERE run_id = ? AND type = 'meta'", (run_id,))
     for path in (url, f"{url}/series"):

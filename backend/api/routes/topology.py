@@ -1,7 +1,8 @@
 """Topology analytics of a recorded run: one layer at a step, its series over time, the model.
 
-Every stored run answers, older and imported ones included (derived from its masks); a
-stored run that does not decode answers 404 naming the frame, never a 5xx.
+Every stored run answers, older and imported ones included (derived from its masks). As
+/mask and /view do, a stored frame that cannot be read is a 422 naming it ("stored data: …"),
+an unknown layer or a step before the first frame a 404; never a 5xx.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ import asyncio
 import json
 import sqlite3
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from backend.api.deps import RunDep, RunIdDep, StoreDep
+from backend.api.routes.frames import layer_views
+from dst_core.recording.codec import FrameError
+from dst_core.recording.masks import StoredDataError
 from dst_core.recording.topology_reader import TopologyReader
 
 router = APIRouter(prefix="/api/runs", tags=["topology"])
@@ -133,34 +137,41 @@ class ModelTopology(BaseModel):
     chains: list[LinearChain]
 
 
+def _reader(request: Request, store) -> TopologyReader:
+    return TopologyReader(store, reader=layer_views(request).reader)  # the app's mask cache
+
+
 async def _answer(read):
-    """Run a reader call off the event loop; a stored run that does not decode is a 404."""
+    """Run a reader call off the event loop, its errors as 4xx answers."""
     try:
         return await asyncio.to_thread(read)
-    except (ValueError, KeyError, TypeError, IndexError, json.JSONDecodeError,
+    except (StoredDataError, FrameError, KeyError, TypeError, IndexError, json.JSONDecodeError,
             sqlite3.DatabaseError) as error:
-        raise HTTPException(404, detail=str(error) or type(error).__name__) from None
+        raise HTTPException(422, detail=f"stored data: {error or type(error).__name__}") \
+            from None
+    except ValueError as error:  # unknown layer, no frame at or before the step
+        raise HTTPException(404, detail=str(error)) from None
 
 
 @router.get("/{run_id}/topology", response_model=LayerTopology)
-async def get_topology(run_id: RunIdDep, run: RunDep, store: StoreDep,
+async def get_topology(request: Request, run_id: RunIdDep, run: RunDep, store: StoreDep,
                        layer: str = LayerQuery, step: int = StepQuery) -> dict:
     """Degrees, dead units, ages, cohort survival, distances and |w| quantiles of one layer."""
-    return await _answer(lambda: TopologyReader(store).layer(run_id, layer, step))
+    return await _answer(lambda: _reader(request, store).layer(run_id, layer, step))
 
 
 @router.get("/{run_id}/topology/series", response_model=LayerSeries)
-async def get_topology_series(run_id: RunIdDep, run: RunDep, store: StoreDep,
+async def get_topology_series(request: Request, run_id: RunIdDep, run: RunDep, store: StoreDep,
                               layer: str = LayerQuery,
                               points: int = Query(200, ge=2, le=10_000,
                                                   description="Rewires answered at most")) -> dict:
     """One layer's degree histogram, dead units and distances over its rewires."""
-    return await _answer(lambda: TopologyReader(store).series(run_id, layer, points))
+    return await _answer(lambda: _reader(request, store).series(run_id, layer, points))
 
 
 @router.get("/{run_id}/topology/model", response_model=ModelTopology)
-async def get_model_topology(run_id: RunIdDep, run: RunDep, store: StoreDep,
+async def get_model_topology(request: Request, run_id: RunIdDep, run: RunDep, store: StoreDep,
                              step: int = StepQuery) -> dict:
     """Every layer's degree summary at `step`, and each Linear chain's cut-off units and
     effective parameter count."""
-    return await _answer(lambda: TopologyReader(store).model(run_id, step))
+    return await _answer(lambda: _reader(request, store).model(run_id, step))
