@@ -274,10 +274,11 @@ class LayerHistory:
         born, cohort_alive = self._memberships(active_index, mask, rewire)
         grown = np.asarray(self.grown[:rewire], dtype=np.int64)
         earlier = np.flatnonzero(grown > 0)  # rewires 1..r-1 with net growth
-        survival = [[int(rewire - c), float(cohort_alive[c] / grown[c])]  # newest cohort first
-                    for c in earlier[::-1]]
-        repruned = [[c, self.repruned[c] / self.grown[c]] for c in range(1, rewire)
-                    if self.grown[c] > 0]
+        newest_first = earlier[::-1]
+        shares = cohort_alive[newest_first] / grown[newest_first]
+        survival = [[age, share] for age, share in zip((rewire - newest_first).tolist(),
+                                                        shares.tolist(), strict=True)]
+        repruned = self.repruned_series(rewire)
         active_count = int(active_index.size)
         new_since_start = int(np.count_nonzero(~self.initial[active_index]))
         return {
@@ -289,6 +290,14 @@ class LayerHistory:
             "distance_previous": (self.grown[rewire] / active_count
                                   if active_count and rewire else 0.0),
         }
+
+    def repruned_series(self, rewire: int) -> list[list]:
+        """[c, |A_c ∩ R_{c+1}| / |A_c|] for rewires 1..rewire-1 with net growth."""
+        grown = np.asarray(self.grown[1:rewire], dtype=np.int64)
+        cohorts = np.flatnonzero(grown > 0)
+        shares = np.asarray(self.repruned[1:rewire], dtype=np.int64)[cohorts] / grown[cohorts]
+        return [[c, share] for c, share in zip((cohorts + 1).tolist(), shares.tolist(),
+                                                strict=True)]
 
     def _memberships(self, active_index: np.ndarray, mask: np.ndarray,
                      rewire: int) -> tuple[np.ndarray, np.ndarray]:

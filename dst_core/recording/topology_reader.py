@@ -42,6 +42,7 @@ class _Entry:
 
     history: LayerHistory | None = None
     steps: list[int] = field(default_factory=list)  # step of rewire r (index r)
+    first_seq: int = 0  # the layer's first topology frame
     last_seq: int = 0  # newest topology frame taken in
     frames: int = 0  # topology frames taken in
     weights: dict[int, dict] = field(default_factory=dict)  # rewire step -> weights
@@ -158,8 +159,6 @@ class TopologyReader:
             count = history.rewires + 1
             picked = np.unique(np.linspace(0, count - 1, min(points, count)).round().astype(int))
             rows = [history.series[r] for r in picked]
-            grown = np.asarray(history.grown, dtype=np.int64)
-            repruned = np.asarray(history.repruned, dtype=np.int64)
             return {
                 "layer": layers[index].get("name", str(index)), "index": index,
                 "shape": list(history.shape), "rewires": history.rewires,
@@ -174,8 +173,7 @@ class TopologyReader:
                 "dead_out": [row["dead_out"] for row in rows],
                 "distance_initial": [row["distance_initial"] for row in rows],
                 "distance_previous": [row["distance_previous"] for row in rows],
-                "repruned_next": [[int(c), float(repruned[c] / grown[c])]
-                                  for c in range(1, history.rewires) if grown[c] > 0],
+                "repruned_next": history.repruned_series(history.rewires),
             }
 
     # ---- the whole model --------------------------------------------------------------------------
@@ -222,10 +220,15 @@ class TopologyReader:
         return entry
 
     def _still_matches(self, run_id: str, index: int, entry: _Entry) -> bool:
-        row = self.store.db.execute(
-            "SELECT COUNT(*) FROM events WHERE run_id = ? AND layer = ? AND type = 'topology' "
-            "AND seq <= ?", (run_id, index, entry.last_seq)).fetchone()
-        return row is not None and row[0] == entry.frames
+        """The first and the newest frame taken in are still stored as they were (two primary
+        key lookups: counting the layer's frames would scan the run's blobs)."""
+        rows = self.store.db.execute(
+            "SELECT seq, step FROM events WHERE run_id = ? AND seq IN (?, ?) AND layer = ? "
+            "AND type = 'topology' ORDER BY seq",
+            (run_id, entry.first_seq, entry.last_seq, index)).fetchall()
+        found = [(int(row[0]), int(row[1])) for row in rows]
+        expected = sorted({(entry.first_seq, entry.steps[0]), (entry.last_seq, entry.steps[-1])})
+        return found == expected
 
     def _take_frames(self, run_id: str, index: int, entry: _Entry) -> None:
         if entry.error is not None:
@@ -243,6 +246,8 @@ class TopologyReader:
                                    f"is unreadable ({error})")
                     entry.error_step = int(row["step"])
                     return
+                if not entry.frames:
+                    entry.first_seq = int(row["seq"])
                 entry.last_seq = int(row["seq"])
                 entry.frames += 1
             if len(rows) < FRAME_BATCH:
