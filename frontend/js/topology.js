@@ -124,6 +124,9 @@ export class TopologySection {
 
   // runs: [{ id, name, layers: [{ name, shape, ... }] }]; the first run's layers fill the picker.
   open(runs) {
+    const key = runs.map((run) => `${run.id}:${run.layers.length}`).join(",");
+    if (key === this.key) { this.runs = runs; this.refresh(); return; } // the same layout again
+    this.key = key;
     this.runs = runs;
     this.answers.clear();
     this.series.clear();
@@ -139,6 +142,7 @@ export class TopologySection {
 
   close() {
     this.generation += 1;
+    this.key = "";
     this.runs = [];
     this.answers.clear();
     this.series.clear();
