@@ -123,10 +123,13 @@ class TopologyReader:
             answer = entry.answers.get(rewire)
             if answer is None:
                 answer = self._answer(run_id, index, name, entry, rewire)
-                entry.answers[rewire] = answer
-                while len(entry.answers) > ANSWERS_PER_LAYER:
-                    entry.answers.popitem(last=False)
-            entry.answers.move_to_end(rewire)
+                # The newest rewire's rewire event (its weights) may still be on its way.
+                if rewire < history.rewires:
+                    entry.answers[rewire] = answer
+                    while len(entry.answers) > ANSWERS_PER_LAYER:
+                        entry.answers.popitem(last=False)
+            else:
+                entry.answers.move_to_end(rewire)
             return {**answer, "requested_step": int(step)}
 
     def _answer(self, run_id: str, index: int, name: str, entry: _Entry, rewire: int) -> dict:
