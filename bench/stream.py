@@ -201,40 +201,48 @@ class _Layer:
         self.mask = random_mask(*shape, rng)
 
 
-def seek(total_steps: int, interval_steps: int, keyframe_every: int, probes: int) -> dict:
-    """Record a run of the MLP's layer shapes with SET-sized rewires, then seek at random."""
+def record_seek_run(folder: str | Path, total_steps: int, interval_steps: int,
+                    keyframe_every: int) -> tuple[str, int, float]:
+    """Record a run of the MLP's layer shapes with SET-sized rewires (no training): the run
+    seek and topology are measured on. Returns (run id, rewires, seconds to write)."""
     rng = np.random.default_rng(1)
     layers = [_Layer("1.weight", (1024, 784), rng), _Layer("3.weight", (1024, 1024), rng),
               _Layer("5.weight", (10, 1024), rng)]
-    with tempfile.TemporaryDirectory() as folder:
-        started = time.perf_counter()
-        recorder = Recorder(folder, name="seek", flush_interval_s=1.0, heartbeat_s=0)
-        meta = {"layers": [{"name": layer.name, "shape": list(layer.shape),
-                            "matrix": list(layer.shape), "density": DENSITY} for layer in layers]}
-        recorder.emit("meta", 0, meta)
+    started = time.perf_counter()
+    recorder = Recorder(folder, name="seek", flush_interval_s=1.0, heartbeat_s=0)
+    meta = {"layers": [{"name": layer.name, "shape": list(layer.shape),
+                        "matrix": list(layer.shape), "density": DENSITY} for layer in layers]}
+    recorder.emit("meta", 0, meta)
+    for index, layer in enumerate(layers):
+        recorder.emit("topology", 0, keyframe_payload(layer.name, index, layer.shape,
+                                                      torch.from_numpy(layer.mask)))
+    rewires = 0
+    for step in range(interval_steps, total_steps + 1, interval_steps):
+        rewires += 1
         for index, layer in enumerate(layers):
-            recorder.emit("topology", 0, keyframe_payload(layer.name, index, layer.shape,
-                                                          torch.from_numpy(layer.mask)))
-        rewires = 0
-        for step in range(interval_steps, total_steps + 1, interval_steps):
-            rewires += 1
-            for index, layer in enumerate(layers):
-                added, removed = rewire_indices(layer.mask, rng)
-                layer.mask[removed] = False
-                layer.mask[added] = True
-                if rewires % keyframe_every == 0:
-                    payload = keyframe_payload(layer.name, index, layer.shape,
-                                               torch.from_numpy(layer.mask))
-                else:
-                    payload = delta_payload(layer.name, index, layer.shape, added, removed,
-                                            int(layer.mask.sum()))
-                recorder.emit("topology", step, payload)
-            recorder.emit("metrics", step, {"loss": 1.0 / step})
-        recorder.finish("completed")
-        record_s = time.perf_counter() - started
+            added, removed = rewire_indices(layer.mask, rng)
+            layer.mask[removed] = False
+            layer.mask[added] = True
+            if rewires % keyframe_every == 0:
+                payload = keyframe_payload(layer.name, index, layer.shape,
+                                           torch.from_numpy(layer.mask))
+            else:
+                payload = delta_payload(layer.name, index, layer.shape, added, removed,
+                                        int(layer.mask.sum()))
+            recorder.emit("topology", step, payload)
+        recorder.emit("metrics", step, {"loss": 1.0 / step})
+    recorder.finish("completed")
+    return recorder.run_id, rewires, time.perf_counter() - started
+
+
+def seek(total_steps: int, interval_steps: int, keyframe_every: int, probes: int) -> dict:
+    """Record a run of the MLP's layer shapes with SET-sized rewires, then seek at random."""
+    rng = np.random.default_rng(2)
+    with tempfile.TemporaryDirectory() as folder:
+        run_id, rewires, record_s = record_seek_run(folder, total_steps, interval_steps,
+                                                    keyframe_every)
         store = RunStore(folder)
         reader = RunReader(store)
-        run_id = recorder.run_id
         size = sum(path.stat().st_size for path in Path(folder).glob("runs.sqlite3*"))
         times = []
         for _ in range(probes):

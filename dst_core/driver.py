@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dst_core.analytics import rewire_magnitudes
 from dst_core.density import DISTRIBUTIONS, layer_densities
 from dst_core.rewire import get_algorithm
 from dst_core.schedules import RewireSchedule
@@ -87,6 +88,9 @@ class LayerChange:
     removed: torch.Tensor  # (R,) int64 sorted flat indices, on the CPU
     active_count: int
     numel: int
+    # |w| quantiles of kept / dropped / grown (analytics.rewire_magnitudes); computed only
+    # while someone listens (a recorder), None for reported flips (Deep R)
+    weights: dict | None = None
 
 
 def default_init_bound(weight: torch.Tensor) -> float:
@@ -493,6 +497,12 @@ class SparseDriver:
         states = [value for value in self.optimizer.state.get(weight, {}).values()
                   if isinstance(value, torch.Tensor) and value.shape == weight.shape] \
             if reset_state else []
+        magnitudes = None
+        if self.listeners:  # before the dropped weights are zeroed
+            dropped_values = (flat_weight if flat_weight is not None
+                              else weight.reshape(-1))[removed_index]
+            magnitudes = rewire_magnitudes(weight, mask, added, dropped_values, fresh,
+                                           count_true(mask) - added_index.numel())
         if flat_weight is not None:
             flat_weight.index_fill_(0, removed_index, 0.0)
             flat_weight.index_copy_(0, added_index, fresh)
@@ -507,7 +517,9 @@ class SparseDriver:
                 value.masked_fill_(added | removed, 0.0)
         layer.mask = mask
         layer.ever_active |= mask
-        return self._change(layer, added_index, removed_index)
+        change = self._change(layer, added_index, removed_index)
+        change.weights = magnitudes
+        return change
 
     def record_change(self, layer: MaskedLayer, added: torch.Tensor,
                       removed: torch.Tensor) -> LayerChange:

@@ -17,8 +17,6 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from dst_core.recording.codec import wire_value
-
 
 class EventSink(Protocol):
     """Anything that takes run events: the SQLite recorder, a remote recorder, a test list."""
@@ -41,6 +39,13 @@ def index_array(indices: torch.Tensor | np.ndarray) -> np.ndarray:
     """(N,) '<u4' flat indices."""
     array = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices)
     return array.astype("<u4")
+
+
+def wire_value(value):
+    """A payload field as JSON carries it: binary arrays as base64 text of their bytes."""
+    if isinstance(value, np.ndarray):
+        return base64.b64encode(value.tobytes()).decode("ascii")
+    return value
 
 
 def to_wire(payload: dict) -> dict:

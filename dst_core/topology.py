@@ -27,7 +27,9 @@ class TopologyEmitter:
         self.sink.emit("rewire", step, {
             "drop_fraction": self.driver.schedule.fraction_at(step),
             "layers": {c.layer: {"added": int(c.added.numel()), "removed": int(c.removed.numel()),
-                                 "active": c.active_count} for c in changes},
+                                 "active": c.active_count,
+                                 **({"weights": c.weights} if c.weights is not None else {})}
+                       for c in changes},
             "turnover": sum(int(c.added.numel()) for c in changes)
             / max(1, sum(c.active_count for c in changes)),
             "itop_rate": self.driver.itop_rate(),

@@ -2,7 +2,17 @@
 
 from fastapi import APIRouter
 
-from backend.api.routes import frames, health, ingest, plan, rewire_series, runs, stream, transfer
+from backend.api.routes import (
+    frames,
+    health,
+    ingest,
+    plan,
+    rewire_series,
+    runs,
+    stream,
+    topology,
+    transfer,
+)
 from backend.schemas import BODY_RESPONSES, ERROR_RESPONSES, GUARD_RESPONSES, WRITER_RESPONSES
 
 api_router = APIRouter(responses=GUARD_RESPONSES)
@@ -12,6 +22,7 @@ api_router.include_router(transfer.router,  # before runs: /api/runs/import is n
                           responses={**ERROR_RESPONSES, **BODY_RESPONSES})
 api_router.include_router(frames.router, responses=ERROR_RESPONSES)
 api_router.include_router(rewire_series.router, responses=ERROR_RESPONSES)
+api_router.include_router(topology.router, responses=ERROR_RESPONSES)
 api_router.include_router(plan.router)  # before runs: /api/runs/plan is not a run id
 api_router.include_router(runs.router)
 api_router.include_router(ingest.router,

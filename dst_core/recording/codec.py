@@ -118,13 +118,6 @@ def decode_delta(blob: bytes, numel: int) -> tuple[np.ndarray, np.ndarray]:
     return added.astype("<u4"), removed.astype("<u4")
 
 
-def wire_value(value):
-    """A payload field as JSON carries it: binary arrays as base64 text of their bytes."""
-    if isinstance(value, np.ndarray):
-        return base64.b64encode(value.tobytes()).decode("ascii")
-    return value
-
-
 # ---- wire payloads <-> stored rows ---------------------------------------------------------------
 HEADER_KEYS = ("layer", "index", "shape", "keyframe", "active")
 

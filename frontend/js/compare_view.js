@@ -8,6 +8,7 @@ import { Player } from "./player.js";
 import { ACTIVE } from "./runs.js";
 import { loadSeries } from "./series.js";
 import { RunStream } from "./stream.js";
+import { TopologySection } from "./topology.js";
 import { ViewCache } from "./views.js";
 
 const $ = (id) => document.getElementById(id);
@@ -27,6 +28,7 @@ export class CompareView {
     this.player.subscribe(() => { this.panels?.refresh(); this.chartsDirty(); });
     $("compare-layer").addEventListener("change", (event) => { this.layer = Number(event.target.value); this.layout(); });
     $("compare-mode").addEventListener("change", () => this.panels?.refresh());
+    this.topology = new TopologySection($("compare-topology"), { player: this.player, prefix: "compare-topology" });
     this.generation = 0;
   }
 
@@ -83,6 +85,7 @@ export class CompareView {
     }));
     this.player.followable = runs.some((entry) => ACTIVE.has(entry.run.status));
     this.player.live = this.player.followable;
+    this.topology.open(runs.map((entry) => ({ id: entry.id, name: entry.name, layers: entry.layers })));
     this.player.setSteps(this.unionSteps());
     this.layout();
   }
@@ -179,6 +182,7 @@ export class CompareView {
 
   close() {
     this.generation += 1;
+    this.topology.close();
     for (const entry of this.runs) {
       if (entry.stream) entry.stream.close();
       if (entry.views) entry.views.close();

@@ -14,6 +14,7 @@ import { lastAtOrBefore, Player } from "./player.js";
 import { ACTIVE } from "./runs.js";
 import { loadSeries, MetricSeries, RewireSeries } from "./series.js";
 import { RunStream } from "./stream.js";
+import { TopologySection } from "./topology.js";
 import { ViewCache } from "./views.js";
 
 const $ = (id) => document.getElementById(id);
@@ -42,6 +43,7 @@ export class RunView {
       onJump: (index) => this.jump(index), onPin: (index) => this.togglePin(index),
     });
     $("mode").addEventListener("change", (event) => { this.mode = event.target.value; this.panels?.refresh(); });
+    this.topology = new TopologySection($("topology"), { player: this.player, prefix: "topology" });
     this.generation = 0;
   }
 
@@ -148,6 +150,7 @@ export class RunView {
       this.panels.add(container, layer, { id: `heatmap-${layer.index}`, actions: [pin] }).pinButton = pin;
     }
     this.overview.layout(this.layers);
+    this.topology.open([{ id: this.run.id, name: this.run.name, layers: this.layers }]);
     $("layer-count").textContent = `${this.layers.length} sparsified layer${this.layers.length === 1 ? "" : "s"}`;
   }
 
@@ -370,6 +373,7 @@ export class RunView {
     this.player.pause();
     this.panels?.clear();
     this.panels = null;
+    this.topology.close();
     if (this.inputPanel) this.inputPanel.remove();
     this.inputPanel = null;
     if (this.views) this.views.close();

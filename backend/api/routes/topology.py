@@ -1,0 +1,177 @@
+"""Topology analytics of a recorded run: one layer at a step, its series over time, the model.
+
+Every stored run answers, older and imported ones included (derived from its masks). As
+/mask and /view do, a stored frame that cannot be read is a 422 naming it ("stored data: …"),
+an unknown layer or a step before the first frame a 404; never a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import BaseModel, Field
+
+from backend.api.deps import RunDep, RunIdDep, StoreDep
+from backend.api.routes.frames import layer_views
+from dst_core.recording.codec import FrameError
+from dst_core.recording.masks import StoredDataError
+from dst_core.recording.topology_reader import TopologyReader
+
+router = APIRouter(prefix="/api/runs", tags=["topology"])
+MAX_STEP = 2**62  # SQLite integers are 64-bit: a larger step is a 422, not an OverflowError
+LayerQuery = Query(..., max_length=200, description="Layer name or index, as /mask accepts")
+StepQuery = Query(..., ge=0, le=MAX_STEP, description="Training step: the newest rewire at or "
+                                                     "before it answers")
+
+
+class DegreeStats(BaseModel):
+    mean: float
+    std: float = Field(description="Population standard deviation")
+    max: int
+
+
+class MagnitudeQuantiles(BaseModel):
+    count: int = Field(description="Connections of this kind at the rewire")
+    quantiles: list[float] | None = Field(description="|w| at `levels`; null when count is 0")
+
+
+class RewireWeights(BaseModel):
+    """|w| of kept, dropped and grown connections at the rewire, as the driver recorded them."""
+
+    levels: list[float]
+    kept: MagnitudeQuantiles
+    dropped: MagnitudeQuantiles
+    grown: MagnitudeQuantiles
+
+
+class LayerTopology(BaseModel):
+    """One layer at the newest rewire at or before the requested step (rewire 0 = initial)."""
+
+    layer: str
+    index: int
+    step: int = Field(description="Step of the rewire answered")
+    requested_step: int
+    rewire: int = Field(description="Rewires are numbered from 1; the initial mask is 0")
+    shape: list[int] = Field(description="[outputs, inputs]; a conv kernel is in the inputs")
+    active: int
+    fan_in: list[tuple[int, int]] = Field(description="[degree, output units], every degree "
+                                                      "present (0 included), ascending")
+    fan_in_stats: DegreeStats
+    fan_out: list[tuple[int, int]] = Field(description="[degree, input units], as fan_in")
+    fan_out_stats: DegreeStats
+    dead_in: int = Field(description="Input units with fan-out 0")
+    dead_out: int = Field(description="Output units with fan-in 0")
+    age: list[tuple[int, int]] = Field(description="[age in rewires, active connections]")
+    survival: list[tuple[int, float]] = Field(
+        description="[rewires ago, share of that rewire's net-grown connections active now], "
+                    "one per earlier rewire with growth, newest first")
+    repruned_next: list[tuple[int, float]] = Field(
+        description="[rewire, share of its net-grown connections removed at the next rewire]")
+    distance_initial: float = Field(description="Share of active connections not active at "
+                                                "rewire 0")
+    distance_previous: float = Field(description="Share of active connections not active at "
+                                                 "the previous rewire")
+    weights: RewireWeights | None = Field(description="null where the run did not record them")
+
+
+class LayerSeries(BaseModel):
+    """Per-rewire summaries of one layer, at most `points` rewires evenly picked."""
+
+    layer: str
+    index: int
+    shape: list[int]
+    rewires: int
+    rewire: list[int]
+    step: list[int]
+    active: list[int]
+    fan_in_counts: list[list[int]] = Field(description="Per picked rewire: units with fan-in "
+                                                       "0, 1, 2, … (the degree heatmap)")
+    fan_in_mean: list[float]
+    fan_in_max: list[int]
+    fan_out_mean: list[float]
+    fan_out_max: list[int]
+    dead_in: list[int]
+    dead_out: list[int]
+    distance_initial: list[float]
+    distance_previous: list[float]
+    repruned_next: list[tuple[int, float]]
+
+
+class LayerSummary(BaseModel):
+    layer: str
+    index: int
+    step: int | None = None
+    shape: list[int] | None = None
+    active: int | None = None
+    density: float | None = None
+    fan_in_stats: DegreeStats | None = None
+    fan_out_stats: DegreeStats | None = None
+    dead_in: int | None = None
+    dead_out: int | None = None
+    error: str | None = Field(None, description="Why this layer has no answer at this step")
+
+
+class ChainLayer(BaseModel):
+    active: int
+    effective: int = Field(description="Connections on at least one input→output path")
+    cut_from_input: int = Field(description="Output units no input of the chain reaches")
+    cut_from_output: int = Field(description="Output units that reach no output of the chain")
+
+
+class LinearChain(BaseModel):
+    """An MLP-shaped run of Linear layers, each fed by the one before."""
+
+    layers: list[str]
+    inputs_unused: int = Field(description="Chain inputs on no path to its outputs")
+    active_params: int
+    effective_params: int = Field(description="Effective (compressed) parameter count")
+    per_layer: list[ChainLayer] = Field(description="In the order of `layers`")
+
+
+class ModelTopology(BaseModel):
+    requested_step: int
+    layers: list[LayerSummary]
+    chains: list[LinearChain]
+
+
+def _reader(request: Request, store) -> TopologyReader:
+    return TopologyReader(store, reader=layer_views(request).reader)  # the app's mask cache
+
+
+async def _answer(read):
+    """Run a reader call off the event loop, its errors as 4xx answers."""
+    try:
+        return await asyncio.to_thread(read)
+    except (StoredDataError, FrameError, KeyError, TypeError, IndexError, json.JSONDecodeError,
+            sqlite3.DatabaseError) as error:
+        raise HTTPException(422, detail=f"stored data: {error or type(error).__name__}") \
+            from None
+    except ValueError as error:  # unknown layer, no frame at or before the step
+        raise HTTPException(404, detail=str(error)) from None
+
+
+@router.get("/{run_id}/topology", response_model=LayerTopology)
+async def get_topology(request: Request, run_id: RunIdDep, run: RunDep, store: StoreDep,
+                       layer: str = LayerQuery, step: int = StepQuery) -> dict:
+    """Degrees, dead units, ages, cohort survival, distances and |w| quantiles of one layer."""
+    return await _answer(lambda: _reader(request, store).layer(run_id, layer, step))
+
+
+@router.get("/{run_id}/topology/series", response_model=LayerSeries)
+async def get_topology_series(request: Request, run_id: RunIdDep, run: RunDep, store: StoreDep,
+                              layer: str = LayerQuery,
+                              points: int = Query(200, ge=2, le=10_000,
+                                                  description="Rewires answered at most")) -> dict:
+    """One layer's degree histogram, dead units and distances over its rewires."""
+    return await _answer(lambda: _reader(request, store).series(run_id, layer, points))
+
+
+@router.get("/{run_id}/topology/model", response_model=ModelTopology)
+async def get_model_topology(request: Request, run_id: RunIdDep, run: RunDep, store: StoreDep,
+                             step: int = StepQuery) -> dict:
+    """Every layer's degree summary at `step`, and each Linear chain's cut-off units and
+    effective parameter count."""
+    return await _answer(lambda: _reader(request, store).model(run_id, step))

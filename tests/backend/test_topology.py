@@ -1,0 +1,252 @@
+"""GET /api/runs/{id}/topology (+ /series, /model): every field against brute force from the
+stored masks, for a run recorded now, one recorded before weights existed, an imported one,
+a live one that grows, and stored runs that do not decode (never a 5xx)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dst_core import SparseDriver
+from dst_core.events import delta_payload, keyframe_payload
+from dst_core.recording import Recorder, RunReader
+from dst_core.recording.topology_reader import CACHE, linear_chains
+from tests.dst_core.test_analytics import brute_chain, brute_degrees, brute_history
+
+
+class ConvNet(torch.nn.Module):
+    """A conv layer (4 × 1×3×3 → matrix 4 × 9), then an MLP-shaped Linear chain."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.fc1 = torch.nn.Linear(4 * 4 * 4, 12)
+        self.fc2 = torch.nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(torch.relu(self.conv(x)).flatten(1))))
+
+
+def record_training_run(data_dir, method: str = "rigl", rewires: int = 9) -> str:
+    torch.manual_seed(0)
+    model = ConvNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    driver = SparseDriver(model, optimizer, method=method, density=0.3, total_steps=4 * rewires,
+                          interval_steps=2, drop_fraction=0.5, schedule="constant",
+                          end_fraction=1.0)
+    x, y = torch.randn(16, 1, 6, 6), torch.randint(0, 3, (16,))
+    with Recorder(data_dir, name="topology", keyframe_every=4, heartbeat_s=0) as recorder:
+        recorder.attach(driver)
+        for step in range(1, 2 * rewires + 1):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            driver.step()
+            recorder.log(step, loss=loss.item())
+    return recorder.run_id
+
+
+def record_old_style_run(store, rewires: int = 6) -> str:
+    """A run as older writers stored it: meta, keyframes and deltas, no weights anywhere."""
+    rng = np.random.default_rng(4)
+    shapes = [(5, 7), (3, 5)]
+    run_id = store.create_run({}, "old", status="running")["id"]
+    masks = [rng.random(shape) < 0.4 for shape in shapes]
+    events = [("meta", 0, {"layers": [{"name": f"l{i}.weight", "shape": list(shape),
+                                       "matrix": list(shape), "density": 0.4}
+                                      for i, shape in enumerate(shapes)]})]
+    for index, mask in enumerate(masks):
+        events.append(("topology", 0, keyframe_payload(f"l{index}.weight", index, mask.shape,
+                                                       torch.from_numpy(mask))))
+    for rewire in range(1, rewires + 1):
+        events.append(("rewire", 10 * rewire, {"layers": {}}))
+        for index, mask in enumerate(masks):
+            flat = mask.reshape(-1)
+            drop = rng.choice(np.flatnonzero(flat), 2, replace=False)
+            grow = rng.choice(np.flatnonzero(~flat), 2, replace=False)
+            flat[drop] = False
+            flat[grow] = True
+            events.append(("topology", 10 * rewire, delta_payload(
+                f"l{index}.weight", index, mask.shape, np.sort(grow), np.sort(drop),
+                int(flat.sum()))))
+    store.append_events(run_id, events)
+    store.set_status(run_id, "completed")
+    return run_id
+
+
+def stored_masks(store, run_id: str, index: int) -> tuple[list[int], list[np.ndarray]]:
+    """Every rewire's mask of one layer, through the plain mask reader (an independent path)."""
+    steps = sorted({row[0] for row in store.db.execute(
+        "SELECT step FROM events WHERE run_id = ? AND layer = ? ORDER BY seq",
+        (run_id, index)).fetchall()})
+    reader = RunReader(store)
+    return steps, [reader.mask_at(run_id, index, step)[0] for step in steps]
+
+
+def check_against_brute_force(client, run_id: str) -> list[dict]:
+    store = client.app.state.store
+    layers = RunReader(store).layers(run_id)
+    answers = []
+    for index, meta in enumerate(layers):
+        steps, masks = stored_masks(store, run_id, index)
+        assert len(steps) >= 2
+        for rewire, (step, mask) in enumerate(zip(steps, masks, strict=True)):
+            probe = step + 1 if rewire + 1 < len(steps) and steps[rewire + 1] > step + 1 else step
+            response = client.get(f"/api/runs/{run_id}/topology",
+                                  params={"layer": meta["name"] if rewire % 2 else index,
+                                          "step": probe})
+            assert response.status_code == 200, response.text
+            got = response.json()
+            want = brute_history(masks, rewire)
+            assert (got["layer"], got["index"], got["rewire"], got["step"]) == \
+                (meta["name"], index, rewire, step)
+            assert got["requested_step"] == probe and got["shape"] == list(mask.shape)
+            for key in ("age", "survival", "repruned_next", "distance_initial",
+                        "distance_previous", "active"):
+                assert got[key] == want[key], (key, index, rewire)
+            degrees = brute_degrees(mask)
+            for key in ("fan_in", "fan_out", "dead_in", "dead_out"):
+                assert got[key] == degrees[key], (key, index, rewire)
+            mean, std, top = degrees["fan_in_stats"]
+            assert got["fan_in_stats"]["max"] == top
+            assert got["fan_in_stats"]["mean"] == pytest.approx(mean)
+            assert got["fan_in_stats"]["std"] == pytest.approx(std)
+            answers.append(got)
+    return answers
+
+
+def test_a_recorded_run_answers_every_field_exactly(client, tmp_path):
+    CACHE.clear()
+    run_id = record_training_run(client.app.state.store.data_dir, "rigl")
+    answers = check_against_brute_force(client, run_id)
+    conv = [answer for answer in answers if answer["layer"] == "conv.weight"]
+    assert conv[0]["shape"] == [4, 9]  # output channels × (input channel × kernel position)
+    later = [answer for answer in answers if answer["rewire"] > 0]
+    assert all(answer["weights"] is not None for answer in later)
+    assert all(answer["weights"] is None for answer in answers if answer["rewire"] == 0)
+    some = later[0]["weights"]
+    assert some["levels"][0] == 0.0 and some["levels"][-1] == 1.0
+    assert some["grown"]["quantiles"] is None or some["grown"]["quantiles"][-1] == 0.0  # RigL
+    stored = client.app.state.store.db.execute(
+        "SELECT payload FROM events WHERE run_id = ? AND type = 'rewire' ORDER BY seq LIMIT 1",
+        (run_id,)).fetchone()[0]
+    assert '"weights"' in stored  # recorded by the driver, read back as it was stored
+
+
+def test_a_run_recorded_before_weights_answers_without_inventing_them(client):
+    CACHE.clear()
+    run_id = record_old_style_run(client.app.state.store)
+    answers = check_against_brute_force(client, run_id)
+    assert answers and all(answer["weights"] is None for answer in answers)
+
+
+def test_an_imported_run_answers_like_the_original(client):
+    CACHE.clear()
+    store = client.app.state.store
+    run_id = record_training_run(store.data_dir, "set", rewires=5)
+    copy = client.post("/api/runs/import",
+                       content=client.get(f"/api/runs/{run_id}/export").content).json()["id"]
+    for step in (0, 3, 6, 100):
+        original = client.get(f"/api/runs/{run_id}/topology", params={"layer": 1, "step": step})
+        imported = client.get(f"/api/runs/{copy}/topology", params={"layer": 1, "step": step})
+        assert original.status_code == imported.status_code == 200
+        assert original.json() == imported.json()
+
+
+def test_a_growing_run_is_followed_and_series_and_model_answer(client):
+    CACHE.clear()
+    store = client.app.state.store
+    run_id = record_old_style_run(store, rewires=3)
+    first = client.get(f"/api/runs/{run_id}/topology", params={"layer": 0, "step": 10**6}).json()
+    assert first["rewire"] == 3
+    rng = np.random.default_rng(9)
+    mask = RunReader(store).mask_at(run_id, 0, 30)[0].reshape(-1).copy()
+    drop = np.sort(rng.choice(np.flatnonzero(mask), 3, replace=False))
+    grow = np.sort(rng.choice(np.flatnonzero(~mask), 3, replace=False))
+    mask[drop], mask[grow] = False, True
+    store.append_events(run_id, [("topology", 40, delta_payload("l0.weight", 0, (5, 7), grow,
+                                                                 drop, int(mask.sum())))])
+    second = client.get(f"/api/runs/{run_id}/topology", params={"layer": 0, "step": 40}).json()
+    assert second["rewire"] == 4 and second["distance_previous"] == 3 / mask.sum()
+    assert second["age"][0] == [0, 3]
+
+    series = client.get(f"/api/runs/{run_id}/topology/series",
+                        params={"layer": "l0.weight"}).json()
+    steps, masks = stored_masks(store, run_id, 0)
+    assert series["step"] == steps and series["rewire"] == list(range(5))
+    for r, stored in enumerate(masks):
+        brute = brute_degrees(stored)
+        assert [[d, n] for d, n in enumerate(series["fan_in_counts"][r]) if n] == brute["fan_in"]
+        assert series["dead_in"][r] == brute["dead_in"]
+        assert series["distance_initial"][r] == brute_history(masks, r)["distance_initial"]
+    assert series["repruned_next"] == brute_history(masks, 4)["repruned_next"]
+    few = client.get(f"/api/runs/{run_id}/topology/series", params={"layer": 0, "points": 2})
+    assert few.json()["rewire"] == [0, 4]
+
+    model = client.get(f"/api/runs/{run_id}/topology/model", params={"step": 40}).json()
+    assert [layer["layer"] for layer in model["layers"]] == ["l0.weight", "l1.weight"]
+    chain = model["chains"][0]
+    masks_now = [RunReader(store).mask_at(run_id, index, 40)[0] for index in (0, 1)]
+    effective, cut_in, cut_out, unused = brute_chain(masks_now)
+    assert chain["layers"] == ["l0.weight", "l1.weight"]
+    assert chain["effective_params"] == effective and chain["inputs_unused"] == unused
+    assert [layer["cut_from_input"] for layer in chain["per_layer"]] == cut_in
+    assert [layer["cut_from_output"] for layer in chain["per_layer"]] == cut_out
+
+
+def test_linear_chains_follow_matching_shapes():
+    def linear(rows, cols):
+        return {"kind": "linear", "matrix": [rows, cols]}
+
+    layers = [{"kind": "conv", "matrix": [4, 9]}, linear(8, 16), linear(5, 8), linear(2, 5),
+              linear(3, 7), linear(9, 3), {"kind": "conv", "matrix": [1, 9]}, linear(1, 4)]
+    assert linear_chains(layers) == [[1, 2, 3], [4, 5]]
+
+
+def test_bad_requests_and_broken_runs_never_answer_5xx(client):
+    CACHE.clear()
+    store = client.app.state.store
+    run_id = record_old_style_run(store)
+    url = f"/api/runs/{run_id}/topology"
+    assert client.get(url, params={"layer": "nope", "step": 5}).status_code == 404
+    assert client.get(url, params={"layer": 0, "step": -1}).status_code == 422
+    assert client.get(url, params={"layer": 0, "step": 10**23}).status_code == 422
+    assert client.get(url, params={"layer": 0}).status_code == 422
+    assert client.get("/api/runs/0123456789abcdef/topology?layer=0&step=1").status_code == 404
+    # A delta that does not decode: rewires before it still answer, later ones 422 naming it.
+    store.db.execute("UPDATE events SET blob = x'01ffff' WHERE run_id = ? AND type = 'topology' "
+                     "AND layer = 0 AND step = 40", (run_id,))
+    CACHE.clear()
+    assert client.get(url, params={"layer": 0, "step": 35}).status_code == 200
+    broken = client.get(url, params={"layer": 0, "step": 45})
+    assert broken.status_code == 422 and "stored data" in broken.json()["detail"]
+    assert "seq" in broken.json()["detail"]
+    model = client.get(f"/api/runs/{run_id}/topology/model", params={"step": 45})
+    assert model.status_code == 200 and "error" in model.json()["layers"][0]
+    # A header that is not JSON, and a run whose meta is gone.
+    store.db.execute("UPDATE events SET payload = 'not json' WHERE run_id = ? AND layer = 1 "
+                     "AND step = 20", (run_id,))
+    CACHE.clear()
+    assert client.get(url, params={"layer": 1, "step": 45}).status_code == 422
+    assert client.get(f"{url}/series", params={"layer": 1}).status_code == 200
+    store.db.execute("DELETE FROM events WHERE run_id = ? AND type = 'meta'", (run_id,))
+    for path in (url, f"{url}/series"):
+        response = client.get(path, params={"layer": 0, "step": 45})
+        assert response.status_code == 404, (path, response.text)
+    model = client.get(f"{url}/model", params={"step": 45})
+    assert model.status_code == 200 and model.json()["layers"] == []
+
+
+def test_topology_is_in_the_openapi_schema(client):
+    spec = client.get("/openapi.json").json()
+    for path in ("/api/runs/{run_id}/topology", "/api/runs/{run_id}/topology/series",
+                 "/api/runs/{run_id}/topology/model"):
+        assert path in spec["paths"]
+    schema = spec["paths"]["/api/runs/{run_id}/topology"]["get"]["responses"]["200"]
+    assert schema["content"]["application/json"]["schema"]["$ref"].endswith("LayerTopology")
+    fields = spec["components"]["schemas"]["LayerTopology"]["properties"]
+    for field in ("layer", "step", "fan_in", "fan_out", "fan_in_stats", "fan_out_stats",
+                  "dead_in", "dead_out", "age", "survival", "repruned_next", "distance_initial",
+                  "distance_previous", "weights"):
+        assert field in fields
