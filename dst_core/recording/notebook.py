@@ -33,7 +33,7 @@ from pathlib import Path
 
 from dst_core.recording.store import DB_NAME
 
-SERVER_LOCK = "server.lock"  # a serving server's holder record (pid, host, port)
+SERVER_LOCK = "server.lock"  # the serving server's lock, recording its pid, bind address, port
 DEFAULT_HEIGHT_PX = 640  # a notebook cell: the header, the first heatmaps and the player
 START_TIMEOUT_S = 60.0  # the server imports torch and FastAPI before it answers
 FRAME_ANCESTORS = "'self' http://localhost:* http://127.0.0.1:* https://localhost:* https://127.0.0.1:*"
@@ -118,7 +118,7 @@ def _serving(data_dir: Path) -> str | None:
         return None
     if not isinstance(info, dict) or not info or not info.get("port"):
         return None
-    host = info.get("host") or "127.0.0.1"
+    host = str(info.get("bind") or "127.0.0.1")
     host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
     url = f"http://{'[' + host + ']' if ':' in host else host}:{int(info['port'])}"
     return url if _healthy(url, timeout_s=2.0) else None
