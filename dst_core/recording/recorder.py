@@ -173,6 +173,12 @@ class Recorder:
             self.finish("failed", error=text)
         return False
 
+    def show(self, **options):
+        """This run's live view inline in a notebook; options as `dst_core.recording.notebook.show`."""
+        from dst_core.recording.notebook import show
+
+        return show(self, **options)
+
     def finish(self, status: str, error: str | None = None) -> None:
         """Store everything buffered, the final status, then release the writer."""
         self._stop_beat.set()

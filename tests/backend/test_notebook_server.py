@@ -1,0 +1,63 @@
+"""`show()` in a notebook: where the view points, which server it uses, what it refuses."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from dst_core.recording import Recorder, notebook
+from dst_core.recording.notebook import InlineView, public_base, run_url, show, start_server
+
+
+@pytest.fixture
+def no_notebook_env(monkeypatch):
+    for name in ("SPARSESCOPE_NOTEBOOK_URL", "SPARSESCOPE_NOTEBOOK_PORT", "SPARSESCOPE_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_base_url_template_and_environment(no_notebook_env, monkeypatch):
+    assert public_base("http://127.0.0.1:8123", None) == "http://127.0.0.1:8123"
+    assert public_base("http://127.0.0.1:8123", "/proxy/{port}/") == "/proxy/8123"
+    monkeypatch.setenv("SPARSESCOPE_NOTEBOOK_URL", "http://localhost:18800")
+    assert public_base("http://127.0.0.1:8123", None) == "http://localhost:18800"
+    assert run_url("/proxy/8123", "abc", step=40) == "/proxy/8123/#/run/abc?step=40"
+
+
+def test_bad_targets_and_ports_are_named(no_notebook_env, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="target"):
+        show(42, display=False)
+    with pytest.raises(ValueError, match="target: no run 'nope'"):
+        show("nope", data_dir=tmp_path, display=False)
+    with pytest.raises(ValueError, match="target: no runs recorded"):
+        show(tmp_path, display=False)
+    monkeypatch.setenv("SPARSESCOPE_NOTEBOOK_PORT", "eighty")
+    with pytest.raises(ValueError, match="SPARSESCOPE_NOTEBOOK_PORT"):
+        notebook._port_setting(None)
+
+
+def test_the_inline_view_escapes_its_address():
+    view = InlineView('http://h:1/#/run/x"><script>', 300)
+    assert "<script>" not in view._repr_html_() and 'height="300"' in view._repr_html_()
+
+
+def test_one_background_server_per_folder_serves_every_view(no_notebook_env, tmp_path):
+    data_dir = tmp_path / "data"
+    with Recorder(data_dir, name="first") as first:
+        pass
+    with Recorder(data_dir, name="second") as second:
+        pass
+    try:
+        view = first.show(display=False)
+        dashboard = start_server(data_dir)
+        assert view.src == f"{dashboard.url}/#/run/{first.run_id}"
+        assert dashboard.process is not None and dashboard.alive()
+        # Reused: the same server for the other run, for the folder and for its run id.
+        assert show(second.run_id, data_dir=data_dir, display=False).src == \
+            f"{dashboard.url}/#/run/{second.run_id}"
+        assert show(data_dir, display=False).src.endswith(f"/#/run/{second.run_id}")  # newest
+        assert start_server(data_dir) is dashboard
+        run = httpx.get(f"{dashboard.url}/api/runs/{first.run_id}", timeout=30).json()
+        assert run["name"] == "first" and run["status"] == "completed"
+    finally:
+        notebook.stop_servers()
+    assert dashboard.process.poll() is not None
