@@ -21,11 +21,17 @@ import json
 from typing import Literal
 
 from dst_core.recording import codec
-from dst_core.recording.store import dumps, finite_json
+from dst_core.recording.schema import clean_json
+from dst_core.recording.store import dumps
 
 Mode = Literal["json", "binary", "announce"]
 MODES: tuple[Mode, ...] = ("json", "binary", "announce")
 ROW_COLUMNS = "seq, step, type, payload, blob"  # what a StoredEvent is made from
+
+
+def finite_json(value):
+    """JSON-safe copy (NaN and ±inf as null, arrays as base64): the store's own cleaning."""
+    return clean_json(value, "payload")
 
 
 class WireError(ValueError):

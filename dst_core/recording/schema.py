@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from dst_core.recording.codec import wire_value
+from dst_core.events import wire_value
 
 RunStatus = Literal["queued", "running", "completed", "stopped", "failed"]
 STATUS_VALUES: tuple[str, ...] = ("queued", "running", "completed", "stopped", "failed")
