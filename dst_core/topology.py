@@ -37,7 +37,11 @@ class TopologyEmitter:
         if self.rewires % self.keyframe_every == 0:
             self.keyframes(step)
             return
-        for index, change in enumerate(changes):
+        # A rewire may leave layers out (a dense layer, one SNFS gave nothing to move): the
+        # frame's index is the layer's own, never its position in `changes`.
+        index_of = {layer.name: index for index, layer in enumerate(self.driver.layers)}
+        for change in changes:
+            index = index_of[change.layer]
             layer = self.driver.layers[index]
             self.sink.emit("topology", step, delta_payload(
                 change.layer, index, layer.shape, change.added, change.removed,

@@ -123,9 +123,13 @@ def _layer_entry(entry) -> dict | None:
     shape = _positive_ints(entry.get("shape"))
     matrix = _positive_ints(entry.get("matrix"))
     if matrix is None or len(matrix) != 2:
-        if shape is None or len(shape) != 2:
+        if shape is None:
             return None
-        matrix, weight_shape = shape, None
+        if len(shape) == 2:  # older still: the 2-D shape is the matrix, the weight unknown
+            matrix, weight_shape = shape, None
+        else:  # a writer that sent only the weight's shape: drawn as out × (in · kernel)
+            matrix, weight_shape = [shape[0], math.prod(shape[1:])] if len(shape) > 1 \
+                else [1, shape[0]], shape
     else:
         weight_shape = _positive_ints(entry.get("weight_shape")) or shape
     try:

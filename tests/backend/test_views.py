@@ -182,7 +182,12 @@ def test_a_malformed_stored_frame_is_a_clear_4xx(client, damage):
 def test_a_meta_event_that_is_not_a_layer_list_is_no_500(client):
     store = client.app.state.store
     run_id = store.create_run({}, "odd", status="completed")["id"]
-    store.append_events(run_id, [("meta", 0, {"layers": 5})])
+    # Refused at entry now; a legacy file may still hold it, so it is written as one would be.
+    with pytest.raises(ValueError, match="layers"):
+        store.append_events(run_id, [("meta", 0, {"layers": 5})])
+    store.db.execute("INSERT INTO events (run_id, seq, step, type, payload) VALUES "
+                     "(?, ?, 0, 'meta', '{\"layers\": 5}')", (run_id, store.last_seq(run_id) + 1))
+    store.db.commit()
     assert client.get(f"/api/runs/{run_id}/rewires").json()["layers"] == []
     assert client.get(f"/api/runs/{run_id}/view?layer=0&rows=2&cols=2").status_code == 404
     assert client.get(f"/api/runs/{run_id}/mask?layer=0&step=0").status_code == 404
