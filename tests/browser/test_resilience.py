@@ -45,7 +45,7 @@ def own_server(tmp_path):
 
 def test_a_stopped_server_is_shown_without_error_spam(browser, own_server):
     run = own_server.start_run(**SLOW)
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
     page = context.new_page()
     errors = []
     page.on("console", lambda message: message.type == "error" and errors.append(message.text))
