@@ -34,7 +34,7 @@ from pathlib import Path
 from dst_core.recording.store import DB_NAME
 
 SERVER_LOCK = "server.lock"  # the serving server's lock, recording its pid, bind address, port
-DEFAULT_HEIGHT_PX = 640  # a notebook cell: the header, the first heatmaps and the player
+DEFAULT_HEIGHT_PX = 900  # a notebook cell: the header, the player and the first heatmaps
 START_TIMEOUT_S = 60.0  # the server imports torch and FastAPI before it answers
 FRAME_ANCESTORS = "'self' http://localhost:* http://127.0.0.1:* https://localhost:* https://127.0.0.1:*"
 

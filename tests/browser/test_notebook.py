@@ -92,7 +92,7 @@ optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 driver = SparseDriver(model, optimizer, method="set", density=0.2, total_steps=600, interval_steps=5)
 with Recorder(name="inline in JupyterLab") as rec:
     rec.attach(driver)
-    rec.show(height=620)
+    rec.show()
     for step in range(1, 601):
         batch = torch.randint(0, len(task.x_train), (64,))
         loss = F.cross_entropy(model(task.x_train[batch]), task.y_train[batch])
