@@ -17,16 +17,30 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.api import api_router, ws_router
+from backend.folder_lock import FolderLock
 from backend.logfmt import ConsoleOffTheLoop, log_event
 from backend.manager import RunManager
-from backend.middleware import AccessLog, BodySizeLimit, RedactTokens, RequireToken
+from backend.middleware import (
+    AccessLog,
+    BodySizeLimit,
+    HeaderLimit,
+    RedactTokens,
+    RequireToken,
+    SameOrigin,
+    SecurityHeaders,
+)
 from backend.settings import Settings
 from dst_core import __version__
 from dst_core.recording import RunStore
+from dst_core.recording.schema import InvalidValue
 
 FRONTEND_DIR = Path(__file__).resolve().parent.parent / "frontend"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 OPEN_PATHS = ("/api/health",)
+PAGE_PATHS = ("/", "/favicon.ico")
+# sqlite3's words for a disk that is full, and for one that refuses (read-only, I/O error):
+# the server answers 507 / 503 with the cause instead of a bare 500, and recovers with the disk.
+DISK_FULL = ("database or disk is full", "disk is full")
 
 log = logging.getLogger("sparsescope")
 
@@ -40,13 +54,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     load_plugins()  # user methods named in $SPARSESCOPE_PLUGINS join the registry (and form)
     try:
-        store = RunStore(settings.data_dir)
+        store = RunStore(settings.data_dir, max_frame_elements=settings.max_parameters)
     except (OSError, sqlite3.Error) as error:
         # A ValueError is what the CLI reports as a one-line refusal instead of a traceback.
         raise ValueError(f"data_dir: cannot use {settings.data_dir}: {error}") from error
 
+    folder_lock = FolderLock(settings.data_dir)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # Before anything reads the folder's runs: a second server must not fail the first's.
+        folder_lock.acquire(settings.host, settings.port)
         console = ConsoleOffTheLoop()  # after uvicorn has set up its handlers
         console.start()
         await app.state.manager.start()
@@ -59,16 +77,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.manager.shutdown()
             log_event(log, "server_stopped", log_lines_dropped=console.dropped or None)
             console.stop()
+            folder_lock.release()
 
     app = FastAPI(title="sparsescope", version=__version__, lifespan=lifespan,
                   description="Dynamic sparse training with a live view of the topology.")
     app.state.settings = settings
     app.state.store = store
     app.state.manager = RunManager(store, settings)
+    app.state.folder_lock = folder_lock
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(InvalidValue, _invalid_value)
+    app.add_exception_handler(sqlite3.Error, _storage_error)
 
-    # Added innermost first: a request meets AccessLog, then CORS, the token, the body limit.
+    # Added innermost first. A request meets AccessLog, the header limit, Host and Origin,
+    # the security headers, CORS, the token, and last the body limit (the only one: every
+    # route reads its body through it).
     app.add_middleware(BodySizeLimit, default_bytes=settings.max_body_bytes,
                        limits=settings.body_limits())
     if settings.token:
@@ -78,6 +102,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(SecurityHeaders, frame_ancestors=settings.frame_ancestors,
+                       page_paths=PAGE_PATHS)
+    app.add_middleware(SameOrigin, allowed_origins=settings.cors_origins,
+                       allowed_hosts=settings.host_names())
+    app.add_middleware(HeaderLimit, max_bytes=settings.max_header_bytes)
     app.add_middleware(AccessLog)
 
     app.include_router(api_router)
@@ -154,6 +183,31 @@ UNPARSABLE_BODY = {
     UnicodeDecodeError: "body: not valid JSON text (it is not UTF-8)",
     RecursionError: "body: JSON nested too deeply",
 }
+
+
+async def _invalid_value(request: Request, error: InvalidValue) -> JSONResponse:
+    """A value the store refused (dst_core.recording.schema): 422 naming the field, like
+    any other validation error, and nothing of the request stored."""
+    loc: list[str | int] = ["body"]
+    for part in error.field.replace("]", "").replace("[", ".").split("."):
+        loc.append(int(part) if part.isdigit() else part)
+    log_event(log, "invalid_value", logging.INFO, path=request.url.path, field=error.field)
+    return JSONResponse({"detail": [{"loc": loc, "msg": str(error), "type": "value_error"}]},
+                        status_code=422)
+
+
+async def _storage_error(request: Request, error: sqlite3.Error) -> JSONResponse:
+    """The disk refused a read or write: 507 when it is full, 503 otherwise (read-only,
+    I/O error, locked), with sqlite's own words. Nothing committed is lost (a failed
+    transaction rolls back), and the next request succeeds once the disk does."""
+    text = str(error)
+    full = any(phrase in text for phrase in DISK_FULL)
+    log_event(log, "storage_fault", logging.ERROR, path=request.url.path, error=text)
+    return JSONResponse(
+        {"detail": f"storage {'full' if full else 'unavailable'}: {text} (data folder "
+                   f"{request.app.state.settings.data_dir}); nothing recorded was lost, retry "
+                   "once the disk is writable"},
+        status_code=507 if full else 503)
 
 
 async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sqlite3
 import sys
@@ -24,16 +23,27 @@ import typing
 import warnings
 from pathlib import Path
 
-DATA_DIR_DEFAULT = os.environ.get("SPARSESCOPE_DATA_DIR", "./sparsescope-data")
+
+def environment_settings():
+    """Settings from the environment (SPARSESCOPE_*), the one place the CLI reads it; the
+    built-in defaults when the environment is invalid (serve then reports that one line)."""
+    from pydantic import ValidationError
+
+    from backend.settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError:
+        return Settings.model_construct()
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default=os.environ.get("SPARSESCOPE_HOST", "127.0.0.1"),
+    defaults = environment_settings()
+    parser.add_argument("--host", default=defaults.host,
                         help="address to bind (default 127.0.0.1; off loopback needs a token)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("SPARSESCOPE_PORT", 8000)),
+    parser.add_argument("--port", type=int, default=defaults.port,
                         help="TCP port (default 8000)")
-    parser.add_argument("--data-dir",
-                        default=os.environ.get("SPARSESCOPE_DATA_DIR", "./sparsescope-data"),
+    parser.add_argument("--data-dir", default=str(defaults.data_dir),
                         help="run store folder (default ./sparsescope-data)")
 
 
@@ -41,6 +51,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from backend.app import create_app
+    from backend.http_limits import bounded_http_protocol
     from backend.settings import Settings
 
     logging.basicConfig(level=logging.INFO,
@@ -48,12 +59,15 @@ def serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings(host=args.host, port=args.port, data_dir=args.data_dir)
         app = create_app(settings)
+        # Held from here on (the app's lifespan keeps it): a second server exits at once.
+        app.state.folder_lock.acquire(settings.host, settings.port)
     except ValueError as error:
         print(f"sparsescope: {error}", file=sys.stderr)
         return 2
     print(f"sparsescope dashboard: http://{settings.host}:{settings.port}", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
-                timeout_graceful_shutdown=3, access_log=False)  # AccessLog logs requests
+                timeout_graceful_shutdown=3, access_log=False,  # AccessLog logs requests
+                http=bounded_http_protocol(settings.max_header_bytes))
     return 0
 
 
@@ -90,11 +104,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         config.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS,
                             help=f"{field.description or name} (default: {shown})", **spec)
     where = parser.add_argument_group("where the run is recorded")
-    where.add_argument("--data-dir", default=DATA_DIR_DEFAULT,
+    defaults = environment_settings()
+    where.add_argument("--data-dir", default=str(defaults.data_dir),
                        help="run store folder (default ./sparsescope-data)")
     where.add_argument("--url", default=None,
                        help="record into a running server instead (e.g. http://host:8000)")
-    where.add_argument("--token", default=os.environ.get("SPARSESCOPE_TOKEN"),
+    where.add_argument("--token", default=defaults.token,
                        help="the server's bearer token (with --url)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -206,7 +221,7 @@ def _open_store(data_dir: str):
     from dst_core.recording import RunStore
 
     try:
-        return RunStore(data_dir)
+        return RunStore(data_dir, max_frame_elements=environment_settings().max_parameters)
     except (OSError, sqlite3.Error, ValueError) as error:
         raise SystemExit(f"sparsescope: cannot open the run store in {data_dir}: {error}") from None
 
@@ -288,12 +303,13 @@ def main(argv: list[str] | None = None) -> int:
 
     runs_parser = commands.add_parser("runs", help="list, show, export, import, delete runs")
     actions = runs_parser.add_subparsers(dest="action", required=True)
+    data_dir_default = str(environment_settings().data_dir)
     for action, help_text in (("list", "every run, newest first"), ("show", "one run as JSON"),
                               ("export", "write one run to a .sparsescope file"),
                               ("import", "add the run in a .sparsescope file"),
                               ("delete", "delete a run and its data")):
         sub = actions.add_parser(action, help=help_text)
-        sub.add_argument("--data-dir", default=DATA_DIR_DEFAULT, help="run store folder")
+        sub.add_argument("--data-dir", default=data_dir_default, help="run store folder")
         if action in ("show", "export", "delete"):
             sub.add_argument("run_id", help="the run's 16-hex-digit id")
         if action == "export":

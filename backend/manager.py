@@ -6,11 +6,19 @@ always works (SIGTERM for a cooperative stop within one step, SIGKILL of the gro
 grace period).
 
 The manager only ever launches, stops or recovers runs it accepted itself. The same data
-folder also receives runs written by the CLI or by a user's script (their own Recorder): the
-manager must not start those, nor mark them interrupted when the server restarts while their
-writer is still alive. Which writer a run has is stored with the run (`info.writer`), and a
-foreign writer's liveness is its heartbeat, so a restarted server fails exactly the runs its
-dead predecessor (or a dead writer) left behind: `RunStore.fail_interrupted`.
+folder also receives runs written by the CLI or by a user's script (their own Recorder) and
+by remote writers: the manager must not start those, nor mark them interrupted when the
+server restarts while their writer is still alive. Which writer a run has is stored with the
+run (`info.writer`), and a foreign writer's liveness is its heartbeat (or, on this host, its
+pid), so run liveness lives here, next to the workers it complements: a restarted server
+fails exactly the runs its dead predecessor (or a dead writer) left behind
+(`fail_interrupted`), and the stale-writer watcher started with the manager fails a run whose
+writer went silent (`mark_stale`).
+
+A storage fault (read-only folder, I/O error, full disk) must not lose a run's ending: a
+worker that exited is kept under supervision until its final status has been recorded, so
+the run ends `failed` with the worker's own last words once the disk is back, and Stop keeps
+knowing that the run is ours.
 
     queued ──► running ──► completed | stopped | failed
        └──────────────────► stopped (stopped before a worker took it)
@@ -22,7 +30,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import platform
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -33,12 +43,21 @@ from pathlib import Path
 from backend.logfmt import log_event
 from backend.settings import Settings
 from dst_core.config import RunConfig
-from dst_core.recording import FINAL_STATUSES, RunStore
+from dst_core.recording import ACTIVE_STATUSES, FINAL_STATUSES, RunStore
 
 log = logging.getLogger("sparsescope.runs")
 POLL_INTERVAL_S = 0.1
 STOP_WAIT_S = 4.5  # a stop answers once the run has ended: grace (3 s) + kill + reap
 INTERRUPTED = "interrupted: the server stopped while the run was active"
+STOPPED_EXIT_CODES = (0, -signal.SIGTERM, -signal.SIGKILL)
+WRITER_GONE_ERROR = "interrupted: its writer process is gone"
+STALE_ERROR = "stale: writer went silent"
+# What Stop can say about a run another process writes: who that is, and what is left to do.
+FOREIGN_WRITERS = {
+    "cli": "the sparsescope CLI",
+    "script": "a user's script (its own Recorder)",
+    "remote": "a remote writer (a training job sending events over HTTP)",
+}
 
 
 class QueueFull(RuntimeError):
@@ -46,7 +65,39 @@ class QueueFull(RuntimeError):
 
 
 class NotOwned(RuntimeError):
-    """The run is active but written by another process (the CLI or a user's script)."""
+    """The run is active but written by another process (the CLI, a script, a remote job)."""
+
+
+def writer_gone(info: dict) -> bool:
+    """True when a run's local writer (a CLI or a script on this host) no longer exists: a
+    killed writer is then known at once instead of after the heartbeat timeout. Remote writers
+    are judged by their heartbeat alone (their pid means nothing here)."""
+    pid = info.get("pid")
+    if info.get("writer") not in ("cli", "script") or not isinstance(pid, int) or pid <= 0:
+        return False
+    if info.get("host") != platform.node():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def not_owned_message(run: dict) -> str:
+    """Stop on a run the server does not train: say who writes it and what can be done."""
+    info = run.get("info") or {}
+    writer = info.get("writer")
+    who = FOREIGN_WRITERS.get(writer, "another process")
+    where = ""
+    if writer in ("cli", "script") and info.get("pid"):
+        where = f" (pid {info['pid']} on {info.get('host') or 'this host'})"
+    return (f"run {run['id']} is written by {who}{where}, not by this server: the server "
+            "cannot stop it; stop it where it runs (Ctrl-C, or end the job). The server "
+            "marks it failed once its writer is silent for the stale timeout, and Delete "
+            "removes its data")
 
 
 @dataclass
@@ -57,6 +108,7 @@ class Worker:
     started: float
     stop_requested: bool = False
     kill_at: float | None = None
+    fault_logged: bool = False  # its ending could not be stored yet (a storage fault)
 
 
 class RunManager:
@@ -69,9 +121,9 @@ class RunManager:
         self.workers: dict[str, Worker] = {}
         self.log_dir = Path(settings.data_dir) / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._owned: set[str] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
         self._closing = False
 
     # ---- server lifetime --------------------------------------------------------------------
@@ -79,20 +131,21 @@ class RunManager:
         """Recover what a dead predecessor left active, then supervise the queue."""
         # Our workers died with the previous server (PR_SET_PDEATHSIG); foreign writers whose
         # heartbeat went stale died too. Their data stays.
-        for run_id in self.store.fail_interrupted(self.settings.stale_after_s, error=INTERRUPTED):
+        for run_id in self.fail_interrupted():
             log_event(log, "run_interrupted", run=run_id)
-        self._owned = set()
         self._closing = False
         self._task = asyncio.create_task(self._supervise(), name="run-supervisor")
+        self._watcher = asyncio.create_task(self._watch_stale(), name="stale-writer-watcher")
 
     async def shutdown(self) -> None:
         """Stop every worker (cooperatively, then killed), mark their runs `stopped`."""
         self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._watcher = None
         while self.queue:
             self._finish_unstarted(self.queue.popleft(), "stopped")
         for run_id in list(self.workers):
@@ -116,7 +169,6 @@ class RunManager:
                             f"{self.settings.max_queued_runs} (SPARSESCOPE_MAX_QUEUED_RUNS)")
         run = self.store.create_run(config.model_dump(), config.display_name(), status="queued")
         self.queue.append(run["id"])
-        self._own(run["id"])
         log_event(log, "run_queued", run=run["id"], method=config.method, task=config.task,
                   queued=len(self.queue))
         self._wake.set()
@@ -136,8 +188,7 @@ class RunManager:
         elif run_id in self.workers:
             self._request_stop(run_id)
         else:
-            raise NotOwned(f"run {run_id} is written by another process (the CLI or a script); "
-                           "stop it there")
+            raise NotOwned(not_owned_message(run))
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             run = self.store.get_run(run_id)
@@ -156,7 +207,6 @@ class RunManager:
             self._kill(worker)
             await asyncio.to_thread(worker.process.wait)
             self._reap()
-        self._disown(run_id)
         deleted = self.store.delete_run(run_id)
         with contextlib.suppress(OSError):
             (self.log_dir / f"{run_id}.log").unlink(missing_ok=True)
@@ -182,7 +232,6 @@ class RunManager:
             run_id = self.queue.popleft()
             run = self.store.get_run(run_id)
             if run is None or run["status"] != "queued":
-                self._disown(run_id)
                 continue
             self._spawn(run_id)
 
@@ -246,16 +295,25 @@ class RunManager:
             code = worker.process.wait() if wait else worker.process.poll()
             if code is None:
                 continue
+            try:
+                run = self.store.get_run(run_id)
+                if run is not None and run["status"] not in FINAL_STATUSES:
+                    # A worker that failed on its own (exit 1: e.g. a disk error) before a
+                    # stop reached it keeps its real cause; a stopped or killed one is stopped.
+                    if worker.stop_requested and code in STOPPED_EXIT_CODES:
+                        self.store.set_status(run_id, "stopped")
+                    else:
+                        self.store.set_status(run_id, "failed", error=_exit_reason(
+                            code, log_path=worker.log_path))
+                final = self.store.get_run(run_id)
+            except sqlite3.Error as error:
+                # The disk refuses the write: keep the worker (its exit code and log stay
+                # known) and record its ending on a later poll, once the disk is back.
+                if not worker.fault_logged:
+                    log_event(log, "storage_fault", logging.ERROR, run=run_id, error=str(error))
+                    worker.fault_logged = True
+                continue
             del self.workers[run_id]
-            run = self.store.get_run(run_id)
-            if run is not None and run["status"] not in FINAL_STATUSES:
-                if worker.stop_requested:
-                    self.store.set_status(run_id, "stopped")
-                else:
-                    self.store.set_status(run_id, "failed", error=_exit_reason(code, log_path=
-                                                                                worker.log_path))
-            self._disown(run_id)
-            final = self.store.get_run(run_id)
             log_event(log, "worker_exited", run=run_id, code=code,
                       status=final["status"] if final else "deleted",
                       seconds=time.monotonic() - worker.started)
@@ -263,15 +321,54 @@ class RunManager:
 
     def _finish_unstarted(self, run_id: str, status: str, error: str | None = None) -> None:
         self.store.set_status(run_id, status, error=error)
-        self._disown(run_id)
         log_event(log, f"run_{status}", run=run_id, before="start", error=error)
 
-    # ---- ownership (this server's lifetime; across restarts the store's info.writer) -------
-    def _own(self, run_id: str) -> None:
-        self._owned.add(run_id)
+    # ---- liveness of every run's writer -------------------------------------------------------
+    def fail_interrupted(self) -> list[str]:
+        """At server start: fail the active runs no writer is still recording.
 
-    def _disown(self, run_id: str) -> None:
-        self._owned.discard(run_id)
+        Queued runs and the server's own workers' runs died with the previous server; a run
+        written by a CLI, a script or a remote job whose heartbeat is fresher than the stale
+        timeout is still being recorded and is left to the stale-writer watcher."""
+        cutoff = time.time() - self.settings.stale_after_s
+        failed = []
+        for run in self.store.runs_with_status(ACTIVE_STATUSES):
+            beat = next((value for value in (run["heartbeat_at"], run["started_at"],
+                                             run["created_at"]) if value is not None), 0.0)
+            own = run["status"] == "queued" or run["info"].get("writer", "worker") == "worker"
+            gone = own or beat < cutoff or writer_gone(run["info"])
+            if gone and self.store.set_status(run["id"], "failed", error=INTERRUPTED):
+                failed.append(run["id"])
+        return failed
+
+    def mark_stale(self, supervised: set[str] = frozenset()) -> list[str]:
+        """Fail every running run not `supervised` by a worker here whose writer has not been
+        heard from for the stale timeout, or whose local writer process is gone."""
+        cutoff = time.time() - self.settings.stale_after_s
+        failed = []
+        for run_id, beat, info in self.store.running_beats():
+            if run_id in supervised:
+                continue  # the manager reaps its own workers
+            gone = writer_gone(info)
+            if not gone and beat >= cutoff:
+                continue
+            # Re-checked in the store's transaction: a heartbeat may have landed meanwhile.
+            if self.store.fail_if_silent(run_id, WRITER_GONE_ERROR if gone else STALE_ERROR,
+                                         None if gone else cutoff):
+                failed.append(run_id)
+        return failed
+
+    async def _watch_stale(self) -> None:
+        period_s = min(5.0, self.settings.stale_after_s / 4)
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                failed = await asyncio.to_thread(self.mark_stale, set(self.workers))
+                for run_id in failed:
+                    log_event(log, "run_stale", logging.WARNING, run=run_id,
+                              silent_s=self.settings.stale_after_s)
+            except Exception:  # the watcher must outlive any single bad read
+                log.exception("event=stale_watcher_error")
 
 
 def _exit_reason(code: int, log_path: Path) -> str:

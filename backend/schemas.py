@@ -4,45 +4,21 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from dst_core.config import RunConfig
+from dst_core.recording.schema import RunStatus, RunSummary, StoredRun
 
-RunStatus = Literal["queued", "running", "completed", "stopped", "failed"]
+__all__ = ["RunOut", "RunStatus", "RunSummary", "Health", "ErrorOut", "ValidationErrorOut"]
 
+class RunOut(StoredRun):
+    """One run as REST returns it (the same row in the list and by id): the store's own read
+    schema, so every row the store can hold is a valid response (a damaged legacy row comes
+    with `unreadable` set instead of failing the list)."""
 
-class RunSummary(BaseModel):
-    """What a run has reached so far, kept current by its writer (the Recorder)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    steps: int = Field(0, description="Last training step recorded")
-    final_loss: float | None = Field(None, description="Latest training loss")
-    final_test_accuracy: float | None = Field(None, description="Latest held-out accuracy")
-    best_test_accuracy: float | None = Field(None, description="Best held-out accuracy so far")
-    density: dict[str, float | None] = Field({}, description="Per-layer density, latest")
-    itop_rate: float | None = Field(None, description="Share of connections ever active")
-
-
-class RunOut(BaseModel):
-    """One run as REST returns it (the same row in the list and by id)."""
-
-    id: str = Field(description="16 hex digits")
-    name: str
     # A run recorded by a user's own script carries whatever config that script passed, so a
     # stored config that is not a RunConfig is returned as it is rather than failing the list.
     config: RunConfig | dict[str, Any] = Field(union_mode="left_to_right")
-    status: RunStatus
-    created_at: float = Field(description="Unix time")
-    started_at: float | None = Field(None, description="Unix time the worker began training")
-    ended_at: float | None = Field(None, description="Unix time of the final status")
-    error: str | None = Field(None, description="Why the run failed (failed runs)")
-    summary: RunSummary
-    info: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Who wrote the run and with what: writer (worker, cli, script, remote), "
-                    "torch and sparsescope versions, git commit when known, seed, and the "
-                    "script's own config when it was not a RunConfig (user_config)")
 
 
 class Health(BaseModel):
@@ -79,5 +55,13 @@ BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorOut, "description": "Body over the server's limit for this path"},
 }
 WRITER_RESPONSES: dict[int | str, dict[str, Any]] = {
-    409: {"model": ErrorOut, "description": "The run has ended, or another process writes it"},
+    409: {"model": ErrorOut, "description": "The run has ended, or another writer owns it"},
+}
+# Every route: a request the server refuses before routing, and a disk that refuses.
+GUARD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorOut, "description": "A foreign Origin (a page on another site)"},
+    421: {"model": ErrorOut, "description": "A Host that is not this server's name"},
+    431: {"model": ErrorOut, "description": "Request headers over the server's limit"},
+    503: {"model": ErrorOut, "description": "The data folder refuses reads or writes"},
+    507: {"model": ErrorOut, "description": "The data folder's disk is full"},
 }

@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(
         [], description='Origins allowed cross-site (JSON list, e.g. \'["https://a.example"]\'); '
         "empty: CORS off")
+    allowed_hosts: list[str] = Field(
+        [], description="Host names accepted besides loopback names and the bound host when "
+        "bound to loopback (JSON list; e.g. a reverse proxy's name). Others get 421: DNS "
+        "rebinding")
+    frame_ancestors: str = Field(
+        "'self'", description="CSP frame-ancestors: who may embed the dashboard in a frame "
+        "(e.g. \"'self' http://localhost:8888\" for Jupyter); 'none' forbids every frame")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Level of the server's own log lines")
 
@@ -52,6 +59,9 @@ class Settings(BaseSettings):
                                 description="Most dense parameters (weights + biases) of a model")
     max_queued_runs: int = Field(64, ge=0, description="Runs waiting for a worker at once")
     max_body_bytes: int = Field(1 * MIB, ge=1024, description="Largest request body")
+    max_header_bytes: int = Field(64 * 1024, ge=4096, le=16 * MIB,
+                                  description="Largest request head (request line + headers); "
+                                              "larger: 431")
     max_import_bytes: int = Field(512 * MIB, ge=1024,
                                   description=f"Largest request body of {IMPORT_PATH}")
 
@@ -76,6 +86,13 @@ class Settings(BaseSettings):
         if not self.is_loopback and not (self.token or "").strip():
             raise ValueError(
                 f"token: binding to {self.host} exposes the server; set SPARSESCOPE_TOKEN")
+
+    def host_names(self) -> list[str] | None:
+        """Names a request's Host may carry when bound to loopback; None off loopback (a
+        token guards the server there, and its public names are the deployment's)."""
+        if not self.is_loopback:
+            return None
+        return ["localhost", "127.0.0.1", "::1", self.host, *self.allowed_hosts]
 
     def body_limits(self) -> dict[str, int]:
         """Per-path request body limits; every other path gets `max_body_bytes`."""

@@ -68,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
         recorder.finish("stopped")
         return 0
     config = RunConfig.model_validate(run["config"])
-    recorder.keyframe_every = config.keyframe_every
     recorder.store.set_info(args.run_id, {**run.get("info", {}), **run_info("worker", config.seed)})
     recorder.start()  # status running + heartbeat thread
     try:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urljoin
 
 import httpx
 import pytest
@@ -16,6 +17,18 @@ from fastapi.testclient import TestClient
 
 from backend.app import create_app
 from backend.settings import Settings
+
+
+class LoopbackClient(TestClient):
+    """A TestClient that talks to the app as a browser on this machine would: REST and
+    websockets carry `Host: 127.0.0.1:8000` (TestClient's own "testserver" is refused by the
+    DNS-rebinding check of a server bound to loopback, as any unknown name is)."""
+
+    def __init__(self, app, **kwargs):
+        super().__init__(app, base_url="http://127.0.0.1:8000", **kwargs)
+
+    def websocket_connect(self, url: str, *args, **kwargs):
+        return super().websocket_connect(urljoin("ws://127.0.0.1:8000", url), *args, **kwargs)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,7 +50,7 @@ def settings(tmp_path) -> Settings:
 
 @pytest.fixture
 def client(settings):
-    with TestClient(create_app(settings)) as test_client:
+    with LoopbackClient(create_app(settings)) as test_client:
         yield test_client
 
 

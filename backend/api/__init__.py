@@ -3,9 +3,9 @@
 from fastapi import APIRouter
 
 from backend.api.routes import frames, health, ingest, runs, stream, transfer
-from backend.schemas import BODY_RESPONSES, ERROR_RESPONSES, WRITER_RESPONSES
+from backend.schemas import BODY_RESPONSES, ERROR_RESPONSES, GUARD_RESPONSES, WRITER_RESPONSES
 
-api_router = APIRouter()
+api_router = APIRouter(responses=GUARD_RESPONSES)
 api_router.include_router(health.router)
 # The 4xx every route of a router can answer are documented here, once, for OpenAPI (/docs).
 api_router.include_router(transfer.router,  # before runs: /api/runs/import is not a run id

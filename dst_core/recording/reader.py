@@ -13,6 +13,7 @@ import json
 import numpy as np
 
 from dst_core.recording import codec
+from dst_core.recording.schema import check_frame_header
 from dst_core.recording.store import RunStore
 
 METRIC_EVENT_TYPES = ("metrics", "eval")
@@ -25,11 +26,21 @@ class RunReader:
         self.store = store
 
     def layers(self, run_id: str) -> list[dict]:
-        """The `layers` list of the run's first meta event (name, shape, matrix, density)."""
+        """The `layers` list of the run's first meta event (name, shape, matrix, density).
+
+        New rows are checked at entry; a legacy row's malformed entries are left out, so a
+        read never fails on them."""
         row = self.store.db.execute(
             "SELECT payload FROM events WHERE run_id = ? AND type = 'meta' ORDER BY seq LIMIT 1",
             (run_id,)).fetchone()
-        return json.loads(row[0]).get("layers", []) if row else []
+        try:
+            layers = json.loads(row[0]).get("layers", []) if row else []
+        except (ValueError, AttributeError, RecursionError):
+            return []
+        if not isinstance(layers, list):
+            return []
+        return [entry for entry in layers
+                if isinstance(entry, dict) and isinstance(entry.get("name"), str)]
 
     def layer_index(self, run_id: str, layer: str | int) -> int:
         layers = self.layers(run_id)
@@ -49,13 +60,17 @@ class RunReader:
         frames = self.store.frames_for_mask(run_id, index, int(step))
         if not frames:
             raise ValueError(f"step: no topology frame of layer {layer!r} at or before step {step}")
+        limit = self.store.max_frame_elements
         header = json.loads(frames[0]["payload"])
+        # Bounded before decoding, also for a legacy row: no frame is larger than a model.
+        numel = check_frame_header(header, limit, "frame")
         rows, cols = header["shape"]
-        numel = codec.frame_numel(header["shape"])
         packed = np.frombuffer(codec.decode_keyframe(frames[0]["blob"], numel), dtype=np.uint8)
         mask = np.unpackbits(packed, bitorder="little", count=numel).astype(bool)  # (rows*cols,)
         for frame in frames[1:]:
             header = json.loads(frame["payload"])
+            if check_frame_header(header, limit, "frame") != numel:
+                raise codec.FrameError("frame: the layer's shape changes between frames")
             if header["keyframe"]:
                 packed = np.frombuffer(codec.decode_keyframe(frame["blob"], numel), dtype=np.uint8)
                 mask = np.unpackbits(packed, bitorder="little", count=numel).astype(bool)
@@ -83,7 +98,8 @@ class RunReader:
             for row in rows:
                 for key, value in json.loads(row[1]).items():
                     if value is None or (isinstance(value, (int, float))
-                                         and not isinstance(value, bool)):
+                                         and not isinstance(value, bool)
+                                         and abs(value) < 1e308):  # a legacy 10**400 is no float
                         steps, values = columns.setdefault(key, ([], []))
                         steps.append(row[0])
                         values.append(np.nan if value is None else value)  # stored NaN is null

@@ -14,9 +14,7 @@ older file applies the MIGRATIONS in order, each in one transaction.
 from __future__ import annotations
 
 import json
-import math
-import os
-import platform
+import re
 import sqlite3
 import threading
 import time
@@ -24,18 +22,29 @@ import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import numpy as np
-
 from dst_core.recording import codec
-from dst_core.recording.codec import wire_value
+from dst_core.recording.schema import (
+    InvalidValue,
+    check_frame_header,
+    checked_config,
+    checked_info,
+    checked_name,
+    checked_payload,
+    checked_status,
+    checked_summary,
+    clean_json,
+    compact_json,
+    stored_info,
+    stored_run,
+)
 
 SCHEMA_VERSION = 2
 DB_NAME = "runs.sqlite3"
 ACTIVE_STATUSES = ("queued", "running")
 FINAL_STATUSES = ("completed", "stopped", "failed")
 STATUSES = ACTIVE_STATUSES + FINAL_STATUSES
-WRITER_GONE_ERROR = "interrupted: its writer process is gone"
-STALE_ERROR = "stale: writer went silent"
+EVENT_TYPE = re.compile(r"[a-z_]{1,32}")
+MAX_SEQ = 2**62  # SQLite integers are 64-bit; seqs and steps stay well inside
 
 # Version 1: the foundation's layout (JSON payloads only). Every file starts from it and is
 # migrated forward, so a fresh file and an upgraded old file follow the same path.
@@ -89,44 +98,13 @@ MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [
 ]
 
 
-def writer_gone(info: dict) -> bool:
-    """True when a run's local writer (a CLI or a script on this host) no longer exists: a
-    killed writer is then known at once instead of after the heartbeat timeout. Remote writers
-    are judged by their heartbeat alone (their pid means nothing here)."""
-    pid = info.get("pid")
-    if info.get("writer") not in ("cli", "script") or not isinstance(pid, int) or pid <= 0:
-        return False
-    if info.get("host") != platform.node():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 def new_run_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
-def finite_json(value):
-    """JSON-safe copy: NaN and ±inf become null (a NaN breaks the browser's JSON parser);
-    a topology payload's binary fields become base64 text (`events.wire_value`)."""
-    if isinstance(value, np.ndarray):
-        return wire_value(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: finite_json(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_json(item) for item in value]
-    return value
-
-
 def dumps(value) -> str:
-    return json.dumps(finite_json(value), separators=(",", ":"), allow_nan=False)
+    """Compact JSON of a value the store built itself (a frame header); NaN becomes null."""
+    return json.dumps(clean_json(value, "value"), separators=(",", ":"), allow_nan=False)
 
 
 def connect(path: str | Path, *, read_only: bool = False) -> sqlite3.Connection:
@@ -175,8 +153,12 @@ def migrate(db: sqlite3.Connection) -> int:
 class RunStore:
     """Thread-safe handle on a data folder's run database (one connection per thread)."""
 
-    def __init__(self, data_dir: str | Path, *, file_name: str = DB_NAME):
+    def __init__(self, data_dir: str | Path, *, file_name: str = DB_NAME,
+                 max_frame_elements: int = codec.MAX_FRAME_ELEMENTS):
         self.data_dir = Path(data_dir)
+        # A topology frame's rows × cols is refused above this before anything is decoded
+        # (the server passes SPARSESCOPE_MAX_PARAMETERS: no frame is larger than a model).
+        self.max_frame_elements = max_frame_elements
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.data_dir / file_name
         self._local = threading.local()
@@ -217,12 +199,12 @@ class RunStore:
                    status_event: bool = True) -> dict:
         run_id = run_id or new_run_id()
         now = time.time()
+        row = (run_id, checked_name(name), checked_config(config), checked_status(status)[0], now,
+               now if status == "running" else None, now, checked_info(info or {}))
         with self._write() as db:
             db.execute(
                 "INSERT INTO runs (id, name, config, status, created_at, started_at, heartbeat_at,"
-                " info) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, name, dumps(config), status, now, now if status == "running" else None,
-                 now, dumps(info or {})))
+                " info) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
             if status_event:
                 self._append(db, run_id, [("status", 0, {"status": status})])
         return self.get_run(run_id)
@@ -246,6 +228,7 @@ class RunStore:
     def set_status(self, run_id: str, status: str, error: str | None = None, step: int = 0,
                    only_if_active: bool = True) -> bool:
         """Move a run to `status` and store the status event; False if it already ended."""
+        checked_status(status, error)
         with self._write() as db:
             if not _status_change(db, run_id, status, error, only_if_active):
                 return False
@@ -256,64 +239,41 @@ class RunStore:
         return True
 
     def update_summary(self, run_id: str, summary: dict) -> None:
+        text = checked_summary(summary)
         with self._write() as db:
             db.execute("UPDATE runs SET summary = ?, heartbeat_at = ? WHERE id = ?",
-                       (dumps(summary), time.time(), run_id))
+                       (text, time.time(), run_id))
 
     def heartbeat(self, run_id: str) -> None:
-        """The writer is alive (see mark_stale)."""
+        """The writer is alive (the run manager's stale watcher reads it)."""
         with self._write() as db:
             db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (time.time(), run_id))
 
-    def mark_stale(self, timeout_s: float, exclude: Iterable[str] = ()) -> list[str]:
-        """Fail every running run whose writer has not been heard from for `timeout_s`, or
-        whose local writer process is gone (a killed CLI or script is known at once)."""
-        cutoff = time.time() - timeout_s
-        exclude = set(exclude)
+    def running_beats(self) -> list[tuple[str, float, dict]]:
+        """(id, last sign of life, info) of every running run: what liveness is judged on."""
         rows = self.db.execute(
             "SELECT id, info, COALESCE(heartbeat_at, started_at, created_at) AS beat FROM runs "
             "WHERE status = 'running'").fetchall()
-        failed = []
-        for row in rows:
-            if row["id"] in exclude:
-                continue
-            gone = writer_gone(json.loads(row["info"] or "{}"))
-            if not gone and row["beat"] >= cutoff:
-                continue
-            error = WRITER_GONE_ERROR if gone else STALE_ERROR
-            with self._write() as db:  # re-checked under the lock: a heartbeat may have landed
-                fresh = db.execute("SELECT COALESCE(heartbeat_at, started_at, created_at) "
-                                   "FROM runs WHERE id = ? AND status = 'running'",
-                                   (row["id"],)).fetchone()
-                if fresh is None or (not gone and fresh[0] >= cutoff):
-                    continue
-                _status_change(db, row["id"], "failed", error, True)
-                self._append(db, row["id"], [("status", self._last_step(db, row["id"]),
-                                              {"status": "failed", "error": error})])
-            failed.append(row["id"])
-        return failed
+        return [(row["id"], float(row["beat"] or 0.0), stored_info(row["info"])) for row in rows]
 
-    def fail_interrupted(self, writer_alive_s: float,
-                         error: str = "interrupted: the server stopped") -> list[str]:
-        """At server start: fail the active runs no writer is still recording.
-
-        Queued runs and the server's own workers' runs died with the previous server; a run
-        written by a CLI, a script or a remote job whose heartbeat is fresher than
-        `writer_alive_s` is still being recorded and is left to the stale-writer watcher."""
-        cutoff = time.time() - writer_alive_s
-        failed = []
-        for run in self.runs_with_status(ACTIVE_STATUSES):
-            beat = next(value for value in (run["heartbeat_at"], run["started_at"],
-                                            run["created_at"]) if value is not None)
-            own = run["status"] == "queued" or run["info"].get("writer", "worker") == "worker"
-            gone = own or beat < cutoff or writer_gone(run["info"])
-            if gone and self.set_status(run["id"], "failed", error=error):
-                failed.append(run["id"])
-        return failed
+    def fail_if_silent(self, run_id: str, error: str, beat_before: float | None = None) -> bool:
+        """Fail a running run, in one transaction, unless a heartbeat at or after
+        `beat_before` has landed meanwhile (None: fail it whatever its heartbeat)."""
+        checked_status("failed", error)
+        with self._write() as db:
+            fresh = db.execute("SELECT COALESCE(heartbeat_at, started_at, created_at) FROM runs "
+                               "WHERE id = ? AND status = 'running'", (run_id,)).fetchone()
+            if fresh is None or (beat_before is not None and (fresh[0] or 0.0) >= beat_before):
+                return False
+            _status_change(db, run_id, "failed", error, True)
+            self._append(db, run_id, [("status", self._last_step(db, run_id),
+                                       {"status": "failed", "error": error})])
+        return True
 
     def set_info(self, run_id: str, info: dict) -> None:
+        text = checked_info(info)
         with self._write() as db:
-            db.execute("UPDATE runs SET info = ? WHERE id = ?", (dumps(info), run_id))
+            db.execute("UPDATE runs SET info = ? WHERE id = ?", (text, run_id))
 
     def delete_run(self, run_id: str) -> bool:
         with self._write() as db:
@@ -336,11 +296,14 @@ class RunStore:
                       summary: dict | None = None) -> int:
         """Store (type, step, payload) events in order (and the summary, in the same commit,
         which also counts as the writer's heartbeat); returns the last seq written."""
+        text = None if summary is None else checked_summary(summary)
+        rows = [self._checked(event_type, step, payload, f"events[{position}]")
+                for position, (event_type, step, payload) in enumerate(events)]
         with self._write() as db:
-            last = self._append(db, run_id, events)
-            if summary is not None:
+            last = self._append_checked(db, run_id, rows)
+            if text is not None:
                 db.execute("UPDATE runs SET summary = ?, heartbeat_at = ? WHERE id = ?",
-                           (dumps(summary), time.time(), run_id))
+                           (text, time.time(), run_id))
             return last
 
     def ingest_events(self, run_id: str, events: list[dict], summary: dict | None = None) -> int:
@@ -349,28 +312,46 @@ class RunStore:
         Status events also move the run's status, exactly as set_status would. Returns the
         run's last stored seq.
         """
+        text = None if summary is None else checked_summary(summary)
+        checked = []
+        for position, event in enumerate(events):
+            field = f"events[{position}]"
+            seq, step = event.get("seq"), event.get("step")
+            for key, value in (("seq", seq), ("step", step)):
+                if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEQ:
+                    raise InvalidValue(f"{field}.{key}", f"must be an integer from 0 to {MAX_SEQ}")
+            payload = {k: v for k, v in event.items() if k not in ("seq", "step", "type")}
+            checked.append((seq, self._checked(event.get("type"), step, payload, field)))
+        checked.sort(key=lambda item: item[0])
         with self._write() as db:
             last = self._last_seq(db, run_id)
             rows = []
-            for event in sorted(events, key=lambda item: item["seq"]):
-                seq = int(event["seq"])
+            for seq, (event_type, step, stored, status) in checked:
                 if seq <= last:
                     continue  # a resent batch: the first copy is kept
-                payload = {k: v for k, v in event.items() if k not in ("seq", "step", "type")}
-                if event["type"] == "status":
-                    _status_change(db, run_id, payload["status"], payload.get("error"), True)
-                rows.append(_row(run_id, seq, int(event["step"]), event["type"], payload))
+                if status is not None:
+                    _status_change(db, run_id, status[0], status[1], True)
+                rows.append((run_id, seq, step, event_type, *stored))
                 last = seq
             db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (time.time(), run_id))
-            if summary is not None:
-                db.execute("UPDATE runs SET summary = ? WHERE id = ?", (dumps(summary), run_id))
+            if text is not None:
+                db.execute("UPDATE runs SET summary = ? WHERE id = ?", (text, run_id))
             return last
 
+    def _checked(self, event_type, step, payload, field: str) -> tuple:
+        return checked_event(event_type, step, payload, field, self.max_frame_elements)
+
     def _append(self, db: sqlite3.Connection, run_id: str, events) -> int:
+        """Events the store itself writes (status changes): validated like any writer's."""
+        return self._append_checked(db, run_id, [
+            self._checked(event_type, int(step), payload, "event")
+            for event_type, step, payload in events])
+
+    def _append_checked(self, db: sqlite3.Connection, run_id: str, checked: list[tuple]) -> int:
         last = self._last_seq(db, run_id)
-        rows = [_row(run_id, last + offset, int(step), event_type, payload)
-                for offset, (event_type, step, payload) in enumerate(events, start=1)]
+        rows = [(run_id, last + offset, step, event_type, *stored)
+                for offset, (event_type, step, stored, _) in enumerate(checked, start=1)]
         db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         return last + len(rows)
 
@@ -429,12 +410,13 @@ class RunStore:
         """The newest keyframe of a layer at or before `step` and every delta after it."""
         keyframe = self.db.execute(
             "SELECT seq FROM events WHERE run_id = ? AND layer = ? AND keyframe = 1 AND step <= ?"
-            " ORDER BY step DESC, seq DESC LIMIT 1", (run_id, layer_index, step)).fetchone()
+            " AND type = 'topology' ORDER BY step DESC, seq DESC LIMIT 1",
+            (run_id, layer_index, step)).fetchone()
         if keyframe is None:
             return []
         return self.db.execute(
             "SELECT seq, step, payload, blob FROM events WHERE run_id = ? AND layer = ? "
-            "AND step <= ? AND seq >= ? ORDER BY seq", (run_id, layer_index, step,
+            "AND step <= ? AND seq >= ? AND type = 'topology' ORDER BY seq", (run_id, layer_index, step,
                                                         keyframe[0])).fetchall()
 
     def frame_steps(self, run_id: str, layer_index: int = 0) -> list[int]:
@@ -443,10 +425,32 @@ class RunStore:
         return [row[0] for row in rows]
 
 
+def checked_event(event_type, step, payload, field: str, max_elements: int) -> tuple:
+    """(type, step, (payload text, layer, keyframe, blob), (status, error) or None): one
+    event through the store's validation, ready to be inserted under any seq."""
+    if not isinstance(event_type, str) or not EVENT_TYPE.fullmatch(event_type):
+        raise InvalidValue(f"{field}.type", "must be 1-32 lowercase letters or underscores")
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= MAX_SEQ:
+        raise InvalidValue(f"{field}.step", f"must be an integer from 0 to {MAX_SEQ}")
+    if not isinstance(payload, dict):
+        raise InvalidValue(f"{field}", "payload must be an object")
+    if event_type == "topology":
+        check_frame_header(payload, max_elements, field)
+        try:
+            header, blob = codec.payload_to_stored(payload)
+        except (KeyError, TypeError, ValueError) as error:  # FrameError is a ValueError
+            raise InvalidValue(field, str(error)) from None
+        return (event_type, step, (dumps(header), int(header["index"]),
+                                   int(bool(header["keyframe"])), blob), None)
+    payload = checked_payload(event_type, payload, field)
+    text = compact_json(payload, field)
+    status = (payload["status"], payload.get("error")) if event_type == "status" else None
+    return event_type, step, (text, None, None, None), status
+
+
 def _status_change(db: sqlite3.Connection, run_id: str, status: str, error: str | None,
                    only_if_active: bool) -> bool:
-    if status not in STATUSES:
-        raise ValueError(f"status: {status!r} is not one of {', '.join(STATUSES)}")
+    checked_status(status, error)
     row = db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
     if row is None or (only_if_active and row["status"] in FINAL_STATUSES):
         return False
@@ -463,14 +467,6 @@ def _status_change(db: sqlite3.Connection, run_id: str, status: str, error: str 
     assignments = ", ".join(f"{key} = ?" for key in fields)
     db.execute(f"UPDATE runs SET {assignments} WHERE id = ?", [*fields.values(), run_id])
     return True
-
-
-def _row(run_id: str, seq: int, step: int, event_type: str, payload: dict) -> tuple:
-    if event_type == "topology":
-        header, blob = codec.payload_to_stored(payload)
-        return (run_id, seq, step, event_type, dumps(header), int(header["index"]),
-                int(bool(header["keyframe"])), blob)
-    return (run_id, seq, step, event_type, dumps(payload), None, None, None)
 
 
 def event_dict(row) -> dict:
@@ -490,15 +486,8 @@ def event_text(row) -> str:
 
 
 def _run_row(row: sqlite3.Row) -> dict:
-    keys = row.keys()
-    return {
-        "id": row["id"], "name": row["name"], "config": json.loads(row["config"]),
-        "status": row["status"], "created_at": row["created_at"],
-        "started_at": row["started_at"], "ended_at": row["ended_at"], "error": row["error"],
-        "summary": json.loads(row["summary"] or "{}"),
-        "heartbeat_at": row["heartbeat_at"] if "heartbeat_at" in keys else None,
-        "info": json.loads(row["info"] or "{}") if "info" in keys else {},
-    }
+    """A stored run as reads return it (schema.stored_run: never raises, flags a bad row)."""
+    return stored_run({key: row[key] for key in row.keys()})
 
 
 class _Transaction:

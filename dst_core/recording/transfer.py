@@ -2,10 +2,16 @@
 
 An export is a small SQLite file in the store's own layout holding exactly one run (its row,
 every event, its artifacts), so it opens with the same reader and migrates with the same
-MIGRATIONS. An import treats the file as hostile until proven otherwise: it is opened
-read-only with untrusted schema code disabled, integrity-checked, every field and every frame
-is validated (versions, sizes, names), and only then is the run copied, under a new id, in
-one transaction, so a bad file changes nothing.
+MIGRATIONS. An import treats the file as hostile until proven otherwise:
+- its schema is read first: only our tables and indexes, with our columns, may be in it. A
+  view, a trigger or any other object is refused before a single row is read, because SQL
+  in views and triggers runs even with untrusted schema code disabled (a view of zeroblobs
+  or a recursive CTE expands a 78 KB file into gigabytes; a trigger runs during an upgrade);
+- it is opened read-only and integrity-checked; a version-1 file's frames are bounded
+  before our own migration (the only code an upgrade runs) touches them;
+- every column passes the store's own schemas (dst_core.recording.schema), frames are
+  bounded by the store's frame limit before they are decoded, and only then is the run
+  copied, under a new id, in one transaction, so a bad file changes nothing.
 """
 
 from __future__ import annotations
@@ -20,13 +26,19 @@ from pathlib import Path
 import torch
 
 from dst_core.recording import codec
+from dst_core.recording.schema import (
+    InvalidValue,
+    check_frame_header,
+    checked_run_columns,
+)
 from dst_core.recording.store import (
     ACTIVE_STATUSES,
     SCHEMA_VERSION,
-    STATUSES,
     RunStore,
     _Transaction,
+    checked_event,
     connect,
+    dumps,
     migrate,
     new_run_id,
     schema_version,
@@ -35,9 +47,19 @@ from dst_core.recording.store import (
 SQLITE_MAGIC = b"SQLite format 3\x00"
 FILE_SUFFIX = ".sparsescope"
 ARTIFACT_NAMES = ("model.pt",)  # artifacts are looked up by name: nothing else is accepted
-EVENT_TYPE = re.compile(r"^[a-z_]{1,32}$")
 MAX_EVENTS = 10_000_000
 MAX_TEXT = 10_000_000  # one event's JSON payload
+# What a file of ours may hold: these tables with (at most) these columns, these indexes
+# (and the automatic ones of primary keys). Anything else is refused before it is read.
+TABLE_COLUMNS = {
+    "meta": {"key", "value"},
+    "runs": {"id", "name", "config", "status", "created_at", "started_at", "ended_at", "error",
+             "summary", "heartbeat_at", "info"},
+    "events": {"run_id", "seq", "step", "type", "payload", "layer", "keyframe", "blob"},
+    "artifacts": {"run_id", "name", "data"},
+}
+REQUIRED_TABLES = ("meta", "runs", "events")  # a version-1 file has no artifacts table
+INDEXES = {"events_type", "events_frames"}
 SNAPSHOT_NOTE = "exported while it was running: this copy ends at the export"
 
 
@@ -90,10 +112,48 @@ def _fail(reason: str):
     raise BadExportError(reason)
 
 
-def _read_validated(path: Path) -> tuple[dict, list[tuple], list[tuple]]:
-    """(run row, events, artifacts) of an export file, each checked; BadExportError otherwise."""
+def _check_objects(db: sqlite3.Connection) -> None:
+    """Only our tables, columns and indexes: no view, trigger or foreign object."""
+    objects = db.execute("SELECT type, name, tbl_name FROM sqlite_master").fetchall()
+    for kind, name, table in objects:
+        if kind == "table" and name in TABLE_COLUMNS:
+            continue
+        if kind == "index" and (name in INDEXES or name.startswith("sqlite_autoindex_")) \
+                and table in TABLE_COLUMNS:
+            continue
+        _fail(f"not a sparsescope export: unexpected {kind} {name!r} (an export holds only "
+              f"the tables {', '.join(TABLE_COLUMNS)})")
+    tables = {name for kind, name, _ in objects if kind == "table"}
+    for table in REQUIRED_TABLES:
+        if table not in tables:
+            _fail(f"not a sparsescope export: no {table} table")
+    for table in tables:
+        columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        unexpected = columns - TABLE_COLUMNS[table]
+        if unexpected:
+            _fail(f"not a sparsescope export: table {table} has unexpected columns "
+                  f"{', '.join(sorted(unexpected))}")
+
+
+def _check_v1_frames(db: sqlite3.Connection, max_elements: int) -> None:
+    """A version-1 file keeps frames as JSON: bound their shapes before the migration
+    decodes them."""
+    for seq, payload in db.execute("SELECT seq, payload FROM events WHERE type = 'topology'"):
+        try:
+            header = json.loads(payload) if isinstance(payload, str) else None
+            if not isinstance(header, dict):
+                raise InvalidValue("payload", "not a JSON object")
+            check_frame_header(header, max_elements, "payload")
+        except (InvalidValue, ValueError, RecursionError) as error:
+            _fail(f"events: seq {seq}: {error}")
+
+
+def _read_validated(path: Path, max_elements: int) -> tuple[dict, list[tuple], list[tuple]]:
+    """(run columns, events, artifacts) of an export file, each checked and normalised;
+    BadExportError otherwise."""
     try:
         db = connect(path, read_only=True)
+        _check_objects(db)
         check = db.execute("PRAGMA quick_check").fetchone()[0]
     except sqlite3.DatabaseError as error:
         _fail(f"not a sparsescope export: {error}")
@@ -103,6 +163,11 @@ def _read_validated(path: Path) -> tuple[dict, list[tuple], list[tuple]]:
     if not 1 <= version <= SCHEMA_VERSION:
         _fail(f"schema_version: {version} is not a version this sparsescope reads "
               f"(1..{SCHEMA_VERSION})")
+    if version < SCHEMA_VERSION:
+        try:
+            _check_v1_frames(db, max_elements)
+        except sqlite3.DatabaseError as error:
+            _fail(f"corrupted file: {error}")
     db.close()
     if version < SCHEMA_VERSION:
         db = connect(path)  # our private copy of the upload: migrate it like any old file
@@ -118,17 +183,20 @@ def _read_validated(path: Path) -> tuple[dict, list[tuple], list[tuple]]:
         if len(runs) != 1:
             _fail(f"an export holds exactly one run, this file has {len(runs)}")
         run = dict(runs[0])
-        _check_run(run)
-        count = db.execute("SELECT COUNT(*) FROM events WHERE run_id = ?", (run["id"],)).fetchone()[0]
+        run_id = run.get("id")
+        try:
+            run = checked_run_columns(run)
+        except InvalidValue as error:
+            _fail(str(error))
+        count = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
         if count > MAX_EVENTS:
             _fail(f"absurd size: {count} events (at most {MAX_EVENTS})")
-        events = [tuple(row) for row in db.execute(
+        events = _checked_events(db.execute(
             "SELECT seq, step, type, payload, layer, keyframe, blob FROM events WHERE run_id = ? "
-            "ORDER BY seq", (run["id"],))]
-        _check_events(events)
+            "ORDER BY seq", (run_id,)), max_elements)
         artifacts = []
         for name, data in db.execute("SELECT name, data FROM artifacts WHERE run_id = ?",
-                                     (run["id"],)):
+                                     (run_id,)):
             if name not in ARTIFACT_NAMES:
                 _fail(f"artifact name {name!r} is not allowed (only {', '.join(ARTIFACT_NAMES)})")
             if not isinstance(data, bytes):
@@ -141,59 +209,44 @@ def _read_validated(path: Path) -> tuple[dict, list[tuple], list[tuple]]:
     return run, events, artifacts
 
 
-def _check_run(run: dict) -> None:
-    from pydantic import ValidationError
-
-    from dst_core.config import RunConfig
-
-    if not isinstance(run.get("name"), str) or len(run["name"]) > 1000:
-        _fail("name: missing or longer than 1000 characters")
-    if run.get("status") not in STATUSES:
-        _fail(f"status: {run.get('status')!r} is not one of {', '.join(STATUSES)}")
-    for key in ("config", "summary", "info"):
-        try:
-            value = json.loads(run.get(key) or "{}")
-        except (TypeError, ValueError):
-            _fail(f"{key}: not valid JSON")
-        if not isinstance(value, dict):
-            _fail(f"{key}: not a JSON object")
-    try:
-        RunConfig.model_validate(json.loads(run["config"]))
-    except ValidationError as error:
-        _fail(f"config: {error.errors()[0]['loc']}: {error.errors()[0]['msg']}")
-    if run.get("error") is not None and not isinstance(run["error"], str):
-        _fail("error: not text")
-    for key in ("created_at", "started_at", "ended_at", "heartbeat_at"):
-        if run.get(key) is not None and not isinstance(run[key], (int, float)):
-            _fail(f"{key}: not a timestamp")
-
-
-def _check_events(events: list[tuple]) -> None:
-    previous = 0
-    for seq, step, event_type, payload, layer, keyframe, blob in events:
+def _checked_events(rows, max_elements: int) -> list[tuple]:
+    """Every event row through the store's rules, normalised (payload JSON re-written, NaN as
+    null): (seq, step, type, payload, layer, keyframe, blob)."""
+    events, previous = [], 0
+    for seq, step, event_type, payload, layer, keyframe, blob in rows:
         if not isinstance(seq, int) or seq <= previous:
             _fail(f"events: seq {seq!r} out of order")
         previous = seq
-        if not isinstance(step, int) or step < 0:
-            _fail(f"events: seq {seq} has a bad step {step!r}")
-        if not isinstance(event_type, str) or not EVENT_TYPE.match(event_type):
-            _fail(f"events: seq {seq} has a bad type {event_type!r}")
         if not isinstance(payload, str) or len(payload) > MAX_TEXT:
             _fail(f"events: seq {seq} payload is not text or absurdly large")
         try:
             header = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             _fail(f"events: seq {seq} payload is not valid JSON")
-        if not isinstance(header, dict):
-            _fail(f"events: seq {seq} payload is not a JSON object")
-        if event_type == "topology":
-            try:
-                if not isinstance(blob, bytes) or header.get("index") != layer or \
-                        bool(header.get("keyframe")) != bool(keyframe):
-                    raise codec.FrameError("frame: header and index columns disagree")
-                codec.stored_to_raw(header, blob)  # decodes fully: sizes and indices checked
-            except (codec.FrameError, KeyError, TypeError) as error:
-                _fail(f"events: seq {seq}: {error}")
+        try:
+            if event_type != "topology":
+                if layer is not None or keyframe is not None or blob is not None:
+                    raise InvalidValue("frame", f"a {event_type!r} event carries frame columns")
+                event_type, step, stored, _ = checked_event(event_type, step, header, "payload",
+                                                      max_elements)
+                events.append((seq, step, event_type, *stored))
+                continue
+            if not isinstance(header, dict):
+                raise InvalidValue("payload", "not a JSON object")
+            check_frame_header(header, max_elements, "payload")
+            if not isinstance(blob, bytes) or header["index"] != layer or \
+                    header["keyframe"] != bool(keyframe):
+                raise codec.FrameError("frame: header and index columns disagree")
+            if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+                raise InvalidValue("step", "must be an integer from 0")
+            codec.stored_to_raw(header, blob)  # decodes fully, bounded by the checked shape
+            header = {key: header[key] for key in (*codec.HEADER_KEYS, "n_added", "n_removed")
+                      if key in header}
+            events.append((seq, step, event_type, dumps(header), layer, int(bool(keyframe)),
+                           blob))
+        except (InvalidValue, codec.FrameError, KeyError, TypeError) as error:
+            _fail(f"events: seq {seq}: {error}")
+    return events
 
 
 def import_run(store: RunStore, source: bytes | Path) -> dict:
@@ -212,7 +265,7 @@ def import_run(store: RunStore, source: bytes | Path) -> dict:
             head = handle.read(100)
         if len(head) < 100 or not head.startswith(SQLITE_MAGIC):
             _fail("not a sparsescope export (the file does not start with an SQLite header)")
-        run, events, artifacts = _read_validated(path)
+        run, events, artifacts = _read_validated(path, store.max_frame_elements)
     run_id = new_run_id()
     if run["status"] in ACTIVE_STATUSES:
         # A snapshot of a live run: nobody writes this copy, so it ends here, and its stream
@@ -224,7 +277,7 @@ def import_run(store: RunStore, source: bytes | Path) -> dict:
                        json.dumps({"status": "stopped", "error": SNAPSHOT_NOTE}), None, None, None))
     run["id"] = run_id
     with store._write() as db:
-        columns = [key for key in run if key in _run_columns(db)]
+        columns = list(run)
         db.execute(f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
                    [run[key] for key in columns])
         db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -232,10 +285,6 @@ def import_run(store: RunStore, source: bytes | Path) -> dict:
         db.executemany("INSERT INTO artifacts VALUES (?, ?, ?)",
                        [(run_id, name, blob) for name, blob in artifacts])
     return store.get_run(run_id)
-
-
-def _run_columns(db: sqlite3.Connection) -> set[str]:
-    return {row[1] for row in db.execute("PRAGMA table_info(runs)")}
 
 
 def export_filename(name: str) -> str:

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from backend.app import create_app
 from backend.settings import Settings
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, LoopbackClient, free_port
 
 # Short runs complete in a second or two; long ones would take hours and are always stopped.
 QUICK_RUN = {"epochs": 2, "hidden": [32]}
@@ -35,7 +35,7 @@ def make_client(tmp_path) -> Iterator[Callable[..., TestClient]]:
 
     def make(**overrides) -> TestClient:
         overrides.setdefault("data_dir", tmp_path / f"data{len(clients)}")
-        client = TestClient(create_app(Settings(**overrides)))
+        client = LoopbackClient(create_app(Settings(**overrides)))
         client.__enter__()
         clients.append(client)
         return client

@@ -16,7 +16,7 @@ from backend.settings import Settings
 from dst_core import SparseDriver
 from dst_core.events import keyframe_payload, to_wire
 from dst_core.recording import Recorder, RemoteRecorderError, RunReader, RunStore
-from tests.conftest import free_port, wait_for_status
+from tests.conftest import LoopbackClient, free_port, wait_for_status
 
 
 def _batch(first_seq: int, count: int) -> dict:
@@ -64,9 +64,15 @@ def test_ingest_validates_and_stops_after_the_end(client):
     other = client.post("/api/ingest/runs", json={}).json()["id"]
     response = client.post(f"/api/ingest/runs/{other}/events", json={"events": [{"seq": 0}]})
     assert response.status_code == 422 and "seq" in response.text
-    client.app.state.settings.max_ingest_bytes = 2048
-    response = client.post(f"/api/ingest/runs/{other}/events", json=_batch(2, 200))
-    assert response.status_code == 413
+
+
+def test_ingest_batches_share_one_body_limit(make_client):
+    """The limit of every /api/ingest/ route is the body-limit middleware's, the one place."""
+    client = make_client(max_ingest_bytes=2048)
+    run_id = client.post("/api/ingest/runs", json={}).json()["id"]
+    response = client.post(f"/api/ingest/runs/{run_id}/events", json=_batch(2, 200))
+    assert response.status_code == 413 and "/api/ingest/" in response.json()["detail"]
+    assert client.post(f"/api/ingest/runs/{run_id}/events", json=_batch(2, 3)).status_code == 200
 
 
 @pytest.mark.parametrize("body, field", [
@@ -86,9 +92,8 @@ def test_hostile_ingest_batches_get_a_422_naming_the_problem(client, body, field
 
 def test_a_run_whose_writer_goes_silent_is_marked_stale(tmp_path):
     settings = Settings(data_dir=tmp_path / "data", stale_after_s=0.5)
-    from fastapi.testclient import TestClient
 
-    with TestClient(create_app(settings)) as client:
+    with LoopbackClient(create_app(settings)) as client:
         run_id = client.post("/api/ingest/runs", json={}).json()["id"]
         run = wait_for_status(client, run_id, ("failed",), timeout_s=30)
     assert run["error"] == "stale: writer went silent"

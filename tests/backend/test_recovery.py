@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import time
@@ -124,7 +125,9 @@ def test_runs_of_other_writers_are_left_alone(tmp_path, servers):
     assert server.get(f"/api/runs/{active.run_id}").json()["status"] == "running"
     assert child_pids(server.process.pid) == set()
     refused = server.post(f"/api/runs/{active.run_id}/stop")
-    assert refused.status_code == 409 and "another process" in refused.json()["detail"]
+    detail = refused.json()["detail"]
+    assert refused.status_code == 409 and "script" in detail and "cannot stop it" in detail
+    assert f"pid {os.getpid()}" in detail  # who to stop instead
 
     server.process.kill()
     server.process.wait()

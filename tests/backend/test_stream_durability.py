@@ -7,11 +7,10 @@ import os
 import signal
 import time
 
-from fastapi.testclient import TestClient
-
 from backend.app import create_app
 from backend.settings import Settings
 from dst_core.recording import RunReader, RunStore
+from tests.conftest import LoopbackClient
 from tests.dst_core.test_recording import start_writer
 
 
@@ -41,7 +40,7 @@ def test_kill_9_of_a_writer_keeps_every_committed_frame(tmp_path):
             assert mask.any()
 
     settings = Settings(data_dir=data_dir)
-    with TestClient(create_app(settings)) as client:  # the next server start
+    with LoopbackClient(create_app(settings)) as client:  # the next server start
         run = client.get(f"/api/runs/{run_id}").json()
         assert run["status"] == "failed" and "interrupted" in run["error"]
         with client.websocket_connect(f"/ws/runs/{run_id}") as socket:

@@ -113,7 +113,10 @@ def browser():
 @pytest.fixture
 def page(browser, server):
     """A fresh tab on the server's dashboard; the test fails on any console error or page error."""
-    context = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+    # bypass_csp: Playwright's wait_for_function evaluates its predicate with `new Function`,
+    # which the page's CSP forbids; test_csp.py checks the page under its CSP.
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True,
+                                  bypass_csp=True)
     tab = context.new_page()
     tab.console_errors = []
     # Chromium logs every 4xx answer as a console error; a test that provokes one on purpose

@@ -286,18 +286,6 @@ def test_readme_example_runs_as_written(tmp_path):
     assert len(base64.b64decode(keyframe["bits"])) == -(-np.prod(keyframe["shape"]) // 8)
 
 
-def test_server_start_fails_only_runs_no_writer_is_recording(tmp_path):
-    store = RunStore(tmp_path)
-    worker = store.create_run({}, "worker", status="running", info={"writer": "worker"})["id"]
-    queued = store.create_run({}, "queued", status="queued")["id"]
-    alive = store.create_run({}, "cli", status="running", info={"writer": "cli"})["id"]
-    silent = store.create_run({}, "remote", status="running", info={"writer": "remote"})["id"]
-    store.db.execute("UPDATE runs SET heartbeat_at = 0 WHERE id = ?", (silent,))
-    assert sorted(store.fail_interrupted(writer_alive_s=60)) == sorted([worker, queued, silent])
-    assert store.get_run(alive)["status"] == "running"
-    assert store.get_run(worker)["error"] == "interrupted: the server stopped"
-
-
 def test_recorder_ends_runs_with_the_right_status_and_beats(tmp_path):
     with pytest.raises(RuntimeError):
         with Recorder(tmp_path, name="boom", heartbeat_s=0.05) as recorder:

@@ -2,62 +2,33 @@
 
 Events arrive in the websocket's JSON wire format, each with the writer's own `seq`; a seq
 already stored is dropped, so a batch resent after a lost reply is stored once. Every request
-counts as the writer's heartbeat. This router's lifespan also runs the stale-writer watcher:
-a running run whose writer (remote job, CLI, script or worker) has been silent for
-`stale_after_s` is marked failed ("stale: writer went silent").
+counts as the writer's heartbeat (the stale-writer watcher lives with the run manager).
+
+A run has one writer: a remote writer writes only runs it created here (`info.writer` is
+`remote`); a run the server's own worker trains, or that the CLI or a script in the data
+folder records, answers 409. What an event may hold is checked by the store
+(dst_core.recording.schema), the same rules for every writer; this router only maps them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import logging
-from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request, Response, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from backend.api.deps import RunIdDep, SettingsDep, StoreDep
+from backend.api.deps import RunIdDep, StoreDep
 from dst_core.config import RunConfig
 from dst_core.recording import FINAL_STATUSES, RunStore
-from dst_core.recording.codec import FrameError
 from dst_core.recording.transfer import ARTIFACT_NAMES
 
-log = logging.getLogger("sparsescope.ingest")
 MAX_INTEGER = 2**62  # SQLite integers are 64-bit: larger seqs and steps are refused with a 422
+WRITER_NAMES = {"worker": "this server's own worker", "cli": "the sparsescope CLI",
+                "script": "a script (its own Recorder) in the data folder"}
 
-
-async def _watch_stale(app: FastAPI) -> None:
-    settings = app.state.settings
-    period_s = min(5.0, settings.stale_after_s / 4)
-    while True:
-        await asyncio.sleep(period_s)
-        try:
-            manager = getattr(app.state, "manager", None)
-            supervised = list(getattr(manager, "workers", {}) or {})  # the manager reaps these
-            failed = await asyncio.to_thread(app.state.store.mark_stale, settings.stale_after_s,
-                                             supervised)
-            for run_id in failed:
-                log.warning("run=%s marked failed: writer silent for %.0f s", run_id,
-                            settings.stale_after_s)
-        except Exception:  # the watcher must outlive any single bad read
-            log.exception("stale-writer watcher error")
-
-
-@asynccontextmanager
-async def lifespan(app: FastAPI):
-    watcher = asyncio.create_task(_watch_stale(app), name="stale-writer-watcher")
-    try:
-        yield
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-
-
-router = APIRouter(prefix="/api/ingest/runs", tags=["ingest"], lifespan=lifespan)
+router = APIRouter(prefix="/api/ingest/runs", tags=["ingest"])
 
 
 class IngestRun(BaseModel):
@@ -90,20 +61,6 @@ class Created(BaseModel):
     next_seq: int
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes `limit` (never read whole first)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, detail=f"request larger than max_ingest_bytes ({limit})")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, detail=f"request larger than max_ingest_bytes ({limit})")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _as_body_error(item: dict, raw: bytes) -> dict:
     """A pydantic error of the parsed body in FastAPI's own shape: located under `body`, and
     malformed JSON at its character position (as FastAPI reports it for a declared body)."""
@@ -114,13 +71,21 @@ def _as_body_error(item: dict, raw: bytes) -> dict:
         position = 0
     except ValueError as error:
         position = getattr(error, "pos", 0)
+    except RecursionError:  # nested past Python's own parser too: no position to give
+        position = 0
     return {**item, "loc": ("body", position)}
 
 
 def _writable(store: RunStore, run_id: str) -> None:
+    """404 for no run, 409 for a run that has ended or that another writer owns."""
     run = store.get_run(run_id)
     if run is None:
         raise HTTPException(404, detail=f"no run {run_id!r}")
+    writer = run["info"].get("writer", "worker")
+    if writer != "remote":
+        raise HTTPException(409, detail=f"run {run_id} is written by "
+                            f"{WRITER_NAMES.get(writer, 'another process')}: a remote writer "
+                            "writes only the runs it created with POST /api/ingest/runs")
     if run["status"] in FINAL_STATUSES:
         raise HTTPException(409, detail=f"run {run_id} has ended ({run['status']}"
                                         f"{': ' + run['error'] if run['error'] else ''})")
@@ -137,10 +102,11 @@ async def create(body: IngestRun, store: StoreDep) -> Created:
 
 @router.post("/{run_id}/events", openapi_extra={"requestBody": {"required": True, "content": {
     "application/json": {"schema": IngestBatch.model_json_schema()}}}})
-async def events(run_id: RunIdDep, request: Request, store: StoreDep,
-                 settings: SettingsDep) -> dict:
-    """A batch of events with the writer's seqs (IngestBatch); seqs already stored are dropped."""
-    raw = await _read_limited(request, settings.max_ingest_bytes)
+async def events(run_id: RunIdDep, request: Request, store: StoreDep) -> dict:
+    """A batch of events with the writer's seqs (IngestBatch); seqs already stored are dropped.
+
+    Its size is bounded by the body limit of every /api/ingest/ route (one middleware)."""
+    raw = await request.body()
     try:
         body = IngestBatch.model_validate_json(raw)
     except ValidationError as error:
@@ -149,11 +115,8 @@ async def events(run_id: RunIdDep, request: Request, store: StoreDep,
 
     def write() -> int:
         _writable(store, run_id)
-        try:
-            return store.ingest_events(run_id, [event.model_dump() for event in body.events],
-                                       body.summary)
-        except (FrameError, KeyError, TypeError, ValueError, OverflowError) as error:
-            raise HTTPException(422, detail=f"events: {error}") from None
+        return store.ingest_events(run_id, [event.model_dump() for event in body.events],
+                                   body.summary)
 
     return {"last_seq": await asyncio.to_thread(write)}
 
@@ -169,12 +132,11 @@ async def heartbeat(run_id: RunIdDep, store: StoreDep) -> Response:
 
 
 @router.put("/{run_id}/artifacts/{name}", status_code=status.HTTP_204_NO_CONTENT)
-async def artifact(run_id: RunIdDep, name: str, request: Request, store: StoreDep,
-                   settings: SettingsDep) -> Response:
+async def artifact(run_id: RunIdDep, name: str, request: Request, store: StoreDep) -> Response:
     """The trained model of a remote run (raw bytes of the .pt file)."""
     if name not in ARTIFACT_NAMES:
         raise HTTPException(404, detail=f"artifact name must be one of {', '.join(ARTIFACT_NAMES)}")
-    data = await _read_limited(request, settings.max_ingest_bytes)
+    data = await request.body()
 
     def put() -> None:
         _writable(store, run_id)

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 from collections import deque
 
 from fastapi import APIRouter, WebSocket
 
+from backend.middleware import authorized
 from dst_core.recording import FINAL_STATUSES, RunStore
 
 router = APIRouter()
@@ -204,10 +204,8 @@ async def stream_run(websocket: WebSocket, run_id: str, from_seq: str = "0",
     `?format=binary` sends each topology event as one binary message (see codec.py);
     every other message stays JSON text."""
     store: RunStore = websocket.app.state.store
-    token = websocket.app.state.settings.token
     await websocket.accept()
-    if token and not hmac.compare_digest((websocket.query_params.get("token") or "").encode(),
-                                         token.encode()):
+    if not authorized(websocket.scope, websocket.app.state.settings.token):
         await websocket.send_text(json.dumps({"type": "error", "error": "missing or wrong token"}))
         await websocket.close(code=4401)
         return

@@ -11,7 +11,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from backend.api.deps import RunDep, RunIdDep, SettingsDep, StoreDep
+from backend.api.deps import RunDep, RunIdDep, StoreDep
 from backend.schemas import RunOut
 from dst_core.recording import BadExportError, export_run, import_run
 from dst_core.recording.recorder import MODEL_ARTIFACT
@@ -32,23 +32,17 @@ async def export(run_id: RunIdDep, run: RunDep, store: StoreDep) -> Response:
 
 
 @router.post("/import", response_model=RunOut, status_code=status.HTTP_201_CREATED)
-async def import_file(request: Request, store: StoreDep, settings: SettingsDep) -> dict:
+async def import_file(request: Request, store: StoreDep) -> dict:
     """Body = the raw bytes of an export file; 201 with the new run, 400 naming what is wrong.
 
-    Its own size limit (`max_import_bytes`), far above any other request's: runs are big."""
-    limit = settings.max_import_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, detail=f"file larger than the import limit ({limit} bytes)")
+    Its own size limit (`max_import_bytes`, far above any other request's: runs are big) is
+    enforced by the body-limit middleware as the upload streams to disk."""
     with tempfile.TemporaryDirectory(prefix="sparsescope-upload-") as folder:
         path = Path(folder) / "upload.sparsescope"
         received = 0
         with open(path, "wb") as out:
             async for chunk in request.stream():
                 received += len(chunk)
-                if received > limit:
-                    raise HTTPException(413, detail=f"file larger than the import limit ({limit} "
-                                                    "bytes)")
                 out.write(chunk)
         if received == 0:
             raise HTTPException(400, detail="empty body: send the export file's bytes")

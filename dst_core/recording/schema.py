@@ -1,0 +1,319 @@
+"""The one validation place of the run store: every value a writer hands it, and every row a
+read returns, passes the schemas of this module.
+
+Why one place: a run's row is read by every client (the runs list, the dashboard, exports),
+so one bad value stored by one writer (a remote job, an imported file, a script) used to fail
+the reads of everyone. The store calls `checked_*` on every write path (create, events,
+summary, info, ingest, import) and `stored_run` on every read, so what can be stored is
+exactly what the reads accept, and a legacy row that no longer fits is returned as an
+*unreadable* record (its id and why) that can still be listed and deleted.
+
+The rules are deliberately simple and bounded:
+- JSON documents (a payload, a config, a summary, the run info) nest at most
+  `MAX_JSON_DEPTH` deep and serialise to at most `MAX_JSON_BYTES`;
+- non-finite floats become null (a diverged loss is a fact worth keeping, NaN is not JSON),
+  integers stay within ±2**64 (a float holds them; 10**400 it cannot);
+- the few event types that reads interpret (`status`, `meta`, `topology`) have their fields
+  checked; a topology frame's declared shape is bounded *before* anything is decoded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dst_core.recording.codec import wire_value
+
+RunStatus = Literal["queued", "running", "completed", "stopped", "failed"]
+STATUS_VALUES: tuple[str, ...] = ("queued", "running", "completed", "stopped", "failed")
+WRITERS = ("worker", "cli", "script", "remote")
+MAX_JSON_DEPTH = 32  # far above any payload we write (≤ 4), far below Python's recursion limit
+MAX_JSON_BYTES = 4 * 1024 * 1024  # one non-frame payload / config / summary / info document
+MAX_NAME_CHARS = 1000
+MAX_INTEGER = 2**64  # a uint64 seed (torch.initial_seed) fits; 10**400 would overflow a float
+MAX_STEP = 2**62
+
+
+class InvalidValue(ValueError):
+    """A value refused at the store's entry; `field` names where (e.g. "summary.steps")."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+# ---- plain JSON ---------------------------------------------------------------------------------
+def clean_json(value: Any, field: str, depth: int = 0) -> Any:
+    """A JSON-safe copy of `value`: non-finite floats → None, numpy arrays → base64 text of
+    their bytes (the wire format), numpy scalars → Python numbers, tuples → lists.
+
+    Raises InvalidValue naming the field for what JSON (or our readers) cannot hold: nesting
+    deeper than MAX_JSON_DEPTH, integers beyond ±2**64, non-string keys, other objects."""
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidValue(field, f"nested deeper than {MAX_JSON_DEPTH} levels")
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, int):
+        if not -MAX_INTEGER <= value <= MAX_INTEGER:
+            raise InvalidValue(field, "integer outside ±2**64")
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.ndarray):
+        return wire_value(value)
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidValue(field, f"key {key!r} is not text")
+            out[key] = clean_json(item, f"{field}.{key}", depth + 1)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [clean_json(item, f"{field}[{index}]", depth + 1) for index, item in enumerate(value)]
+    raise InvalidValue(field, f"{type(value).__name__} is not a JSON value")
+
+
+def dumps_checked(value: Any, field: str, max_bytes: int = MAX_JSON_BYTES) -> str:
+    """`clean_json` then compact JSON text, refused past `max_bytes`."""
+    return compact_json(clean_json(value, field), field, max_bytes)
+
+
+def compact_json(clean: Any, field: str, max_bytes: int = MAX_JSON_BYTES) -> str:
+    """Compact JSON text of an already clean value, refused past `max_bytes`."""
+    text = json.dumps(clean, separators=(",", ":"), allow_nan=False)
+    if len(text) > max_bytes:
+        raise InvalidValue(field, f"{len(text)} bytes of JSON; at most {max_bytes}")
+    return text
+
+
+def _object(value: Any, field: str) -> dict:
+    if not isinstance(value, dict):
+        raise InvalidValue(field, f"must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _first_error(error: ValidationError, field: str) -> InvalidValue:
+    item = error.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in item.get("loc", ()))
+    return InvalidValue(f"{field}.{where}" if where else field,
+                        str(item.get("msg", "invalid")).removeprefix("Value error, "))
+
+
+# ---- run rows -----------------------------------------------------------------------------------
+class RunSummary(BaseModel):
+    """What a run has reached so far, kept current by its writer (the Recorder)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    steps: int = Field(0, ge=0, le=MAX_STEP, description="Last training step recorded")
+    final_loss: float | None = Field(None, description="Latest training loss")
+    final_test_accuracy: float | None = Field(None, description="Latest held-out accuracy")
+    best_test_accuracy: float | None = Field(None, description="Best held-out accuracy so far")
+    density: dict[str, float | None] = Field({}, description="Per-layer density, latest")
+    itop_rate: float | None = Field(None, description="Share of connections ever active")
+
+
+class RunInfo(BaseModel):
+    """Who wrote the run. Only the keys the server acts on are typed; the rest is free."""
+
+    model_config = ConfigDict(extra="allow")
+
+    writer: Literal["worker", "cli", "script", "remote"] | None = None
+    pid: int | None = None
+    host: str | None = None
+
+
+class StoredRun(BaseModel):
+    """One run as every read returns it (REST's RunOut builds on it)."""
+
+    id: str = Field(description="16 hex digits")
+    name: str
+    config: dict[str, Any]
+    status: RunStatus
+    created_at: float = Field(description="Unix time")
+    started_at: float | None = Field(None, description="Unix time the worker began training")
+    ended_at: float | None = Field(None, description="Unix time of the final status")
+    error: str | None = Field(None, description="Why the run failed (failed runs)")
+    summary: RunSummary
+    info: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Who wrote the run and with what: writer (worker, cli, script, remote), "
+                    "torch and sparsescope versions, git commit when known, seed, and the "
+                    "script's own config when it was not a RunConfig (user_config)")
+    heartbeat_at: float | None = Field(None, description="Unix time the writer was last heard")
+    unreadable: str | None = Field(
+        None, description="Set when the stored row no longer fits this schema (a legacy or "
+                          "damaged row): why. The run can still be deleted.")
+
+
+def checked_name(name: Any) -> str:
+    if not isinstance(name, str) or len(name) > MAX_NAME_CHARS:
+        raise InvalidValue("name", f"must be text of at most {MAX_NAME_CHARS} characters")
+    return name
+
+
+def checked_status(status: Any, error: Any = None) -> tuple[str, str | None]:
+    if status not in STATUS_VALUES:
+        raise InvalidValue("status", f"{status!r} is not one of {', '.join(STATUS_VALUES)}")
+    if error is not None and not isinstance(error, str):
+        raise InvalidValue("error", f"must be text, got {type(error).__name__}")
+    return status, error
+
+
+def checked_summary(summary: Any) -> str:
+    """The summary as stored JSON text, validated by RunSummary (the read schema)."""
+    text = dumps_checked(_object(summary, "summary"), "summary")
+    try:
+        RunSummary.model_validate_json(text)
+    except ValidationError as error:
+        raise _first_error(error, "summary") from None
+    return text
+
+
+def checked_info(info: Any) -> str:
+    text = dumps_checked(_object(info, "info"), "info")
+    try:
+        RunInfo.model_validate_json(text)
+    except ValidationError as error:
+        raise _first_error(error, "info") from None
+    return text
+
+
+def checked_config(config: Any) -> str:
+    return dumps_checked(_object(config, "config"), "config")
+
+
+def stored_run(columns: dict[str, Any]) -> dict:
+    """A `runs` row (column → stored value) as the record reads return; never raises.
+
+    A row that does not fit StoredRun (a legacy file, a hand-edited database) comes back
+    with safe placeholders and `unreadable` saying why, so listing it, showing it and
+    deleting it still work."""
+    record = dict(columns)
+    try:
+        for key in ("config", "summary", "info"):
+            text = record.get(key)
+            record[key] = json.loads(text) if isinstance(text, str) and text else {}
+        return StoredRun.model_validate(record).model_dump()
+    except (ValidationError, ValueError, TypeError, RecursionError) as error:
+        reason = (str(_first_error(error, "run")) if isinstance(error, ValidationError)
+                  else f"run: {type(error).__name__}: {error}")
+    status = columns.get("status")
+    name = columns.get("name")
+    return StoredRun(
+        id=str(columns.get("id")), name=name if isinstance(name, str) else "(unreadable run)",
+        config={}, status=status if status in STATUS_VALUES else "failed",
+        created_at=_timestamp(columns.get("created_at")) or 0.0, summary=RunSummary(),
+        error=columns.get("error") if isinstance(columns.get("error"), str) else None,
+        unreadable=reason[:500]).model_dump()
+
+
+def stored_info(text: Any) -> dict:
+    """A stored `info` column as a dict; {} when it is not a readable JSON object."""
+    try:
+        value = json.loads(text) if isinstance(text, str) and text else {}
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _timestamp(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def checked_run_columns(run: dict) -> dict:
+    """An imported `runs` row, every column checked by the same rules as a new run's."""
+    from dst_core.config import RunConfig  # lazily: dst_core's package imports this module
+
+    out = {"name": checked_name(run.get("name"))}
+    out["status"], out["error"] = checked_status(run.get("status"), run.get("error"))
+    for key, check in (("config", checked_config), ("summary", checked_summary),
+                       ("info", checked_info)):
+        text = run.get(key)
+        try:
+            value = json.loads(text) if text is not None else {}
+        except (TypeError, ValueError, RecursionError):
+            raise InvalidValue(key, "not valid JSON text") from None
+        out[key] = check(value)
+    try:  # every writer stores a RunConfig (a script's own dict goes to info.user_config)
+        RunConfig.model_validate_json(out["config"])
+    except ValidationError as error:
+        raise _first_error(error, "config") from None
+    created = _timestamp(run.get("created_at"))
+    if created is None:
+        raise InvalidValue("created_at", "missing or not a timestamp")
+    out["created_at"] = created
+    for key in ("started_at", "ended_at", "heartbeat_at"):
+        value = run.get(key)
+        if value is not None and _timestamp(value) is None:
+            raise InvalidValue(key, "not a timestamp")
+        out[key] = _timestamp(value)
+    return out
+
+
+# ---- events -------------------------------------------------------------------------------------
+class LayerEntry(BaseModel):
+    """One layer of a meta event, as the reads (mask lookup, the dashboard) use it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(max_length=MAX_NAME_CHARS)
+
+
+class MetaPayload(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    layers: list[LayerEntry] = Field(default_factory=list)
+
+
+FRAME_KEYS = ("layer", "index", "shape", "keyframe", "active")
+
+
+def check_frame_header(payload: dict, max_elements: int, field: str = "payload") -> int:
+    """A topology payload's header fields, checked before any of its data is decoded;
+    returns the frame's element count (rows × cols ≤ `max_elements`)."""
+    if not isinstance(payload, dict):
+        raise InvalidValue(field, "a topology frame must be a JSON object")
+    for key in FRAME_KEYS:
+        if key not in payload:
+            raise InvalidValue(f"{field}.{key}", "missing from a topology frame")
+    if not isinstance(payload["layer"], str) or len(payload["layer"]) > MAX_NAME_CHARS:
+        raise InvalidValue(f"{field}.layer", "must be text")
+    index, shape, active = payload["index"], payload["shape"], payload["active"]
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 2**31:
+        raise InvalidValue(f"{field}.index", "must be a layer index from 0")
+    if not isinstance(payload["keyframe"], bool):
+        raise InvalidValue(f"{field}.keyframe", "must be true or false")
+    if (not isinstance(shape, list) or len(shape) != 2
+            or not all(isinstance(side, int) and not isinstance(side, bool) and side >= 1
+                       for side in shape)):
+        raise InvalidValue(f"{field}.shape", "must be [rows, cols] of positive integers")
+    numel = shape[0] * shape[1]
+    if numel > max_elements:
+        raise InvalidValue(f"{field}.shape", f"{shape[0]}×{shape[1]} = {numel:,} connections; "
+                           f"at most {max_elements:,} on this server (SPARSESCOPE_MAX_PARAMETERS)")
+    if not isinstance(active, int) or isinstance(active, bool) or not 0 <= active <= numel:
+        raise InvalidValue(f"{field}.active", f"must be a count from 0 to {numel}")
+    return numel
+
+
+def checked_payload(event_type: str, payload: Any, field: str = "payload") -> dict:
+    """A non-topology event's payload, JSON-clean, with the fields reads interpret checked."""
+    payload = clean_json(_object(payload, field), field)
+    if event_type == "status":
+        checked_status(payload.get("status"), payload.get("error"))
+    elif event_type == "meta":
+        try:
+            MetaPayload.model_validate(payload)
+        except ValidationError as error:
+            raise _first_error(error, field) from None
+    return payload
