@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dst_core import distributed
 from dst_core.analytics import rewire_magnitudes
 from dst_core.density import DISTRIBUTIONS, layer_densities
 from dst_core.rewire import get_algorithm
@@ -188,6 +189,10 @@ class SparseDriver:
     aside first (`dense_grad(layer)`), never in `.grad`.
     `sparse_init=True` rescales each sparse layer's initial weights to its active fan-in
     (`scale_to_active_fan_in`); the default False keeps the model's weights exactly as given.
+    Under an initialised `torch.distributed` process group (DDP) every rank's masks and
+    weights stay identical by construction (`dst_core.distributed`: rank 0's initial state,
+    all-reduced dense gradients, per-step seeds); every `verify_every` rewires an
+    all-gathered mask hash checks it (0: never) and raises `MaskDivergenceError`.
     Raises ValueError naming the argument on bad input, including a model with no Linear/Conv
     weight and an optimizer that does not hold every sparsified weight.
     """
@@ -222,6 +227,7 @@ class SparseDriver:
         dense_first_last: bool = False,
         sparse_init: bool = False,
         seed: int = 0,
+        verify_every: int = 1,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -237,7 +243,8 @@ class SparseDriver:
                 raise ValueError(f"{argument}: expected a finite number, got {value!r}")
         for argument, value in (("interval_steps", interval_steps),
                                 ("steps_per_epoch", steps_per_epoch), ("seed", seed),
-                                ("begin_step", begin_step), ("n", n), ("m", m)):
+                                ("begin_step", begin_step), ("n", n), ("m", m),
+                                ("verify_every", verify_every)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, Integral)):
                 raise ValueError(f"{argument}: expected an int, got {value!r}")
         for argument, value in (("skip_update_on_rewire", skip_update_on_rewire),
@@ -253,6 +260,8 @@ class SparseDriver:
         self.algorithm = get_algorithm(method)
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise ValueError(f"total_steps: must be an int >= 1, got {total_steps!r}")
+        if verify_every < 0:
+            raise ValueError(f"verify_every: must be >= 0 (0: never), got {verify_every!r}")
         if steps_per_epoch is not None and steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch: must be >= 1, got {steps_per_epoch!r}")
         options = resolve_settings(method, {
@@ -342,6 +351,9 @@ class SparseDriver:
             self.algorithm.trains_dense
             or (type(optimizer) in SELF_MASKING_OPTIMIZERS
                 and not self.algorithm.keeps_inactive_state))
+        # Under torch.distributed: rank 0's masks and weights everywhere, reduced dense
+        # gradients, per-step seeds, the mask-hash check (None in a single process).
+        self.distributed = distributed.attach(self, verify_every)
 
     def _check_options(self, options: ResolvedSettings) -> None:
         algorithm, method = self.algorithm, self.method
@@ -450,6 +462,9 @@ class SparseDriver:
                 if not layer.grad_masked:
                     self._mask_grad(layer)
                 layer.grad_masked = False
+        if self.distributed is not None:
+            self.distributed.before_step()
+            self.distributed.reduce_dense_grads(self._dense_grads)
         self.algorithm.before_optimizer_step(self, due)
         self.skipped_update = due and self.options.skip_update_on_rewire
         if not self.skipped_update:
@@ -461,6 +476,8 @@ class SparseDriver:
             changes = self.algorithm.after_optimizer_step(self, due)
         finally:
             self._dense_grads = {}
+        if due and self.distributed is not None:
+            self.distributed.after_rewire()
         if changes:
             for listener in self.listeners:
                 listener(changes)
@@ -557,6 +574,7 @@ class SparseDriver:
             "buffers": {layer.name: {key: value.cpu().clone() for key, value in layer.buffers.items()}
                         for layer in self.layers},
             "generator": self.generator.get_state(),
+            "seed": self.seed,  # under DDP every step's draws derive from it
             "init_bounds": {layer.name: layer.init_bound for layer in self.layers},
         }
 
@@ -569,6 +587,7 @@ class SparseDriver:
             raise ValueError(f"state: masks for {sorted(state.get('masks', {}))}, "
                              f"driver has {sorted(names)}")
         self.step_count = int(state["step_count"])
+        self.seed = int(state.get("seed", self.seed))
         for layer in self.layers:
             device = layer.weight.device
             layer.mask = state["masks"][layer.name].to(device).bool()
@@ -579,3 +598,5 @@ class SparseDriver:
         self.generator.set_state(state["generator"])
         self.scratch.clear()
         self.apply_masks()
+        if self.distributed is not None:  # a rank that loaded another file follows rank 0
+            self.distributed.broadcast_state()

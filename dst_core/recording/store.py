@@ -111,16 +111,39 @@ def dumps(value) -> str:
     return json.dumps(clean_json(value, "value"), separators=(",", ":"), allow_nan=False)
 
 
+LOCKED_RETRY_S = 30.0  # as long as the busy timeout: a writer waits, it never fails
+
+
+def retry_locked(action: Callable[[], object], timeout_s: float = LOCKED_RETRY_S):
+    """Run `action`, retrying with a growing pause while SQLite answers "database is locked"
+    or "busy". The busy timeout covers ordinary writes, but SQLite returns SQLITE_BUSY at
+    once, without calling the busy handler, where waiting could deadlock: switching a fresh
+    file to WAL and creating the schema while another process does the same, or a WAL
+    recovery. Those are exactly the first moments of concurrent writers on a new folder."""
+    deadline = time.monotonic() + timeout_s
+    pause_s = 0.005
+    while True:
+        try:
+            return action()
+        except sqlite3.OperationalError as error:
+            text = str(error)
+            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause_s)
+        pause_s = min(0.25, pause_s * 2)
+
+
 def connect(path: str | Path, *, read_only: bool = False) -> sqlite3.Connection:
     if read_only:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
                                check_same_thread=False)
         conn.execute("PRAGMA trusted_schema=OFF")  # a foreign file's views/triggers run nothing
     else:
-        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
+        conn = sqlite3.connect(path, timeout=LOCKED_RETRY_S, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout={int(LOCKED_RETRY_S * 1000)}")  # before anything
+        retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone())
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=30000")
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -138,9 +161,14 @@ def schema_version(db: sqlite3.Connection) -> int:
 
 def migrate(db: sqlite3.Connection) -> int:
     """Bring a file to SCHEMA_VERSION; each step commits alone, so a crash leaves a valid file."""
-    db.executescript(_SCHEMA_V1)  # idempotent; executescript commits by itself
-    with _Transaction(db):
-        db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', '1')")
+    def create_schema() -> None:  # one transaction: a concurrent creator waits, then no-ops
+        with _Transaction(db):
+            for statement in _SCHEMA_V1.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', '1')")
+
+    retry_locked(create_schema)
     for target, step in MIGRATIONS:
         with _Transaction(db):
             current = schema_version(db)  # re-read under the write lock: another process may
@@ -168,7 +196,7 @@ class RunStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        version = schema_version(self.db)
+        version = retry_locked(lambda: schema_version(self.db))
         if version > SCHEMA_VERSION:
             raise ValueError(f"schema_version: {self.path} has version {version}; this sparsescope "
                              f"reads up to {SCHEMA_VERSION} (upgrade sparsescope)")
@@ -505,7 +533,7 @@ class _Transaction:
         self.db = db
 
     def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN IMMEDIATE")
+        retry_locked(lambda: self.db.execute("BEGIN IMMEDIATE"))
         return self.db
 
     def __exit__(self, exc_type, exc, tb) -> None:

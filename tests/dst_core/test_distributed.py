@@ -1,0 +1,240 @@
+"""DDP: identical masks and weights on every rank, by construction, for every method.
+
+Each test spawns 2 or 4 gloo ranks on the CPU (torch.multiprocessing), feeds every rank its
+own data, wraps the model in DistributedDataParallel and gives each driver `seed=rank` (as
+scripts seed per rank): the masks must still agree after every step. A failure inside a rank
+is raised by `mp.spawn` in the test process with the rank's traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from dst_core import REGISTRY, SparseDriver
+from dst_core.distributed import MaskDivergenceError, mask_hash
+
+TOTAL_STEPS = 16
+INTERVAL_STEPS = 4
+BATCH = 16
+
+
+def _init(rank: int, world: int, folder: str) -> None:
+    torch.set_num_threads(1)  # 2 cores shared by every rank and other jobs
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank,
+                            world_size=world)
+
+
+def _model(seed: int) -> nn.Module:
+    torch.manual_seed(seed)  # a different init per rank: the driver must make them agree
+    return nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(),
+                         nn.Linear(24, 5))
+
+
+def _batch(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1000 * rank + step)  # every rank its own data
+    inputs = torch.randn(BATCH, 20, generator=generator)
+    return inputs, torch.randint(0, 5, (BATCH,), generator=generator)
+
+
+def _driver(method: str, ddp: nn.Module, optimizer, seed: int, **options) -> SparseDriver:
+    return SparseDriver(ddp.module, optimizer, method=method, density=0.3,
+                        total_steps=TOTAL_STEPS, interval_steps=INTERVAL_STEPS,
+                        drop_fraction=0.3, seed=seed, **options)
+
+
+def _train_step(ddp: nn.Module, driver: SparseDriver, rank: int) -> list:
+    inputs, labels = _batch(rank, driver.step_count)
+    loss = nn.functional.cross_entropy(ddp(inputs), labels)
+    loss.backward()
+    changes = driver.step()
+    driver.optimizer.zero_grad()
+    return changes
+
+
+def _same_everywhere(tensor: torch.Tensor, what: str) -> None:
+    """Every rank's `tensor` equals rank 0's, bit for bit."""
+    wire = tensor.detach().reshape(-1)
+    wire = wire.to(torch.uint8) if wire.dtype == torch.bool else wire.view(torch.int32)
+    gathered = [torch.empty_like(wire) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, wire.contiguous())
+    for other, values in enumerate(gathered):
+        assert torch.equal(values, gathered[0]), f"{what} differs on rank {other} from rank 0"
+
+
+def _check_replicas(driver: SparseDriver, label: str) -> None:
+    for layer in driver.layers:
+        _same_everywhere(layer.mask, f"{label}: mask of {layer.name}")
+        _same_everywhere(layer.weight, f"{label}: weight of {layer.name}")
+        for key, buffer in layer.buffers.items():
+            _same_everywhere(buffer, f"{label}: {key} of {layer.name}")
+        for key, value in driver.optimizer.state.get(layer.weight, {}).items():
+            if isinstance(value, torch.Tensor) and value.shape == layer.weight.shape:
+                _same_everywhere(value, f"{label}: optimizer {key} of {layer.name}")
+
+
+def _every_method(rank: int, world: int, folder: str, methods: list[str]) -> None:
+    _init(rank, world, folder)
+    for method in methods:
+        ddp = DistributedDataParallel(_model(seed=rank))
+        optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+        driver = _driver(method, ddp, optimizer, seed=rank)
+        _check_replicas(driver, f"{method} at construction")
+        rewires = 0
+        for _ in range(TOTAL_STEPS):
+            changes = _train_step(ddp, driver, rank)
+            rewires += bool(changes)
+            _check_replicas(driver, f"{method} after step {driver.step_count}")
+        if method not in ("dense", "static"):
+            assert rewires >= 2, f"{method}: only {rewires} rewires changed a mask"
+        for layer in driver.layers:  # DDP's reduction must keep .grad masked after backward
+            assert layer.weight.grad is None or not layer.weight.grad[~layer.mask].any()
+    dist.destroy_process_group()
+
+
+def _spawn(target, world: int, tmp_path: Path, *args) -> None:
+    # Forked, not spawned: a spawned rank re-imports torch (~20 s each on a loaded 2-core
+    # machine); a fork starts at once, and each rank sets its own thread count first.
+    mp.start_processes(target, args=(world, str(tmp_path), *args), nprocs=world, join=True,
+                       start_method="fork")
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_every_method_keeps_masks_and_weights_identical(world: int, tmp_path: Path) -> None:
+    _spawn(_every_method, world, tmp_path, sorted(REGISTRY))
+
+
+def _dense_grad_is_reduced(rank: int, world: int, folder: str, method: str) -> None:
+    _init(rank, world, folder)
+    ddp = DistributedDataParallel(_model(seed=rank))
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+    driver = _driver(method, ddp, optimizer, seed=rank)
+    read: dict[str, torch.Tensor] = {}
+    original = driver.dense_grad
+
+    def spy(layer):
+        grad = original(layer)
+        if grad is not None:
+            read[layer.name] = grad.clone()
+        return grad
+
+    driver.dense_grad = spy
+    while not read:
+        # The reference: this rank's own dense gradient, averaged over the ranks by hand.
+        reference = _model(seed=0)
+        reference.load_state_dict(ddp.module.state_dict())
+        inputs, labels = _batch(rank, driver.step_count)
+        nn.functional.cross_entropy(reference(inputs), labels).backward()
+        expected = {name: parameter.grad.clone()
+                    for name, parameter in reference.named_parameters()}
+        local = {name: grad.clone() for name, grad in expected.items()}
+        for grad in expected.values():
+            dist.all_reduce(grad)
+            grad.div_(world)
+        _train_step(ddp, driver, rank)
+    for name, grad in read.items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-5, atol=1e-7)
+        assert not torch.allclose(grad, local[name]), f"{name}: the local, unreduced gradient"
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("method", ["rigl", "snfs"])
+def test_rewires_read_the_all_reduced_dense_gradient(method: str, tmp_path: Path) -> None:
+    _spawn(_dense_grad_is_reduced, 2, tmp_path, method)
+
+
+def _perturbed_rank(rank: int, world: int, folder: str) -> None:
+    _init(rank, world, folder)
+    ddp = DistributedDataParallel(_model(seed=rank))
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+    driver = _driver("rigl", ddp, optimizer, seed=rank, verify_every=1)
+    if rank == world - 1:  # one connection moved on the last rank only
+        layer = driver.layers[1]
+        mask = layer.mask.clone().reshape(-1)
+        on, off = int(mask.nonzero()[0]), int((~mask).nonzero()[0])
+        mask[on], mask[off] = False, True
+        layer.mask = mask.view(layer.mask.shape)
+    with pytest.raises(MaskDivergenceError) as raised:
+        for _ in range(INTERVAL_STEPS):
+            _train_step(ddp, driver, rank)
+    message = str(raised.value)
+    assert "'2.weight'" in message and f"[{world - 1}]" in message, message
+    assert driver.step_count == INTERVAL_STEPS  # found at the first rewire's check
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_a_perturbed_rank_is_detected_naming_layer_and_rank(world: int, tmp_path: Path) -> None:
+    _spawn(_perturbed_rank, world, tmp_path)
+
+
+def _resume(rank: int, world: int, folder: str, method: str) -> None:
+    _init(rank, world, folder)
+    half = TOTAL_STEPS // 2
+
+    def fresh(seed: int):
+        ddp = DistributedDataParallel(_model(seed=seed))
+        optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+        return ddp, optimizer, _driver(method, ddp, optimizer, seed=seed)
+
+    ddp, optimizer, driver = fresh(rank)
+    for _ in range(half):
+        _train_step(ddp, driver, rank)
+    if rank == 0:  # later collectives order the save before any rank's load
+        torch.save({"model": ddp.module.state_dict(), "optimizer": optimizer.state_dict(),
+                    "driver": driver.state_dict()}, Path(folder) / "checkpoint-0.pt")
+    for _ in range(TOTAL_STEPS - half):
+        _train_step(ddp, driver, rank)
+    uninterrupted = {layer.name: (layer.mask.clone(), layer.weight.detach().clone())
+                     for layer in driver.layers}
+
+    ddp, optimizer, driver = fresh(100 + rank)  # another seed per rank before resuming
+    state = torch.load(Path(folder) / "checkpoint-0.pt")  # saved once, by rank 0
+    ddp.module.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    driver.load_state_dict(state["driver"])
+    _check_replicas(driver, f"{method} resumed")
+    for _ in range(TOTAL_STEPS - half):
+        _train_step(ddp, driver, rank)
+        _check_replicas(driver, f"{method} resumed, step {driver.step_count}")
+    for layer in driver.layers:
+        mask, weight = uninterrupted[layer.name]
+        assert torch.equal(layer.mask, mask), f"{method}: {layer.name} mask after resume"
+        torch.testing.assert_close(layer.weight.detach(), weight)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("method", ["set", "rigl", "deep_r"])
+def test_checkpoint_resume_is_identical_on_every_rank(method: str, tmp_path: Path) -> None:
+    _spawn(_resume, 2, tmp_path, method)
+
+
+def test_mask_hash_tells_masks_apart() -> None:
+    mask = torch.zeros(64, 64, dtype=torch.bool)
+    mask.view(-1)[torch.randperm(4096, generator=torch.Generator().manual_seed(0))[:400]] = True
+    moved = mask.clone().view(-1)
+    first_on, first_off = int(moved.nonzero()[0]), int((~moved).nonzero()[0])
+    moved[first_on], moved[first_off] = False, True  # same count, one connection moved
+    assert torch.equal(mask_hash(mask), mask_hash(mask.clone()))
+    assert not torch.equal(mask_hash(mask), mask_hash(moved.view(64, 64)))
+    assert not torch.equal(mask_hash(mask), mask_hash(mask.transpose(0, 1).contiguous()))
+
+
+def test_a_single_process_has_no_distributed_link() -> None:
+    model = nn.Linear(8, 4)
+    driver = SparseDriver(model, torch.optim.SGD(model.parameters(), lr=0.1), total_steps=4)
+    assert driver.distributed is None and "RANK" not in os.environ
+
+
+def test_verify_every_must_not_be_negative() -> None:
+    model = nn.Linear(8, 4)
+    with pytest.raises(ValueError, match="verify_every"):
+        SparseDriver(model, torch.optim.SGD(model.parameters(), lr=0.1), total_steps=4,
+                     verify_every=-1)
