@@ -74,6 +74,7 @@ export class RunView {
       // Live events that arrived meanwhile are already in the answers (or follow them).
       this.metrics = mergeLive(metrics, this.metrics);
       for (const event of this.liveRewires || []) series.push(event);
+      this.liveRewires = null; // only needed until the answer is in: the series holds them now
       this.rewireSeries = series;
       this.addInputPanel(series.input);
       this.overview.update(series, this.player.step);
@@ -214,7 +215,7 @@ export class RunView {
         this.chartsDirty();
         break;
       case "rewire":
-        this.liveRewires.push(event);
+        if (this.liveRewires) this.liveRewires.push(event);
         this.rewireSeries.push(event);
         this.overview.update(this.rewireSeries, this.player.step);
         this.chartsDirty();
