@@ -117,7 +117,7 @@ export class RunsList {
     const rows = this.visible();
     const signature = JSON.stringify([this.selected.size, rows.map((run) =>
       [run.id, run.status, run.name, run.summary?.best_test_accuracy, run.has_model,
-        Boolean(run.settings), this.selected.has(run.id)])]);
+        Boolean(run.settings), run.unreadable, this.selected.has(run.id)])]);
     if (signature === this.signature) {
       // Nothing but the ages changed: update them in place, so keyboard focus stays put.
       rows.forEach((run, index) => {
@@ -154,7 +154,7 @@ export class RunsList {
     const cells = [
       pick,
       Object.assign(document.createElement("span"), { className: "badge", textContent: run.status }),
-      run.name,
+      nameCell(run),
       modelText(run),
       usedSettings(run).method ?? "–",
       densityText(usedSettings(run).density),
@@ -265,3 +265,13 @@ export class RunsList {
 }
 
 export const SORT_COLUMNS = COLUMNS.map(([key, title]) => [key, title]);
+
+/** The run's name; a stored row the server could not read says so (it can still be deleted). */
+function nameCell(run) {
+  if (!run.unreadable) return run.name;
+  const cell = document.createElement("span");
+  const flag = Object.assign(document.createElement("span"),
+    { className: "badge unreadable", textContent: "unreadable", title: run.unreadable });
+  cell.append(`${run.name} `, flag);
+  return cell;
+}

@@ -131,9 +131,9 @@ def test_start_from_form_watch_reconnect_and_stop(page, server):
     page.wait_for_function(f"window.sparsescope.rewires > {applied + 3}", timeout=30_000)
     page.wait_for_timeout(300)
     assert page.locator("#heatmap-0").get_attribute("data-step") == str(chosen)
-    # no_wait_after: following live rewrites the address (?step=) at every rewire, and a click
-    # would otherwise wait for those navigations to settle, which a live run never does.
-    page.get_by_role("button", name="Follow live").click(no_wait_after=True)
+    # Clicked in the page: following live rewrites the address (?step=) and re-renders the
+    # player at every rewire, so Playwright's wait for a stable, settled button never ends.
+    page.locator("#live").dispatch_event("click")
     page.wait_for_function(f"Number(document.querySelector('#heatmap-0').dataset.step) > {chosen}")
     stop = page.get_by_role("button", name="Stop", exact=True)
     assert stop.is_enabled()

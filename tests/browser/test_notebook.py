@@ -131,13 +131,15 @@ def test_rec_show_in_jupyterlab_follows_a_run_while_it_trains(tmp_path, monkeypa
                 time.sleep(0.3)
         else:
             raise AssertionError("JupyterLab did not start")
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = browser.new_page(viewport={"width": 1280, "height": 1300})
         page.goto(f"{url}/lab/tree/inline.ipynb")
         page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=90_000)
         page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=90_000)  # kernel up
         page.keyboard.press("Control+b")  # the file browser closed: the cell gets the width
         page.get_by_role("menuitem", name="Run", exact=True).click()
         page.get_by_text("Run All Cells", exact=True).click()
+        # The run view draws the panels a reader can see: the cell's output is scrolled to.
+        page.locator("iframe.sparsescope-view").scroll_into_view_if_needed(timeout=120_000)
         view = page.frame_locator("iframe.sparsescope-view")
         view.locator("#heatmap-0[data-step]").wait_for(timeout=120_000)
         panel = view.locator("#heatmap-0")
