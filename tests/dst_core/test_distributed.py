@@ -8,6 +8,7 @@ is raised by `mp.spawn` in the test process with the rank's traceback.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -100,10 +101,12 @@ def _every_method(rank: int, world: int, folder: str, methods: list[str]) -> Non
 
 
 def _spawn(target, world: int, tmp_path: Path, *args) -> None:
-    # Forked, not spawned: a spawned rank re-imports torch (~20 s each on a loaded 2-core
-    # machine); a fork starts at once, and each rank sets its own thread count first.
+    # From a fork server: a plain fork of the test process (which has threads of its own
+    # after other tests) can deadlock a rank, and a spawned rank re-imports torch each time;
+    # the fork server imports torch once and forks every rank from that clean process.
+    multiprocessing.set_forkserver_preload(["torch", "tests.dst_core.test_distributed"])
     mp.start_processes(target, args=(world, str(tmp_path), *args), nprocs=world, join=True,
-                       start_method="fork")
+                       start_method="forkserver")
 
 
 @pytest.mark.parametrize("world", [2, 4])
