@@ -29,6 +29,10 @@ from pathlib import Path
 import httpx
 from websockets.asyncio.client import connect
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.service import worker_pid  # noqa: E402  (the server's worker, found in /proc)
+
 REPO = Path(__file__).resolve().parent.parent
 RUN = {"epochs": 5000, "hidden": [64, 64]}  # far longer than the bench: it is deleted
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -45,18 +49,6 @@ def cpu_s(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rfind(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def child_pid(parent: int) -> int:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rfind(")") + 2:].split()[1]) == parent:
-                return int(entry.name)
-    raise RuntimeError("no worker process")
 
 
 def steps_of(url: str, run_id: str) -> int:
@@ -113,7 +105,7 @@ async def measure(url: str, run_id: str, count: int, seconds: float, server: int
     ws_url = url.replace("http://", "ws://")
     while steps_of(url, run_id) < 200:  # past set-up and the first epoch
         await asyncio.sleep(0.2)
-    worker = child_pid(server)
+    worker = worker_pid(server)
     rows = [("0 viewers", await window(url, run_id, seconds, server, worker))]
     last_seq = newest_seq(data_dir, run_id)
     viewers = Viewers(f"{ws_url}/ws/runs/{run_id}?from_seq={last_seq + 1}", count)
