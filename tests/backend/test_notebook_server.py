@@ -58,6 +58,10 @@ def test_one_background_server_per_folder_serves_every_view(no_notebook_env, tmp
         assert start_server(data_dir) is dashboard
         run = httpx.get(f"{dashboard.url}/api/runs/{first.run_id}", timeout=30).json()
         assert run["name"] == "first" and run["status"] == "completed"
+        # A remote recorder's view points at the server it records into, whatever its folder.
+        with Recorder(url=dashboard.url, name="remote", heartbeat_s=0) as remote:
+            assert remote.show(display=False).src == f"{dashboard.url}/#/run/{remote.run_id}"
+        assert start_server(data_dir) is dashboard  # no second server was started for it
     finally:
         notebook.stop_servers()
     assert dashboard.process.poll() is not None
