@@ -89,14 +89,21 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: the server ends when the kernel does, even on SIGKILL."""
+def _parent_death_signal():
+    """A callable for Popen's preexec_fn that asks Linux to SIGTERM the child when its parent
+    (the kernel) dies, even by SIGKILL; None elsewhere (atexit still stops it on a normal exit).
+
+    libc is loaded here, in the parent: between fork and exec a kernel's other threads may hold
+    the import lock, so the child only makes the one call."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
     except (OSError, AttributeError):
-        pass  # not Linux: atexit still stops it on a normal exit
+        return None
+    return lambda: prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def _port_setting(port: int | None) -> int | None:
@@ -146,7 +153,7 @@ def start_server(data_dir: str | Path, *, port: int | None = None,
             [sys.executable, "-m", "backend", "--host", "127.0.0.1", "--port", str(port),
              "--data-dir", str(folder)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+            preexec_fn=_parent_death_signal())
     dashboard = Dashboard(f"http://127.0.0.1:{port}", folder, process)
     atexit.register(_stop, process)
     deadline = time.monotonic() + timeout_s

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import httpx
 import pytest
 
 from dst_core.recording import Recorder, notebook
 from dst_core.recording.notebook import InlineView, public_base, run_url, show, start_server
+from tests.conftest import REPO
 
 
 @pytest.fixture
@@ -65,3 +71,26 @@ def test_one_background_server_per_folder_serves_every_view(no_notebook_env, tmp
     finally:
         notebook.stop_servers()
     assert dashboard.process.poll() is not None
+
+
+KILLED_KERNEL = """
+import os, signal, sys
+from dst_core.recording import notebook
+print(notebook.start_server(sys.argv[1]).process.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # a kernel that dies without running atexit
+"""
+
+
+def test_the_background_server_ends_with_a_killed_kernel(no_notebook_env, tmp_path):
+    result = subprocess.run([sys.executable, "-c", KILLED_KERNEL, str(tmp_path / "data")],
+                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    server = int(result.stdout.split()[0])
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{server}").exists() and time.monotonic() < deadline:
+        status = Path(f"/proc/{server}/stat").read_text(errors="replace").split(") ")[-1][:1]
+        if status == "Z":  # exited, waiting for its (new) parent to reap it
+            break
+        time.sleep(0.2)
+    alive = Path(f"/proc/{server}").exists() and \
+        Path(f"/proc/{server}/stat").read_text(errors="replace").split(") ")[-1][:1] != "Z"
+    assert not alive, "the notebook's server outlived its kernel"
