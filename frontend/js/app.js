@@ -46,6 +46,7 @@ const runView = new RunView({
   onStatus: setStatus,
   onConnection: setConnection,
   onLabel: (text) => { $("run-label").textContent = text; },
+  canConnect: () => serverReachable,
 });
 const compareView = new CompareView({ palette: () => palette, message: runsMessage });
 
@@ -280,6 +281,7 @@ async function pollRuns() {
       if (pollDelayMs !== RUNS_POLL_MS && $("connection").dataset.state === "unreachable") {
         setConnection(runView.stream ? "retrying" : "closed");
       }
+      runView.stream?.resume();
       pollDelayMs = RUNS_POLL_MS;
     }
   }

@@ -19,13 +19,18 @@ import { ViewCache } from "./views.js";
 
 const $ = (id) => document.getElementById(id);
 const CHART_INTERVAL_MS = 250; // charts are cheap to skip; panels get the frame budget
+// A fast run completes hundreds of rewires a second: the page takes them in at most this often,
+// so its work follows the screen, not the run's pace (and the stream never backs up behind it).
+const LIVE_INTERVAL_MS = 100;
 const PREFETCH_AHEAD = 2; // rewires fetched ahead of the one shown while playing
 const CHART_KEYS = ["loss", "accuracy", "density", "itop", "turnover"];
 
 export class RunView {
-  // palette() → the palette in use; onStatus(status), onConnection(state), onLabel(text).
-  constructor({ palette, onStatus, onConnection, onLabel }) {
+  // palette() → the palette in use; onStatus(status), onConnection(state), onLabel(text);
+  // canConnect() → whether a dropped stream may try to reconnect now.
+  constructor({ palette, onStatus, onConnection, onLabel, canConnect = () => true }) {
     this.palette = palette;
+    this.canConnect = canConnect; // false while the server is known to be unreachable
     this.onStatus = onStatus;
     this.onConnection = onConnection;
     this.onLabel = onLabel;
@@ -33,6 +38,8 @@ export class RunView {
     this.layers = [];
     this.mode = "auto";
     this.pending = null; // {step, indices: Set}: topology announced for a rewire not yet complete
+    this.completed = []; // rewires completed since the player last took them in (flushLive)
+    this.liveTimer = 0;
     this.pinned = new Set();
     this.player = new Player({
       scrubber: $("scrubber"), back: $("step-back"), forward: $("step-forward"), play: $("play"),
@@ -84,6 +91,7 @@ export class RunView {
       let opened = 0;
       this.stream = new RunStream(id, rewires.last_seq + 1, {
         onEvent: (event) => this.handle(event, generation),
+        canConnect: this.canConnect,
         onState: (state) => {
           // Reconnected: the rewires stored meanwhile arrive as announcements, but a rewire
           // whose announcements straddled the drop is read back from the store.
@@ -217,7 +225,7 @@ export class RunView {
       case "rewire":
         if (this.liveRewires) this.liveRewires.push(event);
         this.rewireSeries.push(event);
-        this.overview.update(this.rewireSeries, this.player.step);
+        this.liveDirty();
         this.chartsDirty();
         break;
       case "meta":
@@ -227,6 +235,7 @@ export class RunView {
           this.layout(rewires);
           this.rewireSeries = new RewireSeries(null, this.layers);
           // Rewires announced while this answer was on its way are kept.
+          this.flushLive();
           this.player.setSteps(mergeSteps(this.player.steps, rewires.steps));
         }).catch(() => undefined);
         break;
@@ -239,6 +248,7 @@ export class RunView {
         break;
       case "end":
         this.complete(Infinity);
+        this.flushLive();
         this.player.setFollowable(false);
         this.refreshHeader(generation);
         break;
@@ -268,8 +278,32 @@ export class RunView {
     if (!pending || pending.step >= beforeStep) return;
     this.pending = null;
     const steps = this.player.steps;
-    if (steps.length && steps[steps.length - 1] >= pending.step) return;
-    this.player.setSteps([...this.player.steps, pending.step]);
+    const newest = this.completed.length ? this.completed[this.completed.length - 1] : steps[steps.length - 1];
+    if (newest !== undefined && newest >= pending.step) return;
+    this.completed.push(pending.step);
+    this.liveDirty();
+  }
+
+  // Take the rewires completed meanwhile in, at most every LIVE_INTERVAL_MS: one player move
+  // (one fetch of the visible panels, one overview redraw) for however many arrived.
+  liveDirty() {
+    if (this.liveTimer) return;
+    const wait = Math.max(0, LIVE_INTERVAL_MS - (performance.now() - (this.lastLive || 0)));
+    this.liveTimer = setTimeout(() => this.flushLive(), wait);
+  }
+
+  flushLive() {
+    clearTimeout(this.liveTimer);
+    this.liveTimer = 0;
+    this.lastLive = performance.now();
+    if (!this.run) return;
+    const completed = this.completed;
+    this.completed = [];
+    const steps = this.player.steps;
+    const last = steps.length ? steps[steps.length - 1] : -Infinity;
+    const fresh = completed.filter((step) => step > last);
+    if (fresh.length) this.player.setSteps([...steps, ...fresh]); // moved() redraws the overview
+    else this.overview.update(this.rewireSeries, this.player.step);
   }
 
   async resync(generation) {
@@ -277,6 +311,7 @@ export class RunView {
       const [rewires, series] = await Promise.all([
         api(`/api/runs/${this.run.id}/rewires`), loadSeries(this.run.id, this.layers)]);
       if (generation !== this.generation) return;
+      this.flushLive();
       const merged = mergeSteps(this.player.steps, rewires.steps);
       if (merged.length !== this.player.steps.length) this.player.setSteps(merged);
       this.metrics = mergeLive(series.metrics, this.metrics);
@@ -381,6 +416,9 @@ export class RunView {
     this.views = null;
     clearTimeout(this.chartTimer);
     this.chartTimer = 0;
+    clearTimeout(this.liveTimer);
+    this.liveTimer = 0;
+    this.completed = [];
     this.pending = null;
     this.run = null;
     this.player.steps = [];

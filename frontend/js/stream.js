@@ -6,16 +6,20 @@ import { socketUrl } from "./api.js";
 import { parseMessage } from "./codec.js";
 
 // Backs off to one attempt every 30 s: a stopped server gets a few attempts, not a flood
-// (each failed attempt is one line in the browser's console).
+// (each failed attempt is one line in the browser's console). While the page knows the server
+// is unreachable (`canConnect()` is false: the runs poll gets no answer) it makes no attempt at
+// all; `resume()` reconnects at once when the server answers again.
 const RETRY_MS = [500, 1000, 2000, 4000, 8000, 15000, 30000];
 
 export class RunStream {
   // onEvent(event) for every message; onState("connecting"|"open"|"retrying"|"closed"|"ended").
-  constructor(runId, fromSeq, { onEvent, onState }) {
+  constructor(runId, fromSeq, { onEvent, onState, canConnect = () => true }) {
     this.runId = runId;
     this.lastSeq = fromSeq - 1;
     this.onEvent = onEvent;
     this.onState = onState || (() => {});
+    this.canConnect = canConnect;
+    this.parked = false; // a retry is due but waits for the server to answer again (resume)
     this.socket = null;
     this.closed = false;
     this.failures = 0;
@@ -56,8 +60,18 @@ export class RunStream {
       const delay = RETRY_MS[Math.min(this.failures, RETRY_MS.length - 1)];
       this.failures += 1;
       this.onState("retrying");
-      this.timer = setTimeout(() => { if (!this.closed) this.connect(); }, delay);
+      this.timer = setTimeout(() => {
+        if (this.closed) return;
+        if (this.canConnect()) this.connect(); else this.parked = true;
+      }, delay);
     };
+  }
+
+  // The server answers again: a parked retry connects now.
+  resume() {
+    if (!this.parked || this.closed) return;
+    this.parked = false;
+    this.connect();
   }
 
   // Test hook and network blip: drop the socket as a failing network would; it resumes itself.
@@ -67,6 +81,7 @@ export class RunStream {
 
   close(state = "closed") {
     this.closed = true;
+    this.parked = false;
     clearTimeout(this.timer);
     if (this.socket) {
       const socket = this.socket;

@@ -171,6 +171,26 @@ def test_a_stalled_client_of_a_live_run_skips_to_the_newest_keyframe(tmp_path):
     assert [event["seq"] for event in after] == list(range(keyframe, store.last_seq(run_id) + 1))
 
 
+def test_a_stalled_client_of_small_messages_skips_when_its_outbox_is_full_by_count(tmp_path):
+    """Announcements are ~100 bytes: bounded by bytes alone, a page slower than the run would
+    queue minutes of them before it counts as slow. The count bound makes it skip too."""
+    store = RunStore(tmp_path)
+    run_id = record_run(store, rewires=40, shape=(16, 16), status="running")
+    keyframe = store.latest_keyframe_seq(run_id)
+
+    async def scenario() -> list:
+        outbox = Outbox(limit_bytes=8 * 1024 * 1024, limit_messages=20)
+        follower = RunFollower(store, run_id, 0, "announce", outbox, slow_client_s=0.05)
+        task = asyncio.create_task(follower.run())
+        await asyncio.sleep(1.0)  # nobody takes anything
+        task.cancel()
+        return [kind for _, kind in outbox.items]
+
+    kinds = asyncio.run(scenario())
+    assert "skipped" in kinds and len(kinds) <= 21
+    assert keyframe > 20  # the skip went past what 20 messages hold
+
+
 def test_a_client_that_takes_nothing_is_disconnected(tmp_path):
     """While the writer keeps adding keyframes, a client that never reads is let go."""
     store = RunStore(tmp_path)

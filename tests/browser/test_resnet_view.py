@@ -104,7 +104,8 @@ def test_scrub_shows_the_stored_mask(page, server, resnet):
         # The address names the rewire on screen: a link or a reload opens it again.
         assert page.evaluate("location.hash") == f"#/run/{resnet}?step={steps[position]}"
     page.reload()
-    page.wait_for_function("window.sparsescope.settled()", timeout=60_000)
+    # Settled can be read before the reloaded page has asked for its first panel: wait for it.
+    page.wait_for_selector("#heatmap-0[data-step]", timeout=60_000)
     assert page.locator("#heatmap-0").get_attribute("data-step") == str(steps[-1])
 
 

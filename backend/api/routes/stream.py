@@ -37,6 +37,9 @@ BATCH = 256  # events per store read
 POLL_S = 0.1  # how often a live run's store is checked for new events
 KEEPALIVE_S = 15.0  # proxies drop idle sockets
 OUTBOX_BYTES = 8 * 1024 * 1024  # per client: a few keyframes of a large layer
+# … and this many messages: announcements are ~100 bytes, so bytes alone would let a page that
+# renders slower than the run records fall minutes behind before it counts as slow.
+OUTBOX_MESSAGES = 1024
 SLOW_CLIENT_S = 2.0  # an outbox full this long while the run is live: skip to a keyframe
 MAX_SKIPS = 5  # skips in a row without the client taking one message: disconnect it
 SEND_TIMEOUT_S = 30.0  # one message not accepted by the socket for this long: disconnect
@@ -58,17 +61,18 @@ def parse_from_seq(raw: str) -> int:
 
 
 class Outbox:
-    """A per-client queue bounded by bytes (a mask keyframe can be megabytes)."""
+    """A per-client queue bounded by bytes (a mask keyframe can be megabytes) and by count."""
 
-    def __init__(self, limit_bytes: int = OUTBOX_BYTES):
-        self.limit_bytes = limit_bytes
+    def __init__(self, limit_bytes: int = OUTBOX_BYTES, limit_messages: int = OUTBOX_MESSAGES):
+        self.limit_bytes, self.limit_messages = limit_bytes, limit_messages
         self.items: deque[tuple[str | bytes, str]] = deque()
         self.size = 0
         self.taken = 0  # messages the sender has taken: the client's progress
         self.changed = asyncio.Event()
 
     def fits(self, message: str | bytes) -> bool:
-        return not self.items or self.size + len(message) <= self.limit_bytes
+        return not self.items or (self.size + len(message) <= self.limit_bytes
+                                  and len(self.items) < self.limit_messages)
 
     def put(self, message: str | bytes, event_type: str = "") -> None:
         self.items.append((message, event_type))
@@ -284,7 +288,7 @@ class RunFollower:
             if loop.time() - last_put > KEEPALIVE_S:
                 await self._put_wait(json.dumps({"type": "keepalive"}), "keepalive")
                 last_put = loop.time()
-            if changed is None:
+            if changed is None or self.hub is None:
                 await asyncio.sleep(POLL_S)
             else:  # woken by the hub's next read, or in time for a keepalive
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -309,7 +313,12 @@ class RunFollower:
         """("ended" | "deleted", last seq) once the run has ended and every event is read."""
         hub = self.hub
         if hub is not None:
-            if hub.state == "live" or (hub.state == "ended" and self.seq <= hub.last_seq):
+            if hub.state == "live":
+                return None
+            if hub.state == "ended" and self.seq <= hub.last_seq:
+                # The hub has stopped reading (and will never wake anyone again); what is
+                # left, stored after its last read, this viewer reads from the store itself.
+                self.hub = None
                 return None
             return hub.state, hub.last_seq if hub.state == "ended" else self.seq - 1
         run = await asyncio.to_thread(self.store.get_run, self.run_id)
