@@ -10,6 +10,11 @@ instead (see remote.py). Events are batched and committed every `flush_interval_
 recording costs a small share of a training step and readers see each batch as it commits.
 A heartbeat thread tells the server the writer is alive; a run whose writer goes silent is
 marked failed ("stale") by the server.
+
+Under `torch.distributed` (a DDP job) a job is one run: only rank 0 records, every other
+rank's Recorder is inert (its calls return at once), so a script needs no `if rank == 0`
+around them; the run's info says how the job was laid out (`distributed`). `all_ranks=True`
+records one run per rank instead (each rank's info names its rank).
 """
 
 from __future__ import annotations
@@ -40,14 +45,20 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
 
 
 def run_info(writer: str, seed: int | None) -> dict:
-    """Provenance every run stores: versions, commit, seed, who wrote it."""
+    """Provenance every run stores: versions, commit, seed, who wrote it, and the layout of
+    the job when it is one rank of a process group."""
     import torch
 
     from dst_core import __version__
+    from dst_core.distributed import process_info
 
-    return {"writer": writer, "torch": torch.__version__, "sparsescope": __version__,
+    info = {"writer": writer, "torch": torch.__version__, "sparsescope": __version__,
             "python": platform.python_version(), "git_commit": git_commit(), "seed": seed,
             "host": platform.node(), "pid": os.getpid()}
+    layout = process_info()
+    if layout is not None:
+        info["distributed"] = layout
+    return info
 
 
 class LocalWriter:
@@ -82,8 +93,42 @@ class LocalWriter:
         self.store.close()
 
 
+class InertWriter:
+    """The writer of a rank that does not record (a DDP job's ranks other than 0): accepts
+    everything and stores nothing, so the script's calls stay the same on every rank."""
+
+    def create(self, name: str, config: dict, info: dict) -> None:
+        return None
+
+    def write(self, events: list, summary: dict) -> None:
+        pass
+
+    def status(self, status: str, error: str | None, step: int) -> None:
+        pass
+
+    def heartbeat(self) -> None:
+        pass
+
+    def put_artifact(self, name: str, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def records_here(all_ranks: bool) -> bool:
+    """Whether this process writes the run: always outside a process group; under one, rank 0
+    only unless every rank records its own run."""
+    from dst_core.distributed import rank
+
+    return all_ranks or rank() == 0
+
+
 class Recorder:
-    """The single writer of one run (the worker, the CLI, or a user's script)."""
+    """The single writer of one run (the worker, the CLI, or a user's script).
+
+    On a DDP rank other than 0 it is inert (`active` is False, `run_id` None): the job's run
+    is rank 0's."""
 
     def __init__(
         self,
@@ -99,6 +144,7 @@ class Recorder:
         flush_interval_s: float = 0.25,  # readers see events within this; commits stay few
         keyframe_every: int = 10,  # a full mask every K rewires bounds seek work to K frames
         heartbeat_s: float = 2.0,  # well under the server's stale timeout
+        all_ranks: bool = False,  # under torch.distributed: one run per rank, not rank 0's only
         **remote_options,
     ) -> None:
         self.flush_interval_s = flush_interval_s
@@ -114,15 +160,19 @@ class Recorder:
         self.last_step = 0
         self._driver = None
         self._driver_metrics: dict = {}
+        if url is None and remote_options:
+            raise ValueError(f"{next(iter(remote_options))}: only a remote Recorder (url=...) "
+                             "takes this option")
+        self.active = records_here(all_ranks)
+        if not self.active:
+            self.writer, self.config, self.run_id, self._created = InertWriter(), {}, None, True
+            return
         if url is not None:
             from dst_core.recording.remote import RemoteWriter
 
             self.writer = RemoteWriter(url, token=token, **remote_options)
             writer = "remote"
         else:
-            if remote_options:
-                raise ValueError(f"{next(iter(remote_options))}: only a remote Recorder (url=...) "
-                                 "takes this option")
             self.writer = LocalWriter(data_dir)
         if run_id is None:
             # Stored as given: a script's config is its own (its optimizer, its data); what
@@ -177,7 +227,7 @@ class Recorder:
         """This run's live view inline in a notebook; options as `dst_core.recording.notebook.show`."""
         from dst_core.recording.notebook import show
 
-        return show(self, **options)
+        return show(self, **options) if self.active else None
 
     def finish(self, status: str, error: str | None = None) -> None:
         """Store everything buffered, the final status, then release the writer."""
@@ -200,6 +250,8 @@ class Recorder:
 
     # ---- events -------------------------------------------------------------------------------
     def emit(self, type: str, step: int, payload: dict) -> None:
+        if not self.active:
+            return
         self._buffer.append((type, int(step), payload))
         self.last_step = max(self.last_step, int(step))
         self._update_summary(type, int(step), payload)
@@ -231,6 +283,8 @@ class Recorder:
         from dst_core.run_settings import run_settings
         from dst_core.topology import TopologyEmitter
 
+        if not self.active:  # no frames to build on a rank that does not record
+            return
         self._driver = driver
         emitter = TopologyEmitter(driver, self, self.keyframe_every)
         meta = {"task": task, "input_shape": None, "image_shape": None, "num_classes": None,
@@ -261,6 +315,8 @@ class Recorder:
         """Store the trained weights and masks with the run (`GET /api/runs/{id}/model`)."""
         import torch
 
+        if not self.active:
+            return
         state = {
             "format": "sparsescope-model", "version": 1,
             "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dst_core import REGISTRY, SparseDriver
 from dst_core.distributed import MaskDivergenceError, mask_hash
+from dst_core.recording import Recorder, RunStore
 
 TOTAL_STEPS = 16
 INTERVAL_STEPS = 4
@@ -217,6 +218,40 @@ def _resume(rank: int, world: int, folder: str, method: str) -> None:
 @pytest.mark.parametrize("method", ["set", "rigl", "deep_r"])
 def test_checkpoint_resume_is_identical_on_every_rank(method: str, tmp_path: Path) -> None:
     _spawn(_resume, 2, tmp_path, method)
+
+
+def _record(rank: int, world: int, folder: str) -> None:
+    """The same script on every rank, no `if rank == 0`: one run for the job."""
+    _init(rank, world, folder)
+    ddp = DistributedDataParallel(_model(seed=rank))
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+    driver = _driver("set", ddp, optimizer, seed=rank)
+    with Recorder(Path(folder) / "data", name="ddp job") as recorder:
+        assert recorder.active == (rank == 0) and (recorder.run_id is None) == (rank != 0)
+        recorder.attach(driver)
+        for _ in range(TOTAL_STEPS):
+            _train_step(ddp, driver, rank)
+            recorder.log(driver.step_count, loss=1.0)
+        recorder.eval(driver.step_count, test_accuracy=0.5)
+    with Recorder(Path(folder) / "data", name=f"rank {rank}", all_ranks=True) as recorder:
+        assert recorder.active
+        recorder.log(0, loss=float(rank))
+    dist.destroy_process_group()
+
+
+def test_a_job_records_one_run_from_rank_zero(tmp_path: Path) -> None:
+    _spawn(_record, 2, tmp_path)
+    store = RunStore(tmp_path / "data")
+    runs = {run["name"]: run for run in store.list_runs()}
+    assert sorted(runs) == ["ddp job", "rank 0", "rank 1"]
+    job = runs["ddp job"]
+    assert job["status"] == "completed"
+    layout = job["info"]["distributed"]
+    assert layout["world_size"] == 2 and layout["backend"] == "gloo"
+    assert layout["ranks"] == [0, 1] and layout["rank"] == 0
+    assert [event["step"] for event in store.read_events(job["id"], 0, 10_000)
+            if event["type"] == "metrics"] == list(range(1, TOTAL_STEPS + 1))  # once each
+    assert {runs[f"rank {r}"]["info"]["distributed"]["rank"] for r in (0, 1)} == {0, 1}
 
 
 def test_mask_hash_tells_masks_apart() -> None:
