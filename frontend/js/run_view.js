@@ -485,5 +485,9 @@ export function provenance(info) {
   if (info.python) parts.push(`python ${info.python}`);
   if (info.git_commit) parts.push(`commit ${String(info.git_commit).slice(0, 10)}`);
   if (info.seed !== undefined && info.seed !== null) parts.push(`seed ${info.seed}`);
+  const layout = info.distributed;
+  if (layout && typeof layout === "object" && Number.isInteger(layout.world_size)) {
+    parts.push(`DDP: ${layout.world_size} ranks (${String(layout.backend ?? "?")}), recorded by rank ${layout.rank ?? 0}`);
+  }
   return parts.join(" · ");
 }

@@ -86,6 +86,15 @@ export class MetricSeries {
 
 // Per rewire (downsampled to buckets of rewires): each layer's active count, added and removed,
 // and the run's turnover and ITOP rate.
+// Replace the nulls before a layer's first stored count by the count it had then: the first
+// count minus its net change (or `fallback` when the layer never changed at all).
+function fillLeading(active, added, removed, fallback) {
+  const first = active.findIndex((value) => value !== null && value !== undefined);
+  const before = first < 0 ? fallback : active[first] - (added[first] ?? 0) + (removed[first] ?? 0);
+  const end = first < 0 ? active.length : first;
+  for (let i = 0; i < end; i++) active[i] = before;
+}
+
 export class RewireSeries {
   constructor(answer, layers) {
     const names = layers.map((layer) => layer.name);
@@ -98,6 +107,10 @@ export class RewireSeries {
     this.active = names.map((_, i) => (answer ? pick("active", i) : []));
     this.added = names.map((_, i) => (answer ? pick("added", i) : []));
     this.removed = names.map((_, i) => (answer ? pick("removed", i) : []));
+    // A layer no rewire changed (ERK keeps small layers dense) has no stored count at a rewire:
+    // it still has its connections, so it shows the count it had before (or its layout's).
+    this.initial = layers.map((layer) => (Number.isFinite(layer.active) ? layer.active : null));
+    this.active.forEach((values, i) => fillLeading(values, this.added[i], this.removed[i], this.initial[i]));
     this.turnover = answer ? [...answer.turnover] : [];
     this.itop = answer ? [...answer.itop_rate] : [];
     this.rewires = answer ? answer.rewires : 0;
@@ -112,7 +125,7 @@ export class RewireSeries {
     this.step.push(event.step);
     this.names.forEach((name, i) => {
       const change = changes[name];
-      const before = this.active[i].length ? this.active[i][this.active[i].length - 1] : null;
+      const before = this.active[i].length ? this.active[i][this.active[i].length - 1] : this.initial[i];
       this.active[i].push(change ? change.active : before);
       this.added[i].push(change ? change.added : 0);
       this.removed[i].push(change ? change.removed : 0);

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from dst_core import SparseDriver
-from dst_core.recording import Recorder
+from dst_core.recording import Recorder, RunStore
 from tests.browser.conftest import Server
 
 pytestmark = pytest.mark.browser
@@ -81,6 +81,16 @@ def test_a_big_seed_is_shown_exactly(page, logged):
     page.goto(f"{page.base_url}/#/run/{logged}")
     page.wait_for_function("document.querySelector('#run-provenance').textContent.includes('seed')")
     assert f"seed {BIG_SEED}" in page.locator("#run-provenance").text_content()
+
+
+def test_a_ddp_jobs_layout_is_in_its_provenance(page, data_dir):
+    layout = {"world_size": 4, "backend": "nccl", "rank": 0, "ranks": [0, 1, 2, 3],
+              "local_world_size": 2, "nodes": 2}
+    run = RunStore(data_dir).create_run({}, "ddp job", status="completed",
+                                        info={"writer": "script", "distributed": layout})
+    page.goto(f"{page.base_url}/#/run/{run['id']}")
+    page.wait_for_function("document.querySelector('#run-provenance').textContent.includes('DDP')")
+    assert "DDP: 4 ranks (nccl), recorded by rank 0" in page.locator("#run-provenance").text_content()
 
 
 def test_a_bad_compare_link_says_so(page, logged):
