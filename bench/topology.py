@@ -62,7 +62,10 @@ def main() -> None:
                                                         keyframe_every=10)
             marker.write_text(json.dumps([run_id, rewires, record_s]))
         CACHE.clear()
-        with TestClient(create_app(Settings(data_dir=folder))) as client:
+        # Loopback Host (the DNS-rebinding check refuses TestClient's "testserver"); no warm
+        # worker process competing for the 2 cores.
+        app = create_app(Settings(data_dir=folder, warm_workers=0))
+        with TestClient(app, base_url="http://127.0.0.1:8000") as client:
             url = f"/api/runs/{run_id}/topology"
             cold = {}
             for layer in range(3):
