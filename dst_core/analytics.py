@@ -339,15 +339,16 @@ class LayerHistory:
         total = int(lengths.sum())
         positions = np.repeat(starts - firsts, lengths) + np.arange(total)  # (total,)
         cohorts = self._members[positions]  # (total,) ascending within each connection
-        cohort_alive = np.bincount(cohorts[cohorts < rewire], minlength=rewire)[:rewire]
+        del positions
+        cohort_alive = np.bincount(cohorts, minlength=self.rewires + 1)[:rewire]
         if not newest:
-            # Each connection's newest cohort <= rewire: count its cohorts <= rewire.
-            cumulative = np.zeros(total + 1, dtype=np.int64)
-            np.cumsum(cohorts <= rewire, out=cumulative[1:])
-            counts = cumulative[firsts + lengths] - cumulative[firsts]  # (k,)
+            # Each connection's newest cohort <= rewire: a segment maximum over its cohorts
+            # with the later ones zeroed (one pass, no cumulative count of the whole gather).
             born = np.zeros(active_index.size, dtype=np.int64)
-            has = counts > 0
-            born[has] = cohorts[firsts[has] + counts[has] - 1]
+            has = lengths > 0
+            if total:
+                upto = np.where(cohorts <= rewire, cohorts, 0)
+                born[has] = np.maximum.reduceat(upto, firsts[has])
         cohort_alive = cohort_alive.astype(np.int64)
         for cohort, conns in self._pending:  # newer than the CSR, in rewire order
             if cohort > rewire:
