@@ -139,6 +139,7 @@ class LayerHistory:
 
     COMPACT_EVENTS = 1 << 18  # pending events that trigger a merge (also at 1/4 of the CSR)
     CHUNK_UNITS = 1 << 16  # connections per chunk when moving the CSR: bounded temporaries
+    COMPACT_BLOCK = 1 << 16  # connections per block when merging: its counters stay in cache
 
     def __init__(self, initial_mask: np.ndarray, shape: tuple[int, int]):
         self.shape = (int(shape[0]), int(shape[1]))
@@ -176,7 +177,11 @@ class LayerHistory:
                    + sum(entry["fan_in_counts"].nbytes for entry in self.series))
 
     def advance(self, added: np.ndarray, removed: np.ndarray) -> None:
-        """Take the next rewire's net changes (flat indices; each list distinct)."""
+        """Take the next rewire's net changes (flat indices; each list distinct).
+
+        A few gathers and scatters over the changed indices and bincounts over the units:
+        this runs once per stored frame when a history is built, so it never touches the
+        whole layer."""
         added = np.asarray(added).reshape(-1).astype(np.int64, copy=False)
         removed = np.asarray(removed).reshape(-1).astype(np.int64, copy=False)
         numel = self.mask.size
@@ -187,9 +192,7 @@ class LayerHistory:
             raise ValueError("removed: a connection that was not active")
         if added.size and self.mask[added].any():
             raise ValueError("added: a connection that was already active")
-        for name, indices in (("added", added), ("removed", removed)):
-            if not _distinct(indices):
-                raise ValueError(f"{name}: a connection listed twice")
+        added, removed = _sorted_distinct(added, "added"), _sorted_distinct(removed, "removed")
         rewire = self.rewires + 1
         # Grown at the previous rewire and active since: born there (A_{r-1} ∩ R_r).
         self.repruned[-1] = int(np.count_nonzero(self.born[removed] == rewire - 1)) \
@@ -198,7 +201,7 @@ class LayerHistory:
         self.mask[added] = True
         self.born[added] = rewire
         if added.size:
-            self._pending.append((rewire, added))
+            self._pending.append((rewire, added))  # sorted: compact() splits it into blocks
             self._pending_events += int(added.size)
         self.grown.append(int(added.size))
         self.removed.append(int(removed.size))
@@ -206,20 +209,25 @@ class LayerHistory:
         self.repruned.append(0)
         # Degrees and the distance to the start follow the net changes: O(changes), not O(mask).
         rows, cols = self.shape
-        self.fan_in += (np.bincount(added // cols, minlength=rows)
-                        - np.bincount(removed // cols, minlength=rows))
-        self.fan_out += (np.bincount(added % cols, minlength=cols)
-                         - np.bincount(removed % cols, minlength=cols))
+        added_row, added_col = np.divmod(added, cols)
+        removed_row, removed_col = np.divmod(removed, cols)
+        self.fan_in += (np.bincount(added_row, minlength=rows)
+                        - np.bincount(removed_row, minlength=rows))
+        self.fan_out += (np.bincount(added_col, minlength=cols)
+                         - np.bincount(removed_col, minlength=cols))
         self.new_since_start += (int(np.count_nonzero(~self.initial[added]))
                                  - int(np.count_nonzero(~self.initial[removed])))
         self.series.append(self._summary(rewire))
 
     def advance_to(self, mask: np.ndarray) -> None:
-        """Take the next rewire as a full mask (a keyframe): net changes are the difference."""
+        """Take the next rewire as a full mask (a keyframe): net changes are the difference
+        (one pass over the layer for what changed, then gathers over the changes only)."""
         mask = np.asarray(mask, dtype=bool).reshape(-1)
         if mask.size != self.mask.size:
             raise ValueError(f"mask: {mask.size} entries for a layer of {self.mask.size}")
-        self.advance(np.flatnonzero(mask & ~self.mask), np.flatnonzero(self.mask & ~mask))
+        changed = np.flatnonzero(mask != self.mask)  # (changes,) ascending
+        now_active = mask[changed]
+        self.advance(changed[now_active], changed[~now_active])
 
     def _summary(self, rewire: int) -> dict:
         active = self.active[rewire]
@@ -233,15 +241,21 @@ class LayerHistory:
 
     def compact(self) -> None:
         """Merge the pending rewires into the per-connection CSR (each connection's cohorts
-        stay ascending: old ones first, then the pending in rewire order)."""
+        stay ascending: old ones first, then the pending in rewire order).
+
+        A counting sort: each pending cohort's (sorted) connections are written to their next
+        free slot. It goes block by block of COMPACT_BLOCK connections, every cohort's slice
+        of that block in turn, so the slot counters and the part of `members` being written
+        stay in cache: one pass over the whole layer per cohort cost ~3× as much in cache
+        misses (a 1,000-rewire, 1 M-connection layer holds ~30 M growth events)."""
         if not self._pending:
             return
         numel = self.mask.size
         old_offsets, old_members = self._offsets, self._members
         old_lengths = np.diff(old_offsets)  # (numel,)
-        new_lengths = old_lengths.copy()
-        for _, conns in self._pending:  # a cohort's connections are distinct: += is safe
-            new_lengths[conns] += 1
+        pending_conns = np.concatenate([conns for _, conns in self._pending])  # (P,)
+        new_lengths = old_lengths + np.bincount(pending_conns, minlength=numel)
+        del pending_conns
         offsets = np.zeros(numel + 1, dtype=np.int64)
         np.cumsum(new_lengths, out=offsets[1:])
         dtype = np.int16 if self.rewires < np.iinfo(np.int16).max else np.int32
@@ -254,11 +268,25 @@ class LayerHistory:
                                   old_lengths[low:high])  # (stop - start,)
                 members[np.arange(start, stop) + shift] = old_members[start:stop]
         free = offsets[:-1] + old_lengths  # (numel,) next slot of each connection
-        for cohort, conns in self._pending:
-            members[free[conns]] = cohort
-            free[conns] += 1
+        bounds = list(range(0, numel, self.COMPACT_BLOCK)) + [numel]
+        cuts = [np.searchsorted(conns, bounds).tolist() for _, conns in self._pending]
+        for block, low in enumerate(bounds[:-1]):
+            counters = free[low:bounds[block + 1]]  # a view: the block's next free slots
+            for (cohort, conns), cut in zip(self._pending, cuts, strict=True):
+                if cut[block] == cut[block + 1]:
+                    continue
+                part = conns[cut[block]:cut[block + 1]] - low  # distinct within a cohort
+                slots = counters[part]
+                members[slots] = cohort
+                counters[part] = slots + 1
         self._offsets, self._members = offsets, members
         self._pending, self._pending_events = [], 0
+
+    def compact_if_due(self) -> None:
+        """Merge once the pending rewires are a sizeable share: a query walks the pending
+        ones cohort by cohort (over all their connections), the CSR only the active ones'."""
+        if self._pending_events > max(self.COMPACT_EVENTS, self._members.size // 4):
+            self.compact()
 
     def at(self, rewire: int, mask: np.ndarray) -> dict:
         """Ages, cohort survival, re-pruning and distances at `rewire`, whose mask is `mask`
@@ -268,8 +296,7 @@ class LayerHistory:
         mask = np.asarray(mask, dtype=bool).reshape(-1)
         if mask.size != self.mask.size:
             raise ValueError(f"mask: {mask.size} entries for a layer of {self.mask.size}")
-        if self._pending_events > max(self.COMPACT_EVENTS, self._members.size // 4):
-            self.compact()
+        self.compact_if_due()
         active_index = np.flatnonzero(mask)  # (k,) ascending
         born, cohort_alive = self._memberships(active_index, mask, rewire)
         grown = np.asarray(self.grown[:rewire], dtype=np.int64)
@@ -312,15 +339,16 @@ class LayerHistory:
         total = int(lengths.sum())
         positions = np.repeat(starts - firsts, lengths) + np.arange(total)  # (total,)
         cohorts = self._members[positions]  # (total,) ascending within each connection
-        cohort_alive = np.bincount(cohorts[cohorts < rewire], minlength=rewire)[:rewire]
+        del positions
+        cohort_alive = np.bincount(cohorts, minlength=self.rewires + 1)[:rewire]
         if not newest:
-            # Each connection's newest cohort <= rewire: count its cohorts <= rewire.
-            cumulative = np.zeros(total + 1, dtype=np.int64)
-            np.cumsum(cohorts <= rewire, out=cumulative[1:])
-            counts = cumulative[firsts + lengths] - cumulative[firsts]  # (k,)
+            # Each connection's newest cohort <= rewire: a segment maximum over its cohorts
+            # with the later ones zeroed (one pass, no cumulative count of the whole gather).
             born = np.zeros(active_index.size, dtype=np.int64)
-            has = counts > 0
-            born[has] = cohorts[firsts[has] + counts[has] - 1]
+            has = lengths > 0
+            if total:
+                upto = np.where(cohorts <= rewire, cohorts, 0)
+                born[has] = np.maximum.reduceat(upto, firsts[has])
         cohort_alive = cohort_alive.astype(np.int64)
         for cohort, conns in self._pending:  # newer than the CSR, in rewire order
             if cohort > rewire:
@@ -333,12 +361,17 @@ class LayerHistory:
         return born, cohort_alive
 
 
-def _distinct(indices: np.ndarray) -> bool:
-    """No index twice (sorted input, as stored deltas are, is checked in one pass)."""
+def _sorted_distinct(indices: np.ndarray, name: str) -> np.ndarray:
+    """`indices` ascending (stored deltas and keyframe differences already are: checked in
+    one pass), ValueError naming `name` if one is listed twice."""
     if indices.size < 2:
-        return True
+        return indices
     steps = np.diff(indices)
-    return bool((steps > 0).all()) or np.unique(indices).size == indices.size
+    if not (steps > 0).all():
+        indices = np.sort(indices)
+        if not (np.diff(indices) > 0).all():
+            raise ValueError(f"{name}: a connection listed twice")
+    return indices
 
 
 # ---- chains of Linear layers --------------------------------------------------------------------

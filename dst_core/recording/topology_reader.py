@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import bisect
 import json
+import logging
 import os
+import queue
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -34,6 +36,10 @@ from dst_core.recording.store import RunStore
 FRAME_BATCH = 64  # frames decoded per SQLite fetch while a history is built: bounded memory
 ANSWERS_PER_LAYER = 64  # rewires answered lately, kept: scrubbing back and forth is free
 DEFAULT_CACHE_MB = int(os.environ.get("SPARSESCOPE_TOPOLOGY_CACHE_MB", "1024"))
+# Opening a run builds its layers' histories in the background ("0" turns it off).
+PREFETCH = os.environ.get("SPARSESCOPE_TOPOLOGY_PREFETCH", "1") != "0"
+PREFETCH_SHARE = 0.75  # prefetching stops once the cache holds this share of its bound
+LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -86,12 +92,71 @@ class HistoryCache:
         with self._lock:
             self._entries.clear()
 
+    def total_bytes(self) -> int:
+        with self._lock:
+            return sum(_bytes(entry) for entry in self._entries.values())
+
 
 def _bytes(entry: _Entry) -> int:
     return entry.history.nbytes if entry.history is not None else 0
 
 
 CACHE = HistoryCache()
+
+
+class Prefetcher:
+    """One background thread that builds the histories of an opened run's layers before
+    its first topology request, so that request is a cached answer (≤ 200 ms) instead of a
+    pass over the run's stored frames (seconds for a 1 M-connection layer of 1,000 rewires).
+
+    Runs are taken in the order they were opened, each at most once at a time; a layer a
+    request is already building is waited for, not built twice (the entry's lock). The
+    thread runs at a lower CPU priority, so training on the same machine keeps its share,
+    and stops prefetching while the cache holds PREFETCH_SHARE of its bound (it never evicts
+    a history a request built for histories nobody asked for yet)."""
+
+    def __init__(self):
+        self._queue: queue.Queue = queue.Queue()
+        self._queued: set[tuple] = set()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+
+    def submit(self, reader: TopologyReader, run_id: str) -> None:
+        key = (str(reader.store.path), run_id)
+        with self._lock:
+            if key in self._queued:
+                return
+            self._queued.add(key)
+            self._queue.put((key, reader, run_id))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name="topology-prefetch",
+                                                daemon=True)
+                self._thread.start()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Until every submitted run is built (True) or `timeout_s` passed (False)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._queued, timeout_s)
+
+    def _work(self) -> None:
+        try:  # Linux: the thread's own nice value (the server's other threads keep theirs)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except (AttributeError, OSError):
+            pass
+        while True:
+            key, reader, run_id = self._queue.get()
+            try:
+                reader.build_all(run_id)
+            except Exception as error:  # noqa: BLE001 a request answers the same error itself
+                LOG.info("topology prefetch of run %s stopped: %s", run_id, error)
+            finally:
+                with self._idle:
+                    self._queued.discard(key)
+                    self._idle.notify_all()
+
+
+PREFETCHER = Prefetcher()
 
 
 class TopologyReader:
@@ -102,6 +167,19 @@ class TopologyReader:
         self.store = store
         self.reader = reader if reader is not None else RunReader(store)  # shares its mask cache
         self.cache = cache if cache is not None else CACHE
+
+    def prefetch(self, run_id: str) -> None:
+        """Build every layer's history in the background (the run view is opening)."""
+        if PREFETCH:
+            PREFETCHER.submit(self, run_id)
+
+    def build_all(self, run_id: str) -> None:
+        """Bring every layer's history up to the newest stored frame, layer by layer, while
+        the cache has room (see Prefetcher)."""
+        for index in range(len(self.reader.layers(run_id))):
+            if self.cache.total_bytes() > PREFETCH_SHARE * self.cache.max_bytes:
+                return
+            self._synced(run_id, index)
 
     # ---- one layer ----------------------------------------------------------------------------
     def layer(self, run_id: str, layer: str | int, step: int) -> dict:
@@ -219,6 +297,8 @@ class TopologyReader:
                 entry = self.cache.get(key)
             self._take_frames(run_id, index, entry)
             self._take_rewires(run_id, entry)
+            if entry.history is not None:  # merged here, so the answer itself does not
+                entry.history.compact_if_due()
         self.cache.trim()
         return entry
 

@@ -252,3 +252,20 @@ def test_topology_is_in_the_openapi_schema(client):
                   "dead_in", "dead_out", "age", "survival", "repruned_next", "distance_initial",
                   "distance_previous", "weights"):
         assert field in fields
+
+
+def test_opening_a_run_builds_its_histories_in_the_background(client):
+    """GET /api/runs/{id} (the run view opening) prefetches every layer's history: afterwards
+    the cache holds one per layer, built to the newest frame, and answers stay exact."""
+    from dst_core.recording.topology_reader import PREFETCHER
+
+    CACHE.clear()
+    store = client.app.state.store
+    run_id = record_old_style_run(store, rewires=5)
+    assert client.get(f"/api/runs/{run_id}").status_code == 200
+    assert PREFETCHER.wait(timeout_s=30)
+    built = {key[2]: entry for key, entry in CACHE._entries.items() if key[1] == run_id}
+    assert sorted(built) == [0, 1]
+    assert all(entry.history is not None and entry.history.rewires == 5
+               for entry in built.values())
+    check_against_brute_force(client, run_id)

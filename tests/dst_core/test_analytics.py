@@ -262,3 +262,29 @@ def test_erdos_renyi_expectation_sums_to_units():
     mean = sum(d * units for d, units in expected) / 100
     assert mean == pytest.approx(5.0, rel=1e-3)
     assert analytics.erdos_renyi_degrees(units=3, trials=4, active=12, total=12) == [[4, 3.0]]
+
+
+@pytest.mark.parametrize("block,chunk", [(1, 1), (7, 5), (64, 3)])
+def test_merging_block_by_block_equals_brute_force(monkeypatch, block, chunk):
+    """compact() writes the pending cohorts block by block of connections and moves the old
+    CSR chunk by chunk: blocks and chunks far smaller than the layer (and not dividing it)
+    must give the same answers as one block, merged once or after every few rewires."""
+    monkeypatch.setattr(LayerHistory, "COMPACT_BLOCK", block)
+    monkeypatch.setattr(LayerHistory, "CHUNK_UNITS", chunk)
+    masks = rewired_masks((16, 27), 0.2, 14, 0.4, seed=12, regrow_bias=20.0)
+    for compact_every in (1, 3, 14):
+        check_history(masks, compact_every)
+
+
+def test_unsorted_changes_are_taken_like_sorted_ones():
+    masks = rewired_masks((9, 11), 0.3, 8, 0.4, seed=13, regrow_bias=10.0)
+    rng = np.random.default_rng(14)
+    shuffled = LayerHistory(masks[0], (9, 11))
+    for previous, mask in zip(masks, masks[1:], strict=False):
+        flat_prev, flat = previous.reshape(-1), mask.reshape(-1)
+        shuffled.advance(rng.permutation(np.flatnonzero(flat & ~flat_prev)),
+                         rng.permutation(np.flatnonzero(flat_prev & ~flat)))
+    shuffled.compact()
+    by_masks = check_history(masks, compact_every=2)
+    for r in range(len(masks)):
+        assert shuffled.at(r, masks[r]) == by_masks.at(r, masks[r])

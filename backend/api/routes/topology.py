@@ -137,7 +137,7 @@ class ModelTopology(BaseModel):
     chains: list[LinearChain]
 
 
-def _reader(request: Request, store) -> TopologyReader:
+def topology_reader(request: Request, store) -> TopologyReader:
     return TopologyReader(store, reader=layer_views(request).reader)  # the app's mask cache
 
 
@@ -157,7 +157,7 @@ async def _answer(read):
 async def get_topology(request: Request, run_id: RunIdDep, run: RunDep, store: StoreDep,
                        layer: str = LayerQuery, step: int = StepQuery) -> dict:
     """Degrees, dead units, ages, cohort survival, distances and |w| quantiles of one layer."""
-    return await _answer(lambda: _reader(request, store).layer(run_id, layer, step))
+    return await _answer(lambda: topology_reader(request, store).layer(run_id, layer, step))
 
 
 @router.get("/{run_id}/topology/series", response_model=LayerSeries)
@@ -166,7 +166,7 @@ async def get_topology_series(request: Request, run_id: RunIdDep, run: RunDep, s
                               points: int = Query(200, ge=2, le=10_000,
                                                   description="Rewires answered at most")) -> dict:
     """One layer's degree histogram, dead units and distances over its rewires."""
-    return await _answer(lambda: _reader(request, store).series(run_id, layer, points))
+    return await _answer(lambda: topology_reader(request, store).series(run_id, layer, points))
 
 
 @router.get("/{run_id}/topology/model", response_model=ModelTopology)
@@ -174,4 +174,4 @@ async def get_model_topology(request: Request, run_id: RunIdDep, run: RunDep, st
                              step: int = StepQuery) -> dict:
     """Every layer's degree summary at `step`, and each Linear chain's cut-off units and
     effective parameter count."""
-    return await _answer(lambda: _reader(request, store).model(run_id, step))
+    return await _answer(lambda: topology_reader(request, store).model(run_id, step))
