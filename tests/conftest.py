@@ -32,6 +32,14 @@ class LoopbackClient(TestClient):
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The suite's models are tiny, and two cores are shared by this process, the servers it starts,
+# their workers and chromium: a second torch thread per process only spins waiting for a busy
+# core (recording a width-2 ResNet took 24 s with two threads, 2.5 s with one, beside one
+# busy process). Servers started from here inherit OMP_NUM_THREADS; a server's workers get
+# their own setting (`worker_threads`).
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     """Deselect (not skip) `cuda` tests where no GPU exists: they run on a GPU machine."""

@@ -23,6 +23,7 @@ export class PanelSet {
       for (const entry of entries) if (!entry.isIntersecting) this.panelOf(entry.target)?.release();
     }, { rootMargin: FAR });
     this.generation = 0;
+    this.observed = false; // the observer has said which panels are on screen at least once
   }
 
   add(container, layer, options) {
@@ -40,6 +41,7 @@ export class PanelSet {
   }
 
   seen(entries) {
+    this.observed = true;
     for (const entry of entries) {
       const panel = this.panelOf(entry.target);
       if (!panel) continue;
@@ -87,8 +89,11 @@ export class PanelSet {
     }
   }
 
-  // True once every visible panel shows `step` (the tests and the bench wait on it).
+  // True once every visible panel shows `step` (the tests and the bench wait on it). Not
+  // before the observer has reported: until then no panel counts as visible, and "every
+  // visible panel" would be true of a page that has drawn nothing yet.
   settled(step) {
+    if (this.panels.length && !this.observed) return false;
     for (const panel of this.visible) {
       if (panel.busy || panel.dirty || !panel.view || panel.view.step !== step) return false;
       if (panel.plot.dataset.step === undefined) return false;

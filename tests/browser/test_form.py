@@ -109,6 +109,13 @@ def test_start_from_form_watch_reconnect_and_stop(page, server):
     page.get_by_role("button", name="Launch run").click()
     page.wait_for_function("window.sparsescope.model && window.sparsescope.model.name === 'form run'")
     run_id = page.evaluate("window.sparsescope.model.id")
+    try:
+        watch_reconnect_and_stop(page, server, run_id)
+    finally:  # a failure above must not leave a 5,000-epoch run holding the worker
+        server.http.post(f"/api/runs/{run_id}/stop")
+
+
+def watch_reconnect_and_stop(page, server, run_id: str) -> None:
     run = server.http.get(f"/api/runs/{run_id}").json()
     assert run["config"]["hidden"] == [32, 32] and run["config"]["interval_steps"] == 5
     page.wait_for_function("window.sparsescope.rewires >= 6", timeout=60_000)

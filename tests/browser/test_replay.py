@@ -46,6 +46,7 @@ def test_replay_survives_reload(page, saved):
     page.wait_for_selector("#connection[data-state='ended']", timeout=60_000)
     assert page.evaluate("window.sparsescope.model.steps") == saved["steps"]
     # An ended run opens at its newest rewire, not following: there is nothing more to follow.
+    page.wait_for_selector("#heatmap-0[data-step]", timeout=60_000)  # its first panel drawn
     assert page.locator("#heatmap-0").get_attribute("data-step") == str(saved["steps"][-1])
     assert page.locator("#live").get_attribute("aria-pressed") == "false"
     assert page.locator("#live").is_disabled()

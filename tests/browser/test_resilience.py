@@ -56,9 +56,12 @@ def test_a_stopped_server_is_shown_without_error_spam(browser, own_server):
     own_server.close()
     page.wait_for_selector("#connection[data-state='unreachable']", timeout=30_000)
     assert page.locator("#connection-text").text_content() == "server unreachable"
+    # What was in flight when the server went (the visible panels' fetches, the stream) fails
+    # once; after that the page backs off instead of retrying every few seconds.
+    in_flight = len(errors)
     page.wait_for_timeout(20_000)
     # Only the browser's own lines for refused connections, and few of them: the page backs off.
     assert all(NETWORK_FAILURE.search(text) for text in errors), errors
-    assert len(errors) <= 8, errors
+    assert len(errors) - in_flight <= 4, errors[in_flight:]
     assert page.locator("#connection").get_attribute("data-state") == "unreachable"
     context.close()
