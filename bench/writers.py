@@ -57,6 +57,10 @@ class WriterOptions:
     duration_s: float = 15.0  # unpaced training, then finish (drain) the run
     flush_interval_s: float = 0.25  # the Recorder's default
     keyframe_every: int = 10  # the Recorder's default
+    # Replay: train one keyframe cycle for real, then send its captured events (the same
+    # payloads, steps moved on) in a loop: the writers' CPU goes to recording, not training,
+    # so the server, not the writers, is what runs out. Masks read back are not meaningful.
+    replay: bool = False
 
 
 @dataclass
@@ -103,7 +107,7 @@ def peak_rss_bytes(pid: int) -> int:
     return 0
 
 
-def start_server(data_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
+def launch_server(data_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
     """A real server, as a user starts it; no warm worker, so its process is only the server."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "SPARSESCOPE_WARM_WORKERS": "0"}
@@ -111,14 +115,17 @@ def start_server(data_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str]
         process = subprocess.Popen([sys.executable, "-m", "backend", "--port", str(port),
                                     "--data-dir", str(data_dir)], cwd=REPO, env=env,
                                    stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_healthy(process: subprocess.Popen, url: str, log_path: Path) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited early: {log_path.read_text(errors='replace')}")
         try:
             if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
-                return process, url
+                return
         except httpx.HTTPError:
             time.sleep(0.1)
     process.kill()
@@ -126,7 +133,7 @@ def start_server(data_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str]
 
 
 def writer_process(index: int, url: str, options: WriterOptions, spool_dir: str,
-                   go, results) -> None:
+                   server_up, go, results) -> None:
     """One training job on its own: builds its model and driver, records remotely, reports.
 
     Each events POST of the remote writer's sender thread is timed around its `_request`
@@ -149,6 +156,7 @@ def writer_process(index: int, url: str, options: WriterOptions, spool_dir: str,
                           total_steps=1_000_000)  # far past the window: the fraction stays ~constant
     x = torch.rand(options.batch_size, options.widths[0])
     y = torch.randint(0, options.widths[-1], (options.batch_size,))
+    server_up.wait()  # imports and the model were built while the server started
 
     recorder = Recorder(url=url, name=f"writer {index}", spool_dir=spool_dir,
                         flush_interval_s=options.flush_interval_s,
@@ -173,18 +181,44 @@ def writer_process(index: int, url: str, options: WriterOptions, spool_dir: str,
         return answer
 
     writer._request = timed_request
-    recorder.attach(driver)
-    results.put({"ready": index})
-    go.wait()
-    started = time.monotonic()
-    steps = 0
-    while time.monotonic() - started < options.duration_s:
+
+    def train_step() -> None:
         loss = torch.nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
         driver.step()
-        steps += 1
         recorder.log(driver.step_count, loss=loss.item())
+
+    recorder.attach(driver)
+    captured: list[tuple[str, int, dict]] = []
+    if options.replay:
+        # One keyframe cycle of real training, captured where the recorder takes events in
+        # (the instance's `emit`, which the driver's listeners and `log` call) instead of sent.
+        recorder.emit = lambda event_type, step, payload: captured.append(
+            (event_type, step, payload))
+        for _ in range(options.interval_steps * options.keyframe_every):
+            train_step()
+        del recorder.emit
+    results.put({"ready": index})
+    go.wait()
+    started = time.monotonic()
+    steps = 0
+    if not options.replay:
+        while time.monotonic() - started < options.duration_s:
+            train_step()
+            steps += 1
+    else:
+        span = options.interval_steps * options.keyframe_every
+        while time.monotonic() - started < options.duration_s:
+            for event_type, step, payload in captured:
+                recorder.emit(event_type, step + steps, payload)
+            steps += span
+            # Flow control the real recorder lacks: a writer always a batch behind never
+            # empties its queue, so its spool file never starts over, fills (spool_max_bytes)
+            # and the recorder gives up. Here each cycle waits until the server has it all.
+            recorder.flush()
+            while writer._pending:
+                time.sleep(0.002)
     trained_s = time.monotonic() - started
     recorder.finish("completed")  # drains: returns once the server acknowledged every batch
     results.put({"index": index, "run_id": recorder.run_id, "first_seq": first_seq,
@@ -221,16 +255,23 @@ def run_round(writer_count: int, options: WriterOptions, folder: Path) -> RoundR
     """N writers into one fresh server; the window runs from their common start to the last
     acknowledged batch."""
     data_dir = folder / f"data-{writer_count}"
-    server, url = start_server(data_dir, folder / f"server-{writer_count}.log")
-    context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
-    go = context.Event()
+    log_path = folder / f"server-{writer_count}.log"
+    server, url = launch_server(data_dir, log_path)
+    # Writers fork from a fork server that imported torch and the library once (never from
+    # this process, which may be threaded): N processes without N imports of torch.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "dst_core", "dst_core.recording.recorder"])
+    server_up, go = context.Event(), context.Event()
     results = context.Queue()
     processes = [context.Process(target=writer_process, daemon=True,
-                                 args=(index, url, options, str(folder / "spool"), go, results))
+                                 args=(index, url, options, str(folder / "spool"), server_up, go,
+                                       results))
                  for index in range(writer_count)]
     try:
         for process in processes:
             process.start()
+        wait_healthy(server, url, log_path)
+        server_up.set()
         # Every writer has built its model and attached (its keyframes are stored) before
         # the window opens: start-up (importing torch N times) is not ingest.
         for _ in processes:
@@ -303,13 +344,16 @@ def main() -> None:
     parser.add_argument("--interval-steps", type=int, default=5)
     parser.add_argument("--flush-interval-s", type=float, default=0.25)
     parser.add_argument("--keyframe-every", type=int, default=10)
+    parser.add_argument("--replay", action="store_true",
+                        help="writers resend one captured keyframe cycle of real training instead "
+                             "of training: finds the server's own limit on a machine with few cores")
     args = parser.parse_args()
     writers = "1,2" if args.quick and args.writers == parser.get_default("writers") else args.writers
     counts = [int(part) for part in writers.split(",") if part.strip()]
     options = WriterOptions(method=args.method, interval_steps=args.interval_steps,
                             duration_s=args.duration_s or (4.0 if args.quick else 15.0),
                             flush_interval_s=args.flush_interval_s,
-                            keyframe_every=args.keyframe_every)
+                            keyframe_every=args.keyframe_every, replay=args.replay)
     load_before = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -320,7 +364,8 @@ def main() -> None:
           f"{os.getloadavg()[0]:.1f} after; MLP {'-'.join(map(str, options.widths))}, "
           f"{options.method} density {options.density} every {options.interval_steps} steps, "
           f"batch {options.batch_size}, {options.duration_s:g} s per writer, flush every "
-          f"{options.flush_interval_s:g} s, keyframe every {options.keyframe_every} rewires")
+          f"{options.flush_interval_s:g} s, keyframe every {options.keyframe_every} rewires"
+          f"{', replaying one captured keyframe cycle' if options.replay else ''}")
     print(table(rows))
     lost = [row for row in rows if row.lost or not row.max_seq_ok]
     if lost:
