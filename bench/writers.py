@@ -76,6 +76,7 @@ class RoundResult:
     server_cpu_s: float
     server_peak_rss_bytes: int
     steps_per_s: list[float]
+    writers_cpu_s: float  # all writers together, their sender threads included
     rewires: int
     emitted: dict[str, int]  # run id -> events its writer numbered
     stored: dict[str, int]  # run id -> events stored from the writer's first seq on
@@ -201,7 +202,7 @@ def writer_process(index: int, url: str, options: WriterOptions, spool_dir: str,
         del recorder.emit
     results.put({"ready": index})
     go.wait()
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     steps = 0
     if not options.replay:
         while time.monotonic() - started < options.duration_s:
@@ -224,7 +225,7 @@ def writer_process(index: int, url: str, options: WriterOptions, spool_dir: str,
     results.put({"index": index, "run_id": recorder.run_id, "first_seq": first_seq,
                  "last_seq": writer.next_seq - 1, "sends": sends, "retries": retries[0],
                  "steps_per_s": steps / trained_s, "rewires": steps // options.interval_steps,
-                 "finished": time.monotonic()})
+                 "finished": time.monotonic(), "cpu_s": time.process_time() - cpu_started})
 
 
 def _next_result(results, processes: list) -> dict:
@@ -302,6 +303,7 @@ def run_round(writer_count: int, options: WriterOptions, folder: Path) -> RoundR
         retries=sum(report["retries"] for report in reports),
         server_cpu_s=cpu_after - cpu_before, server_peak_rss_bytes=peak_rss,
         steps_per_s=[report["steps_per_s"] for report in reports],
+        writers_cpu_s=sum(report["cpu_s"] for report in reports),
         rewires=sum(report["rewires"] for report in reports),
         emitted={report["run_id"]: report["last_seq"] - report["first_seq"] + 1
                  for report in reports},
@@ -317,7 +319,8 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def table(rows: list[RoundResult]) -> str:
     head = ("| writers | events/s | MB/s | batch POST median / p99 ms | server CPU % of a core "
-            "| server peak RSS MB | steps/s per writer (median) | rewires | events emitted = stored |")
+            "| server peak RSS MB | writers' CPU % of a core (all) | steps/s per writer (median) "
+            "| rewires | events emitted = stored |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
         lines.append(
@@ -327,6 +330,7 @@ def table(rows: list[RoundResult]) -> str:
             f"{1e3 * percentile(row.latencies_s, 0.99):.1f} | "
             f"{100 * row.server_cpu_s / row.window_s:.0f} | "
             f"{row.server_peak_rss_bytes / 2**20:.0f} | "
+            f"{100 * row.writers_cpu_s / row.window_s:.0f} | "
             f"{statistics.median(row.steps_per_s):.1f} | {row.rewires:,} | "
             f"{'yes' if row.lost == 0 and row.max_seq_ok else f'NO ({row.lost} lost)'} "
             f"({sum(row.emitted.values()):,}) |")
