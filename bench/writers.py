@@ -1,6 +1,6 @@
 """Many remote writers, one server: what one SQLite run store takes in, measured end to end.
 
-    .venv/bin/python bench/writers.py [--writers 1,4,16] [--duration-s 15] [--quick]
+    .venv/bin/python bench/writers.py [--writers 1,4,16] [--duration-s 15] [--replay] [--quick]
 
 For each N, a fresh `python -m backend` on a fresh data folder, and N writer processes, each
 training a 784-1024-1024-10 MLP with a real SparseDriver (SET by default, rewired every
