@@ -72,7 +72,8 @@ class RemoteWriter:
         self.next_seq = 1
         self.spool_path: Path | None = None
         self._pending: deque[tuple[int, int, bytes]] = deque()  # (first seq, last seq, body)
-        self._spool_bytes = 0
+        self._spool_bytes = 0  # bytes of the batches not acknowledged yet (what the bound is on)
+        self._file_bytes = 0  # bytes in the spool file (acknowledged batches until compacted)
         self._cond = threading.Condition()
         self._closing = False
         self._error: RemoteRecorderError | None = None
@@ -148,12 +149,14 @@ class RemoteWriter:
         body = dumps({"events": wire, "summary": summary}).encode()
         with self._cond:
             if self._spool_bytes + len(body) > self.spool_max_bytes:
-                self._give_up(f"the spool file is full ({self.spool_max_bytes} bytes) while the "
-                              f"server is unreachable")
+                self._give_up(f"the spool file is full: {self._spool_bytes} bytes of batches the "
+                              f"server has not acknowledged yet (spool_max_bytes="
+                              f"{self.spool_max_bytes})")
                 self._raise_if_gave_up()
             with open(self.spool_path, "ab") as spool:
                 spool.write(body + b"\n")
             self._spool_bytes += len(body) + 1
+            self._file_bytes += len(body) + 1
             self._pending.append((wire[0]["seq"], wire[-1]["seq"], body))
             self._cond.notify_all()
 
@@ -202,10 +205,7 @@ class RemoteWriter:
                 if batch is not None:
                     self._request("POST", f"/api/ingest/runs/{self.run_id}/events", batch[2])
                     with self._cond:
-                        self._pending.popleft()
-                        if not self._pending:  # everything acknowledged: the spool starts over
-                            self.spool_path.write_bytes(b"")
-                            self._spool_bytes = 0
+                        self._acknowledged(self._pending.popleft())
                         self._cond.notify_all()
                 elif time.monotonic() - last_contact >= self.heartbeat_s:
                     self._request("POST", f"/api/ingest/runs/{self.run_id}/heartbeat", b"{}")
@@ -227,6 +227,19 @@ class RemoteWriter:
                 with self._cond:
                     self._give_up(str(error))
                 return
+
+    def _acknowledged(self, batch: tuple[int, int, bytes]) -> None:
+        """Called with the condition held. The bound is on what the server has not taken yet,
+        so a writer that is always a batch or two behind a busy server never fills it; the
+        file drops its acknowledged batches when everything is in, or once it holds more than
+        the bound (rewritten with the pending batches only: at most the bound, rarely)."""
+        self._spool_bytes -= len(batch[2]) + 1
+        if not self._pending:
+            self.spool_path.write_bytes(b"")
+            self._spool_bytes = self._file_bytes = 0
+        elif self._file_bytes > self.spool_max_bytes:
+            self.spool_path.write_bytes(b"".join(body + b"\n" for _, _, body in self._pending))
+            self._file_bytes = self._spool_bytes
 
     def _give_up(self, reason: str) -> None:
         """Called with the condition held: record why, warn once, wake every waiter."""

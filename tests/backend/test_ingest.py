@@ -224,6 +224,45 @@ def test_remote_recorder_spools_while_the_server_is_unreachable(tmp_path):
     assert store.get_artifact(recorder.run_id, "model.pt")
 
 
+def test_a_writer_always_a_batch_behind_never_fills_its_spool(tmp_path):
+    """The spool bounds what the server has not acknowledged, not what was ever written: a
+    writer kept one or two batches behind a busy server for far more than the bound goes on,
+    and its spool file stays about the bound."""
+    port = free_port()
+    bound = 4_000
+    with ThreadServer(tmp_path / "data", port):
+        recorder = Recorder(url=f"http://127.0.0.1:{port}", name="busy server",
+                            spool_dir=tmp_path / "spool", flush_interval_s=0.0,
+                            spool_max_bytes=bound)
+        writer = recorder.writer
+        gate = threading.Semaphore(0)
+        send = writer._request
+
+        def acknowledged_when_let(method, path, body=None, *args, **kwargs):
+            if path.endswith("/events"):
+                gate.acquire(timeout=30)
+            return send(method, path, body, *args, **kwargs)
+
+        writer._request = acknowledged_when_let
+        largest_file = 0
+        for step in range(1, 301):  # ~30 kB of batches in all, the bound 7 times over
+            recorder.log(step, loss=1.0 / step)
+            while len(writer._pending) > 2:  # the server takes one when two wait behind it
+                gate.release()
+                deadline = time.monotonic() + 30
+                while len(writer._pending) > 2 and time.monotonic() < deadline:
+                    time.sleep(0.001)
+            largest_file = max(largest_file, writer.spool_path.stat().st_size)
+        for _ in range(1000):
+            gate.release()
+        recorder.finish("completed")
+    assert largest_file <= bound + 200
+    store = RunStore(tmp_path / "data")
+    events = store.read_events(recorder.run_id, 0, 100_000)
+    assert [event["step"] for event in events if event["type"] == "metrics"] == list(range(1, 301))
+    assert store.get_run(recorder.run_id)["status"] == "completed"
+
+
 def test_remote_recorder_gives_up_clearly(tmp_path):
     port = free_port()
     with ThreadServer(tmp_path / "data", port):
