@@ -50,6 +50,11 @@ def test_opens_at_the_newest_rewire_with_only_visible_panels(page, server, resne
     fetched = page.evaluate("window.sparsescope.views.fetched")
     assert 1 <= fetched < 20, fetched
     assert page.locator("#heatmap-53").get_attribute("data-step") is None
+    # Every layer has a count in the overview, the ones ERK keeps dense (never rewired) too.
+    page.wait_for_function("document.querySelectorAll('#layer-overview-table tbody tr').length === 54")
+    counts = page.eval_on_selector_all("#layer-overview-table tbody tr",
+                                       "rows => rows.map(r => r.cells[4].textContent)")
+    assert all(count.isdigit() for count in counts), counts
     page.wait_for_timeout(600)  # the charts' throttled first draw
     screenshot(page, "run-view-resnet.png")
     # The layer × step density map has one row per layer, not 54 legend entries.
