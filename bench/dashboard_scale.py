@@ -1,6 +1,6 @@
 """Dashboard scale benchmark: a ResNet-50-shaped run opened in chromium, 100 vs 10 rewires.
 
-    .venv/bin/python bench/dashboard_scale.py [--steps 100] [--width 64] [--quick]
+    .venv/bin/python bench/dashboard_scale.py [--steps 100] [--width 64] [--quick] [--keep DIR]
 
 Records, with `Recorder(data_dir)` and `SparseDriver(method="set", interval_steps=1)`, a model
 built here (53 convs + a 1000-way fc, ~25.5 M weights at --width 64, BatchNorm, residuals, ERK at density
@@ -120,7 +120,7 @@ OWN_CODE = ("/static/", "/vendor/", "/favicon")
 
 def measure(browser, url: str, run_id: str, scrubs: int = 50) -> dict:
     """Open, scrub and heap figures of one run in a fresh tab."""
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
     page = context.new_page()
     fetched = {"bytes": 0, "requests": 0}
     started = {}
@@ -177,7 +177,7 @@ def measure(browser, url: str, run_id: str, scrubs: int = 50) -> dict:
 def bytes_to_open(browser, url: str, run_id: str) -> int:
     """Everything fetched in the first 20 s after navigating to the run (prefetch included),
     without scrubbing: REST answers and websocket frames, not the page's own code."""
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
     page = context.new_page()
     client = context.new_cdp_session(page)
     client.send("Network.enable")
@@ -207,7 +207,7 @@ def heap(client) -> float:
 def follow_live(browser, server, data_dir: Path, steps: int, width: int) -> dict:
     """A live recording of the same model, followed by a page: how many rewires the page was
     ever behind the newest stored one, sampled after each rewire is stored."""
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
     page = context.new_page()
     holder: dict = {}
 
@@ -241,6 +241,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="rewires of the long run")
     parser.add_argument("--width", type=int, default=64, help="64 = ResNet-50 (~25.5 M weights)")
     parser.add_argument("--quick", action="store_true", help="width 16, 30 rewires: a smoke run")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="record into this folder once and reuse its runs the next time")
     args = parser.parse_args()
     if args.quick:
         args.width, args.steps = 16, 30
@@ -248,15 +250,25 @@ def main() -> None:
 
     from tests.browser.conftest import CHROMIUM, FLAGS, Server
 
-    data_dir = Path(tempfile.mkdtemp(prefix="dashboard-scale-"))
+    data_dir = args.keep or Path(tempfile.mkdtemp(prefix="dashboard-scale-"))
     model = ResNet(args.width, 1000)
     weights = sum(p.numel() for p in model.parameters() if p.dim() > 1)
     print(f"model: ResNet-50-shaped, width {args.width}, {weights / 1e6:.1f} M conv/fc weights, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters")
     runs = {}
+    kept = {}
+    if args.keep is not None and (args.keep / "runs.sqlite3").exists():
+        from dst_core.recording import RunStore
+
+        kept = {run["name"]: run["id"] for run in RunStore(args.keep).list_runs()
+                if run["status"] == "completed"}
     for steps in (args.steps, max(1, args.steps // 10)):
+        name = f"resnet {steps} rewires"
+        if name in kept:
+            runs[steps] = kept[name]
+            continue
         t0 = time.perf_counter()
-        runs[steps] = record(data_dir, steps=steps, width=args.width, name=f"resnet {steps} rewires")
+        runs[steps] = record(data_dir, steps=steps, width=args.width, name=name)
         print(f"recorded {steps} rewires in {time.perf_counter() - t0:.0f} s")
     server = Server(data_dir)
     try:

@@ -102,21 +102,18 @@ class FrameChains:
         """The layer's newest keyframe at or before `step` and every frame after it up to
         `step`, in seq order ([] when the layer has no keyframe by then)."""
         keyframe = self.store.db.execute(
-            "SELECT seq FROM events WHERE run_id = ? AND layer = ? AND keyframe = 1 AND step <= ?"
-            " ORDER BY step DESC, seq DESC LIMIT 1", (run_id, index, step)).fetchone()
+            "SELECT seq, step FROM events WHERE run_id = ? AND layer = ? AND keyframe = 1"
+            " AND step <= ? ORDER BY step DESC, seq DESC LIMIT 1", (run_id, index, step)).fetchone()
         if keyframe is None:
             return []
-        # The frames end before the next keyframe after `step` (a layer's steps never go
-        # back): without that bound the scan by seq reads every later row of the run, ~100 ms
-        # at the start of a 10,000-step run instead of the few rows of one chain.
-        following = self.store.db.execute(
-            "SELECT seq FROM events WHERE run_id = ? AND layer = ? AND keyframe = 1 AND step > ?"
-            " ORDER BY step, seq LIMIT 1", (run_id, index, step)).fetchone()
-        end = following[0] if following is not None else 2**63 - 1
+        # Read from the frames index alone (a layer's steps never go back, so its chain is the
+        # frames from the keyframe's step to `step`): a range over the primary key instead
+        # (by seq) walks every event of every layer in between, blobs included, ~50 ms for a
+        # ResNet-50's 54 layers against ~0.1 ms here.
         rows = self.store.db.execute(
-            "SELECT seq, step, keyframe FROM events WHERE run_id = ? AND layer = ? AND step <= ?"
-            " AND seq >= ? AND seq < ? ORDER BY seq",
-            (run_id, index, step, keyframe[0], end)).fetchall()
+            "SELECT seq, step, keyframe FROM events INDEXED BY events_frames WHERE run_id = ?"
+            " AND layer = ? AND keyframe IN (0, 1) AND step BETWEEN ? AND ? AND seq >= ?"
+            " ORDER BY seq", (run_id, index, keyframe[1], step, keyframe[0])).fetchall()
         return [Frame(int(row[0]), int(row[1]), bool(row[2])) for row in rows]
 
     def chain_to(self, run_id: str, index: int, frame: Frame) -> list[Frame]:

@@ -1,8 +1,7 @@
 """Reading a recorded run: its layers, any layer's mask at any step (masks.py), and metrics
 downsampled per bucket.
 
-Long
-metric series are cut into N step ranges and each range keeps its min, max and last value
+Long metric series are cut into N step ranges and each range keeps its min, max and last value
 (as W&B does), so a chart of a million points still shows every spike.
 """
 
@@ -20,12 +19,29 @@ from dst_core.recording.store import RunStore
 METRIC_EVENT_TYPES = ("metrics", "eval")
 
 
+LAYER_LISTS = 64  # runs whose parsed layer lists are kept
+
+
+def _parse_layers(payload: str | None) -> list[dict]:
+    try:
+        entries = json.loads(payload).get("layers") if payload else None
+    except (AttributeError, TypeError, ValueError):
+        return []
+    if not isinstance(entries, list):
+        return []
+    layers = [_layer_entry(entry) for entry in entries]
+    return layers if all(layers) else []
+
+
 class RunReader:
     """Read-only views of one data folder's runs."""
 
     def __init__(self, store: RunStore, chains: FrameChains | None = None):
         self.store = store
         self.chains = chains if chains is not None else FrameChains(store)
+        # Parsed layer lists by (run, meta seq, meta length): every panel request needs its
+        # run's layers, and parsing a ResNet-50's meta each time cost more than the frames.
+        self._layers: dict[tuple, list[dict]] = {}
 
     def layers(self, run_id: str) -> list[dict]:
         """The layers of the run's first meta event, each with `name`, `matrix` (rows, cols as
@@ -33,16 +49,20 @@ class RunReader:
         `density`; [] when the meta event is missing or not a list of layers (a stored
         payload must never turn a read into a 500)."""
         row = self.store.db.execute(
-            "SELECT payload FROM events WHERE run_id = ? AND type = 'meta' ORDER BY seq LIMIT 1",
-            (run_id,)).fetchone()
-        try:
-            entries = json.loads(row[0]).get("layers") if row else None
-        except (AttributeError, TypeError, ValueError):
+            "SELECT seq, length(payload) FROM events WHERE run_id = ? AND type = 'meta'"
+            " ORDER BY seq LIMIT 1", (run_id,)).fetchone()
+        if row is None:
             return []
-        if not isinstance(entries, list):
-            return []
-        layers = [_layer_entry(entry) for entry in entries]
-        return layers if all(layers) else []
+        key = (run_id, row[0], row[1])
+        layers = self._layers.get(key)
+        if layers is None:
+            payload = self.store.db.execute(
+                "SELECT payload FROM events WHERE run_id = ? AND seq = ?", (run_id, row[0])).fetchone()
+            layers = _parse_layers(payload[0] if payload else None)
+            if len(self._layers) >= LAYER_LISTS:
+                self._layers.pop(next(iter(self._layers)))
+            self._layers[key] = layers
+        return [dict(entry) for entry in layers]  # callers may edit their copy
 
     def layer_index(self, run_id: str, layer: str | int) -> int:
         layers = self.layers(run_id)

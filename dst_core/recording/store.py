@@ -428,25 +428,6 @@ class RunStore:
             (run_id,)).fetchone()
         return row[0] if row and row[0] is not None and row[0] > after_seq else None
 
-    # ---- frames -------------------------------------------------------------------------------
-    def frames_for_mask(self, run_id: str, layer_index: int, step: int) -> list[sqlite3.Row]:
-        """The newest keyframe of a layer at or before `step` and every delta after it."""
-        keyframe = self.db.execute(
-            "SELECT seq FROM events WHERE run_id = ? AND layer = ? AND keyframe = 1 AND step <= ?"
-            " AND type = 'topology' ORDER BY step DESC, seq DESC LIMIT 1",
-            (run_id, layer_index, step)).fetchone()
-        if keyframe is None:
-            return []
-        return self.db.execute(
-            "SELECT seq, step, payload, blob FROM events WHERE run_id = ? AND layer = ? "
-            "AND step <= ? AND seq >= ? AND type = 'topology' ORDER BY seq", (run_id, layer_index, step,
-                                                        keyframe[0])).fetchall()
-
-    def frame_steps(self, run_id: str, layer_index: int = 0) -> list[int]:
-        rows = self.db.execute("SELECT DISTINCT step FROM events WHERE run_id = ? AND layer = ? "
-                               "ORDER BY step", (run_id, layer_index)).fetchall()
-        return [row[0] for row in rows]
-
 
 def checked_event(event_type, step, payload, field: str, max_elements: int) -> tuple:
     """(type, step, (payload text, layer, keyframe, blob), (status, error) or None): one

@@ -22,6 +22,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -39,6 +40,9 @@ DEFAULT_CACHE_MB = int(os.environ.get("SPARSESCOPE_TOPOLOGY_CACHE_MB", "1024"))
 # Opening a run builds its layers' histories in the background ("0" turns it off).
 PREFETCH = os.environ.get("SPARSESCOPE_TOPOLOGY_PREFETCH", "1") != "0"
 PREFETCH_SHARE = 0.75  # prefetching stops once the cache holds this share of its bound
+# … and starts this long after the run was opened: the page's first panels come first (a
+# ResNet-50 run opened in 1.4 s without prefetch, 1.7-1.9 s with it starting at once).
+PREFETCH_DELAY_S = float(os.environ.get("SPARSESCOPE_TOPOLOGY_PREFETCH_DELAY_S", "3"))
 LOG = logging.getLogger(__name__)
 
 
@@ -128,7 +132,7 @@ class Prefetcher:
             if key in self._queued:
                 return
             self._queued.add(key)
-            self._queue.put((key, reader, run_id))
+            self._queue.put((key, reader, run_id, time.monotonic() + PREFETCH_DELAY_S))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._work, name="topology-prefetch",
                                                 daemon=True)
@@ -145,7 +149,8 @@ class Prefetcher:
         except (AttributeError, OSError):
             pass
         while True:
-            key, reader, run_id = self._queue.get()
+            key, reader, run_id, start_at = self._queue.get()
+            time.sleep(max(0.0, start_at - time.monotonic()))
             try:
                 reader.build_all(run_id)
             except Exception as error:  # noqa: BLE001 a request answers the same error itself

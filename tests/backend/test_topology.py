@@ -254,10 +254,13 @@ def test_topology_is_in_the_openapi_schema(client):
         assert field in fields
 
 
-def test_opening_a_run_builds_its_histories_in_the_background(client):
+def test_opening_a_run_builds_its_histories_in_the_background(client, monkeypatch):
     """GET /api/runs/{id} (the run view opening) prefetches every layer's history: afterwards
     the cache holds one per layer, built to the newest frame, and answers stay exact."""
+    from dst_core.recording import topology_reader
     from dst_core.recording.topology_reader import PREFETCHER
+
+    monkeypatch.setattr(topology_reader, "PREFETCH_DELAY_S", 0.0)  # not the page's 3 s
 
     CACHE.clear()
     store = client.app.state.store
