@@ -12,8 +12,8 @@ import httpx
 from tests.conftest import REPO
 
 COMMAND = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "examples/ddp_train.py", "--task", "synthetic", "--hidden", "32,32", "--epochs", "1",
-           "--interval-steps", "10", "--method", "set", "--name", "ddp job"]
+           "examples/ddp_train.py", "--task", "synthetic", "--hidden", "32,32", "--epochs", "2",
+           "--batch-size", "8", "--interval-steps", "50", "--method", "set", "--name", "ddp job"]
 
 
 def test_a_torchrun_job_appears_live_as_one_run(live_server):
@@ -25,7 +25,7 @@ def test_a_torchrun_job_appears_live_as_one_run(live_server):
     while job.poll() is None and time.monotonic() < deadline:
         runs = httpx.get(f"{live_server}/api/runs", timeout=10).json()
         seen_running |= any(run["status"] == "running" for run in runs)
-        time.sleep(0.2)
+        time.sleep(0.05)
     output = job.communicate(timeout=30)[0]
     assert job.returncode == 0, output
     runs = httpx.get(f"{live_server}/api/runs", timeout=10).json()
@@ -36,7 +36,7 @@ def test_a_torchrun_job_appears_live_as_one_run(live_server):
     assert layout["world_size"] == 2 and layout["backend"] == "gloo" and layout["ranks"] == [0, 1]
     rewires = httpx.get(f"{live_server}/api/runs/{run['id']}/rewires", timeout=10).json()
     assert len(rewires["steps"]) >= 3 and len(rewires["layers"]) == 3
-    assert "recording run" in output and output.count("epoch 1/1") == 1  # rank 0 reports
+    assert "recording run" in output and output.count("epoch 2/2") == 1  # rank 0 reports
 
 
 def test_the_example_refuses_to_start_without_torchrun():
