@@ -70,8 +70,9 @@ test: install-test system-deps lint
 	$(PY) -m pytest
 
 # Every script in bench/ (each prints its own figures; minutes, not seconds: accuracy.py trains
-# real models). `make bench BENCH=bench/service.py` runs one.
-BENCH ?= $(sort $(wildcard bench/*.py))
+# real models). `make bench BENCH=bench/service.py` runs one; bench/gpu.py needs CUDA, so it
+# runs only when asked for (`make bench BENCH=bench/gpu.py` on a GPU machine).
+BENCH ?= $(filter-out bench/gpu.py,$(sort $(wildcard bench/*.py)))
 bench: install-test
 	@set -e; for script in $(BENCH); do echo "== $$script"; $(PY) $$script; done
 
