@@ -428,6 +428,13 @@ class RunStore:
             (run_id,)).fetchone()
         return row[0] if row and row[0] is not None and row[0] > after_seq else None
 
+    def frame_steps(self, run_id: str, layer_index: int = 0) -> list[int]:
+        """The steps at which a layer has a stored frame (the tutorial walks them)."""
+        rows = self.db.execute("SELECT DISTINCT step FROM events INDEXED BY events_frames"
+                               " WHERE run_id = ? AND layer = ? ORDER BY step",
+                               (run_id, layer_index)).fetchall()
+        return [row[0] for row in rows]
+
 
 def checked_event(event_type, step, payload, field: str, max_elements: int) -> tuple:
     """(type, step, (payload text, layer, keyframe, blob), (status, error) or None): one

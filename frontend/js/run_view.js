@@ -327,6 +327,7 @@ export class RunView {
       this.run = run;
       $("run-info").textContent = describeSettings(run);
       $("run-provenance").textContent = provenance(run.info);
+      $("run-error").textContent = run.error || ""; // the stored reason, with the stored status
       this.onStatus(run.status);
     } catch { /* the stream's status is shown meanwhile */ }
   }
