@@ -25,7 +25,7 @@ ifneq ($(shell $(HAS_MODULES) torch numpy fastapi uvicorn pydantic_settings plot
 	2>/dev/null && echo ok),ok)
 $(shell rm -f $(VENV)/.installed $(VENV)/.installed-test)
 endif
-ifneq ($(shell $(HAS_MODULES) pytest httpx playwright hypothesis ruff 2>/dev/null && echo ok),ok)
+ifneq ($(shell $(HAS_MODULES) pytest xdist httpx playwright hypothesis ruff 2>/dev/null && echo ok),ok)
 $(shell rm -f $(VENV)/.installed-test)
 endif
 endif
@@ -66,8 +66,12 @@ lint: install-test
 	$(VENV)/bin/ruff check .
 	docker-compose -f docker-compose.yml config -q
 
+# Two test processes, each file's tests in one of them (module fixtures: one server per file);
+# `make test TEST_WORKERS=0` runs them in this process, one after the other.
+TEST_WORKERS ?= 2
+
 test: install-test system-deps lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Every script in bench/ (each prints its own figures; minutes, not seconds: accuracy.py trains
 # real models). `make bench BENCH=bench/service.py` runs one; bench/gpu.py needs CUDA, so it

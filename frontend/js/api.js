@@ -38,9 +38,14 @@ export class ApiError extends Error {
 // fetch with the token; on 401 asks for it once and retries. Returns the Response.
 export async function request(path, options = {}, retried = false) {
   const headers = { ...(options.headers || {}) };
-  if (token()) headers.Authorization = `Bearer ${token()}`;
+  const sent = token();
+  if (sent) headers.Authorization = `Bearer ${sent}`;
   const response = await fetch(path, { ...options, headers });
-  if (response.status === 401 && !retried && (await askToken())) return request(path, options, true);
+  if (response.status === 401 && !retried) {
+    // Sent before the token was entered (the poll, a panel): retry with it, don't ask again.
+    if (token() && token() !== sent) return request(path, options, true);
+    if (await askToken()) return request(path, options, true);
+  }
   return response;
 }
 
