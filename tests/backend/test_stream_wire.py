@@ -214,7 +214,9 @@ def test_a_slow_viewer_is_skipped_without_slowing_the_others(tmp_path):
     fast, slow, fast_lag_s = asyncio.run(asyncio.wait_for(scenario(), 120))
     expected = list(range(1, store.last_seq(run_id) + 1))
     assert [m["seq"] for m in fast if "seq" in m] == expected
-    assert fast_lag_s < 1.0  # it was never held back by the slow one
+    # never held back by the slow one (which takes 0.2 s a message: held back, this would be
+    # 10 s and more); the bound leaves room for a busy machine
+    assert fast_lag_s < 3.0
     assert any(m["type"] == "skipped" for m in slow)
     slow_seqs = [m["seq"] for m in slow if "seq" in m]
     assert slow_seqs == sorted(set(slow_seqs)) and len(slow_seqs) < len(expected)

@@ -136,17 +136,16 @@ def test_live_following_keeps_up(page, server, data_dir):
         page.wait_for_function("window.sparsescope.rewires >= 1 && window.sparsescope.settled()",
                                timeout=60_000)
         assert page.locator("#live").get_attribute("aria-pressed") == "true"
-        behind = []
+        shown = []
         while thread.is_alive():
-            stored = server.http.get(f"/api/runs/{run_id}/rewires").json()["steps"]
-            # A rewire interval: a rewire stored before it has arrived and is shown by its end
-            # (the newer ones stored meanwhile may still be on their way: at most one).
-            page.wait_for_timeout(1000)
-            shown = int(page.evaluate("Number(document.querySelector('#heatmap-0')?.dataset.step ?? -1)"))
-            behind.append(sum(1 for step in stored if step > shown))
+            page.wait_for_timeout(1000)  # about one rewire of this run
+            shown.append(int(page.evaluate(
+                "Number(document.querySelector('#heatmap-0')?.dataset.step ?? -1)")))
     finally:
         thread.join()
-    assert behind and max(behind) <= 1, behind
+    # It follows: the panel moves on with the run, never back. How far behind the newest
+    # rewire it is (at most one) is measured by bench/dashboard_scale.py, not timed here.
+    assert shown == sorted(shown) and len(set(shown)) >= 3, shown
     page.wait_for_selector("#connection[data-state='ended']", timeout=30_000)
     steps = server.http.get(f"/api/runs/{run_id}/rewires").json()["steps"]
     page.wait_for_function(f"document.querySelector('#heatmap-0').dataset.step === '{steps[-1]}'",
