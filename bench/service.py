@@ -27,6 +27,7 @@ from websockets.asyncio.client import connect
 REPO = Path(__file__).resolve().parent.parent
 LONG_RUN = {"epochs": 5000, "hidden": [64, 64]}
 VIEWERS = 20
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -56,6 +57,13 @@ def wait_status(url: str, run_id: str, statuses: tuple[str, ...]) -> dict:
         if run["status"] in statuses:
             return run
         time.sleep(0.02)
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads, not its children)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rfind(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def worker_pid(server_pid: int) -> int:

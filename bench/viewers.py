@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -31,24 +30,14 @@ from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.service import worker_pid  # noqa: E402  (the server's worker, found in /proc)
+from bench.service import cpu_s, free_port, worker_pid  # noqa: E402  (/proc readers)
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = {"epochs": 5000, "hidden": [64, 64]}  # far longer than the bench: it is deleted
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of one process (not its children)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rfind(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def steps_of(url: str, run_id: str) -> int:

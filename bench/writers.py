@@ -26,7 +26,6 @@ import argparse
 import multiprocessing
 import os
 import queue
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -41,8 +40,9 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.service import cpu_s, free_port  # noqa: E402  (the /proc readers the benches share)
+
 WIDTHS = [784, 1024, 1024, 10]  # the MLP every recording bench uses (bench/stream.py)
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -87,17 +87,8 @@ class RoundResult:
         return sum(self.emitted.values()) - sum(self.stored.get(run, 0) for run in self.emitted)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of one process (all its threads, not its children)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rfind(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def peak_rss_bytes(pid: int) -> int:
