@@ -57,19 +57,30 @@ _servers: dict[str, Dashboard] = {}  # data folder (resolved) or server URL → 
 
 
 class InlineView:
-    """What `show()` returns: rendered as an iframe by Jupyter, a plain link elsewhere."""
+    """What `show()` returns: rendered as an iframe by Jupyter, a plain link elsewhere.
 
-    def __init__(self, src: str, height_px: int = DEFAULT_HEIGHT_PX):
+    `refused` is set when the server forbids being framed by another page (a server started
+    outside the notebook keeps the dashboard's default, frame-ancestors 'self'): an iframe
+    would stay blank without a word, so the view says why and how to change it instead."""
+
+    def __init__(self, src: str, height_px: int = DEFAULT_HEIGHT_PX, refused: str | None = None):
         self.src = src
         self.height_px = int(height_px)
+        self.refused = refused
 
     def _repr_html_(self) -> str:
         src = html.escape(self.src, quote=True)
+        link = (f'<div style="font-size:12px"><a href="{src}" target="_blank" rel="noopener">'
+                f'open the run in a new tab</a>: {src}</div>')
+        if self.refused is not None:
+            return (f'<div class="sparsescope-refused" style="font-size:13px">This dashboard server '
+                    f'does not allow being shown inside another page ({html.escape(self.refused)}): '
+                    f'it was started outside this notebook. Restart it with '
+                    f'<code>SPARSESCOPE_FRAME_ANCESTORS="{html.escape(FRAME_ANCESTORS)}"</code>, '
+                    f'or stop it and let <code>show()</code> start its own.</div>{link}')
         return (f'<iframe class="sparsescope-view" src="{src}" width="100%" '
                 f'height="{self.height_px}" style="border:1px solid #ccc;border-radius:4px" '
-                f'allow="clipboard-write"></iframe>'
-                f'<div style="font-size:12px"><a href="{src}" target="_blank" rel="noopener">'
-                f'open the run in a new tab</a>: {src}</div>')
+                f'allow="clipboard-write"></iframe>{link}')
 
     def __repr__(self) -> str:
         return f"sparsescope run view: {self.src}"
@@ -81,6 +92,25 @@ def _healthy(url: str, timeout_s: float) -> bool:
             return response.status == 200
     except (OSError, urllib.error.URLError, ValueError):
         return False
+
+
+def frame_refusal(url: str, timeout_s: float = 2.0) -> str | None:
+    """The server's frame policy when it refuses every other page ("frame-ancestors 'self'",
+    "'none'"), from the CSP of its page; None when it allows one (or cannot be asked: the
+    iframe then shows whatever the browser gets)."""
+    try:
+        with urllib.request.urlopen(f"{url}/", timeout=timeout_s) as response:
+            policy = response.headers.get("Content-Security-Policy", "")
+    except (OSError, urllib.error.URLError, ValueError):
+        return None
+    for directive in policy.split(";"):
+        name, _, sources = directive.strip().partition(" ")
+        if name == "frame-ancestors":
+            allowed = sources.split()
+            if all(source in ("'self'", "'none'") for source in allowed):
+                return f"frame-ancestors {' '.join(allowed)}"
+            return None
+    return None
 
 
 def _free_port() -> int:
@@ -245,7 +275,11 @@ def show(target, *, data_dir: str | Path | None = None, base_url: str | None = N
     in `rec.show()` does not draw it twice); elsewhere, or with `display=False`, it is returned."""
     run_id, folder, server = _resolve(target, data_dir)
     dashboard_url = server.rstrip("/") if server else start_server(folder, port=port).url
-    view = InlineView(run_url(public_base(dashboard_url, base_url), run_id, step), height)
+    base = public_base(dashboard_url, base_url)
+    refused = frame_refusal(dashboard_url)
+    if refused is not None and "'none'" not in refused and base.startswith("/"):
+        refused = None  # served through Jupyter's own origin (a proxy path): 'self' is Jupyter
+    view = InlineView(run_url(base, run_id, step), height, refused=refused)
     if display:
         try:
             from IPython import get_ipython

@@ -94,3 +94,25 @@ def test_the_background_server_ends_with_a_killed_kernel(no_notebook_env, tmp_pa
     alive = Path(f"/proc/{server}").exists() and \
         Path(f"/proc/{server}/stat").read_text(errors="replace").split(") ")[-1][:1] != "Z"
     assert not alive, "the notebook's server outlived its kernel"
+
+
+def test_a_server_that_refuses_frames_is_said_so_not_shown_blank(no_notebook_env, tmp_path,
+                                                                 servers, monkeypatch):
+    """A server started outside the notebook (`make run`: frame-ancestors 'self') is reused,
+    and the view says why it cannot be framed instead of drawing an iframe that stays blank."""
+    monkeypatch.delenv("SPARSESCOPE_FRAME_ANCESTORS", raising=False)
+    data_dir = tmp_path / "data"
+    with Recorder(data_dir, name="made elsewhere") as rec:
+        pass
+    server = servers(data_dir)
+    try:
+        assert notebook.frame_refusal(server.url) == "frame-ancestors 'self'"
+        view = rec.show(display=False)
+        assert view.src == f"{server.url}/#/run/{rec.run_id}"  # reused, not a second server
+        page = view._repr_html_()
+        assert "<iframe" not in page and "SPARSESCOPE_FRAME_ANCESTORS" in page and server.url in page
+        # Through Jupyter's own origin (a proxy path) 'self' is Jupyter: framed as usual.
+        proxied = rec.show(display=False, base_url="/proxy/{port}")
+        assert proxied.refused is None and "<iframe" in proxied._repr_html_()
+    finally:
+        notebook.stop_servers()
