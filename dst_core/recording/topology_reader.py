@@ -37,12 +37,15 @@ from dst_core.recording.store import RunStore
 FRAME_BATCH = 64  # frames decoded per SQLite fetch while a history is built: bounded memory
 ANSWERS_PER_LAYER = 64  # rewires answered lately, kept: scrubbing back and forth is free
 DEFAULT_CACHE_MB = int(os.environ.get("SPARSESCOPE_TOPOLOGY_CACHE_MB", "1024"))
-# Opening a run builds its layers' histories in the background ("0" turns it off).
+# A run's first topology request builds its other layers' histories in the background ("0"
+# turns it off). Not opening the run: the run view's Topology section asks only once it is on
+# screen, and building 54 ResNet layers' histories while the heatmaps are scrubbed slowed
+# every scrub (the server's CPU and its GIL are shared).
 PREFETCH = os.environ.get("SPARSESCOPE_TOPOLOGY_PREFETCH", "1") != "0"
 PREFETCH_SHARE = 0.75  # prefetching stops once the cache holds this share of its bound
-# … and starts this long after the run was opened: the page's first panels come first (a
-# ResNet-50 run opened in 1.4 s without prefetch, 1.7-1.9 s with it starting at once).
-PREFETCH_DELAY_S = float(os.environ.get("SPARSESCOPE_TOPOLOGY_PREFETCH_DELAY_S", "3"))
+# … and starts this long after that request: the layer asked for is built first, by the request.
+PREFETCH_DELAY_S = float(os.environ.get("SPARSESCOPE_TOPOLOGY_PREFETCH_DELAY_S", "0.5"))
+PREFETCH_AGAIN_S = 30.0  # a run prefetched this recently is not queued again by each request
 LOG = logging.getLogger(__name__)
 
 
@@ -109,9 +112,10 @@ CACHE = HistoryCache()
 
 
 class Prefetcher:
-    """One background thread that builds the histories of an opened run's layers before
-    its first topology request, so that request is a cached answer (≤ 200 ms) instead of a
-    pass over the run's stored frames (seconds for a 1 M-connection layer of 1,000 rewires).
+    """One background thread that builds the histories of a run's other layers once one of
+    them is asked about, so the next requests (another layer, the summary) are cached answers
+    (≤ 200 ms) instead of a pass over the run's stored frames (seconds for a 1 M-connection
+    layer of 1,000 rewires).
 
     Runs are taken in the order they were opened, each at most once at a time; a layer a
     request is already building is waited for, not built twice (the entry's lock). The
@@ -122,6 +126,7 @@ class Prefetcher:
     def __init__(self):
         self._queue: queue.Queue = queue.Queue()
         self._queued: set[tuple] = set()
+        self._done: dict[tuple, float] = {}  # run -> when its last pass ended (monotonic)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
@@ -129,14 +134,19 @@ class Prefetcher:
     def submit(self, reader: TopologyReader, run_id: str) -> None:
         key = (str(reader.store.path), run_id)
         with self._lock:
-            if key in self._queued:
-                return
+            if key in self._queued or time.monotonic() - self._done.get(key, -1e9) < PREFETCH_AGAIN_S:
+                return  # a live run's newer frames are taken in by the requests themselves
             self._queued.add(key)
             self._queue.put((key, reader, run_id, time.monotonic() + PREFETCH_DELAY_S))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._work, name="topology-prefetch",
                                                 daemon=True)
                 self._thread.start()
+
+    def forget(self) -> None:
+        """Let every run be prefetched again at its next request (after a cache clear)."""
+        with self._lock:
+            self._done.clear()
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Until every submitted run is built (True) or `timeout_s` passed (False)."""
@@ -158,6 +168,9 @@ class Prefetcher:
             finally:
                 with self._idle:
                     self._queued.discard(key)
+                    self._done[key] = time.monotonic()
+                    while len(self._done) > 256:  # oldest first: dicts keep insertion order
+                        self._done.pop(next(iter(self._done)))
                     self._idle.notify_all()
 
 
@@ -174,7 +187,7 @@ class TopologyReader:
         self.cache = cache if cache is not None else CACHE
 
     def prefetch(self, run_id: str) -> None:
-        """Build every layer's history in the background (the run view is opening)."""
+        """Build every layer's history in the background (a topology request came)."""
         if PREFETCH:
             PREFETCHER.submit(self, run_id)
 

@@ -148,13 +148,14 @@ export class CompareView {
       const marker = this.player.live ? null : this.player.step;
       const ready = this.runs.filter((entry) => entry.metrics);
       // datarevision: the series grow in place while a compared run streams.
-      const revision = ready.map((entry) => `${entry.metrics.revision}.${entry.rewires.revision}`).join("-");
+      // Which runs, and how far each has grown: a chart whose revision is drawn only moves its marker.
+      const revision = ready.map((entry) => `${entry.id}.${entry.metrics.revision}.${entry.rewires.revision}`).join("-");
       for (const [key] of COMPARE_METRICS) {
         const div = $(`compare-chart-${key}`);
-        if (div) drawChart(div, compareChart(key, ready), marker, revision);
+        if (div) drawChart(div, () => compareChart(key, ready), marker, revision);
       }
       for (const field of compareExtraFields(ready)) {
-        drawChart(this.extraDiv(field), compareExtraChart(field, ready), marker, revision);
+        drawChart(this.extraDiv(field), () => compareExtraChart(field, ready), marker, revision);
       }
     }, CHART_INTERVAL_MS);
   }

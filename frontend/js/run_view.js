@@ -372,13 +372,15 @@ export class RunView {
 
   drawCharts() {
     if (!this.run || $("view-run").hidden) return;
-    const charts = runCharts(this.metrics, this.rewireSeries, this.palette());
+    const palette = this.palette();
+    let charts = null; // built only when a chart's data changed, not when only the marker moved
+    const spec = (key) => () => (charts ||= runCharts(this.metrics, this.rewireSeries, palette))[key];
     const marker = this.player.live ? null : this.player.step;
-    const revision = `${this.metrics.revision}-${this.rewireSeries.revision}-${this.rewireSeries.step.length}`;
-    for (const key of CHART_KEYS) drawChart($(`chart-${key}`), charts[key], marker, revision);
+    const revision = `${this.run.id}-${this.metrics.revision}-${this.rewireSeries.revision}-${this.rewireSeries.step.length}-${palette.label}`;
+    for (const key of CHART_KEYS) drawChart($(`chart-${key}`), spec(key), marker, revision);
     // Every other numeric metric the run logs, one chart per name prefix.
     for (const group of extraGroups(this.metrics)) {
-      drawChart(this.extraDiv(group.group), extraChart(this.metrics, group), marker, revision);
+      drawChart(this.extraDiv(group.group), () => extraChart(this.metrics, group), marker, revision);
     }
   }
 

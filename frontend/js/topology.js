@@ -6,13 +6,15 @@
 // It follows the player with `player.subscribe` (docs/dashboard.md) and asks the server only for
 // what it draws: `GET /topology` at the step on screen, `/topology/series` once per layer (again
 // while a live run grows), `/topology/model` for the summary. Answers are kept in a small LRU,
-// so scrubbing back costs nothing; at most one refresh is in flight, the newest position wins.
+// so scrubbing back costs nothing; at most one refresh is in flight, the newest position wins;
+// nothing is fetched or drawn while the section is off screen.
 import { api } from "./api.js";
 import { plain } from "./text.js";
 
 const CONFIG = { displayModeBar: false, responsive: true };
 const KEEP_ANSWERS = 256; // per section: enough for scrubbing back and forth over a long run
 const SERIES_REFRESH_MS = 2000; // a live run's series is fetched again at most this often
+const ON_SCREEN_MARGIN_PX = 200; // drawn a little before it scrolls in
 const BASE = {
   margin: { l: 56, r: 16, t: 30, b: 48 },
   legend: { orientation: "h", y: -0.25, font: { size: 11 } },
@@ -73,6 +75,15 @@ export class TopologySection {
     this.busy = false;
     this.again = false;
     this.build();
+    // Cost follows the screen: off screen the section neither fetches nor draws (its nine charts
+    // took ~1 s of the page's main thread per scrub of a ResNet run); it catches up on sight.
+    // The observer says when it scrolls into view; whether it is on screen now is measured at
+    // each refresh (an observer's last report can predate the panels laid out above it).
+    this.pending = false;
+    this.watch = new IntersectionObserver((entries) => {
+      if (this.pending && entries.some((entry) => entry.isIntersecting)) this.refresh();
+    }, { rootMargin: `${ON_SCREEN_MARGIN_PX}px` });
+    this.watch.observe(root);
     this.unsubscribe = player.subscribe((state) => { this.step = state.step; this.live = state.live; this.refresh(); });
   }
 
@@ -171,7 +182,15 @@ export class TopologySection {
     return body;
   }
 
+  onScreen() {
+    const box = this.root.getBoundingClientRect();
+    if (!box.width && !box.height) return false; // hidden (another view, or not laid out)
+    return box.bottom >= -ON_SCREEN_MARGIN_PX && box.top <= window.innerHeight + ON_SCREEN_MARGIN_PX;
+  }
+
   async refresh() {
+    if (!this.onScreen()) { this.pending = true; return; }
+    this.pending = false;
     if (this.busy) { this.again = true; return; }
     if (!this.runs.length || this.step === null) return;
     this.busy = true;

@@ -254,18 +254,24 @@ def test_topology_is_in_the_openapi_schema(client):
         assert field in fields
 
 
-def test_opening_a_run_builds_its_histories_in_the_background(client, monkeypatch):
-    """GET /api/runs/{id} (the run view opening) prefetches every layer's history: afterwards
-    the cache holds one per layer, built to the newest frame, and answers stay exact."""
+def test_a_topology_request_builds_the_other_layers_in_the_background(client, monkeypatch):
+    """Opening a run (GET /api/runs/{id}) builds nothing: a run nobody asks topology of costs
+    nothing. The first topology request builds its own layer and prefetches the others:
+    afterwards the cache holds one history per layer, built to the newest frame, and answers
+    stay exact."""
     from dst_core.recording import topology_reader
     from dst_core.recording.topology_reader import PREFETCHER
 
-    monkeypatch.setattr(topology_reader, "PREFETCH_DELAY_S", 0.0)  # not the page's 3 s
+    monkeypatch.setattr(topology_reader, "PREFETCH_DELAY_S", 0.0)
 
     CACHE.clear()
+    PREFETCHER.forget()
     store = client.app.state.store
     run_id = record_old_style_run(store, rewires=5)
     assert client.get(f"/api/runs/{run_id}").status_code == 200
+    assert PREFETCHER.wait(timeout_s=30)
+    assert not [key for key in CACHE._entries if key[1] == run_id]  # opening built nothing
+    assert client.get(f"/api/runs/{run_id}/topology", params={"layer": 0, "step": 0}).status_code == 200
     assert PREFETCHER.wait(timeout_s=30)
     built = {key[2]: entry for key, entry in CACHE._entries.items() if key[1] == run_id}
     assert sorted(built) == [0, 1]

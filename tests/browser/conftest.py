@@ -143,6 +143,24 @@ def page(browser, server):
     assert errors == [], f"console errors: {errors}"
 
 
+def reveal_topology(page, selector: str = "#topology") -> None:
+    """Scroll the Topology section into view and wait until it has drawn, then back to the top:
+    off screen it fetches and draws nothing (a full-page picture would show it empty)."""
+    page.locator(selector).scroll_into_view_if_needed()
+    page.wait_for_function(f"document.querySelector('{selector}').dataset.step !== undefined",
+                           timeout=30_000)
+    page.evaluate("window.scrollTo(0, 0)")
+
+
+def scrub(page, position: int, selector: str = "#scrubber") -> None:
+    """Move a scrubber as dragging it does (its `input` event), without focusing it: a focus
+    scrolls it into view, and with it the section a test is looking at out of view."""
+    page.evaluate("([selector, position]) => { const input = document.querySelector(selector);"
+                  " input.value = String(position);"
+                  " input.dispatchEvent(new Event('input', { bubbles: true })); }",
+                  [selector, position])
+
+
 def screenshot(page, name: str, full_page: bool = False) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / name), full_page=full_page)

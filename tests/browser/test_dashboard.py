@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.browser.conftest import screenshot
+from tests.browser.conftest import reveal_topology, screenshot
 
 pytestmark = pytest.mark.browser
 
@@ -32,6 +32,7 @@ def test_start_watch(page, server):
                            timeout=30_000)
     seed = server.http.get(f"/api/runs/{run_id}").json()["info"]["seed"]
     assert f"seed {seed}" in page.locator("#run-provenance").text_content()
+    reveal_topology(page)
     page.wait_for_timeout(800)  # let the charts' throttled redraw land before the picture
     screenshot(page, "dashboard.png", full_page=True)
     # Stop stays clickable while the run is active and ends it as `stopped`, data kept.

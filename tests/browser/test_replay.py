@@ -4,7 +4,14 @@ What a panel shows is compared with the stored masks (GET /mask), pixel by pixel
 
 import pytest
 
-from tests.browser.conftest import PANEL_COUNTS_JS, pixel_counts, screenshot, stored_mask, topology_frames
+from tests.browser.conftest import (
+    PANEL_COUNTS_JS,
+    pixel_counts,
+    reveal_topology,
+    screenshot,
+    stored_mask,
+    topology_frames,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -131,6 +138,7 @@ def test_play_density_map_hover_and_input_pixels(page, saved):
     # The charts mark the scrubber's step with a dotted line.
     page.wait_for_function("(document.querySelector('#chart-loss').layout.shapes || [])"
                            f".some(shape => shape.x0 === {steps[middle]})")
+    reveal_topology(page)
     screenshot(page, "run-view.png", full_page=True)
     image = page.evaluate("document.querySelector('#input-view').data[0].z")
     assert len(image) == 28 and len(image[0]) == 28

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.browser.conftest import screenshot, topology_frames
+from tests.browser.conftest import reveal_topology, screenshot, topology_frames
 
 pytestmark = pytest.mark.browser
 
@@ -140,6 +140,7 @@ def test_compare_two_runs(page, pair):
             f"document.querySelector('#compare-heatmap-{index}').dataset.step === '{steps[position + 1]}'")
     page.wait_for_function("(document.querySelector('#compare-chart-test_loss').layout.shapes || [])"
                            f".some(shape => shape.x0 === {steps[position + 1]})")
+    reveal_topology(page, "#compare-topology")
     screenshot(page, "compare.png", full_page=True)
     # The same comparison opened from its link in a fresh tab: its runs are ticked in the picker.
     link = page.url

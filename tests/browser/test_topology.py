@@ -3,7 +3,7 @@ GET /topology answers), the all-layers summary, and Compare overlaying two runs.
 
 import pytest
 
-from tests.browser.conftest import SCREENSHOTS
+from tests.browser.conftest import SCREENSHOTS, scrub
 
 pytestmark = pytest.mark.browser
 
@@ -38,9 +38,10 @@ def test_replay_scrubbing_updates_the_section(page, pair):
     server, run_id, steps = pair["server"], pair["rigl"], pair["steps"]["mnist rigl"]
     page.goto(f"{page.base_url}/#/run/{run_id}")
     page.wait_for_selector("#connection[data-state='ended']", timeout=60_000)
+    page.locator("#topology").scroll_into_view_if_needed()
     shown_step(page, "topology", steps[-1])
     for position in (len(steps) - 1, 3, 0, len(steps) // 2):
-        page.locator("#scrubber").fill(str(position))
+        scrub(page, position)
         shown_step(page, "topology", steps[position])
         stored = server.http.get(f"/api/runs/{run_id}/topology",
                                  params={"layer": 0, "step": steps[position]}).json()
@@ -62,7 +63,7 @@ def test_replay_scrubbing_updates_the_section(page, pair):
     # Log-log axes, then the picture for the docs.
     page.select_option("#topology-scale", "log")
     page.wait_for_function("document.querySelector('#topology-fan-out').layout.xaxis.type === 'log'")
-    page.locator("#scrubber").fill(str(len(steps) - 1))
+    scrub(page, len(steps) - 1)
     shown_step(page, "topology", steps[-1])
     page.select_option("#topology-scale", "linear")
     page.wait_for_function("document.querySelector('#topology-fan-out').layout.xaxis.type !== 'log'")
@@ -94,6 +95,8 @@ def test_live_run_updates_the_section(page, server):
     run = server.start_run(name="topology live", **LIVE)
     try:
         page.goto(f"{page.base_url}/#/run/{run['id']}")
+        page.wait_for_selector("#topology .topology-controls")
+        page.locator("#topology").scroll_into_view_if_needed()
         shown = ("(after) => { const step = Number(document.querySelector('#topology')"
                  ".dataset.step); return step > after ? step : false; }")
         first = page.wait_for_function(shown, arg=0, timeout=60_000).json_value()
@@ -114,6 +117,8 @@ def test_live_run_updates_the_section(page, server):
 def test_compare_overlays_two_runs(page, pair):
     page.goto(f"{page.base_url}/#/compare/{pair['rigl']},{pair['set']}")
     steps = sorted(set(pair["steps"]["mnist rigl"]) | set(pair["steps"]["mnist set"]))
+    page.wait_for_selector("#compare-topology .topology-controls")
+    page.locator("#compare-topology").scroll_into_view_if_needed()
     shown_step(page, "compare-topology", steps[-1])
     names = page.evaluate("document.querySelector('#compare-topology-fan-in').data.map(t => t.name)")
     assert sorted(names) == ["mnist rigl: Erdős–Rényi", "mnist rigl: measured",
@@ -124,6 +129,6 @@ def test_compare_overlays_two_runs(page, pair):
         assert any(name.startswith("mnist rigl") for name in traces), chart
         assert any(name.startswith("mnist set") for name in traces), chart
     position = len(steps) // 2
-    page.locator("#compare-scrubber").fill(str(position))
+    scrub(page, position, "#compare-scrubber")
     shown_step(page, "compare-topology", steps[position])
     section_screenshot(page, "#compare-topology", "topology-compare.png")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, HTTPException, Response, status
 from fastapi.exceptions import RequestValidationError
 
 from backend.api.deps import ManagerDep, RunDep, RunIdDep, SettingsDep, StoreDep
-from backend.api.routes.topology import topology_reader
 from backend.manager import NotOwned, QueueFull
 from backend.schemas import BODY_RESPONSES, ERROR_RESPONSES, ErrorOut, RunOut, ValidationErrorOut
 from backend.settings import Settings
@@ -70,11 +69,8 @@ async def list_runs(store: StoreDep) -> list[dict]:
 
 
 @router.get("/{run_id}", response_model=RunOut)
-async def get_run(request: Request, run: RunDep, store: StoreDep) -> dict:
-    """Config, status, timestamps, error and summary of one run. The run view opens with this
-    request, so it also starts building the run's topology histories in the background: the
-    Topology section's first answer is then a cached one (docs/topology.md)."""
-    topology_reader(request, store).prefetch(run["id"])
+async def get_run(run: RunDep) -> dict:
+    """Config, status, timestamps, error and summary of one run."""
     return run
 
 

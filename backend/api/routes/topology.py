@@ -137,8 +137,15 @@ class ModelTopology(BaseModel):
     chains: list[LinearChain]
 
 
-def topology_reader(request: Request, store) -> TopologyReader:
-    return TopologyReader(store, reader=layer_views(request).reader)  # the app's mask cache
+def topology_reader(request: Request, store, run_id: str | None = None) -> TopologyReader:
+    """The data folder's topology reader (sharing the app's mask cache). Given the run asked
+    about, it also starts building that run's other layers' histories in the background: a
+    client asking about one layer (the Topology section, once it is on screen) is about to ask
+    about the others; a run nobody asks topology of costs nothing (docs/topology.md)."""
+    reader = TopologyReader(store, reader=layer_views(request).reader)
+    if run_id is not None:
+        reader.prefetch(run_id)
+    return reader
 
 
 async def _answer(read):
@@ -157,7 +164,7 @@ async def _answer(read):
 async def get_topology(request: Request, run_id: RunIdDep, run: RunDep, store: StoreDep,
                        layer: str = LayerQuery, step: int = StepQuery) -> dict:
     """Degrees, dead units, ages, cohort survival, distances and |w| quantiles of one layer."""
-    return await _answer(lambda: topology_reader(request, store).layer(run_id, layer, step))
+    return await _answer(lambda: topology_reader(request, store, run_id).layer(run_id, layer, step))
 
 
 @router.get("/{run_id}/topology/series", response_model=LayerSeries)
@@ -166,7 +173,7 @@ async def get_topology_series(request: Request, run_id: RunIdDep, run: RunDep, s
                               points: int = Query(200, ge=2, le=10_000,
                                                   description="Rewires answered at most")) -> dict:
     """One layer's degree histogram, dead units and distances over its rewires."""
-    return await _answer(lambda: topology_reader(request, store).series(run_id, layer, points))
+    return await _answer(lambda: topology_reader(request, store, run_id).series(run_id, layer, points))
 
 
 @router.get("/{run_id}/topology/model", response_model=ModelTopology)
@@ -174,4 +181,4 @@ async def get_model_topology(request: Request, run_id: RunIdDep, run: RunDep, st
                              step: int = StepQuery) -> dict:
     """Every layer's degree summary at `step`, and each Linear chain's cut-off units and
     effective parameter count."""
-    return await _answer(lambda: topology_reader(request, store).model(run_id, step))
+    return await _answer(lambda: topology_reader(request, store, run_id).model(run_id, step))
