@@ -19,6 +19,7 @@ import { ViewCache } from "./views.js";
 
 const $ = (id) => document.getElementById(id);
 const CHART_INTERVAL_MS = 250; // charts are cheap to skip; panels get the frame budget
+const FIRST_CHARTS_WAIT_MS = 1500; // at most this long after opening, the charts wait for a panel
 // A fast run completes hundreds of rewires a second: the page takes them in at most this often,
 // so its work follows the screen, not the run's pace (and the stream never backs up behind it).
 const LIVE_INTERVAL_MS = 100;
@@ -65,6 +66,8 @@ export class RunView {
     const [run, rewires] = await Promise.all([api(`/api/runs/${id}`), api(`/api/runs/${id}/rewires`)]);
     if (generation !== this.generation) return;
     this.run = run;
+    this.openedAt = performance.now();
+    this.firstPaint = false;
     this.views = new ViewCache(id);
     this.metrics = new MetricSeries();
     this.rewireSeries = new RewireSeries(null, rewires.layers);
@@ -202,6 +205,10 @@ export class RunView {
 
   painted() {
     window.sparsescope.paints += 1;
+    if (!this.firstPaint && this.settled()) { // every visible panel shows the rewire
+      this.firstPaint = true;
+      if (this.chartTimer) { clearTimeout(this.chartTimer); this.chartTimer = 0; this.chartsDirty(); }
+    }
   }
 
   positionText(state) {
@@ -362,7 +369,13 @@ export class RunView {
 
   chartsDirty() {
     if (this.chartTimer) return;
-    const wait = Math.max(0, CHART_INTERVAL_MS - (performance.now() - (this.lastCharts || 0)));
+    // The first draw waits until the visible panels are painted (the charts are under the panels, and a
+    // ResNet run's five first chart draws held the main thread ~0.5 s before the heatmaps), or
+    // FIRST_CHARTS_WAIT_MS for a run whose panels have nothing to paint.
+    const sinceOpen = performance.now() - (this.openedAt || 0);
+    const waitForPanels = !this.firstPaint && this.layers.length > 0 && sinceOpen < FIRST_CHARTS_WAIT_MS;
+    const wait = waitForPanels ? FIRST_CHARTS_WAIT_MS - sinceOpen
+      : Math.max(0, CHART_INTERVAL_MS - (performance.now() - (this.lastCharts || 0)));
     this.chartTimer = setTimeout(() => {
       this.chartTimer = 0;
       this.lastCharts = performance.now();
