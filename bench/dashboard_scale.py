@@ -6,10 +6,13 @@ Records, with `Recorder(data_dir)` and `SparseDriver(method="set", interval_step
 built here (53 convs + a 1000-way fc, ~25.5 M weights at --width 64, BatchNorm, residuals, ERK at density
 0.2) on 32×32 inputs, once with --steps rewires and once with a tenth of them; serves both with
 `python -m backend`, opens each in chromium and prints, per run: time from navigation to the
-visible panels painted, time for a scrub to another rewire to be painted (median of 20), bytes
+visible panels painted, time for a scrub to another rewire to be painted (median of 50, the
+page's view cache emptied before each), bytes
 fetched in the first 20 s (everything but the page's own code, styles and fonts), JS heap
 after open and after 50 scrubs. Then it follows a live recording of the same model and prints
-how far behind the newest rewire the page ever was once a rewire had arrived.
+how far behind the newest rewire the page ever was once a rewire had arrived, and what that
+following cost the server (CPU ms) and the page (kB received) per rewire, next to the same
+following of a small MLP (784-300-100-10).
 
 Targets (issue 11): open ≤ 1.5 s, scrub ≤ 250 ms, ≤ 10 MB to open, heap ≤ 200 MB, none growing
 with the number of rewires; live never more than one rewire behind. Nothing here is asserted
@@ -32,6 +35,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.service import cpu_s  # noqa: E402  (/proc reader)
 from dst_core import SparseDriver  # noqa: E402
 from dst_core.recording import Recorder  # noqa: E402
 
@@ -156,6 +160,10 @@ def measure(browser, url: str, run_id: str, scrubs: int = 50) -> dict:
     times = []
     for i in range(scrubs):
         position = (i * 37 + 11) % len(steps)
+        # Every scrub fetches: the page's view cache is emptied first, so a short run (whose 50
+        # scrubs revisit its few rewires) is timed like a long one, not on cached answers.
+        page.evaluate("(() => { const views = window.sparsescope.views;"
+                      " views.entries.clear(); views.bytes = 0; })()")
         t1 = time.perf_counter()
         page.evaluate(f"window.sparsescope.player.seek({position})")
         page.wait_for_function("window.sparsescope.settled()"
@@ -204,25 +212,62 @@ def heap(client) -> float:
     return round(client.send("Runtime.getHeapUsage")["usedSize"] / 2**20, 1)
 
 
-def follow_live(browser, server, data_dir: Path, steps: int, width: int) -> dict:
-    """A live recording of the same model, followed by a page: how many rewires the page was
-    ever behind the newest stored one, sampled after each rewire is stored."""
+def record_mlp(data_dir: Path, *, steps: int, name: str, seed: int = 0,
+               step_delay_s: float = 0.0) -> str:
+    """The small model live following is compared with: a 784-300-100-10 MLP, SET every step."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(),
+                          nn.Linear(100, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    driver = SparseDriver(model, optimizer, method="set", density=0.1, total_steps=steps + 1,
+                          interval_steps=1, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    with Recorder(data_dir, name=name, seed=seed) as recorder:
+        recorder.attach(driver)
+        for _step in range(steps):
+            x = torch.randn(32, 784, generator=generator)
+            y = torch.randint(0, 10, (32,), generator=generator)
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            driver.step()
+            recorder.log(driver.step_count, loss=float(loss.detach()))
+            time.sleep(step_delay_s)
+        return recorder.run_id
+
+
+def follow_live(browser, server, name: str, train) -> dict:
+    """A live recording (`train()` records a run called `name`), followed by a page: how many
+    rewires the page was ever behind the newest stored one, sampled after each rewire is stored,
+    and what following cost: the server's CPU seconds and the bytes the page received (REST
+    answers and websocket frames), per rewire shown."""
     context = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
     page = context.new_page()
-    holder: dict = {}
+    received = {"bytes": 0}
 
-    def train():
-        holder["id"] = record(data_dir, steps=steps, width=width, name="resnet live", seed=2)
+    def on_response(response):
+        if any(part in response.url for part in OWN_CODE) or "/api/" not in response.url:
+            return
+        try:
+            received["bytes"] += len(response.body())
+        except Exception:  # a response without a body (websocket upgrade, 204)
+            pass
 
+    page.on("response", on_response)
+    client = context.new_cdp_session(page)
+    client.send("Network.enable")
+    client.on("Network.webSocketFrameReceived", lambda event: received.__setitem__(
+        "bytes", received["bytes"] + len(event["response"]["payloadData"])))
     thread = threading.Thread(target=train)
     thread.start()
     deadline = time.monotonic() + 120
     run_id = None
     while time.monotonic() < deadline and run_id is None:
         runs = server.http.get("/api/runs").json()
-        live = [run for run in runs if run["name"] == "resnet live"]
+        live = [run for run in runs if run["name"] == name]
         run_id = live[0]["id"] if live else None
         time.sleep(0.2)
+    server_cpu = cpu_s(server.process.pid)
     page.goto(f"{server.url}/#/run/{run_id}")
     behind = []
     while thread.is_alive():
@@ -232,8 +277,13 @@ def follow_live(browser, server, data_dir: Path, steps: int, width: int) -> dict
         if stored:
             behind.append(sum(1 for step in stored if step > shown))
     thread.join()
+    page.wait_for_timeout(1500)  # the last rewire reaches the page
+    server_cpu = cpu_s(server.process.pid) - server_cpu
+    shown = page.evaluate("window.sparsescope.model.steps.length")
     context.close()
-    return {"live_samples": len(behind), "live_rewires_behind_max": max(behind, default=None)}
+    return {"live": name, "live_samples": len(behind), "live_rewires_behind_max": max(behind, default=None),
+            "rewires_shown": shown, "server_cpu_ms_per_rewire": round(1e3 * server_cpu / max(1, shown), 1),
+            "kb_to_page_per_rewire": round(received["bytes"] / 1e3 / max(1, shown), 1)}
 
 
 def main() -> None:
@@ -278,7 +328,12 @@ def main() -> None:
                 figures = measure(browser, server.url, run_id)
                 figures["bytes_to_open"] = bytes_to_open(browser, server.url, run_id)
                 print(json.dumps({"run": f"{steps} rewires", **figures}))
-            print(json.dumps(follow_live(browser, server, data_dir, max(10, args.steps // 5), args.width)))
+            live_steps = max(10, args.steps // 5)
+            print(json.dumps(follow_live(browser, server, "resnet live", lambda: record(
+                data_dir, steps=live_steps, width=args.width, name="resnet live", seed=2))))
+            # The same following of a small model, paced like the ResNet's steps (about 1/s).
+            print(json.dumps(follow_live(browser, server, "mlp live", lambda: record_mlp(
+                data_dir, steps=live_steps, name="mlp live", seed=2, step_delay_s=1.0))))
             browser.close()
     finally:
         server.close()
