@@ -38,9 +38,9 @@ FRAME_BATCH = 64  # frames decoded per SQLite fetch while a history is built: bo
 ANSWERS_PER_LAYER = 64  # rewires answered lately, kept: scrubbing back and forth is free
 DEFAULT_CACHE_MB = int(os.environ.get("SPARSESCOPE_TOPOLOGY_CACHE_MB", "1024"))
 # A run's first topology request builds its other layers' histories in the background ("0"
-# turns it off). Not opening the run: the run view's Topology section asks only once it is on
-# screen, and building 54 ResNet layers' histories while the heatmaps are scrubbed slowed
-# every scrub (the server's CPU and its GIL are shared).
+# turns it off). Not opening the run: the run view's Topology section asks once the player is
+# still or the section is on screen, and building 54 ResNet layers' histories while the heatmaps
+# were scrubbed slowed every scrub (the server's CPU and its GIL are shared).
 PREFETCH = os.environ.get("SPARSESCOPE_TOPOLOGY_PREFETCH", "1") != "0"
 PREFETCH_SHARE = 0.75  # prefetching stops once the cache holds this share of its bound
 # … and starts this long after that request: the layer asked for is built first, by the request.

@@ -7,7 +7,7 @@
 // what it draws: `GET /topology` at the step on screen, `/topology/series` once per layer (again
 // while a live run grows), `/topology/model` for the summary. Answers are kept in a small LRU,
 // so scrubbing back costs nothing; at most one refresh is in flight, the newest position wins;
-// nothing is fetched or drawn while the section is off screen.
+// off screen it redraws only once the player is still (or every few seconds while live).
 import { api } from "./api.js";
 import { plain } from "./text.js";
 
@@ -15,6 +15,8 @@ const CONFIG = { displayModeBar: false, responsive: true };
 const KEEP_ANSWERS = 256; // per section: enough for scrubbing back and forth over a long run
 const SERIES_REFRESH_MS = 2000; // a live run's series is fetched again at most this often
 const ON_SCREEN_MARGIN_PX = 200; // drawn a little before it scrolls in
+const OFF_SCREEN_IDLE_MS = 1000; // off screen, the player still this long: catch up
+const OFF_SCREEN_MAX_WAIT_MS = 5000; // … or this long after the first missed position
 const BASE = {
   margin: { l: 56, r: 16, t: 30, b: 48 },
   legend: { orientation: "h", y: -0.25, font: { size: 11 } },
@@ -75,11 +77,15 @@ export class TopologySection {
     this.busy = false;
     this.again = false;
     this.build();
-    // Cost follows the screen: off screen the section neither fetches nor draws (its nine charts
-    // took ~1 s of the page's main thread per scrub of a ResNet run); it catches up on sight.
+    // Cost follows the screen: off screen the section does not redraw while the player moves (its
+    // nine charts took ~1 s of the page's main thread per scrub of a ResNet run); it catches up
+    // once the player has been still for OFF_SCREEN_IDLE_MS (at the latest OFF_SCREEN_MAX_WAIT_MS
+    // after the first position it missed: a live run never stops moving), or at once on sight.
     // The observer says when it scrolls into view; whether it is on screen now is measured at
     // each refresh (an observer's last report can predate the panels laid out above it).
     this.pending = false;
+    this.pendingSince = 0;
+    this.idleTimer = 0;
     this.watch = new IntersectionObserver((entries) => {
       if (this.pending && entries.some((entry) => entry.isIntersecting)) this.refresh();
     }, { rootMargin: `${ON_SCREEN_MARGIN_PX}px` });
@@ -153,6 +159,9 @@ export class TopologySection {
 
   close() {
     this.generation += 1;
+    this.pending = false;
+    clearTimeout(this.idleTimer);
+    this.idleTimer = 0;
     this.key = "";
     this.runs = [];
     this.answers.clear();
@@ -188,9 +197,24 @@ export class TopologySection {
     return box.bottom >= -ON_SCREEN_MARGIN_PX && box.top <= window.innerHeight + ON_SCREEN_MARGIN_PX;
   }
 
-  async refresh() {
-    if (!this.onScreen()) { this.pending = true; return; }
+  // Off screen: draw once the player is still (see the constructor); hidden: only on sight.
+  later() {
+    const now = performance.now();
+    if (!this.pending) this.pendingSince = now;
+    this.pending = true;
+    clearTimeout(this.idleTimer);
+    this.idleTimer = 0;
+    const box = this.root.getBoundingClientRect();
+    if (!box.width && !box.height) return;
+    const wait = Math.min(OFF_SCREEN_IDLE_MS, Math.max(0, OFF_SCREEN_MAX_WAIT_MS - (now - this.pendingSince)));
+    this.idleTimer = setTimeout(() => { this.idleTimer = 0; if (this.pending) this.refresh(true); }, wait);
+  }
+
+  async refresh(offScreenToo = false) {
+    if (!offScreenToo && !this.onScreen()) { this.later(); return; }
     this.pending = false;
+    clearTimeout(this.idleTimer);
+    this.idleTimer = 0;
     if (this.busy) { this.again = true; return; }
     if (!this.runs.length || this.step === null) return;
     this.busy = true;

@@ -140,8 +140,8 @@ class ModelTopology(BaseModel):
 def topology_reader(request: Request, store, run_id: str | None = None) -> TopologyReader:
     """The data folder's topology reader (sharing the app's mask cache). Given the run asked
     about, it also starts building that run's other layers' histories in the background: a
-    client asking about one layer (the Topology section, once it is on screen) is about to ask
-    about the others; a run nobody asks topology of costs nothing (docs/topology.md)."""
+    client asking about one layer (the Topology section) is about to ask about the others; a
+    run nobody asks topology of costs nothing (docs/topology.md)."""
     reader = TopologyReader(store, reader=layer_views(request).reader)
     if run_id is not None:
         reader.prefetch(run_id)
