@@ -16,7 +16,7 @@ const KEEP_ANSWERS = 256; // per section: enough for scrubbing back and forth ov
 const SERIES_REFRESH_MS = 2000; // a live run's series is fetched again at most this often
 const ON_SCREEN_MARGIN_PX = 200; // drawn a little before it scrolls in
 const OFF_SCREEN_IDLE_MS = 1000; // off screen, the player still this long: catch up
-const OFF_SCREEN_MAX_WAIT_MS = 5000; // … or this long after the first missed position
+const OFF_SCREEN_MAX_WAIT_MS = 5000; // … or, following live, this long after the first missed one
 const BASE = {
   margin: { l: 56, r: 16, t: 30, b: 48 },
   legend: { orientation: "h", y: -0.25, font: { size: 11 } },
@@ -72,6 +72,7 @@ export class TopologySection {
     this.step = null;
     this.live = false;
     this.answers = new Map();
+    this.prefetched = new Set(); // runs whose other layers the server was asked to build
     this.series = new Map(); // `${run}|${layer}` -> { body, fetched, lastStep }
     this.generation = 0;
     this.busy = false;
@@ -79,8 +80,9 @@ export class TopologySection {
     this.build();
     // Cost follows the screen: off screen the section does not redraw while the player moves (its
     // nine charts took ~1 s of the page's main thread per scrub of a ResNet run); it catches up
-    // once the player has been still for OFF_SCREEN_IDLE_MS (at the latest OFF_SCREEN_MAX_WAIT_MS
-    // after the first position it missed: a live run never stops moving), or at once on sight.
+    // once the player has been still for OFF_SCREEN_IDLE_MS (while following live, at the latest
+    // OFF_SCREEN_MAX_WAIT_MS after the first position it missed: a live run never stops moving),
+    // or at once on sight.
     // The observer says when it scrolls into view; whether it is on screen now is measured at
     // each refresh (an observer's last report can predate the panels laid out above it).
     this.pending = false;
@@ -146,6 +148,7 @@ export class TopologySection {
     this.key = key;
     this.runs = runs;
     this.answers.clear();
+    this.prefetched.clear();
     this.series.clear();
     const layers = runs.length ? runs[0].layers : [];
     const options = [new Option("all layers (summary)", "all"),
@@ -170,10 +173,20 @@ export class TopologySection {
     for (const div of this.root.querySelectorAll(".js-plotly-plot")) Plotly.purge(div);
   }
 
+  // `prefetch=false` while off screen: the server then builds only the layer asked about, not
+  // every layer's history (a ResNet's 54), so a page nobody scrolls costs what a small model's does.
+  withPrefetch(path) {
+    return `${path}&prefetch=${this.drawingOnScreen ? "true" : "false"}`;
+  }
+
   async get(path) {
     const hit = this.answers.get(path);
-    if (hit) { this.answers.delete(path); this.answers.set(path, hit); return hit; }
-    const body = await api(path);
+    // On screen for the first time: asked again with prefetch, even if drawn off screen before.
+    const run = path.split("/")[3];
+    const firstOnScreen = this.drawingOnScreen && !this.prefetched.has(run);
+    if (firstOnScreen) this.prefetched.add(run);
+    if (hit && !firstOnScreen) { this.answers.delete(path); this.answers.set(path, hit); return hit; }
+    const body = await api(this.withPrefetch(path));
     this.answers.set(path, body);
     while (this.answers.size > KEEP_ANSWERS) this.answers.delete(this.answers.keys().next().value);
     return body;
@@ -186,7 +199,7 @@ export class TopologySection {
     const now = performance.now();
     const stale = known && this.step !== null && this.step > known.lastStep && now - known.fetched > SERIES_REFRESH_MS;
     if (known && !stale) return known.body;
-    const body = await api(`/api/runs/${run.id}/topology/series?layer=${layer}&points=400`);
+    const body = await api(this.withPrefetch(`/api/runs/${run.id}/topology/series?layer=${layer}&points=400`));
     this.series.set(key, { body, fetched: now, lastStep: body.step.length ? body.step[body.step.length - 1] : -1 });
     return body;
   }
@@ -206,7 +219,8 @@ export class TopologySection {
     this.idleTimer = 0;
     const box = this.root.getBoundingClientRect();
     if (!box.width && !box.height) return;
-    const wait = Math.min(OFF_SCREEN_IDLE_MS, Math.max(0, OFF_SCREEN_MAX_WAIT_MS - (now - this.pendingSince)));
+    const wait = this.live ? Math.min(OFF_SCREEN_IDLE_MS, Math.max(0, OFF_SCREEN_MAX_WAIT_MS - (now - this.pendingSince)))
+      : OFF_SCREEN_IDLE_MS; // scrubbing: only once the scrubbing stops
     this.idleTimer = setTimeout(() => { this.idleTimer = 0; if (this.pending) this.refresh(true); }, wait);
   }
 
@@ -218,6 +232,7 @@ export class TopologySection {
     if (this.busy) { this.again = true; return; }
     if (!this.runs.length || this.step === null) return;
     this.busy = true;
+    this.drawingOnScreen = this.onScreen();
     const generation = this.generation;
     const { step, layer } = this;
     try {

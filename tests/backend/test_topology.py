@@ -271,6 +271,11 @@ def test_a_topology_request_builds_the_other_layers_in_the_background(client, mo
     assert client.get(f"/api/runs/{run_id}").status_code == 200
     assert PREFETCHER.wait(timeout_s=30)
     assert not [key for key in CACHE._entries if key[1] == run_id]  # opening built nothing
+    # prefetch=false (the dashboard's section off screen): only the layer asked about.
+    params = {"layer": 1, "step": 0, "prefetch": "false"}
+    assert client.get(f"/api/runs/{run_id}/topology", params=params).status_code == 200
+    assert PREFETCHER.wait(timeout_s=30)
+    assert sorted(key[2] for key in CACHE._entries if key[1] == run_id) == [1]
     assert client.get(f"/api/runs/{run_id}/topology", params={"layer": 0, "step": 0}).status_code == 200
     assert PREFETCHER.wait(timeout_s=30)
     built = {key[2]: entry for key, entry in CACHE._entries.items() if key[1] == run_id}

@@ -25,6 +25,9 @@ MAX_STEP = 2**62  # SQLite integers are 64-bit: a larger step is a 422, not an O
 LayerQuery = Query(..., max_length=200, description="Layer name or index, as /mask accepts")
 StepQuery = Query(..., ge=0, le=MAX_STEP, description="Training step: the newest rewire at or "
                                                      "before it answers")
+PrefetchQuery = Query(True, description="Also build the run's other layers' histories in the "
+                      "background, so the next requests about them are cached answers (the "
+                      "dashboard sends false while its Topology section is off screen)")
 
 
 class DegreeStats(BaseModel):
@@ -162,23 +165,28 @@ async def _answer(read):
 
 @router.get("/{run_id}/topology", response_model=LayerTopology)
 async def get_topology(request: Request, run_id: RunIdDep, run: RunDep, store: StoreDep,
-                       layer: str = LayerQuery, step: int = StepQuery) -> dict:
+                       layer: str = LayerQuery, step: int = StepQuery,
+                       prefetch: bool = PrefetchQuery) -> dict:
     """Degrees, dead units, ages, cohort survival, distances and |w| quantiles of one layer."""
-    return await _answer(lambda: topology_reader(request, store, run_id).layer(run_id, layer, step))
+    reader = topology_reader(request, store, run_id if prefetch else None)
+    return await _answer(lambda: reader.layer(run_id, layer, step))
 
 
 @router.get("/{run_id}/topology/series", response_model=LayerSeries)
 async def get_topology_series(request: Request, run_id: RunIdDep, run: RunDep, store: StoreDep,
                               layer: str = LayerQuery,
                               points: int = Query(200, ge=2, le=10_000,
-                                                  description="Rewires answered at most")) -> dict:
+                                                  description="Rewires answered at most"),
+                              prefetch: bool = PrefetchQuery) -> dict:
     """One layer's degree histogram, dead units and distances over its rewires."""
-    return await _answer(lambda: topology_reader(request, store, run_id).series(run_id, layer, points))
+    reader = topology_reader(request, store, run_id if prefetch else None)
+    return await _answer(lambda: reader.series(run_id, layer, points))
 
 
 @router.get("/{run_id}/topology/model", response_model=ModelTopology)
 async def get_model_topology(request: Request, run_id: RunIdDep, run: RunDep, store: StoreDep,
-                             step: int = StepQuery) -> dict:
+                             step: int = StepQuery, prefetch: bool = PrefetchQuery) -> dict:
     """Every layer's degree summary at `step`, and each Linear chain's cut-off units and
     effective parameter count."""
-    return await _answer(lambda: topology_reader(request, store, run_id).model(run_id, step))
+    reader = topology_reader(request, store, run_id if prefetch else None)
+    return await _answer(lambda: reader.model(run_id, step))
