@@ -11,8 +11,9 @@ page's view cache emptied before each), bytes
 fetched in the first 20 s (everything but the page's own code, styles and fonts), JS heap
 after open and after 50 scrubs. Then it follows a live recording of the same model and prints
 how far behind the newest rewire the page ever was once a rewire had arrived, and what that
-following cost the server (CPU ms) and the page (kB received) per rewire, next to the same
-following of a small MLP (784-300-100-10).
+following cost the server (CPU ms) and each page (kB received) per rewire, with 1 and with 3
+viewers (the difference: what one more viewer costs), next to the same following of a small
+MLP (784-300-100-10).
 
 Targets (issue 11): open ≤ 1.5 s, scrub ≤ 250 ms, ≤ 10 MB to open, heap ≤ 200 MB, none growing
 with the number of rewires; live never more than one rewire behind. Nothing here is asserted
@@ -236,13 +237,11 @@ def record_mlp(data_dir: Path, *, steps: int, name: str, seed: int = 0,
         return recorder.run_id
 
 
-def follow_live(browser, server, name: str, train) -> dict:
-    """A live recording (`train()` records a run called `name`), followed by a page: how many
-    rewires the page was ever behind the newest stored one, sampled after each rewire is stored,
-    and what following cost: the server's CPU seconds and the bytes the page received (REST
-    answers and websocket frames), per rewire shown."""
-    context = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
-    page = context.new_page()
+def follow_live(browser, server, name: str, train, viewers: int = 1) -> dict:
+    """A live recording (`train()` records a run called `name`), followed by `viewers` pages: how
+    many rewires the first page was ever behind the newest stored one, sampled after each
+    rewire is stored, and what following cost: the server's CPU seconds per rewire shown and
+    the bytes each page received (REST answers and websocket frames) per rewire."""
     received = {"bytes": 0}
 
     def on_response(response):
@@ -253,11 +252,17 @@ def follow_live(browser, server, name: str, train) -> dict:
         except Exception:  # a response without a body (websocket upgrade, 204)
             pass
 
-    page.on("response", on_response)
-    client = context.new_cdp_session(page)
-    client.send("Network.enable")
-    client.on("Network.webSocketFrameReceived", lambda event: received.__setitem__(
-        "bytes", received["bytes"] + len(event["response"]["payloadData"])))
+    contexts, pages = [], []
+    for _ in range(viewers):
+        context = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
+        page = context.new_page()
+        page.on("response", on_response)
+        client = context.new_cdp_session(page)
+        client.send("Network.enable")
+        client.on("Network.webSocketFrameReceived", lambda event: received.__setitem__(
+            "bytes", received["bytes"] + len(event["response"]["payloadData"])))
+        contexts.append(context)
+        pages.append(page)
     thread = threading.Thread(target=train)
     thread.start()
     deadline = time.monotonic() + 120
@@ -268,22 +273,52 @@ def follow_live(browser, server, name: str, train) -> dict:
         run_id = live[0]["id"] if live else None
         time.sleep(0.2)
     server_cpu = cpu_s(server.process.pid)
-    page.goto(f"{server.url}/#/run/{run_id}")
+    for page in pages:
+        page.goto(f"{server.url}/#/run/{run_id}")
     behind = []
     while thread.is_alive():
         stored = server.http.get(f"/api/runs/{run_id}/rewires").json()["steps"]
         time.sleep(1.0)  # one rewire interval of this model, at least, for the page to show it
-        shown = page.evaluate("Number(document.querySelector('#heatmap-0')?.dataset.step ?? -1)")
+        shown = pages[0].evaluate("Number(document.querySelector('#heatmap-0')?.dataset.step ?? -1)")
         if stored:
             behind.append(sum(1 for step in stored if step > shown))
     thread.join()
-    page.wait_for_timeout(1500)  # the last rewire reaches the page
+    pages[0].wait_for_timeout(1500)  # the last rewire reaches the pages
     server_cpu = cpu_s(server.process.pid) - server_cpu
-    shown = page.evaluate("window.sparsescope.model.steps.length")
+    shown = pages[0].evaluate("window.sparsescope.model.steps.length")
+    for context in contexts:
+        context.close()
+    return {"live": name, "viewers": viewers, "live_samples": len(behind),
+            "live_rewires_behind_max": max(behind, default=None), "rewires_shown": shown,
+            "server_cpu_ms_per_rewire": round(1e3 * server_cpu / max(1, shown), 1),
+            "kb_per_page_per_rewire": round(received["bytes"] / 1e3 / max(1, shown) / viewers, 1)}
+
+
+def view_cost(browser, server, run_id: str, rewires: int = 15) -> dict:
+    """Server CPU per rewire of what one more viewer asks for: the /view requests of the panels a
+    page shows on opening the run, replayed at its last `rewires` rewires (the run is stored, so
+    no training shares the CPU: following it live, the trainer on the same cores confounds it)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
+    page = context.new_page()
+    page.goto(f"{server.url}/#/run/{run_id}")
+    page.wait_for_function("window.sparsescope.settled()"
+                           " && document.querySelector('#heatmap-0')?.dataset.step",
+                           timeout=60_000, polling="raf")
+    urls = page.evaluate("performance.getEntriesByType('resource').map(e => e.name)"
+                         ".filter(u => u.includes('/view?'))")
     context.close()
-    return {"live": name, "live_samples": len(behind), "live_rewires_behind_max": max(behind, default=None),
-            "rewires_shown": shown, "server_cpu_ms_per_rewire": round(1e3 * server_cpu / max(1, shown), 1),
-            "kb_to_page_per_rewire": round(received["bytes"] / 1e3 / max(1, shown), 1)}
+    panels = sorted({tuple(part.split("=")[1] for part in url.split("?")[1].split("&")
+                           if part.split("=")[0] in ("layer", "rows", "cols")) for url in urls})
+    steps = server.http.get(f"/api/runs/{run_id}/rewires").json()["steps"][-rewires:]
+    before = cpu_s(server.process.pid)
+    for step in steps:
+        for layer, rows, cols in panels:
+            answer = server.http.get(f"/api/runs/{run_id}/view",
+                                     params={"layer": layer, "step": step, "rows": rows, "cols": cols})
+            answer.raise_for_status()
+    spent = cpu_s(server.process.pid) - before
+    return {"views_per_rewire": len(panels),
+            "server_cpu_ms_per_rewire_per_viewer": round(1e3 * spent / max(1, len(steps)), 1)}
 
 
 def main() -> None:
@@ -329,11 +364,27 @@ def main() -> None:
                 figures["bytes_to_open"] = bytes_to_open(browser, server.url, run_id)
                 print(json.dumps({"run": f"{steps} rewires", **figures}))
             live_steps = max(10, args.steps // 5)
-            print(json.dumps(follow_live(browser, server, "resnet live", lambda: record(
-                data_dir, steps=live_steps, width=args.width, name="resnet live", seed=2))))
-            # The same following of a small model, paced like the ResNet's steps (about 1/s).
-            print(json.dumps(follow_live(browser, server, "mlp live", lambda: record_mlp(
-                data_dir, steps=live_steps, name="mlp live", seed=2, step_delay_s=1.0))))
+            # With 1 and with 3 viewers: the difference is what one more viewer costs the
+            # server; the same for a small model, paced like the ResNet's steps (about 1/s).
+            costs = {}
+            for viewers in (1, 3):
+                for model in ("resnet", "mlp"):
+                    name = f"{model} live {viewers}"
+                    train = (lambda name=name: record(data_dir, steps=live_steps, width=args.width,
+                                                      name=name, seed=2)) if model == "resnet" \
+                        else (lambda name=name: record_mlp(data_dir, steps=live_steps, name=name,
+                                                           seed=2, step_delay_s=1.0))
+                    figures = follow_live(browser, server, name, train, viewers)
+                    costs[(model, viewers)] = figures["server_cpu_ms_per_rewire"]
+                    print(json.dumps(figures))
+            for model in ("resnet", "mlp"):
+                extra = (costs[(model, 3)] - costs[(model, 1)]) / 2
+                print(json.dumps({"live": model, "server_cpu_ms_per_rewire_per_extra_viewer":
+                                  round(extra, 1)}))
+            # What one viewer asks the server per rewire, without a trainer on the same cores.
+            stored = {run["name"]: run["id"] for run in server.http.get("/api/runs").json()}
+            for name in (f"resnet {args.steps} rewires", "mlp live 1"):
+                print(json.dumps({"stored": name, **view_cost(browser, server, stored[name])}))
             browser.close()
     finally:
         server.close()

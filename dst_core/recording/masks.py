@@ -121,16 +121,20 @@ class FrameChains:
         chain = self.chain(run_id, index, frame.step)
         return chain[:next(i for i, item in enumerate(chain) if item.seq == frame.seq) + 1]
 
+    # Both read the frames index alone, like `chain`: by the primary key (by seq) they walked
+    # every other layer's rows in between, blobs included (9 ms a view on a ResNet-50 run).
     def frame_before(self, run_id: str, index: int, seq: int) -> Frame | None:
         row = self.store.db.execute(
-            "SELECT seq, step, keyframe FROM events WHERE run_id = ? AND layer = ? AND seq < ? "
-            "ORDER BY seq DESC LIMIT 1", (run_id, index, seq)).fetchone()
+            "SELECT seq, step, keyframe FROM events INDEXED BY events_frames WHERE run_id = ?"
+            " AND layer = ? AND keyframe IN (0, 1) AND seq < ? ORDER BY seq DESC LIMIT 1",
+            (run_id, index, seq)).fetchone()
         return Frame(int(row[0]), int(row[1]), bool(row[2])) if row else None
 
     def _frames_after(self, run_id: str, index: int, seq: int, limit: int) -> list[Frame]:
         rows = self.store.db.execute(
-            "SELECT seq, step, keyframe FROM events WHERE run_id = ? AND layer = ? AND seq > ? "
-            "ORDER BY seq LIMIT ?", (run_id, index, seq, max(0, limit))).fetchall()
+            "SELECT seq, step, keyframe FROM events INDEXED BY events_frames WHERE run_id = ?"
+            " AND layer = ? AND keyframe IN (0, 1) AND seq > ? ORDER BY seq LIMIT ?",
+            (run_id, index, seq, max(0, limit))).fetchall()
         return [Frame(int(row[0]), int(row[1]), bool(row[2])) for row in rows]
 
     def mask(self, run: dict, index: int, chain: list[Frame], numel: int) -> np.ndarray:
