@@ -143,6 +143,14 @@ def page(browser, server):
     assert errors == [], f"console errors: {errors}"
 
 
+def watch_console(page) -> list[str]:
+    """The console errors and page errors of a tab opened outside the `page` fixture."""
+    errors: list[str] = []
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return errors
+
+
 def reveal_topology(page, selector: str = "#topology") -> None:
     """Scroll the Topology section into view and wait until it has drawn, then back to the top:
     off screen it fetches and draws nothing (a full-page picture would show it empty)."""

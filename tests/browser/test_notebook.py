@@ -15,7 +15,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.browser.conftest import SCREENSHOTS
+from tests.browser.conftest import SCREENSHOTS, watch_console
 from tests.conftest import REPO, free_port
 
 pytestmark = pytest.mark.browser
@@ -31,13 +31,6 @@ def inline_views(notebook) -> list[tuple[str, str]]:
         for output in cell.get("outputs", []):
             views += VIEW.findall(output.get("data", {}).get("text/html", ""))
     return views
-
-
-def watch_console(page) -> list[str]:
-    errors: list[str] = []
-    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    return errors
 
 
 def test_tutorial_is_committed_without_outputs():
