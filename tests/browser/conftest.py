@@ -154,9 +154,14 @@ def watch_console(page) -> list[str]:
 def reveal_topology(page, selector: str = "#topology") -> None:
     """Scroll the Topology section into view and wait until it has drawn, then back to the top:
     off screen it fetches and draws nothing (a full-page picture would show it empty)."""
+    player = "comparePlayer" if selector.startswith("#compare") else "player"
     page.locator(selector).scroll_into_view_if_needed()
-    page.wait_for_function(f"document.querySelector('{selector}').dataset.step !== undefined",
-                           timeout=30_000)
+    # The rewire on screen (following live it moves on: then any drawn rewire will do).
+    page.wait_for_function(
+        f"(() => {{ const shown = document.querySelector('{selector}').dataset.step;"
+        f" const player = window.sparsescope.{player};"
+        " return shown !== undefined && (player.live || shown === String(player.step)); })()",
+        timeout=30_000)
     page.evaluate("window.scrollTo(0, 0)")
 
 
