@@ -263,13 +263,15 @@ def follow_live(browser, server, name: str, train, viewers: int = 1) -> dict:
             "bytes", received["bytes"] + len(event["response"]["payloadData"])))
         contexts.append(context)
         pages.append(page)
+    # The run this call records, not one of that name a kept folder holds from an earlier call.
+    earlier = {run["id"] for run in server.http.get("/api/runs").json()}
     thread = threading.Thread(target=train)
     thread.start()
     deadline = time.monotonic() + 120
     run_id = None
     while time.monotonic() < deadline and run_id is None:
         runs = server.http.get("/api/runs").json()
-        live = [run for run in runs if run["name"] == name]
+        live = [run for run in runs if run["name"] == name and run["id"] not in earlier]
         run_id = live[0]["id"] if live else None
         time.sleep(0.2)
     server_cpu = cpu_s(server.process.pid)
@@ -382,7 +384,9 @@ def main() -> None:
                 print(json.dumps({"live": model, "server_cpu_ms_per_rewire_per_extra_viewer":
                                   round(extra, 1)}))
             # What one viewer asks the server per rewire, without a trainer on the same cores.
-            stored = {run["name"]: run["id"] for run in server.http.get("/api/runs").json()}
+            stored = {}  # name -> the newest run of that name (the list is newest first)
+            for run in server.http.get("/api/runs").json():
+                stored.setdefault(run["name"], run["id"])
             for name in (f"resnet {args.steps} rewires", "mlp live 1"):
                 print(json.dumps({"stored": name, **view_cost(browser, server, stored[name])}))
             browser.close()

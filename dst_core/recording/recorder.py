@@ -141,7 +141,8 @@ class Recorder:
         run_id: str | None = None,
         seed: int | None = None,
         writer: str = "script",
-        flush_interval_s: float = 0.25,  # readers see events within this; commits stay few
+        flush_interval_s: float = 0.25,  # readers see events within this (the heartbeat thread
+        # flushes what a paused loop left buffered); commits stay few
         keyframe_every: int = 10,  # a full mask every K rewires bounds seek work to K frames
         heartbeat_s: float = 2.0,  # well under the server's stale timeout
         all_ranks: bool = False,  # under torch.distributed: one run per rank, not rank 0's only
@@ -240,11 +241,23 @@ class Recorder:
         self.writer.close()
 
     def _beat(self) -> None:
-        while not self._stop_beat.wait(self.heartbeat_s):
-            try:
-                self.writer.heartbeat()
-            except Exception:  # a missed beat is harmless; the next one retries
-                pass
+        """Heartbeats, and the flush of events a loop left buffered: a script that logs an
+        eval and then pauses (a long validation, a checkpoint, waiting for data) emits nothing
+        that would flush it, and its viewers would not see it until the next emit."""
+        tick = min(self.heartbeat_s, max(self.flush_interval_s, 0.05))
+        next_beat = time.monotonic() + self.heartbeat_s
+        while not self._stop_beat.wait(tick):
+            if self._buffer and time.monotonic() - self._last_flush >= self.flush_interval_s:
+                try:
+                    self.flush()
+                except Exception:  # the next emit or finish() flushes again, and raises there
+                    pass
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + self.heartbeat_s
+                try:
+                    self.writer.heartbeat()
+                except Exception:  # a missed beat is harmless; the next one retries
+                    pass
         if isinstance(self.writer, LocalWriter):
             self.writer.store.close()  # this thread's own SQLite connection
 
@@ -252,9 +265,10 @@ class Recorder:
     def emit(self, type: str, step: int, payload: dict) -> None:
         if not self.active:
             return
-        self._buffer.append((type, int(step), payload))
-        self.last_step = max(self.last_step, int(step))
-        self._update_summary(type, int(step), payload)
+        with self._lock:  # the heartbeat thread may be flushing the buffer and summary
+            self._buffer.append((type, int(step), payload))
+            self.last_step = max(self.last_step, int(step))
+            self._update_summary(type, int(step), payload)
         if time.monotonic() - self._last_flush >= self.flush_interval_s:
             self.flush()
 

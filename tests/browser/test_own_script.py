@@ -15,6 +15,7 @@ pytestmark = pytest.mark.browser
 
 SCRIPT = """
 import sys, time
+from pathlib import Path
 import torch
 from torch import nn
 from sklearn.datasets import load_digits
@@ -51,7 +52,12 @@ with Recorder(sys.argv[1], name="my own cnn") as rec:
             logits = model(x[1400:])
             model.train()
         rec.eval(driver.step_count, test_accuracy=(logits.argmax(1) == y[1400:]).float().mean().item())
-        time.sleep(1.5)  # long enough to be watched live
+        if epoch == 3:  # still training until the test has seen it live (at most a minute)
+            release = Path(sys.argv[2])
+            for _ in range(600):
+                if release.exists():
+                    break
+                time.sleep(0.1)
 """
 
 ACCURACY_POINTS = ("(() => { const chart = document.querySelector('#chart-accuracy');"
@@ -71,7 +77,8 @@ def test_a_users_own_script_is_listed_by_what_it_ran_and_charted_live_and_in_rep
     server, data_dir = own_server
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
-    trainer = subprocess.Popen([sys.executable, str(script), str(data_dir)], cwd=REPO,
+    release = tmp_path / "seen-live"
+    trainer = subprocess.Popen([sys.executable, str(script), str(data_dir), str(release)], cwd=REPO,
                                env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin",
                                     "OMP_NUM_THREADS": "1"})
     context = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
@@ -87,9 +94,10 @@ def test_a_users_own_script_is_listed_by_what_it_ran_and_charted_live_and_in_rep
         run_id = row.get_attribute("data-run-id")
         page.goto(f"{server.url}/#/run/{run_id}")
         # Live: test accuracy points arrive while the script still trains.
-        page.wait_for_function(f"{ACCURACY_POINTS} >= 2", timeout=60_000)
+        page.wait_for_function(f"{ACCURACY_POINTS} >= 2", timeout=60_000)  # 4 exist by now
         assert trainer.poll() is None, "the script ended before its run was seen live"
         assert page.locator("#status").get_attribute("data-status") == "running"
+        release.touch()  # let it finish its last four epochs
         assert trainer.wait(timeout=120) == 0
         page.wait_for_function("document.querySelector('#status').dataset.status === 'completed'",
                                timeout=30_000)

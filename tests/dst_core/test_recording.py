@@ -324,3 +324,20 @@ def test_recorder_ends_runs_with_the_right_status_and_beats(tmp_path):
     assert RunStore(tmp_path).get_run(recorder.run_id)["status"] == "stopped"
     with pytest.raises(ValueError, match="run_id"):
         Recorder(tmp_path, run_id="0000000000000000")
+
+
+def test_an_event_left_buffered_by_a_paused_loop_is_stored_within_the_flush_interval(tmp_path):
+    """A script logs an eval and then pauses (a long validation, a checkpoint): nothing else
+    is emitted that would flush it, yet a reader sees it without waiting for the run to go on."""
+    with Recorder(tmp_path, name="paused", flush_interval_s=0.1, heartbeat_s=2.0) as rec:
+        rec.flush()
+        rec.eval(2, test_accuracy=0.5)  # right after a flush: it stays in the buffer
+        deadline = time.monotonic() + 5
+        reader = RunStore(tmp_path)
+        stored = []
+        while time.monotonic() < deadline and not stored:
+            stored = [e for e in reader.read_events(rec.run_id) if e["type"] == "eval"]
+            time.sleep(0.05)
+        assert stored and stored[0]["test_accuracy"] == 0.5
+        assert time.monotonic() < deadline - 4  # within about a second, not at finish()
+        reader.close()
