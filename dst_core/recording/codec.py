@@ -175,6 +175,29 @@ def payload_to_stored(payload: dict) -> tuple[dict, bytes]:
     return header, encode_delta(added, removed)
 
 
+def payload_changes(payload: dict) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """A checked topology payload's content, in process or from the wire: (flat bool mask,
+    -, -) of a keyframe, or (None, added, removed) of a delta (sorted uint32)."""
+    numel = frame_numel(payload["shape"])
+    if payload["keyframe"]:
+        packed = _binary(payload["bits"], "u1")
+        return np.unpackbits(packed, bitorder="little", count=numel).astype(bool), EMPTY, EMPTY
+    return None, _binary(payload["added"], "<u4"), _binary(payload["removed"], "<u4")
+
+
+def stored_changes(header: dict, blob: bytes) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """The same of a stored frame (header + compressed blob)."""
+    numel = frame_numel(header["shape"])
+    if header["keyframe"]:
+        packed = np.frombuffer(decode_keyframe(blob, numel), dtype=np.uint8)
+        return np.unpackbits(packed, bitorder="little", count=numel).astype(bool), EMPTY, EMPTY
+    added, removed = decode_delta(blob, numel)
+    return None, added, removed
+
+
+EMPTY = np.zeros(0, dtype="<u4")
+
+
 def stored_to_raw(header: dict, blob: bytes) -> bytes:
     """The binary wire payload: packed bits, or added then removed uint32 LE indices."""
     numel = frame_numel(header["shape"])

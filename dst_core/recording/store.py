@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from pathlib import Path
 
 from dst_core.recording import codec
@@ -37,8 +38,10 @@ from dst_core.recording.schema import (
     stored_info,
     stored_run,
 )
+from dst_core.recording.topology_index import TABLE_SQL as TOPOLOGY_INDEX_TABLE
+from dst_core.recording.topology_index import IndexWriter, insert_segment
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_NAME = "runs.sqlite3"
 ACTIVE_STATUSES = ("queued", "running")
 FINAL_STATUSES = ("completed", "stopped", "failed")
@@ -97,8 +100,15 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
                     row[0], row[1]))
 
 
+def _migrate_2_to_3(db: sqlite3.Connection) -> None:
+    """The cohort index (topology_index.py): runs stored before it are indexed from their
+    frames when first asked about."""
+    db.execute(TOPOLOGY_INDEX_TABLE)
+
+
 MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [
     (2, _migrate_1_to_2),
+    (3, _migrate_2_to_3),
 ]
 
 
@@ -201,6 +211,8 @@ class RunStore:
             raise ValueError(f"schema_version: {self.path} has version {version}; this sparsescope "
                              f"reads up to {SCHEMA_VERSION} (upgrade sparsescope)")
         migrate(self.db)
+        # Frames this store inserts are indexed in the same transaction (topology_index.py).
+        self.index = IndexWriter(lambda: self.db)
 
     # ---- connections ----------------------------------------------------------------------
     @property
@@ -315,7 +327,23 @@ class RunStore:
         with self._write() as db:
             db.execute("DELETE FROM events WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM artifacts WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM topology_index WHERE run_id = ?", (run_id,))
+            self.index.forget(run_id)
             return db.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount > 0
+
+    def store_index_segments(self, run_id: str, layer: int, segments: list) -> bool:
+        """Store index segments a reader cut from an ended run's frames (topology_index.py),
+        if they continue the layer's stored ones; False when they no longer do."""
+        if not segments:
+            return True
+        with self._write() as db:
+            row = db.execute("SELECT MAX(last_rewire) FROM topology_index WHERE run_id = ? "
+                             "AND layer = ?", (run_id, layer)).fetchone()
+            if (row[0] if row[0] is not None else -1) != segments[0].first - 1:
+                return False
+            for segment in segments:
+                insert_segment(db, run_id, layer, segment)
+            return True
 
     # ---- artifacts (the trained model) ---------------------------------------------------------
     def put_artifact(self, run_id: str, name: str, data: bytes) -> None:
@@ -335,8 +363,8 @@ class RunStore:
         text = None if summary is None else checked_summary(summary)
         rows = [self._checked(event_type, step, payload, f"events[{position}]")
                 for position, (event_type, step, payload) in enumerate(events)]
-        with self._write() as db:
-            last = self._append_checked(db, run_id, rows)
+        with self._indexing(run_id) as db:
+            last = self._append_checked(db, run_id, rows, [payload for _, _, payload in events])
             if text is not None:
                 db.execute("UPDATE runs SET summary = ?, heartbeat_at = ? WHERE id = ?",
                            (text, time.time(), run_id))
@@ -357,20 +385,23 @@ class RunStore:
                 if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEQ:
                     raise InvalidValue(f"{field}.{key}", f"must be an integer from 0 to {MAX_SEQ}")
             payload = {k: v for k, v in event.items() if k not in ("seq", "step", "type")}
-            checked.append((seq, self._checked(event.get("type"), step, payload, field)))
-        checked.sort(key=lambda item: item[0])
-        with self._write() as db:
+            checked.append(((seq, self._checked(event.get("type"), step, payload, field)),
+                            payload))
+        checked.sort(key=lambda item: item[0][0])
+        with self._indexing(run_id) as db:
             last = self._last_seq(db, run_id)
-            rows = []
-            for seq, (event_type, step, stored, status) in checked:
+            rows, inserted = [], []
+            for (seq, (event_type, step, stored, status)), payload in checked:
                 if seq <= last:
                     continue  # a resent batch: the first copy is kept
                 if status is not None:
                     _status_change(db, run_id, status[0], status[1], True)
                 rows.append((run_id, seq, step, event_type, *stored))
+                inserted.append((seq, event_type, step, payload, status))
                 last = seq
             db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             _keep_settings(db, run_id, ((row[3], row[4]) for row in rows))
+            self._index_inserted(db, run_id, inserted)
             db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (time.time(), run_id))
             if text is not None:
                 db.execute("UPDATE runs SET summary = ? WHERE id = ?", (text, run_id))
@@ -385,13 +416,37 @@ class RunStore:
             self._checked(event_type, int(step), payload, "event")
             for event_type, step, payload in events])
 
-    def _append_checked(self, db: sqlite3.Connection, run_id: str, checked: list[tuple]) -> int:
+    def _append_checked(self, db: sqlite3.Connection, run_id: str, checked: list[tuple],
+                        payloads: list[dict] | None = None) -> int:
         last = self._last_seq(db, run_id)
         rows = [(run_id, last + offset, step, event_type, *stored)
                 for offset, (event_type, step, stored, _) in enumerate(checked, start=1)]
         db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         _keep_settings(db, run_id, ((row[3], row[4]) for row in rows))
+        self._index_inserted(db, run_id, [
+            (last + offset, event_type, step, payloads[offset - 1] if payloads else None, status)
+            for offset, (event_type, step, _, status) in enumerate(checked, start=1)])
         return last + len(rows)
+
+    def _index_inserted(self, db: sqlite3.Connection, run_id: str, inserted: list[tuple]) -> None:
+        """Index the topology frames just inserted; a run that ended stores the rest of its
+        index (one segment per layer) in the same transaction."""
+        for seq, event_type, step, payload, status in inserted:
+            if event_type == "topology" and payload is not None:
+                self.index.take(db, run_id, seq, step, payload)
+            elif status is not None and status[0] in FINAL_STATUSES:
+                self.index.finish(db, run_id)
+
+    @contextmanager
+    def _indexing(self, run_id: str):
+        """A write transaction that may advance the run's indexers: if it does not commit,
+        they are dropped (the next frame resumes them from what the store holds)."""
+        try:
+            with self._write() as db:
+                yield db
+        except BaseException:
+            self.index.forget(run_id)
+            raise
 
     @staticmethod
     def _last_seq(db: sqlite3.Connection, run_id: str) -> int:

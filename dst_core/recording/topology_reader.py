@@ -1,17 +1,20 @@
 """Topology of a recorded run at any step: degrees, ages, cohort survival, distances, chains.
 
-Works for every stored run, whatever wrote it: the metrics are derived from the stored
-masks (keyframes + net deltas), so older and imported runs answer like new ones; the |w|
-quantiles come from the rewire events of runs whose driver recorded them, and are absent
-(None) otherwise, never invented.
+Works for every stored run, whatever wrote it. Per layer, an answer is one mask seek (the
+degrees) plus the run's cohort index (dst_core.cohorts): ages from the checkpoint before the
+rewire, survival from counting every earlier cohort in the mask, block by block. The index is
+stored by whoever wrote the frames (topology_index.py), so a request on a run nobody asked
+about before reads compact segments instead of replaying the run. Frames no stored segment
+covers (a live run's newest rewires; every frame of a run recorded before the index existed,
+or imported) are replayed into an in-memory indexer; once such a run has ended, the segments
+cut from its frames are stored, so it is replayed once. The |w| quantiles come from the
+rewire events of runs whose driver recorded them, and are absent (None) otherwise, never
+invented.
 
-Ages and cohort survival need a layer's whole history. Replaying it on every request would
-cost the run's length (a 1,000-rewire layer is ~1,000 deltas), so each (run, layer) keeps one
-`LayerHistory` in a process-wide cache bounded in bytes (least recently used goes first).
-It is built once by one pass over the stored frames and then only extended by the frames
-stored since (a live run), so a request costs one mask seek plus a walk of the active
-connections' growth events. A cached history is checked against the store on every request
-(frame count up to its last seq), so a deleted or replaced run is rebuilt, not served stale.
+Each (run, layer) keeps its segments (blobs loaded on first use) and indexer in one
+process-wide cache bounded in bytes; a cached layer is checked against the store on every
+request (its first and newest frames, and new stored segments), so a deleted or replaced run
+is read again, not served stale, and a live run's new frames are taken in.
 """
 
 from __future__ import annotations
@@ -20,55 +23,53 @@ import bisect
 import json
 import logging
 import os
-import queue
+import sqlite3
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from dst_core.analytics import LayerHistory, chain_connectivity, degrees
-from dst_core.recording import codec
+from dst_core.analytics import chain_connectivity, degrees
+from dst_core.cohorts import IndexFormatError, LayerIndexer, LayerTimeline, Segment
+from dst_core.recording import topology_index
 from dst_core.recording.masks import StoredDataError
 from dst_core.recording.reader import RunReader
-from dst_core.recording.store import RunStore
+from dst_core.recording.store import FINAL_STATUSES, RunStore
 
-FRAME_BATCH = 64  # frames decoded per SQLite fetch while a history is built: bounded memory
 ANSWERS_PER_LAYER = 64  # rewires answered lately, kept: scrubbing back and forth is free
 DEFAULT_CACHE_MB = int(os.environ.get("SPARSESCOPE_TOPOLOGY_CACHE_MB", "1024"))
-# A run's first topology request builds its other layers' histories in the background ("0"
-# turns it off). Not opening the run: the run view's Topology section asks once the player is
-# still or the section is on screen, and building 54 ResNet layers' histories while the heatmaps
-# were scrubbed slowed every scrub (the server's CPU and its GIL are shared).
-PREFETCH = os.environ.get("SPARSESCOPE_TOPOLOGY_PREFETCH", "1") != "0"
-PREFETCH_SHARE = 0.75  # prefetching stops once the cache holds this share of its bound
-# … and starts this long after that request: the layer asked for is built first, by the request.
-PREFETCH_DELAY_S = float(os.environ.get("SPARSESCOPE_TOPOLOGY_PREFETCH_DELAY_S", "0.5"))
-PREFETCH_AGAIN_S = 30.0  # a run prefetched this recently is not queued again by each request
 LOG = logging.getLogger(__name__)
 
 
 @dataclass
 class _Entry:
-    """One layer's cached history and where in the stored events it stands."""
+    """One layer's index as this process holds it, and where in the stored events it stands."""
 
-    history: LayerHistory | None = None
-    steps: list[int] = field(default_factory=list)  # step of rewire r (index r)
+    segments: list[Segment] = field(default_factory=list)  # from rewire 0, in order
+    stored: int = 0  # the first `stored` segments are rows of the store; the rest were cut here
+    indexer: LayerIndexer | None = None  # frames after the segments, replayed here
+    use_stored: bool = True  # False once the stored index disagreed with the frames
     first_seq: int = 0  # the layer's first topology frame
-    last_seq: int = 0  # newest topology frame taken in
-    frames: int = 0  # topology frames taken in
-    weights: dict[int, dict] = field(default_factory=dict)  # rewire step -> weights
-    last_rewire_seq: int = 0  # newest rewire event taken in
-    error: str | None = None  # a stored frame that could not be taken in (history stops there)
+    first_step: int = 0
+    taken_seq: int = 0  # newest frame the index holds
+    taken_step: int = 0
+    error: str | None = None  # a stored frame that could not be taken in (the index stops there)
     error_step: int | None = None  # its step: requests at or after it answer the error
+    timeline: LayerTimeline | None = None
     # rewire -> its answer (an earlier rewire's answer never changes as the run grows)
     answers: OrderedDict[int, dict] = field(default_factory=OrderedDict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    @property
+    def nbytes(self) -> int:
+        return (sum(segment.nbytes for segment in self.segments)
+                + (self.indexer.nbytes if self.indexer is not None else 0))
 
-class HistoryCache:
-    """(store file, run, layer) -> _Entry, least recently used evicted beyond `max_bytes`."""
+
+class IndexCache:
+    """(store file, run, layer) -> _Entry. Beyond `max_bytes` the least recently used entries
+    first drop their stored segments' blobs (read again when needed), then go entirely."""
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_MB << 20):
         self.max_bytes = max_bytes
@@ -88,12 +89,21 @@ class HistoryCache:
             self._entries.pop(key, None)
 
     def trim(self) -> None:
-        """Evict the least recently used histories until the total fits (the newest stays)."""
         with self._lock:
-            total = sum(_bytes(entry) for entry in self._entries.values())
-            while total > self.max_bytes and len(self._entries) > 1:
-                _, evicted = self._entries.popitem(last=False)
-                total -= _bytes(evicted)
+            total = sum(entry.nbytes for entry in self._entries.values())
+            keys = list(self._entries)[:-1]  # the newest stays whole
+            for key in keys:
+                if total <= self.max_bytes:
+                    return
+                entry = self._entries[key]
+                before = entry.nbytes
+                for segment in entry.segments[:entry.stored]:
+                    segment.unload()
+                total -= before - entry.nbytes
+            for key in keys:
+                if total <= self.max_bytes:
+                    return
+                total -= self._entries.pop(key).nbytes
 
     def clear(self) -> None:
         with self._lock:
@@ -101,145 +111,94 @@ class HistoryCache:
 
     def total_bytes(self) -> int:
         with self._lock:
-            return sum(_bytes(entry) for entry in self._entries.values())
+            return sum(entry.nbytes for entry in self._entries.values())
 
 
-def _bytes(entry: _Entry) -> int:
-    return entry.history.nbytes if entry.history is not None else 0
-
-
-CACHE = HistoryCache()
-
-
-class Prefetcher:
-    """One background thread that builds the histories of a run's other layers once one of
-    them is asked about, so the next requests (another layer, the summary) are cached answers
-    (≤ 200 ms) instead of a pass over the run's stored frames (seconds for a 1 M-connection
-    layer of 1,000 rewires).
-
-    Runs are taken in the order they were opened, each at most once at a time; a layer a
-    request is already building is waited for, not built twice (the entry's lock). The
-    thread runs at a lower CPU priority, so training on the same machine keeps its share,
-    and stops prefetching while the cache holds PREFETCH_SHARE of its bound (it never evicts
-    a history a request built for histories nobody asked for yet)."""
-
-    def __init__(self):
-        self._queue: queue.Queue = queue.Queue()
-        self._queued: set[tuple] = set()
-        self._done: dict[tuple, float] = {}  # run -> when its last pass ended (monotonic)
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._thread: threading.Thread | None = None
-
-    def submit(self, reader: TopologyReader, run_id: str) -> None:
-        key = (str(reader.store.path), run_id)
-        with self._lock:
-            if key in self._queued or time.monotonic() - self._done.get(key, -1e9) < PREFETCH_AGAIN_S:
-                return  # a live run's newer frames are taken in by the requests themselves
-            self._queued.add(key)
-            self._queue.put((key, reader, run_id, time.monotonic() + PREFETCH_DELAY_S))
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._work, name="topology-prefetch",
-                                                daemon=True)
-                self._thread.start()
-
-    def forget(self) -> None:
-        """Let every run be prefetched again at its next request (after a cache clear)."""
-        with self._lock:
-            self._done.clear()
-
-    def wait(self, timeout_s: float | None = None) -> bool:
-        """Until every submitted run is built (True) or `timeout_s` passed (False)."""
-        with self._idle:
-            return self._idle.wait_for(lambda: not self._queued, timeout_s)
-
-    def _work(self) -> None:
-        try:  # Linux: the thread's own nice value (the server's other threads keep theirs)
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-        except (AttributeError, OSError):
-            pass
-        while True:
-            key, reader, run_id, start_at = self._queue.get()
-            time.sleep(max(0.0, start_at - time.monotonic()))
-            try:
-                reader.build_all(run_id)
-            except Exception as error:  # noqa: BLE001 a request answers the same error itself
-                LOG.info("topology prefetch of run %s stopped: %s", run_id, error)
-            finally:
-                with self._idle:
-                    self._queued.discard(key)
-                    self._done[key] = time.monotonic()
-                    while len(self._done) > 256:  # oldest first: dicts keep insertion order
-                        self._done.pop(next(iter(self._done)))
-                    self._idle.notify_all()
-
-
-PREFETCHER = Prefetcher()
+CACHE = IndexCache()
 
 
 class TopologyReader:
     """Per-layer and whole-model topology of one data folder's runs."""
 
-    def __init__(self, store: RunStore, cache: HistoryCache | None = None,
+    def __init__(self, store: RunStore, cache: IndexCache | None = None,
                  reader: RunReader | None = None):
         self.store = store
         self.reader = reader if reader is not None else RunReader(store)  # shares its mask cache
         self.cache = cache if cache is not None else CACHE
 
-    def prefetch(self, run_id: str) -> None:
-        """Build every layer's history in the background (a topology request came)."""
-        if PREFETCH:
-            PREFETCHER.submit(self, run_id)
-
-    def build_all(self, run_id: str) -> None:
-        """Bring every layer's history up to the newest stored frame, layer by layer, while
-        the cache has room (see Prefetcher)."""
-        for index in range(len(self.reader.layers(run_id))):
-            if self.cache.total_bytes() > PREFETCH_SHARE * self.cache.max_bytes:
-                return
-            self._synced(run_id, index)
-
     # ---- one layer ----------------------------------------------------------------------------
     def layer(self, run_id: str, layer: str | int, step: int) -> dict:
-        """Every per-layer field of the newest rewire at or before `step` (see analytics)."""
+        """Every per-layer field of the newest rewire at or before `step` (see dst_core.cohorts)."""
         layers = self.reader.layers(run_id)
         index = self.reader.layer_index(run_id, layer)
         name = layers[index].get("name", str(index))
-        entry = self._synced(run_id, index)
-        with entry.lock:  # a concurrent request may be extending this history
-            if entry.error_step is not None and int(step) >= entry.error_step:
-                raise StoredDataError(entry.error)
-            rewire = bisect.bisect_right(entry.steps, int(step)) - 1
-            if rewire < 0:
-                raise ValueError(f"step: no topology frame of layer {name!r} at or before "
-                                 f"step {step}")
-            history = entry.history
-            if history is None or rewire > history.rewires:
-                raise StoredDataError(entry.error or "the layer's frames stop before this step")
-            answer = entry.answers.get(rewire)
-            if answer is None:
-                answer = self._answer(run_id, index, name, entry, rewire)
+        for attempt in range(2):
+            entry = self._synced(run_id, index)
+            with entry.lock:  # a concurrent request may be extending this index
+                timeline = self._timeline(entry, name)
+                if entry.error_step is not None and int(step) >= entry.error_step:
+                    raise StoredDataError(entry.error)
+                rewire = bisect.bisect_right(timeline.steps, int(step)) - 1
+                if rewire < 0:
+                    raise ValueError(f"step: no topology frame of layer {name!r} at or before "
+                                     f"step {step}")
+                answer = entry.answers.get(rewire)
+                if answer is not None:
+                    entry.answers.move_to_end(rewire)
+                    return {**answer, "requested_step": int(step)}
+                try:
+                    answer = self._answer(run_id, index, name, entry, timeline, rewire)
+                except IndexFormatError as error:
+                    if attempt or not entry.use_stored:
+                        raise StoredDataError(f"layer {name!r}: {error}") from None
+                    # The stored index disagrees with the frames: replay the frames instead.
+                    LOG.warning("run %s layer %s: stored index not used (%s)", run_id, name,
+                                error)
+                    self._reset(entry, use_stored=False)
+                    continue
                 # The newest rewire's rewire event (its weights) may still be on its way.
-                if rewire < history.rewires:
+                if rewire < timeline.rewires:
                     entry.answers[rewire] = answer
                     while len(entry.answers) > ANSWERS_PER_LAYER:
                         entry.answers.popitem(last=False)
-            else:
-                entry.answers.move_to_end(rewire)
-            return {**answer, "requested_step": int(step)}
+                return {**answer, "requested_step": int(step)}
+        raise AssertionError("unreachable")
 
-    def _answer(self, run_id: str, index: int, name: str, entry: _Entry, rewire: int) -> dict:
-        history = entry.history
-        rewire_step = entry.steps[rewire]
-        if rewire == history.rewires:
-            mask = history.mask.reshape(history.shape)
+    @staticmethod
+    def _timeline(entry: _Entry, name: str) -> LayerTimeline:
+        if entry.timeline is None:
+            if entry.error:
+                raise StoredDataError(entry.error)
+            raise ValueError(f"layer: no topology frame of layer {name!r}")
+        return entry.timeline
+
+    def _answer(self, run_id: str, index: int, name: str, entry: _Entry,
+                timeline: LayerTimeline, rewire: int) -> dict:
+        rewire_step = timeline.steps[rewire]
+        indexer = entry.indexer
+        if indexer is not None and rewire == indexer.rewire:
+            mask = indexer.mask().reshape(timeline.shape)
         else:
             mask, _ = self.reader.mask_at(run_id, index, rewire_step)
-            if mask.shape != history.shape:
+            if mask.shape != timeline.shape:
                 raise StoredDataError(f"layer {name!r} changes shape to {list(mask.shape)}")
         return {"layer": name, "index": index, "step": rewire_step,
-                "shape": list(history.shape), **degrees(mask), **history.at(rewire, mask),
-                "weights": entry.weights.get(rewire_step, {}).get(name)}
+                "shape": list(timeline.shape), **degrees(mask), **timeline.at(rewire, mask),
+                "weights": self._weights(run_id, rewire_step, name)}
+
+    def _weights(self, run_id: str, step: int, name: str) -> dict | None:
+        """|w| quantiles the rewire event at `step` carries for the layer (None if none)."""
+        rows = self.store.db.execute(
+            "SELECT payload FROM events INDEXED BY events_type WHERE run_id = ? "
+            "AND type = 'rewire' AND step = ? ORDER BY seq DESC", (run_id, int(step))).fetchall()
+        for (payload,) in rows:
+            try:
+                value = json.loads(payload).get("layers", {}).get(name)
+            except (ValueError, AttributeError):
+                continue  # a malformed rewire event: its weights are simply unknown
+            if isinstance(value, dict) and isinstance(value.get("weights"), dict):
+                return value["weights"]
+        return None
 
     def series(self, run_id: str, layer: str | int, points: int = 200) -> dict:
         """Per-rewire summaries for charts over time, at most `points` rewires (evenly picked,
@@ -248,21 +207,18 @@ class TopologyReader:
             raise ValueError("points: must be at least 2")
         layers = self.reader.layers(run_id)
         index = self.reader.layer_index(run_id, layer)
+        name = layers[index].get("name", str(index))
         entry = self._synced(run_id, index)
         with entry.lock:
-            history = entry.history
-            if history is None:
-                if entry.error:
-                    raise StoredDataError(entry.error)
-                raise ValueError(f"layer: no topology frame of layer {layer!r}")
-            count = history.rewires + 1
+            timeline = self._timeline(entry, name)
+            count = timeline.rewires + 1
             picked = np.unique(np.linspace(0, count - 1, min(points, count)).round().astype(int))
-            rows = [history.series[r] for r in picked]
+            rows = [timeline.summary(int(r)) for r in picked]
             return {
-                "layer": layers[index].get("name", str(index)), "index": index,
-                "shape": list(history.shape), "rewires": history.rewires,
-                "rewire": picked.tolist(), "step": [entry.steps[r] for r in picked],
-                "active": [history.active[r] for r in picked],
+                "layer": name, "index": index,
+                "shape": list(timeline.shape), "rewires": timeline.rewires,
+                "rewire": picked.tolist(), "step": [timeline.steps[r] for r in picked],
+                "active": [timeline.active[r] for r in picked],
                 "fan_in_counts": [row["fan_in_counts"].tolist() for row in rows],
                 "fan_in_mean": [row["fan_in_stats"]["mean"] for row in rows],
                 "fan_in_max": [row["fan_in_stats"]["max"] for row in rows],
@@ -272,7 +228,7 @@ class TopologyReader:
                 "dead_out": [row["dead_out"] for row in rows],
                 "distance_initial": [row["distance_initial"] for row in rows],
                 "distance_previous": [row["distance_previous"] for row in rows],
-                "repruned_next": history.repruned_series(history.rewires),
+                "repruned_next": timeline.repruned_series(timeline.rewires),
             }
 
     # ---- the whole model --------------------------------------------------------------------------
@@ -305,20 +261,28 @@ class TopologyReader:
                            **found})
         return {"requested_step": int(step), "layers": summaries, "chains": chains}
 
-    # ---- building the cached history -----------------------------------------------------------
+    # ---- keeping the index up to date ---------------------------------------------------------
     def _synced(self, run_id: str, index: int) -> _Entry:
         key = (str(self.store.path), run_id, index)
         entry = self.cache.get(key)
         with entry.lock:
-            if entry.frames and not self._still_matches(run_id, index, entry):
-                self.cache.drop(key)
-                entry = self.cache.get(key)
+            if entry.taken_seq and not self._still_matches(run_id, index, entry):
+                self._reset(entry, use_stored=True)
+            if entry.use_stored:
+                self._take_stored_segments(run_id, index, entry)
             self._take_frames(run_id, index, entry)
-            self._take_rewires(run_id, entry)
-            if entry.history is not None:  # merged here, so the answer itself does not
-                entry.history.compact_if_due()
+            self._store_if_ended(run_id, index, entry)
+            if entry.segments or entry.indexer is not None:
+                entry.timeline = LayerTimeline(entry.segments, entry.indexer)
         self.cache.trim()
         return entry
+
+    @staticmethod
+    def _reset(entry: _Entry, use_stored: bool) -> None:
+        entry.segments, entry.stored, entry.indexer, entry.timeline = [], 0, None, None
+        entry.use_stored, entry.error, entry.error_step = use_stored, None, None
+        entry.first_seq = entry.first_step = entry.taken_seq = entry.taken_step = 0
+        entry.answers.clear()
 
     def _still_matches(self, run_id: str, index: int, entry: _Entry) -> bool:
         """The first and the newest frame taken in are still stored as they were (two primary
@@ -326,74 +290,83 @@ class TopologyReader:
         rows = self.store.db.execute(
             "SELECT seq, step FROM events WHERE run_id = ? AND seq IN (?, ?) AND layer = ? "
             "AND type = 'topology' ORDER BY seq",
-            (run_id, entry.first_seq, entry.last_seq, index)).fetchall()
+            (run_id, entry.first_seq, entry.taken_seq, index)).fetchall()
         found = [(int(row[0]), int(row[1])) for row in rows]
-        expected = sorted({(entry.first_seq, entry.steps[0]), (entry.last_seq, entry.steps[-1])})
+        expected = sorted({(entry.first_seq, entry.first_step),
+                           (entry.taken_seq, entry.taken_step)})
         return found == expected
 
+    def _take_stored_segments(self, run_id: str, index: int, entry: _Entry) -> None:
+        """Segments stored since this entry was read (the writer cut them); they replace what
+        was replayed here of the same rewires."""
+        after = entry.segments[entry.stored - 1].last if entry.stored else -1
+        try:
+            found = topology_index.stored_segments(lambda: self.store.db, run_id, index, after)
+        except sqlite3.DatabaseError as error:
+            LOG.info("run %s layer %s: index not read (%s)", run_id, index, error)
+            return
+        if not found:
+            return
+        entry.segments = entry.segments[:entry.stored] + found
+        entry.stored = len(entry.segments)
+        entry.indexer = None  # resumed from the newest checkpoint by _take_frames
+        entry.answers.clear()
+        entry.error = entry.error_step = None
+        entry.taken_seq = found[-1].last_seq
+        entry.taken_step = found[-1].rewires.steps[-1]
+        if not entry.first_seq:
+            self._first_frame(run_id, index, entry)
+
+    def _first_frame(self, run_id: str, index: int, entry: _Entry) -> None:
+        row = self.store.db.execute(
+            "SELECT seq, step FROM events INDEXED BY events_frames WHERE run_id = ? AND layer = ? "
+            "AND keyframe IN (0, 1) ORDER BY step, seq LIMIT 1", (run_id, index)).fetchone()
+        if row is not None:
+            entry.first_seq, entry.first_step = int(row[0]), int(row[1])
+
     def _take_frames(self, run_id: str, index: int, entry: _Entry) -> None:
+        """Replay the frames no segment holds into the entry's indexer, cutting segments."""
         if entry.error is not None:
-            return  # the history stops at a bad frame; earlier rewires still answer
-        while True:
-            rows = self.store.db.execute(
-                "SELECT seq, step, payload, blob FROM events WHERE run_id = ? AND layer = ? "
-                "AND type = 'topology' AND seq > ? ORDER BY seq LIMIT ?",
-                (run_id, index, entry.last_seq, FRAME_BATCH)).fetchall()
-            for row in rows:
-                try:
-                    self._take_frame(entry, row)
-                except (ValueError, KeyError, TypeError) as error:  # FrameError is a ValueError
-                    entry.error = (f"stored frame seq {row['seq']} (step {row['step']}) "
-                                   f"is unreadable ({error})")
-                    entry.error_step = int(row["step"])
-                    return
-                if not entry.frames:
-                    entry.first_seq = int(row["seq"])
-                entry.last_seq = int(row["seq"])
-                entry.frames += 1
-            if len(rows) < FRAME_BATCH:
-                return
-
-    @staticmethod
-    def _take_frame(entry: _Entry, row) -> None:
-        header = json.loads(row["payload"])
-        numel = codec.frame_numel(header["shape"])
-        shape = (int(header["shape"][0]), int(header["shape"][1]))
-        history = entry.history
-        if history is not None and shape != history.shape:
-            raise codec.FrameError(f"shape {list(shape)} differs from {list(history.shape)}")
-        if entry.steps and int(row["step"]) < entry.steps[-1]:
-            raise codec.FrameError(f"step {row['step']} goes back before {entry.steps[-1]}")
-        if header["keyframe"]:
-            packed = np.frombuffer(codec.decode_keyframe(row["blob"], numel), dtype=np.uint8)
-            mask = np.unpackbits(packed, bitorder="little", count=numel).astype(bool)
-            if history is None:
-                entry.history = LayerHistory(mask, shape)
-            else:
-                history.advance_to(mask)
-        elif history is None:
-            raise codec.FrameError("the layer's first frame is a delta, not a keyframe")
-        else:
-            added, removed = codec.decode_delta(row["blob"], numel)
-            history.advance(added, removed)
-        entry.steps.append(int(row["step"]))
-
-    def _take_rewires(self, run_id: str, entry: _Entry) -> None:
-        """The |w| quantiles each rewire event carries per layer (runs recorded with them)."""
-        rows = self.store.db.execute(
-            "SELECT seq, step, payload FROM events WHERE run_id = ? AND type = 'rewire' "
-            "AND seq > ? ORDER BY seq", (run_id, entry.last_rewire_seq)).fetchall()
-        for row in rows:
-            entry.last_rewire_seq = int(row["seq"])
+            return  # the index stops at a bad frame; earlier rewires still answer
+        indexer = entry.indexer
+        for row in topology_index.stored_frames(self.store.db, run_id, index, entry.taken_seq):
             try:
-                layers = json.loads(row["payload"]).get("layers", {})
-                weights = {name: value["weights"] for name, value in layers.items()
-                           if isinstance(value, dict) and isinstance(value.get("weights"), dict)}
-            except (ValueError, AttributeError):
-                continue  # a malformed rewire event: its weights are simply unknown
-            if weights:
-                entry.weights[int(row["step"])] = weights
+                if indexer is None and entry.segments:
+                    indexer = LayerIndexer.resume(entry.segments[0], entry.segments[-1])
+                indexer = topology_index.take_stored(indexer, row)
+            except (ValueError, KeyError, TypeError) as error:  # FrameError is a ValueError
+                if isinstance(error, IndexFormatError) and entry.use_stored:
+                    self._reset(entry, use_stored=False)  # replay every frame instead
+                    self._take_frames(run_id, index, entry)
+                    return
+                entry.error = (f"stored frame seq {row['seq']} (step {row['step']}) "
+                               f"is unreadable ({error})")
+                entry.error_step = int(row["step"])
+                break
+            if not entry.first_seq:
+                entry.first_seq, entry.first_step = int(row["seq"]), int(row["step"])
+            entry.taken_seq, entry.taken_step = int(row["seq"]), int(row["step"])
+            if indexer.due:
+                entry.segments.append(indexer.cut())
+        entry.indexer = indexer
 
+    def _store_if_ended(self, run_id: str, index: int, entry: _Entry) -> None:
+        """An ended run's segments replayed here are stored, so it is replayed only once."""
+        pending = entry.indexer is not None and entry.indexer.pending.steps
+        if entry.error is not None or not entry.use_stored or \
+                (entry.stored == len(entry.segments) and not pending):
+            return
+        run = self.store.get_run(run_id)
+        if run is None or run.get("status") not in FINAL_STATUSES:
+            return
+        if pending:
+            entry.segments.append(entry.indexer.cut())
+        try:
+            self.store.store_index_segments(run_id, index, entry.segments[entry.stored:])
+        except (sqlite3.Error, ValueError) as error:  # read-only folder, full disk: keep them here
+            LOG.info("run %s layer %s: index kept in memory (%s)", run_id, index, error)
+            return
+        entry.stored = len(entry.segments)
 
 def linear_chains(layers: list[dict]) -> list[list[int]]:
     """Maximal runs of >= 2 consecutive Linear layers where each takes the previous one's

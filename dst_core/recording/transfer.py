@@ -1,8 +1,9 @@
 """Moving runs between data folders: one self-contained export file, and a careful import.
 
 An export is a small SQLite file in the store's own layout holding exactly one run (its row,
-every event, its artifacts), so it opens with the same reader and migrates with the same
-MIGRATIONS. An import treats the file as hostile until proven otherwise:
+every event, its artifacts; not its cohort index, which is derived from the frames), so it
+opens with the same reader and migrates with the same MIGRATIONS. An import treats the file
+as hostile until proven otherwise:
 - its schema is read first: only our tables and indexes, with our columns, may be in it. A
   view, a trigger or any other object is refused before a single row is read, because SQL
   in views and triggers runs even with untrusted schema code disabled (a view of zeroblobs
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from dst_core.recording import codec
+from dst_core.recording import codec, topology_index
 from dst_core.recording.schema import (
     InvalidValue,
     check_frame_header,
@@ -58,6 +59,9 @@ TABLE_COLUMNS = {
              "summary", "heartbeat_at", "info"},
     "events": {"run_id", "seq", "step", "type", "payload", "layer", "keyframe", "blob"},
     "artifacts": {"run_id", "name", "data"},
+    # Derived data, never read from an export: an imported run is indexed from its own frames
+    # (topology_index.py). Allowed, because an export written by the store's layout has it.
+    "topology_index": topology_index.COLUMNS,
 }
 REQUIRED_TABLES = ("meta", "runs", "events")  # a version-1 file has no artifacts table
 INDEXES = {"events_type", "events_frames"}

@@ -72,7 +72,6 @@ export class TopologySection {
     this.step = null;
     this.live = false;
     this.answers = new Map();
-    this.prefetched = new Set(); // runs whose other layers the server was asked to build
     this.series = new Map(); // `${run}|${layer}` -> { body, fetched, lastStep }
     this.generation = 0;
     this.busy = false;
@@ -148,7 +147,6 @@ export class TopologySection {
     this.key = key;
     this.runs = runs;
     this.answers.clear();
-    this.prefetched.clear();
     this.series.clear();
     const layers = runs.length ? runs[0].layers : [];
     const options = [new Option("all layers (summary)", "all"),
@@ -173,20 +171,10 @@ export class TopologySection {
     for (const div of this.root.querySelectorAll(".js-plotly-plot")) Plotly.purge(div);
   }
 
-  // `prefetch=false` while off screen: the server then builds only the layer asked about, not
-  // every layer's history (a ResNet's 54), so a page nobody scrolls costs what a small model's does.
-  withPrefetch(path) {
-    return `${path}&prefetch=${this.drawingOnScreen ? "true" : "false"}`;
-  }
-
   async get(path) {
     const hit = this.answers.get(path);
-    // On screen for the first time: asked again with prefetch, even if drawn off screen before.
-    const run = path.split("/")[3];
-    const firstOnScreen = this.drawingOnScreen && !this.prefetched.has(run);
-    if (firstOnScreen) this.prefetched.add(run);
-    if (hit && !firstOnScreen) { this.answers.delete(path); this.answers.set(path, hit); return hit; }
-    const body = await api(this.withPrefetch(path));
+    if (hit) { this.answers.delete(path); this.answers.set(path, hit); return hit; }
+    const body = await api(path);
     this.answers.set(path, body);
     while (this.answers.size > KEEP_ANSWERS) this.answers.delete(this.answers.keys().next().value);
     return body;
@@ -199,7 +187,7 @@ export class TopologySection {
     const now = performance.now();
     const stale = known && this.step !== null && this.step > known.lastStep && now - known.fetched > SERIES_REFRESH_MS;
     if (known && !stale) return known.body;
-    const body = await api(this.withPrefetch(`/api/runs/${run.id}/topology/series?layer=${layer}&points=400`));
+    const body = await api(`/api/runs/${run.id}/topology/series?layer=${layer}&points=400`);
     this.series.set(key, { body, fetched: now, lastStep: body.step.length ? body.step[body.step.length - 1] : -1 });
     return body;
   }
@@ -232,7 +220,6 @@ export class TopologySection {
     if (this.busy) { this.again = true; return; }
     if (!this.runs.length || this.step === null) return;
     this.busy = true;
-    this.drawingOnScreen = this.onScreen();
     const generation = this.generation;
     const { step, layer } = this;
     try {

@@ -11,6 +11,8 @@ import torch
 from dst_core import SparseDriver
 from dst_core.events import delta_payload, keyframe_payload
 from dst_core.recording import Recorder, RunReader
+from dst_core.recording import topology_index
+from dst_core.recording.store import RunStore
 from dst_core.recording.topology_reader import CACHE, linear_chains
 from tests.dst_core.test_analytics import brute_chain, brute_degrees, brute_history
 
@@ -48,7 +50,8 @@ def record_training_run(data_dir, method: str = "rigl", rewires: int = 9) -> str
 
 
 def record_old_style_run(store, rewires: int = 6) -> str:
-    """A run as older writers stored it: meta, keyframes and deltas, no weights anywhere."""
+    """A run as older writers stored it: meta, keyframes and deltas, no weights anywhere, no
+    cohort index (the store indexes what it writes: those rows are taken out again)."""
     rng = np.random.default_rng(4)
     shapes = [(5, 7), (3, 5)]
     run_id = store.create_run({}, "old", status="running")["id"]
@@ -72,6 +75,7 @@ def record_old_style_run(store, rewires: int = 6) -> str:
                 int(flat.sum()))))
     store.append_events(run_id, events)
     store.set_status(run_id, "completed")
+    store.db.execute("DELETE FROM topology_index WHERE run_id = ?", (run_id,))
     return run_id
 
 
@@ -230,6 +234,7 @@ def test_bad_requests_and_broken_runs_never_answer_5xx(client):
     store.db.execute("UPDATE events SET payload = 'not json' WHERE run_id = ? AND layer = 1 "
                      "AND step = 20", (run_id,))
     CACHE.clear()
+    client.app.state.layer_views.chains.cache.clear()  # /model decoded that delta before
     assert client.get(url, params={"layer": 1, "step": 45}).status_code == 422
     assert client.get(f"{url}/series", params={"layer": 1}).status_code == 200
     store.db.execute("DELETE FROM events WHERE run_id = ? AND type = 'meta'", (run_id,))
@@ -254,32 +259,159 @@ def test_topology_is_in_the_openapi_schema(client):
         assert field in fields
 
 
-def test_a_topology_request_builds_the_other_layers_in_the_background(client, monkeypatch):
-    """Opening a run (GET /api/runs/{id}) builds nothing: a run nobody asks topology of costs
-    nothing. The first topology request builds its own layer and prefetches the others:
-    afterwards the cache holds one history per layer, built to the newest frame, and answers
-    stay exact."""
-    from dst_core.recording import topology_reader
-    from dst_core.recording.topology_reader import PREFETCHER
+def index_rows(store, run_id: str) -> dict[int, list[tuple[int, int]]]:
+    rows = store.db.execute("SELECT layer, first_rewire, last_rewire FROM topology_index "
+                            "WHERE run_id = ? ORDER BY layer, first_rewire", (run_id,))
+    found: dict[int, list[tuple[int, int]]] = {}
+    for layer, first, last in rows:
+        found.setdefault(layer, []).append((first, last))
+    return found
 
-    monkeypatch.setattr(topology_reader, "PREFETCH_DELAY_S", 0.0)
+
+def frames_per_layer(store, run_id: str) -> dict[int, int]:
+    rows = store.db.execute("SELECT layer, COUNT(*) FROM events WHERE run_id = ? AND "
+                            "type = 'topology' GROUP BY layer", (run_id,))
+    return {layer: count for layer, count in rows}
+
+
+@pytest.fixture
+def replayed(monkeypatch):
+    """How many stored frames the topology reader replays (0: answered from the index)."""
+    count = {"frames": 0}
+    original = topology_index.take_stored
+
+    def counting(indexer, row):
+        count["frames"] += 1
+        return original(indexer, row)
+
+    monkeypatch.setattr(topology_index, "take_stored", counting)
+    return count
+
+
+def test_a_recorded_run_is_indexed_as_it_is_written_and_answers_without_replaying(
+        client, monkeypatch, replayed):
+    """The writer stores the cohort index with the frames (segments of SEGMENT_REWIRES, the
+    rest when the run ends): a cold request reads it and replays no frame."""
+    from dst_core import cohorts
+
+    monkeypatch.setattr(cohorts, "SEGMENT_REWIRES", 3)
+    CACHE.clear()
+    store = client.app.state.store
+    run_id = record_training_run(store.data_dir, "rigl", rewires=9)
+    rows, frames = index_rows(store, run_id), frames_per_layer(store, run_id)
+    assert sorted(rows) == sorted(frames)
+    for layer, segments in rows.items():
+        assert segments[0][0] == 0 and segments[-1][1] == frames[layer] - 1  # every frame in
+        assert all(b[0] == a[1] + 1 for a, b in zip(segments, segments[1:], strict=False))
+    assert max(len(segments) for segments in rows.values()) > 2
+    replayed["frames"] = 0
+    check_against_brute_force(client, run_id)
+    assert replayed["frames"] == 0
+
+
+def test_a_run_stored_without_an_index_is_indexed_from_its_frames_once(client, replayed):
+    CACHE.clear()
+    store = client.app.state.store
+    run_id = record_old_style_run(store, rewires=6)
+    assert not index_rows(store, run_id)
+    check_against_brute_force(client, run_id)
+    assert replayed["frames"] == sum(frames_per_layer(store, run_id).values())
+    assert sorted(index_rows(store, run_id)) == [0, 1]  # an ended run: what was replayed is kept
+    CACHE.clear()
+    replayed["frames"] = 0
+    check_against_brute_force(client, run_id)
+    assert replayed["frames"] == 0
+
+
+def test_a_live_run_and_a_restarted_writer_keep_one_contiguous_index(client, monkeypatch):
+    """Frames written in batches by two store instances (a writer that restarts mid-run): the
+    second resumes from the stored checkpoint; live requests answer the unsegmented rewires."""
+    from dst_core import cohorts
+
+    monkeypatch.setattr(cohorts, "SEGMENT_REWIRES", 4)
+    CACHE.clear()
+    store = client.app.state.store
+    rng = np.random.default_rng(21)
+    shape = (6, 9)
+    mask = rng.random(shape).reshape(-1) < 0.4
+    run_id = store.create_run({}, "live", status="running")["id"]
+    meta = {"layers": [{"name": "w", "shape": list(shape), "matrix": list(shape),
+                        "density": 0.4}]}
+    writer = RunStore(store.data_dir)
+    writer.append_events(run_id, [("meta", 0, meta), ("topology", 0, keyframe_payload(
+        "w", 0, shape, torch.from_numpy(mask.reshape(shape))))])
+    for rewire in range(1, 15):
+        if rewire == 7:
+            writer = RunStore(store.data_dir)  # a new process: resumes from the store
+        drop = np.sort(rng.choice(np.flatnonzero(mask), 4, replace=False))
+        pool = np.flatnonzero(~mask)
+        pool = pool[rng.random(pool.size) < 0.6] if rewire % 3 else pool  # regrowth of drops
+        grow = np.sort(rng.choice(pool, 4, replace=False))
+        mask[drop], mask[grow] = False, True
+        if rewire % 5 == 0:
+            payload = keyframe_payload("w", 0, shape, torch.from_numpy(mask.reshape(shape)))
+        else:
+            payload = delta_payload("w", 0, shape, grow, drop, int(mask.sum()))
+        writer.append_events(run_id, [("topology", 10 * rewire, payload)])
+        if rewire in (2, 6, 9, 14):  # live: answered from the index and the newest frames
+            steps, masks = stored_masks(store, run_id, 0)
+            got = client.get(f"/api/runs/{run_id}/topology",
+                             params={"layer": 0, "step": 10 * rewire}).json()
+            assert got["survival"] == brute_history(masks, rewire)["survival"]
+            assert got["age"] == brute_history(masks, rewire)["age"]
+    assert index_rows(store, run_id)[0] == [(0, 3), (4, 7), (8, 11)]
+    writer.set_status(run_id, "completed")
+    assert index_rows(store, run_id)[0] == [(0, 3), (4, 7), (8, 11), (12, 14)]
+    CACHE.clear()
+    check_against_brute_force(client, run_id)
+
+
+def test_a_stored_index_that_disagrees_with_the_frames_is_not_used(client, monkeypatch):
+    """A damaged index row (a header that does not parse, a blob cut short, counts that do not
+    match the frames) is never served: the layer is replayed from its frames instead."""
+    from dst_core import cohorts
+
+    monkeypatch.setattr(cohorts, "SEGMENT_REWIRES", 3)
+    store = client.app.state.store
+    run_id = record_training_run(store.data_dir, "set", rewires=9)
+    damages = [
+        "UPDATE topology_index SET header = 'not json' WHERE run_id = ? AND first_rewire = 3",
+        "UPDATE topology_index SET blob = substr(blob, 1, 10) WHERE run_id = ? "
+        "AND first_rewire = 0",
+        "UPDATE topology_index SET header = replace(header, '\"active\":[', "
+        "'\"active\":[1,') WHERE run_id = ?",
+    ]
+    for damage in damages:
+        store.db.execute(damage, (run_id,))
+        CACHE.clear()
+        check_against_brute_force(client, run_id)
+
+
+def test_ingested_frames_are_indexed_by_the_server(client):
+    """A remote writer's frames (the ingest path, base64 on the wire) are indexed by the
+    server's store in the same transaction, and a resent batch is not indexed twice."""
+    from dst_core.events import to_wire
 
     CACHE.clear()
-    PREFETCHER.forget()
     store = client.app.state.store
-    run_id = record_old_style_run(store, rewires=5)
-    assert client.get(f"/api/runs/{run_id}").status_code == 200
-    assert PREFETCHER.wait(timeout_s=30)
-    assert not [key for key in CACHE._entries if key[1] == run_id]  # opening built nothing
-    # prefetch=false (the dashboard's section off screen): only the layer asked about.
-    params = {"layer": 1, "step": 0, "prefetch": "false"}
-    assert client.get(f"/api/runs/{run_id}/topology", params=params).status_code == 200
-    assert PREFETCHER.wait(timeout_s=30)
-    assert sorted(key[2] for key in CACHE._entries if key[1] == run_id) == [1]
-    assert client.get(f"/api/runs/{run_id}/topology", params={"layer": 0, "step": 0}).status_code == 200
-    assert PREFETCHER.wait(timeout_s=30)
-    built = {key[2]: entry for key, entry in CACHE._entries.items() if key[1] == run_id}
-    assert sorted(built) == [0, 1]
-    assert all(entry.history is not None and entry.history.rewires == 5
-               for entry in built.values())
+    rng = np.random.default_rng(5)
+    shape = (4, 6)
+    mask = rng.random(shape).reshape(-1) < 0.5
+    run_id = store.create_run({}, "remote", status="running")["id"]
+    meta = {"layers": [{"name": "w", "shape": list(shape), "matrix": list(shape),
+                        "density": 0.5}]}
+    events = [{"seq": 1, "step": 0, "type": "meta", **meta},
+              {"seq": 2, "step": 0, "type": "topology", **to_wire(keyframe_payload(
+                  "w", 0, shape, torch.from_numpy(mask.reshape(shape))))}]
+    for rewire in range(1, 6):
+        drop = np.sort(rng.choice(np.flatnonzero(mask), 2, replace=False))
+        grow = np.sort(rng.choice(np.flatnonzero(~mask), 2, replace=False))
+        mask[drop], mask[grow] = False, True
+        events.append({"seq": 2 + rewire, "step": rewire, "type": "topology",
+                       **to_wire(delta_payload("w", 0, shape, grow, drop, int(mask.sum())))})
+    store.ingest_events(run_id, events[:4])
+    store.ingest_events(run_id, events)  # the first four again: kept once
+    store.ingest_events(run_id, [{"seq": 9, "step": 5, "type": "status",
+                                  "status": "completed"}])
+    assert index_rows(store, run_id) == {0: [(0, 5)]}
     check_against_brute_force(client, run_id)

@@ -1,15 +1,18 @@
-"""Topology analytics against brute-force recomputation from the sequence of masks."""
+"""Topology analytics and the cohort index against brute-force recomputation from the
+sequence of masks."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 
-from dst_core import analytics
-from dst_core.analytics import LayerHistory, chain_connectivity, degrees, magnitude_quantiles
+from dst_core import analytics, cohorts
+from dst_core.analytics import chain_connectivity, degrees, magnitude_quantiles
+from dst_core.cohorts import IndexFormatError, LayerIndexer, LayerTimeline, Segment
 
 
 # ---- brute force: straight from the definitions, loops and sets, no shared code ----------------
@@ -31,7 +34,7 @@ def brute_degrees(mask: np.ndarray) -> dict:
 
 
 def brute_history(masks: list[np.ndarray], r: int) -> dict:
-    """Everything `LayerHistory.at(r)` answers, from sets of active flat indices."""
+    """Everything `LayerTimeline.at(r)` answers, from sets of active flat indices."""
     sets = [set(np.flatnonzero(m.reshape(-1)).tolist()) for m in masks]
     grown = {c: sets[c] - sets[c - 1] for c in range(1, len(sets))}
     removed = {c: sets[c - 1] - sets[c] for c in range(1, len(sets))}
@@ -62,33 +65,72 @@ def check_degrees(mask: np.ndarray) -> None:
         assert got[key]["max"] == top
 
 
-def check_history(masks: list[np.ndarray], compact_every: int = 0) -> LayerHistory:
-    """Build a history of `masks` (merging pending rewires into the CSR every
-    `compact_every` rewires; 0: never) and check every rewire against brute force."""
+def stored(segment: Segment) -> Segment:
+    """The segment as a reader gets it back from the store: header and blob, blob read lazily."""
+    header, blob = segment.to_row()
+    return Segment.from_row(header, segment.last_seq, lambda: blob)
+
+
+def index_masks(masks: list[np.ndarray], keyframe_every: int = 0,
+                changes=None) -> tuple[list[Segment], LayerIndexer]:
+    """Feed a run's masks to a LayerIndexer (net changes, or the whole mask every
+    `keyframe_every` rewires), cutting stored segments when due."""
     shape = masks[0].shape
-    history = LayerHistory(masks[0], shape)
+    indexer = LayerIndexer(masks[0], shape, step=0, seq=1)
+    segments = []
     for rewire, (previous, mask) in enumerate(zip(masks, masks[1:], strict=False), start=1):
         flat_prev, flat = previous.reshape(-1), mask.reshape(-1)
-        history.advance(np.flatnonzero(flat & ~flat_prev), np.flatnonzero(flat_prev & ~flat))
-        if compact_every and rewire % compact_every == 0:
-            history.compact()
+        if keyframe_every and rewire % keyframe_every == 0:
+            indexer.take_mask(10 * rewire, rewire + 1, flat)
+        else:
+            added, removed = np.flatnonzero(flat & ~flat_prev), np.flatnonzero(flat_prev & ~flat)
+            if changes is not None:
+                added, removed = changes(added), changes(removed)
+            indexer.take_changes(10 * rewire, rewire + 1, added, removed)
+        if indexer.due:
+            segments.append(stored(indexer.cut()))
+    return segments, indexer
+
+
+def check_timeline(timeline: LayerTimeline, masks: list[np.ndarray]) -> None:
+    """Every rewire of `timeline` against brute force."""
+    assert timeline.rewires == len(masks) - 1
     for r in range(len(masks)):
-        got = history.at(r, masks[r])
+        got = timeline.at(r, masks[r])
         want = brute_history(masks, r)
-        assert got["age"] == want["age"], r
-        assert got["survival"] == want["survival"], r  # exact: same integer ratio
-        assert got["repruned_next"] == want["repruned_next"], r
-        assert got["distance_initial"] == want["distance_initial"]
-        assert got["distance_previous"] == want["distance_previous"]
-        assert got["active"] == want["active"]
-        series = history.series[r]
+        for key in ("age", "survival", "repruned_next", "distance_initial",
+                    "distance_previous", "active"):
+            assert got[key] == want[key], (key, r)  # exact: the same integer ratios
+        summary = timeline.summary(r)
         check = brute_degrees(masks[r])
-        assert series["dead_in"] == check["dead_in"] and series["dead_out"] == check["dead_out"]
-        assert series["distance_initial"] == want["distance_initial"]
-        assert series["distance_previous"] == want["distance_previous"]
-        counts = series["fan_in_counts"]
+        assert summary["dead_in"] == check["dead_in"] and summary["dead_out"] == check["dead_out"]
+        assert summary["distance_initial"] == want["distance_initial"]
+        assert summary["distance_previous"] == want["distance_previous"]
+        counts = summary["fan_in_counts"]
         assert [[d, int(n)] for d, n in enumerate(counts) if n] == check["fan_in"]
-    return history
+        for key in ("fan_in_stats", "fan_out_stats"):
+            mean, std, top = check[key]
+            assert summary[key]["mean"] == pytest.approx(mean, rel=1e-12, abs=1e-12)
+            assert summary[key]["std"] == pytest.approx(std, rel=1e-9, abs=1e-12)
+            assert summary[key]["max"] == top
+
+
+def check_history(masks: list[np.ndarray], keyframe_every: int = 0) -> LayerTimeline:
+    """Index `masks` and check every rewire three ways: as written (stored segments + the
+    writer's open rewires), as a reader resuming at the last checkpoint and replaying the
+    rest, and with everything cut into stored segments (a run that ended)."""
+    segments, indexer = index_masks(masks, keyframe_every)
+    check_timeline(LayerTimeline(segments, indexer), masks)
+    if segments:
+        resumed = LayerIndexer.resume(segments[0], segments[-1])
+        for rewire in range(segments[-1].last + 1, len(masks)):
+            flat_prev, flat = masks[rewire - 1].reshape(-1), masks[rewire].reshape(-1)
+            resumed.take_mask(10 * rewire, rewire + 1, flat)
+        check_timeline(LayerTimeline(segments, resumed), masks)
+    last = indexer.cut()
+    ended = LayerTimeline(segments + ([stored(last)] if last else []), None)
+    check_timeline(ended, masks)
+    return ended
 
 
 def rewired_masks(shape, density, rewires, fraction, seed, regrow_bias=0.0) -> list[np.ndarray]:
@@ -137,40 +179,41 @@ def test_degrees_reject_a_vector():
 @pytest.mark.parametrize("shape,density,fraction,bias", [
     ((6, 8), 0.3, 0.3, 0.0), ((6, 8), 0.3, 0.5, 20.0), ((16, 27), 0.2, 0.3, 5.0),
     ((1, 40), 0.5, 0.4, 10.0), ((30, 2), 0.1, 1.0, 0.0)])
-@pytest.mark.parametrize("compact_every", [0, 1, 5])
-def test_history_matches_brute_force_on_rewired_runs(shape, density, fraction, bias,
-                                                     compact_every):
+@pytest.mark.parametrize("segment_rewires", [1, 4, 32])
+def test_history_matches_brute_force_on_rewired_runs(monkeypatch, shape, density, fraction,
+                                                     bias, segment_rewires):
+    monkeypatch.setattr(cohorts, "SEGMENT_REWIRES", segment_rewires)
     masks = rewired_masks(shape, density, 12, fraction, seed=3, regrow_bias=bias)
-    check_history(masks, compact_every)
+    check_history(masks)
+    check_history(masks, keyframe_every=3)
 
 
-def test_history_answers_the_same_before_and_after_merging_pending_rewires():
-    masks = rewired_masks((16, 27), 0.2, 10, 0.4, seed=8, regrow_bias=20.0)
-    history = check_history(masks)
-    before = [history.at(r, masks[r]) for r in range(len(masks))]
-    history.compact()
-    assert [history.at(r, masks[r]) for r in range(len(masks))] == before
-    more = rewired_masks((16, 27), 0.2, 4, 0.4, seed=9)  # continue from another mask
-    history.advance_to(more[0])
-    assert history.at(11, more[0])["survival"] == brute_history(masks + [more[0]], 11)["survival"]
+@pytest.mark.parametrize("block", [1, 7, 16])
+def test_blocks_far_smaller_than_the_layer_answer_the_same(monkeypatch, block):
+    """Cohorts are stored per block of BLOCK connections: blocks that do not divide the layer
+    (the last one short) and a block per connection must give the same answers."""
+    monkeypatch.setattr(cohorts, "BLOCK", block)
+    monkeypatch.setattr(cohorts, "SEGMENT_REWIRES", 5)
+    check_history(rewired_masks((16, 27), 0.2, 14, 0.4, seed=12, regrow_bias=20.0))
 
 
-def test_history_matches_brute_force_on_arbitrary_masks():
+def test_history_matches_brute_force_on_arbitrary_masks(monkeypatch):
     """Masks of any counts (a keyframe may follow anything): growth and removal unequal,
     empty rewires, a layer that empties and refills."""
     rng = np.random.default_rng(11)
     masks = [rng.random((5, 9)) < p for p in (0.4, 0.4, 0.1, 0.0, 0.7, 0.7, 1.0, 0.3)]
     masks.insert(2, masks[1].copy())  # a rewire without any change in this layer
-    check_history(masks)
-    check_history(masks, compact_every=2)
+    for segment_rewires in (1, 3, 32):
+        monkeypatch.setattr(cohorts, "SEGMENT_REWIRES", segment_rewires)
+        check_history(masks)
+        check_history(masks, keyframe_every=2)
 
 
-def test_advance_to_a_full_mask_equals_advance_by_changes():
+def test_a_whole_mask_equals_its_net_changes(monkeypatch):
+    monkeypatch.setattr(cohorts, "SEGMENT_REWIRES", 3)
     masks = rewired_masks((8, 8), 0.25, 6, 0.3, seed=5, regrow_bias=10.0)
     by_changes = check_history(masks)
-    by_masks = LayerHistory(masks[0], (8, 8))
-    for mask in masks[1:]:
-        by_masks.advance_to(mask)
+    by_masks = check_history(masks, keyframe_every=1)
     for r in range(len(masks)):
         assert by_masks.at(r, masks[r]) == by_changes.at(r, masks[r])
 
@@ -189,19 +232,60 @@ def test_age_and_survival_by_hand():
     assert history.at(0, masks[0])["age"] == [[0, 2]]
 
 
-def test_history_rejects_inconsistent_changes():
-    history = LayerHistory(np.array([[1, 0, 0]], bool), (1, 3))
+def test_inconsistent_changes_are_refused_and_change_nothing():
+    indexer = LayerIndexer(np.array([[1, 0, 0]], bool), (1, 3), step=0, seq=1)
     with pytest.raises(ValueError, match="removed"):
-        history.advance(np.array([1]), np.array([2]))
+        indexer.take_changes(1, 2, np.array([1]), np.array([2]))
     with pytest.raises(ValueError, match="added"):
-        history.advance(np.array([0]), np.array([]))
+        indexer.take_changes(1, 2, np.array([0]), np.array([]))
     with pytest.raises(ValueError, match="added"):
-        history.advance(np.array([3]), np.array([]))
+        indexer.take_changes(1, 2, np.array([3]), np.array([]))
     with pytest.raises(ValueError, match="listed twice"):
-        history.advance(np.array([1, 1]), np.array([]))
-    assert history.rewires == 0  # nothing half-applied
+        indexer.take_changes(1, 2, np.array([1, 1]), np.array([]))
+    with pytest.raises(ValueError, match="step"):
+        indexer.take_changes(-1, 2, np.array([1]), np.array([]))
+    assert indexer.rewire == 0 and indexer.born.tolist() == [0, -1, -1]  # nothing half-applied
     with pytest.raises(ValueError, match="rewire"):
-        history.at(1, np.zeros(3, bool))
+        LayerTimeline([], indexer).at(1, np.zeros(3, bool))
+
+
+def test_a_mask_the_index_does_not_know_is_refused():
+    masks = rewired_masks((4, 4), 0.5, 3, 0.5, seed=2)
+    segments, indexer = index_masks(masks)
+    other = ~masks[2]
+    with pytest.raises(IndexFormatError):
+        LayerTimeline(segments, indexer).at(2, other)
+
+
+def test_stored_segments_that_do_not_add_up_are_refused(monkeypatch):
+    monkeypatch.setattr(cohorts, "SEGMENT_REWIRES", 2)
+    masks = rewired_masks((6, 5), 0.4, 5, 0.4, seed=4)
+    segments, _ = index_masks(masks)
+    header, blob = segments[1].to_row()
+    for bad_header in ("not json", header.replace('"format":1', '"format":9'),
+                       header.replace('"grown":[', '"grown":[1,')):
+        with pytest.raises(IndexFormatError):
+            Segment.from_row(bad_header, 1, lambda: blob)
+    short = Segment.from_row(header, 1, lambda: blob[:12])
+    with pytest.raises(IndexFormatError):
+        short.checkpoint()
+    changed = json.loads(header)
+    changed["active"][-1] += 1  # the header's count and its checkpoint disagree
+    lying = Segment.from_row(json.dumps(changed), 1, lambda: blob)
+    with pytest.raises(IndexFormatError):
+        lying.checkpoint()
+    changed = json.loads(header)
+    changed["grown"][-1] += 1  # the header's cohort size and the stored members disagree
+    with pytest.raises(IndexFormatError):
+        Segment.from_row(json.dumps(changed), 1, lambda: blob).cohorts()
+
+
+def test_born_survives_more_rewires_than_int16_holds(monkeypatch):
+    """The writer keeps born as int16 (2 bytes per weight) until a run passes 32,766 rewires."""
+    indexer = LayerIndexer(np.array([[1, 0]], bool), (1, 2), step=0, seq=1)
+    indexer.rewire = np.iinfo(np.int16).max - 1
+    indexer.take_changes(1, 2, np.array([1]), np.array([0]))
+    assert indexer.born.dtype == np.int32 and indexer.born[1] == np.iinfo(np.int16).max
 
 
 def brute_chain(masks):
@@ -264,27 +348,9 @@ def test_erdos_renyi_expectation_sums_to_units():
     assert analytics.erdos_renyi_degrees(units=3, trials=4, active=12, total=12) == [[4, 3.0]]
 
 
-@pytest.mark.parametrize("block,chunk", [(1, 1), (7, 5), (64, 3)])
-def test_merging_block_by_block_equals_brute_force(monkeypatch, block, chunk):
-    """compact() writes the pending cohorts block by block of connections and moves the old
-    CSR chunk by chunk: blocks and chunks far smaller than the layer (and not dividing it)
-    must give the same answers as one block, merged once or after every few rewires."""
-    monkeypatch.setattr(LayerHistory, "COMPACT_BLOCK", block)
-    monkeypatch.setattr(LayerHistory, "CHUNK_UNITS", chunk)
-    masks = rewired_masks((16, 27), 0.2, 14, 0.4, seed=12, regrow_bias=20.0)
-    for compact_every in (1, 3, 14):
-        check_history(masks, compact_every)
-
-
-def test_unsorted_changes_are_taken_like_sorted_ones():
+def test_unsorted_changes_are_taken_like_sorted_ones(monkeypatch):
+    monkeypatch.setattr(cohorts, "SEGMENT_REWIRES", 3)
     masks = rewired_masks((9, 11), 0.3, 8, 0.4, seed=13, regrow_bias=10.0)
     rng = np.random.default_rng(14)
-    shuffled = LayerHistory(masks[0], (9, 11))
-    for previous, mask in zip(masks, masks[1:], strict=False):
-        flat_prev, flat = previous.reshape(-1), mask.reshape(-1)
-        shuffled.advance(rng.permutation(np.flatnonzero(flat & ~flat_prev)),
-                         rng.permutation(np.flatnonzero(flat_prev & ~flat)))
-    shuffled.compact()
-    by_masks = check_history(masks, compact_every=2)
-    for r in range(len(masks)):
-        assert shuffled.at(r, masks[r]) == by_masks.at(r, masks[r])
+    segments, indexer = index_masks(masks, changes=rng.permutation)
+    check_timeline(LayerTimeline(segments, indexer), masks)

@@ -25,9 +25,6 @@ MAX_STEP = 2**62  # SQLite integers are 64-bit: a larger step is a 422, not an O
 LayerQuery = Query(..., max_length=200, description="Layer name or index, as /mask accepts")
 StepQuery = Query(..., ge=0, le=MAX_STEP, description="Training step: the newest rewire at or "
                                                      "before it answers")
-PrefetchQuery = Query(True, description="Also build the run's other layers' histories in the "
-                      "background, so the next requests about them are cached answers (the "
-                      "dashboard sends false while its Topology section is off screen)")
 
 
 class DegreeStats(BaseModel):
@@ -140,15 +137,9 @@ class ModelTopology(BaseModel):
     chains: list[LinearChain]
 
 
-def topology_reader(request: Request, store, run_id: str | None = None) -> TopologyReader:
-    """The data folder's topology reader (sharing the app's mask cache). Given the run asked
-    about, it also starts building that run's other layers' histories in the background: a
-    client asking about one layer (the Topology section) is about to ask about the others; a
-    run nobody asks topology of costs nothing (docs/topology.md)."""
-    reader = TopologyReader(store, reader=layer_views(request).reader)
-    if run_id is not None:
-        reader.prefetch(run_id)
-    return reader
+def topology_reader(request: Request, store) -> TopologyReader:
+    """The data folder's topology reader (sharing the app's mask cache)."""
+    return TopologyReader(store, reader=layer_views(request).reader)
 
 
 async def _answer(read):
@@ -165,10 +156,9 @@ async def _answer(read):
 
 @router.get("/{run_id}/topology", response_model=LayerTopology)
 async def get_topology(request: Request, run_id: RunIdDep, run: RunDep, store: StoreDep,
-                       layer: str = LayerQuery, step: int = StepQuery,
-                       prefetch: bool = PrefetchQuery) -> dict:
+                       layer: str = LayerQuery, step: int = StepQuery) -> dict:
     """Degrees, dead units, ages, cohort survival, distances and |w| quantiles of one layer."""
-    reader = topology_reader(request, store, run_id if prefetch else None)
+    reader = topology_reader(request, store)
     return await _answer(lambda: reader.layer(run_id, layer, step))
 
 
@@ -176,17 +166,17 @@ async def get_topology(request: Request, run_id: RunIdDep, run: RunDep, store: S
 async def get_topology_series(request: Request, run_id: RunIdDep, run: RunDep, store: StoreDep,
                               layer: str = LayerQuery,
                               points: int = Query(200, ge=2, le=10_000,
-                                                  description="Rewires answered at most"),
-                              prefetch: bool = PrefetchQuery) -> dict:
+                                                  description="Rewires answered at most")
+                              ) -> dict:
     """One layer's degree histogram, dead units and distances over its rewires."""
-    reader = topology_reader(request, store, run_id if prefetch else None)
+    reader = topology_reader(request, store)
     return await _answer(lambda: reader.series(run_id, layer, points))
 
 
 @router.get("/{run_id}/topology/model", response_model=ModelTopology)
 async def get_model_topology(request: Request, run_id: RunIdDep, run: RunDep, store: StoreDep,
-                             step: int = StepQuery, prefetch: bool = PrefetchQuery) -> dict:
+                             step: int = StepQuery) -> dict:
     """Every layer's degree summary at `step`, and each Linear chain's cut-off units and
     effective parameter count."""
-    reader = topology_reader(request, store, run_id if prefetch else None)
+    reader = topology_reader(request, store)
     return await _answer(lambda: reader.model(run_id, step))
