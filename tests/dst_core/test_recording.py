@@ -189,7 +189,7 @@ def test_migrates_a_version_1_file(tmp_path):
     run_id, original = _v1_file(tmp_path / "old")
     store = RunStore(tmp_path / "old")
     version = store.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
-    assert int(version) == SCHEMA_VERSION == 2
+    assert int(version) == SCHEMA_VERSION == 3
     assert store.read_events(run_id) == original  # the wire format is unchanged
     assert store.db.execute("SELECT COUNT(*) FROM events WHERE blob IS NOT NULL").fetchone()[0] == 2
     store.db.execute("INSERT INTO meta VALUES ('probe', '1')")  # ordinary writes still work
@@ -198,6 +198,16 @@ def test_migrates_a_version_1_file(tmp_path):
     store.append_events(run_id, [("meta", 0, {"layers": layers_meta})])
     mask, step = RunReader(store).mask_at(run_id, "fc.weight", 10)
     assert step == 4 and sorted(np.flatnonzero(mask)) == [1, 2, 9, 33, 50]
+    # Version 3's cohort index: empty after the upgrade; the first topology request replays
+    # the old run's frames and, the run having ended, stores what it built.
+    from dst_core.recording.topology_reader import TopologyReader
+
+    assert store.db.execute("SELECT COUNT(*) FROM topology_index").fetchone()[0] == 0
+    answer = TopologyReader(store).layer(run_id, "fc.weight", 10)
+    assert answer["rewire"] == 1 and answer["age"] == [[0, 2], [1, 3]]
+    assert [tuple(row) for row in store.db.execute(
+        "SELECT first_rewire, last_rewire FROM topology_index")] \
+        == [(0, 1)]
     RunStore(tmp_path / "old")  # opening again migrates nothing and keeps the data
     assert RunStore(tmp_path / "old").read_events(run_id)[:3] == original
 
