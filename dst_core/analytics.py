@@ -22,7 +22,7 @@ import torch
 QUANTILE_LEVELS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 # Above this many values a quantile is taken over an evenly strided sample of them: the
 # rank error is ~1/sample, and a rewire must not pay for sorting millions of magnitudes.
-QUANTILE_SAMPLE = 1 << 12
+QUANTILE_SAMPLE = 1 << 10
 
 
 # ---- degrees --------------------------------------------------------------------------------
@@ -95,9 +95,17 @@ def magnitude_quantiles(values: torch.Tensor, count: int | None = None) -> dict:
         return {"count": int(count), "quantiles": None}
     if flat.numel() > QUANTILE_SAMPLE:
         flat = flat[:: -(-flat.numel() // QUANTILE_SAMPLE)]
-    levels = torch.tensor(QUANTILE_LEVELS, dtype=torch.float64, device=flat.device)
-    quantiles = torch.quantile(flat.abs().to(torch.float64), levels)
-    return {"count": int(count), "quantiles": [float(q) for q in quantiles.cpu()]}
+    # Linear interpolation between order statistics (torch.quantile's default), from one sort
+    # and one gather: torch.quantile itself cost three times as much per call on a rewire.
+    ordered = flat.abs().to(torch.float64).sort().values  # (n,)
+    positions = [level * (ordered.numel() - 1) for level in QUANTILE_LEVELS]
+    lows = [int(position) for position in positions]
+    ends = ordered[torch.tensor(lows + [min(low + 1, ordered.numel() - 1) for low in lows],
+                                device=ordered.device)].tolist()
+    below, above = ends[:len(lows)], ends[len(lows):]
+    return {"count": int(count),
+            "quantiles": [a + (b - a) * (position - low) for a, b, position, low
+                          in zip(below, above, positions, lows, strict=True)]}
 
 
 def rewire_magnitudes(weight: torch.Tensor, mask: torch.Tensor, added: torch.Tensor,

@@ -64,7 +64,8 @@ class Rewires:
     repruned: list[int] = field(default_factory=list)  # |A_{c-1} ∩ R_c| (0 at c <= 1)
     new: list[int] = field(default_factory=list)  # |M_c \ M_0|
     stats: list[list] = field(default_factory=list)  # _STATS per rewire
-    fan_in_counts: list[np.ndarray] = field(default_factory=list)  # units per fan-in degree
+    # units per fan-in degree (a stored header's [start, counts] until first asked for)
+    fan_in_counts: list = field(default_factory=list)
 
     @property
     def last(self) -> int:
@@ -74,7 +75,10 @@ class Rewires:
         """What charts over time need of one rewire (position counted from `first`)."""
         stats = dict(zip(_STATS, self.stats[position], strict=True))
         active, rewire = self.active[position], self.first + position
-        return {"fan_in_counts": self.fan_in_counts[position],
+        counts = self.fan_in_counts[position]
+        if not isinstance(counts, np.ndarray):  # a stored header's [start, counts], read now
+            counts = self.fan_in_counts[position] = _fan_counts(counts)
+        return {"fan_in_counts": counts,
                 "fan_in_stats": {"mean": stats["in_mean"], "std": stats["in_std"],
                                  "max": int(stats["in_max"])},
                 "fan_out_stats": {"mean": stats["out_mean"], "std": stats["out_std"],
@@ -129,6 +133,7 @@ class _BlockCohorts(_Cohorts):
         self.within = np.zeros((counts.shape[0] + 1, counts.shape[1]), dtype=np.int64)
         np.cumsum(counts, axis=0, out=self.within[1:])  # (cohorts + 1, blocks) start in block
         self.lows = lows
+        self.counts = counts
 
     def alive(self, mask: np.ndarray) -> np.ndarray:
         alive = np.zeros(len(self.rewires), dtype=np.int64)
@@ -138,9 +143,9 @@ class _BlockCohorts(_Cohorts):
                 continue
             base = block * BLOCK
             hits = mask[base:base + BLOCK][self.lows[low:high]]  # (members in block,) bool
-            running = np.zeros(hits.size + 1, dtype=np.int64)
-            np.cumsum(hits, out=running[1:])
-            alive += running[self.within[1:, block]] - running[self.within[:-1, block]]
+            present = self.counts[:, block] > 0  # reduceat needs non-empty slices
+            alive[present] += np.add.reduceat(hits, self.within[:-1, block][present],
+                                              dtype=np.int64)
         return alive
 
     def mark_born(self, born: np.ndarray, upto: int) -> None:
@@ -254,7 +259,9 @@ class Segment:
                               stats=[[float(v) for v in row] for row in header["stats"]])
             parts = {name: (int(offset), int(items), str(dtype))
                      for name, (offset, items, dtype) in header["parts"].items()}
-            rewires.fan_in_counts = [_fan_counts(entry) for entry in header["fan"]]
+            rewires.fan_in_counts = list(header["fan"])  # decoded when a chart asks
+            if not all(isinstance(entry, list) and len(entry) == 2 for entry in header["fan"]):
+                raise IndexFormatError("segment: a fan-in histogram is not [start, counts]")
             born_dtype = str(header["born_dtype"])
         except (ValueError, KeyError, TypeError, IndexError) as error:
             if isinstance(error, IndexFormatError):
@@ -282,7 +289,8 @@ class Segment:
                   "steps": rewires.steps, "grown": rewires.grown, "removed": rewires.removed,
                   "active": rewires.active, "repruned": rewires.repruned, "new": rewires.new,
                   "stats": rewires.stats,
-                  "fan": [_fan_entry(counts) for counts in rewires.fan_in_counts],
+                  "fan": [_fan_entry(counts) if isinstance(counts, np.ndarray) else counts
+                          for counts in rewires.fan_in_counts],
                   "born_dtype": self.born_dtype, "parts": parts}
         return json.dumps(header, separators=(",", ":")), self._blob or b""
 
@@ -398,40 +406,54 @@ class LayerIndexer:
         return self.born >= 0
 
     # ---- taking rewires ----------------------------------------------------------------------
-    def take_changes(self, step: int, seq: int, added: np.ndarray, removed: np.ndarray) -> None:
+    def take_changes(self, step: int, seq: int, added: np.ndarray, removed: np.ndarray,
+                     active: int | None = None) -> None:
         """The next rewire's net changes (flat indices; each list distinct). Nothing changes
-        when they do not fit the layer (a ValueError names the list)."""
+        when they do not fit the layer (a ValueError names the list). `active`, the frame's
+        own count of active connections, stands in for checking that every added connection
+        was inactive when it agrees (an added one already active leaves the count short): a
+        writer pays for one gather fewer per rewire."""
         if self.pending.steps and step < self.pending.steps[-1] or step < 0:
             raise ValueError(f"step: {step} goes back before "
                              f"{self.pending.steps[-1] if self.pending.steps else 0}")
         added = np.asarray(added).reshape(-1).astype(np.int64, copy=False)
         removed = np.asarray(removed).reshape(-1).astype(np.int64, copy=False)
+        added, removed = _sorted_distinct(added, "added"), _sorted_distinct(removed, "removed")
         numel = self.numel
         for name, indices in (("added", added), ("removed", removed)):
-            if indices.size and (indices.min() < 0 or indices.max() >= numel):
+            if indices.size and (indices[0] < 0 or indices[-1] >= numel):
                 raise ValueError(f"{name}: index outside a layer of {numel} connections")
-        added, removed = _sorted_distinct(added, "added"), _sorted_distinct(removed, "removed")
-        if removed.size and (self.born[removed] < 0).any():
+        born_removed = self.born[removed]
+        if removed.size and born_removed.min() < 0:
             raise ValueError("removed: a connection that was not active")
-        if added.size and (self.born[added] >= 0).any():
+        active_after = self.active + int(added.size) - int(removed.size)
+        # A frame whose count disagrees is checked connection by connection (its count may
+        # just be wrong: the store cannot check a delta's count against the mask).
+        if (active is None or int(active) != active_after) and added.size and \
+                (self.born[added] >= 0).any():
             raise ValueError("added: a connection that was already active")
         rewire = self.rewire + 1
         if rewire >= np.iinfo(self.born.dtype).max:
             self.born = self.born.astype(np.int32)
-        born_removed = self.born[removed]
         repruned = int(np.count_nonzero(born_removed == rewire - 1)) if rewire > 1 else 0
         self.born[removed] = -1
         self.born[added] = rewire
         self.rewire, self.last_seq = rewire, int(seq)
-        self.active += int(added.size) - int(removed.size)
-        self.new_since_start += (int(np.count_nonzero(~self.initial[added]))
-                                 - int(np.count_nonzero(~self.initial[removed])))
-        # Sorted flat indices: rows by searching the row starts, columns by counting.
-        cols = self.shape[1]
-        self.fan_in += (np.diff(np.searchsorted(added, self._row_bounds))
-                        - np.diff(np.searchsorted(removed, self._row_bounds)))
-        self.fan_out += (np.bincount(added % cols, minlength=cols)
-                         - np.bincount(removed % cols, minlength=cols))
+        self.active = active_after
+        self.new_since_start += (int(added.size) - int(np.count_nonzero(self.initial[added]))
+                                 - int(removed.size) + int(np.count_nonzero(self.initial[removed])))
+        # Sorted flat indices: per row by searching the row starts, then each index's column
+        # as itself minus its row's start (cheaper than a division).
+        cols, starts = self.shape[1], self._row_bounds[:-1]
+        for indices, sign in ((added, 1), (removed, -1)):
+            per_row = np.diff(np.searchsorted(indices, self._row_bounds))  # (rows,)
+            columns = indices - np.repeat(starts, per_row)  # (n,)
+            if sign > 0:
+                self.fan_in += per_row
+                self.fan_out += np.bincount(columns, minlength=cols)
+            else:
+                self.fan_in -= per_row
+                self.fan_out -= np.bincount(columns, minlength=cols)
         if added.size:
             self.cohorts.append((rewire, added))
         self._record(int(step), grown=int(added.size), removed=int(removed.size),
@@ -442,9 +464,10 @@ class LayerIndexer:
         mask = np.asarray(mask, dtype=bool).reshape(-1)
         if mask.size != self.numel:
             raise ValueError(f"mask: {mask.size} entries for a layer of {self.numel}")
-        changed = np.flatnonzero(mask != self.mask())  # (changes,) ascending
+        changed = np.flatnonzero(mask != (self.born >= 0))  # (changes,) ascending
         now_active = mask[changed]
-        self.take_changes(step, seq, changed[now_active], changed[~now_active])
+        self.take_changes(step, seq, changed[now_active], changed[~now_active],
+                          active=int(np.count_nonzero(mask)))
 
     def _record(self, step: int, grown: int, removed: int, repruned: int) -> None:
         pending = self.pending
@@ -577,24 +600,29 @@ class LayerTimeline:
     def _numel(self) -> int:
         return self.shape[0] * self.shape[1]
 
-    def alive(self, rewire: int, mask: np.ndarray) -> np.ndarray:
-        """(rewire,) |A_c ∩ M| for every cohort c < rewire (index c; 0 at c = 0)."""
+    def alive(self, rewire: int, mask: np.ndarray, mapper=map) -> np.ndarray:
+        """(rewire,) |A_c ∩ M| for every cohort c < rewire (index c; 0 at c = 0). `mapper`
+        (a thread pool's map) may count the segments in parallel: numpy lets go of the
+        interpreter lock while it gathers, and each segment's blob is read in its thread."""
         alive = np.zeros(max(rewire, 1), dtype=np.int64)
-        groups = [segment.cohorts() for segment in self.segments
+        groups = [segment.cohorts for segment in self.segments
                   if segment.first < rewire and segment.last >= 1]
         if self.indexer is not None and self.indexer.pending.steps \
                 and self.indexer.pending.first < rewire:
-            groups.append(self.indexer.open_cohorts())
-        for cohorts in groups:
-            if not cohorts.rewires:
-                continue
-            counts = cohorts.alive(mask)
-            rewires = np.asarray(cohorts.rewires)
+            groups.append(self.indexer.open_cohorts)
+
+        def count(cohorts_of) -> tuple[list[int], np.ndarray]:
+            cohorts = cohorts_of()
+            return cohorts.rewires, (cohorts.alive(mask) if cohorts.rewires
+                                     else np.zeros(0, np.int64))
+
+        for cohort_rewires, counts in mapper(count, groups):
+            rewires = np.asarray(cohort_rewires, dtype=np.int64)
             keep = rewires < rewire
             alive[rewires[keep]] = counts[keep]
         return alive
 
-    def at(self, rewire: int, mask: np.ndarray) -> dict:
+    def at(self, rewire: int, mask: np.ndarray, mapper=map) -> dict:
         """Ages, cohort survival, re-pruning and distances at `rewire`, whose flat mask is
         `mask` (the caller seeks it from the stored frames)."""
         if not 0 <= rewire <= self.rewires:
@@ -607,7 +635,7 @@ class LayerTimeline:
                                    f"active connections, the index {self.active[rewire]}")
         active_index = np.flatnonzero(mask)  # (k,) ascending
         born = self.born_at(rewire, active_index)
-        alive = self.alive(rewire, mask)
+        alive = self.alive(rewire, mask, mapper)
         grown = self.grown[:rewire]
         earlier = np.flatnonzero(grown > 0)  # rewires 1..r-1 with net growth
         newest_first = earlier[::-1]

@@ -92,7 +92,8 @@ def stored_frames(db: sqlite3.Connection, run_id: str, layer: int, after_seq: in
 
 
 def take(indexer: LayerIndexer | None, seq: int, step: int, shape: tuple[int, int],
-         mask: np.ndarray | None, added: np.ndarray, removed: np.ndarray) -> LayerIndexer:
+         mask: np.ndarray | None, added: np.ndarray, removed: np.ndarray,
+         active: int | None = None) -> LayerIndexer:
     """One frame into a layer's indexer (the first frame, a keyframe, starts it). ValueError
     when the frame does not fit the history."""
     if indexer is None:
@@ -104,7 +105,7 @@ def take(indexer: LayerIndexer | None, seq: int, step: int, shape: tuple[int, in
     if mask is not None:
         indexer.take_mask(step, seq, mask)
     else:
-        indexer.take_changes(step, seq, added, removed)
+        indexer.take_changes(step, seq, added, removed, active)
     return indexer
 
 
@@ -113,7 +114,8 @@ def take_stored(indexer: LayerIndexer | None, row) -> LayerIndexer:
     header = json.loads(row[2])
     shape = (int(header["shape"][0]), int(header["shape"][1]))
     mask, added, removed = codec.stored_changes(header, row[3])
-    return take(indexer, int(row[0]), int(row[1]), shape, mask, added, removed)
+    return take(indexer, int(row[0]), int(row[1]), shape, mask, added, removed,
+                int(header["active"]))
 
 
 def resumed(db_of, run_id: str, layer: int) -> tuple[list[Segment], LayerIndexer | None]:
@@ -146,7 +148,8 @@ class IndexWriter:
         shape = (int(payload["shape"][0]), int(payload["shape"][1]))
         try:
             mask, added, removed = codec.payload_changes(payload)
-            indexer = take(indexer, seq, step, shape, mask, added, removed)
+            indexer = take(indexer, seq, step, shape, mask, added, removed,
+                           int(payload["active"]))
         except (ValueError, KeyError, TypeError) as error:
             LOG.info("run %s layer %s: index stops at seq %s (%s)", run_id, layer, seq, error)
             self._layers[key] = _STOPPED

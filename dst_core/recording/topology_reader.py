@@ -26,6 +26,7 @@ import os
 import sqlite3
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,9 @@ from dst_core.recording.masks import StoredDataError
 from dst_core.recording.reader import RunReader
 from dst_core.recording.store import FINAL_STATUSES, RunStore
 
+# Two threads count a layer's segments (see LayerTimeline.alive): the cold request of a big
+# layer is bound by gathering its growth history, and numpy gathers without the GIL.
+COUNTING = ThreadPoolExecutor(max_workers=2, thread_name_prefix="topology-count")
 ANSWERS_PER_LAYER = 64  # rewires answered lately, kept: scrubbing back and forth is free
 DEFAULT_CACHE_MB = int(os.environ.get("SPARSESCOPE_TOPOLOGY_CACHE_MB", "1024"))
 LOG = logging.getLogger(__name__)
@@ -183,7 +187,7 @@ class TopologyReader:
             if mask.shape != timeline.shape:
                 raise StoredDataError(f"layer {name!r} changes shape to {list(mask.shape)}")
         return {"layer": name, "index": index, "step": rewire_step,
-                "shape": list(timeline.shape), **degrees(mask), **timeline.at(rewire, mask),
+                "shape": list(timeline.shape), **degrees(mask), **timeline.at(rewire, mask, COUNTING.map),
                 "weights": self._weights(run_id, rewire_step, name)}
 
     def _weights(self, run_id: str, step: int, name: str) -> dict | None:
