@@ -82,6 +82,11 @@ def erdos_renyi_degrees(units: int, trials: int, active: int, total: int) -> lis
 
 
 # ---- weights at a rewire ----------------------------------------------------------------------
+def sample_stride(count: int) -> int:
+    """The stride of the evenly strided sample of at most QUANTILE_SAMPLE values."""
+    return max(1, -(-count // QUANTILE_SAMPLE))
+
+
 def magnitude_quantiles(values: torch.Tensor, count: int | None = None) -> dict:
     """{count, quantiles} of |values| at QUANTILE_LEVELS; quantiles None when empty.
 
@@ -93,8 +98,7 @@ def magnitude_quantiles(values: torch.Tensor, count: int | None = None) -> dict:
         count = int(flat.numel())
     if flat.numel() == 0:
         return {"count": int(count), "quantiles": None}
-    if flat.numel() > QUANTILE_SAMPLE:
-        flat = flat[:: -(-flat.numel() // QUANTILE_SAMPLE)]
+    flat = flat[::sample_stride(flat.numel())]
     # Linear interpolation between order statistics (torch.quantile's default), from one sort
     # and one gather: torch.quantile itself cost three times as much per call on a rewire.
     ordered = flat.abs().to(torch.float64).sort().values  # (n,)
@@ -110,11 +114,12 @@ def magnitude_quantiles(values: torch.Tensor, count: int | None = None) -> dict:
 
 def rewire_magnitudes(weight: torch.Tensor, mask: torch.Tensor, added: torch.Tensor,
                       dropped_values: torch.Tensor, grown_values: torch.Tensor,
-                      kept_count: int) -> dict:
+                      kept_count: int, dropped_count: int | None = None) -> dict:
     """Quantiles of |w| of the kept, dropped and grown connections of one rewire.
 
-    `dropped_values` are the dropped weights before they were zeroed, `grown_values` the
-    grown ones as installed; kept weights (active before and after) are read from a strided
+    `dropped_values` are the dropped weights before they were zeroed (or the strided sample
+    of them magnitude_quantiles takes, then `dropped_count` is how many were dropped),
+    `grown_values` the grown ones as installed; kept weights (active before and after) are read from a strided
     sample of positions, so this costs about QUANTILE_SAMPLE reads, not a pass over the layer."""
     flat_weight = weight.detach().reshape(-1)
     stride = max(1, kept_count // QUANTILE_SAMPLE) | 1  # odd: less aliasing with rows
@@ -122,7 +127,7 @@ def rewire_magnitudes(weight: torch.Tensor, mask: torch.Tensor, added: torch.Ten
     kept = mask.reshape(-1)[positions] & ~added.reshape(-1)[positions]  # (P,) bool
     return {"levels": list(QUANTILE_LEVELS),
             "kept": magnitude_quantiles(flat_weight[positions][kept], count=kept_count),
-            "dropped": magnitude_quantiles(dropped_values),
+            "dropped": magnitude_quantiles(dropped_values, count=dropped_count),
             "grown": magnitude_quantiles(grown_values)}
 
 

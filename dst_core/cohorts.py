@@ -407,18 +407,21 @@ class LayerIndexer:
 
     # ---- taking rewires ----------------------------------------------------------------------
     def take_changes(self, step: int, seq: int, added: np.ndarray, removed: np.ndarray,
-                     active: int | None = None) -> None:
+                     active: int | None = None, checked: bool = False) -> None:
         """The next rewire's net changes (flat indices; each list distinct). Nothing changes
         when they do not fit the layer (a ValueError names the list). `active`, the frame's
         own count of active connections, stands in for checking that every added connection
         was inactive when it agrees (an added one already active leaves the count short): a
-        writer pays for one gather fewer per rewire."""
+        writer pays for one gather fewer per rewire. `checked`: the lists are known ascending
+        and distinct (the store checked them), so they are not checked again."""
         if self.pending.steps and step < self.pending.steps[-1] or step < 0:
             raise ValueError(f"step: {step} goes back before "
                              f"{self.pending.steps[-1] if self.pending.steps else 0}")
         added = np.asarray(added).reshape(-1).astype(np.int64, copy=False)
         removed = np.asarray(removed).reshape(-1).astype(np.int64, copy=False)
-        added, removed = _sorted_distinct(added, "added"), _sorted_distinct(removed, "removed")
+        if not checked:
+            added = _sorted_distinct(added, "added")
+            removed = _sorted_distinct(removed, "removed")
         numel = self.numel
         for name, indices in (("added", added), ("removed", removed)):
             if indices.size and (indices[0] < 0 or indices[-1] >= numel):

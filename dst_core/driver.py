@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from dst_core import distributed
-from dst_core.analytics import rewire_magnitudes
+from dst_core.analytics import rewire_magnitudes, sample_stride
 from dst_core.density import DISTRIBUTIONS, layer_densities
 from dst_core.rewire import get_algorithm
 from dst_core.schedules import RewireSchedule
@@ -516,10 +516,13 @@ class SparseDriver:
             if reset_state else []
         magnitudes = None
         if self.listeners:  # before the dropped weights are zeroed
+            # Only the strided sample the quantiles use is read (magnitude_quantiles).
+            sampled = removed_index[::sample_stride(removed_index.numel())]
             dropped_values = (flat_weight if flat_weight is not None
-                              else weight.reshape(-1))[removed_index]
+                              else weight.reshape(-1))[sampled]
             magnitudes = rewire_magnitudes(weight, mask, added, dropped_values, fresh,
-                                           count_true(mask) - added_index.numel())
+                                           count_true(mask) - added_index.numel(),
+                                           dropped_count=removed_index.numel())
         if flat_weight is not None:
             flat_weight.index_fill_(0, removed_index, 0.0)
             flat_weight.index_copy_(0, added_index, fresh)

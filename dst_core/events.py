@@ -62,9 +62,19 @@ def decode_indices(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype="<u4").astype(np.int64)
 
 
-def keyframe_payload(layer: str, index: int, shape, mask: torch.Tensor) -> dict:
-    return {"layer": layer, "index": index, "shape": matrix_shape(tuple(shape)),
-            "keyframe": True, "active": int(mask.sum()), "bits": packed_bits(mask)}
+# A keyframe written at a rewire also carries that rewire's net changes, in process only, under
+# this key: the store's cohort index takes them instead of diffing the whole mask. Never
+# stored or sent (the store keeps the header fields, a remote writer drops it).
+LOCAL_CHANGES = "_changes"
+
+
+def keyframe_payload(layer: str, index: int, shape, mask: torch.Tensor,
+                     changes: tuple | None = None) -> dict:
+    payload = {"layer": layer, "index": index, "shape": matrix_shape(tuple(shape)),
+               "keyframe": True, "active": int(mask.sum()), "bits": packed_bits(mask)}
+    if changes is not None:
+        payload[LOCAL_CHANGES] = (index_array(changes[0]), index_array(changes[1]))
+    return payload
 
 
 def delta_payload(layer: str, index: int, shape, added, removed, active: int) -> dict:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from dst_core.driver import LayerChange, SparseDriver
 from dst_core.events import EventSink, delta_payload, keyframe_payload, matrix_shape
 from dst_core.recording.codec import layer_kind
+
+EMPTY = np.zeros(0, dtype="<u4")
 
 
 class TopologyEmitter:
@@ -16,10 +20,13 @@ class TopologyEmitter:
         self.keyframe_every = keyframe_every
         self.rewires = 0
 
-    def keyframes(self, step: int) -> None:
+    def keyframes(self, step: int, changes: list[LayerChange] = ()) -> None:
+        by_layer = {change.layer: (change.added, change.removed) for change in changes}
         for index, layer in enumerate(self.driver.layers):
+            # A layer the rewire left out has no changes: an empty pair says so.
+            found = by_layer.get(layer.name, (EMPTY, EMPTY)) if changes else None
             self.sink.emit("topology", step, keyframe_payload(layer.name, index, layer.shape,
-                                                              layer.mask))
+                                                              layer.mask, found))
 
     def __call__(self, changes: list[LayerChange]) -> None:
         self.rewires += 1
@@ -35,7 +42,7 @@ class TopologyEmitter:
             "itop_rate": self.driver.itop_rate(),
         })
         if self.rewires % self.keyframe_every == 0:
-            self.keyframes(step)
+            self.keyframes(step, changes)
             return
         # A rewire may leave layers out (a dense layer, one SNFS gave nothing to move): the
         # frame's index is the layer's own, never its position in `changes`.

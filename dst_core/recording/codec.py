@@ -74,7 +74,9 @@ def decode_keyframe(blob: bytes, numel: int) -> bytes:
 
 # ---- deltas ------------------------------------------------------------------------------------
 def _gaps(indices: np.ndarray) -> np.ndarray:
-    indices = np.asarray(indices, dtype=np.int64)  # (N,) sorted flat indices
+    indices = np.asarray(indices)  # (N,) sorted flat indices below 2**32
+    if indices.dtype != np.dtype("<u4"):
+        indices = indices.astype(np.int64)
     gaps = np.empty(indices.shape, dtype="<u4")
     if indices.size:
         gaps[0] = indices[0]
@@ -85,10 +87,14 @@ def _gaps(indices: np.ndarray) -> np.ndarray:
 def encode_delta(added: np.ndarray, removed: np.ndarray) -> bytes:
     """Sorted added and removed flat indices → one blob: counts, tag SPLIT, the gaps' low
     bytes, then their three high byte planes zlib'd."""
-    gaps = np.concatenate([_gaps(added), _gaps(removed)])  # (A + R,) uint32
+    return _encode_gaps(_gaps(added), _gaps(removed))
+
+
+def _encode_gaps(added_gaps: np.ndarray, removed_gaps: np.ndarray) -> bytes:
+    gaps = np.concatenate([added_gaps, removed_gaps])  # (A + R,) uint32
     planes = gaps.view(np.uint8).reshape(-1, 4).T  # (4, A + R): low bytes first
     low, high = planes[0].tobytes(), planes[1:].tobytes()
-    return (struct.pack("<II", len(added), len(removed)) + bytes([SPLIT]) + low
+    return (struct.pack("<II", len(added_gaps), len(removed_gaps)) + bytes([SPLIT]) + low
             + zlib.compress(high, ZLIB_LEVEL))
 
 
@@ -168,11 +174,17 @@ def payload_to_stored(payload: dict) -> tuple[dict, bytes]:
         if isinstance(error, FrameError):
             raise
         raise FrameError(f"frame: bad base64 data ({error})") from None
+    gaps = []
     for name, indices in (("added", added), ("removed", removed)):
-        if indices.size and (indices[-1] >= numel or (np.diff(indices.astype(np.int64)) <= 0).any()):
+        steps = _gaps(indices)  # (N,) uint32: a list that is not ascending wraps around
+        # Ascending and distinct <=> every gap but the first is positive and the gaps add up
+        # to the last index (a step down wraps to a huge gap and overshoots the sum).
+        if indices.size and (indices[-1] >= numel or not steps[1:].all()
+                             or int(steps.sum(dtype=np.uint64)) != int(indices[-1])):
             raise FrameError(f"frame: {name} must be sorted distinct indices below {numel}")
+        gaps.append(steps)
     header.update(n_added=int(added.size), n_removed=int(removed.size))
-    return header, encode_delta(added, removed)
+    return header, _encode_gaps(*gaps)
 
 
 def payload_changes(payload: dict) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:

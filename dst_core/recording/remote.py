@@ -24,6 +24,7 @@ import warnings
 from collections import deque
 from pathlib import Path
 
+from dst_core.events import LOCAL_CHANGES
 from dst_core.recording.store import dumps
 
 log = logging.getLogger("sparsescope.remote")
@@ -142,6 +143,7 @@ class RemoteWriter:
         self._raise_if_gave_up()
         wire = []
         for event_type, step, payload in events:
+            payload = {key: value for key, value in payload.items() if key != LOCAL_CHANGES}
             wire.append({**payload, "seq": self.next_seq, "step": int(step), "type": event_type})
             self.next_seq += 1
         if not wire:

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from dst_core.cohorts import IndexFormatError, LayerIndexer, Segment
+from dst_core.events import LOCAL_CHANGES
 from dst_core.recording import codec
 
 LOG = logging.getLogger(__name__)
@@ -93,9 +94,10 @@ def stored_frames(db: sqlite3.Connection, run_id: str, layer: int, after_seq: in
 
 def take(indexer: LayerIndexer | None, seq: int, step: int, shape: tuple[int, int],
          mask: np.ndarray | None, added: np.ndarray, removed: np.ndarray,
-         active: int | None = None) -> LayerIndexer:
+         active: int | None = None, checked: bool = False) -> LayerIndexer:
     """One frame into a layer's indexer (the first frame, a keyframe, starts it). ValueError
-    when the frame does not fit the history."""
+    when the frame does not fit the history. `checked`: the lists are known ascending and
+    distinct (the store checked them on the way in)."""
     if indexer is None:
         if mask is None:
             raise codec.FrameError("the layer's first frame is a delta, not a keyframe")
@@ -105,7 +107,7 @@ def take(indexer: LayerIndexer | None, seq: int, step: int, shape: tuple[int, in
     if mask is not None:
         indexer.take_mask(step, seq, mask)
     else:
-        indexer.take_changes(step, seq, added, removed, active)
+        indexer.take_changes(step, seq, added, removed, active, checked=checked)
     return indexer
 
 
@@ -147,9 +149,13 @@ class IndexWriter:
             return
         shape = (int(payload["shape"][0]), int(payload["shape"][1]))
         try:
-            mask, added, removed = codec.payload_changes(payload)
+            changes = payload.get(LOCAL_CHANGES) if indexer is not None else None
+            if changes is not None:  # a keyframe of a rewire: its changes, not a mask diff
+                mask, (added, removed), checked = None, changes, False
+            else:
+                (mask, added, removed), checked = codec.payload_changes(payload), True
             indexer = take(indexer, seq, step, shape, mask, added, removed,
-                           int(payload["active"]))
+                           int(payload["active"]), checked)
         except (ValueError, KeyError, TypeError) as error:
             LOG.info("run %s layer %s: index stops at seq %s (%s)", run_id, layer, seq, error)
             self._layers[key] = _STOPPED

@@ -10,8 +10,7 @@ import torch
 
 from dst_core import SparseDriver
 from dst_core.events import delta_payload, keyframe_payload
-from dst_core.recording import Recorder, RunReader
-from dst_core.recording import topology_index
+from dst_core.recording import Recorder, RunReader, topology_index
 from dst_core.recording.store import RunStore
 from dst_core.recording.topology_reader import CACHE, linear_chains
 from tests.dst_core.test_analytics import brute_chain, brute_degrees, brute_history

@@ -124,8 +124,7 @@ def check_history(masks: list[np.ndarray], keyframe_every: int = 0) -> LayerTime
     if segments:
         resumed = LayerIndexer.resume(segments[0], segments[-1])
         for rewire in range(segments[-1].last + 1, len(masks)):
-            flat_prev, flat = masks[rewire - 1].reshape(-1), masks[rewire].reshape(-1)
-            resumed.take_mask(10 * rewire, rewire + 1, flat)
+            resumed.take_mask(10 * rewire, rewire + 1, masks[rewire].reshape(-1))
         check_timeline(LayerTimeline(segments, resumed), masks)
     last = indexer.cut()
     ended = LayerTimeline(segments + ([stored(last)] if last else []), None)
