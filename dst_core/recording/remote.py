@@ -42,6 +42,12 @@ class _Fatal(Exception):
     pass
 
 
+def wire_event(event_type: str, step: int, payload: dict, seq: int) -> dict:
+    """One event as the ingest endpoint takes it (in-process-only fields left out)."""
+    payload = {key: value for key, value in payload.items() if key != LOCAL_CHANGES}
+    return {**payload, "seq": seq, "step": int(step), "type": event_type}
+
+
 class RemoteWriter:
     """Sends one run's events to a server; spools and retries while it is unreachable."""
 
@@ -143,8 +149,7 @@ class RemoteWriter:
         self._raise_if_gave_up()
         wire = []
         for event_type, step, payload in events:
-            payload = {key: value for key, value in payload.items() if key != LOCAL_CHANGES}
-            wire.append({**payload, "seq": self.next_seq, "step": int(step), "type": event_type})
+            wire.append(wire_event(event_type, step, payload, self.next_seq))
             self.next_seq += 1
         if not wire:
             return

@@ -414,3 +414,30 @@ def test_ingested_frames_are_indexed_by_the_server(client):
                                   "status": "completed"}])
     assert index_rows(store, run_id) == {0: [(0, 5)]}
     check_against_brute_force(client, run_id)
+
+
+def test_a_rewire_keyframe_is_indexed_from_its_changes_and_never_sends_them(client, monkeypatch):
+    """The driver's keyframes at a rewire carry that rewire's changes in process: the index
+    takes them (no whole-mask diff) and answers exactly; a remote writer strips them."""
+    from dst_core import cohorts
+    from dst_core.events import LOCAL_CHANGES
+    from dst_core.recording.remote import wire_event
+
+    diffs = {"count": 0}
+    original = cohorts.LayerIndexer.take_mask
+
+    def counting(self, *args, **kwargs):
+        diffs["count"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cohorts.LayerIndexer, "take_mask", counting)
+    CACHE.clear()
+    store = client.app.state.store
+    run_id = record_training_run(store.data_dir, "set", rewires=9)  # keyframe every 4 rewires
+    assert diffs["count"] == 0
+    check_against_brute_force(client, run_id)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    payload = keyframe_payload("w", 0, (2, 3), mask, (np.array([1]), np.array([], int)))
+    assert LOCAL_CHANGES in payload
+    sent = wire_event("topology", 4, payload, seq=7)
+    assert LOCAL_CHANGES not in sent and sent["bits"] is payload["bits"] and sent["seq"] == 7

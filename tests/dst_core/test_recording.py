@@ -76,6 +76,19 @@ def test_deltas_stored_by_older_versions_still_decode():
     assert np.array_equal(codec.decode_delta(codec.encode_delta(added, removed), 1 << 20)[0], added)
 
 
+@pytest.mark.parametrize("indices", [[5, 3], [3, 3], [0, 7, 7], [1, 2, 1000], [2**31, 5, 2**31 + 9]])
+def test_a_delta_that_is_not_ascending_and_distinct_is_refused(indices):
+    """The store checks a delta's lists from their own gaps: a step down wraps round and is
+    caught by the gaps' sum, a repeat by a zero gap, an index past the layer by its end."""
+    payload = delta_payload("w", 0, (10, 100), np.array(indices), np.array([], int), 3)
+    with pytest.raises(codec.FrameError, match="sorted distinct"):
+        codec.payload_to_stored(payload)
+    fine = delta_payload("w", 0, (10, 100), np.array([0, 7, 999]), np.array([3]), 3)
+    header, blob = codec.payload_to_stored(fine)
+    added, removed = codec.decode_delta(blob, 1000)
+    assert added.tolist() == [0, 7, 999] and removed.tolist() == [3]
+
+
 def test_corrupted_frames_are_rejected():
     added = np.arange(0, 1000, 3, dtype="<u4")
     blob = codec.encode_delta(added, added[:5])
