@@ -94,22 +94,24 @@ def magnitude_quantiles(values: torch.Tensor, count: int | None = None) -> dict:
     values are in index order, so the stride spreads it over the whole layer). `count`
     is the size of the population when `values` is already a sample of it."""
     flat = values.detach().reshape(-1)
-    if count is None:
-        count = int(flat.numel())
-    if flat.numel() == 0:
-        return {"count": int(count), "quantiles": None}
-    flat = flat[::sample_stride(flat.numel())]
-    # Linear interpolation between order statistics (torch.quantile's default), from one sort
-    # and one gather: torch.quantile itself cost three times as much per call on a rewire.
-    ordered = flat.abs().to(torch.float64).sort().values  # (n,)
-    positions = [level * (ordered.numel() - 1) for level in QUANTILE_LEVELS]
-    lows = [int(position) for position in positions]
-    ends = ordered[torch.tensor(lows + [min(low + 1, ordered.numel() - 1) for low in lows],
-                                device=ordered.device)].tolist()
-    below, above = ends[:len(lows)], ends[len(lows):]
-    return {"count": int(count),
-            "quantiles": [a + (b - a) * (position - low) for a, b, position, low
-                          in zip(below, above, positions, lows, strict=True)]}
+    sample = flat[::sample_stride(flat.numel())]
+    return _quantiles(sample.cpu().to(torch.float64).numpy(),
+                      int(flat.numel()) if count is None else int(count))
+
+
+def _quantiles(sample: np.ndarray, count: int) -> dict:
+    """Linear interpolation between order statistics (numpy's and torch.quantile's default)
+    of |sample|, from one sort: at most QUANTILE_SAMPLE values, so numpy on the CPU beats
+    a dozen small torch kernels per call."""
+    if sample.size == 0:
+        return {"count": count, "quantiles": None}
+    ordered = np.sort(np.abs(sample))  # (n,) float64
+    positions = np.asarray(QUANTILE_LEVELS) * (ordered.size - 1)
+    lows = positions.astype(np.int64)
+    highs = np.minimum(lows + 1, ordered.size - 1)
+    below, above = ordered[lows], ordered[highs]
+    return {"count": count,
+            "quantiles": (below + (above - below) * (positions - lows)).tolist()}
 
 
 def rewire_magnitudes(weight: torch.Tensor, mask: torch.Tensor, added: torch.Tensor,
@@ -119,16 +121,25 @@ def rewire_magnitudes(weight: torch.Tensor, mask: torch.Tensor, added: torch.Ten
 
     `dropped_values` are the dropped weights before they were zeroed (or the strided sample
     of them magnitude_quantiles takes, then `dropped_count` is how many were dropped),
-    `grown_values` the grown ones as installed; kept weights (active before and after) are read from a strided
-    sample of positions, so this costs about QUANTILE_SAMPLE reads, not a pass over the layer."""
+    `grown_values` the grown ones as installed; kept weights (active before and after) are
+    read from a strided sample of positions, so this costs about QUANTILE_SAMPLE reads, not a
+    pass over the layer. The three samples cross to the CPU as one tensor (one sync on a GPU)."""
     flat_weight = weight.detach().reshape(-1)
     stride = max(1, kept_count // QUANTILE_SAMPLE) | 1  # odd: less aliasing with rows
     positions = torch.arange(0, flat_weight.numel(), stride, device=flat_weight.device)
     kept = mask.reshape(-1)[positions] & ~added.reshape(-1)[positions]  # (P,) bool
+    dropped_values, grown_values = dropped_values.detach().reshape(-1), grown_values.detach()
+    samples = [flat_weight[positions][kept], dropped_values, grown_values.reshape(-1)]
+    samples = [values[::sample_stride(values.numel())] for values in samples]
+    joined = torch.cat([values.to(flat_weight.dtype) for values in samples])
+    kept_part, dropped_part, grown_part = np.split(
+        joined.cpu().to(torch.float64).numpy(),
+        np.cumsum([samples[0].numel(), samples[1].numel()]))
     return {"levels": list(QUANTILE_LEVELS),
-            "kept": magnitude_quantiles(flat_weight[positions][kept], count=kept_count),
-            "dropped": magnitude_quantiles(dropped_values, count=dropped_count),
-            "grown": magnitude_quantiles(grown_values)}
+            "kept": _quantiles(kept_part, int(kept_count)),
+            "dropped": _quantiles(dropped_part, int(dropped_values.numel() if dropped_count is None
+                                                    else dropped_count)),
+            "grown": _quantiles(grown_part, int(grown_values.numel()))}
 
 
 # ---- chains of Linear layers --------------------------------------------------------------------

@@ -514,6 +514,7 @@ class SparseDriver:
         states = [value for value in self.optimizer.state.get(weight, {}).values()
                   if isinstance(value, torch.Tensor) and value.shape == weight.shape] \
             if reset_state else []
+        active_after = count_true(mask)  # counted once: the magnitudes and the change use it
         magnitudes = None
         if self.listeners:  # before the dropped weights are zeroed
             # Only the strided sample the quantiles use is read (magnitude_quantiles).
@@ -521,7 +522,7 @@ class SparseDriver:
             dropped_values = (flat_weight if flat_weight is not None
                               else weight.reshape(-1))[sampled]
             magnitudes = rewire_magnitudes(weight, mask, added, dropped_values, fresh,
-                                           count_true(mask) - added_index.numel(),
+                                           active_after - added_index.numel(),
                                            dropped_count=removed_index.numel())
         if flat_weight is not None:
             flat_weight.index_fill_(0, removed_index, 0.0)
@@ -537,7 +538,7 @@ class SparseDriver:
                 value.masked_fill_(added | removed, 0.0)
         layer.mask = mask
         layer.ever_active |= mask
-        change = self._change(layer, added_index, removed_index)
+        change = self._change(layer, added_index, removed_index, active_after)
         change.weights = magnitudes
         return change
 
@@ -548,9 +549,11 @@ class SparseDriver:
                             flat_nonzero(removed.reshape(-1)))
 
     def _change(self, layer: MaskedLayer, added_index: torch.Tensor,
-                removed_index: torch.Tensor) -> LayerChange:
+                removed_index: torch.Tensor, active_count: int | None = None) -> LayerChange:
         return LayerChange(layer=layer.name, step=self.step_count, added=added_index.cpu(),
-                           removed=removed_index.cpu(), active_count=layer.active_count,
+                           removed=removed_index.cpu(),
+                           active_count=layer.active_count if active_count is None
+                           else active_count,
                            numel=layer.mask.numel())
 
     # ---- metrics ----------------------------------------------------------------------

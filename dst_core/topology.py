@@ -19,6 +19,7 @@ class TopologyEmitter:
         self.sink = sink
         self.keyframe_every = keyframe_every
         self.rewires = 0
+        self.itop_rate = driver.itop_rate()  # as of the latest rewire (a pass over every layer)
 
     def keyframes(self, step: int, changes: list[LayerChange] = ()) -> None:
         by_layer = {change.layer: (change.added, change.removed) for change in changes}
@@ -31,6 +32,7 @@ class TopologyEmitter:
     def __call__(self, changes: list[LayerChange]) -> None:
         self.rewires += 1
         step = changes[0].step if changes else self.driver.step_count
+        self.itop_rate = self.driver.itop_rate()
         self.sink.emit("rewire", step, {
             "drop_fraction": self.driver.schedule.fraction_at(step),
             "layers": {c.layer: {"added": int(c.added.numel()), "removed": int(c.removed.numel()),
@@ -39,7 +41,7 @@ class TopologyEmitter:
                        for c in changes},
             "turnover": sum(int(c.added.numel()) for c in changes)
             / max(1, sum(c.active_count for c in changes)),
-            "itop_rate": self.driver.itop_rate(),
+            "itop_rate": self.itop_rate,
         })
         if self.rewires % self.keyframe_every == 0:
             self.keyframes(step, changes)

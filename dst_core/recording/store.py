@@ -143,7 +143,8 @@ def retry_locked(action: Callable[[], object], timeout_s: float = LOCKED_RETRY_S
         pause_s = min(0.25, pause_s * 2)
 
 
-def connect(path: str | Path, *, read_only: bool = False) -> sqlite3.Connection:
+def connect(path: str | Path, *, read_only: bool = False,
+            autocheckpoint: bool = True) -> sqlite3.Connection:
     if read_only:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
                                check_same_thread=False)
@@ -154,6 +155,8 @@ def connect(path: str | Path, *, read_only: bool = False) -> sqlite3.Connection:
         conn.execute(f"PRAGMA busy_timeout={int(LOCKED_RETRY_S * 1000)}")  # before anything
         retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone())
         conn.execute("PRAGMA synchronous=NORMAL")
+        if not autocheckpoint:  # RunStore.checkpoint() is called from elsewhere instead
+            conn.execute("PRAGMA wal_autocheckpoint=0")
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -196,8 +199,13 @@ class RunStore:
     """Thread-safe handle on a data folder's run database (one connection per thread)."""
 
     def __init__(self, data_dir: str | Path, *, file_name: str = DB_NAME,
-                 max_frame_elements: int = codec.MAX_FRAME_ELEMENTS):
+                 max_frame_elements: int = codec.MAX_FRAME_ELEMENTS,
+                 autocheckpoint: bool = True):
         self.data_dir = Path(data_dir)
+        # False: a commit never copies the WAL into the file (and fsyncs both) on the
+        # committing thread; the owner calls checkpoint() from a thread that can wait (the
+        # recorder's heartbeat), so a training step does not stall on the disk.
+        self.autocheckpoint = autocheckpoint
         # A topology frame's rows × cols is refused above this before anything is decoded
         # (the server passes SPARSESCOPE_MAX_PARAMETERS: no frame is larger than a model).
         self.max_frame_elements = max_frame_elements
@@ -219,7 +227,7 @@ class RunStore:
     def db(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect(self.path)
+            conn = connect(self.path, autocheckpoint=self.autocheckpoint)
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)
@@ -227,6 +235,11 @@ class RunStore:
 
     def _write(self):
         return _Transaction(self.db)
+
+    def checkpoint(self) -> None:
+        """Copy the committed WAL into the database file; PASSIVE never waits for a reader
+        or a writer (what it cannot copy now, the next call does)."""
+        self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
