@@ -178,18 +178,28 @@ def train_steps(steps: int, record_dir: Path | None, interval_steps: int) -> dic
 
 
 def overhead(steps: int, interval_steps: int, rounds: int) -> dict:
+    """Plain and recorded training in pairs, each pair run back to back (the order alternates
+    between rounds): a shared machine's drift hits both halves of a pair alike, so the
+    overhead is the median of the pairs' ratios, not a ratio of medians."""
     plain, recorded = [], []
     with tempfile.TemporaryDirectory() as folder:
-        for round_index in range(rounds):  # alternate, so drift of a shared machine cancels out
-            plain.append(train_steps(steps, None, interval_steps))
-            recorded.append(train_steps(steps, Path(folder) / str(round_index), interval_steps))
+        for round_index in range(rounds):
+            pair = [lambda: plain.append(train_steps(steps, None, interval_steps)),
+                    lambda: recorded.append(train_steps(steps, Path(folder) / str(round_index),
+                                                        interval_steps))]
+            for run in (pair if round_index % 2 == 0 else pair[::-1]):
+                run()
+    ratios = [r["total_s"] / p["total_s"] for p, r in zip(plain, recorded, strict=True)]
     base = statistics.median(run["total_s"] for run in plain)
-    with_recorder = statistics.median(run["total_s"] for run in recorded)
     recorder_s = statistics.median(run["recorder_s"] for run in recorded)
     rewire_s = statistics.median(run["rewire_s"] for run in plain)
     fixed_s = statistics.median(run["setup_s"] + run["finish_s"] for run in recorded)
-    return {"steps": steps, "interval_steps": interval_steps, "plain_s": base,
-            "recorded_s": with_recorder, "overhead": with_recorder / base - 1,
+    return {"steps": steps, "interval_steps": interval_steps, "rounds": rounds,
+            "plain_s": base, "recorded_s": statistics.median(run["total_s"] for run in recorded),
+            "overhead": statistics.median(ratios) - 1,
+            "overhead_of_fastest": min(r["total_s"] for r in recorded)
+            / min(p["total_s"] for p in plain) - 1,
+            "pair_overheads": [ratio - 1 for ratio in ratios],
             "recorder_s": recorder_s, "rewire_s": rewire_s, "fixed_s": fixed_s,
             "recorder_share": recorder_s / base,
             "recorder_share_without_rewire_time": recorder_s / max(1e-9, base - rewire_s)}
@@ -259,13 +269,36 @@ def seek(total_steps: int, interval_steps: int, keyframe_every: int, probes: int
             "metrics_500_buckets_ms": 1e3 * metrics_s}
 
 
+def overhead_line(result: dict) -> str:
+    pairs = ", ".join(f"{100 * value:+.1f}%" for value in result["pair_overheads"])
+    return (f"recording overhead, 784-1024-1024-10 MLP, batch 128, SET d={DENSITY} rewired every "
+            f"{result['interval_steps']} steps, metrics every step, {result['steps']} steps: "
+            f"plain {result['plain_s']:.2f} s (of which rewires {result['rewire_s']:.2f} s), "
+            f"recorded {result['recorded_s']:.2f} s → end-to-end {100 * result['overhead']:.1f}% "
+            f"(median of {result['rounds']} back-to-back pairs: {pairs}; fastest recorded vs "
+            f"fastest plain {100 * result['overhead_of_fastest']:+.1f}%); time inside the "
+            f"recorder's per-step calls {result['recorder_s']:.3f} s = "
+            f"{100 * result['recorder_share']:.2f}% of training, "
+            f"{100 * result['recorder_share_without_rewire_time']:.2f}% if rewires were free "
+            f"(target ≤ 5%); once per run: creating + attaching + finishing the recorder "
+            f"{1e3 * result['fixed_s']:.0f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer steps")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="plain/recorded pairs of the overhead measure (default 5)")
+    parser.add_argument("--overhead-only", action="store_true",
+                        help="only the recording overhead (no frame sizes, no seek)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     sizes = [256, 1024] if args.quick else [256, 1024, 4096]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    if args.overhead_only:
+        result = overhead(60 if args.quick else 1000, 10, 1 if args.quick else args.rounds)
+        print(overhead_line(result) + "\n" + json.dumps(result, default=float))
+        return
 
     print("| layer | bool bytes | keyframe bytes | keyframe / bool (≤ 0.125) | changed edges | "
           "delta bytes | bytes / changed edge (≤ 4) |")
@@ -286,16 +319,8 @@ def main() -> None:
                   f"{row[f'binary_{kind}_ms']:.2f} |")
 
     steps = 60 if args.quick else 1000
-    result = overhead(steps, interval_steps=10, rounds=1 if args.quick else 3)
-    print(f"\nrecording overhead, 784-1024-1024-10 MLP, batch 128, SET d={DENSITY} rewired every "
-          f"{result['interval_steps']} steps, metrics every step, {result['steps']} steps: "
-          f"plain {result['plain_s']:.2f} s (of which rewires {result['rewire_s']:.2f} s), "
-          f"recorded {result['recorded_s']:.2f} s → end-to-end {100 * result['overhead']:.1f}% "
-          f"(median of alternating rounds); time inside the recorder's per-step calls "
-          f"{result['recorder_s']:.3f} s = {100 * result['recorder_share']:.2f}% of training, "
-          f"{100 * result['recorder_share_without_rewire_time']:.2f}% if rewires were free "
-          f"(target ≤ 5%); once per run: creating + attaching + finishing the recorder "
-          f"{1e3 * result['fixed_s']:.0f} ms")
+    result = overhead(steps, interval_steps=10, rounds=1 if args.quick else args.rounds)
+    print("\n" + overhead_line(result))
 
     total = 2_000 if args.quick else 10_000
     seek_result = seek(total, interval_steps=10, keyframe_every=10, probes=50)
