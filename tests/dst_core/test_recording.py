@@ -349,6 +349,31 @@ def test_recorder_ends_runs_with_the_right_status_and_beats(tmp_path):
         Recorder(tmp_path, run_id="0000000000000000")
 
 
+def test_the_heartbeat_thread_checkpoints_the_wal_not_the_training_thread(tmp_path):
+    """A commit on the training thread never copies the WAL into the file (a checkpoint
+    fsyncs); the heartbeat does, and finish() leaves the file whole."""
+    with Recorder(tmp_path / "plain", name="no beat", heartbeat_s=0) as recorder:
+        assert recorder.store.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] > 0
+    recorder = Recorder(tmp_path, name="beats", heartbeat_s=3600)  # no beat during the test
+    db_file = recorder.store.path
+    assert recorder.store.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    before = db_file.stat().st_size
+    rng = np.random.default_rng(0)
+    for step in range(1, 200):  # ~4 MB of frames: past the 1,000 pages that autocheckpoint
+        recorder.emit("topology", step, keyframe_payload(
+            "w", 0, (256, 1024), torch.from_numpy(rng.random((256, 1024)) < 0.5)))
+        recorder.flush()
+    assert db_file.stat().st_size == before  # everything is still in the WAL
+    recorder.writer.heartbeat()
+    grown = db_file.stat().st_size
+    assert grown > before + 2_000_000
+    recorder.emit("metrics", 200, {"loss": 1.0})
+    recorder.finish("completed")
+    reader = RunStore(tmp_path)
+    assert reader.get_run(recorder.run_id)["status"] == "completed"
+    assert len(reader.frame_steps(recorder.run_id)) == 199
+
+
 def test_an_event_left_buffered_by_a_paused_loop_is_stored_within_the_flush_interval(tmp_path):
     """A script logs an eval and then pauses (a long validation, a checkpoint): nothing else
     is emitted that would flush it, yet a reader sees it without waiting for the run to go on."""
