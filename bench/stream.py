@@ -1,6 +1,6 @@
 """Recording and streaming benchmark: frame sizes, binary vs JSON, recording overhead, seek.
 
-    .venv/bin/python bench/stream.py [--quick]
+    .venv/bin/python bench/stream.py [--quick] [--rounds N] [--overhead-only]
 
 Targets: keyframe <= 1/8 of the bool mask's bytes, delta <= 4 bytes per changed
 edge, recording overhead <= 5% of training time for a 784-1024-1024-10 MLP, seek <= 200 ms
