@@ -349,6 +349,46 @@ def test_recorder_ends_runs_with_the_right_status_and_beats(tmp_path):
         Recorder(tmp_path, run_id="0000000000000000")
 
 
+@pytest.mark.parametrize("method", ["snfs", "set"])
+def test_logged_densities_and_itop_follow_the_driver_on_a_conv_net(tmp_path, method):
+    """The recorder keeps per-layer counts from each rewire's changes instead of recounting
+    every mask: what it stores must still equal the driver's own recount, on a ResNet-shaped
+    net (conv + BatchNorm) and with SNFS, which moves density between layers."""
+    def block(channels):
+        return [torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+                torch.nn.BatchNorm2d(channels), torch.nn.ReLU()]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                *[part for _ in range(6) for part in block(8)],
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(8, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    driver = SparseDriver(model, optimizer, method=method, density=0.3, total_steps=40,
+                          interval_steps=4, distribution="erk")
+    expected = {}
+    with Recorder(tmp_path, name=method, heartbeat_s=0) as recorder:
+        recorder.attach(driver)
+        for step in range(1, 21):
+            loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 8, 8)),
+                                                     torch.randint(0, 10, (4,)))
+            optimizer.zero_grad()
+            loss.backward()
+            driver.step()
+            recorder.log(step, loss=loss.item())
+            expected[step] = (driver.global_density(), driver.densities(), driver.itop_rate())
+    metrics = [e for e in RunStore(tmp_path).read_events(recorder.run_id, limit=1000)
+               if e["type"] == "metrics"]
+    assert len(metrics) == 20
+    if method == "snfs":  # the total stays, layers' shares move: the case a stale count misses
+        assert metrics[-1]["layer_density"] != metrics[0]["layer_density"]
+    for event in metrics:
+        density, layers, itop = expected[event["step"]]
+        assert event["density"] == pytest.approx(density, abs=1e-12)
+        assert event["itop_rate"] == pytest.approx(itop, abs=1e-12)
+        assert event["layer_density"] == pytest.approx(layers, abs=1e-12)
+    assert metrics[-1]["itop_rate"] > metrics[0]["itop_rate"]  # rewires happened
+
+
 def test_the_heartbeat_thread_checkpoints_the_wal_not_the_training_thread(tmp_path):
     """A commit on the training thread never copies the WAL into the file (a checkpoint
     fsyncs); the heartbeat does, and finish() leaves the file whole."""
