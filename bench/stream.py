@@ -1,6 +1,6 @@
 """Recording and streaming benchmark: frame sizes, binary vs JSON, recording overhead, seek.
 
-    .venv/bin/python bench/stream.py [--quick] [--rounds N] [--overhead-only]
+    .venv/bin/python bench/stream.py [--quick] [--steps N] [--overhead-only]
 
 Targets: keyframe <= 1/8 of the bool mask's bytes, delta <= 4 bytes per changed
 edge, recording overhead <= 5% of training time for a 784-1024-1024-10 MLP, seek <= 200 ms
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import copy
 import json
 import statistics
 import sys
@@ -129,80 +130,133 @@ def mlp() -> torch.nn.Module:
                                torch.nn.Linear(1024, 10))
 
 
-def train_steps(steps: int, record_dir: Path | None, interval_steps: int) -> dict:
-    """Seconds for `steps` training steps of the MLP, with or without a Recorder.
+class Trainer:
+    """The MLP's training, plain or recorded, stepped a chunk at a time so that the two can
+    take turns in one process (see `overhead`).
 
-    Also returns the seconds spent inside rewires (the engine's, not the recorder's) and
-    inside the recorder's own calls (listeners at each rewire, log, flushes)."""
-    torch.manual_seed(0)
-    model = mlp()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    driver = SparseDriver(model, optimizer, method="set", density=DENSITY, total_steps=steps * 10,
-                          interval_steps=interval_steps, distribution="uniform")
-    spent = {"rewire_s": 0.0, "recorder_s": 0.0, "setup_s": 0.0, "finish_s": 0.0}
+    Besides its own wall time it keeps the seconds spent inside rewires (the engine's, not
+    the recorder's) and inside the recorder's own calls (listeners at each rewire, log,
+    flushes)."""
 
-    def timed(function, key):
+    def __init__(self, total_steps: int, interval_steps: int, record_dir: Path | None):
+        torch.manual_seed(0)  # both trainers start from the same weights, masks and data
+        self.model = mlp()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.driver = SparseDriver(self.model, self.optimizer, method="set", density=DENSITY,
+                                   total_steps=total_steps * 10, interval_steps=interval_steps,
+                                   distribution="uniform")
+        self.x, self.y = torch.rand(128, 784), torch.randint(0, 10, (128,))
+        self.step = 0
+        self.spent = {"total_s": 0.0, "rewire_s": 0.0, "recorder_s": 0.0, "fixed_s": 0.0}
+        # The rewire runs inside the algorithm's after-step hook, timed on a copy of the
+        # registry's (shared, stateless) instance that is this driver's own.
+        algorithm = self.driver.algorithm = copy.copy(self.driver.algorithm)
+        algorithm.after_optimizer_step = self._timed(
+            type(algorithm).after_optimizer_step.__get__(algorithm), "rewire_s")
+        self.recorder = None
+        if record_dir is not None:
+            start = time.perf_counter()
+            self.recorder = Recorder(record_dir, name="overhead", heartbeat_s=2.0)
+            self.recorder.attach(self.driver)
+            self.driver.listeners[:] = [self._timed(listener, "recorder_s")
+                                        for listener in self.driver.listeners]
+            self.recorder.log = self._timed(self.recorder.log, "recorder_s")
+            self._charge(time.perf_counter() - start, fixed=True)
+
+    def _timed(self, function, key):
         def wrapper(*args, **kwargs):
             start = time.perf_counter()
             try:
                 return function(*args, **kwargs)
             finally:
-                spent[key] += time.perf_counter() - start
+                self.spent[key] += time.perf_counter() - start
         return wrapper
 
-    # The rewire runs inside the algorithm's after-step hook; timed on this driver's instance.
-    algorithm = driver.algorithm
-    algorithm.after_optimizer_step = timed(type(algorithm).after_optimizer_step.__get__(algorithm),
-                                           "rewire_s")
-    x, y = torch.rand(128, 784), torch.randint(0, 10, (128,))
-    recorder = None
-    start = time.perf_counter()
-    if record_dir is not None:
-        recorder = Recorder(record_dir, name="overhead", heartbeat_s=2.0)
-        recorder.attach(driver)
-        spent["setup_s"] = time.perf_counter() - start
-        driver.listeners[:] = [timed(listener, "recorder_s") for listener in driver.listeners]
-        recorder.log = timed(recorder.log, "recorder_s")
-    for step in range(1, steps + 1):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        driver.step()
-        if recorder is not None:
-            recorder.log(step, loss=loss.item())
-    if recorder is not None:
-        timed(recorder.finish, "finish_s")("completed")
-    total_s = time.perf_counter() - start
-    del algorithm.after_optimizer_step  # an algorithm instance may be shared between drivers
-    return {"total_s": total_s, **spent}
+    def _charge(self, seconds: float, fixed: bool = False) -> None:
+        self.spent["total_s"] += seconds
+        if fixed:
+            self.spent["fixed_s"] += seconds
+
+    def run(self, steps: int) -> None:
+        start = time.perf_counter()
+        model, optimizer, driver, recorder = self.model, self.optimizer, self.driver, self.recorder
+        for _ in range(steps):
+            self.step += 1
+            loss = torch.nn.functional.cross_entropy(model(self.x), self.y)
+            optimizer.zero_grad()
+            loss.backward()
+            driver.step()
+            if recorder is not None:
+                recorder.log(self.step, loss=loss.item())
+        self._charge(time.perf_counter() - start)
+
+    def finish(self) -> None:
+        if self.recorder is not None:
+            start = time.perf_counter()
+            self.recorder.finish("completed")
+            self._charge(time.perf_counter() - start, fixed=True)
+
+    def background_cpu_s(self) -> float:
+        """CPU seconds the recorder's heartbeat thread has used (Linux's schedstat; 0 where
+        it cannot be read)."""
+        thread = self.recorder._beat_thread if self.recorder is not None else None
+        if thread is None or thread.native_id is None:
+            return 0.0
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/schedstat") as file:
+                return int(file.read().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return 0.0
 
 
-def overhead(steps: int, interval_steps: int, rounds: int) -> dict:
-    """Plain and recorded training in pairs, each pair run back to back (the order alternates
-    between rounds): a shared machine's drift hits both halves of a pair alike, so the
-    overhead is the median of the pairs' ratios, not a ratio of medians."""
-    plain, recorded = [], []
+def overhead(steps: int, interval_steps: int, chunk_steps: int = 50) -> dict:
+    """Plain and recorded training of the same MLP, in one process, taking turns every
+    `chunk_steps` steps in the order ABBA ABBA …: a shared machine drifts by several percent
+    between runs seconds apart, and turns this short cancel that drift out.
+
+    What the recorder's heartbeat thread spends while the plain trainer has its turn
+    (checkpoints, heartbeats) is charged to the recorded one, so nothing it costs is hidden;
+    creating, attaching and finishing the recorder are charged too. The overhead is the
+    recorded trainer's total over the plain one's, minus 1; `block_overheads` are the same per
+    ABBA block, whose median shows how steady the figure is."""
+    chunk_steps = max(1, min(chunk_steps, steps))
     with tempfile.TemporaryDirectory() as folder:
-        for round_index in range(rounds):
-            pair = [lambda: plain.append(train_steps(steps, None, interval_steps)),
-                    lambda: recorded.append(train_steps(steps, Path(folder) / str(round_index),
-                                                        interval_steps))]
-            for run in (pair if round_index % 2 == 0 else pair[::-1]):
-                run()
-    ratios = [r["total_s"] / p["total_s"] for p, r in zip(plain, recorded, strict=True)]
-    base = statistics.median(run["total_s"] for run in plain)
-    recorder_s = statistics.median(run["recorder_s"] for run in recorded)
-    rewire_s = statistics.median(run["rewire_s"] for run in plain)
-    fixed_s = statistics.median(run["setup_s"] + run["finish_s"] for run in recorded)
-    return {"steps": steps, "interval_steps": interval_steps, "rounds": rounds,
-            "plain_s": base, "recorded_s": statistics.median(run["total_s"] for run in recorded),
-            "overhead": statistics.median(ratios) - 1,
-            "overhead_of_fastest": min(r["total_s"] for r in recorded)
-            / min(p["total_s"] for p in plain) - 1,
-            "pair_overheads": [ratio - 1 for ratio in ratios],
-            "recorder_s": recorder_s, "rewire_s": rewire_s, "fixed_s": fixed_s,
-            "recorder_share": recorder_s / base,
-            "recorder_share_without_rewire_time": recorder_s / max(1e-9, base - rewire_s)}
+        plain = Trainer(steps, interval_steps, None)
+        recorded = Trainer(steps, interval_steps, Path(folder) / "recorded")
+        blocks: list[tuple[float, float]] = []
+        background_during_plain = 0.0
+        done = 0
+        while done < steps:
+            block = [0.0, 0.0]  # plain, recorded seconds of this block
+            for trainer in (plain, recorded, recorded, plain):
+                count = min(chunk_steps, steps - trainer.step)
+                if count <= 0:
+                    continue
+                before_total = trainer.spent["total_s"]
+                before_background = recorded.background_cpu_s()
+                trainer.run(count)
+                if trainer is plain:
+                    charged = recorded.background_cpu_s() - before_background
+                    background_during_plain += charged
+                    recorded._charge(charged)
+                    block[1] += charged
+                block[trainer is recorded] += trainer.spent["total_s"] - before_total
+            blocks.append((block[0], block[1]))
+            done = min(plain.step, recorded.step)
+        recorded.finish()
+    plain_s, recorded_s = plain.spent["total_s"], recorded.spent["total_s"]
+    block_overheads = [b / a - 1 for a, b in blocks if a > 0]
+    return {"steps": steps, "interval_steps": interval_steps, "chunk_steps": chunk_steps,
+            "plain_s": plain_s, "recorded_s": recorded_s,
+            "overhead": recorded_s / plain_s - 1,
+            "block_overheads": block_overheads,
+            "block_median": statistics.median(block_overheads),
+            "background_charged_s": background_during_plain,
+            "recorder_s": recorded.spent["recorder_s"], "rewire_s": plain.spent["rewire_s"],
+            "fixed_s": recorded.spent["fixed_s"],
+            "recorder_share": recorded.spent["recorder_s"] / plain_s,
+            "recorder_share_without_rewire_time":
+                recorded.spent["recorder_s"] / max(1e-9, plain_s - plain.spent["rewire_s"])}
 
 
 class _Layer:
@@ -270,25 +324,28 @@ def seek(total_steps: int, interval_steps: int, keyframe_every: int, probes: int
 
 
 def overhead_line(result: dict) -> str:
-    pairs = ", ".join(f"{100 * value:+.1f}%" for value in result["pair_overheads"])
+    blocks = result["block_overheads"]
+    spread = (f"{100 * min(blocks):+.1f}% … {100 * max(blocks):+.1f}%" if blocks else "none")
     return (f"recording overhead, 784-1024-1024-10 MLP, batch 128, SET d={DENSITY} rewired every "
-            f"{result['interval_steps']} steps, metrics every step, {result['steps']} steps: "
+            f"{result['interval_steps']} steps, metrics every step, {result['steps']} steps each, "
+            f"plain and recorded taking turns every {result['chunk_steps']} steps (ABBA): "
             f"plain {result['plain_s']:.2f} s (of which rewires {result['rewire_s']:.2f} s), "
             f"recorded {result['recorded_s']:.2f} s → end-to-end {100 * result['overhead']:.1f}% "
-            f"(median of {result['rounds']} back-to-back pairs: {pairs}; fastest recorded vs "
-            f"fastest plain {100 * result['overhead_of_fastest']:+.1f}%); time inside the "
+            f"(target ≤ 5%; per block median {100 * result['block_median']:+.1f}%, range "
+            f"{spread}); charged to the recorded run: its heartbeat thread's CPU during the "
+            f"plain turns {result['background_charged_s']:.3f} s, creating + attaching + "
+            f"finishing the recorder {1e3 * result['fixed_s']:.0f} ms; time inside the "
             f"recorder's per-step calls {result['recorder_s']:.3f} s = "
             f"{100 * result['recorder_share']:.2f}% of training, "
-            f"{100 * result['recorder_share_without_rewire_time']:.2f}% if rewires were free "
-            f"(target ≤ 5%); once per run: creating + attaching + finishing the recorder "
-            f"{1e3 * result['fixed_s']:.0f} ms")
+            f"{100 * result['recorder_share_without_rewire_time']:.2f}% if rewires were free")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer steps")
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="plain/recorded pairs of the overhead measure (default 5)")
+    parser.add_argument("--steps", type=int, default=1000,
+                        help="training steps of each of the plain and recorded runs (default "
+                             "1000)")
     parser.add_argument("--overhead-only", action="store_true",
                         help="only the recording overhead (no frame sizes, no seek)")
     args = parser.parse_args()
@@ -296,7 +353,7 @@ def main() -> None:
     sizes = [256, 1024] if args.quick else [256, 1024, 4096]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     if args.overhead_only:
-        result = overhead(60 if args.quick else 1000, 10, 1 if args.quick else args.rounds)
+        result = overhead(60 if args.quick else args.steps, 10)
         print(overhead_line(result) + "\n" + json.dumps(result, default=float))
         return
 
@@ -318,8 +375,7 @@ def main() -> None:
                   f"{row[f'binary_{kind}_bytes']:,} | {row[f'json_{kind}_ms']:.2f} | "
                   f"{row[f'binary_{kind}_ms']:.2f} |")
 
-    steps = 60 if args.quick else 1000
-    result = overhead(steps, interval_steps=10, rounds=1 if args.quick else args.rounds)
+    result = overhead(60 if args.quick else args.steps, interval_steps=10)
     print("\n" + overhead_line(result))
 
     total = 2_000 if args.quick else 10_000

@@ -104,19 +104,22 @@ def magnitude_quantiles(values: torch.Tensor, count: int | None = None) -> dict:
                       int(flat.numel()) if count is None else int(count))
 
 
+_LEVELS = np.asarray(QUANTILE_LEVELS)
+
+
 def _quantiles(sample: np.ndarray, count: int) -> dict:
     """Linear interpolation between order statistics (numpy's and torch.quantile's default)
     of |sample|, from one sort: at most QUANTILE_SAMPLE values, so numpy on the CPU beats
-    a dozen small torch kernels per call."""
+    a dozen small torch kernels per call. The sort is in the sample's own dtype; only the
+    two order statistics around each level are interpolated in float64."""
     if sample.size == 0:
         return {"count": count, "quantiles": None}
-    ordered = np.sort(np.abs(sample))  # (n,) float64
-    positions = np.asarray(QUANTILE_LEVELS) * (ordered.size - 1)
+    ordered = np.sort(np.abs(sample))  # (n,)
+    positions = _LEVELS * (ordered.size - 1)  # (levels,)
     lows = positions.astype(np.int64)
-    highs = np.minimum(lows + 1, ordered.size - 1)
-    below, above = ordered[lows], ordered[highs]
-    return {"count": count,
-            "quantiles": (below + (above - below) * (positions - lows)).tolist()}
+    below = ordered[lows].astype(np.float64)
+    above = ordered[np.minimum(lows + 1, ordered.size - 1)].astype(np.float64)
+    return {"count": count, "quantiles": (below + (above - below) * (positions - lows)).tolist()}
 
 
 def rewire_magnitudes(weight: torch.Tensor, mask: torch.Tensor, added: torch.Tensor,
@@ -127,24 +130,29 @@ def rewire_magnitudes(weight: torch.Tensor, mask: torch.Tensor, added: torch.Ten
     `dropped_values` are the dropped weights before they were zeroed (or the strided sample
     of them magnitude_quantiles takes, then `dropped_count` is how many were dropped),
     `grown_values` the grown ones as installed; kept weights (active before and after) are
-    read from a strided sample of positions, so this costs about QUANTILE_SAMPLE reads, not a
-    pass over the layer. The three samples cross to the CPU as one tensor (one sync on a GPU)."""
+    read from a strided view of the layer, so this costs about QUANTILE_SAMPLE reads, not a
+    pass over the layer. A recorder asks for this at every rewire of every layer: it is a
+    handful of small kernels (each a few microseconds of dispatch) and one crossing to the
+    CPU for the three samples together (one sync on a GPU)."""
     flat_weight = weight.detach().reshape(-1)
     stride = max(1, kept_count // QUANTILE_SAMPLE) | 1  # odd: less aliasing with rows
-    positions = torch.arange(0, flat_weight.numel(), stride, device=flat_weight.device)
-    kept = mask.reshape(-1)[positions] & ~added.reshape(-1)[positions]  # (P,) bool
-    dropped_values, grown_values = dropped_values.detach().reshape(-1), grown_values.detach()
-    samples = [flat_weight[positions][kept], dropped_values, grown_values.reshape(-1)]
-    samples = [values[::sample_stride(values.numel())] for values in samples]
-    joined = torch.cat([values.to(flat_weight.dtype) for values in samples])
-    kept_part, dropped_part, grown_part = np.split(
-        joined.cpu().to(torch.float64).numpy(),
-        np.cumsum([samples[0].numel(), samples[1].numel()]))
+    # Kept = active now and not grown now: for bools, mask > added.
+    kept = torch.gt(mask.reshape(-1)[::stride], added.reshape(-1)[::stride])  # (P,) bool
+    dropped_values = dropped_values.detach().reshape(-1)
+    grown_values = grown_values.detach().reshape(-1)
+    samples = [flat_weight[::stride][kept], dropped_values,
+               grown_values[::sample_stride(grown_values.numel())]]
+    samples[0] = samples[0][::sample_stride(samples[0].numel())]
+    samples[1] = samples[1][::sample_stride(samples[1].numel())]
+    joined = torch.cat([values.to(flat_weight.dtype) for values in samples]).cpu().numpy()
+    kept_end = samples[0].numel()
+    dropped_end = kept_end + samples[1].numel()
     return {"levels": list(QUANTILE_LEVELS),
-            "kept": _quantiles(kept_part, int(kept_count)),
-            "dropped": _quantiles(dropped_part, int(dropped_values.numel() if dropped_count is None
-                                                    else dropped_count)),
-            "grown": _quantiles(grown_part, int(grown_values.numel()))}
+            "kept": _quantiles(joined[:kept_end], int(kept_count)),
+            "dropped": _quantiles(joined[kept_end:dropped_end],
+                                  int(dropped_values.numel() if dropped_count is None
+                                      else dropped_count)),
+            "grown": _quantiles(joined[dropped_end:], int(grown_values.numel()))}
 
 
 # ---- chains of Linear layers --------------------------------------------------------------------

@@ -159,6 +159,7 @@ class Recorder:
         self.heartbeat_s = heartbeat_s
         self._buffer: list[tuple[str, int, dict]] = []
         self._last_flush = time.monotonic()
+        self._last_emit = self._last_flush
         self._lock = threading.Lock()
         self._stop_beat = threading.Event()
         self._beat_thread: threading.Thread | None = None
@@ -251,11 +252,13 @@ class Recorder:
     def _beat(self) -> None:
         """Heartbeats, and the flush of events a loop left buffered: a script that logs an
         eval and then pauses (a long validation, a checkpoint, waiting for data) emits nothing
-        that would flush it, and its viewers would not see it until the next emit."""
+        that would flush it, and its viewers would not see it until the next emit. Only a
+        quiet loop is flushed from here: while the loop emits, it flushes itself, because this
+        thread would compete with training for the cores and the GIL, and cost more."""
         tick = min(self.heartbeat_s, max(self.flush_interval_s, 0.05))
         next_beat = time.monotonic() + self.heartbeat_s
         while not self._stop_beat.wait(tick):
-            if self._buffer and time.monotonic() - self._last_flush >= self.flush_interval_s:
+            if self._buffer and time.monotonic() - self._last_emit >= self.flush_interval_s:
                 try:
                     self.flush()
                 except Exception:  # the next emit or finish() flushes again, and raises there
@@ -275,6 +278,7 @@ class Recorder:
             return
         with self._lock:  # the heartbeat thread may be flushing the buffer and summary
             self._buffer.append((type, int(step), payload))
+            self._last_emit = time.monotonic()
             self.last_step = max(self.last_step, int(step))
             self._update_summary(type, int(step), payload)
         if time.monotonic() - self._last_flush >= self.flush_interval_s:

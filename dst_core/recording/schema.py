@@ -53,31 +53,62 @@ def clean_json(value: Any, field: str, depth: int = 0) -> Any:
     their bytes (the wire format), numpy scalars → Python numbers, tuples → lists.
 
     Raises InvalidValue naming the field for what JSON (or our readers) cannot hold: nesting
-    deeper than MAX_JSON_DEPTH, integers beyond ±2**64, non-string keys, other objects."""
+    deeper than MAX_JSON_DEPTH, integers beyond ±2**64, non-string keys, other objects. The
+    field's path is spelled out only when something is refused: a recorder cleans every
+    step's metrics, and building the name of every value it passes cost more than the rest."""
+    try:
+        return _clean(value, depth)
+    except _Unclean as error:
+        raise InvalidValue(field + "".join(reversed(error.path)), error.reason) from None
+
+
+class _Unclean(Exception):
+    """What clean_json refuses; the path to it is collected on the way out."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+        self.path: list[str] = []
+
+
+def _clean(value: Any, depth: int) -> Any:
     if depth > MAX_JSON_DEPTH:
-        raise InvalidValue(field, f"nested deeper than {MAX_JSON_DEPTH} levels")
+        raise _Unclean(f"nested deeper than {MAX_JSON_DEPTH} levels")
     if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, int):
-        if not -MAX_INTEGER <= value <= MAX_INTEGER:
-            raise InvalidValue(field, "integer outside ±2**64")
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
+    if isinstance(value, np.generic):
+        value = value.item()
+        if isinstance(value, float):
+            return value if math.isfinite(value) else None
+    if isinstance(value, int):
+        if not -MAX_INTEGER <= value <= MAX_INTEGER:
+            raise _Unclean("integer outside ±2**64")
+        return value
     if isinstance(value, np.ndarray):
         return wire_value(value)
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise InvalidValue(field, f"key {key!r} is not text")
-            out[key] = clean_json(item, f"{field}.{key}", depth + 1)
+                raise _Unclean(f"key {key!r} is not text")
+            try:
+                out[key] = _clean(item, depth + 1)
+            except _Unclean as error:
+                error.path.append(f".{key}")
+                raise
         return out
     if isinstance(value, (list, tuple)):
-        return [clean_json(item, f"{field}[{index}]", depth + 1) for index, item in enumerate(value)]
-    raise InvalidValue(field, f"{type(value).__name__} is not a JSON value")
+        out_list = []
+        for index, item in enumerate(value):
+            try:
+                out_list.append(_clean(item, depth + 1))
+            except _Unclean as error:
+                error.path.append(f"[{index}]")
+                raise
+        return out_list
+    raise _Unclean(f"{type(value).__name__} is not a JSON value")
 
 
 def dumps_checked(value: Any, field: str, max_bytes: int = MAX_JSON_BYTES) -> str:

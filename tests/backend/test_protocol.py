@@ -76,8 +76,10 @@ def test_delta_encodings_decode_to_the_indices():
     blob = base64.b64decode(expected["stored_blob"])
     n_added, n_removed = struct.unpack_from("<II", blob)
     total = n_added + n_removed
-    assert (n_added, n_removed, blob[8]) == (len(added), len(removed), 2)  # tag SPLIT
-    planes = blob[9:9 + total] + zlib.decompress(blob[9 + total:])  # low plane, then 3 high
+    assert (n_added, n_removed, blob[8]) == (len(added), len(removed), 3)  # tag PLANES
+    high = blob[9]  # high byte planes stored: those the largest gap uses
+    stored = zlib.decompress(blob[10 + total:]) if high else b""
+    planes = blob[10:10 + total] + stored + bytes((3 - high) * total)
     gaps = np.frombuffer(planes, np.uint8).reshape(4, total).T.copy().view("<u4").reshape(-1)
     assert np.cumsum(gaps[:n_added]).tolist() == added
     assert np.cumsum(gaps[n_added:]).tolist() == removed

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -61,19 +62,40 @@ def test_in_process_and_wire_payloads_store_the_same_blob():
 
 
 def test_deltas_stored_by_older_versions_still_decode():
-    """Runs recorded before the SPLIT tag zlib'd all four byte planes (tag ZLIB)."""
+    """Older runs zlib'd all four byte planes (tag ZLIB), then the three high ones (SPLIT)."""
     import struct
     import zlib
 
     added = np.array([3, 10, 70_000, 900_000], dtype="<u4")
     removed = np.array([5, 6], dtype="<u4")
     gaps = np.concatenate([np.diff(added, prepend=0), np.diff(removed, prepend=0)]).astype("<u4")
-    planes = gaps.view(np.uint8).reshape(-1, 4).T.tobytes()
-    legacy = struct.pack("<II", 4, 2) + bytes([codec.ZLIB]) + zlib.compress(planes)
-    got_added, got_removed = codec.decode_delta(legacy, 1 << 20)
-    assert np.array_equal(got_added, added) and np.array_equal(got_removed, removed)
-    assert codec.encode_delta(added, removed)[8] == codec.SPLIT
+    planes = gaps.view(np.uint8).reshape(-1, 4).T
+    legacy = struct.pack("<II", 4, 2) + bytes([codec.ZLIB]) + zlib.compress(planes.tobytes())
+    split = (struct.pack("<II", 4, 2) + bytes([codec.SPLIT]) + planes[0].tobytes()
+             + zlib.compress(planes[1:].tobytes()))
+    for blob in (legacy, split):
+        got_added, got_removed = codec.decode_delta(blob, 1 << 20)
+        assert np.array_equal(got_added, added) and np.array_equal(got_removed, removed)
+    assert codec.encode_delta(added, removed)[8] == codec.PLANES
     assert np.array_equal(codec.decode_delta(codec.encode_delta(added, removed), 1 << 20)[0], added)
+
+
+@pytest.mark.parametrize(("largest_gap", "high"), [(0, 0), (255, 0), (256, 1), (65_535, 1),
+                                                   (65_536, 2), (2**24, 3), (2**32 - 2, 3)])
+def test_a_delta_stores_only_the_high_byte_planes_its_gaps_use(largest_gap, high):
+    added = np.array([1, 1 + largest_gap], dtype="<u4") if largest_gap else np.array([1], "<u4")
+    removed = np.array([0], dtype="<u4")
+    blob = codec.encode_delta(added, removed)
+    total = added.size + removed.size
+    assert (blob[8], blob[9]) == (codec.PLANES, high)
+    if high == 0:
+        assert len(blob) == 10 + total  # the low plane alone, nothing zlib'd
+    got_added, got_removed = codec.decode_delta(blob, 2**32)
+    assert got_added.tolist() == added.tolist() and got_removed.tolist() == [0]
+    with pytest.raises(codec.FrameError):
+        codec.decode_delta(blob + b"\0", 2**32)  # trailing bytes
+    with pytest.raises(codec.FrameError):
+        codec.decode_delta(blob[:9] + bytes([4]) + blob[10:], 2**32)  # more planes than exist
 
 
 @pytest.mark.parametrize("indices", [[5, 3], [3, 3], [0, 7, 7], [1, 2, 1000], [2**31, 5, 2**31 + 9]])
@@ -429,3 +451,31 @@ def test_an_event_left_buffered_by_a_paused_loop_is_stored_within_the_flush_inte
         assert stored and stored[0]["test_accuracy"] == 0.5
         assert time.monotonic() < deadline - 4  # within about a second, not at finish()
         reader.close()
+
+
+def test_a_loop_that_keeps_emitting_flushes_itself_not_from_the_heartbeat_thread(tmp_path):
+    """The heartbeat thread flushes only a quiet loop: flushing from there while training runs
+    would compete with it for the cores and the GIL."""
+    with Recorder(tmp_path, name="busy", flush_interval_s=0.05, heartbeat_s=0.05) as rec:
+        writers = []
+        write = rec.writer.write
+
+        def traced(events, summary):
+            writers.append(threading.current_thread() is threading.main_thread())
+            write(events, summary)
+
+        rec.writer.write = traced
+        until = time.monotonic() + 1.0
+        step = 0
+        while time.monotonic() < until:
+            step += 1
+            rec.log(step, loss=1.0)
+            time.sleep(0.005)
+        rec.flush()
+        busy = list(writers)
+        rec.log(step + 1, loss=0.5)  # right after a flush: it stays in the buffer
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(writers) == len(busy):
+            time.sleep(0.01)
+    assert len(busy) >= 10 and all(busy)  # every flush while it emitted was its own
+    assert writers[len(busy)] is False  # then, quiet, the heartbeat thread flushed it
