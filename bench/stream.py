@@ -188,6 +188,10 @@ class Trainer:
             driver.step()
             if recorder is not None:
                 recorder.log(self.step, loss=loss.item())
+        if recorder is not None:
+            # What a loop that went on would flush at its next emit: flushed in this turn,
+            # not by the heartbeat thread while the other trainer has its turn.
+            recorder.flush()
         self._charge(time.perf_counter() - start)
 
     def finish(self) -> None:

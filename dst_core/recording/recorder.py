@@ -168,6 +168,8 @@ class Recorder:
         self.last_step = 0
         self._driver = None
         self._driver_metrics: dict = {}
+        self._layer_density: dict[str, float] = {}  # the latest, and whether it is still to log
+        self._layer_density_due: dict[str, float] | None = None
         self._active: dict[str, int] = {}  # the attached driver's active connections per layer
         self._numel: dict[str, int] = {}
         if url is None and remote_options:
@@ -287,9 +289,12 @@ class Recorder:
     def log(self, step: int, **metrics) -> None:
         """Record training metrics of a user's own loop (loss, accuracy, any other number).
 
-        With a driver attached, density, per-layer density and the ITOP rate are added (as
-        of the latest rewire, so logging stays cheap)."""
+        With a driver attached, density and the ITOP rate are added (as of the latest rewire,
+        so logging stays cheap), and per-layer density too when a rewire changed it since it
+        was last logged: a 54-layer model would otherwise store 54 unchanged numbers a step."""
         payload = {**self._driver_metrics}
+        if self._layer_density_due is not None:
+            payload["layer_density"], self._layer_density_due = self._layer_density_due, None
         payload.update(_numbers("log", metrics))
         self.emit("metrics", _step("log", step), payload)
 
@@ -332,10 +337,11 @@ class Recorder:
         for change in changes:
             self._active[change.layer] = change.active_count
         active, numel = self._active, self._numel
-        self._driver_metrics = {
-            "density": sum(active.values()) / max(1, sum(numel.values())),
-            "layer_density": {name: active[name] / numel[name] for name in active},
-            "itop_rate": emitter.itop_rate}
+        self._driver_metrics = {"density": sum(active.values()) / max(1, sum(numel.values())),
+                                "itop_rate": emitter.itop_rate}
+        layer_density = {name: active[name] / numel[name] for name in active}
+        if layer_density != self._layer_density:
+            self._layer_density = self._layer_density_due = layer_density
 
     def flush(self) -> None:
         with self._lock:

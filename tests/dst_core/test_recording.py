@@ -401,14 +401,27 @@ def test_logged_densities_and_itop_follow_the_driver_on_a_conv_net(tmp_path, met
     metrics = [e for e in RunStore(tmp_path).read_events(recorder.run_id, limit=1000)
                if e["type"] == "metrics"]
     assert len(metrics) == 20
+    # Per-layer density is logged when it changed: carried forward, it is the driver's at
+    # every step, and it is logged no more often than it changes.
+    logged = [event for event in metrics if "layer_density" in event]
+    assert logged and logged[0] is metrics[0]
+    changes = sum(1 for before, after in zip(metrics, metrics[1:])
+                  if expected[before["step"]][1] != expected[after["step"]][1])
+    assert len(logged) == 1 + changes
     if method == "snfs":  # the total stays, layers' shares move: the case a stale count misses
-        assert metrics[-1]["layer_density"] != metrics[0]["layer_density"]
+        assert changes > 0 and logged[-1]["layer_density"] != logged[0]["layer_density"]
+    else:
+        assert changes == 0  # SET keeps every layer's count: logged once
+    current = None
     for event in metrics:
         density, layers, itop = expected[event["step"]]
+        current = event.get("layer_density", current)
         assert event["density"] == pytest.approx(density, abs=1e-12)
         assert event["itop_rate"] == pytest.approx(itop, abs=1e-12)
-        assert event["layer_density"] == pytest.approx(layers, abs=1e-12)
+        assert current == pytest.approx(layers, abs=1e-12)
     assert metrics[-1]["itop_rate"] > metrics[0]["itop_rate"]  # rewires happened
+    summary = RunStore(tmp_path).get_run(recorder.run_id)["summary"]
+    assert summary["density"] == pytest.approx(expected[20][1], abs=1e-12)
 
 
 def test_the_heartbeat_thread_checkpoints_the_wal_not_the_training_thread(tmp_path):
