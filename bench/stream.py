@@ -347,9 +347,9 @@ def overhead_line(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer steps")
-    parser.add_argument("--steps", type=int, default=1000,
+    parser.add_argument("--steps", type=int, default=2000,
                         help="training steps of each of the plain and recorded runs (default "
-                             "1000)")
+                             "2000)")
     parser.add_argument("--overhead-only", action="store_true",
                         help="only the recording overhead (no frame sizes, no seek)")
     args = parser.parse_args()

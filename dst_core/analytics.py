@@ -144,7 +144,9 @@ def rewire_magnitudes(weight: torch.Tensor, mask: torch.Tensor, added: torch.Ten
                grown_values[::sample_stride(grown_values.numel())]]
     samples[0] = samples[0][::sample_stride(samples[0].numel())]
     samples[1] = samples[1][::sample_stride(samples[1].numel())]
-    joined = torch.cat([values.to(flat_weight.dtype) for values in samples]).cpu().numpy()
+    # float32 unless the layer is float64: numpy cannot hold bfloat16.
+    dtype = torch.float64 if flat_weight.dtype == torch.float64 else torch.float32
+    joined = torch.cat([values.to(dtype) for values in samples]).cpu().numpy()
     kept_end = samples[0].numel()
     dropped_end = kept_end + samples[1].numel()
     return {"levels": list(QUANTILE_LEVELS),

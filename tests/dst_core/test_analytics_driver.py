@@ -62,3 +62,25 @@ def test_rewire_weights_match_the_weights_themselves(method):
 def test_no_listener_no_weight_work():
     _, changes, _, _ = one_rewire("set", listen=False)
     assert changes and all(change.weights is None for change in changes)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_rewire_weights_of_a_low_or_double_precision_layer(dtype):
+    """Mixed-precision models keep bfloat16/half weights, which numpy cannot all hold: the
+    quantiles are taken in float32 (float64 stays float64), and equal the weights' own."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(),
+                                torch.nn.Linear(30, 4)).to(dtype)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    driver = SparseDriver(model, optimizer, method="set", density=0.3, total_steps=10,
+                          interval_steps=1, drop_fraction=0.3)
+    driver.listeners.append(lambda changes: None)
+    model(torch.randn(8, 20, dtype=dtype)).float().square().mean().backward()
+    before = [layer.weight.detach().clone() for layer in driver.layers]
+    changes = driver.step()
+    assert changes
+    for change, weight_before in zip(changes, before, strict=True):
+        dropped = weight_before.reshape(-1)[change.removed].float()
+        assert change.weights["dropped"]["count"] == dropped.numel()
+        assert change.weights["dropped"]["quantiles"] == pytest.approx(quantiles(dropped),
+                                                                       rel=1e-6, abs=1e-9)

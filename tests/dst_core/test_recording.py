@@ -405,7 +405,7 @@ def test_logged_densities_and_itop_follow_the_driver_on_a_conv_net(tmp_path, met
     # every step, and it is logged no more often than it changes.
     logged = [event for event in metrics if "layer_density" in event]
     assert logged and logged[0] is metrics[0]
-    changes = sum(1 for before, after in zip(metrics, metrics[1:])
+    changes = sum(1 for before, after in zip(metrics[:-1], metrics[1:], strict=True)
                   if expected[before["step"]][1] != expected[after["step"]][1])
     assert len(logged) == 1 + changes
     if method == "snfs":  # the total stays, layers' shares move: the case a stale count misses
