@@ -469,7 +469,7 @@ def test_an_event_left_buffered_by_a_paused_loop_is_stored_within_the_flush_inte
 def test_a_loop_that_keeps_emitting_flushes_itself_not_from_the_heartbeat_thread(tmp_path):
     """The heartbeat thread flushes only a quiet loop: flushing from there while training runs
     would compete with it for the cores and the GIL."""
-    with Recorder(tmp_path, name="busy", flush_interval_s=0.05, heartbeat_s=0.05) as rec:
+    with Recorder(tmp_path, name="busy", flush_interval_s=0.08, heartbeat_s=0.08) as rec:
         writers = []
         write = rec.writer.write
 
@@ -478,12 +478,12 @@ def test_a_loop_that_keeps_emitting_flushes_itself_not_from_the_heartbeat_thread
             write(events, summary)
 
         rec.writer.write = traced
-        until = time.monotonic() + 1.0
+        until = time.monotonic() + 2.0
         step = 0
-        while time.monotonic() < until:
+        while time.monotonic() < until:  # an emit every 20 ms: never quiet for 80 ms
             step += 1
             rec.log(step, loss=1.0)
-            time.sleep(0.005)
+            time.sleep(0.02)
         rec.flush()
         busy = list(writers)
         rec.log(step + 1, loss=0.5)  # right after a flush: it stays in the buffer
