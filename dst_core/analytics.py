@@ -92,18 +92,6 @@ def sample_stride(count: int) -> int:
     return max(1, -(-count // QUANTILE_SAMPLE))
 
 
-def magnitude_quantiles(values: torch.Tensor, count: int | None = None) -> dict:
-    """{count, quantiles} of |values| at QUANTILE_LEVELS; quantiles None when empty.
-
-    Exact up to QUANTILE_SAMPLE values, above that over an evenly strided sample (the
-    values are in index order, so the stride spreads it over the whole layer). `count`
-    is the size of the population when `values` is already a sample of it."""
-    flat = values.detach().reshape(-1)
-    sample = flat[::sample_stride(flat.numel())]
-    return _quantiles(sample.cpu().to(torch.float64).numpy(),
-                      int(flat.numel()) if count is None else int(count))
-
-
 _LEVELS = np.asarray(QUANTILE_LEVELS)
 
 
@@ -127,8 +115,8 @@ def rewire_magnitudes(weight: torch.Tensor, mask: torch.Tensor, added: torch.Ten
                       kept_count: int, dropped_count: int | None = None) -> dict:
     """Quantiles of |w| of the kept, dropped and grown connections of one rewire.
 
-    `dropped_values` are the dropped weights before they were zeroed (or the strided sample
-    of them magnitude_quantiles takes, then `dropped_count` is how many were dropped),
+    `dropped_values` are the dropped weights before they were zeroed (or an evenly strided
+    sample of them, `sample_stride` apart; then `dropped_count` is how many were dropped),
     `grown_values` the grown ones as installed; kept weights (active before and after) are
     read from a strided view of the layer, so this costs about QUANTILE_SAMPLE reads, not a
     pass over the layer. A recorder asks for this at every rewire of every layer: it is a

@@ -517,7 +517,7 @@ class SparseDriver:
         active_after = count_true(mask)  # counted once: the magnitudes and the change use it
         magnitudes = None
         if self.listeners:  # before the dropped weights are zeroed
-            # Only the strided sample the quantiles use is read (magnitude_quantiles).
+            # Only the strided sample the quantiles use is read (analytics.sample_stride).
             sampled = removed_index[::sample_stride(removed_index.numel())]
             dropped_values = (flat_weight if flat_weight is not None
                               else weight.reshape(-1))[sampled]

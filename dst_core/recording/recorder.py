@@ -172,6 +172,8 @@ class Recorder:
         self._layer_density_due: dict[str, float] | None = None
         self._active: dict[str, int] = {}  # the attached driver's active connections per layer
         self._numel: dict[str, int] = {}
+        self._masks: dict[str, object] = {}  # the mask tensor each count was taken from
+        self._emitter = None
         if url is None and remote_options:
             raise ValueError(f"{next(iter(remote_options))}: only a remote Recorder (url=...) "
                              "takes this option")
@@ -292,6 +294,8 @@ class Recorder:
         With a driver attached, density and the ITOP rate are added (as of the latest rewire,
         so logging stays cheap), and per-layer density too when a rewire changed it since it
         was last logged: a 54-layer model would otherwise store 54 unchanged numbers a step."""
+        if self._driver is not None:
+            self._follow_replaced_masks()
         payload = {**self._driver_metrics}
         if self._layer_density_due is not None:
             payload["layer_density"], self._layer_density_due = self._layer_density_due, None
@@ -325,23 +329,41 @@ class Recorder:
         self.emit("meta", driver.step_count, meta)
         emitter.keyframes(driver.step_count)
         driver.listeners.append(emitter)
-        driver.listeners.append(lambda changes: self._refresh_driver_metrics(changes, emitter))
+        driver.listeners.append(self._refresh_driver_metrics)
+        self._emitter = emitter
         self._active = {layer.name: layer.active_count for layer in driver.layers}
         self._numel = {layer.name: layer.mask.numel() for layer in driver.layers}
-        self._refresh_driver_metrics([], emitter)
+        self._masks = {layer.name: layer.mask for layer in driver.layers}
+        self._refresh_driver_metrics([])
         self.flush()  # a viewer sees the layers at once, not a flush interval later
 
-    def _refresh_driver_metrics(self, changes: list, emitter) -> None:
+    def _refresh_driver_metrics(self, changes: list) -> None:
         """Densities from the rewire's own counts (a layer it left out keeps its count) and
         the ITOP rate the emitter just took: no second pass over every mask per rewire."""
+        masks = {layer.name: layer.mask for layer in self._driver.layers}
         for change in changes:
             self._active[change.layer] = change.active_count
+            self._masks[change.layer] = masks[change.layer]
         active, numel = self._active, self._numel
         self._driver_metrics = {"density": sum(active.values()) / max(1, sum(numel.values())),
-                                "itop_rate": emitter.itop_rate}
+                                "itop_rate": self._emitter.itop_rate}
         layer_density = {name: active[name] / numel[name] for name in active}
         if layer_density != self._layer_density:
             self._layer_density = self._layer_density_due = layer_density
+
+    def _follow_replaced_masks(self) -> None:
+        """A mask replaced outside a rewire (`driver.load_state_dict` after `attach`, a mask
+        set by hand) is recounted, with the ITOP rate: the per-rewire counts would not see it.
+        Checked by identity at each log, so it costs nothing while masks stay put."""
+        replaced = [layer for layer in self._driver.layers
+                    if layer.mask is not self._masks.get(layer.name)]
+        if not replaced:
+            return
+        for layer in replaced:
+            self._active[layer.name] = layer.active_count
+            self._masks[layer.name] = layer.mask
+        self._emitter.itop_rate = self._driver.itop_rate()
+        self._refresh_driver_metrics([])
 
     def flush(self) -> None:
         with self._lock:

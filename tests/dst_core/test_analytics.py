@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dst_core import analytics, cohorts
-from dst_core.analytics import chain_connectivity, degrees, magnitude_quantiles
+from dst_core.analytics import chain_connectivity, degrees
 from dst_core.cohorts import IndexFormatError, LayerIndexer, LayerTimeline, Segment
 
 
@@ -325,18 +325,29 @@ def test_chain_rejects_mismatched_layers():
         chain_connectivity([np.ones((3, 4), bool), np.ones((2, 5), bool)])
 
 
-def test_magnitude_quantiles_exact_and_sampled():
-    values = torch.tensor([-4.0, 1.0, -2.0, 3.0, 0.0])
-    got = magnitude_quantiles(values)
-    assert got["count"] == 5
-    assert got["quantiles"] == pytest.approx(
-        np.quantile([4, 1, 2, 3, 0], analytics.QUANTILE_LEVELS).tolist())
-    assert magnitude_quantiles(torch.empty(0)) == {"count": 0, "quantiles": None}
+def test_rewire_magnitudes_exact_and_sampled():
+    """Exact up to QUANTILE_SAMPLE values; above that, over an evenly strided sample whose
+    rank error is about 1/QUANTILE_SAMPLE; empty groups have no quantiles."""
+    weight = torch.tensor([-4.0, 1.0, -2.0, 3.0, 0.0, 5.0])
+    mask = torch.tensor([True, True, True, True, True, False])
+    added = torch.tensor([False, False, False, False, True, False])
+    got = analytics.rewire_magnitudes(weight, mask, added, torch.tensor([-7.0, 6.0]),
+                                      torch.tensor([0.0]), kept_count=4)
+    assert got["kept"] == {"count": 4, "quantiles": pytest.approx(
+        np.quantile([4, 1, 2, 3], analytics.QUANTILE_LEVELS).tolist())}
+    assert got["dropped"]["quantiles"] == pytest.approx(
+        np.quantile([7, 6], analytics.QUANTILE_LEVELS).tolist())
+    assert got["grown"] == {"count": 1, "quantiles": [0.0] * len(analytics.QUANTILE_LEVELS)}
+    empty = analytics.rewire_magnitudes(weight, mask, added, torch.empty(0), torch.empty(0), 4)
+    assert empty["dropped"] == {"count": 0, "quantiles": None}
     large = torch.linspace(-1, 1, 3 * analytics.QUANTILE_SAMPLE + 7)
-    sampled = magnitude_quantiles(large)
-    exact = np.quantile(large.abs().numpy(), analytics.QUANTILE_LEVELS)
-    assert sampled["count"] == large.numel()
-    assert sampled["quantiles"] == pytest.approx(exact.tolist(), abs=1e-3)
+    everywhere = torch.ones(large.numel(), dtype=torch.bool)
+    sampled = analytics.rewire_magnitudes(large, everywhere, ~everywhere, large, large,
+                                          kept_count=large.numel())
+    exact = np.quantile(large.abs().numpy(), analytics.QUANTILE_LEVELS).tolist()
+    for name in ("kept", "dropped", "grown"):
+        assert sampled[name]["count"] == large.numel()
+        assert sampled[name]["quantiles"] == pytest.approx(exact, abs=2e-3)
 
 
 def test_erdos_renyi_expectation_sums_to_units():

@@ -35,6 +35,23 @@ def test_keyframe_codec_round_trip_and_size():
     assert codec.decode_keyframe(blob, mask.size) == packed
 
 
+@pytest.mark.parametrize(("kind", "at_most"), [("random 10%", 0.5), ("dense", 0.01),
+                                               ("rows on or off", 0.01), ("99% sparse", 0.13)])
+def test_keyframes_of_real_models_masks_compress(kind, at_most):
+    """Unstructured masks squeeze to about their entropy; the runs real models have (a dense
+    layer, whole output channels pruned, a very sparse layer) to far less than packed bits."""
+    rng = np.random.default_rng(1)
+    rows, cols = 512, 1024
+    mask = {"random 10%": lambda: rng.random(rows * cols) < 0.1,
+            "dense": lambda: np.ones(rows * cols, bool),
+            "rows on or off": lambda: np.repeat(rng.random(rows) < 0.5, cols),
+            "99% sparse": lambda: rng.random(rows * cols) < 0.01}[kind]()
+    packed = np.packbits(mask, bitorder="little").tobytes()
+    blob = codec.encode_keyframe(packed)
+    assert len(blob) <= at_most * len(packed)
+    assert codec.decode_keyframe(blob, mask.size) == packed
+
+
 @pytest.mark.parametrize("count", [0, 1, 7, 5000])
 def test_delta_codec_round_trip(count):
     generator = np.random.default_rng(count)
@@ -492,3 +509,31 @@ def test_a_loop_that_keeps_emitting_flushes_itself_not_from_the_heartbeat_thread
             time.sleep(0.01)
     assert len(busy) >= 10 and all(busy)  # every flush while it emitted was its own
     assert writers[len(busy)] is False  # then, quiet, the heartbeat thread flushed it
+
+
+def test_masks_loaded_after_attach_are_followed_by_the_logged_densities(tmp_path):
+    """Densities are kept from each rewire's counts; a driver whose masks are replaced outside
+    a rewire (a checkpoint loaded after attach) must still log its own numbers."""
+    def mlp():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(),
+                                   torch.nn.Linear(30, 4))
+
+    def make(density):
+        model = mlp()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        return SparseDriver(model, optimizer, method="set", density=density, total_steps=100,
+                            interval_steps=50, distribution="uniform")
+
+    driver, other = make(0.5), make(0.2)
+    with Recorder(tmp_path, name="resumed", heartbeat_s=0) as recorder:
+        recorder.attach(driver)
+        recorder.log(1, loss=1.0)
+        driver.load_state_dict(other.state_dict())
+        recorder.log(2, loss=1.0)
+    metrics = [e for e in RunStore(tmp_path).read_events(recorder.run_id) if e["type"] == "metrics"]
+    assert metrics[0]["density"] == pytest.approx(0.5, abs=0.02)
+    assert metrics[1]["density"] == pytest.approx(driver.global_density(), abs=1e-12)
+    assert metrics[1]["density"] == pytest.approx(0.2, abs=0.02)
+    assert metrics[1]["layer_density"] == pytest.approx(driver.densities(), abs=1e-12)
+    assert metrics[1]["itop_rate"] == pytest.approx(driver.itop_rate(), abs=1e-12)
