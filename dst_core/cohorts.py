@@ -368,7 +368,7 @@ class LayerIndexer:
         self.fan_out = np.count_nonzero(grid, axis=0).astype(np.int64)  # (cols,)
         self._row_bounds = np.arange(self.shape[0] + 1, dtype=np.int64) * self.shape[1]
         self.pending = Rewires(first=0)
-        self.cohorts: list[tuple[int, np.ndarray]] = []  # (rewire, sorted indices) since the cut
+        self.cohorts: list[tuple[int, np.ndarray]] = []  # (rewire, sorted uint32) since the cut
         self._record(int(step), grown=0, removed=0, repruned=0)
 
     @classmethod
@@ -417,7 +417,8 @@ class LayerIndexer:
         if self.pending.steps and step < self.pending.steps[-1] or step < 0:
             raise ValueError(f"step: {step} goes back before "
                              f"{self.pending.steps[-1] if self.pending.steps else 0}")
-        added = np.asarray(added).reshape(-1).astype(np.int64, copy=False)
+        given = np.asarray(added).reshape(-1)
+        added = given.astype(np.int64, copy=False)  # numpy gathers fastest with intp indices
         removed = np.asarray(removed).reshape(-1).astype(np.int64, copy=False)
         if not checked:
             added = _sorted_distinct(added, "added")
@@ -458,7 +459,11 @@ class LayerIndexer:
                 self.fan_in -= per_row
                 self.fan_out -= np.bincount(columns, minlength=cols)
         if added.size:
-            self.cohorts.append((rewire, added))
+            # Kept until the cut as uint32 (a layer has < 2**31 connections): the frame's own
+            # array when it is one, so a writer neither allocates nor fills 8 bytes a
+            # connection that it holds for SEGMENT_REWIRES rewires.
+            reusable = checked and given.dtype == np.uint32
+            self.cohorts.append((rewire, given if reusable else added.astype(np.uint32)))
         self._record(int(step), grown=int(added.size), removed=int(removed.size),
                      repruned=repruned)
 
@@ -498,7 +503,7 @@ class LayerIndexer:
         if not pending.steps:
             return None
         blocks = -(-self.numel // BLOCK)
-        bounds = np.arange(blocks + 1, dtype=np.int64) * BLOCK
+        bounds = np.arange(blocks + 1, dtype=np.uint32) * BLOCK  # the members' own dtype
         cohort_rewires = list(range(max(pending.first, 1), pending.last + 1))
         members = dict(self.cohorts)
         counts = np.zeros((len(cohort_rewires), blocks), dtype=np.int32)
