@@ -31,8 +31,8 @@ from backend.middleware import (
 )
 from backend.settings import Settings
 from dst_core import __version__
-from dst_core.recording import RunStore
-from dst_core.recording.schema import InvalidValue
+from dst_core.store import RunStore
+from dst_core.store.schema import InvalidValue
 
 FRONTEND_DIR = Path(__file__).resolve().parent.parent / "frontend"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
@@ -186,7 +186,7 @@ UNPARSABLE_BODY = {
 
 
 async def _invalid_value(request: Request, error: InvalidValue) -> JSONResponse:
-    """A value the store refused (dst_core.recording.schema): 422 naming the field, like
+    """A value the store refused (dst_core.store.schema): 422 naming the field, like
     any other validation error, and nothing of the request stored."""
     loc: list[str | int] = ["body"]
     for part in error.field.replace("]", "").replace("[", ".").split("."):

@@ -42,8 +42,8 @@ from pathlib import Path
 from backend.logfmt import log_event
 from backend.settings import Settings
 from backend.worker_pool import WorkerPool
-from dst_core.config import RunConfig
-from dst_core.recording import ACTIVE_STATUSES, FINAL_STATUSES, RunStore
+from dst_core.store import ACTIVE_STATUSES, FINAL_STATUSES, RunStore
+from dst_core.store.config import RunConfig
 
 log = logging.getLogger("sparsescope.runs")
 POLL_INTERVAL_S = 0.1

@@ -1,4 +1,4 @@
-"""Response schemas of the REST API (the run config itself is dst_core.config.RunConfig)."""
+"""Response schemas of the REST API (the run config itself is dst_core.store.config.RunConfig)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from dst_core.recording.schema import RunStatus, RunSummary, StoredRun
+from dst_core.store.schema import RunStatus, RunSummary, StoredRun
 
 __all__ = ["RunOut", "RunStatus", "RunSummary", "Health", "ErrorOut", "ValidationErrorOut"]
 

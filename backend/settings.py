@@ -13,7 +13,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dst_core.config import RunConfig
+from dst_core.store import DEFAULT_DATA_DIR
+from dst_core.store.config import RunConfig
 
 MIB = 1024 * 1024
 IMPORT_PATH = "/api/runs/import"
@@ -28,7 +29,7 @@ class Settings(BaseSettings):
     # ---- where and who --------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address to bind; off loopback a token is required")
     port: int = Field(8000, ge=1, le=65535, description="TCP port")
-    data_dir: Path = Field(Path("./sparsescope-data"), description="Run store folder")
+    data_dir: Path = Field(Path(DEFAULT_DATA_DIR), description="Run store folder")
     token: str | None = Field(None, description="Bearer token (REST) / ?token= (websockets); "
                               "required off loopback")
     cors_origins: list[str] = Field(

@@ -20,9 +20,9 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from dst_core.recording import codec
-from dst_core.recording.schema import clean_json
-from dst_core.recording.store import dumps
+from dst_core.store import codec
+from dst_core.store.run_store import dumps
+from dst_core.store.schema import clean_json
 
 Mode = Literal["json", "binary", "announce"]
 MODES: tuple[Mode, ...] = ("json", "binary", "announce")

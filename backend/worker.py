@@ -58,11 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch._dynamo  # noqa: F401
 
-    from dst_core.config import RunConfig
     from dst_core.plugins import load_plugins
-    from dst_core.recording import FINAL_STATUSES, Recorder
+    from dst_core.recording import Recorder
     from dst_core.recording.recorder import run_info
-    from dst_core.training import Diverged, train
+    from dst_core.recording.training import Diverged, train
+    from dst_core.store import FINAL_STATUSES
+    from dst_core.store.config import RunConfig
 
     torch.set_num_threads(args.threads)
     if args.run_id is None:

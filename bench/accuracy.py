@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from dst_core.config import RunConfig, registered_methods
-from dst_core.training import train
+from dst_core.recording.training import train
+from dst_core.store.config import RunConfig, registered_methods
 
 START = "<!-- accuracy-table:start (bench/accuracy.py writes this section) -->"
 END = "<!-- accuracy-table:end -->"

@@ -345,7 +345,7 @@ def main() -> None:
     runs = {}
     kept = {}
     if args.keep is not None and (args.keep / "runs.sqlite3").exists():
-        from dst_core.recording import RunStore
+        from dst_core.store import RunStore
 
         kept = {run["name"]: run["id"] for run in RunStore(args.keep).list_runs()
                 if run["status"] == "completed"}

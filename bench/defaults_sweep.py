@@ -15,8 +15,9 @@ import time
 import torch
 from accuracy import FinalEval  # bench/ is on sys.path when a script here runs
 
-from dst_core import REGISTRY, RunConfig
-from dst_core.training import train
+from dst_core import REGISTRY
+from dst_core.recording.training import train
+from dst_core.store.config import RunConfig
 
 SETUPS = [("synthetic", "mlp"), ("digits", "mlp"), ("digits", "cnn"), ("mnist", "mlp")]
 

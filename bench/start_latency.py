@@ -29,7 +29,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dst_core.recording import RunStore  # noqa: E402
+from dst_core.store import RunStore  # noqa: E402
 
 
 def free_port() -> int:

@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dst_core import SparseDriver  # noqa: E402
 from dst_core.events import delta_payload, keyframe_payload  # noqa: E402
-from dst_core.recording import Recorder, RunReader, RunStore, codec  # noqa: E402
-from dst_core.recording.store import dumps  # noqa: E402
+from dst_core.recording import Recorder  # noqa: E402
+from dst_core.store import RunReader, RunStore, codec
+from dst_core.store.run_store import dumps  # noqa: E402
 
 DENSITY = 0.1
 DROP_FRACTION = 0.3  # SET's default: 30% of active connections replaced per rewire

@@ -32,11 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fastapi.testclient import TestClient  # noqa: E402
 
 from backend.app import create_app  # noqa: E402
+from backend.services.topology_reader import CACHE  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 from bench.stream import record_seek_run  # noqa: E402
-from dst_core.recording.store import RunStore  # noqa: E402
-from dst_core.recording.topology_index import IndexWriter  # noqa: E402
-from dst_core.recording.topology_reader import CACHE  # noqa: E402
+from dst_core.store.run_store import RunStore  # noqa: E402
+from dst_core.store.topology_index import IndexWriter  # noqa: E402
 
 
 def timed_get(client: TestClient, url: str, params: dict) -> tuple[float, dict]:

@@ -37,8 +37,8 @@ from fastapi.testclient import TestClient
 from backend.app import create_app
 from backend.settings import Settings
 from dst_core.events import delta_payload, matrix_shape
-from dst_core.recording import RunStore
-from dst_core.recording.codec import layer_kind
+from dst_core.store import RunStore
+from dst_core.store.codec import layer_kind
 
 DENSITY, DROP_FRACTION, KEYFRAME_EVERY = 0.2, 0.3, 10
 LAYERS = [("layer4.0.conv2.weight", (512, 512, 3, 3)), ("fc.weight", (1000, 2048))]

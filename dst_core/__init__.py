@@ -1,15 +1,14 @@
 """sparsescope's dynamic-sparse-training engine: pure PyTorch, no web imports.
 
 `import dst_core` loads the engine only (driver, rewire, algorithms, density, schedules):
-no pydantic, no SQLite, no HTTP client. `RunConfig` (pydantic), `Recorder` and `RunStore`
-(SQLite, urllib) stay importable from here but are loaded on first use, so a training
-script that never records pays for none of them and the engine cannot come to depend on them.
+no pydantic, no SQLite, no HTTP client. The layers above it live in their own packages and
+import the engine, never the reverse: the run format and store in `dst_core.store`
+(`RunConfig`, `RunStore`, `RunReader`), the writer SDK in `dst_core.recording` (`Recorder`),
+the server in `backend`. `dst_core.RunConfig`, `.Recorder` and `.RunStore` moved there; asking
+for them here says where (the engine cannot import them without depending on them).
 """
 
 from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING
 
 from dst_core import algorithms as _algorithms  # noqa: F401  (fills the registry)
 from dst_core.density import layer_densities
@@ -25,32 +24,22 @@ from dst_core.rewire import (
 )
 from dst_core.schedules import RewireSchedule
 
-if TYPE_CHECKING:  # for type checkers and IDEs only; at run time see __getattr__
-    from dst_core.config import RunConfig
-    from dst_core.recording import Recorder, RunStore
-
 __version__ = "0.1.0"
 
-# Public names that live outside the engine: name -> module that defines it.
-_LAZY = {"RunConfig": "dst_core.config", "Recorder": "dst_core.recording",
-         "RunStore": "dst_core.recording"}
+# Public names that moved out of the engine: name -> where they live now.
+_MOVED = {"RunConfig": "dst_core.store", "Recorder": "dst_core.recording",
+          "RunStore": "dst_core.store"}
 
 __all__ = [
-    "REGISTRY", "Algorithm", "LayerChange", "MaskedLayer", "Recorder", "RewireResult",
-    "RewireSchedule", "Rewirer", "RunConfig", "RunStore", "SparseDriver", "find_prunable",
+    "REGISTRY", "Algorithm", "LayerChange", "MaskedLayer", "RewireResult",
+    "RewireSchedule", "Rewirer", "SparseDriver", "find_prunable",
     "get_algorithm", "layer_densities", "register_rewirer", "rewire",
 ]
 
 
 def __getattr__(name: str):
-    """Load RunConfig / Recorder / RunStore on first access (PEP 562)."""
-    module = _LAZY.get(name)
-    if module is None:
+    """Names that moved to the layers above say where they went (PEP 562)."""
+    home = _MOVED.get(name)
+    if home is None:
         raise AttributeError(f"module 'dst_core' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later accesses skip this hook
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    raise AttributeError(f"dst_core.{name} moved: use `from {home} import {name}`")

@@ -1,6 +1,6 @@
 """Topology analytics of a sparse layer: degrees, dead units, the Erdős–Rényi reference, weight
 magnitudes at a rewire, and reachability through a chain of Linear layers (connection ages,
-cohort survival and mask distance over a run: dst_core.cohorts).
+cohort survival and mask distance over a run: dst_core.store.cohorts).
 
 Everything is computed exactly from the mask, in vectorised numpy: no loop runs over
 connections. A layer is seen as the dashboard shows it, output × input, a conv

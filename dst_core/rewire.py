@@ -1,7 +1,7 @@
 """The mask-level rewiring API and the one registry of algorithms.
 
 `rewire(method, weight, mask, ...)` is the stable entry point other code relies on
-(DESIGN.md, "Interfaces"); algorithms plug in with `register_rewirer` so a user can add one
+(the driver and user code); algorithms plug in with `register_rewirer` so a user can add one
 without editing ours. Every algorithm, baselines and Deep R included, is an `Algorithm` in
 `REGISTRY`; the driver only calls its hooks, so no code branches on algorithm names.
 """

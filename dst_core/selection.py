@@ -4,8 +4,8 @@ Rewiring must keep the number of active connections exact, so "drop the n smalle
 pick exactly n positions even when scores tie; ties go to the lower flat index so that two
 runs with the same seed make the same choice on any device.
 
-A full sort or `topk` over a 4096 × 4096 layer costs several dense training steps (DESIGN.md,
-"Performance facts"), so selection works by threshold instead:
+A full sort or `topk` over a 4096 × 4096 layer costs more than a dense training step of that
+layer (a sort many times more), so selection works by threshold instead:
 
 1. estimate bounds either side of the k-th score from a fixed-seed random sample (65,536
    scores, one gather), a few binomial standard deviations from its expected rank;

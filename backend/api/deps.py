@@ -10,7 +10,7 @@ from fastapi import Depends, HTTPException, Request
 
 from backend.manager import RunManager
 from backend.settings import Settings
-from dst_core.recording import RunStore
+from dst_core.store import RunStore
 
 RUN_ID_PATTERN = re.compile(r"[0-9a-f]{16}")
 

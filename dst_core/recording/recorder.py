@@ -29,9 +29,8 @@ import traceback
 from numbers import Real
 from pathlib import Path
 
-from dst_core.recording.store import MODEL_ARTIFACT, RunStore
-
-DEFAULT_DATA_DIR = "./sparsescope-data"
+from dst_core.recording.remote import RemoteWriter
+from dst_core.store.run_store import DEFAULT_DATA_DIR, MODEL_ARTIFACT, RunStore
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:
@@ -182,8 +181,6 @@ class Recorder:
             self.writer, self.config, self.run_id, self._created = InertWriter(), {}, None, True
             return
         if url is not None:
-            from dst_core.recording.remote import RemoteWriter
-
             self.writer = RemoteWriter(url, token=token, **remote_options)
             writer = "remote"
         else:
@@ -213,6 +210,17 @@ class Recorder:
             self._beat_thread.start()
 
     @property
+    def data_dir(self) -> Path | None:
+        """The folder this run is stored in; None for a remote run or an inert rank."""
+        store = getattr(self.writer, "store", None)
+        return Path(store.data_dir) if store is not None else None
+
+    @property
+    def server_url(self) -> str | None:
+        """The server this run is recorded to; None for a local run."""
+        return getattr(self.writer, "url", None)
+
+    @property
     def store(self) -> RunStore:
         """The local store (not available to a remote recorder)."""
         return self.writer.store
@@ -238,10 +246,11 @@ class Recorder:
         return False
 
     def show(self, **options):
-        """This run's live view inline in a notebook; options as `dst_core.recording.notebook.show`."""
-        from dst_core.recording.notebook import show
-
-        return show(self, **options) if self.active else None
+        """Moved: the writer starts no server. `sparsescope.show(rec.run_id,
+        data_dir=rec.data_dir)` (or `server=rec.server_url` for a remote run) shows it."""
+        raise AttributeError("Recorder.show() moved to sparsescope.show: call "
+                             "sparsescope.show(rec.run_id, data_dir=rec.data_dir), or "
+                             "server=rec.server_url for a run recorded to a server")
 
     def finish(self, status: str, error: str | None = None) -> None:
         """Store everything buffered, the final status, then release the writer."""
@@ -316,7 +325,7 @@ class Recorder:
         `model_label`/`task` name a built-in model and task (the built-in loop's); a script's
         own model is labelled `custom: <ClassName> (<parameter count>)`."""
         from dst_core.run_settings import run_settings
-        from dst_core.topology import TopologyEmitter
+        from dst_core.store.frames import TopologyEmitter
 
         if not self.active:  # no frames to build on a rank that does not record
             return
@@ -425,7 +434,3 @@ def _numbers(call: str, metrics: dict) -> dict[str, float]:
             raise ValueError(f"{key}: {call}() takes numbers, got {type(value).__name__} "
                              f"{value!r}") from None
     return out
-
-
-def default_spool_dir() -> Path:
-    return Path(os.environ.get("SPARSESCOPE_SPOOL_DIR", Path.home() / ".cache" / "sparsescope"))

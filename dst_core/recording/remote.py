@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import urllib.error
@@ -25,9 +26,14 @@ from collections import deque
 from pathlib import Path
 
 from dst_core.events import LOCAL_CHANGES
-from dst_core.recording.store import dumps
+from dst_core.store.run_store import dumps
 
 log = logging.getLogger("sparsescope.remote")
+
+
+def default_spool_dir() -> Path:
+    """Where a remote writer keeps what the server has not acknowledged yet."""
+    return Path(os.environ.get("SPARSESCOPE_SPOOL_DIR", Path.home() / ".cache" / "sparsescope"))
 
 
 class RemoteRecorderError(RuntimeError):
@@ -62,8 +68,6 @@ class RemoteWriter:
         timeout_s: float = 10.0,  # one HTTP request
         heartbeat_s: float = 2.0,  # well under the server's stale timeout
     ) -> None:
-        from dst_core.recording.recorder import default_spool_dir
-
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"url: must start with http:// or https://, got {url!r}")
         self.url = url.rstrip("/")

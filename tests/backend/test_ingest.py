@@ -15,7 +15,8 @@ from backend.app import create_app
 from backend.settings import Settings
 from dst_core import SparseDriver
 from dst_core.events import keyframe_payload, to_wire
-from dst_core.recording import Recorder, RemoteRecorderError, RunReader, RunStore
+from dst_core.recording import Recorder, RemoteRecorderError
+from dst_core.store import RunReader, RunStore
 from tests.conftest import LoopbackClient, free_port, wait_for_status
 
 

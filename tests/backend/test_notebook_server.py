@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dst_core.recording import Recorder, notebook
-from dst_core.recording.notebook import InlineView, public_base, run_url, show, start_server
+from backend import notebook
+from backend.notebook import InlineView, public_base, run_url, show, start_server
+from dst_core.recording import Recorder
 from tests.conftest import REPO
 
 
@@ -41,6 +42,18 @@ def test_bad_targets_and_ports_are_named(no_notebook_env, tmp_path, monkeypatch)
         notebook._port_setting(None)
 
 
+def test_a_recorder_is_shown_by_its_plain_values(no_notebook_env, tmp_path):
+    """The launcher knows nothing of Recorder: a Recorder passed whole, or `rec.show()`, is
+    refused with the call that works."""
+    with Recorder(tmp_path / "data", name="r", heartbeat_s=0) as rec:
+        pass
+    assert rec.data_dir == tmp_path / "data" and rec.server_url is None
+    with pytest.raises(ValueError, match=r"sparsescope.show\(rec.run_id, data_dir=rec.data_dir\)"):
+        show(rec, display=False)
+    with pytest.raises(AttributeError, match=r"moved to sparsescope.show"):
+        rec.show()
+
+
 def test_the_inline_view_escapes_its_address():
     view = InlineView('http://h:1/#/run/x"><script>', 300)
     assert "<script>" not in view._repr_html_() and 'height="300"' in view._repr_html_()
@@ -53,7 +66,7 @@ def test_one_background_server_per_folder_serves_every_view(no_notebook_env, tmp
     with Recorder(data_dir, name="second") as second:
         pass
     try:
-        view = first.show(display=False)
+        view = show(first.run_id, data_dir=first.data_dir, display=False)
         dashboard = start_server(data_dir)
         assert view.src == f"{dashboard.url}/#/run/{first.run_id}"
         assert dashboard.process is not None and dashboard.alive()
@@ -66,7 +79,8 @@ def test_one_background_server_per_folder_serves_every_view(no_notebook_env, tmp
         assert run["name"] == "first" and run["status"] == "completed"
         # A remote recorder's view points at the server it records into, whatever its folder.
         with Recorder(url=dashboard.url, name="remote", heartbeat_s=0) as remote:
-            assert remote.show(display=False).src == f"{dashboard.url}/#/run/{remote.run_id}"
+            view = show(remote.run_id, server=remote.server_url, display=False)
+            assert view.src == f"{dashboard.url}/#/run/{remote.run_id}"
         assert start_server(data_dir) is dashboard  # no second server was started for it
     finally:
         notebook.stop_servers()
@@ -75,7 +89,7 @@ def test_one_background_server_per_folder_serves_every_view(no_notebook_env, tmp
 
 KILLED_KERNEL = """
 import os, signal, sys
-from dst_core.recording import notebook
+from backend import notebook
 print(notebook.start_server(sys.argv[1]).process.pid, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)  # a kernel that dies without running atexit
 """
@@ -107,12 +121,12 @@ def test_a_server_that_refuses_frames_is_said_so_not_shown_blank(no_notebook_env
     server = servers(data_dir)
     try:
         assert notebook.frame_refusal(server.url) == "frame-ancestors 'self'"
-        view = rec.show(display=False)
+        view = show(rec.run_id, data_dir=rec.data_dir, display=False)
         assert view.src == f"{server.url}/#/run/{rec.run_id}"  # reused, not a second server
         page = view._repr_html_()
         assert "<iframe" not in page and "SPARSESCOPE_FRAME_ANCESTORS" in page and server.url in page
         # Through Jupyter's own origin (a proxy path) 'self' is Jupyter: framed as usual.
-        proxied = rec.show(display=False, base_url="/proxy/{port}")
+        proxied = show(rec.run_id, data_dir=rec.data_dir, display=False, base_url="/proxy/{port}")
         assert proxied.refused is None and "<iframe" in proxied._repr_html_()
     finally:
         notebook.stop_servers()

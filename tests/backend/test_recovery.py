@@ -13,7 +13,8 @@ import time
 import pytest
 from websockets.sync.client import connect
 
-from dst_core.recording import Recorder, RunStore
+from dst_core.recording import Recorder
+from dst_core.store import RunStore
 from tests.backend.conftest import (
     LONG_RUN,
     child_pids,

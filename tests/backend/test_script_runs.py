@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from dst_core import SparseDriver
-from dst_core.recording import Recorder, RunStore
+from dst_core.recording import Recorder
+from dst_core.store import RunStore
 from tests.backend.test_ingest import ThreadServer
 from tests.conftest import free_port
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from starlette.websockets import WebSocketDisconnect
 
-from backend.api.routes.stream import Outbox, RunFollower, SlowClient
+from backend.services.stream_hub import Outbox, RunFollower, SlowClient
 from dst_core.events import delta_payload, keyframe_payload
-from dst_core.recording import RunStore
-from dst_core.recording.codec import parse_binary_message
+from dst_core.store import RunStore
+from dst_core.store.codec import parse_binary_message
 from tests.backend.conftest import stream_events
 
 

@@ -9,7 +9,7 @@ import time
 
 from backend.app import create_app
 from backend.settings import Settings
-from dst_core.recording import RunReader, RunStore
+from dst_core.store import RunReader, RunStore
 from tests.conftest import LoopbackClient
 from tests.dst_core.test_recording import start_writer
 

@@ -8,9 +8,9 @@ import json
 import pytest
 from starlette.websockets import WebSocketDisconnect
 
-from backend.api.routes.stream import Outbox, RunFollower, RunHub, StreamHubs
-from dst_core.recording import RunStore
-from dst_core.recording.codec import parse_binary_message
+from backend.services.stream_hub import Outbox, RunFollower, RunHub, StreamHubs
+from dst_core.store import RunStore
+from dst_core.store.codec import parse_binary_message
 from tests.backend.test_stream import read_all, record_run
 
 
@@ -163,7 +163,7 @@ def test_many_viewers_of_a_live_run_share_one_reader(tmp_path, monkeypatch):
     store = RunStore(tmp_path)
     run_id = record_run(store, rewires=5, status="running")
     reads: list[int] = []
-    import backend.api.routes.stream as stream
+    import backend.services.stream_hub as stream
 
     def counted(store_, run_id_, from_seq, limit):
         reads.append(from_seq)

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from backend.services.topology_reader import CACHE, linear_chains
 from dst_core import SparseDriver
 from dst_core.events import delta_payload, keyframe_payload
-from dst_core.recording import Recorder, RunReader, topology_index
-from dst_core.recording.store import RunStore
-from dst_core.recording.topology_reader import CACHE, linear_chains
+from dst_core.recording import Recorder
+from dst_core.store import RunReader, topology_index
+from dst_core.store.run_store import RunStore
 from tests.dst_core.test_analytics import brute_chain, brute_degrees, brute_history
 
 
@@ -291,7 +292,7 @@ def test_a_recorded_run_is_indexed_as_it_is_written_and_answers_without_replayin
         client, monkeypatch, replayed):
     """The writer stores the cohort index with the frames (segments of SEGMENT_REWIRES, the
     rest when the run ends): a cold request reads it and replays no frame."""
-    from dst_core import cohorts
+    from dst_core.store import cohorts
 
     monkeypatch.setattr(cohorts, "SEGMENT_REWIRES", 3)
     CACHE.clear()
@@ -325,7 +326,7 @@ def test_a_run_stored_without_an_index_is_indexed_from_its_frames_once(client, r
 def test_a_live_run_and_a_restarted_writer_keep_one_contiguous_index(client, monkeypatch):
     """Frames written in batches by two store instances (a writer that restarts mid-run): the
     second resumes from the stored checkpoint; live requests answer the unsegmented rewires."""
-    from dst_core import cohorts
+    from dst_core.store import cohorts
 
     monkeypatch.setattr(cohorts, "SEGMENT_REWIRES", 4)
     CACHE.clear()
@@ -368,7 +369,7 @@ def test_a_live_run_and_a_restarted_writer_keep_one_contiguous_index(client, mon
 def test_a_stored_index_that_disagrees_with_the_frames_is_not_used(client, monkeypatch):
     """A damaged index row (a header that does not parse, a blob cut short, counts that do not
     match the frames) is never served: the layer is replayed from its frames instead."""
-    from dst_core import cohorts
+    from dst_core.store import cohorts
 
     monkeypatch.setattr(cohorts, "SEGMENT_REWIRES", 3)
     store = client.app.state.store
@@ -419,9 +420,9 @@ def test_ingested_frames_are_indexed_by_the_server(client):
 def test_a_rewire_keyframe_is_indexed_from_its_changes_and_never_sends_them(client, monkeypatch):
     """The driver's keyframes at a rewire carry that rewire's changes in process: the index
     takes them (no whole-mask diff) and answers exactly; a remote writer strips them."""
-    from dst_core import cohorts
     from dst_core.events import LOCAL_CHANGES
     from dst_core.recording.remote import wire_event
+    from dst_core.store import cohorts
 
     diffs = {"count": 0}
     original = cohorts.LayerIndexer.take_mask

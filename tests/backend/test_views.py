@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from backend.services.views import LayerViews
 from dst_core.events import keyframe_payload
-from dst_core.recording import RunStore
-from dst_core.recording.views import LayerViews
+from dst_core.store import RunStore
 from tests.backend.test_stream import record_run
 
 
@@ -136,7 +136,7 @@ def test_scrubbing_starts_from_the_cached_neighbour(tmp_path, monkeypatch):
 
 
 def test_cache_is_bounded_by_bytes(tmp_path):
-    from dst_core.recording.masks import BytesLRU
+    from dst_core.store.masks import BytesLRU
 
     cache = BytesLRU(limit_bytes=10_000)
     for key in range(10):

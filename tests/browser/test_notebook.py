@@ -1,5 +1,5 @@
 """Notebooks as a user runs them: the tutorial executed by a headless Jupyter kernel, its
-inline views opened in chromium, and `rec.show()` inside JupyterLab following a run live
+inline views opened in chromium, and `sparsescope.show()` inside JupyterLab following a run live
 (the docs' screenshot of the inline view is taken here)."""
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ def test_tutorial_runs_headless_and_its_inline_views_show_existing_runs(tmp_path
 LIVE_NOTEBOOK = '''
 import time
 import torch, torch.nn.functional as F
+import sparsescope
 from dst_core import SparseDriver
 from dst_core.recording import Recorder
 from dst_core.tasks import load_task
@@ -85,7 +86,7 @@ optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 driver = SparseDriver(model, optimizer, method="set", density=0.2, total_steps=600, interval_steps=5)
 with Recorder(name="inline in JupyterLab") as rec:
     rec.attach(driver)
-    rec.show()
+    sparsescope.show(rec.run_id, data_dir=rec.data_dir)
     for step in range(1, 601):
         batch = torch.randint(0, len(task.x_train), (64,))
         loss = F.cross_entropy(model(task.x_train[batch]), task.y_train[batch])
@@ -95,7 +96,7 @@ with Recorder(name="inline in JupyterLab") as rec:
 '''
 
 
-def test_rec_show_in_jupyterlab_follows_a_run_while_it_trains(tmp_path, monkeypatch, browser):
+def test_show_in_jupyterlab_follows_a_run_while_it_trains(tmp_path, monkeypatch, browser):
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [nbformat.v4.new_code_cell(LIVE_NOTEBOOK.strip())]
     notebook.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3",

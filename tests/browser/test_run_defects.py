@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from dst_core import SparseDriver
-from dst_core.recording import Recorder, RunStore
+from dst_core.recording import Recorder
+from dst_core.store import RunStore
 from tests.browser.conftest import Server
 
 pytestmark = pytest.mark.browser

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from dst_core import analytics, cohorts
+from dst_core import analytics
 from dst_core.analytics import chain_connectivity, degrees
-from dst_core.cohorts import IndexFormatError, LayerIndexer, LayerTimeline, Segment
+from dst_core.store import cohorts
+from dst_core.store.cohorts import IndexFormatError, LayerIndexer, LayerTimeline, Segment
 
 
 # ---- brute force: straight from the definitions, loops and sets, no shared code ----------------

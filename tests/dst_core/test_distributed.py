@@ -21,7 +21,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dst_core import REGISTRY, SparseDriver
 from dst_core.distributed import MaskDivergenceError, mask_hash
-from dst_core.recording import Recorder, RunStore
+from dst_core.recording import Recorder
+from dst_core.store import RunStore
 
 TOTAL_STEPS = 16
 INTERVAL_STEPS = 4

@@ -19,9 +19,10 @@ import torch
 
 from dst_core import SparseDriver
 from dst_core.events import delta_payload, keyframe_payload, to_wire
-from dst_core.recording import Recorder, RunReader, RunStore, codec
-from dst_core.recording.store import SCHEMA_VERSION, dumps
+from dst_core.recording import Recorder
 from dst_core.rewire import mask_level_methods
+from dst_core.store import RunReader, RunStore, codec
+from dst_core.store.run_store import SCHEMA_VERSION, dumps
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -212,7 +213,7 @@ def test_metrics_downsampling_keeps_min_max_last(tmp_path):
 
 def _v1_file(path: Path) -> tuple[str, list[dict]]:
     """A data folder written by the foundation's store (schema_version 1, JSON payloads)."""
-    from dst_core.recording.store import _SCHEMA_V1
+    from dst_core.store.run_store import _SCHEMA_V1
 
     path.mkdir(parents=True)
     db = sqlite3.connect(path / "runs.sqlite3")
@@ -252,7 +253,7 @@ def test_migrates_a_version_1_file(tmp_path):
     assert step == 4 and sorted(np.flatnonzero(mask)) == [1, 2, 9, 33, 50]
     # Version 3's cohort index: empty after the upgrade; the first topology request replays
     # the old run's frames and, the run having ended, stores what it built.
-    from dst_core.recording.topology_reader import TopologyReader
+    from backend.services.topology_reader import TopologyReader
 
     assert store.db.execute("SELECT COUNT(*) FROM topology_index").fetchone()[0] == 0
     answer = TopologyReader(store).layer(run_id, "fc.weight", 10)

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from dst_core import REGISTRY, register_rewirer
-from dst_core.config import RunConfig
-from dst_core.training import train
+from dst_core.recording.training import train
+from dst_core.store.config import RunConfig
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_registered_method_is_a_config_value_and_trains(tiny_method):
 
 def test_registered_method_through_the_cli(tiny_method, tmp_path):
     from backend.cli import main
-    from dst_core.recording import RunStore
+    from dst_core.store import RunStore
 
     assert main(["train", "--method", "tiny", "--task", "synthetic", "--epochs", "1",
                  "--hidden", "8", "--quiet", "--data-dir", str(tmp_path)]) == 0

@@ -12,7 +12,7 @@ import multiprocessing
 import traceback
 from pathlib import Path
 
-from dst_core.recording.store import RunStore
+from dst_core.store.run_store import RunStore
 
 WRITERS = 8
 ROUNDS = 4

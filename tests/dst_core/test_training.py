@@ -2,8 +2,8 @@
 
 import pytest
 
-from dst_core import RunConfig
-from dst_core.training import train
+from dst_core.recording.training import train
+from dst_core.store.config import RunConfig
 
 
 class ListSink:

@@ -14,9 +14,9 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from backend.api.deps import RunDep, RunIdDep, StoreDep
-from dst_core.recording import FINAL_STATUSES, RunReader
-from dst_core.recording.masks import StoredDataError
-from dst_core.recording.views import MAX_PANEL, LayerViews, UnknownError
+from backend.services.views import MAX_PANEL, LayerViews, UnknownError
+from dst_core.store import FINAL_STATUSES, RunReader
+from dst_core.store.masks import StoredDataError
 
 router = APIRouter(prefix="/api/runs", tags=["frames"])
 MAX_STEP = 2**62  # SQLite integers are 64-bit: a larger step is a 422, not an OverflowError

@@ -7,7 +7,7 @@ counts as the writer's heartbeat (the stale-writer watcher lives with the run ma
 A run has one writer: a remote writer writes only runs it created here (`info.writer` is
 `remote`); a run the server's own worker trains, or that the CLI or a script in the data
 folder records, answers 409. What an event may hold is checked by the store
-(dst_core.recording.schema), the same rules for every writer; this router only maps them.
+(dst_core.store.schema), the same rules for every writer; this router only maps them.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from backend.api.deps import RunIdDep, StoreDep
-from dst_core.recording import FINAL_STATUSES, RunStore
-from dst_core.recording.transfer import ARTIFACT_NAMES
+from dst_core.store import FINAL_STATUSES, RunStore
+from dst_core.store.transfer import ARTIFACT_NAMES
 
 MAX_INTEGER = 2**62  # SQLite integers are 64-bit: larger seqs and steps are refused with a 422
 WRITER_NAMES = {"worker": "this server's own worker", "cli": "the sparsescope CLI",

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from backend.schemas import BODY_RESPONSES, ErrorOut, ValidationErrorOut
-from dst_core.config import RunConfig
-from dst_core.plan import RunPlan, plan_run
+from dst_core.store.config import RunConfig
+from dst_core.store.plan import RunPlan, plan_run
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 

@@ -11,8 +11,8 @@ from backend.api.deps import ManagerDep, RunDep, RunIdDep, SettingsDep, StoreDep
 from backend.manager import NotOwned, QueueFull
 from backend.schemas import BODY_RESPONSES, ERROR_RESPONSES, ErrorOut, RunOut, ValidationErrorOut
 from backend.settings import Settings
-from dst_core.config import RunConfig
-from dst_core.plan import plan_run
+from dst_core.store.config import RunConfig
+from dst_core.store.plan import plan_run
 
 router = APIRouter(prefix="/api/runs", tags=["runs"], responses=ERROR_RESPONSES)
 

@@ -16,9 +16,9 @@ from pydantic import BaseModel, Field
 
 from backend.api.deps import RunDep, RunIdDep, StoreDep
 from backend.api.routes.frames import layer_views
-from dst_core.recording.codec import FrameError
-from dst_core.recording.masks import StoredDataError
-from dst_core.recording.topology_reader import TopologyReader
+from backend.services.topology_reader import TopologyReader
+from dst_core.store.codec import FrameError
+from dst_core.store.masks import StoredDataError
 
 router = APIRouter(prefix="/api/runs", tags=["topology"])
 MAX_STEP = 2**62  # SQLite integers are 64-bit: a larger step is a 422, not an OverflowError

@@ -13,9 +13,9 @@ from starlette.background import BackgroundTask
 
 from backend.api.deps import RunDep, RunIdDep, StoreDep
 from backend.schemas import RunOut
-from dst_core.recording import BadExportError, export_run, import_run
 from dst_core.recording.recorder import MODEL_ARTIFACT
-from dst_core.recording.transfer import export_filename
+from dst_core.store import BadExportError, export_run, import_run
+from dst_core.store.transfer import export_filename
 
 router = APIRouter(prefix="/api/runs", tags=["transfer"])
 

@@ -1,7 +1,7 @@
 """Topology of a recorded run at any step: degrees, ages, cohort survival, distances, chains.
 
 Works for every stored run, whatever wrote it. Per layer, an answer is one mask seek (the
-degrees) plus the run's cohort index (dst_core.cohorts): ages from the checkpoint before the
+degrees) plus the run's cohort index (dst_core.store.cohorts): ages from the checkpoint before the
 rewire, survival from counting every earlier cohort in the mask, block by block. The index is
 stored by whoever wrote the frames (topology_index.py), so a request on a run nobody asked
 about before reads compact segments instead of replaying the run. Frames no stored segment
@@ -32,11 +32,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dst_core.analytics import chain_connectivity, degrees
-from dst_core.cohorts import IndexFormatError, LayerIndexer, LayerTimeline, Segment
-from dst_core.recording import topology_index
-from dst_core.recording.masks import StoredDataError
-from dst_core.recording.reader import RunReader
-from dst_core.recording.store import FINAL_STATUSES, RunStore
+from dst_core.store import FINAL_STATUSES, RunStore, topology_index
+from dst_core.store.cohorts import IndexFormatError, LayerIndexer, LayerTimeline, Segment
+from dst_core.store.masks import StoredDataError
+from dst_core.store.reader import RunReader
 
 # Two threads count a layer's segments (see LayerTimeline.alive): the cold request of a big
 # layer is bound by gathering its growth history, and numpy gathers without the GIL.
@@ -132,7 +131,7 @@ class TopologyReader:
 
     # ---- one layer ----------------------------------------------------------------------------
     def layer(self, run_id: str, layer: str | int, step: int) -> dict:
-        """Every per-layer field of the newest rewire at or before `step` (see dst_core.cohorts)."""
+        """Every per-layer field of the newest rewire at or before `step` (see dst_core.store.cohorts)."""
         layers = self.reader.layers(run_id)
         index = self.reader.layer_index(run_id, layer)
         name = layers[index].get("name", str(index))

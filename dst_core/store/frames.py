@@ -6,7 +6,7 @@ import numpy as np
 
 from dst_core.driver import LayerChange, SparseDriver
 from dst_core.events import EventSink, delta_payload, keyframe_payload, matrix_shape
-from dst_core.recording.codec import layer_kind
+from dst_core.store.codec import layer_kind
 
 EMPTY = np.zeros(0, dtype="<u4")
 

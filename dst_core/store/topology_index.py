@@ -1,4 +1,4 @@
-"""The stored cohort index (dst_core.cohorts): its table, the writer's side and the frames
+"""The stored cohort index (dst_core.store.cohorts): its table, the writer's side and the frames
 replayed into it.
 
 Whoever stores a run's topology frames indexes them in the same transaction: the store keeps
@@ -23,9 +23,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from dst_core.cohorts import IndexFormatError, LayerIndexer, Segment
 from dst_core.events import LOCAL_CHANGES
-from dst_core.recording import codec
+from dst_core.store import codec
+from dst_core.store.cohorts import IndexFormatError, LayerIndexer, Segment
 
 LOG = logging.getLogger(__name__)
 FRAME_BATCH = 64  # stored frames read per fetch while replaying: bounded memory

@@ -13,13 +13,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from dst_core.config import RunConfig
 from dst_core.driver import SparseDriver
 from dst_core.events import EventSink
 from dst_core.models import build_model
 from dst_core.run_settings import builtin_model_label, run_settings
+from dst_core.store.config import RunConfig
+from dst_core.store.frames import TopologyEmitter
 from dst_core.tasks import load_task
-from dst_core.topology import TopologyEmitter
 
 METRICS_EVERY_STEPS = 10  # one metrics event per 10 steps keeps long runs' streams light
 

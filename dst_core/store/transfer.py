@@ -10,7 +10,7 @@ as hostile until proven otherwise:
   or a recursive CTE expands a 78 KB file into gigabytes; a trigger runs during an upgrade);
 - it is opened read-only and integrity-checked; a version-1 file's frames are bounded
   before our own migration (the only code an upgrade runs) touches them;
-- every column passes the store's own schemas (dst_core.recording.schema), frames are
+- every column passes the store's own schemas (dst_core.store.schema), frames are
   bounded by the store's frame limit before they are decoded, and only then is the run
   copied, under a new id, in one transaction, so a bad file changes nothing.
 """
@@ -27,14 +27,8 @@ from pathlib import Path
 
 import torch
 
-from dst_core.recording import codec, topology_index
-from dst_core.recording.schema import (
-    InvalidValue,
-    check_frame_header,
-    checked_run_columns,
-)
-from dst_core.recording.store import (
-    ACTIVE_STATUSES,
+from dst_core.store import codec, topology_index
+from dst_core.store.run_store import (
     SCHEMA_VERSION,
     RunStore,
     _Transaction,
@@ -44,6 +38,12 @@ from dst_core.recording.store import (
     migrate,
     new_run_id,
     schema_version,
+)
+from dst_core.store.schema import (
+    ACTIVE_STATUSES,
+    InvalidValue,
+    check_frame_header,
+    checked_run_columns,
 )
 
 SQLITE_MAGIC = b"SQLite format 3\x00"

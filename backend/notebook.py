@@ -31,7 +31,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from dst_core.recording.store import DB_NAME
+from dst_core.store import DB_NAME, DEFAULT_DATA_DIR, RunStore
 
 SERVER_LOCK = "server.lock"  # the serving server's lock, recording its pid, bind address, port
 DEFAULT_HEIGHT_PX = 900  # a notebook cell: the header, the player and the first heatmaps
@@ -237,43 +237,39 @@ def run_url(base: str, run_id: str, step: int | None = None) -> str:
 
 
 def _newest_run(data_dir: Path) -> str:
-    from dst_core.recording.store import RunStore
-
     runs = RunStore(data_dir).list_runs() if (data_dir / DB_NAME).exists() else []
     if not runs:
         raise ValueError(f"target: no runs recorded in {data_dir}")
     return runs[0]["id"]
 
 
-def _resolve(target, data_dir) -> tuple[str, Path | None, str | None]:
-    """(run id, its data folder or None, the server URL of a remote recorder or None)."""
-    from dst_core.recording.recorder import DEFAULT_DATA_DIR, Recorder
-
-    if isinstance(target, Recorder):
-        server = getattr(target.writer, "url", None)
-        folder = None if server else Path(target.store.data_dir)
-        return target.run_id, folder, server
+def _resolve(target, data_dir, server) -> tuple[str, Path | None]:
+    """(run id, its data folder, or None when `server` holds the run)."""
     if not isinstance(target, (str, os.PathLike)):
-        raise ValueError(f"target: a Recorder, a run id or a data folder, not {type(target).__name__}")
+        raise ValueError(f"target: a run id or a data folder, not {type(target).__name__} "
+                         "(for a Recorder: sparsescope.show(rec.run_id, data_dir=rec.data_dir))")
     text = os.fspath(target)
+    if server is not None:
+        return text, None
     path = Path(text).expanduser()
     if path.is_dir():
-        return _newest_run(path), path, None
+        return _newest_run(path), path
     folder = Path(data_dir or os.environ.get("SPARSESCOPE_DATA_DIR") or DEFAULT_DATA_DIR).expanduser()
-    from dst_core.recording.store import RunStore
-
     if not (folder / DB_NAME).exists() or RunStore(folder).get_run(text) is None:
         raise ValueError(f"target: no run {text!r} in {folder} (pass data_dir= or the folder)")
-    return text, folder, None
+    return text, folder
 
 
-def show(target, *, data_dir: str | Path | None = None, base_url: str | None = None,
-         port: int | None = None, step: int | None = None, height: int = DEFAULT_HEIGHT_PX,
+def show(target: str | os.PathLike, *, data_dir: str | Path | None = None,
+         server: str | None = None, base_url: str | None = None, port: int | None = None,
+         step: int | None = None, height: int = DEFAULT_HEIGHT_PX,
          display: bool = True) -> InlineView | None:
-    """Show a run's live view inline: `target` is a Recorder, a run id, or a data folder (its
-    newest run). In IPython the view is displayed at once (and None returned, so a cell ending
-    in `rec.show()` does not draw it twice); elsewhere, or with `display=False`, it is returned."""
-    run_id, folder, server = _resolve(target, data_dir)
+    """Show a run's live view inline: `target` is a run id (in `data_dir`, or on `server`
+    for a run recorded to a server) or a data folder (its newest run). A recording script
+    passes `rec.run_id, data_dir=rec.data_dir` (or `server=rec.server_url`). In IPython the
+    view is displayed at once (and None returned, so a cell ending in `show(...)` does not
+    draw it twice); elsewhere, or with `display=False`, it is returned."""
+    run_id, folder = _resolve(target, data_dir, server)
     dashboard_url = server.rstrip("/") if server else start_server(folder, port=port).url
     base = public_base(dashboard_url, base_url)
     refused = frame_refusal(dashboard_url)

@@ -23,8 +23,9 @@ from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
-from dst_core.recording import codec
-from dst_core.recording.schema import (
+from dst_core.store import codec
+from dst_core.store.schema import (
+    FINAL_STATUSES,
     InvalidValue,
     check_frame_header,
     checked_config,
@@ -38,14 +39,12 @@ from dst_core.recording.schema import (
     stored_info,
     stored_run,
 )
-from dst_core.recording.topology_index import TABLE_SQL as TOPOLOGY_INDEX_TABLE
-from dst_core.recording.topology_index import IndexWriter, insert_segment
+from dst_core.store.topology_index import TABLE_SQL as TOPOLOGY_INDEX_TABLE
+from dst_core.store.topology_index import IndexWriter, insert_segment
 
 SCHEMA_VERSION = 3
 DB_NAME = "runs.sqlite3"
-ACTIVE_STATUSES = ("queued", "running")
-FINAL_STATUSES = ("completed", "stopped", "failed")
-STATUSES = ACTIVE_STATUSES + FINAL_STATUSES
+DEFAULT_DATA_DIR = "./sparsescope-data"  # the one default folder: Recorder, CLI, server, notebook
 EVENT_TYPE = re.compile(r"[a-z_]{1,32}")
 MAX_SEQ = 2**62  # SQLite integers are 64-bit; seqs and steps stay well inside
 MODEL_ARTIFACT = "model.pt"

@@ -28,8 +28,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dst_core.events import wire_value
 
+# A run's statuses, declared once: the store, the server, the CLI and the dashboard
+# (frontend/js/statuses.js, kept equal by tests/test_js_statuses.py) read these.
+ACTIVE_STATUSES: tuple[str, ...] = ("queued", "running")
+FINAL_STATUSES: tuple[str, ...] = ("completed", "stopped", "failed")
+STATUSES: tuple[str, ...] = ACTIVE_STATUSES + FINAL_STATUSES
 RunStatus = Literal["queued", "running", "completed", "stopped", "failed"]
-STATUS_VALUES: tuple[str, ...] = ("queued", "running", "completed", "stopped", "failed")
+assert RunStatus.__args__ == STATUSES  # the pydantic type names the same statuses
 WRITERS = ("worker", "cli", "script", "remote")
 MAX_JSON_DEPTH = 32  # far above any payload we write (≤ 4), far below Python's recursion limit
 MAX_JSON_BYTES = 4 * 1024 * 1024  # one non-frame payload / config / summary / info document
@@ -206,8 +211,8 @@ def checked_name(name: Any) -> str:
 
 
 def checked_status(status: Any, error: Any = None) -> tuple[str, str | None]:
-    if status not in STATUS_VALUES:
-        raise InvalidValue("status", f"{status!r} is not one of {', '.join(STATUS_VALUES)}")
+    if status not in STATUSES:
+        raise InvalidValue("status", f"{status!r} is not one of {', '.join(STATUSES)}")
     if error is not None and not isinstance(error, str):
         raise InvalidValue("error", f"must be text, got {type(error).__name__}")
     return status, error
@@ -259,7 +264,7 @@ def stored_run(columns: dict[str, Any]) -> dict:
     name = columns.get("name")
     return StoredRun(
         id=str(columns.get("id")), name=name if isinstance(name, str) else "(unreadable run)",
-        config={}, status=status if status in STATUS_VALUES else "failed",
+        config={}, status=status if status in STATUSES else "failed",
         created_at=_timestamp(columns.get("created_at")) or 0.0, summary=RunSummary(),
         error=columns.get("error") if isinstance(columns.get("error"), str) else None,
         unreadable=reason[:500]).model_dump()
@@ -282,7 +287,7 @@ def _timestamp(value: Any) -> float | None:
 
 def checked_run_columns(run: dict) -> dict:
     """An imported `runs` row, every column checked by the same rules as a new run's."""
-    from dst_core.config import RunConfig  # lazily: dst_core's package imports this module
+    from dst_core.store.config import RunConfig  # lazily: dst_core's package imports this module
 
     out = {"name": checked_name(run.get("name"))}
     out["status"], out["error"] = checked_status(run.get("status"), run.get("error"))

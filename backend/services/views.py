@@ -23,9 +23,9 @@ import threading
 
 import numpy as np
 
-from dst_core.recording.masks import BytesLRU, FrameChains, run_key
-from dst_core.recording.reader import RunReader
-from dst_core.recording.store import RunStore
+from dst_core.store.masks import BytesLRU, FrameChains, run_key
+from dst_core.store.reader import RunReader
+from dst_core.store.run_store import RunStore
 
 MAX_PANEL = 2048  # pixels per side of one panel: more than any screen shows
 MAX_INDEXED_RUNS = 1024  # runs whose rewire steps are kept in memory

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dst_core.recording import codec
-from dst_core.recording.codec import FrameError
-from dst_core.recording.store import RunStore
+from dst_core.store import codec
+from dst_core.store.codec import FrameError
+from dst_core.store.run_store import RunStore
 
 CACHE_BYTES = 256 * 1024 * 1024  # rebuilt masks, 1 byte per connection (a ResNet-50: ~25 MB)
 

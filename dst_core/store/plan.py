@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from dst_core.config import CNN_CHANNELS, CNN_KERNEL, CNN_POOLINGS, TASK_SHAPES, RunConfig
 from dst_core.density import layer_densities
 from dst_core.rewire import Algorithm, Rewirer, get_algorithm
 from dst_core.schedules import RewireSchedule
+from dst_core.store.config import CNN_CHANNELS, CNN_KERNEL, CNN_POOLINGS, TASK_SHAPES, RunConfig
 
 # Training examples of each built-in task (dst_core.tasks: the examples left after the fixed
 # 20 % test split), so a run's steps are known before its data is loaded

@@ -12,9 +12,9 @@ import math
 
 import numpy as np
 
-from dst_core.recording import codec
-from dst_core.recording.masks import FrameChains, StoredDataError
-from dst_core.recording.store import RunStore
+from dst_core.store import codec
+from dst_core.store.masks import FrameChains, StoredDataError
+from dst_core.store.run_store import RunStore
 
 METRIC_EVENT_TYPES = ("metrics", "eval")
 
