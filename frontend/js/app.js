@@ -8,8 +8,10 @@ import * as codec from "./codec.js";
 import { CompareView } from "./compare_view.js";
 import { RunForm } from "./form.js";
 import { PALETTES } from "./heatmap.js";
-import { ACTIVE, RunsList } from "./runs.js";
+import { RunsList } from "./runs.js";
 import { RunView } from "./run_view.js";
+import { isActive } from "./statuses.js";
+import * as urls from "./urls.js";
 
 const $ = (id) => document.getElementById(id);
 const RUNS_POLL_MS = 3000;
@@ -27,7 +29,7 @@ function setStatus(status) {
   const badge = $("status");
   badge.textContent = status;
   badge.dataset.status = status;
-  $("stop").disabled = !ACTIVE.has(status);
+  $("stop").disabled = !isActive(status);
 }
 
 function setConnection(state) {
@@ -52,7 +54,9 @@ const compareView = new CompareView({ palette: () => palette, message: runsMessa
 
 // Test hook: the run on screen and the counters the browser tests and the bench read.
 window.sparsescope = {
-  codec, paints: 0,
+  codec,
+  // Panels painted by the run view since the page loaded.
+  get paints() { return runView.paints; },
   // Rewires known to the page, and the newest one's step (grows while following live).
   get rewires() { return runView.player.steps.length; },
   get lastStep() { const steps = runView.player.steps; return steps.length ? steps[steps.length - 1] : 0; },
@@ -147,7 +151,7 @@ async function startRun() {
   const button = $("start");
   button.disabled = true;
   try {
-    const run = await api("/api/runs", { method: "POST", body: {} });
+    const run = await api(urls.runs(), { method: "POST", body: {} });
     openRun(run);
     runsList.refresh();
   } catch (error) {
@@ -161,7 +165,7 @@ async function stopRun() {
   const id = runView.id;
   if (!id) return;
   try {
-    const run = await api(`/api/runs/${id}/stop`, { method: "POST" });
+    const run = await api(urls.stop(id), { method: "POST" });
     if (runView.id === run.id) setStatus(run.status);
   } catch (error) {
     $("run-label").textContent = `Stop failed: ${error.message}`;

@@ -2,30 +2,21 @@
 //
 // Every name that reaches Plotly (run, layer, metric) goes through `plain` first: Plotly renders
 // a subset of HTML in titles, legends and hover labels.
+import { chartBase, chartTitle, COLOURS, MARGINS, PLOT_CONFIG, stepMarker } from "./chart_style.js";
 import { plain } from "./text.js";
 
-const CONFIG = { displayModeBar: false, responsive: true };
 const BASE = {
-  margin: { l: 52, r: 16, t: 30, b: 64 },
-  legend: { orientation: "h", y: -0.3, font: { size: 11 } },
-  paper_bgcolor: "rgba(0,0,0,0)",
+  ...chartBase(MARGINS.metric, -0.3),
   xaxis: { title: { text: "step", standoff: 2 }, zeroline: false },
 };
 const WAITING = { text: "waiting for data", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5,
-                  font: { size: 14, color: "#5f6b7a" } };
+                  font: { size: 14, color: COLOURS.waiting } };
 
 function layout(title, yTitle, extra = {}) {
   // automargin: long tick labels (densities like 0.09994) push the axis title out instead of
   // printing over it.
-  return { ...BASE, title: { text: plain(title), font: { size: 13 } },
+  return { ...BASE, title: chartTitle(title),
            yaxis: { title: { text: plain(yTitle) }, automargin: true }, ...extra };
-}
-
-function marker(step) {
-  return step === null || step === undefined ? [] : [{
-    type: "line", xref: "x", yref: "paper", x0: step, x1: step, y0: 0, y1: 1,
-    line: { color: "#f59e0b", width: 1.5, dash: "dot" },
-  }];
 }
 
 const line = (name, series, extra = {}) => ({
@@ -83,20 +74,20 @@ export function runCharts(metrics, rewires, palette) {
   const totals = rewires.totals();
   const charts = {
     loss: [[
-      line("train loss (running)", m("loss"), { line: { color: "#94a3b8" } }),
+      line("train loss (running)", m("loss"), { line: { color: COLOURS.running } }),
       line("train loss", e("train_loss"), { mode: "lines+markers" }),
       line("test loss", e("test_loss"), { mode: "lines+markers" }),
       // Logged by a script with rec.log (metrics events) rather than rec.eval.
       ...logged(m, ["train_loss", "test_loss"]),
     ], layout("Loss", "cross-entropy")],
     accuracy: [[
-      line("train acc. (running)", m("accuracy"), { line: { color: "#94a3b8" } }),
+      line("train acc. (running)", m("accuracy"), { line: { color: COLOURS.running } }),
       line("train accuracy", e("train_accuracy"), { mode: "lines+markers" }),
       line("test accuracy", e("test_accuracy"), { mode: "lines+markers" }),
       ...logged(m, ["train_accuracy", "test_accuracy"]),
     ], layout("Accuracy", "accuracy", { yaxis: { title: { text: "accuracy" }, range: [0, 1.02], automargin: true } })],
     density: densityChart(metrics, rewires),
-    itop: [[line("ITOP rate", m("itop_rate"), { line: { color: "#7c3aed" } })],
+    itop: [[line("ITOP rate", m("itop_rate"), { line: { color: COLOURS.itop } })],
       layout("ITOP rate (ever active)", "share of all connections")],
     turnover: [[
       { type: "bar", name: "added", x: rewires.step, y: totals.added, marker: { color: palette.added } },
@@ -104,7 +95,7 @@ export function runCharts(metrics, rewires, palette) {
         marker: { color: palette.removed }, customdata: totals.removed,
         hovertemplate: "removed %{customdata}<extra></extra>" },
       { type: "scatter", mode: "lines+markers", name: "turnover", x: rewires.step, y: rewires.turnover,
-        yaxis: "y2", line: { color: "#111" } },
+        yaxis: "y2", line: { color: COLOURS.whole } },
     ], layout("Added / removed per rewire", "connections", {
       barmode: "relative", margin: { ...BASE.margin, r: 56 },
       yaxis2: { title: { text: "turnover" }, overlaying: "y", side: "right", rangemode: "tozero", showgrid: false,
@@ -124,7 +115,7 @@ function densityChart(metrics, rewires) {
     { type: "heatmap", x: rewires.step, y: names, z, colorscale: "Viridis", zmin: 0, yaxis: "y",
       colorbar: { title: { text: "density" }, thickness: 10, len: 0.7, y: 0.35 },
       hovertemplate: "%{y}<br>step %{x}: density %{z:.4f}<extra></extra>", name: "per layer" },
-    line("global density", global, { yaxis: "y2", line: { color: "#111" } }),
+    line("global density", global, { yaxis: "y2", line: { color: COLOURS.whole } }),
   ];
   const rowsHigh = Math.max(1, names.length);
   return [traces, layout("Density per layer", "", {
@@ -188,11 +179,11 @@ export function drawChart(div, spec, step, revision) {
   if (drawn && drawn.revision === revision && div.layout) {
     if (drawn.step === at) return Promise.resolve(div);
     drawn.step = at;
-    return Plotly.relayout(div, { shapes: marker(at) });
+    return Plotly.relayout(div, { shapes: stepMarker(at) });
   }
   const [traces, chartLayout] = typeof spec === "function" ? spec() : spec;
   const empty = !hasPoints(traces);
-  const withMarker = { ...chartLayout, shapes: marker(at), datarevision: revision, uirevision: "keep",
+  const withMarker = { ...chartLayout, shapes: stepMarker(at), datarevision: revision, uirevision: "keep",
                        annotations: empty ? [WAITING] : [] };
   if (empty) {
     withMarker.xaxis = { ...(chartLayout.xaxis || BASE.xaxis), visible: false };
@@ -200,5 +191,5 @@ export function drawChart(div, spec, step, revision) {
   }
   div.dataset.empty = String(empty);
   div.sparsescopeChart = { revision, step: at };
-  return Plotly.react(div, traces, withMarker, CONFIG);
+  return Plotly.react(div, traces, withMarker, PLOT_CONFIG);
 }

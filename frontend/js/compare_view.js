@@ -5,10 +5,11 @@ import { api } from "./api.js";
 import { COMPARE_METRICS, compareChart, compareExtraChart, compareExtraFields, drawChart } from "./charts.js";
 import { PanelSet } from "./panels.js";
 import { Player } from "./player.js";
-import { ACTIVE } from "./runs.js";
 import { loadSeries } from "./series.js";
+import { isActive } from "./statuses.js";
 import { RunStream } from "./stream.js";
 import { TopologySection } from "./topology.js";
+import * as urls from "./urls.js";
 import { ViewCache } from "./views.js";
 
 const $ = (id) => document.getElementById(id);
@@ -40,7 +41,7 @@ export class CompareView {
     let runs;
     try {
       runs = await Promise.all(ids.map(async (id) => {
-        const [run, rewires] = await Promise.all([api(`/api/runs/${id}`), api(`/api/runs/${id}/rewires`)]);
+        const [run, rewires] = await Promise.all([api(urls.run(id)), api(urls.rewires(id))]);
         return { id, name: run.name, run, lastSeq: rewires.last_seq, layers: rewires.layers, steps: rewires.steps };
       }));
     } catch (error) {
@@ -63,7 +64,7 @@ export class CompareView {
       entry.metrics = series?.metrics;
       entry.rewires = series?.rewires;
       entry.pending = null;
-      if (ACTIVE.has(entry.run.status)) {
+      if (isActive(entry.run.status)) {
         entry.stream = new RunStream(entry.id, entry.lastSeq + 1, {
           onEvent: (event) => this.handle(entry, event, generation),
         }).open();
@@ -83,7 +84,7 @@ export class CompareView {
       div.setAttribute("aria-label", `${title} of the compared runs`);
       return div;
     }));
-    this.player.followable = runs.some((entry) => ACTIVE.has(entry.run.status));
+    this.player.followable = runs.some((entry) => isActive(entry.run.status));
     this.player.live = this.player.followable;
     this.topology.open(runs.map((entry) => ({ id: entry.id, name: entry.name, layers: entry.layers })));
     this.player.setSteps(this.unionSteps());
@@ -129,7 +130,7 @@ export class CompareView {
     } else if (event.type === "end") {
       if (entry.pending !== null) this.rewired(entry, entry.pending);
       entry.run = { ...entry.run, status: "ended" };
-      this.player.setFollowable(this.runs.some((other) => ACTIVE.has(other.run.status)));
+      this.player.setFollowable(this.runs.some((other) => isActive(other.run.status)));
     }
     this.chartsDirty();
   }

@@ -1,6 +1,7 @@
 // The new-run form, generated from the server's own schema (RunConfig in /openapi.json), so
-// every field, default, range and choice stays in step with dst_core/config.py.
+// every field, default, range and choice stays in step with dst_core/store/config.py.
 import { api, ApiError } from "./api.js";
+import * as urls from "./urls.js";
 
 // Where a schema allows null, an empty input means "the method's published default".
 function describe(name, schema) {
@@ -128,7 +129,7 @@ export function runConfigSchema(openapi) {
     }
     return null;
   };
-  const body = openapi.paths?.["/api/runs"]?.post?.requestBody?.content?.["application/json"]?.schema;
+  const body = openapi.paths?.[urls.runs()]?.post?.requestBody?.content?.["application/json"]?.schema;
   const schema = resolve(body) || schemas.RunConfig || schemas["RunConfig-Input"];
   if (!schema) throw new Error("no RunConfig in the server's schema");
   return schema;
@@ -183,7 +184,7 @@ export class RunForm {
     const asked = ++this.planAsked;
     let plan;
     try {
-      plan = await api("/api/runs/plan", { method: "POST", body: this.values() });
+      plan = await api(urls.plan(), { method: "POST", body: this.values() });
     } catch (error) {
       if (asked !== this.planAsked) return;
       this.planSummary.textContent = error instanceof ApiError && error.status === 422
@@ -216,7 +217,7 @@ export class RunForm {
     const container = this.form.querySelector("#form-fields");
     let schema;
     try {
-      schema = runConfigSchema(await api("/openapi.json"));
+      schema = runConfigSchema(await api(urls.openapi()));
     } catch (error) {
       container.textContent = `Could not read the run schema: ${error.message}`;
       return;
@@ -304,7 +305,7 @@ export class RunForm {
     const button = this.form.querySelector("button[type=submit]");
     button.disabled = true;
     try {
-      const run = await api("/api/runs", { method: "POST", body: this.values() });
+      const run = await api(urls.runs(), { method: "POST", body: this.values() });
       this.onStarted(run);
     } catch (error) {
       if (error instanceof ApiError && error.status === 422) this.showErrors(error.detail);

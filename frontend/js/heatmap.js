@@ -5,6 +5,7 @@
 // this rewire, else a shade from inactive to kept by the share of the pixel's connections that
 // are active (exactly kept or inactive where one pixel is one connection). Density mode: a
 // `heatmap` of the active share per block, at most DENSITY_GRID blocks a side.
+import { MARGINS, PAPER_BACKGROUND, PLOT_CONFIG } from "./chart_style.js";
 import { pixelRange } from "./codec.js";
 
 export const PALETTES = {
@@ -15,8 +16,6 @@ export const PALETTES = {
 export const STATE_NAMES = ["inactive", "kept", "added", "removed"];
 export const DENSITY_GRID = 128;
 export const MAX_GRID = 2048; // the server's bound on rows and cols of a view
-const PLOT_CONFIG = { displayModeBar: false, responsive: true };
-const MARGIN = { l: 48, r: 12, t: 8, b: 36 };
 
 function rgb(hex) {
   const value = parseInt(hex.slice(1), 16);
@@ -113,8 +112,9 @@ export class LayerPanel {
   gridFor(mode) {
     const [rows, cols] = this.layer.shape;
     const ratio = window.devicePixelRatio || 1;
-    const width = Math.max(32, Math.floor(((this.plot.clientWidth || 400) - MARGIN.l - MARGIN.r) * ratio));
-    const height = Math.max(32, Math.floor(((this.plot.clientHeight || 300) - MARGIN.t - MARGIN.b) * ratio));
+    const margin = MARGINS.panel;
+    const width = Math.max(32, Math.floor(((this.plot.clientWidth || 400) - margin.l - margin.r) * ratio));
+    const height = Math.max(32, Math.floor(((this.plot.clientHeight || 300) - margin.t - margin.b) * ratio));
     const cap = mode === "density" ? DENSITY_GRID : MAX_GRID;
     // Round down to a power of two's worth of steps so small resizes reuse cached views.
     const fit = (size, pixels) => Math.min(size, cap, quantise(pixels));
@@ -172,7 +172,7 @@ export class LayerPanel {
     const [rows] = this.layer.shape;
     const conv = this.layer.weight_shape && this.layer.weight_shape.length === 4;
     const layout = {
-      margin: MARGIN,
+      margin: MARGINS.panel,
       // automargin: four-digit unit indices push the axis title out instead of printing over it.
       xaxis: { title: { text: conv ? "input channel × kernel position" : "input unit", standoff: 4 },
                zeroline: false, showgrid: false, automargin: true, range: [-0.5, view.cols - 0.5] },
@@ -180,7 +180,7 @@ export class LayerPanel {
                automargin: true, showgrid: false, scaleanchor: false, range: [view.rows - 0.5, -0.5],
                ...(rows <= 12 ? { dtick: 1 } : {}) },
       uirevision: `${this.layer.name}-${mode}`,
-      paper_bgcolor: "rgba(0,0,0,0)",
+      paper_bgcolor: PAPER_BACKGROUND,
       plot_bgcolor: "#ffffff",
     };
     this.plotted = null;
@@ -404,14 +404,14 @@ export class InputPanel {
     const small = height <= 12 && width <= 12 ? { dtick: 1 } : {};
     const axis = label.split(" ")[0]; // "input", "kernel"
     const layout = {
-      margin: MARGIN,
+      margin: MARGINS.panel,
       xaxis: { showgrid: false, zeroline: false, constrain: "domain", ...small,
                title: { text: square ? `${axis} column` : label, standoff: 4 } },
       yaxis: { autorange: "reversed", showgrid: false, zeroline: false, ...small,
                ...(square ? { scaleanchor: "x", constrain: "domain", title: { text: `${axis} row`, standoff: 4 } }
                  : { showticklabels: false }) },
       uirevision: "input",
-      paper_bgcolor: "rgba(0,0,0,0)",
+      paper_bgcolor: PAPER_BACKGROUND,
     };
     return Plotly.react(this.plot, [trace], layout, PLOT_CONFIG);
   }

@@ -2,6 +2,8 @@
 // its density and turnover over the rewires) that jumps to a layer's panel or pins it on top.
 //
 // Sparklines are small canvases, not Plotly plots: fifty of them cost less than one chart.
+import { COLOURS } from "./chart_style.js";
+
 const SPARK_WIDTH = 120;
 const SPARK_HEIGHT = 22;
 
@@ -122,7 +124,7 @@ function drawSparkline(canvas, density, added, active, column) {
     context.stroke();
   }
   if (column >= 0) {
-    context.fillStyle = "#f59e0b";
+    context.fillStyle = COLOURS.marker;
     context.fillRect(x(column) - 1, 0, 2, height);
   }
 }

@@ -11,10 +11,11 @@ import { InputPanel, MAX_GRID } from "./heatmap.js";
 import { LayerOverview } from "./overview.js";
 import { PanelSet } from "./panels.js";
 import { lastAtOrBefore, Player } from "./player.js";
-import { ACTIVE } from "./runs.js";
 import { loadSeries, MetricSeries, RewireSeries } from "./series.js";
+import { isActive, QUEUED, RUNNING } from "./statuses.js";
 import { RunStream } from "./stream.js";
 import { TopologySection } from "./topology.js";
+import * as urls from "./urls.js";
 import { ViewCache } from "./views.js";
 
 const $ = (id) => document.getElementById(id);
@@ -53,6 +54,7 @@ export class RunView {
     $("mode").addEventListener("change", (event) => { this.mode = event.target.value; this.panels?.refresh(); });
     this.topology = new TopologySection($("topology"), { player: this.player, prefix: "topology" });
     this.generation = 0;
+    this.paints = 0; // panels painted since the page loaded (window.sparsescope.paints)
   }
 
   get id() {
@@ -63,7 +65,7 @@ export class RunView {
   async open(id, { step = null } = {}) {
     this.close();
     const generation = ++this.generation;
-    const [run, rewires] = await Promise.all([api(`/api/runs/${id}`), api(`/api/runs/${id}/rewires`)]);
+    const [run, rewires] = await Promise.all([api(urls.run(id)), api(urls.rewires(id))]);
     if (generation !== this.generation) return;
     this.run = run;
     this.openedAt = performance.now();
@@ -75,8 +77,8 @@ export class RunView {
     this.header(run);
     this.layout(rewires);
     const position = step === null ? null : Math.max(0, lastAtOrBefore(rewires.steps, step));
-    const live = ACTIVE.has(run.status) && step === null;
-    this.player.followable = ACTIVE.has(run.status);
+    const live = isActive(run.status) && step === null;
+    this.player.followable = isActive(run.status);
     this.player.live = live;
     this.player.setSteps(rewires.steps, { position: position ?? rewires.steps.length - 1 });
     loadSeries(id, this.layers).then(({ metrics, rewires: series }) => {
@@ -90,7 +92,7 @@ export class RunView {
       this.overview.update(series, this.player.step);
       this.chartsDirty();
     }).catch((error) => { $("run-error").textContent = `charts: ${error.message}`; });
-    if (ACTIVE.has(run.status) || rewires.last_seq < 0) {
+    if (isActive(run.status) || rewires.last_seq < 0) {
       let opened = 0;
       this.stream = new RunStream(id, rewires.last_seq + 1, {
         onEvent: (event) => this.handle(event, generation),
@@ -123,14 +125,14 @@ export class RunView {
   // A queued run says what it waits for: the runs the server is training now, ahead of it.
   async explainWaiting(status, generation) {
     const note = $("run-waiting");
-    if (status !== "queued") { note.hidden = true; return; }
+    if (status !== QUEUED) { note.hidden = true; return; }
     note.hidden = false;
     note.textContent = "Queued: waiting for a free worker.";
     try {
-      const runs = await api("/api/runs");
-      if (generation !== this.generation || this.run?.status !== "queued") return;
-      const running = runs.filter((run) => run.status === "running");
-      const ahead = runs.filter((run) => run.status === "queued" && run.created_at < this.run.created_at);
+      const runs = await api(urls.runs());
+      if (generation !== this.generation || this.run?.status !== QUEUED) return;
+      const running = runs.filter((run) => run.status === RUNNING);
+      const ahead = runs.filter((run) => run.status === QUEUED && run.created_at < this.run.created_at);
       const names = (list) => list.map((run) => `${run.name} (${run.id})`).join(", ");
       note.textContent = "Queued: it starts when a worker is free" +
         (running.length ? `; training now: ${names(running)}` : "") +
@@ -204,7 +206,7 @@ export class RunView {
   }
 
   painted() {
-    window.sparsescope.paints += 1;
+    this.paints += 1;
     if (!this.firstPaint && this.settled()) { // every visible panel shows the rewire
       this.firstPaint = true;
       if (this.chartTimer) { clearTimeout(this.chartTimer); this.chartTimer = 0; this.chartsDirty(); }
@@ -212,7 +214,7 @@ export class RunView {
   }
 
   positionText(state) {
-    if (state.step === null) return this.run && ACTIVE.has(this.run.status) ? "waiting for the first rewire" : "no rewires";
+    if (state.step === null) return this.run && isActive(this.run.status) ? "waiting for the first rewire" : "no rewires";
     const last = state.steps.length - 1;
     const tail = state.live ? " · live" : state.position === last && !state.followable ? " · newest" : "";
     return `step ${state.step} · rewire ${state.position} of ${last}${tail}`;
@@ -237,7 +239,7 @@ export class RunView {
         break;
       case "meta":
         // A queued run's first layout: lay the panels out from the stored answer.
-        api(`/api/runs/${this.run.id}/rewires`).then((rewires) => {
+        api(urls.rewires(this.run.id)).then((rewires) => {
           if (generation !== this.generation) return;
           this.layout(rewires);
           this.rewireSeries = new RewireSeries(null, this.layers);
@@ -251,7 +253,7 @@ export class RunView {
         this.onStatus(event.status);
         this.explainWaiting(event.status, generation);
         $("run-error").textContent = this.run.error || "";
-        if (event.status === "running") this.refreshHeader(generation);
+        if (event.status === RUNNING) this.refreshHeader(generation);
         break;
       case "end":
         this.complete(Infinity);
@@ -316,7 +318,7 @@ export class RunView {
   async resync(generation) {
     try {
       const [rewires, series] = await Promise.all([
-        api(`/api/runs/${this.run.id}/rewires`), loadSeries(this.run.id, this.layers)]);
+        api(urls.rewires(this.run.id)), loadSeries(this.run.id, this.layers)]);
       if (generation !== this.generation) return;
       this.flushLive();
       const merged = mergeSteps(this.player.steps, rewires.steps);
@@ -329,7 +331,7 @@ export class RunView {
 
   async refreshHeader(generation) {
     try {
-      const run = await api(`/api/runs/${this.run.id}`);
+      const run = await api(urls.run(this.run.id));
       if (generation !== this.generation) return;
       this.run = run;
       $("run-info").textContent = describeSettings(run);

@@ -1,8 +1,8 @@
 // The runs list: every saved run with its status, filterable and sortable, and what can be
 // done to it (open, stop, delete, export, compare); import adds a run from a file.
 import { api, download } from "./api.js";
-
-export const ACTIVE = new Set(["queued", "running"]);
+import { ALL, isActive } from "./statuses.js";
+import * as urls from "./urls.js";
 
 // What a run used: its stored settings (every method default resolved, the model a script
 // trained), else, for runs recorded before settings were, the config it was started with.
@@ -64,6 +64,8 @@ export class RunsList {
     this.body = document.getElementById("runs-body");
     this.filter = document.getElementById("runs-filter");
     this.statusFilter = document.getElementById("runs-status-filter");
+    // The filter offers the statuses of statuses.js, whatever the page's markup lists.
+    this.statusFilter.replaceChildren(new Option("all", ""), ...ALL.map((status) => new Option(status, status)));
     this.filter.addEventListener("input", () => this.render());
     this.statusFilter.addEventListener("change", () => this.render());
     for (const header of document.querySelectorAll("#runs-table th[data-sort] button")) {
@@ -79,7 +81,7 @@ export class RunsList {
   // `reachable` turns false when the server does not answer at all (stopped, network gone).
   async refresh() {
     try {
-      this.runs = await api("/api/runs");
+      this.runs = await api(urls.runs());
       if (this.reachable === false) this.message("");
       this.reachable = true;
     } catch (error) {
@@ -175,7 +177,7 @@ export class RunsList {
     actions.className = "buttons";
     cell.append(actions);
     actions.append(button("Open", `Open ${run.name}`, () => this.onOpen(run)));
-    if (ACTIVE.has(run.status)) actions.append(button("Stop", `Stop run ${run.name}`, () => this.stop(run)));
+    if (isActive(run.status)) actions.append(button("Stop", `Stop run ${run.name}`, () => this.stop(run)));
     actions.append(button("Export", `Export ${run.name}`, () => this.exportRun(run)));
     // The trained weights and masks (a .pt file), offered only where the server stored one.
     if (run.has_model) {
@@ -195,7 +197,7 @@ export class RunsList {
 
   async stop(run) {
     try {
-      const stopped = await api(`/api/runs/${run.id}/stop`, { method: "POST" });
+      const stopped = await api(urls.stop(run.id), { method: "POST" });
       this.onStopped(stopped);
     } catch (error) {
       this.message(`Stop failed: ${error.message}`);
@@ -205,7 +207,7 @@ export class RunsList {
 
   async remove(run) {
     try {
-      await api(`/api/runs/${run.id}`, { method: "DELETE" });
+      await api(urls.run(run.id), { method: "DELETE" });
       this.selected.delete(run.id);
       this.onDeleted(run);
       this.message(`Deleted ${run.name}`);
@@ -230,7 +232,7 @@ export class RunsList {
 
   async downloadModel(run) {
     try {
-      this.message(`Saved the model of ${run.name} as ${await this.save(`/api/runs/${run.id}/model`)}`);
+      this.message(`Saved the model of ${run.name} as ${await this.save(urls.model(run.id))}`);
     } catch (error) {
       this.message(`Model download failed: ${error.message}`);
     }
@@ -238,7 +240,7 @@ export class RunsList {
 
   async exportRun(run) {
     try {
-      const filename = await this.save(`/api/runs/${run.id}/export`);
+      const filename = await this.save(urls.exportRun(run.id));
       this.message(`Exported ${run.name} as ${filename}`);
     } catch (error) {
       const missing = error.status === 404 || error.status === 405;
@@ -252,7 +254,7 @@ export class RunsList {
     if (!file) return;
     try {
       const bytes = await file.arrayBuffer();
-      const run = await api("/api/runs/import", { method: "POST", body: bytes, raw: true });
+      const run = await api(urls.importRun(), { method: "POST", body: bytes, raw: true });
       this.message(`Imported ${run.name}`);
       await this.refresh();
     } catch (error) {

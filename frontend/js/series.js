@@ -5,6 +5,7 @@
 // (keeping min, max and the last value), so a run followed for hours holds as many points as
 // the first answer did.
 import { api } from "./api.js";
+import * as urls from "./urls.js";
 
 export const METRIC_BUCKETS = 500;
 export const REWIRE_BUCKETS = 240;
@@ -169,8 +170,8 @@ export class RewireSeries {
 
 export async function loadSeries(runId, layers) {
   const [metrics, rewires] = await Promise.all([
-    api(`/api/runs/${runId}/metrics?buckets=${METRIC_BUCKETS}`),
-    api(`/api/runs/${runId}/rewire-series?buckets=${REWIRE_BUCKETS}`),
+    api(urls.metrics(runId, METRIC_BUCKETS)),
+    api(urls.rewireSeries(runId, REWIRE_BUCKETS)),
   ]);
   return { metrics: new MetricSeries(metrics), rewires: new RewireSeries(rewires, layers) };
 }

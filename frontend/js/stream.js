@@ -4,6 +4,7 @@
 // is ever queued, and resumes after the last seq it saw when the connection drops.
 import { socketUrl } from "./api.js";
 import { parseMessage } from "./codec.js";
+import * as urls from "./urls.js";
 
 // Backs off to one attempt every 30 s: a stopped server gets a few attempts, not a flood
 // (each failed attempt is one line in the browser's console). While the page knows the server
@@ -34,8 +35,7 @@ export class RunStream {
   }
 
   connect() {
-    const path = `/ws/runs/${this.runId}?from_seq=${this.lastSeq + 1}&topology=announce`;
-    const socket = new WebSocket(socketUrl(path));
+    const socket = new WebSocket(socketUrl(urls.stream(this.runId, { fromSeq: this.lastSeq + 1, mode: "announce" })));
     this.socket = socket;
     this.onState("connecting");
     socket.onopen = () => { this.failures = 0; this.onState("open"); };

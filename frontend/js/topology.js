@@ -9,19 +9,17 @@
 // so scrubbing back costs nothing; at most one refresh is in flight, the newest position wins;
 // off screen it redraws only once the player is still (or every few seconds while live).
 import { api } from "./api.js";
+import { chartBase, chartTitle, MARGINS, PLOT_CONFIG, stepMarker } from "./chart_style.js";
 import { plain } from "./text.js";
+import * as urls from "./urls.js";
 
-const CONFIG = { displayModeBar: false, responsive: true };
 const KEEP_ANSWERS = 256; // per section: enough for scrubbing back and forth over a long run
+const SERIES_POINTS = 400; // a layer's series over time: at most this many rewires
 const SERIES_REFRESH_MS = 2000; // a live run's series is fetched again at most this often
 const ON_SCREEN_MARGIN_PX = 200; // drawn a little before it scrolls in
 const OFF_SCREEN_IDLE_MS = 1000; // off screen, the player still this long: catch up
 const OFF_SCREEN_MAX_WAIT_MS = 5000; // … or, following live, this long after the first missed one
-const BASE = {
-  margin: { l: 56, r: 16, t: 30, b: 48 },
-  legend: { orientation: "h", y: -0.25, font: { size: 11 } },
-  paper_bgcolor: "rgba(0,0,0,0)",
-};
+const BASE = chartBase(MARGINS.topology, -0.25);
 const CHARTS = [
   ["fan-in", "Fan-in distribution"], ["fan-out", "Fan-out distribution"],
   ["age", "Age of active connections"], ["survival", "Survival of grown cohorts"],
@@ -32,14 +30,9 @@ const CHARTS = [
 const SUMMARY_CHARTS = [["summary-dead", "Dead units per layer"], ["summary-degree", "Mean fan-in per layer"]];
 
 function layout(title, xTitle, yTitle, extra = {}) {
-  return { ...BASE, title: { text: plain(title), font: { size: 13 } },
+  return { ...BASE, title: chartTitle(title),
            xaxis: { title: { text: xTitle, standoff: 2 }, zeroline: false, automargin: true },
            yaxis: { title: { text: yTitle }, automargin: true }, ...extra };
-}
-
-function marker(step) {
-  return step === null ? [] : [{ type: "line", xref: "x", yref: "paper", x0: step, x1: step, y0: 0, y1: 1,
-                                 line: { color: "#f59e0b", width: 1.5, dash: "dot" } }];
 }
 
 // Expected [degree, units] of `units` units with Binomial(trials, density) connections each: a
@@ -187,7 +180,7 @@ export class TopologySection {
     const now = performance.now();
     const stale = known && this.step !== null && this.step > known.lastStep && now - known.fetched > SERIES_REFRESH_MS;
     if (known && !stale) return known.body;
-    const body = await api(`/api/runs/${run.id}/topology/series?layer=${layer}&points=400`);
+    const body = await api(urls.topologySeries(run.id, { layer, points: SERIES_POINTS }));
     this.series.set(key, { body, fetched: now, lastStep: body.step.length ? body.step[body.step.length - 1] : -1 });
     return body;
   }
@@ -241,7 +234,7 @@ export class TopologySection {
   async drawLayer(index, step, generation) {
     const runs = this.runs.filter((run) => run.layers[index]);
     const [answers, series] = await Promise.all([
-      Promise.all(runs.map((run) => this.get(`/api/runs/${run.id}/topology?layer=${index}&step=${step}`))),
+      Promise.all(runs.map((run) => this.get(urls.topology(run.id, { layer: index, step })))),
       Promise.all(runs.map((run) => this.seriesOf(run, index))),
     ]);
     if (generation !== this.generation) return;
@@ -286,7 +279,7 @@ export class TopologySection {
       type: "heatmap", x: first.step, z: transpose(first.fan_in_counts), colorscale: "Viridis",
       colorbar: { title: { text: "units" }, thickness: 10 }, hovertemplate: "step %{x}, fan-in %{y}: %{z} units<extra></extra>",
     }] : [], layout(many ? `Fan-in over time (${runs[0].name})` : "Fan-in over time", "step", "fan-in",
-                    { shapes: marker(step) }));
+                    { shapes: stepMarker(step) }));
     const overTime = (key, title, yTitle, fields, extra = {}) => {
       const traces = [];
       series.forEach((body, i) => {
@@ -294,7 +287,7 @@ export class TopologySection {
           traces.push({ type: "scatter", mode: "lines", name: label(runs[i], name), x: body.step, y: body[field] });
         }
       });
-      this.plot(key, traces, layout(title, "step", yTitle, { shapes: marker(step), ...extra }));
+      this.plot(key, traces, layout(title, "step", yTitle, { shapes: stepMarker(step), ...extra }));
     };
     overTime("degree-mean", "Fan-in mean and max over time", "fan-in", [["fan_in_mean", "mean"], ["fan_in_max", "max"]]);
     overTime("dead", "Dead units over time", "units", [["dead_out", "outputs with fan-in 0"], ["dead_in", "inputs with fan-out 0"]]);
@@ -304,7 +297,7 @@ export class TopologySection {
   }
 
   async drawSummary(step, generation) {
-    const models = await Promise.all(this.runs.map((run) => this.get(`/api/runs/${run.id}/topology/model?step=${step}`)));
+    const models = await Promise.all(this.runs.map((run) => this.get(urls.topologyModel(run.id, { step }))));
     if (generation !== this.generation) return;
     this.charts.hidden = true;
     this.summary.hidden = false;
@@ -325,7 +318,7 @@ export class TopologySection {
 
   plot(key, traces, chartLayout) {
     const div = document.getElementById(`${this.prefix}-${key}`);
-    if (div) Plotly.react(div, traces, { ...chartLayout, uirevision: "keep" }, CONFIG);
+    if (div) Plotly.react(div, traces, { ...chartLayout, uirevision: "keep" }, PLOT_CONFIG);
   }
 }
 

@@ -5,6 +5,7 @@
 // run with thousands of rewires holds no more than one with ten.
 import { api } from "./api.js";
 import { decodeView } from "./codec.js";
+import * as urls from "./urls.js";
 
 export const CACHE_BYTES = 48 * 1024 * 1024;
 const FETCHES_AT_ONCE = 6; // browsers allow 6 connections per host; more would only queue there
@@ -43,8 +44,7 @@ export class ViewCache {
       return entry.promise;
     }
     const fresh = { promise: null, bytes: 0 };
-    fresh.promise = this.schedule(() => api(`/api/runs/${this.runId}/view?layer=${layer}&step=${step}` +
-                                            `&rows=${rows}&cols=${cols}`))
+    fresh.promise = this.schedule(() => api(urls.view(this.runId, { layer, step, rows, cols })))
       .then((answer) => {
         this.fetched += 1;
         const view = decodeView(answer);

@@ -1,0 +1,39 @@
+// Every address the dashboard asks the server for, declared once: one function per endpoint
+// (backend/api/routes; docs/api.md). Run ids go through encodeURIComponent and query strings
+// through URLSearchParams; api.js sends them with the token (socketUrl makes a stream's path a
+// ws:// address).
+
+const RUNS = "/api/runs";
+
+const run = (id) => `${RUNS}/${encodeURIComponent(id)}`;
+const withQuery = (path, params) => `${path}?${new URLSearchParams(params)}`;
+
+// The server's OpenAPI document (the new-run form is generated from its RunConfig).
+export const openapi = () => "/openapi.json";
+
+// GET: every run; POST: start one.
+export const runs = () => RUNS;
+export const plan = () => `${RUNS}/plan`;
+export const importRun = () => `${RUNS}/import`;
+
+// GET: one run's stored header; DELETE: the run.
+export { run };
+export const stop = (id) => `${run(id)}/stop`;
+export const exportRun = (id) => `${run(id)}/export`;
+// The trained weights and masks (a .pt file).
+export const model = (id) => `${run(id)}/model`;
+
+// The rewire steps, layer layout and last seq the page opens a run at.
+export const rewires = (id) => `${run(id)}/rewires`;
+export const metrics = (id, buckets) => withQuery(`${run(id)}/metrics`, { buckets });
+export const rewireSeries = (id, buckets) => withQuery(`${run(id)}/rewire-series`, { buckets });
+// Layer `layer` (its index) at the newest rewire at or before `step`, rows × cols pixels at most.
+export const view = (id, { layer, step, rows, cols }) => withQuery(`${run(id)}/view`, { layer, step, rows, cols });
+
+export const topology = (id, { layer, step }) => withQuery(`${run(id)}/topology`, { layer, step });
+export const topologySeries = (id, { layer, points }) => withQuery(`${run(id)}/topology/series`, { layer, points });
+export const topologyModel = (id, { step }) => withQuery(`${run(id)}/topology/model`, { step });
+
+// The run's websocket from seq `fromSeq` on; `mode` "announce": topology events as headers only.
+export const stream = (id, { fromSeq, mode }) =>
+  withQuery(`/ws/runs/${encodeURIComponent(id)}`, { from_seq: fromSeq, topology: mode });
