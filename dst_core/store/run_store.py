@@ -592,4 +592,15 @@ class _Transaction:
         return self.db
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self.db.execute("COMMIT")
+                return
+            except sqlite3.Error:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+        # SQLite has already rolled back on some errors (SQLITE_FULL, IOERR, NOMEM): a second
+        # ROLLBACK would raise "no transaction is active" and hide the real cause.
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dst_core.recording import RunReader, load_model
+from dst_core.store import RunReader, load_model
 from tests.backend.test_stream import record_run
 from tests.conftest import wait_for_status
 
@@ -64,29 +64,44 @@ def test_bad_files_get_400_with_a_reason_and_change_nothing(client, tmp_path):
     run_id = record_run(store)
     good = _export(client, run_id)
     huge_shape = '{"layer":"x","index":0,"shape":[4000000,4000000],"keyframe":true,"active":1}'
+    # case → (file, what its 400 says): each case fails on its own check, named in the reason.
     cases = {
-        "empty body": b"",
-        "SQLite header": b"definitely not a database" * 10,
-        "corrupted": good[:4096] + bytes(len(good) - 4096),
-        "truncated": good[: len(good) // 2],
-        "schema_version": _tamper(good, tmp_path, "UPDATE meta SET value='99' "
-                                  "WHERE key='schema_version'"),
-        "absurd shape": _tamper(good, tmp_path, "UPDATE events SET payload=? WHERE seq=3",
-                                huge_shape),
-        "frame": _tamper(good, tmp_path, "UPDATE events SET blob=x'01ffff' WHERE type='topology'"),
-        "artifact name": _tamper(good, tmp_path, "INSERT INTO artifacts SELECT id, "
-                                 "'../../etc/passwd', x'00' FROM runs"),
-        "exactly one run": _tamper(good, tmp_path, "INSERT INTO runs (id, name, config, status, "
-                                   "created_at) VALUES ('ffffffffffffffff', 'b', '{}', 'completed', 1)"),
-        "config": _tamper(good, tmp_path, "UPDATE runs SET config='{\"density\": 7}'"),
+        "empty body": (b"", "empty body: send the export file's bytes"),
+        "SQLite header": (b"definitely not a database" * 10,
+                          "not a sparsescope export (the file does not start with an SQLite "
+                          "header)"),
+        # sqlite's own words for a damaged file, after the header check let it through.
+        "corrupted": (good[:4096] + bytes(len(good) - 4096),
+                      "not a sparsescope export: database disk image is malformed"),
+        "truncated": (good[: len(good) // 2],
+                      "not a sparsescope export: database disk image is malformed"),
+        "schema_version": (_tamper(good, tmp_path, "UPDATE meta SET value='99' "
+                                   "WHERE key='schema_version'"),
+                           "schema_version: 99 is not a version this sparsescope reads"),
+        # seq 3 is the run's first topology frame (record_run: status, meta, then frames).
+        "absurd shape": (_tamper(good, tmp_path, "UPDATE events SET payload=? WHERE seq=3",
+                                 huge_shape),
+                         "events: seq 3: payload.shape: 4000000×4000000 = "
+                         "16,000,000,000,000 connections; at most "),
+        "frame": (_tamper(good, tmp_path, "UPDATE events SET blob=x'01ffff' "
+                          "WHERE type='topology'"),
+                  "events: seq 3: frame: corrupted compressed data"),
+        "artifact name": (_tamper(good, tmp_path, "INSERT INTO artifacts SELECT id, "
+                                  "'../../etc/passwd', x'00' FROM runs"),
+                          "artifact name '../../etc/passwd' is not allowed (only model.pt)"),
+        "exactly one run": (_tamper(good, tmp_path, "INSERT INTO runs (id, name, config, status, "
+                                    "created_at) VALUES ('ffffffffffffffff', 'b', '{}', "
+                                    "'completed', 1)"),
+                            "an export holds exactly one run, this file has 2"),
+        "config": (_tamper(good, tmp_path, "UPDATE runs SET config='{\"density\": 7}'"),
+                   "config.density: "),
     }
     before = [run["id"] for run in store.list_runs()]
     events_before = store.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-    for expected, body in cases.items():
+    for case, (body, reason) in cases.items():
         response = client.post("/api/runs/import", content=body)
-        assert response.status_code == 400, (expected, response.text)
-        detail = response.json()["detail"]
-        assert isinstance(detail, str) and detail, expected
+        assert response.status_code == 400, (case, response.text)
+        assert response.json()["detail"].startswith(reason), (case, response.json()["detail"])
     assert [run["id"] for run in store.list_runs()] == before
     assert store.db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == events_before
 

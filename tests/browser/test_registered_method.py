@@ -1,9 +1,12 @@
 """A user-registered method (tests.plugins.tiny_method) trains from the dashboard's form, and
 the structured options (srigl, N:M, RigL's reference options) arrive as chosen."""
 
+import base64
+
+import numpy as np
 import pytest
 
-from tests.browser.conftest import Server
+from tests.browser.conftest import Server, topology_frames
 
 pytestmark = pytest.mark.browser
 
@@ -37,8 +40,37 @@ def test_a_registered_method_is_offered_and_trains_from_the_form(page, server):
     run = server.wait(launch(page))
     assert run["status"] == "completed", run.get("error")
     assert run["config"]["method"] == "tiny"
-    rewires = [e for e in server.events(run["id"]) if e["type"] == "rewire"]
-    assert rewires
+    events = server.events(run["id"])
+    rewires = [e for e in events if e["type"] == "rewire"]
+    grown = lowest_free_growth(topology_frames(events))
+    # The stream's rewire counts are the frames' own, and the method did rewire the model.
+    assert sum(layer["added"] for r in rewires for layer in r["layers"].values()) == grown > 0
+
+
+def lowest_free_growth(frames: list[dict]) -> int:
+    """Replays each layer's frames as the websocket sends them (base64 packed bits, base64
+    uint32 indices) and checks every rewire grew what tests.plugins.tiny_method grows: the
+    lowest inactive flat indices (net of drops, exactly the first `len(added)` inactive ones).
+    Returns how many connections grew in all."""
+    masks: dict[int, np.ndarray] = {}
+    grown = 0
+    for frame in frames:
+        numel = frame["shape"][0] * frame["shape"][1]
+        if frame["keyframe"]:
+            packed = np.frombuffer(base64.b64decode(frame["bits"]), np.uint8)
+            masks[frame["index"]] = np.unpackbits(packed, bitorder="little",
+                                                  count=numel).astype(bool)
+            continue
+        mask = masks[frame["index"]]  # (numel,) bool, before this rewire
+        added = np.frombuffer(base64.b64decode(frame["added"]), "<u4")
+        removed = np.frombuffer(base64.b64decode(frame["removed"]), "<u4")
+        lowest_free = np.flatnonzero(~mask)[:added.size]
+        assert np.array_equal(added, lowest_free), (frame["layer"], added, lowest_free)
+        assert mask[removed].all()
+        mask[added], mask[removed] = True, False
+        assert int(mask.sum()) == frame["active"]
+        grown += added.size
+    return grown
 
 
 def test_structured_and_reference_options_from_the_form(page, server):

@@ -1,5 +1,8 @@
 """The runs list (filter, sort, live updates, export/import, delete) and the comparison of runs."""
 
+import sqlite3
+from contextlib import closing
+
 import pytest
 
 from tests.browser.conftest import reveal_topology, screenshot, topology_frames
@@ -53,25 +56,27 @@ def test_filter_sort_and_live_updates(page, server, pair):
 
 
 def test_export_and_import(page, server, pair, tmp_path):
-    page.expected_statuses.update({404, 405})
     page.goto(f"{page.base_url}/#/runs")
     page.wait_for_selector("#runs-body tr")
     alpha = pair["alpha"]["id"]
     exported = server.http.get(f"/api/runs/{alpha}/export")
-    if exported.status_code in (404, 405):
-        # The export/import endpoints belong to another part of the project: until they are
-        # merged, the page must say so instead of failing.
-        page.get_by_role("button", name="Export alpha").click()
-        page.wait_for_function(
-            "document.querySelector('#runs-message').textContent.includes('cannot export')")
-        blob = tmp_path / "bad.sparsescope"
-        blob.write_bytes(b"not a run")
-        page.locator("#import-file").set_input_files(str(blob))
-        page.wait_for_function("document.querySelector('#runs-message').textContent.includes('import')")
-        return
-    assert exported.status_code == 200
+    assert exported.status_code == 200, exported.text
+    assert exported.headers["content-type"] == "application/octet-stream"
+    assert exported.headers["content-disposition"] == 'attachment; filename="alpha.sparsescope"'
+    # The file is alpha and all of it: one SQLite run with every frame the stream sent.
+    copy = tmp_path / "exported.sqlite3"
+    copy.write_bytes(exported.content)
+    with closing(sqlite3.connect(f"file:{copy}?mode=ro", uri=True)) as db:
+        assert db.execute("SELECT id, name, status FROM runs").fetchall() == [
+            (alpha, "alpha", "completed")]
+        frames = db.execute("SELECT step, layer, keyframe FROM events WHERE type = 'topology' "
+                            "ORDER BY seq").fetchall()
+        assert db.execute("SELECT name FROM artifacts").fetchall() == [("model.pt",)]
+    assert frames == [(frame["step"], frame["index"], int(frame["keyframe"]))
+                      for frame in pair["alpha"]["frames"]]
     with page.expect_download() as info:
         page.get_by_role("button", name="Export alpha").click()
+    assert info.value.suggested_filename == "alpha.sparsescope"
     path = tmp_path / info.value.suggested_filename
     info.value.save_as(path)
     assert path.read_bytes() == exported.content

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from dst_core import REGISTRY, register_rewirer
@@ -34,8 +35,10 @@ class Events:
 
 
 def test_unknown_method_is_refused_naming_the_known_ones():
-    with pytest.raises(ValueError, match="method"):
+    with pytest.raises(ValueError, match="method") as refused:
         RunConfig(method="tiny")
+    known = ", ".join(sorted(REGISTRY))  # the registry as it is now: no "tiny" in it
+    assert f"unknown method 'tiny'; known: {known}" in str(refused.value)
 
 
 def test_registered_method_is_a_config_value_and_trains(tiny_method):
@@ -47,8 +50,35 @@ def test_registered_method_is_a_config_value_and_trains(tiny_method):
     meta = next(payload for type, _, payload in sink.events if type == "meta")
     assert meta["method"] == "tiny"
     rewires = [payload for type, _, payload in sink.events if type == "rewire"]
-    assert rewires and all(sum(layer["added"] for layer in r["layers"].values()) >= 0
-                           for r in rewires)
+    frames = [payload for type, _, payload in sink.events if type == "topology"]
+    grown = assert_lowest_free_growth(frames)
+    # Every rewire's counts are the frames' own, and the method did rewire the model.
+    assert sum(layer["added"] for r in rewires for layer in r["layers"].values()) == grown > 0
+
+
+def assert_lowest_free_growth(frames: list[dict]) -> int:
+    """Replays each layer's frames (in-process: `bits` and `added`/`removed` as numpy) and
+    checks every rewire grew what LowestIndexGrowth grows: the lowest inactive flat indices.
+    Growth takes the lowest indices among the inactive and the just-dropped positions, so
+    the *net* additions are exactly the first `len(added)` inactive ones. Returns how many
+    connections grew in all."""
+    masks: dict[int, np.ndarray] = {}
+    grown = 0
+    for frame in frames:
+        numel = frame["shape"][0] * frame["shape"][1]
+        if frame["keyframe"]:
+            masks[frame["index"]] = np.unpackbits(np.asarray(frame["bits"], np.uint8),
+                                                  bitorder="little", count=numel).astype(bool)
+            continue
+        mask = masks[frame["index"]]  # (numel,) bool, before this rewire
+        added, removed = np.asarray(frame["added"]), np.asarray(frame["removed"])
+        lowest_free = np.flatnonzero(~mask)[:added.size]
+        assert np.array_equal(added, lowest_free), (frame["layer"], added, lowest_free)
+        assert mask[removed].all()
+        mask[added], mask[removed] = True, False
+        assert int(mask.sum()) == frame["active"]
+        grown += added.size
+    return grown
 
 
 def test_registered_method_through_the_cli(tiny_method, tmp_path):
