@@ -29,6 +29,9 @@ from backend.middleware import (
     SameOrigin,
     SecurityHeaders,
 )
+from backend.services.stream_hub import StreamHubs
+from backend.services.topology_reader import IndexCache, TopologyReader
+from backend.services.views import LayerViews
 from backend.settings import Settings
 from dst_core import __version__
 from dst_core.store import RunStore
@@ -84,6 +87,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = store
     app.state.manager = RunManager(store, settings)
+    # The read-models, one set per app (its store, its caches): two apps never share a cache.
+    app.state.layer_views = LayerViews(store)
+    app.state.topology = TopologyReader(store, IndexCache(settings.topology_cache_mb << 20),
+                                        reader=app.state.layer_views.reader)
+    app.state.stream_hubs = StreamHubs(store)
     app.state.folder_lock = folder_lock
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     max_ingest_bytes: int = Field(64 * MIB, ge=1024,
                                   description=f"Largest request body under {INGEST_PREFIX}"
                                               " (remote writers' event batches)")
+    topology_cache_mb: int = Field(1024, ge=1, description="Topology index the server keeps in "
+                                   "memory (per-layer cohort segments), least recently used first")
     # ---- remote and CLI writers --------------------------------------------------------------
     stale_after_s: float = Field(
         60.0, gt=0.0, description="A running run whose writer sent no heartbeat this long fails")

@@ -32,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fastapi.testclient import TestClient  # noqa: E402
 
 from backend.app import create_app  # noqa: E402
-from backend.services.topology_reader import CACHE  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 from bench.stream import record_seek_run  # noqa: E402
 from dst_core.store.run_store import RunStore  # noqa: E402
@@ -49,10 +48,8 @@ def timed_get(client: TestClient, url: str, params: dict) -> tuple[float, dict]:
 
 
 def cold_get(client: TestClient, url: str, params: dict) -> tuple[float, dict]:
-    CACHE.clear()
-    views = getattr(client.app.state, "layer_views", None)  # made by the first request
-    if views is not None:
-        views.chains.cache.clear()  # rebuilt masks and decoded deltas
+    client.app.state.topology.cache.clear()
+    client.app.state.layer_views.chains.cache.clear()  # rebuilt masks and decoded deltas
     return timed_get(client, url, params)
 
 
@@ -112,7 +109,7 @@ def main() -> None:
                 warm.append(timed_get(client, url, params)[0])
             series_s, _ = cold_get(client, f"{url}/series", {"layer": 1, "points": 200})
             model_s, _ = cold_get(client, f"{url}/model", {"step": total_steps // 2})
-            cache_mb = CACHE.total_bytes() / 1e6
+            cache_mb = client.app.state.topology.cache.total_bytes() / 1e6
             # A run stored without an index: its first request per layer replays its frames
             # (and stores the index: taken out again, so a kept folder measures the same).
             with client.app.state.store._write() as db:

@@ -9,16 +9,16 @@ rewire reads is copied aside by the same hook, only on the steps that need it. A
 `optimizer.step()` the weights are multiplied by their mask (one pass per layer), which keeps
 inactive weights exactly zero under any optimizer; it is skipped for SGD/Adam/AdamW, whose
 update of a zero weight with zero gradient and zero state is exactly zero
-(`mask_weights_each_step`). The algorithm (`dst_core.rewire.REGISTRY`) decides the rest
+(`mask_weights_each_step`). The method's `Algorithm` (`dst_core.rewire.REGISTRY`) decides the rest
 through two hooks.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from numbers import Integral, Real
 from typing import Any
 
 import torch
@@ -26,11 +26,18 @@ from torch import nn
 
 from dst_core import distributed
 from dst_core.analytics import rewire_magnitudes, sample_stride
-from dst_core.density import DISTRIBUTIONS, layer_densities
+from dst_core.density import layer_densities
+from dst_core.method_options import (
+    KEYWORDS,
+    OPTIONS,
+    ResolvedSettings,
+    check_settings,
+    check_type,
+    resolve_settings,
+)
 from dst_core.rewire import get_algorithm
 from dst_core.schedules import RewireSchedule
 from dst_core.selection import count_true, flat_nonzero
-from dst_core.settings import STRUCTURES, ResolvedSettings, resolve_settings
 from dst_core.structure import NMStructure
 
 PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -181,8 +188,10 @@ class SparseDriver:
         driver = SparseDriver(model, optimizer, method="rigl", density=0.1, total_steps=n)
         loss.backward(); driver.step(); optimizer.zero_grad()
 
-    Options left at None take the method's published defaults (`REGISTRY[method].defaults`,
-    resolved by `dst_core.settings.resolve_settings`; `settings()` reports the result).
+    The method's options (`drop_fraction`, `schedule`, `interval_steps`, ... : every keyword
+    of `dst_core.method_options.MethodOptions`, declared there once) are keywords too; left
+    at None they take the method's published defaults (`REGISTRY[method].defaults`, resolved
+    by `dst_core.method_options.resolve_settings`; `settings()` reports the result).
     After `backward()` every sparsified weight's `.grad` is already masked (a post-accumulate
     hook), so clipping, logging and the optimizer see what the reference implementations
     see; on the steps whose rewire reads the dense gradient (RigL's) the hook keeps a copy
@@ -204,56 +213,31 @@ class SparseDriver:
         *,
         method: str = "set",
         density: float = 0.1,
-        distribution: str | None = None,
         total_steps: int,
-        drop_fraction: float | None = None,
-        schedule: str | None = None,
-        interval_steps: int | None = None,
-        end_fraction: float | None = None,
         steps_per_epoch: int | None = None,
-        temperature: float | None = None,
-        l1: float | None = None,
-        begin_step: int | None = None,
-        drop_noise: float | None = None,
-        skip_update_on_rewire: bool | None = None,
-        first_layer_dense: bool | None = None,
-        global_selection: bool | None = None,
-        ablation_threshold: float | None = None,
-        structure: str | None = None,
-        n: int | None = None,
-        m: int | None = None,
         include: Iterable[str] | None = None,
         exclude: Iterable[str] | None = None,
         dense_first_last: bool = False,
         sparse_init: bool = False,
         seed: int = 0,
         verify_every: int = 1,
+        **method_options: Any,  # KEYWORDS; the generated signature below lists them
     ) -> None:
+        for name in method_options:
+            if name not in KEYWORDS:
+                raise TypeError(f"SparseDriver.__init__() got an unexpected keyword argument "
+                                f"{name!r}")
         if not isinstance(model, nn.Module):
             raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"optimizer: expected a torch.optim.Optimizer, got "
                              f"{type(optimizer).__name__}")
-        for argument, value in (("density", density), ("drop_fraction", drop_fraction),
-                                ("end_fraction", end_fraction), ("temperature", temperature),
-                                ("l1", l1), ("drop_noise", drop_noise),
-                                ("ablation_threshold", ablation_threshold)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, Real)
-                                      or not math.isfinite(value)):
-                raise ValueError(f"{argument}: expected a finite number, got {value!r}")
-        for argument, value in (("interval_steps", interval_steps),
-                                ("steps_per_epoch", steps_per_epoch), ("seed", seed),
-                                ("begin_step", begin_step), ("n", n), ("m", m),
-                                ("verify_every", verify_every)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, Integral)):
-                raise ValueError(f"{argument}: expected an int, got {value!r}")
-        for argument, value in (("skip_update_on_rewire", skip_update_on_rewire),
-                                ("first_layer_dense", first_layer_dense),
-                                ("global_selection", global_selection),
-                                ("dense_first_last", dense_first_last),
-                                ("sparse_init", sparse_init)):
-            if value is not None and not isinstance(value, bool):
-                raise ValueError(f"{argument}: expected True or False, got {value!r}")
+        for argument, value, kind in (
+                ("density", density, float), ("steps_per_epoch", steps_per_epoch, int),
+                ("seed", seed, int), ("verify_every", verify_every, int),
+                ("dense_first_last", dense_first_last, bool), ("sparse_init", sparse_init, bool),
+                *((name, value, OPTIONS[name].kind) for name, value in method_options.items())):
+            check_type(argument, value, kind)
         self.model = model
         self.optimizer = optimizer
         self.method = method
@@ -264,14 +248,8 @@ class SparseDriver:
             raise ValueError(f"verify_every: must be >= 0 (0: never), got {verify_every!r}")
         if steps_per_epoch is not None and steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch: must be >= 1, got {steps_per_epoch!r}")
-        options = resolve_settings(method, {
-            "distribution": distribution, "drop_fraction": drop_fraction, "schedule": schedule,
-            "interval_steps": interval_steps, "end_fraction": end_fraction,
-            "temperature": temperature, "l1": l1, "begin_step": begin_step,
-            "drop_noise": drop_noise, "skip_update_on_rewire": skip_update_on_rewire,
-            "first_layer_dense": first_layer_dense, "global_selection": global_selection,
-            "ablation_threshold": ablation_threshold, "structure": structure, "n": n, "m": m,
-        }, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+        options = resolve_settings(method, self.algorithm.defaults, method_options,
+                                   total_steps=total_steps, steps_per_epoch=steps_per_epoch)
         self._check_options(options)
         self.options = options
         self.temperature = float(options.temperature)
@@ -357,12 +335,7 @@ class SparseDriver:
 
     def _check_options(self, options: ResolvedSettings) -> None:
         algorithm, method = self.algorithm, self.method
-        if options.distribution not in DISTRIBUTIONS:
-            raise ValueError(f"distribution: unknown {options.distribution!r}; known: "
-                             f"{', '.join(DISTRIBUTIONS)}")
-        if options.structure not in STRUCTURES:
-            raise ValueError(f"structure: unknown {options.structure!r}; known: "
-                             f"{', '.join(STRUCTURES)}")
+        check_settings(options)  # choices and bounds, as declared
         if options.structure == "n:m":
             NMStructure(options.n, options.m)  # raises naming n or m
             if not algorithm.supports_structure:
@@ -372,18 +345,6 @@ class SparseDriver:
         if options.global_selection and not algorithm.supports_global:
             raise ValueError(f"global_selection: method {method!r} has no single cross-layer "
                              "ranking (use set_magnitude, rigl or grad_sample)")
-        for argument in ("drop_noise", "ablation_threshold", "l1"):
-            if getattr(options, argument) < 0:
-                raise ValueError(f"{argument}: must be >= 0, got {getattr(options, argument)}")
-        if not options.temperature > 0:
-            raise ValueError(f"temperature: must be > 0, got {options.temperature!r}")
-        if options.begin_step < 0:
-            raise ValueError(f"begin_step: must be >= 0, got {options.begin_step}")
-
-    @property
-    def rewirer(self):
-        """The foundation's name for `algorithm` (kept for code written against it)."""
-        return self.algorithm
 
     def settings(self) -> dict[str, Any]:
         """The driver's resolved settings, as plain data: every option (the method's default
@@ -502,18 +463,12 @@ class SparseDriver:
         weight = layer.weight
         added_index = flat_nonzero(added.reshape(-1))  # (A,) ascending, weight's device
         removed_index = flat_nonzero(removed.reshape(-1))  # (R,)
-        changed_index = torch.cat([added_index, removed_index])
         flat_weight = weight.view(-1) if weight.is_contiguous() else None
         if grow_init == "random":
             fresh = torch.empty(added_index.numel(), device=weight.device, dtype=weight.dtype)
             fresh.uniform_(-layer.init_bound, layer.init_bound, generator=self.generator)
         else:
             fresh = torch.zeros(added_index.numel(), device=weight.device, dtype=weight.dtype)
-        # SGD momentum_buffer, Adam/AdamW exp_avg, exp_avg_sq (and max_exp_avg_sq): every
-        # per-weight state restarts at grown and dropped entries (jaxpruner restart_inner_state).
-        states = [value for value in self.optimizer.state.get(weight, {}).values()
-                  if isinstance(value, torch.Tensor) and value.shape == weight.shape] \
-            if reset_state else []
         active_after = count_true(mask)  # counted once: the magnitudes and the change use it
         magnitudes = None
         if self.listeners:  # before the dropped weights are zeroed
@@ -531,16 +486,37 @@ class SparseDriver:
             placed = torch.zeros(weight.shape, device=weight.device, dtype=weight.dtype)
             placed.view(-1).index_copy_(0, added_index, fresh)
             weight.copy_(torch.where(added, placed, weight.masked_fill(removed, 0.0)))
+        self.install_mask(layer, mask, added, removed, reset_state=reset_state,
+                          changed_index=torch.cat([added_index, removed_index]))
+        change = self._change(layer, added_index, removed_index, active_after)
+        change.weights = magnitudes
+        return change
+
+    @torch.no_grad()
+    def install_mask(self, layer: MaskedLayer, mask: torch.Tensor, added: torch.Tensor,
+                     removed: torch.Tensor, *, reset_state: bool = True,
+                     changed_index: torch.Tensor | None = None) -> None:
+        """Make `mask` the layer's mask, with the bookkeeping every change of a mask shares:
+        the ITOP union grows and (unless `reset_state` is False) the optimizer's per-weight
+        state restarts at `added` and `removed` entries. The weights are the caller's
+        (`apply_change` inits and zeroes them; Deep R moves them by its own rule).
+
+        `changed_index`: the flat indices of `added` and `removed`, when the caller has them."""
+        weight = layer.weight
+        # SGD momentum_buffer, Adam/AdamW exp_avg, exp_avg_sq (and max_exp_avg_sq): every
+        # per-weight state restarts at grown and dropped entries (jaxpruner restart_inner_state).
+        states = [value for value in self.optimizer.state.get(weight, {}).values()
+                  if isinstance(value, torch.Tensor) and value.shape == weight.shape] \
+            if reset_state else []
         for value in states:
             if value.is_contiguous():
+                if changed_index is None:
+                    changed_index = flat_nonzero((added | removed).reshape(-1))
                 value.view(-1).index_fill_(0, changed_index, 0.0)
             else:
                 value.masked_fill_(added | removed, 0.0)
         layer.mask = mask
         layer.ever_active |= mask
-        change = self._change(layer, added_index, removed_index, active_after)
-        change.weights = magnitudes
-        return change
 
     def record_change(self, layer: MaskedLayer, added: torch.Tensor,
                       removed: torch.Tensor) -> LayerChange:
@@ -606,3 +582,18 @@ class SparseDriver:
         self.apply_masks()
         if self.distributed is not None:  # a rank that loaded another file follows rank 0
             self.distributed.broadcast_state()
+
+
+def _signature_with_options() -> inspect.Signature:
+    """`SparseDriver`'s signature with every method option spelled out as a keyword (for
+    `help()`, `inspect` and editors), generated from `MethodOptions`."""
+    own = inspect.signature(SparseDriver.__init__)
+    parameters = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    at = [p.name for p in parameters].index("steps_per_epoch") + 1
+    options = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                 annotation=f"{OPTIONS[name].kind.__name__} | None")
+               for name in KEYWORDS]
+    return own.replace(parameters=parameters[:at] + options + parameters[at:])
+
+
+SparseDriver.__init__.__signature__ = _signature_with_options()

@@ -1,52 +1,123 @@
-"""A method's typed defaults and the ONE function that resolves a run's settings from them.
+"""The method options, declared once, and the one function that resolves a run's settings.
 
-Every registered method carries a `MethodDefaults` (its published schedule, layer
-distribution and options). `resolve_settings` fills every option left at None from the
-method's defaults; the driver, the training loop (learning rate) and the run config all call
-it, so "what does this run actually do" has one answer, recorded with the run
+`MethodOptions` declares every option a method has a published default for: its type (that of
+its generic default), what it sets and the values it takes (`Option`, in the field's
+metadata). Everything else is generated from it: `SparseDriver`'s option keywords and their
+checks (`check_type`, `check_settings`), `resolve_settings`, the run config's fields
+(`dst_core.store.config.RunConfig`) and, through the run config, the OpenAPI schema, the
+dashboard's form and `sparsescope train`'s flags. An option is added here, once.
+
+Every registered method carries a `MethodOptions` of its published defaults
+(`Algorithm.defaults`); `resolve_settings` fills every option left at None from them, so
+"what does this run actually do" has one answer, recorded with the run
 (`SparseDriver.settings()`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
+from numbers import Integral, Real
 from typing import Any
 
+from dst_core.density import DISTRIBUTIONS
+from dst_core.schedules import SCHEDULES
+from dst_core.structure import STRUCTURES
+
 DEFAULT_INTERVAL_STEPS = 100  # a per-epoch method driven without steps_per_epoch
-STRUCTURES = ("unstructured", "n:m")
 
 
 @dataclass(frozen=True)
-class MethodDefaults:
-    """A method's published defaults; a None option of a config or driver takes these."""
+class Option:
+    """What one method option takes and how it is shown: a `MethodOptions` field's metadata."""
 
-    drop_fraction: float = 0.3  # share of a layer's active connections replaced per rewire
-    schedule: str = "constant"  # drop-fraction schedule: "constant" or "cosine"
-    min_drop_fraction: float = 0.0  # floor of the cosine schedule (SNFS's CosineDecay: 0.005)
-    interval_steps: int | str = DEFAULT_INTERVAL_STEPS  # steps between rewires, or "epoch"
-    end_fraction: float = 1.0  # no rewiring after this share of training
-    begin_step: int = 0  # no rewiring before this step (rigl's begin_step)
-    distribution: str = "erk"  # layer-wise density: "uniform", "er" or "erk"
-    first_layer_dense: bool = False  # with "uniform": the first layer stays dense (RigL)
-    temperature: float = 1.0  # Deep R noise / grad_sample softmax temperature
-    l1: float = 0.0  # Deep R's L1 shrink of active parameters
-    lr: float = 0.05  # learning rate of the built-in training loop
-    drop_noise: float = 0.0  # std of Gaussian noise added to |w| drop scores (rigl: 1e-5)
-    skip_update_on_rewire: bool = False  # no optimizer update on a mask-update step (rigl)
-    global_selection: bool = False  # drop and grow by one ranking across all layers
-    ablation_threshold: float = 0.0  # SRigL γ_sal: share of salient weights a unit needs
-    structure: str = "unstructured"  # "unstructured" or "n:m" (≤ n active in every m inputs)
-    n: int = 2  # N of N:M
-    m: int = 4  # M of N:M
+    description: str  # what it sets, as the run config, the form and the CLI's --help say
+    choices: tuple[str, ...] = ()  # the values a text option takes
+    # Bounds the driver and the run config both check.
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    # Bounds only the run config has, where the driver has none: a run started from the
+    # dashboard or the CLI stays in a range the server trains; a script's driver may go further.
+    config_ge: float | None = None
+    config_le: float | None = None
+    keyword: bool = True  # a SparseDriver keyword (lr belongs to the training loop)
+    config: bool = True  # a RunConfig field
+    # Filled from the field: its name and the type its values take (its default's).
+    name: str = ""
+    kind: type = object
 
 
-OPTION_NAMES = tuple(field.name for field in fields(MethodDefaults))
+def option(default: Any, description: str, **spec: Any) -> Any:
+    """A `MethodOptions` field: its generic default and its `Option`."""
+    return field(default=default, metadata={"option": Option(description, **spec)})
 
 
 @dataclass(frozen=True)
-class ResolvedSettings(MethodDefaults):
-    """`MethodDefaults` with nothing left open: the settings a run actually uses."""
+class MethodOptions:
+    """The method options; an instance is one method's published defaults, and a None option
+    of a config or driver takes them."""
+
+    drop_fraction: float = option(
+        0.3, "Share of active connections replaced per rewire", ge=0.0, le=1.0)
+    schedule: str = option(
+        "constant", "Drop-fraction schedule; default: the method's", choices=SCHEDULES)
+    min_drop_fraction: float = option(
+        0.0, "Where the cosine schedule ends (SNFS's CosineDecay: 0.005)", ge=0.0, le=1.0,
+        keyword=False, config=False)
+    # "epoch" in a method's defaults: once per epoch (steps_per_epoch, when known).
+    interval_steps: int | str = option(
+        DEFAULT_INTERVAL_STEPS, "Steps between rewires; default: the method's (SET: one epoch)",
+        ge=1)
+    end_fraction: float = option(
+        1.0, "Stop rewiring after this share of training", ge=0.0, le=1.0)
+    begin_step: int = option(
+        0, "No rewiring before this step (default 0)", ge=0, config_le=10**9)
+    distribution: str = option(
+        "erk", "Layer-wise density; default: the method's (SET er, RigL erk)",
+        choices=DISTRIBUTIONS)
+    first_layer_dense: bool = option(
+        False, "With uniform densities, keep the first layer dense; default: the method's "
+               "(RigL yes)")
+    temperature: float = option(
+        1.0, "Deep R noise / grad_sample temperature; default: the method's (grad_sample 1, "
+             "Deep R 1e-6)", gt=0.0, config_le=1e6)
+    l1: float = option(
+        0.0, "Deep R L1 shrink of active parameters (default 1e-5)", ge=0.0, config_le=1.0)
+    lr: float = option(
+        0.05, "Learning rate; default: the method's (0.05; Deep R 0.2)", gt=0.0, config_le=10.0,
+        keyword=False)
+    drop_noise: float = option(
+        0.0, "Std of Gaussian noise added to |w| drop scores; default: the method's (RigL 1e-5, "
+             "others 0)", ge=0.0, config_le=1.0)
+    skip_update_on_rewire: bool = option(
+        False, "No optimizer update on a rewire step; default: the method's (RigL yes, as its "
+               "reference)")
+    global_selection: bool = option(
+        False, "Drop and grow by one ranking across all layers (magnitude and gradient "
+               "methods); default no")
+    ablation_threshold: float = option(
+        0.0, "SRigL γ_sal: a unit with fewer salient weights than this share of its fan-in is "
+             "ablated (0.3)", ge=0.0, config_le=1.0)
+    structure: str = option(
+        "unstructured", "n:m keeps at most n active weights in every m consecutive inputs of a "
+                        "row (2:4 by default: what GPUs accelerate)", choices=STRUCTURES)
+    # N:M's own check (NMStructure: 1 <= n <= m) applies once structure is "n:m".
+    n: int = option(2, "N of N:M (default 2)", config_ge=1, config_le=64)
+    m: int = option(4, "M of N:M (default 4)", config_ge=1, config_le=64)
+
+
+OPTIONS: dict[str, Option] = {
+    item.name: replace(item.metadata["option"], name=item.name, kind=type(item.default))
+    for item in fields(MethodOptions)}
+OPTION_NAMES = tuple(OPTIONS)
+KEYWORDS = tuple(name for name, spec in OPTIONS.items() if spec.keyword)  # SparseDriver's
+
+
+@dataclass(frozen=True)
+class ResolvedSettings(MethodOptions):
+    """`MethodOptions` with nothing left open: the settings a run actually uses."""
 
     method: str = "set"
     interval_steps: int = DEFAULT_INTERVAL_STEPS  # resolved: "epoch" became steps_per_epoch
@@ -59,24 +130,24 @@ class ResolvedSettings(MethodDefaults):
 
 def resolve_settings(
     method: str,
+    defaults: MethodOptions,
     overrides: Mapping[str, Any] | None = None,
     *,
     total_steps: int | None = None,
     steps_per_epoch: int | None = None,
 ) -> ResolvedSettings:
-    """Every option of `method`: the given value where not None, else the method's default.
+    """Every option of `method`: the given value where not None, else `defaults` (the method's,
+    `get_algorithm(method).defaults`).
 
     `interval_steps="epoch"` (SET's, SNFS's) becomes `steps_per_epoch`, or
     `DEFAULT_INTERVAL_STEPS` when the caller does not know its epoch. Unknown option names
-    raise ValueError naming them. Ranges are checked by the consumer (driver, schedule).
+    raise ValueError naming them. Values are checked by the consumer (`check_settings` in the
+    driver, the run config's fields).
     """
-    from dst_core.rewire import get_algorithm  # the registry imports this module
-
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(OPTION_NAMES))
     if unknown:
         raise ValueError(f"{unknown[0]}: not an option; options: {', '.join(OPTION_NAMES)}")
-    defaults = get_algorithm(method).defaults
     chosen = {name: overrides[name] if overrides.get(name) is not None
               else getattr(defaults, name) for name in OPTION_NAMES}
     if chosen["interval_steps"] == "epoch":
@@ -85,6 +156,47 @@ def resolve_settings(
                             steps_per_epoch=steps_per_epoch, **chosen)
 
 
-def with_defaults(base: MethodDefaults | None = None, **changes: Any) -> MethodDefaults:
+def with_defaults(base: MethodOptions | None = None, **changes: Any) -> MethodOptions:
     """A method's defaults: `base` (or the generic ones) with `changes`, for class bodies."""
-    return replace(base or MethodDefaults(), **changes)
+    return replace(base or MethodOptions(), **changes)
+
+
+def check_type(name: str, value: Any, kind: type) -> None:
+    """ValueError naming `name` unless `value` is a `kind` (float: a finite real number; int:
+    an integer; bool: True or False; text is checked against its choices once resolved).
+    None passes: the method's default."""
+    if value is None or kind is str:
+        return
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}: expected True or False, got {value!r}")
+    elif isinstance(value, bool):  # True is an int to Python, not a number to a user
+        raise ValueError(f"{name}: expected {_KIND_TEXT[kind]}, got {value!r}")
+    elif kind is int and not isinstance(value, Integral):
+        raise ValueError(f"{name}: expected an int, got {value!r}")
+    elif kind is float and (not isinstance(value, Real) or not math.isfinite(value)):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+
+
+_KIND_TEXT = {int: "an int", float: "a finite number"}
+
+
+def check_settings(settings: MethodOptions) -> None:
+    """ValueError naming the first option outside its choices or its bounds (those the driver
+    and the run config share; the run config's own caps are checked by its fields)."""
+    for name, spec in OPTIONS.items():
+        value = getattr(settings, name)
+        if spec.choices and value not in spec.choices:
+            raise ValueError(f"{name}: unknown {value!r}; known: {', '.join(spec.choices)}")
+        if not ((spec.ge is None or value >= spec.ge) and (spec.gt is None or value > spec.gt)
+                and (spec.le is None or value <= spec.le)):
+            raise ValueError(f"{name}: must {_range_text(spec)}, got {value}")
+
+
+def _range_text(spec: Option) -> str:
+    low = spec.ge if spec.ge is not None else spec.gt
+    if spec.le is not None and low is not None:
+        return f"lie in {'[' if spec.ge is not None else '('}{low:g}, {spec.le:g}]"
+    if low is not None:
+        return f"be {'>=' if spec.ge is not None else '>'} {low:g}"
+    return f"be <= {spec.le:g}"

@@ -1,9 +1,10 @@
-"""The mask-level rewiring API and the one registry of algorithms.
+"""The mask-level rewiring API and the one registry of methods.
 
 `rewire(method, weight, mask, ...)` is the stable entry point other code relies on
-(the driver and user code); algorithms plug in with `register_rewirer` so a user can add one
-without editing ours. Every algorithm, baselines and Deep R included, is an `Algorithm` in
-`REGISTRY`; the driver only calls its hooks, so no code branches on algorithm names.
+(the driver and user code); methods plug in with `register_rewirer` so a user can add one
+without editing ours. Every method, baselines and Deep R included, is registered in
+`REGISTRY` as an `Algorithm` (the drop-then-grow ones as a `Rewirer`); the driver only calls
+its hooks, so no code branches on method names.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from dst_core.method_options import MethodOptions, with_defaults
 from dst_core.selection import count_true, magnitude, rewire_threads, select_mask
-from dst_core.settings import MethodDefaults, with_defaults
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,10 @@ class Algorithm:
     """Anything `SparseDriver` can run. The driver calls the two hooks around optimizer.step().
 
     `defaults` holds the method's published schedule, layer distribution and options
-    (`dst_core.settings.MethodDefaults`); `None` options of a config or driver take them.
+    (`dst_core.method_options.MethodOptions`); `None` options of a config or driver take them.
     """
 
-    defaults: ClassVar[MethodDefaults] = MethodDefaults()
+    defaults: ClassVar[MethodOptions] = MethodOptions()
     trains_dense: ClassVar[bool] = False  # every connection active (the dense baseline)
     mask_level: ClassVar[bool] = False  # usable through `rewire()` on a single tensor
     supports_global: ClassVar[bool] = False  # global_selection means something for it
@@ -128,6 +129,42 @@ class Rewirer(Algorithm):
         return select_mask(scores, count, excluded=kept, eligible=eligible).view(weight.shape)
 
     # ---- the shared machinery ----------------------------------------------------------
+    def drop_and_grow(
+        self,
+        weight: torch.Tensor,
+        mask: torch.Tensor,
+        drop_fraction: float,
+        grad: torch.Tensor | None,
+        generator: torch.Generator | None,
+        temperature: float,
+        *,
+        noise: float = 0.0,
+        structure: Any = None,
+        grow_count: int | None = None,
+    ) -> RewireResult:
+        """One layer's rewire, the one implementation `rewire()` and the driver both run: drop
+        (with drop-score `noise`), then grow as many (or `grow_count`) within `structure`."""
+        dropped = self.drop(weight, mask, drop_fraction, noise=noise, generator=generator)
+        count = count_true(dropped) if grow_count is None else grow_count
+        return self.regrow(weight, mask, dropped, count, grad, generator, temperature, structure)
+
+    def regrow(
+        self,
+        weight: torch.Tensor,
+        mask: torch.Tensor,
+        dropped: torch.Tensor,
+        count: int,
+        grad: torch.Tensor | None,
+        generator: torch.Generator | None,
+        temperature: float,
+        structure: Any = None,
+    ) -> RewireResult:
+        """Grow `count` positions outside what `mask` keeps after `dropped` (a fresh tensor the
+        result is written into), and the net result."""
+        kept = torch.gt(mask, dropped)  # mask & ~dropped in one pass
+        grown = self.grow(weight, kept, count, grad, generator, temperature, structure)
+        return net_result(mask, kept, dropped, grown)
+
     def __call__(
         self,
         weight: torch.Tensor,
@@ -138,11 +175,9 @@ class Rewirer(Algorithm):
         temperature: float = 1.0,
         grow_count: int | None = None,
     ) -> RewireResult:
-        dropped = self.drop(weight, mask, drop_fraction)
-        kept = torch.gt(mask, dropped)  # mask & ~dropped in one pass
-        count = count_true(dropped) if grow_count is None else grow_count
-        grown = self.grow(weight, kept, count, grad, generator, temperature)
-        return net_result(mask, kept, dropped, grown)
+        # The mask-level rewire takes no drop noise and no structure: `rewire()` has neither.
+        return self.drop_and_grow(weight, mask, drop_fraction, grad, generator, temperature,
+                                  grow_count=grow_count)
 
     # ---- driver hooks: periodic rewiring ---------------------------------------------
     def dense_gradient_wanted(self, driver: Any, due: bool) -> bool:
@@ -167,13 +202,9 @@ class Rewirer(Algorithm):
         for layer, grad in zip(driver.layers, self._grads(driver), strict=True):
             if layer.active_count >= layer.mask.numel():
                 continue  # a dense layer can only regrow what it drops
-            weight = layer.weight.detach()
-            dropped = self.drop(weight, layer.mask, fraction, noise=options.drop_noise,
-                                generator=driver.generator)
-            kept = torch.gt(layer.mask, dropped)  # mask & ~dropped in one pass
-            grown = self.grow(weight, kept, count_true(dropped), grad, driver.generator,
-                              driver.temperature, layer.structure)
-            result = net_result(layer.mask, kept, dropped, grown)
+            result = self.drop_and_grow(layer.weight.detach(), layer.mask, fraction, grad,
+                                        driver.generator, driver.temperature,
+                                        noise=options.drop_noise, structure=layer.structure)
             changes.append(driver.apply_change(layer, result.mask, result.added, result.removed,
                                                self.grow_init))
         return changes
@@ -247,7 +278,7 @@ REGISTRY: dict[str, Algorithm] = {}
 def register_rewirer(name: str, algorithm: Algorithm | type[Algorithm]) -> None:
     """Make `name` available to `rewire()`, the driver, the CLI and the dashboard."""
     if not name or not isinstance(name, str):
-        raise ValueError("name: a rewirer needs a non-empty string name")
+        raise ValueError("name: a method needs a non-empty string name")
     instance = algorithm() if isinstance(algorithm, type) else algorithm
     if not isinstance(instance, Algorithm):
         raise ValueError("algorithm: must be a dst_core.rewire.Algorithm (e.g. a Rewirer)")
@@ -257,15 +288,12 @@ def register_rewirer(name: str, algorithm: Algorithm | type[Algorithm]) -> None:
 
 
 def get_algorithm(name: str) -> Algorithm:
-    """The registered algorithm called `name`; ValueError listing the known ones otherwise."""
+    """The `Algorithm` registered as method `name`; ValueError listing the known ones otherwise."""
     try:
         return REGISTRY[name]
     except (KeyError, TypeError):
         known = ", ".join(sorted(REGISTRY))
         raise ValueError(f"method: unknown method {name!r}; known: {known}") from None
-
-
-get_rewirer = get_algorithm  # the foundation's name
 
 
 def mask_level_methods() -> list[str]:

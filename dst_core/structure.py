@@ -17,6 +17,8 @@ import torch
 
 from dst_core.selection import select_mask
 
+STRUCTURES = ("unstructured", "n:m")  # the `structure` option's values
+
 
 def rows_view(tensor: torch.Tensor) -> torch.Tensor:
     """(out, fan_in) view of a weight-shaped tensor (conv kernels flattened into the input)."""

@@ -115,3 +115,24 @@ def test_the_checker_sees_function_level_and_relative_imports(tmp_path):
     ours, others = imports("dst_core.driver", source, known)
     assert ours == {"dst_core.store.run_store"} and others == {"fastapi"}
     assert LAYERS[layer_of("dst_core.store.run_store")] > LAYERS[layer_of("dst_core.driver")]
+
+
+def test_architecture_doc_lists_every_module_under_its_layer():
+    """docs/architecture.md's file tables are drawn from the code: each module once, in the
+    section of the layer tests above place it in."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    sections = {"engine": "### engine", "store": "### store", "writer": "### writer",
+                "server": "### server"}
+    starts = sorted((text.index(heading), layer) for layer, heading in sections.items())
+    bounds = {layer: (start, next((s for s, _ in starts if s > start), len(text)))
+              for start, layer in starts}
+    misplaced = []
+    for module, path in module_files().items():
+        row = f"| `{path.relative_to(ROOT).as_posix()}` |"
+        start, end = bounds[layer_of(module)]
+        if row not in text[start:end]:
+            misplaced.append(f"{row} not under {sections[layer_of(module)]}")
+    listed = {line.split("`")[1] for line in text.splitlines()
+              if line.startswith("| `") and line.split("`")[1].endswith(".py")}
+    gone = sorted(path for path in listed if not (ROOT / path).exists())
+    assert misplaced == [] and gone == []

@@ -9,6 +9,8 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 from backend.manager import RunManager
+from backend.services.topology_reader import TopologyReader
+from backend.services.views import LayerViews
 from backend.settings import Settings
 from dst_core.store import RunStore
 
@@ -27,6 +29,14 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def get_layer_views(request: Request) -> LayerViews:
+    return request.app.state.layer_views
+
+
+def get_topology(request: Request) -> TopologyReader:
+    return request.app.state.topology
+
+
 def valid_run_id(run_id: str) -> str:
     """Ids are exactly 16 hex digits: anything else (dots, slashes, NULs, 10 kB of text) is
     answered 404 here and never reaches the store or a file name."""
@@ -39,6 +49,8 @@ def valid_run_id(run_id: str) -> str:
 StoreDep = Annotated[RunStore, Depends(get_store)]
 ManagerDep = Annotated[RunManager, Depends(get_manager)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+ViewsDep = Annotated[LayerViews, Depends(get_layer_views)]
+TopologyDep = Annotated[TopologyReader, Depends(get_topology)]
 RunIdDep = Annotated[str, Depends(valid_run_id)]
 
 

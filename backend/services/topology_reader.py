@@ -22,7 +22,6 @@ from __future__ import annotations
 import bisect
 import json
 import logging
-import os
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -41,7 +40,7 @@ from dst_core.store.reader import RunReader
 # layer is bound by gathering its growth history, and numpy gathers without the GIL.
 COUNTING = ThreadPoolExecutor(max_workers=2, thread_name_prefix="topology-count")
 ANSWERS_PER_LAYER = 64  # rewires answered lately, kept: scrubbing back and forth is free
-DEFAULT_CACHE_MB = int(os.environ.get("SPARSESCOPE_TOPOLOGY_CACHE_MB", "1024"))
+DEFAULT_CACHE_MB = 1024  # the server's is Settings.topology_cache_mb (SPARSESCOPE_TOPOLOGY_CACHE_MB)
 LOG = logging.getLogger(__name__)
 
 
@@ -117,9 +116,6 @@ class IndexCache:
             return sum(entry.nbytes for entry in self._entries.values())
 
 
-CACHE = IndexCache()
-
-
 class TopologyReader:
     """Per-layer and whole-model topology of one data folder's runs."""
 
@@ -127,7 +123,7 @@ class TopologyReader:
                  reader: RunReader | None = None):
         self.store = store
         self.reader = reader if reader is not None else RunReader(store)  # shares its mask cache
-        self.cache = cache if cache is not None else CACHE
+        self.cache = cache if cache is not None else IndexCache()
 
     # ---- one layer ----------------------------------------------------------------------------
     def layer(self, run_id: str, layer: str | int, step: int) -> dict:

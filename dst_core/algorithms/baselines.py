@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from dst_core.method_options import with_defaults
 from dst_core.rewire import Algorithm, register_rewirer
-from dst_core.settings import with_defaults
 
 
 class DenseBaseline(Algorithm):

@@ -20,9 +20,9 @@ import math
 
 import torch
 
+from dst_core.method_options import with_defaults
 from dst_core.rewire import Algorithm, register_rewirer
 from dst_core.selection import random_choice
-from dst_core.settings import with_defaults
 
 REVIVED_THETA = 1e-12  # Bellec et al.: a revived connection starts just above zero
 
@@ -91,8 +91,12 @@ class DeepR(Algorithm):
             theta.masked_fill_(revived, REVIVED_THETA)
         theta.masked_fill_(~new_mask, 0.0)
         weight.copy_(theta.to(weight.dtype) * sign)
-        layer.mask = new_mask
-        layer.ever_active |= new_mask
+        if died_count:  # else the mask is unchanged (and already in the ITOP union)
+            # The driver's own bookkeeping of a new mask, as a rewire's: ITOP union,
+            # optimizer state of the flipped entries (Deep R's weights take no optimizer
+            # step, so there is none unless the optimizer held some before).
+            driver.install_mask(layer, new_mask, added=new_mask & ~mask,
+                                removed=mask & ~new_mask)
 
 
 register_rewirer("deep_r", DeepR)

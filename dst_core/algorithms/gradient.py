@@ -12,9 +12,9 @@ import math
 
 import torch
 
-from dst_core.rewire import Rewirer, net_result, register_rewirer
+from dst_core.method_options import with_defaults
+from dst_core.rewire import Rewirer, register_rewirer
 from dst_core.selection import count_true, magnitude, rewire_threads, select_mask, workspace
-from dst_core.settings import with_defaults
 
 
 class RigLRewirer(Rewirer):
@@ -117,10 +117,8 @@ class SNFSRewirer(Rewirer):
             else drop_counts
         changes = []
         for layer, dropped, momentum, count in zip(layers, drops, momenta, counts, strict=True):
-            kept = torch.gt(layer.mask, dropped)
-            grown = self.grow(layer.weight.detach(), kept, count, momentum, driver.generator,
-                              driver.temperature, layer.structure)
-            result = net_result(layer.mask, kept, dropped, grown)
+            result = self.regrow(layer.weight.detach(), layer.mask, dropped, count, momentum,
+                                 driver.generator, driver.temperature, layer.structure)
             changes.append(driver.apply_change(layer, result.mask, result.added, result.removed,
                                                self.grow_init, reset_state=False))
             reset_inactive_state(driver.optimizer, layer.weight, layer.mask)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from dst_core.method_options import with_defaults
 from dst_core.rewire import Rewirer, register_rewirer
 from dst_core.selection import count_true, random_choice, select_mask
-from dst_core.settings import with_defaults
 
 
 class SETMagnitudeRewirer(Rewirer):

@@ -25,9 +25,9 @@ import math
 import torch
 
 from dst_core.algorithms.gradient import RigLRewirer
+from dst_core.method_options import with_defaults
 from dst_core.rewire import net_result, register_rewirer
 from dst_core.selection import count_true, magnitude, rewire_threads, select_mask
-from dst_core.settings import with_defaults
 from dst_core.structure import constant_fan_in_mask, rows_view, top_per_row
 
 

@@ -324,13 +324,13 @@ class Recorder:
 
         `model_label`/`task` name a built-in model and task (the built-in loop's); a script's
         own model is labelled `custom: <ClassName> (<parameter count>)`."""
-        from dst_core.run_settings import run_settings
-        from dst_core.store.frames import TopologyEmitter
+        from dst_core.run_labels import run_settings
+        from dst_core.store.frames import FrameEmitter
 
         if not self.active:  # no frames to build on a rank that does not record
             return
         self._driver = driver
-        emitter = TopologyEmitter(driver, self, self.keyframe_every)
+        emitter = FrameEmitter(driver, self, self.keyframe_every)
         meta = {"task": task, "input_shape": None, "image_shape": None, "num_classes": None,
                 "steps_per_epoch": None, **emitter.meta(),
                 "settings": run_settings(driver, model=driver.model, label=model_label,

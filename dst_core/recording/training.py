@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from dst_core.driver import SparseDriver
 from dst_core.events import EventSink
 from dst_core.models import build_model
-from dst_core.run_settings import builtin_model_label, run_settings
+from dst_core.run_labels import builtin_model_label, run_settings
 from dst_core.store.config import RunConfig
-from dst_core.store.frames import TopologyEmitter
+from dst_core.store.frames import FrameEmitter
 from dst_core.tasks import load_task
 
 METRICS_EVERY_STEPS = 10  # one metrics event per 10 steps keeps long runs' streams light
@@ -92,7 +92,7 @@ def train(
         total_steps=steps_per_epoch * config.resolved_epochs, steps_per_epoch=steps_per_epoch,
         seed=config.seed, sparse_init=init == "he_sparse", **config.driver_options(),
     )
-    emitter = TopologyEmitter(driver, sink, config.keyframe_every)
+    emitter = FrameEmitter(driver, sink, config.keyframe_every)
     driver.listeners.append(emitter)
     meta = emitter.meta()
     meta.update(task=task.name, input_shape=list(task.input_shape),

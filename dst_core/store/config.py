@@ -1,6 +1,9 @@
 """The run configuration: one pydantic schema for REST, websockets, the worker, the CLI and
 the saved run. Fields left out (None) take the chosen method's published defaults.
 
+The run's own fields are written here (`RunFields`); the method options' fields are generated
+from their one declaration, `dst_core.method_options.MethodOptions` (`RunConfig`).
+
 Validation here is what is true on every machine (ranges, `cnn` needs images); what depends
 on the machine serving the request (a GPU, the server's limits) is checked by the server.
 """
@@ -10,9 +13,18 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-from dst_core.settings import OPTION_NAMES, ResolvedSettings, resolve_settings
+from dst_core.method_options import OPTIONS, ResolvedSettings, resolve_settings
+from dst_core.rewire import get_algorithm
 
 TaskName = Literal["synthetic", "digits", "mnist"]
 ModelName = Literal["mlp", "cnn"]
@@ -47,17 +59,30 @@ Width = Annotated[int, Field(ge=1, description="Units in one hidden layer")]
 
 
 TASK_EPOCHS = {"synthetic": 3000, "digits": 100, "mnist": 30}
-BOOLEAN_FIELDS = frozenset({"skip_update_on_rewire", "first_layer_dense", "dense_first_last",
-                            "global_selection"})
-# RunConfig fields that are SparseDriver options of the same name.
-DRIVER_OPTIONS = ("distribution", "drop_fraction", "schedule", "interval_steps", "end_fraction",
-                  "temperature", "l1", "begin_step", "drop_noise", "skip_update_on_rewire",
-                  "first_layer_dense", "dense_first_last", "global_selection",
-                  "ablation_threshold", "structure", "n", "m")
+# The method options a run config has (all but those only a method's defaults set).
+CONFIG_OPTIONS = tuple(name for name, spec in OPTIONS.items() if spec.config)
+BOOLEAN_FIELDS = frozenset({"dense_first_last", *(name for name in CONFIG_OPTIONS
+                                                  if OPTIONS[name].kind is bool)})
+# RunConfig fields that are SparseDriver keywords of the same name.
+DRIVER_OPTIONS = ("dense_first_last", *(name for name in CONFIG_OPTIONS if OPTIONS[name].keyword))
 
 
-class RunConfig(BaseModel):
-    """Everything that defines a training run; `POST /api/runs` with `{}` is a valid run."""
+def method_option_fields() -> dict[str, Any]:
+    """`create_model` field definitions of the method options a run config has: optional
+    (None: the method's default), typed, described and bounded as `MethodOptions` declares."""
+    definitions = {}
+    for name in CONFIG_OPTIONS:
+        spec = OPTIONS[name]
+        kind = Literal[spec.choices] if spec.choices else spec.kind
+        bounds = {"ge": spec.ge if spec.config_ge is None else spec.config_ge, "gt": spec.gt,
+                  "le": spec.le if spec.config_le is None else spec.config_le}
+        definitions[name] = (kind | None, Field(None, description=spec.description, **{
+            key: value for key, value in bounds.items() if value is not None}))
+    return definitions
+
+
+class RunFields(BaseModel):
+    """The run config's own fields and its checks; `RunConfig` adds the method options."""
 
     # NaN or ±inf would slip past one-sided bounds (inf > 0): reject them outright.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -70,16 +95,6 @@ class RunConfig(BaseModel):
                         "method)", json_schema_extra=_method_enum)
     density: float = Field(0.1, gt=0.0, le=1.0,
                            description="Share of connections kept active (ignored for dense: 1)")
-    distribution: Literal["uniform", "er", "erk"] | None = Field(
-        None, description="Layer-wise density; default: the method's (SET er, RigL erk)")
-    drop_fraction: float | None = Field(
-        None, ge=0.0, le=1.0, description="Share of active connections replaced per rewire")
-    schedule: Literal["constant", "cosine"] | None = Field(
-        None, description="Drop-fraction schedule; default: the method's")
-    interval_steps: int | None = Field(
-        None, ge=1, description="Steps between rewires; default: the method's (SET: one epoch)")
-    end_fraction: float | None = Field(
-        None, ge=0.0, le=1.0, description="Stop rewiring after this share of training")
     # Left out, it is the task's: the seed task's epoch is 50 steps of a tiny MLP, so Start on
     # the dashboard trains for minutes, long enough to watch and Stop (150,000 steps; measured
     # in docs/benchmarks.md); digits and MNIST converge in far fewer.
@@ -88,8 +103,6 @@ class RunConfig(BaseModel):
         description="Passes over the training set; default: the task's (synthetic 3000 = "
                     "150,000 steps, minutes to watch; digits 100; mnist 30)")
     batch_size: int = Field(64, ge=1, le=65536, description="Examples per step")
-    lr: float | None = Field(None, gt=0.0, le=10.0,
-                             description="Learning rate; default: the method's (0.05; Deep R 0.2)")
     optimizer: Literal["sgd", "adam", "adamw"] = Field(
         "sgd", description="Optimizer (Deep R moves its sparse weights by its own SGD rule "
                            "whatever is chosen here, as the paper's Algorithm 1; biases follow "
@@ -99,35 +112,7 @@ class RunConfig(BaseModel):
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds masks, init, data order")
     keyframe_every: int = Field(10, ge=1, le=1_000_000,
                                 description="Full masks stored every K rewires")
-    temperature: float | None = Field(
-        None, gt=0.0, le=1e6,
-        description="Deep R noise / grad_sample temperature; default: the method's "
-                    "(grad_sample 1, Deep R 1e-6)")
-    l1: float | None = Field(None, ge=0.0, le=1.0,
-                             description="Deep R L1 shrink of active parameters (default 1e-5)")
-    begin_step: int | None = Field(
-        None, ge=0, le=10**9, description="No rewiring before this step (default 0)")
-    drop_noise: float | None = Field(
-        None, ge=0.0, le=1.0, description="Std of Gaussian noise added to |w| drop scores; "
-                                          "default: the method's (RigL 1e-5, others 0)")
-    skip_update_on_rewire: bool | None = Field(
-        None, description="No optimizer update on a rewire step; default: the method's "
-                          "(RigL yes, as its reference)")
-    first_layer_dense: bool | None = Field(
-        None, description="With uniform densities, keep the first layer dense; default: the "
-                          "method's (RigL yes)")
     dense_first_last: bool = Field(False, description="Keep the first and the last layer dense")
-    global_selection: bool | None = Field(
-        None, description="Drop and grow by one ranking across all layers (magnitude and "
-                          "gradient methods); default no")
-    ablation_threshold: float | None = Field(
-        None, ge=0.0, le=1.0, description="SRigL γ_sal: a unit with fewer salient weights "
-                                          "than this share of its fan-in is ablated (0.3)")
-    structure: Literal["unstructured", "n:m"] | None = Field(
-        None, description="n:m keeps at most n active weights in every m consecutive inputs "
-                          "of a row (2:4 by default: what GPUs accelerate)")
-    n: int | None = Field(None, ge=1, le=64, description="N of N:M (default 2)")
-    m: int | None = Field(None, ge=1, le=64, description="M of N:M (default 4)")
     init: Literal["pytorch", "he", "he_sparse"] = Field(
         "pytorch",
         description="Initial weights: pytorch (PyTorch's default, as the DST papers train), he "
@@ -188,12 +173,10 @@ class RunConfig(BaseModel):
     def resolved_settings(self, steps_per_epoch: int | None = None,
                           total_steps: int | None = None) -> ResolvedSettings:
         """This config's settings with the method's defaults filled in (the one resolver,
-        `dst_core.settings.resolve_settings`, that the driver uses too)."""
-        options = {name: value for name, value in self.driver_options().items()
-                   if name in OPTION_NAMES}
-        options["lr"] = self.lr
-        return resolve_settings(self.method, options, total_steps=total_steps,
-                                steps_per_epoch=steps_per_epoch)
+        `dst_core.method_options.resolve_settings`, that the driver uses too)."""
+        options = {name: getattr(self, name) for name in CONFIG_OPTIONS}
+        return resolve_settings(self.method, get_algorithm(self.method).defaults, options,
+                                total_steps=total_steps, steps_per_epoch=steps_per_epoch)
 
     @field_validator("model")
     @classmethod
@@ -223,3 +206,10 @@ class RunConfig(BaseModel):
             total += fan_in * out + out
             fan_in = out
         return total
+
+
+# Everything that defines a training run: the run's own fields, then the method options.
+RunConfig = create_model("RunConfig", __base__=RunFields, __module__=__name__,
+                         __doc__="Everything that defines a training run; `POST /api/runs` "
+                                 "with `{}` is a valid run.",
+                         **method_option_fields())

@@ -11,7 +11,7 @@ from dst_core.store.codec import layer_kind
 EMPTY = np.zeros(0, dtype="<u4")
 
 
-class TopologyEmitter:
+class FrameEmitter:
     """Turns the driver's rewires into stored topology frames: a keyframe every K rewires."""
 
     def __init__(self, driver: SparseDriver, sink: EventSink, keyframe_every: int):

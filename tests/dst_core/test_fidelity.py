@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dst_core import SparseDriver
-from dst_core.config import RunConfig
+from dst_core.store.config import RunConfig
 from dst_core.structure import NMStructure
 
 

@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from dst_core.config import RunConfig
 from dst_core.driver import SparseDriver
 from dst_core.models import build_model
-from dst_core.plan import TRAIN_EXAMPLES, plan_run, weight_shapes
+from dst_core.recording.training import build_optimizer, train
+from dst_core.store.config import RunConfig
+from dst_core.store.plan import TRAIN_EXAMPLES, plan_run, weight_shapes
 from dst_core.tasks import TASKS, load_task
-from dst_core.training import build_optimizer, train
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -45,7 +45,7 @@ def test_plan_counts_what_the_driver_does(fields):
                                 "mnist": ((1, 28, 28), 10)}[config.task]
     model = build_model(config.model, input_shape, config.hidden, num_classes)
     steps_per_epoch = math.ceil(TRAIN_EXAMPLES[config.task] / config.batch_size)
-    driver = SparseDriver(  # as dst_core.training builds it
+    driver = SparseDriver(  # as dst_core.recording.training builds it
         model, build_optimizer(config, model.parameters()), method=config.method,
         density=config.density, total_steps=steps_per_epoch * config.resolved_epochs,
         steps_per_epoch=steps_per_epoch, **config.driver_options())

@@ -13,9 +13,9 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from backend.api.deps import RunDep, RunIdDep, StoreDep
-from backend.services.views import MAX_PANEL, LayerViews, UnknownError
-from dst_core.store import FINAL_STATUSES, RunReader
+from backend.api.deps import RunDep, RunIdDep, ViewsDep
+from backend.services.views import MAX_PANEL, UnknownError
+from dst_core.store import FINAL_STATUSES
 from dst_core.store.masks import StoredDataError
 
 router = APIRouter(prefix="/api/runs", tags=["frames"])
@@ -60,24 +60,16 @@ class PanelView(BaseModel):
     possible: str
 
 
-def layer_views(request: Request) -> LayerViews:
-    """The app's one LayerViews (it owns the mask cache), made on first use."""
-    views = getattr(request.app.state, "layer_views", None)
-    if views is None:
-        views = request.app.state.layer_views = LayerViews(request.app.state.store)
-    return views
-
-
 def _stored_data_error(error: StoredDataError) -> HTTPException:
     return HTTPException(422, detail=f"stored data: {error}")
 
 
 @router.get("/{run_id}/mask")
-async def get_mask(request: Request, run_id: RunIdDep, run: RunDep,
+async def get_mask(views: ViewsDep, run_id: RunIdDep, run: RunDep,
                    layer: str = Query(..., max_length=200, description="Layer name or index"),
                    step: int = Query(..., ge=0, le=MAX_STEP, description="Training step")) -> dict:
     """One layer's mask at `step` (newest keyframe + deltas), as the wire's packed bits."""
-    reader = layer_views(request).reader
+    reader = views.reader
 
     def read() -> dict:
         try:
@@ -95,29 +87,28 @@ async def get_mask(request: Request, run_id: RunIdDep, run: RunDep,
 
 
 @router.get("/{run_id}/metrics")
-async def get_metrics(run_id: RunIdDep, run: RunDep, store: StoreDep,
+async def get_metrics(run_id: RunIdDep, run: RunDep, views: ViewsDep,
                       buckets: int = Query(500, ge=1, le=100_000,
                                            description="Step ranges; each keeps min/max/last")) -> dict:
     """Every numeric metric and eval field, downsampled server-side to at most `buckets` points."""
 
     def read() -> dict:
-        return RunReader(store).metrics(run_id, buckets)
+        return views.reader.metrics(run_id, buckets)
 
     return await asyncio.to_thread(read)
 
 
 @router.get("/{run_id}/rewires", response_model=Rewires)
-async def get_rewires(request: Request, response: Response, run: RunDep) -> dict:
+async def get_rewires(views: ViewsDep, response: Response, run: RunDep) -> dict:
     """The steps at which topology frames are stored (rewire r is steps[r]), the run's newest
     seq (a live page subscribes from last_seq + 1) and its layers."""
-    views = layer_views(request)
     response.headers["Cache-Control"] = "no-cache"
     return await asyncio.to_thread(views.rewires, run)
 
 
 @router.get("/{run_id}/view", response_model=PanelView,
             responses={304: {"description": "Not modified (If-None-Match matched the ETag)"}})
-async def get_view(request: Request, response: Response, run: RunDep,
+async def get_view(request: Request, views: ViewsDep, response: Response, run: RunDep,
                    layer: str = Query(..., max_length=200, description="Layer name or index"),
                    step: int | None = Query(None, ge=0, le=MAX_STEP,
                                             description="Newest rewire at or before this step "
@@ -127,7 +118,6 @@ async def get_view(request: Request, response: Response, run: RunDep,
                    ) -> dict | Response:
     """What a panel of rows×cols pixels shows of `layer` at the newest rewire at or before
     `step`: per pixel the kept / added / removed / possible connections it covers."""
-    views = layer_views(request)
 
     def locate() -> dict:
         try:

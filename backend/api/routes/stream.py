@@ -63,14 +63,6 @@ async def _drain(websocket: WebSocket) -> None:
                 return
 
 
-def stream_hubs(websocket: WebSocket) -> StreamHubs:
-    """The app's one StreamHubs, made on first use."""
-    hubs = getattr(websocket.app.state, "stream_hubs", None)
-    if hubs is None:
-        hubs = websocket.app.state.stream_hubs = StreamHubs(websocket.app.state.store)
-    return hubs
-
-
 async def _refuse(websocket: WebSocket, error: str, code: int) -> None:
     await websocket.send_text(error_message(error))
     await websocket.close(code=code)
@@ -106,7 +98,7 @@ async def stream_run(websocket: WebSocket, run_id: str, from_seq: str = "0",
         await _refuse(websocket, f"no run {run_id!r}", 4404)
         return
     mode = "announce" if topology == "announce" else format
-    hubs = stream_hubs(websocket)
+    hubs: StreamHubs = websocket.app.state.stream_hubs  # made with the app (create_app)
     # A live run's viewers share one reader; a replay's viewer reads alone.
     hub = await hubs.join(run_id, mode) if run["status"] not in FINAL_STATUSES else None
     outbox = Outbox()

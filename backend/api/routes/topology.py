@@ -11,12 +11,10 @@ import asyncio
 import json
 import sqlite3
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from backend.api.deps import RunDep, RunIdDep, StoreDep
-from backend.api.routes.frames import layer_views
-from backend.services.topology_reader import TopologyReader
+from backend.api.deps import RunDep, RunIdDep, TopologyDep
 from dst_core.store.codec import FrameError
 from dst_core.store.masks import StoredDataError
 
@@ -137,11 +135,6 @@ class ModelTopology(BaseModel):
     chains: list[LinearChain]
 
 
-def topology_reader(request: Request, store) -> TopologyReader:
-    """The data folder's topology reader (sharing the app's mask cache)."""
-    return TopologyReader(store, reader=layer_views(request).reader)
-
-
 async def _answer(read):
     """Run a reader call off the event loop, its errors as 4xx answers."""
     try:
@@ -155,28 +148,25 @@ async def _answer(read):
 
 
 @router.get("/{run_id}/topology", response_model=LayerTopology)
-async def get_topology(request: Request, run_id: RunIdDep, run: RunDep, store: StoreDep,
+async def get_topology(reader: TopologyDep, run_id: RunIdDep, run: RunDep,
                        layer: str = LayerQuery, step: int = StepQuery) -> dict:
     """Degrees, dead units, ages, cohort survival, distances and |w| quantiles of one layer."""
-    reader = topology_reader(request, store)
     return await _answer(lambda: reader.layer(run_id, layer, step))
 
 
 @router.get("/{run_id}/topology/series", response_model=LayerSeries)
-async def get_topology_series(request: Request, run_id: RunIdDep, run: RunDep, store: StoreDep,
+async def get_topology_series(reader: TopologyDep, run_id: RunIdDep, run: RunDep,
                               layer: str = LayerQuery,
                               points: int = Query(200, ge=2, le=10_000,
                                                   description="Rewires answered at most")
                               ) -> dict:
     """One layer's degree histogram, dead units and distances over its rewires."""
-    reader = topology_reader(request, store)
     return await _answer(lambda: reader.series(run_id, layer, points))
 
 
 @router.get("/{run_id}/topology/model", response_model=ModelTopology)
-async def get_model_topology(request: Request, run_id: RunIdDep, run: RunDep, store: StoreDep,
+async def get_model_topology(reader: TopologyDep, run_id: RunIdDep, run: RunDep,
                              step: int = StepQuery) -> dict:
     """Every layer's degree summary at `step`, and each Linear chain's cut-off units and
     effective parameter count."""
-    reader = topology_reader(request, store)
     return await _answer(lambda: reader.model(run_id, step))
