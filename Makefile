@@ -25,7 +25,7 @@ ifneq ($(shell $(HAS_MODULES) torch numpy fastapi uvicorn pydantic_settings plot
 	2>/dev/null && echo ok),ok)
 $(shell rm -f $(VENV)/.installed $(VENV)/.installed-test)
 endif
-ifneq ($(shell $(HAS_MODULES) pytest xdist httpx playwright hypothesis ruff 2>/dev/null && echo ok),ok)
+ifneq ($(shell $(HAS_MODULES) pytest xdist httpx playwright hypothesis ruff transformers 2>/dev/null && echo ok),ok)
 $(shell rm -f $(VENV)/.installed-test)
 endif
 endif

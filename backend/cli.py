@@ -24,6 +24,8 @@ import typing
 import warnings
 from pathlib import Path
 
+from dst_core.store import DEFAULT_DATA_DIR
+
 
 def environment_settings():
     """Settings from the environment (SPARSESCOPE_*), the one place the CLI reads it; the
@@ -45,7 +47,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=defaults.port,
                         help="TCP port (default 8000)")
     parser.add_argument("--data-dir", default=str(defaults.data_dir),
-                        help="run store folder (default ./sparsescope-data)")
+                        help=f"run store folder (default {DEFAULT_DATA_DIR})")
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -95,7 +97,7 @@ def _flag_spec(annotation) -> dict:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from dst_core.config import RunConfig
+    from dst_core.store.config import RunConfig
 
     config = parser.add_argument_group("run config (every field of the REST run config)")
     properties = RunConfig.model_json_schema()["properties"]
@@ -112,10 +114,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                             help=description + shown, **spec)
     where = parser.add_argument_group("where the run is recorded")
     defaults = environment_settings()
-    where.add_argument("--data-dir", default=str(defaults.data_dir),
-                       help="run store folder (default ./sparsescope-data)")
+    # None, not the folder: given together with --url it is refused (train_command), and
+    # only a flag the user typed can be told apart from a default.
+    where.add_argument("--data-dir", default=None,
+                       help=f"run store folder (default $SPARSESCOPE_DATA_DIR, else "
+                            f"{DEFAULT_DATA_DIR}; not with --url)")
     where.add_argument("--url", default=None,
-                       help="record into a running server instead (e.g. http://host:8000)")
+                       help="record into a running server instead (e.g. http://host:8000), "
+                            "which stores the run in its own data folder")
     where.add_argument("--token", default=defaults.token,
                        help="the server's bearer token (with --url)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -164,10 +170,15 @@ class ProgressSink:
 def train_command(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from dst_core.config import RunConfig
     from dst_core.recording import Recorder, RemoteRecorderError
-    from dst_core.training import train
+    from dst_core.recording.training import train
+    from dst_core.store.config import RunConfig
 
+    if args.url and args.data_dir is not None:
+        print("sparsescope train: --url and --data-dir: give one of them (a run recorded into a "
+              "server is stored in that server's data folder)", file=sys.stderr)
+        return 2
+    data_dir = args.data_dir or str(environment_settings().data_dir)
     fields = {name: value for name, value in vars(args).items() if name in RunConfig.model_fields}
     try:
         config = RunConfig.model_validate(fields)
@@ -183,7 +194,7 @@ def train_command(args: argparse.Namespace) -> int:
         f"sparsescope train: warning: {message}", file=sys.stderr, flush=True)
     try:
         options = {"url": args.url, "token": args.token} if args.url else {}
-        recorder = Recorder(args.data_dir, name=config.display_name(), config=config.model_dump(),
+        recorder = Recorder(data_dir, name=config.display_name(), config=config.model_dump(),
                             writer="cli", keyframe_every=config.keyframe_every, **options)
     except (RemoteRecorderError, ValueError, OSError, sqlite3.Error) as error:
         print(f"sparsescope train: {error}", file=sys.stderr)
@@ -228,7 +239,7 @@ def _store(args: argparse.Namespace):
 
 def _open_store(data_dir: str):
     """The data folder's store, or a one-line exit when it is not a folder or not a store."""
-    from dst_core.recording import RunStore
+    from dst_core.store import RunStore
 
     try:
         return RunStore(data_dir, max_frame_elements=environment_settings().max_parameters)
@@ -243,9 +254,23 @@ def _run_or_exit(store, run_id: str) -> dict:
     return run
 
 
+def run_warnings(run: dict) -> list[str]:
+    """Why the run's settings may show nothing, as `POST /api/runs` answers for its config;
+    [] for a script's or remote job's own config dict, which is not a run config."""
+    from dst_core.store.config import RunConfig
+    from dst_core.store.plan import plan_run
+
+    if run.get("unreadable") or run["info"].get("writer") in ("script", "remote"):
+        return []
+    try:
+        return plan_run(RunConfig.model_validate(run["config"])).warnings
+    except (ValueError, KeyError):  # a config this build cannot plan (a method not loaded)
+        return []
+
+
 def runs_command(args: argparse.Namespace) -> int:
-    from dst_core.recording import BadExportError, export_run, import_run
-    from dst_core.recording.transfer import export_filename
+    from dst_core.store import BadExportError, export_run, import_run
+    from dst_core.store.transfer import export_filename
 
     if args.action == "import":
         store = _open_store(args.data_dir)
@@ -263,7 +288,7 @@ def runs_command(args: argparse.Namespace) -> int:
         return 0
     run = _run_or_exit(store, args.run_id)
     if args.action == "show":
-        print(json.dumps(run, indent=2))
+        print(json.dumps({**run, "warnings": run_warnings(run)}, indent=2))
     elif args.action == "export":
         target = Path(args.output or export_filename(run["name"]))
         try:

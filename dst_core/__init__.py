@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dst_core import algorithms as _algorithms  # noqa: F401  (fills the registry)
 from dst_core.density import layer_densities
-from dst_core.driver import LayerChange, MaskedLayer, SparseDriver, find_prunable
+from dst_core.driver import LayerChange, MaskedLayer, SparseDriver
+from dst_core.prunable import find_prunable, plan_prunable
 from dst_core.rewire import (
     REGISTRY,
     Algorithm,
@@ -32,7 +33,7 @@ _MOVED = {"RunConfig": "dst_core.store", "Recorder": "dst_core.recording",
 
 __all__ = [
     "REGISTRY", "Algorithm", "LayerChange", "MaskedLayer", "RewireResult",
-    "RewireSchedule", "Rewirer", "SparseDriver", "find_prunable",
+    "RewireSchedule", "Rewirer", "SparseDriver", "find_prunable", "plan_prunable",
     "get_algorithm", "layer_densities", "register_rewirer", "rewire",
 ]
 

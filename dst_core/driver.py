@@ -16,8 +16,10 @@ through two hooks.
 from __future__ import annotations
 
 import inspect
+import logging
 import math
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,17 +37,20 @@ from dst_core.method_options import (
     check_type,
     resolve_settings,
 )
+from dst_core.prunable import LeftDense, Patterns, PrunablePlan, plan_prunable
 from dst_core.rewire import get_algorithm
 from dst_core.schedules import RewireSchedule
 from dst_core.selection import count_true, flat_nonzero
-from dst_core.structure import NMStructure
+from dst_core.structure import NMStructure, rows_view
 
-PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # Optimizers whose update is exactly 0 where the gradient and the state are 0 (weight decay
 # of a zero weight included): with masked gradients and a rewire that zeroes the state of
 # changed entries, they never move an inactive weight, so the per-step re-masking pass is
 # skipped for them (measured: 0.89× → see bench/train_overhead.py). Others keep it.
 SELF_MASKING_OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+
+
+LOG = logging.getLogger("sparsescope.driver")
 
 
 @dataclass
@@ -59,6 +64,8 @@ class MaskedLayer:
     init_bound: float  # uniform bound of the layer's default init, for random regrowth
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # algorithm state, saved
     structure: NMStructure | None = None  # an N:M constraint the layer's masks keep
+    output_axis: int = 0  # the axis of the weight indexing output units (1: HF Conv1D's (in, out))
+    kind: str = "linear"  # linear, conv, hf_conv1d, attention_in_proj, custom (dst_core.prunable)
     grad_masked: bool = field(default=False, repr=False)  # the hook masked this step's .grad
     # The mask in the weight's dtype, rebuilt whenever `mask` is *assigned* a new tensor:
     # multiplying by a float mask is ~6× faster than by a bool one on the CPU, and the
@@ -119,7 +126,7 @@ def measured_init_bound(weight: torch.Tensor, mask: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def scale_to_active_fan_in(weight: torch.Tensor, mask: torch.Tensor) -> None:
+def scale_to_active_fan_in(weight: torch.Tensor, mask: torch.Tensor, output_axis: int = 0) -> None:
     """Sparsity-aware init (Evci et al. 2022, "Gradient Flow in Sparse Neural Networks and
     How Lottery Tickets Win"): multiply each output unit's weights by √(fan_in / active
     fan_in), so a unit's pre-activation has the variance the dense init gave it.
@@ -127,47 +134,33 @@ def scale_to_active_fan_in(weight: torch.Tensor, mask: torch.Tensor) -> None:
     Without it a layer at density d shrinks the signal by √d: at the dashboard's default
     density 0.1 every sparse method sat at chance on digits for 5 epochs (bench/defaults_sweep.py).
     """
-    rows = mask.reshape(mask.shape[0], -1)  # (out, fan_in)
+    rows = rows_view(mask, output_axis)  # (out, fan_in)
     active_fan_in = rows.sum(1).clamp_(min=1).to(torch.float32)  # (out,)
     scale = (rows.shape[1] / active_fan_in).sqrt_()  # (out,)
-    weight.mul_(scale.to(weight.dtype).view(-1, *[1] * (weight.dim() - 1)))
+    shape = [1] * weight.dim()
+    shape[output_axis] = -1
+    weight.mul_(scale.to(weight.dtype).view(shape))
 
 
-def _matches(name: str, patterns: list[str]) -> bool:
-    return any(pattern in name for pattern in patterns)
+def _plain_patterns(patterns: Patterns) -> list[str] | dict[str, int | None]:
+    """include= / exclude= as plain data for the run's settings (compiled expressions as
+    their text; a mapping keeps its output axes)."""
+    if patterns is None:
+        return []
+    if isinstance(patterns, dict):
+        return {getattr(key, "pattern", key): axis for key, axis in patterns.items()}
+    if isinstance(patterns, (str, re.Pattern)):
+        patterns = [patterns]
+    return [getattr(pattern, "pattern", pattern) for pattern in patterns]
 
 
-def find_prunable(
-    model: nn.Module,
-    include: Iterable[str] | None = None,
-    exclude: Iterable[str] | None = None,
-    dense_first_last: bool = False,
-) -> list[tuple[str, nn.Parameter]]:
-    """(name, weight) of every Linear/ConvNd weight, each parameter once, in module order.
-
-    `include`/`exclude` are substrings of the weight's name (e.g. "features", "fc2.weight");
-    `dense_first_last` leaves the first and the last found layer dense (a common choice for
-    the input and the classifier layer).
-    """
-    include = [include] if isinstance(include, str) else list(include or [])
-    exclude = [exclude] if isinstance(exclude, str) else list(exclude or [])
-    found: list[tuple[str, nn.Parameter]] = []
-    seen: set[int] = set()
-    for name, module in model.named_modules():
-        if not isinstance(module, PRUNABLE_TYPES):
-            continue
-        weight = module.weight
-        if id(weight) in seen:  # a shared (tied) weight is masked once, under its first name
-            continue
-        seen.add(id(weight))
-        found.append((f"{name}.weight" if name else "weight", weight))
-    if dense_first_last and len(found) >= 2:
-        found = found[1:-1]
-    if include:
-        found = [(n, w) for n, w in found if _matches(n, include)]
-    if exclude:
-        found = [(n, w) for n, w in found if not _matches(n, exclude)]
-    return found
+def _dense_reasons(left: list[LeftDense], limit: int = 6) -> str:
+    """'; left dense: a (why), b (why), …' for an error or a log line."""
+    if not left:
+        return ""
+    shown = ", ".join(f"{entry.name} ({entry.reason})" for entry in left[:limit])
+    more = f", and {len(left) - limit} more" if len(left) > limit else ""
+    return f"; left dense: {shown}{more}"
 
 
 def random_mask(shape: tuple[int, ...], density: float, generator: torch.Generator,
@@ -215,8 +208,8 @@ class SparseDriver:
         density: float = 0.1,
         total_steps: int,
         steps_per_epoch: int | None = None,
-        include: Iterable[str] | None = None,
-        exclude: Iterable[str] | None = None,
+        include: Patterns = None,
+        exclude: Patterns = None,
         dense_first_last: bool = False,
         sparse_init: bool = False,
         seed: int = 0,
@@ -266,15 +259,18 @@ class SparseDriver:
             min_drop_fraction=float(options.min_drop_fraction))
         self.distribution = options.distribution
         self.dense_first_last = dense_first_last
-        self.include = [include] if isinstance(include, str) else list(include or [])
-        self.exclude = [exclude] if isinstance(exclude, str) else list(exclude or [])
+        self.plan: PrunablePlan = plan_prunable(model, include, exclude, dense_first_last)
+        self.include = _plain_patterns(include)
+        self.exclude = _plain_patterns(exclude)
         self.sparse_init = sparse_init
         self.seed = seed
-        prunable = find_prunable(model, include, exclude, dense_first_last)
+        entries = self.plan.layers
+        prunable = [(entry.name, entry.weight) for entry in entries]
         if not prunable:
             raise ValueError(
-                "model: no Linear or Conv1d/2d/3d weight to sparsify"
-                + (" matches include/exclude" if include or exclude or dense_first_last else ""))
+                "model: no Linear, Conv1d/2d/3d, HF Conv1D or attention weight to sparsify"
+                + (" matches include/exclude" if include or exclude or dense_first_last else "")
+                + _dense_reasons(self.plan.left_dense))
         for name, weight in prunable:
             if isinstance(weight, nn.parameter.UninitializedParameter):
                 raise ValueError(f"model: {name} is an uninitialised lazy parameter; run one "
@@ -291,18 +287,20 @@ class SparseDriver:
         if options.first_layer_dense and self.distribution == "uniform" and len(densities) > 1:
             densities[0] = 1.0  # rigl's uniform: the input layer stays dense
         self.target_density = float(density)
-        structure_of = (NMStructure(options.n, options.m) if options.structure == "n:m"
-                        else None)
+        structured = options.structure == "n:m"
         device = prunable[0][1].device if prunable else torch.device("cpu")
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
         self.layers: list[MaskedLayer] = []
         initial_mask = getattr(self.algorithm, "initial_mask", None)
-        for (name, weight), layer_density in zip(prunable, densities, strict=True):
+        for entry, layer_density in zip(entries, densities, strict=True):
+            name, weight, output_axis = entry.name, entry.weight, entry.output_axis
             shape = tuple(weight.shape)
-            layer_structure = structure_of if layer_density < 1.0 else None
+            layer_structure = (NMStructure(options.n, options.m, output_axis)
+                               if structured and layer_density < 1.0 else None)
             if initial_mask is not None and layer_density < 1.0:
-                mask = initial_mask(shape, layer_density, self.generator).to(weight.device)
+                mask = initial_mask(shape, layer_density, self.generator,
+                                    output_axis=output_axis).to(weight.device)
             elif layer_structure is not None:
                 count = min(math.prod(shape), max(1, round(layer_density * math.prod(shape))))
                 mask = layer_structure.random_mask(shape, count, self.generator).to(weight.device)
@@ -313,9 +311,10 @@ class SparseDriver:
             # 95% sparsity, 3 seeds: 95.6% this way, 94.1% at the rescaled scale).
             init_bound = measured_init_bound(weight.detach(), mask)
             if sparse_init and layer_density < 1.0:
-                scale_to_active_fan_in(weight.data, mask)
+                scale_to_active_fan_in(weight.data, mask, output_axis)
             self.layers.append(MaskedLayer(name, weight, mask, mask.clone(), init_bound,
-                                           structure=layer_structure))
+                                           structure=layer_structure, output_axis=output_axis,
+                                           kind=entry.kind))
         self.apply_masks()
         setup = getattr(self.algorithm, "setup", None)
         if setup is not None:
@@ -332,6 +331,7 @@ class SparseDriver:
         # Under torch.distributed: rank 0's masks and weights everywhere, reduced dense
         # gradients, per-step seeds, the mask-hash check (None in a single process).
         self.distributed = distributed.attach(self, verify_every)
+        LOG.info("%s", self.summary(brief=True))
 
     def _check_options(self, options: ResolvedSettings) -> None:
         algorithm, method = self.algorithm, self.method
@@ -365,6 +365,30 @@ class SparseDriver:
             options.pop("n")
             options.pop("m")
         return options
+
+    def summary(self, brief: bool = False) -> str:
+        """What the driver sparsified (name, shape, layout, density) and every ≥ 2-D weight it
+        left dense with the reason: a model whose weights hide behind an unfamiliar layer type
+        or a tied embedding is visible at construction, not after a run."""
+        weights = sum(layer.weight.numel() for layer in self.layers)
+        active = sum(layer.active_count for layer in self.layers)
+        head = (f"SparseDriver({self.method}, density {self.target_density:g}, "
+                f"{self.distribution}): {len(self.layers)} layers sparsified, {active:,} of "
+                f"{weights:,} weights active; {len(self.plan.left_dense)} ≥ 2-D weights and "
+                f"{self.plan.one_dimensional} 1-D parameters (biases, norms) left dense")
+        if brief:
+            return head + _dense_reasons(self.plan.left_dense) + " (driver.summary() lists all)"
+        lines = [head, "sparsified:"]
+        for layer in self.layers:
+            layout = " (in, out)" if layer.output_axis == 1 and layer.weight.dim() == 2 else (
+                f" (outputs on axis {layer.output_axis})" if layer.output_axis else "")
+            lines.append(f"  {layer.name} {list(layer.shape)} {layer.kind}{layout} "
+                         f"density {layer.density:.4g}")
+        if self.plan.left_dense:
+            lines.append("left dense:")
+            lines += [f"  {entry.name} {list(entry.shape)}: {entry.reason}"
+                      for entry in self.plan.left_dense]
+        return "\n".join(lines)
 
     # ---- gradients --------------------------------------------------------------------
     def _grad_hook(self, layer: MaskedLayer) -> Callable[[torch.Tensor], None]:

@@ -20,27 +20,44 @@ from dst_core.selection import select_mask
 STRUCTURES = ("unstructured", "n:m")  # the `structure` option's values
 
 
-def rows_view(tensor: torch.Tensor) -> torch.Tensor:
-    """(out, fan_in) view of a weight-shaped tensor (conv kernels flattened into the input)."""
-    return tensor.reshape(tensor.shape[0], -1) if tensor.dim() > 1 else tensor.reshape(1, -1)
+def rows_view(tensor: torch.Tensor, output_axis: int = 0) -> torch.Tensor:
+    """(out, fan_in) of a weight-shaped tensor (conv kernels flattened into the input): a view
+    when outputs come first, as torch stores them; the transpose for a weight stored with its
+    outputs on another axis (Hugging Face's `Conv1D`: (in, out))."""
+    if tensor.dim() < 2:
+        return tensor.reshape(1, -1)
+    if output_axis:
+        tensor = tensor.movedim(output_axis, 0)
+    return tensor.reshape(tensor.shape[0], -1)
+
+
+def from_rows(rows: torch.Tensor, shape: tuple[int, ...], output_axis: int = 0) -> torch.Tensor:
+    """A fresh (out, fan_in) tensor back in the weight's layout (rows_view's inverse)."""
+    if len(shape) < 2 or not output_axis:
+        return rows.reshape(shape)
+    moved = (shape[output_axis],) + tuple(size for axis, size in enumerate(shape)
+                                          if axis != output_axis)
+    return rows.reshape(moved).movedim(0, output_axis).contiguous()
 
 
 class NMStructure:
-    """At most `n` active in every group of `m` consecutive inputs of a row."""
+    """At most `n` active in every group of `m` consecutive inputs of a row (of an output
+    unit, whichever axis the weight stores its outputs on)."""
 
-    def __init__(self, n: int, m: int) -> None:
+    def __init__(self, n: int, m: int, output_axis: int = 0) -> None:
         if isinstance(m, bool) or not isinstance(m, int) or m < 1:
             raise ValueError(f"m: must be an int >= 1, got {m!r}")
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= m:
             raise ValueError(f"n: must be an int in [1, m={m}], got {n!r}")
         self.n, self.m = n, m
+        self.output_axis = output_axis
 
     def __repr__(self) -> str:
         return f"NMStructure({self.n}:{self.m})"
 
     def _groups(self, tensor: torch.Tensor, fill) -> torch.Tensor:
         """(out, groups, m): rows split into groups of m, the last one padded with `fill`."""
-        rows = rows_view(tensor)
+        rows = rows_view(tensor, self.output_axis)
         pad = (-rows.shape[1]) % self.m
         if pad:
             rows = torch.nn.functional.pad(rows, (0, pad), value=fill)
@@ -57,9 +74,9 @@ class NMStructure:
         return int(self._group_room(mask).sum())
 
     def max_active(self, shape: tuple[int, ...]) -> int:
-        fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
-        full, rest = divmod(fan_in, self.m)
-        return (shape[0] if len(shape) > 1 else 1) * (full * self.n + min(self.n, rest))
+        outputs = shape[self.output_axis] if len(shape) > 1 else 1
+        full, rest = divmod(math.prod(shape) // outputs, self.m)
+        return outputs * (full * self.n + min(self.n, rest))
 
     def satisfied(self, mask: torch.Tensor) -> bool:
         return bool((self._groups(mask, False).sum(-1) <= self.n).all())
@@ -75,8 +92,9 @@ class NMStructure:
         rank.scatter_(-1, order, torch.arange(self.m, device=order.device).expand_as(order))
         room = self._group_room(kept).unsqueeze(-1)  # (out, groups, 1)
         chosen = (rank < room) & (grouped > -math.inf)  # (out, groups, m)
-        rows = rows_view(kept)
-        return chosen.reshape(rows.shape[0], -1)[:, :rows.shape[1]].reshape(kept.shape)
+        rows = rows_view(kept, self.output_axis)
+        return from_rows(chosen.reshape(rows.shape[0], -1)[:, :rows.shape[1]], tuple(kept.shape),
+                         self.output_axis)
 
     def random_mask(self, shape: tuple[int, ...], count: int,
                     generator: torch.Generator) -> torch.Tensor:
@@ -92,15 +110,15 @@ class NMStructure:
 
 
 def constant_fan_in_mask(shape: tuple[int, ...], fan_in_active: int,
-                         generator: torch.Generator) -> torch.Tensor:
+                         generator: torch.Generator, output_axis: int = 0) -> torch.Tensor:
     """Every output unit gets exactly `fan_in_active` random inputs (SRigL's initialisation)."""
-    rows = shape[0] if len(shape) > 1 else 1
+    rows = shape[output_axis] if len(shape) > 1 else 1
     fan_in = math.prod(shape) // rows
     scores = torch.rand(rows, fan_in, generator=generator, device=generator.device)
     chosen = torch.topk(scores, fan_in_active, dim=1).indices  # (rows, k)
     mask = torch.zeros(rows, fan_in, dtype=torch.bool, device=generator.device)
     mask.scatter_(1, chosen, True)
-    return mask.view(shape)
+    return from_rows(mask, tuple(shape), output_axis)
 
 
 def top_per_row(scores: torch.Tensor, counts: torch.Tensor,

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dst_core.analytics import chain_connectivity, degrees
+from dst_core.heads import check_layout, head_counts
 from dst_core.store import FINAL_STATUSES, RunStore, topology_index
 from dst_core.store.cohorts import IndexFormatError, LayerIndexer, LayerTimeline, Segment
 from dst_core.store.masks import StoredDataError
@@ -183,7 +184,20 @@ class TopologyReader:
                 raise StoredDataError(f"layer {name!r} changes shape to {list(mask.shape)}")
         return {"layer": name, "index": index, "step": rewire_step,
                 "shape": list(timeline.shape), **degrees(mask), **timeline.at(rewire, mask, COUNTING.map),
-                "weights": self._weights(run_id, rewire_step, name)}
+                "weights": self._weights(run_id, rewire_step, name),
+                "heads": self._heads(run_id, index, mask)}
+
+    def _heads(self, run_id: str, index: int, mask: np.ndarray) -> list[dict] | None:
+        """Per-head counts of an attention projection whose run stored its head layout (a
+        stored layout that does not tile the layer is ignored: no heads, not an error)."""
+        layout = self.reader.layers(run_id)[index].get("heads")
+        if layout is None:
+            return None
+        try:
+            layout = check_layout(layout, tuple(mask.shape))
+        except (ValueError, TypeError):
+            return None
+        return head_counts(mask, layout)
 
     def _weights(self, run_id: str, step: int, name: str) -> dict | None:
         """|w| quantiles the rewire event at `step` carries for the layer (None if none)."""

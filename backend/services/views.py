@@ -23,6 +23,7 @@ import threading
 
 import numpy as np
 
+from dst_core.heads import check_layout
 from dst_core.store.masks import BytesLRU, FrameChains, run_key
 from dst_core.store.reader import RunReader
 from dst_core.store.run_store import RunStore
@@ -108,7 +109,8 @@ class LayerViews:
             density = active / (rows * cols) if active is not None else entry["density"]
             layers.append({"index": index, "name": entry["name"], "shape": [rows, cols],
                            "weight_shape": entry["weight_shape"], "kind": entry["kind"],
-                           "density": density, "active": active})
+                           "output_axis": entry["output_axis"], "layer_type": entry["layer_type"],
+                           "heads": _has_heads(entry), "density": density, "active": active})
         return {"steps": steps, "last_seq": -1 if last is None else int(last), "layers": layers}
 
     # ---- one panel ----------------------------------------------------------------------------
@@ -246,3 +248,16 @@ class PixelMap:
         if grid_rows < rows:
             counts = np.add.reduceat(counts, self.row_starts, axis=0, dtype=np.int64)
         return counts.astype(np.int64)
+
+
+def _has_heads(entry: dict) -> bool:
+    """Whether `/topology` answers `heads` for this layer: its stored head layout is a dict
+    that tiles the layer's matrix (one that does not is ignored there, so it is here too)."""
+    layout = entry.get("heads")
+    if not isinstance(layout, dict):
+        return False
+    try:
+        check_layout(layout, tuple(entry["matrix"]))
+    except (ValueError, TypeError):
+        return False
+    return True

@@ -26,7 +26,7 @@ import torch
 
 from dst_core.algorithms.gradient import RigLRewirer
 from dst_core.method_options import with_defaults
-from dst_core.rewire import net_result, register_rewirer
+from dst_core.rewire import RewireResult, net_result, register_rewirer
 from dst_core.selection import count_true, magnitude, rewire_threads, select_mask
 from dst_core.structure import constant_fan_in_mask, rows_view, top_per_row
 
@@ -41,10 +41,10 @@ class SRigLRewirer(RigLRewirer):
     mask_level = False  # its masks are constant fan-in from initialisation: driver only
 
     def initial_mask(self, shape: tuple[int, ...], density: float,
-                     generator: torch.Generator, structure=None) -> torch.Tensor:
-        fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+                     generator: torch.Generator, output_axis: int = 0) -> torch.Tensor:
+        fan_in = math.prod(shape) // shape[output_axis] if len(shape) > 1 else shape[0]
         active_fan_in = min(fan_in, max(1, round(density * fan_in)))
-        return constant_fan_in_mask(shape, active_fan_in, generator)
+        return constant_fan_in_mask(shape, active_fan_in, generator, output_axis)
 
     def after_optimizer_step(self, driver, due) -> list:
         if not due:
@@ -58,14 +58,24 @@ class SRigLRewirer(RigLRewirer):
                 if budget is None:
                     budget = layer.buffers["fan_in_budget"] = torch.tensor(layer.active_count)
                 result = self.rewire_layer(layer.weight.detach(), layer.mask, fraction, grad,
-                                           int(budget), driver.options.ablation_threshold)
+                                           int(budget), driver.options.ablation_threshold,
+                                           layer.output_axis)
                 changes.append(driver.apply_change(layer, result.mask, result.added,
                                                    result.removed, self.grow_init))
         return changes
 
     @torch.no_grad()
     def rewire_layer(self, weight: torch.Tensor, mask: torch.Tensor, drop_fraction: float,
-                     grad: torch.Tensor | None, budget: int, ablation_threshold: float):
+                     grad: torch.Tensor | None, budget: int, ablation_threshold: float,
+                     output_axis: int = 0):
+        if output_axis:  # outputs on another axis (HF Conv1D): rewire the (out, in) transpose
+            result = self.rewire_layer(weight.movedim(output_axis, 0), mask.movedim(output_axis, 0),
+                                       drop_fraction, None if grad is None else
+                                       grad.movedim(output_axis, 0), budget, ablation_threshold)
+            mask_back, added_back, removed_back = (
+                value.movedim(0, output_axis).contiguous()
+                for value in (result.mask, result.added, result.removed))
+            return RewireResult(mask=mask_back, added=added_back, removed=removed_back)
         rows = rows_view(mask)  # (out, fan_in) bool
         out_units, fan_in = rows.shape
         active = count_true(mask)

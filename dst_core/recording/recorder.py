@@ -29,7 +29,10 @@ import traceback
 from numbers import Real
 from pathlib import Path
 
+from dst_core.heads import head_layouts
 from dst_core.recording.remote import RemoteWriter
+from dst_core.run_labels import run_settings
+from dst_core.store.frames import FrameEmitter
 from dst_core.store.run_store import DEFAULT_DATA_DIR, MODEL_ARTIFACT, RunStore
 
 
@@ -318,21 +321,23 @@ class Recorder:
             raise ValueError("metrics: eval() needs at least one metric, e.g. test_accuracy=0.9")
         self.emit("eval", _step("eval", step), _numbers("eval", metrics))
 
-    def attach(self, driver, *, model_label: str | None = None, task: str | None = None) -> None:
+    def attach(self, driver, *, model_label: str | None = None, task: str | None = None,
+               heads: dict[str, dict] | None = None) -> None:
         """Follow a SparseDriver: its layers now, a topology frame at each rewire, and the
         settings it resolved as the run's settings.
 
         `model_label`/`task` name a built-in model and task (the built-in loop's); a script's
-        own model is labelled `custom: <ClassName> (<parameter count>)`."""
-        from dst_core.run_labels import run_settings
-        from dst_core.store.frames import FrameEmitter
-
+        own model is labelled `custom: <ClassName> (<parameter count>)`. Attention layers'
+        head layouts are detected from the model (dst_core.heads); `heads` declares others:
+        `{layer name or pattern: {"axis": "out"|"in", "count": heads, "size": head_dim,
+        "parts": ["q", "k", "v"] or None}}`."""
+        layouts = head_layouts(driver.model, driver.plan.layers, heads)  # raises naming heads
         if not self.active:  # no frames to build on a rank that does not record
             return
         self._driver = driver
         emitter = FrameEmitter(driver, self, self.keyframe_every)
         meta = {"task": task, "input_shape": None, "image_shape": None, "num_classes": None,
-                "steps_per_epoch": None, **emitter.meta(),
+                "steps_per_epoch": None, **emitter.meta(layouts),
                 "settings": run_settings(driver, model=driver.model, label=model_label,
                                          task=task)}
         self.emit("meta", driver.step_count, meta)

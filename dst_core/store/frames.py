@@ -1,4 +1,11 @@
-"""Topology frames: turns a driver's rewires into stored events (keyframes + deltas)."""
+"""Topology frames: turns a driver's rewires into stored events (keyframes + deltas).
+
+Frames are stored in the layer's *matrix* orientation, outputs first ([out, in·kernel…]),
+whatever axis the weight keeps its outputs on: Hugging Face's `Conv1D` stores (in, out), and
+its masks and changes are transposed here, once, so views, fan-in/fan-out, heads and the
+cohort index read every layer the same way. `weight_shape` and `output_axis` in the run's
+meta say how the parameter itself is laid out.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,36 @@ from dst_core.events import EventSink, delta_payload, keyframe_payload, matrix_s
 from dst_core.store.codec import layer_kind
 
 EMPTY = np.zeros(0, dtype="<u4")
+# The layer types of dst_core.prunable as the stored `kind` (how a matrix maps to its weight).
+STORED_KIND = {"linear": "linear", "hf_conv1d": "linear", "attention_in_proj": "linear",
+               "conv": "conv"}
+
+
+def matrix_order(shape: tuple[int, ...], output_axis: int) -> tuple[int, ...]:
+    """The weight's axes in matrix order: the output axis first, the others as they come."""
+    return (output_axis,) + tuple(axis for axis in range(len(shape)) if axis != output_axis)
+
+
+def matrix_layout_shape(shape: tuple[int, ...], output_axis: int) -> tuple[int, ...]:
+    return tuple(shape[axis] for axis in matrix_order(shape, output_axis))
+
+
+def to_matrix_indices(indices, shape: tuple[int, ...], output_axis: int) -> np.ndarray:
+    """Sorted flat indices of the weight's layout → sorted flat indices of its matrix."""
+    array = np.asarray(indices.cpu() if hasattr(indices, "cpu") else indices, dtype=np.int64)
+    if not output_axis or array.size == 0:
+        return array
+    order = matrix_order(shape, output_axis)
+    coords = np.unravel_index(array, shape)
+    moved = np.ravel_multi_index(tuple(coords[axis] for axis in order),
+                                 tuple(shape[axis] for axis in order))
+    moved.sort()
+    return moved
+
+
+def matrix_mask(layer):
+    """The layer's mask with its outputs first (a view; packed bits copy it in that order)."""
+    return layer.mask.movedim(layer.output_axis, 0) if layer.output_axis else layer.mask
 
 
 class FrameEmitter:
@@ -26,8 +63,12 @@ class FrameEmitter:
         for index, layer in enumerate(self.driver.layers):
             # A layer the rewire left out has no changes: an empty pair says so.
             found = by_layer.get(layer.name, (EMPTY, EMPTY)) if changes else None
-            self.sink.emit("topology", step, keyframe_payload(layer.name, index, layer.shape,
-                                                              layer.mask, found))
+            if found is not None and layer.output_axis:
+                found = tuple(to_matrix_indices(part, layer.shape, layer.output_axis)
+                              for part in found)
+            self.sink.emit("topology", step, keyframe_payload(
+                layer.name, index, matrix_layout_shape(layer.shape, layer.output_axis),
+                matrix_mask(layer), found))
 
     def __call__(self, changes: list[LayerChange]) -> None:
         self.rewires += 1
@@ -52,22 +93,38 @@ class FrameEmitter:
         for change in changes:
             index = index_of[change.layer]
             layer = self.driver.layers[index]
+            added, removed = (to_matrix_indices(part, layer.shape, layer.output_axis)
+                              for part in (change.added, change.removed))
             self.sink.emit("topology", step, delta_payload(
-                change.layer, index, layer.shape, change.added, change.removed,
-                change.active_count))
+                change.layer, index, matrix_layout_shape(layer.shape, layer.output_axis),
+                added, removed, change.active_count))
 
-    def meta(self) -> dict:
-        """The layers and schedule, so a viewer can lay out one heatmap per layer."""
+    def meta(self, heads: dict[str, dict] | None = None) -> dict:
+        """The layers and schedule, so a viewer can lay out one heatmap per layer; `heads`:
+        layer name → its attention head layout (dst_core.heads)."""
         driver = self.driver
         return {
             "method": driver.method,
             "total_steps": driver.schedule.total_steps,
-            "layers": [{"name": layer.name, "shape": list(layer.shape),
-                        "matrix": matrix_shape(layer.shape), "density": layer.density,
-                        "weight_shape": list(layer.shape), "kind": layer_kind(layer.shape)}
+            "layers": [self._layer_meta(layer, (heads or {}).get(layer.name))
                        for layer in driver.layers],
             "schedule": {"drop_fraction": driver.schedule.drop_fraction,
                          "kind": driver.schedule.kind,
                          "interval_steps": driver.schedule.interval_steps,
                          "end_fraction": driver.schedule.end_fraction},
         }
+
+    @staticmethod
+    def _layer_meta(layer, heads: dict | None) -> dict:
+        moved = matrix_layout_shape(layer.shape, layer.output_axis)
+        # A custom (include=) tensor: a 2-D one reads as a linear layer, others by rank.
+        kind = STORED_KIND.get(layer.kind) or layer_kind(moved)
+        entry = {"name": layer.name, "shape": list(layer.shape), "matrix": matrix_shape(moved),
+                 "density": layer.density, "weight_shape": list(layer.shape), "kind": kind}
+        if layer.output_axis:
+            entry["output_axis"] = layer.output_axis
+        if layer.kind != kind:
+            entry["layer_type"] = layer.kind
+        if heads is not None:
+            entry["heads"] = heads
+        return entry

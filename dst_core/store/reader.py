@@ -162,8 +162,15 @@ def _layer_entry(entry) -> dict | None:
     density = entry.get("density")
     density = float(density) if isinstance(density, (int, float)) and not isinstance(
         density, bool) and math.isfinite(density) else None
+    # Which axis of the weight holds its outputs (1: HF Conv1D's (in, out)); frames are stored
+    # outputs first either way, so this only says how the parameter itself is laid out.
+    axis = entry.get("output_axis", 0)
+    axis = axis if isinstance(axis, int) and not isinstance(axis, bool) and weight_shape \
+        and 0 <= axis < len(weight_shape) else 0
+    layer_type = entry.get("layer_type")
+    layer_type = layer_type if isinstance(layer_type, str) and len(layer_type) <= 40 else None
     return {**entry, "matrix": matrix, "weight_shape": weight_shape, "kind": kind,
-            "density": density}
+            "density": density, "output_axis": axis, "layer_type": layer_type}
 
 
 def downsample(steps: np.ndarray, values: np.ndarray, buckets: int) -> dict:

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from backend.cli import main
-from dst_core.config import RunConfig
-from dst_core.recording import RunStore
+from dst_core.store import RunStore
+from dst_core.store.config import RunConfig
 from tests.conftest import REPO
 
 
@@ -61,7 +61,7 @@ def test_train_records_a_run_with_a_progress_bar(tmp_path):
     assert RunStore(tmp_path).get_artifact(run_id, "model.pt")
 
 
-# dst_core/training.py calls float(loss) on a tensor that requires grad (the core's file)
+# dst_core/recording/training.py calls float(loss) on a tensor that requires grad (the core's file)
 @pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
 def test_runs_list_show_export_import_delete(tmp_path, capsys):
     assert main(["train", "--data-dir", str(tmp_path), "--epochs", "1", "--hidden", "8",
@@ -206,3 +206,34 @@ def test_a_closed_pipe_ends_runs_output_quietly(tmp_path, action):
                             capture_output=True, text=True, timeout=120)
     assert len(result.stdout.splitlines()) == 2
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+
+
+def test_url_with_data_dir_is_an_error_naming_both(tmp_path, capsys):
+    code = main(["train", "--url", "http://127.0.0.1:9", "--data-dir", str(tmp_path),
+                 "--epochs", "1", "--hidden", "8", "--quiet"])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "--url" in error and "--data-dir" in error
+    assert len(error.strip().splitlines()) == 1 and "Traceback" not in error
+    assert not (tmp_path / "runs.sqlite3").exists()  # nothing recorded anywhere
+
+
+def test_runs_show_answers_the_warnings_of_its_config(tmp_path, capsys, make_client):
+    store = RunStore(tmp_path)
+    # RigL on digits for 5 epochs: 115 steps, rewiring stops at step 86 before the first is due.
+    silent = store.create_run(RunConfig(method="rigl", task="digits", epochs=5).model_dump(),
+                              "no rewire", status="completed")
+    fine = store.create_run(RunConfig(method="set", task="digits", epochs=5).model_dump(),
+                            "fine", status="completed")
+    script = store.create_run({"lr": 0.1}, "my loop", status="completed",
+                              info={"writer": "script"})
+    shown = {}
+    for run in (silent, fine, script):
+        assert main(["runs", "show", run["id"], "--data-dir", str(tmp_path)]) == 0
+        shown[run["name"]] = json.loads(capsys.readouterr().out)
+    assert len(shown["no rewire"]["warnings"]) == 1
+    assert shown["no rewire"]["warnings"][0].startswith("no rewire: 115 steps")
+    assert shown["fine"]["warnings"] == [] and shown["my loop"]["warnings"] == []
+    assert shown["fine"]["id"] == fine["id"]
+    api = make_client().post("/api/runs/plan", json=silent["config"]).json()["warnings"]
+    assert shown["no rewire"]["warnings"] == api  # what POST /api/runs answers for it

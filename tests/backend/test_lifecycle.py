@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-from dst_core.config import RunConfig
+from dst_core.store.config import RunConfig
 from tests.backend.conftest import (
     DIVERGING_RUN,
     LONG_RUN,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dst_core.events import keyframe_payload, to_wire
-from dst_core.recording.schema import InvalidValue
+from dst_core.store.schema import InvalidValue
 from tests.backend.test_stream import record_run
 
 
@@ -243,7 +243,7 @@ def test_an_import_with_views_triggers_or_foreign_objects_is_refused_before_copy
 def test_a_version_1_file_with_a_trigger_runs_nothing_during_the_upgrade(client, tmp_path):
     path = tmp_path / "v1.sparsescope"
     db = sqlite3.connect(path)
-    from dst_core.recording.store import _SCHEMA_V1
+    from dst_core.store.run_store import _SCHEMA_V1
 
     db.executescript(_SCHEMA_V1)
     db.execute("INSERT INTO meta VALUES ('schema_version', '1')")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from backend.services.topology_reader import CACHE, linear_chains
+from backend.services.topology_reader import linear_chains
 from dst_core import SparseDriver
 from dst_core.events import delta_payload, keyframe_payload
 from dst_core.recording import Recorder
@@ -121,7 +121,7 @@ def check_against_brute_force(client, run_id: str) -> list[dict]:
 
 
 def test_a_recorded_run_answers_every_field_exactly(client, tmp_path):
-    CACHE.clear()
+    client.app.state.topology.cache.clear()
     run_id = record_training_run(client.app.state.store.data_dir, "rigl")
     answers = check_against_brute_force(client, run_id)
     conv = [answer for answer in answers if answer["layer"] == "conv.weight"]
@@ -141,14 +141,14 @@ def test_a_recorded_run_answers_every_field_exactly(client, tmp_path):
 
 
 def test_a_run_recorded_before_weights_answers_without_inventing_them(client):
-    CACHE.clear()
+    client.app.state.topology.cache.clear()
     run_id = record_old_style_run(client.app.state.store)
     answers = check_against_brute_force(client, run_id)
     assert answers and all(answer["weights"] is None for answer in answers)
 
 
 def test_an_imported_run_answers_like_the_original(client):
-    CACHE.clear()
+    client.app.state.topology.cache.clear()
     store = client.app.state.store
     run_id = record_training_run(store.data_dir, "set", rewires=5)
     copy = client.post("/api/runs/import",
@@ -161,7 +161,7 @@ def test_an_imported_run_answers_like_the_original(client):
 
 
 def test_a_growing_run_is_followed_and_series_and_model_answer(client):
-    CACHE.clear()
+    client.app.state.topology.cache.clear()
     store = client.app.state.store
     run_id = record_old_style_run(store, rewires=3)
     first = client.get(f"/api/runs/{run_id}/topology", params={"layer": 0, "step": 10**6}).json()
@@ -211,7 +211,7 @@ def test_linear_chains_follow_matching_shapes():
 
 
 def test_bad_requests_and_broken_runs_never_answer_5xx(client):
-    CACHE.clear()
+    client.app.state.topology.cache.clear()
     store = client.app.state.store
     run_id = record_old_style_run(store)
     url = f"/api/runs/{run_id}/topology"
@@ -223,7 +223,7 @@ def test_bad_requests_and_broken_runs_never_answer_5xx(client):
     # A delta that does not decode: rewires before it still answer, later ones 422 naming it.
     store.db.execute("UPDATE events SET blob = x'01ffff' WHERE run_id = ? AND type = 'topology' "
                      "AND layer = 0 AND step = 40", (run_id,))
-    CACHE.clear()
+    client.app.state.topology.cache.clear()
     assert client.get(url, params={"layer": 0, "step": 35}).status_code == 200
     broken = client.get(url, params={"layer": 0, "step": 45})
     assert broken.status_code == 422 and "stored data" in broken.json()["detail"]
@@ -233,7 +233,7 @@ def test_bad_requests_and_broken_runs_never_answer_5xx(client):
     # A header that is not JSON, and a run whose meta is gone.
     store.db.execute("UPDATE events SET payload = 'not json' WHERE run_id = ? AND layer = 1 "
                      "AND step = 20", (run_id,))
-    CACHE.clear()
+    client.app.state.topology.cache.clear()
     client.app.state.layer_views.chains.cache.clear()  # /model decoded that delta before
     assert client.get(url, params={"layer": 1, "step": 45}).status_code == 422
     assert client.get(f"{url}/series", params={"layer": 1}).status_code == 200
@@ -295,7 +295,7 @@ def test_a_recorded_run_is_indexed_as_it_is_written_and_answers_without_replayin
     from dst_core.store import cohorts
 
     monkeypatch.setattr(cohorts, "SEGMENT_REWIRES", 3)
-    CACHE.clear()
+    client.app.state.topology.cache.clear()
     store = client.app.state.store
     run_id = record_training_run(store.data_dir, "rigl", rewires=9)
     rows, frames = index_rows(store, run_id), frames_per_layer(store, run_id)
@@ -310,14 +310,14 @@ def test_a_recorded_run_is_indexed_as_it_is_written_and_answers_without_replayin
 
 
 def test_a_run_stored_without_an_index_is_indexed_from_its_frames_once(client, replayed):
-    CACHE.clear()
+    client.app.state.topology.cache.clear()
     store = client.app.state.store
     run_id = record_old_style_run(store, rewires=6)
     assert not index_rows(store, run_id)
     check_against_brute_force(client, run_id)
     assert replayed["frames"] == sum(frames_per_layer(store, run_id).values())
     assert sorted(index_rows(store, run_id)) == [0, 1]  # an ended run: what was replayed is kept
-    CACHE.clear()
+    client.app.state.topology.cache.clear()
     replayed["frames"] = 0
     check_against_brute_force(client, run_id)
     assert replayed["frames"] == 0
@@ -329,7 +329,7 @@ def test_a_live_run_and_a_restarted_writer_keep_one_contiguous_index(client, mon
     from dst_core.store import cohorts
 
     monkeypatch.setattr(cohorts, "SEGMENT_REWIRES", 4)
-    CACHE.clear()
+    client.app.state.topology.cache.clear()
     store = client.app.state.store
     rng = np.random.default_rng(21)
     shape = (6, 9)
@@ -362,7 +362,7 @@ def test_a_live_run_and_a_restarted_writer_keep_one_contiguous_index(client, mon
     assert index_rows(store, run_id)[0] == [(0, 3), (4, 7), (8, 11)]
     writer.set_status(run_id, "completed")
     assert index_rows(store, run_id)[0] == [(0, 3), (4, 7), (8, 11), (12, 14)]
-    CACHE.clear()
+    client.app.state.topology.cache.clear()
     check_against_brute_force(client, run_id)
 
 
@@ -383,7 +383,7 @@ def test_a_stored_index_that_disagrees_with_the_frames_is_not_used(client, monke
     ]
     for damage in damages:
         store.db.execute(damage, (run_id,))
-        CACHE.clear()
+        client.app.state.topology.cache.clear()
         check_against_brute_force(client, run_id)
 
 
@@ -392,7 +392,7 @@ def test_ingested_frames_are_indexed_by_the_server(client):
     server's store in the same transaction, and a resent batch is not indexed twice."""
     from dst_core.events import to_wire
 
-    CACHE.clear()
+    client.app.state.topology.cache.clear()
     store = client.app.state.store
     rng = np.random.default_rng(5)
     shape = (4, 6)
@@ -432,7 +432,7 @@ def test_a_rewire_keyframe_is_indexed_from_its_changes_and_never_sends_them(clie
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(cohorts.LayerIndexer, "take_mask", counting)
-    CACHE.clear()
+    client.app.state.topology.cache.clear()
     store = client.app.state.store
     run_id = record_training_run(store.data_dir, "set", rewires=9)  # keyframe every 4 rewires
     assert diffs["count"] == 0

@@ -46,7 +46,8 @@ def test_rewires_lists_steps_last_seq_and_layers(client):
     [layer] = answer["layers"]
     active = int(stored_mask(client, run_id, 60).sum())
     assert layer == {"index": 0, "name": "fc.weight", "shape": [64, 96], "weight_shape": [64, 96],
-                     "kind": "linear", "density": active / (64 * 96), "active": active}
+                     "kind": "linear", "output_axis": 0, "layer_type": None, "heads": False,
+                     "density": active / (64 * 96), "active": active}
 
 
 @pytest.mark.parametrize("panel", [(64, 96), (7, 10), (64, 5), (1, 1), (2048, 2048)])

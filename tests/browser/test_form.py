@@ -2,7 +2,7 @@
 
 import pytest
 
-from dst_core.config import RunConfig
+from dst_core.store.config import RunConfig
 from tests.browser.conftest import screenshot
 
 pytestmark = pytest.mark.browser

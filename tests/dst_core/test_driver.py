@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dst_core import REGISTRY, SparseDriver
-from dst_core.driver import find_prunable
+from dst_core.prunable import find_prunable
 
 
 def _mlp(seed=0):

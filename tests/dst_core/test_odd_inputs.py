@@ -167,8 +167,10 @@ def test_driver_bad_arguments():
         SparseDriver(model, "sgd", total_steps=10)
     with pytest.raises(ValueError, match="^density"):
         SparseDriver(model, _sgd(model), density=math.nan, total_steps=10)
-    with pytest.raises(ValueError, match="^model: no Linear.*include"):
+    with pytest.raises(ValueError, match="^include: 'nothing' matched no parameter of Linear"):
         SparseDriver(model, _sgd(model), include="nothing", total_steps=10)
+    with pytest.raises(ValueError, match="^model: no Linear.*matches include/exclude"):
+        SparseDriver(model, _sgd(model), exclude="weight", total_steps=10)
     lazy = nn.Sequential(nn.LazyLinear(4))
     with pytest.raises(ValueError, match="^model: 0.weight is an uninitialised lazy"):
         SparseDriver(lazy, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1),
@@ -191,7 +193,8 @@ def test_include_as_one_string():
 
 
 class Mixed(nn.Module):
-    """Attention, an embedding and an LSTM (ignored: not Linear/Conv) and a classifier."""
+    """Attention (its packed q/k/v sparsified too), an embedding and an LSTM (left dense,
+    said so) and a classifier."""
 
     def __init__(self):
         super().__init__()
@@ -223,7 +226,11 @@ def test_mixed_model_any_optimizer_exact_counts(method, optimizer_name):
         return
     driver = SparseDriver(model, optimizer, method=method, density=0.2, total_steps=12,
                           interval_steps=3, drop_fraction=0.3)
-    assert [layer.name for layer in driver.layers] == ["attention.out_proj.weight", "head.weight"]
+    assert [layer.name for layer in driver.layers] == [
+        "attention.in_proj_weight", "attention.out_proj.weight", "head.weight"]
+    dense = {entry.name: entry.reason for entry in driver.plan.left_dense}
+    assert dense["embed.weight"].startswith("embedding")
+    assert "not a known layer type" in dense["lstm.weight_ih_l0"]
     counts = [layer.active_count for layer in driver.layers]
     tokens = torch.randint(0, 50, (8, 5), generator=torch.Generator().manual_seed(1))
     labels = torch.randint(0, 3, (8,), generator=torch.Generator().manual_seed(2))

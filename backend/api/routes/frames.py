@@ -30,6 +30,13 @@ class LayerSummary(BaseModel):
     weight_shape: list[int] | None = Field(description="The parameter's own shape, null if "
                                                        "unknown (older runs)")
     kind: Literal["conv", "linear", "other"]
+    output_axis: int = Field(0, description="The weight's axis of output units (1: Hugging "
+                                            "Face Conv1D, stored (in, out)); `shape` is always "
+                                            "outputs first")
+    layer_type: str | None = Field(None, description="The module type where it differs from "
+                                                     "`kind`: hf_conv1d, attention_in_proj, custom")
+    heads: bool = Field(False, description="The run stored an attention head layout that fits "
+                                           "this layer: `/topology` answers its `heads`")
     density: float | None = Field(description="At the newest stored frame (else as planned)")
     active: int | None = Field(description="Active connections at the newest stored frame")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
@@ -45,6 +46,17 @@ class RewireWeights(BaseModel):
     grown: MagnitudeQuantiles
 
 
+class HeadCount(BaseModel):
+    """One attention head of a projection: its active connections at the rewire."""
+
+    part: Literal["q", "k", "v"] | str | None = Field(
+        description="q, k or v of a fused projection (GPT-2's c_attn, packed in_proj); null "
+                    "where the layer is not fused")
+    head: int
+    active: int
+    density: float = Field(description="active / the connections the head can have")
+
+
 class LayerTopology(BaseModel):
     """One layer at the newest rewire at or before the requested step (rewire 0 = initial)."""
 
@@ -73,6 +85,9 @@ class LayerTopology(BaseModel):
     distance_previous: float = Field(description="Share of active connections not active at "
                                                  "the previous rewire")
     weights: RewireWeights | None = Field(description="null where the run did not record them")
+    heads: list[HeadCount] | None = Field(
+        None, description="Per attention head (a layer whose run stored its head layout), "
+                          "`active` summing to the layer's; null otherwise")
 
 
 class LayerSeries(BaseModel):
