@@ -250,6 +250,12 @@ class RunStore:
                     self._connections.remove(conn)
 
     # ---- runs -------------------------------------------------------------------------------
+    def stored_schema_version(self) -> str | None:
+        """The schema version the file says it holds, read on this thread's open connection
+        (a one-row lookup: a readiness probe may poll it). sqlite3.Error when unreadable."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return row[0] if row else None
+
     def create_run(self, config: dict, name: str, status: str = "queued",
                    info: dict | None = None, run_id: str | None = None,
                    status_event: bool = True) -> dict:

@@ -18,8 +18,7 @@ class UnreadableStore:
 
     path = "/nowhere/runs.sqlite3"
 
-    @property
-    def db(self):
+    def stored_schema_version(self):
         raise sqlite3.OperationalError("disk I/O error")
 
 

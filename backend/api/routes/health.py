@@ -23,14 +23,13 @@ def health(store: StoreDep) -> Health:
     the reason (no path in it: this route answers without a token).
     """
     try:
-        row = store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = store.stored_schema_version()
     except sqlite3.Error as error:
         raise HTTPException(503, detail=f"not ready: the run store cannot be read: "
                                         f"{error}") from None
     except OSError as error:
         raise HTTPException(503, detail=f"not ready: the run store cannot be read: "
                                         f"{error.strerror or type(error).__name__}") from None
-    version = row[0] if row else None
     if version != str(SCHEMA_VERSION):
         raise HTTPException(503, detail=f"not ready: the run store has schema version "
                                         f"{version!r}; this server reads {SCHEMA_VERSION}")
