@@ -24,7 +24,7 @@ import typing
 import warnings
 from pathlib import Path
 
-from dst_core.store import DEFAULT_DATA_DIR
+from dst_core.store import ACTIVE_STATUSES, DEFAULT_DATA_DIR
 
 
 def environment_settings():
@@ -297,7 +297,7 @@ def runs_command(args: argparse.Namespace) -> int:
             raise SystemExit(f"sparsescope runs export: cannot write {target}: {error}") from None
         print(target)
     elif args.action == "delete":
-        if run["status"] in ("queued", "running") and not args.force:
+        if run["status"] in ACTIVE_STATUSES and not args.force:
             raise SystemExit(f"sparsescope runs delete: run {run['id']} is {run['status']}; "
                              "stop it first or pass --force")
         store.delete_run(run["id"])
