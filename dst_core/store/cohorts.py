@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -41,7 +42,13 @@ from dst_core.analytics import count_pairs, degree_stats
 
 BLOCK = 1 << 16  # connections per block: offsets fit uint16, a block's mask slice fits cache
 SEGMENT_REWIRES = 32  # rewires per stored segment: a reader applies at most this many cohorts
-FORMAT = 1  # the segment header's layout version
+FORMAT = 2  # the segment header's layout version (2: checkpoint parts deflated; 1 still read)
+FORMATS = (1, 2)
+# Checkpoint parts stored deflated: the mask (packed bits, runs of zeros) and born (a few
+# distinct rewire numbers). Raw they made a layer's index 2-3× its frames (a LLaMA-style run:
+# 72 MB of index beside 30 MB of frames); the cohorts' block offsets stay raw (they are read
+# on every request, and deflate barely shrinks them).
+DEFLATED = {"mask": zlib.Z_RLE, "initial": zlib.Z_RLE, "born": zlib.Z_DEFAULT_STRATEGY}
 _ALIGN = 8  # blob parts start at multiples of this (numpy views of aligned data are faster)
 _DTYPES = {"<i4", "<u2", "<u1", "<i2"}
 # One entry per rewire: fan-in mean/std/max, fan-out mean/std/max, dead inputs, dead outputs.
@@ -173,6 +180,7 @@ class Segment:
     load_blob: Callable[[], bytes] | None = None
     _blob: bytes | None = None
     _cohorts: _BlockCohorts | None = None
+    _inflated: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def first(self) -> int:
@@ -192,19 +200,35 @@ class Segment:
 
     @property
     def nbytes(self) -> int:
-        return len(self._blob) if self._blob is not None else 0
+        return (len(self._blob) if self._blob is not None else 0) + \
+            sum(array.nbytes for array in self._inflated.values())
 
     def unload(self) -> None:
         """Drop the blob (a cache evicts it); it is read again from the store when needed."""
         if self.load_blob is not None:
             self._blob, self._cohorts = None, None
+            self._inflated = {}
 
     def _part(self, name: str) -> np.ndarray:
         if self._blob is None:
             if self.load_blob is None:
                 raise IndexFormatError("segment: its blob is gone")
             self._blob = self.load_blob()
-        offset, items, dtype = self.parts[name]
+        offset, items, dtype, *deflated = self.parts[name]
+        if deflated:  # (offset, items, dtype, stored bytes): inflate once, bounded
+            array = self._inflated.get(name)
+            if array is None:
+                expected = items * np.dtype(dtype).itemsize
+                stream = zlib.decompressobj()
+                try:
+                    raw = stream.decompress(self._blob[offset:offset + deflated[0]], expected + 1)
+                except zlib.error as error:
+                    raise IndexFormatError(f"segment part {name}: {error}") from None
+                if len(raw) != expected or not stream.eof:
+                    raise IndexFormatError(f"segment part {name}: inflates to {len(raw)} bytes, "
+                                           f"not {expected}")
+                array = self._inflated[name] = np.frombuffer(raw, dtype=dtype)
+            return array
         try:
             return np.frombuffer(self._blob, dtype=dtype, count=items, offset=offset)
         except ValueError as error:
@@ -249,7 +273,7 @@ class Segment:
         IndexFormatError for a header that is not what this version writes."""
         try:
             header = json.loads(header_text)
-            if header.get("format") != FORMAT:
+            if header.get("format") not in FORMATS:
                 raise IndexFormatError(f"segment: format {header.get('format')!r}")
             shape = (int(header["shape"][0]), int(header["shape"][1]))
             rewires = Rewires(first=int(header["first"]),
@@ -257,8 +281,11 @@ class Segment:
                                  for name in ("steps", "grown", "removed", "active",
                                               "repruned", "new")},
                               stats=[[float(v) for v in row] for row in header["stats"]])
-            parts = {name: (int(offset), int(items), str(dtype))
-                     for name, (offset, items, dtype) in header["parts"].items()}
+            parts = {name: (int(offset), int(items), str(dtype), *(int(n) for n in stored))
+                     for name, (offset, items, dtype, *stored) in header["parts"].items()}
+            if any(len(part) > 4 or (len(part) == 4 and header["format"] < 2)
+                   for part in parts.values()):
+                raise IndexFormatError("segment: a part entry this format does not have")
             rewires.fan_in_counts = list(header["fan"])  # decoded when a chart asks
             if not all(isinstance(entry, list) and len(entry) == 2 for entry in header["fan"]):
                 raise IndexFormatError("segment: a fan-in histogram is not [start, counts]")
@@ -275,7 +302,7 @@ class Segment:
                 rewires.stats, rewires.fan_in_counts)) or any(len(row) != len(_STATS)
                                                               for row in rewires.stats):
             raise IndexFormatError("segment: per-rewire lists of different lengths")
-        if any(dtype not in _DTYPES for _, _, dtype in parts.values()) or \
+        if any(part[2] not in _DTYPES for part in parts.values()) or \
                 born_dtype not in ("<i2", "<i4"):
             raise IndexFormatError("segment: unknown part type")
         return cls(shape=shape, rewires=rewires, last_seq=int(last_seq), parts=parts,
@@ -317,7 +344,8 @@ def unpack_mask(bits: np.ndarray, numel: int) -> np.ndarray:
 
 
 def _pack_parts(arrays: dict[str, np.ndarray]) -> tuple[bytes, dict]:
-    """One blob of the arrays, each at an aligned offset: (blob, name -> (offset, items, dtype))."""
+    """One blob of the arrays, each at an aligned offset: (blob, name -> (offset, items, dtype)),
+    and (offset, items, dtype, stored bytes) for a part stored deflated (DEFLATED)."""
     chunks, parts, offset = [], {}, 0
     for name, array in arrays.items():
         data = np.ascontiguousarray(array)
@@ -325,6 +353,10 @@ def _pack_parts(arrays: dict[str, np.ndarray]) -> tuple[bytes, dict]:
         data = data.astype(dtype, copy=False)
         parts[name] = (offset, int(data.size), "<u1" if dtype == "|u1" else dtype)
         raw = data.tobytes()
+        if name in DEFLATED:
+            packer = zlib.compressobj(1, zlib.DEFLATED, 15, 9, DEFLATED[name])
+            raw = packer.compress(raw) + packer.flush()
+            parts[name] = (*parts[name], len(raw))
         padding = -len(raw) % _ALIGN
         chunks.append(raw + b"\0" * padding)
         offset += len(raw) + padding

@@ -102,8 +102,10 @@ def server(tmp_path_factory):
     instance.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser():
+    """One chromium per test process (each test gets its own context): launching it for every
+    file cost a second or two each, fourteen times over."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian chromium is missing: `make test` installs it with apt-get")
     with sync_playwright() as playwright:

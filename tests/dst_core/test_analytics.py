@@ -262,7 +262,7 @@ def test_stored_segments_that_do_not_add_up_are_refused(monkeypatch):
     masks = rewired_masks((6, 5), 0.4, 5, 0.4, seed=4)
     segments, _ = index_masks(masks)
     header, blob = segments[1].to_row()
-    for bad_header in ("not json", header.replace('"format":1', '"format":9'),
+    for bad_header in ("not json", header.replace('"format":2', '"format":9'),
                        header.replace('"grown":[', '"grown":[1,')):
         with pytest.raises(IndexFormatError):
             Segment.from_row(bad_header, 1, lambda: blob)
@@ -278,6 +278,36 @@ def test_stored_segments_that_do_not_add_up_are_refused(monkeypatch):
     changed["grown"][-1] += 1  # the header's cohort size and the stored members disagree
     with pytest.raises(IndexFormatError):
         Segment.from_row(json.dumps(changed), 1, lambda: blob).cohorts()
+
+
+def test_checkpoints_are_stored_deflated_and_format_1_segments_still_read(monkeypatch):
+    monkeypatch.setattr(cohorts, "SEGMENT_REWIRES", 3)
+    masks = rewired_masks((60, 80), 0.1, 7, 0.3, seed=5)
+    segments, _ = index_masks(masks)
+    first = segments[0]
+    first.checkpoint()  # loads its blob
+    header, blob = first.to_row()
+    parts = json.loads(header)["parts"]
+    assert {name for name, part in parts.items() if len(part) == 4} == {"mask", "born", "initial"}
+    raw_bytes = sum(first._part(name).nbytes for name in parts)
+    assert len(blob) < raw_bytes  # a 10 %-dense mask and its born deflate
+    # The same segment as format 1 wrote it (every part raw) reads the same.
+    arrays = {name: first._part(name) for name in parts}
+    monkeypatch.setattr(cohorts, "DEFLATED", {})
+    raw_blob, raw_parts = cohorts._pack_parts(arrays)
+    old_header = json.dumps({**json.loads(header), "format": 1,
+                             "parts": {name: list(part) for name, part in raw_parts.items()}})
+    old = Segment.from_row(old_header, 0, lambda: raw_blob)
+    for got, want in zip(old.checkpoint(), first.checkpoint(), strict=True):
+        assert np.array_equal(got, want)
+    assert np.array_equal(old.initial(), masks[0].reshape(-1))
+    # A deflated part that does not inflate to its size is refused, not misread.
+    offset, _, _, stored = parts["born"]
+    damaged = blob[:offset] + bytes(stored) + blob[offset + stored:]
+    with pytest.raises(IndexFormatError, match="segment part born"):
+        Segment.from_row(header, 0, lambda: damaged).checkpoint()
+    with pytest.raises(IndexFormatError):  # format 1 never had deflated parts
+        Segment.from_row(header.replace('"format":2', '"format":1'), 0, lambda: blob)
 
 
 def test_born_survives_more_rewires_than_int16_holds(monkeypatch):
