@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tests.browser.conftest import Server, topology_frames
+from tests.dst_core.test_registered_method import assert_lowest_free_growth
 
 pytestmark = pytest.mark.browser
 
@@ -48,29 +49,15 @@ def test_a_registered_method_is_offered_and_trains_from_the_form(page, server):
 
 
 def lowest_free_growth(frames: list[dict]) -> int:
-    """Replays each layer's frames as the websocket sends them (base64 packed bits, base64
-    uint32 indices) and checks every rewire grew what tests.plugins.tiny_method grows: the
-    lowest inactive flat indices (net of drops, exactly the first `len(added)` inactive ones).
-    Returns how many connections grew in all."""
-    masks: dict[int, np.ndarray] = {}
-    grown = 0
-    for frame in frames:
-        numel = frame["shape"][0] * frame["shape"][1]
-        if frame["keyframe"]:
-            packed = np.frombuffer(base64.b64decode(frame["bits"]), np.uint8)
-            masks[frame["index"]] = np.unpackbits(packed, bitorder="little",
-                                                  count=numel).astype(bool)
-            continue
-        mask = masks[frame["index"]]  # (numel,) bool, before this rewire
-        added = np.frombuffer(base64.b64decode(frame["added"]), "<u4")
-        removed = np.frombuffer(base64.b64decode(frame["removed"]), "<u4")
-        lowest_free = np.flatnonzero(~mask)[:added.size]
-        assert np.array_equal(added, lowest_free), (frame["layer"], added, lowest_free)
-        assert mask[removed].all()
-        mask[added], mask[removed] = True, False
-        assert int(mask.sum()) == frame["active"]
-        grown += added.size
-    return grown
+    """The websocket's frames (base64 packed bits, base64 uint32 indices) decoded to the
+    in-process form and replayed by the engine test's check: every rewire grew the lowest
+    inactive flat indices. Returns how many connections grew in all."""
+    decoded = [{**frame, **({"bits": np.frombuffer(base64.b64decode(frame["bits"]), np.uint8)}
+                            if frame["keyframe"] else
+                            {key: np.frombuffer(base64.b64decode(frame[key]), "<u4")
+                             for key in ("added", "removed")})}
+               for frame in frames]
+    return assert_lowest_free_growth(decoded)
 
 
 def test_structured_and_reference_options_from_the_form(page, server):
