@@ -146,3 +146,17 @@ def test_library_documents_every_driver_keyword():
     missing = [name for name in keywords
                if not any(f"`{name}`" in row.split(" | ")[0] for row in rows)]
     assert not missing, f"docs/library.md's driver options lack {missing}"
+
+
+def test_no_project_file_cites_a_file_outside_the_project():
+    """The design notes the project grew from are not shipped with it: a reader of a clone
+    must find every file the code and the docs send them to."""
+    outside = re.compile(r"\bDESIGN\.md\b|\bSTYLE\.md\b|\.\./shared/|\bshared/seed\b")
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.split()
+    cited = [f"{name}:{number}" for name in tracked
+             if name.endswith((".py", ".md", ".js", ".html", ".toml", ".ipynb", "Makefile"))
+             and name != "tests/test_docs.py"
+             for number, line in enumerate((REPO / name).read_text(errors="replace")
+                                           .splitlines(), 1) if outside.search(line)]
+    assert cited == []
