@@ -32,7 +32,7 @@ from backend.middleware import (
 from backend.services.stream_hub import StreamHubs
 from backend.services.topology_reader import IndexCache, TopologyReader
 from backend.services.views import LayerViews
-from backend.settings import Settings
+from backend.settings import Settings, parsed_settings
 from dst_core import __version__
 from dst_core.store import RunStore
 from dst_core.store.schema import InvalidValue
@@ -50,14 +50,15 @@ log = logging.getLogger("sparsescope")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The whole server for one Settings: API, websocket, dashboard, workers' manager."""
-    settings = settings or Settings()
+    settings = settings or parsed_settings()  # a bad variable: one line naming it
     settings.check()
     _configure_logging(settings)
     from dst_core.plugins import load_plugins
 
     load_plugins()  # user methods named in $SPARSESCOPE_PLUGINS join the registry (and form)
     try:
-        store = RunStore(settings.data_dir, max_frame_elements=settings.max_parameters)
+        store = RunStore(settings.data_dir, max_frame_elements=settings.max_parameters,
+                         max_metric_names=settings.max_metric_names)
     except (OSError, sqlite3.Error) as error:
         # A ValueError is what the CLI reports as a one-line refusal instead of a traceback.
         raise ValueError(f"data_dir: cannot use {settings.data_dir}: {error}") from error
@@ -109,7 +110,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Off unless origins are named: the dashboard is served from this same origin.
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST", "DELETE"],
-                           allow_headers=["Authorization", "Content-Type"])
+                           allow_headers=["Authorization", "Content-Type", "If-None-Match"],
+                           # the runs list's paging and the metrics' name count, readable
+                           expose_headers=["Link", "X-Total-Count", "ETag",
+                                           "X-Metric-Names-Total"])
     app.add_middleware(SecurityHeaders, frame_ancestors=settings.frame_ancestors,
                        page_paths=PAGE_PATHS)
     app.add_middleware(SameOrigin, allowed_origins=settings.cors_origins,

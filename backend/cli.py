@@ -22,22 +22,23 @@ import time
 import types
 import typing
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from dst_core.store import ACTIVE_STATUSES, DEFAULT_DATA_DIR
 
 
 def environment_settings():
-    """Settings from the environment (SPARSESCOPE_*), the one place the CLI reads it; the
-    built-in defaults when the environment is invalid (serve then reports that one line)."""
-    from pydantic import ValidationError
-
-    from backend.settings import Settings
+    """Settings from the environment (SPARSESCOPE_*), the one place the CLI reads it. A value
+    that does not parse exits 2 with one line naming its variable: never the defaults in its
+    place (a bad SPARSESCOPE_PORT would serve on 8000, a bad anything the default folder)."""
+    from backend.settings import SettingsError, parsed_settings
 
     try:
-        return Settings()
-    except ValidationError:
-        return Settings.model_construct()
+        return parsed_settings()
+    except SettingsError as error:
+        print(f"sparsescope: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,12 +56,15 @@ def serve(args: argparse.Namespace) -> int:
 
     from backend.app import create_app
     from backend.http_limits import bounded_http_protocol
-    from backend.settings import Settings
+    from backend.settings import parsed_settings
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        settings = Settings(host=args.host, port=args.port, data_dir=args.data_dir)
+        settings = parsed_settings({"host": args.host, "port": args.port,
+                                    "data_dir": args.data_dir},
+                                   flags={"host": "--host", "port": "--port",
+                                          "data_dir": "--data-dir"})
         app = create_app(settings)
         # Held from here on (the app's lifespan keeps it): a second server exits at once.
         app.state.folder_lock.acquire(settings.host, settings.port)
@@ -284,7 +288,7 @@ def runs_command(args: argparse.Namespace) -> int:
         return 0
     store = _store(args)
     if args.action == "list":
-        print_runs(store.list_runs())
+        print_runs(listed_runs(store))
         return 0
     run = _run_or_exit(store, args.run_id)
     if args.action == "show":
@@ -298,8 +302,13 @@ def runs_command(args: argparse.Namespace) -> int:
         print(target)
     elif args.action == "delete":
         if run["status"] in ACTIVE_STATUSES and not args.force:
-            raise SystemExit(f"sparsescope runs delete: run {run['id']} is {run['status']}; "
-                             "stop it first or pass --force")
+            from backend.manager import being_written_message, live_writer, writer_name
+
+            if live_writer(run, environment_settings().stale_after_s):
+                raise SystemExit(f"sparsescope runs delete: {being_written_message(run, '--force')}")
+            raise SystemExit(f"sparsescope runs delete: run {run['id']} is {run['status']} "
+                             f"(written by {writer_name(run)}); stop it first or pass --force "
+                             "(its writer then stops at its next write)")
         store.delete_run(run["id"])
         print(f"deleted {run['id']}")
     return 0
@@ -325,7 +334,19 @@ def run_columns(run: dict) -> list[str]:
             time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(run["created_at"])), run["name"]]
 
 
-def print_runs(runs: list[dict]) -> None:
+def listed_runs(store) -> Iterator[dict]:
+    """Every run newest first, a page at a time, as the runs list shows it (a bounded row,
+    whatever the run stored)."""
+    after = None
+    while True:
+        page = store.list_page(500, after)
+        yield from page.runs
+        if page.next_after is None:
+            return
+        after = page.next_after
+
+
+def print_runs(runs: Iterable[dict]) -> None:
     def line(cells: list[str]) -> str:
         return "  ".join(cell.rjust(width) if right else cell.ljust(width)
                          for cell, (_, width, right) in zip(cells, LIST_COLUMNS, strict=True))

@@ -68,6 +68,10 @@ class NotOwned(RuntimeError):
     """The run is active but written by another process (the CLI, a script, a remote job)."""
 
 
+class BeingWritten(NotOwned):
+    """Delete refused: another live process is writing the run (`force` deletes it anyway)."""
+
+
 def writer_gone(info: dict) -> bool:
     """True when a run's local writer (a CLI or a script on this host) no longer exists: a
     killed writer is then known at once instead of after the heartbeat timeout. Remote writers
@@ -86,18 +90,43 @@ def writer_gone(info: dict) -> bool:
     return False
 
 
-def not_owned_message(run: dict) -> str:
-    """Stop on a run the server does not train: say who writes it and what can be done."""
+def writer_name(run: dict) -> str:
+    """Who writes a run, as a refusal names it: "the sparsescope CLI (pid 12 on host)"."""
     info = run.get("info") or {}
     writer = info.get("writer")
-    who = FOREIGN_WRITERS.get(writer, "another process")
-    where = ""
-    if writer in ("cli", "script") and info.get("pid"):
-        where = f" (pid {info['pid']} on {info.get('host') or 'this host'})"
-    return (f"run {run['id']} is written by {who}{where}, not by this server: the server "
+    who = FOREIGN_WRITERS.get(writer, "this server's worker" if writer in (None, "worker")
+                              else "another process")
+    if writer in ("cli", "script", "worker", None) and info.get("pid"):
+        who += f" (pid {info['pid']} on {info.get('host') or 'this host'})"
+    return who
+
+
+def not_owned_message(run: dict) -> str:
+    """Stop on a run the server does not train: say who writes it and what can be done."""
+    return (f"run {run['id']} is written by {writer_name(run)}, not by this server: the server "
             "cannot stop it; stop it where it runs (Ctrl-C, or end the job). The server "
-            "marks it failed once its writer is silent for the stale timeout, and Delete "
-            "removes its data")
+            "marks it failed once its writer is silent for the stale timeout; Delete removes "
+            "its data then (or at once with force, which also stops the writer)")
+
+
+def live_writer(run: dict, stale_after_s: float) -> bool:
+    """Whether another process is writing the run now: it is running, written by the CLI, a
+    script or a remote job, and that writer was heard from within the stale timeout (and,
+    when it is on this host, its process still exists) — what Stop's 409 is judged on too."""
+    info = run.get("info") or {}
+    if run.get("status") != "running" or info.get("writer") not in FOREIGN_WRITERS:
+        return False
+    beat = next((value for value in (run.get("heartbeat_at"), run.get("started_at"),
+                                     run.get("created_at")) if value is not None), 0.0)
+    return beat >= time.time() - stale_after_s and not writer_gone(info)
+
+
+def being_written_message(run: dict, force: str) -> str:
+    """Delete on a run another live process writes: who, and what `force` does."""
+    return (f"run {run['id']} is being written by {writer_name(run)}, which is alive: "
+            f"deleting it now would cut off what it records. Stop it where it runs first, or "
+            f"delete it with {force}: the writer then stops at its next write, told that the "
+            "run was deleted")
 
 
 @dataclass
@@ -199,8 +228,14 @@ class RunManager:
             await asyncio.sleep(POLL_INTERVAL_S / 2)
         return self.store.get_run(run_id)
 
-    async def delete(self, run_id: str) -> bool:
-        """Stop the run if needed (its data is going anyway: no grace) and remove it all."""
+    async def delete(self, run_id: str, force: bool = False) -> bool:
+        """Stop the run if needed (its data is going anyway: no grace) and remove it all.
+        Raises BeingWritten for a run another live process writes, unless `force`: that writer
+        then finds the run gone at its next write and stops (no event is stored for it)."""
+        run = self.store.get_run(run_id)
+        if run is not None and not force and run_id not in self.workers and \
+                live_writer(run, self.settings.stale_after_s):
+            raise BeingWritten(being_written_message(run, "?force=true"))
         if run_id in self.queue:
             self.queue.remove(run_id)
         worker = self.workers.get(run_id)
@@ -213,7 +248,7 @@ class RunManager:
         with contextlib.suppress(OSError):
             (self.log_dir / f"{run_id}.log").unlink(missing_ok=True)
         if deleted:
-            log_event(log, "run_deleted", run=run_id)
+            log_event(log, "run_deleted", run=run_id, forced=force or None)
         return deleted
 
     # ---- supervision ------------------------------------------------------------------------

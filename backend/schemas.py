@@ -6,9 +6,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from dst_core.store.schema import RunStatus, RunSummary, StoredRun
+from dst_core.store.schema import ListedRun, RunStatus, RunSummary, StoredRun
 
-__all__ = ["RunOut", "RunStatus", "RunSummary", "Health", "ErrorOut", "ValidationErrorOut"]
+__all__ = ["RunOut", "RunListOut", "RunStatus", "RunSummary", "Health", "ErrorOut",
+           "ValidationErrorOut"]
 
 
 class RunOut(StoredRun):
@@ -20,6 +21,12 @@ class RunOut(StoredRun):
         default_factory=list,
         description="Why these settings may show nothing (no rewire, a drop fraction that "
                     "moves no connection); answered by POST /api/runs, empty elsewhere")
+
+
+class RunListOut(ListedRun):
+    """One run in `GET /api/runs`: a fixed projection of the row (the fields the runs list
+    and the CLI show, texts cut), a few hundred bytes whatever the run stored. The whole
+    config, info and summary are `GET /api/runs/{id}`'s."""
 
 
 class Health(BaseModel):

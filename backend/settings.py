@@ -7,14 +7,17 @@ environment variables (`SPARSESCOPE_MAX_EPOCHS=200`), never by editing code.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as UnparsedSetting
 
 from dst_core.store import DEFAULT_DATA_DIR
 from dst_core.store.config import RunConfig
+from dst_core.store.run_store import MAX_METRIC_NAMES
 
 MIB = 1024 * 1024
 IMPORT_PATH = "/api/runs/import"
@@ -72,6 +75,9 @@ class Settings(BaseSettings):
     max_ingest_bytes: int = Field(64 * MIB, ge=1024,
                                   description=f"Largest request body under {INGEST_PREFIX}"
                                               " (remote writers' event batches)")
+    max_metric_names: int = Field(MAX_METRIC_NAMES, ge=1, le=100_000,
+                                  description="Distinct metrics/eval field names one run may "
+                                              "have; a batch past it is refused (422)")
     topology_cache_mb: int = Field(1024, ge=1, description="Topology index the server keeps in "
                                    "memory (per-layer cohort segments), least recently used first")
     # ---- remote and CLI writers --------------------------------------------------------------
@@ -124,3 +130,34 @@ class Settings(BaseSettings):
                                          f"most {self.max_parameters:,} on this server "
                                          "(SPARSESCOPE_MAX_PARAMETERS)"))
         return errors
+
+
+class SettingsError(ValueError):
+    """A setting that does not parse or is out of range: one line naming where it came from
+    (the SPARSESCOPE_ variable, or the flag that set it) and what is wrong."""
+
+
+def parsed_settings(overrides: dict | None = None, flags: dict[str, str] | None = None) -> Settings:
+    """Settings from the environment and `overrides` (field -> value, e.g. from flags), the
+    one place any command or the server reads them. A bad value is a SettingsError naming the
+    variable, or `flags[field]` when an override set that field; never a fallback to a
+    default (SPARSESCOPE_PORT=abc must not serve on 8000)."""
+    overrides = overrides or {}
+
+    def source(field: str) -> str:
+        if field in overrides and field in (flags or {}):
+            return flags[field]
+        return f"SPARSESCOPE_{field.upper()}"
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        item = error.errors(include_url=False)[0]
+        field = str(item["loc"][0]) if item.get("loc") else "settings"
+        raise SettingsError(f"{source(field)}: {item.get('msg', 'invalid')} "
+                            f"(got {item.get('input')!r})") from None
+    except UnparsedSetting as error:  # a list setting whose value is not JSON
+        found = re.search(r'field "(\w+)"', str(error))
+        field = found.group(1) if found else "settings"
+        raise SettingsError(f"{source(field)}: not a JSON list (e.g. '[\"https://a.example\"]')"
+                            ) from None

@@ -27,6 +27,7 @@ from collections import Counter, deque
 
 from backend.wire import StoredEvent, WireError, encode_all, end_message, error_message, read_events
 from dst_core.store import FINAL_STATUSES, RunStore
+from dst_core.store.schema import MAX_SEQ
 
 log = logging.getLogger("sparsescope")
 BATCH = 256  # events per store read
@@ -39,7 +40,7 @@ OUTBOX_MESSAGES = 1024
 SLOW_CLIENT_S = 2.0  # an outbox full this long while the run is live: skip to a keyframe
 MAX_SKIPS = 5  # skips in a row without the client taking one message: disconnect it
 SEND_TIMEOUT_S = 30.0  # one message not accepted by the socket for this long: disconnect
-MAX_FROM_SEQ = 2**62  # SQLite integers are 64-bit; a larger from_seq cannot name any event
+MAX_FROM_SEQ = MAX_SEQ  # the store's range of seqs (SQLite integers are 64-bit)
 HUB_WINDOW_BYTES = 32 * 1024 * 1024  # newest events a live run's hub keeps for its viewers
 HUB_WINDOW_EVENTS = 8 * BATCH  # … and at most this many: a viewer behind them reads the store
 TOPOLOGY_MODES = ("full", "announce")

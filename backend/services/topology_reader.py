@@ -342,11 +342,16 @@ class TopologyReader:
         if entry.error is not None:
             return  # the index stops at a bad frame; earlier rewires still answer
         indexer = entry.indexer
+        matrix = self.reader.layers(run_id)[index]["matrix"]
+        layer_shape = (int(matrix[0]), int(matrix[1]))
         for row in topology_index.stored_frames(self.store.db, run_id, index, entry.taken_seq):
             try:
                 if indexer is None and entry.segments:
                     indexer = LayerIndexer.resume(entry.segments[0], entry.segments[-1])
-                indexer = topology_index.take_stored(indexer, row)
+                indexer = topology_index.take_stored(indexer, row, layer_shape)
+            except topology_index.Misfit:
+                continue  # a frame an older version stored that does not fit: skipped, as
+                # mask seek skips it (the next replay reads it again and skips it again)
             except (ValueError, KeyError, TypeError) as error:  # FrameError is a ValueError
                 if isinstance(error, IndexFormatError) and entry.use_stored:
                     self._reset(entry, use_stored=False)  # replay every frame instead

@@ -24,7 +24,7 @@ import threading
 import numpy as np
 
 from dst_core.heads import check_layout
-from dst_core.store.masks import BytesLRU, FrameChains, run_key
+from dst_core.store.masks import BytesLRU, FrameChains, NoFittingFrame, run_key
 from dst_core.store.reader import RunReader
 from dst_core.store.run_store import RunStore
 
@@ -167,7 +167,8 @@ class LayerViews:
     def _view(self, run: dict, located: dict, panel_rows: int, panel_cols: int) -> dict:
         index, entry = located["index"], located["entry"]
         rows, cols = entry["matrix"]
-        mask = self.chains.mask(run, index, located["chain"], rows * cols)  # (rows*cols,)
+        mask = self.chains.mask(run, index, located["chain"], rows * cols,
+                                (rows, cols))  # (rows*cols,)
         added, removed = self._changes(run, located, mask)
         grid_rows, grid_cols = min(panel_rows, rows), min(panel_cols, cols)
         pixels = PixelMap(rows, cols, grid_rows, grid_cols)
@@ -195,14 +196,18 @@ class LayerViews:
         delta, or (a keyframe, or several frames at one step) the difference to the mask
         before this rewire."""
         changed, before, index = located["changed"], located["before"], located["index"]
-        numel = mask.size
-        if len(changed) == 1 and not changed[0].keyframe:
-            return self.chains.delta(run["id"], changed[0], numel)
+        numel, shape = mask.size, tuple(located["entry"]["matrix"])
+        if len(changed) == 1 and not changed[0].keyframe:  # (nothing, if it was skipped)
+            return self.chains.taken(run, index, changed[0], numel, shape)
         if not changed or before is None:  # unchanged, or the layer's first frame
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty
-        previous = self.chains.mask(run, index, self.chains.chain_to(run["id"], index, before),
-                                    numel)
+        try:
+            previous = self.chains.mask(
+                run, index, self.chains.chain_to(run["id"], index, before), numel, shape)
+        except NoFittingFrame:  # every frame before it was skipped: the layer's first one
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty
         return np.flatnonzero(mask & ~previous), np.flatnonzero(previous & ~mask)
 
 

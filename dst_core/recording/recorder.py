@@ -33,7 +33,7 @@ from dst_core.heads import head_layouts
 from dst_core.recording.remote import RemoteWriter
 from dst_core.run_labels import run_settings
 from dst_core.store.frames import FrameEmitter
-from dst_core.store.run_store import DEFAULT_DATA_DIR, MODEL_ARTIFACT, RunStore
+from dst_core.store.run_store import DEFAULT_DATA_DIR, MODEL_ARTIFACT, RunGone, RunStore
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:
@@ -176,6 +176,7 @@ class Recorder:
         self._numel: dict[str, int] = {}
         self._masks: dict[str, object] = {}  # the mask tensor each count was taken from
         self._emitter = None
+        self._gone: RunGone | None = None  # the run was deleted while recording: nothing more
         if url is None and remote_options:
             raise ValueError(f"{next(iter(remote_options))}: only a remote Recorder (url=...) "
                              "takes this option")
@@ -256,13 +257,18 @@ class Recorder:
                              "server=rec.server_url for a run recorded to a server")
 
     def finish(self, status: str, error: str | None = None) -> None:
-        """Store everything buffered, the final status, then release the writer."""
+        """Store everything buffered, the final status, then release the writer (a run
+        deleted meanwhile gets nothing more: its writer is released)."""
         self._stop_beat.set()
         if self._beat_thread is not None:
             self._beat_thread.join(timeout=5)
             self._beat_thread = None
-        self.flush()
-        self.writer.status(status, error, self.last_step)
+        if self._gone is None:
+            try:
+                self.flush()
+                self.writer.status(status, error, self.last_step)
+            except RunGone:
+                pass  # deleted before it ended: said by the call that found it (flush, emit)
         self.writer.close()
 
     def _beat(self) -> None:
@@ -292,6 +298,8 @@ class Recorder:
     def emit(self, type: str, step: int, payload: dict) -> None:
         if not self.active:
             return
+        if self._gone is not None:  # every later call says it, until the loop stops
+            raise self._gone
         with self._lock:  # the heartbeat thread may be flushing the buffer and summary
             self._buffer.append((type, int(step), payload))
             self._last_emit = time.monotonic()
@@ -367,8 +375,10 @@ class Recorder:
 
     def _follow_replaced_masks(self) -> None:
         """A mask replaced outside a rewire (`driver.load_state_dict` after `attach`, a mask
-        set by hand) is recounted, with the ITOP rate: the per-rewire counts would not see it.
-        Checked by identity at each log, so it costs nothing while masks stay put."""
+        set by hand) is recounted, with the ITOP rate, and stored as a keyframe: the per-rewire
+        counts and deltas would not see it. Checked by identity at each log, so it costs
+        nothing while masks stay put (a rewire before the next log still finds the old chain:
+        log once after replacing masks)."""
         replaced = [layer for layer in self._driver.layers
                     if layer.mask is not self._masks.get(layer.name)]
         if not replaced:
@@ -376,14 +386,25 @@ class Recorder:
         for layer in replaced:
             self._active[layer.name] = layer.active_count
             self._masks[layer.name] = layer.mask
+        # Their stored chain ends at the old mask: a keyframe restarts it from the new one, so
+        # the next rewire's delta applies (the store refuses a delta that does not).
+        self._emitter.keyframes(self._driver.step_count, only={layer.name for layer in replaced})
         self._emitter.itop_rate = self._driver.itop_rate()
         self._refresh_driver_metrics([])
 
     def flush(self) -> None:
+        """Store the buffered events. RunGone once the run was deleted (`sparsescope runs
+        delete --force`, `DELETE /api/runs/{id}?force=true`): the recorder stops there."""
         with self._lock:
+            if self._gone is not None:
+                raise self._gone
             if self._buffer:
                 events, self._buffer = self._buffer, []
-                self.writer.write(events, dict(self.summary))
+                try:
+                    self.writer.write(events, dict(self.summary))
+                except RunGone as gone:
+                    self._gone = gone
+                    raise
             self._last_flush = time.monotonic()
 
     def save_model(self, model, driver=None) -> None:

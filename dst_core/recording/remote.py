@@ -102,6 +102,10 @@ class RemoteWriter:
             detail = error.read().decode(errors="replace")[:500]
             if error.code in (408, 425, 429) or error.code >= 500:
                 raise _Retryable(f"HTTP {error.code}: {detail}") from None
+            if error.code in (404, 410) and self.run_id and \
+                    path.startswith(f"/api/ingest/runs/{self.run_id}/"):
+                raise _Fatal(f"run {self.run_id} is no longer on the server: it was deleted "
+                             f"there (HTTP {error.code}: {detail}); recording stopped") from None
             raise _Fatal(f"the server answered HTTP {error.code}: {detail}") from None
         except (urllib.error.URLError, OSError) as error:
             raise _Retryable(str(getattr(error, "reason", error))) from None

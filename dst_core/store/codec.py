@@ -210,6 +210,11 @@ def payload_to_stored(payload: dict) -> tuple[dict, bytes]:
     return header, _encode_gaps(*gaps)
 
 
+def keyframe_bits(payload: dict) -> np.ndarray:
+    """A keyframe payload's packed bits (uint8), in process or from the wire, undecoded."""
+    return _binary(payload["bits"], "u1")
+
+
 def payload_changes(payload: dict) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """A checked topology payload's content, in process or from the wire: (flat bool mask,
     -, -) of a keyframe, or (None, added, removed) of a delta (sorted uint32)."""

@@ -58,9 +58,14 @@ class FrameEmitter:
         self.rewires = 0
         self.itop_rate = driver.itop_rate()  # as of the latest rewire (a pass over every layer)
 
-    def keyframes(self, step: int, changes: list[LayerChange] = ()) -> None:
+    def keyframes(self, step: int, changes: list[LayerChange] = (),
+                  only: set[str] | None = None) -> None:
+        """A keyframe of every layer (or of the layers named in `only`: masks replaced outside
+        a rewire, whose next delta must start from what they hold now)."""
         by_layer = {change.layer: (change.added, change.removed) for change in changes}
         for index, layer in enumerate(self.driver.layers):
+            if only is not None and layer.name not in only:
+                continue
             # A layer the rewire left out has no changes: an empty pair says so.
             found = by_layer.get(layer.name, (EMPTY, EMPTY)) if changes else None
             if found is not None and layer.output_axis:

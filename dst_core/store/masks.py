@@ -6,6 +6,10 @@ neighbouring rewires, so rebuilt masks are kept in a cache bounded by bytes: the
 request starts from the nearest cached mask, forward through later deltas or backward
 through earlier ones (net deltas are disjoint, so undoing one is exact), instead of from the
 keyframe. Stored frames never change, so a cached mask stays valid while a run is live.
+
+A stored frame that does not fit its layer's history (schema.frame_misfit: stored by an older
+version, which did not check) is skipped, as the cohort index skips it: the mask stays what
+it was. Whether each delta was taken is kept with the masks, so undoing one is exact too.
 """
 
 from __future__ import annotations
@@ -20,12 +24,21 @@ import numpy as np
 from dst_core.store import codec
 from dst_core.store.codec import FrameError
 from dst_core.store.run_store import RunStore
+from dst_core.store.schema import frame_misfit
+from dst_core.store.topology_index import Misfit
 
 CACHE_BYTES = 256 * 1024 * 1024  # rebuilt masks, 1 byte per connection (a ResNet-50: ~25 MB)
 
 
 class StoredDataError(ValueError):
     """A stored frame or header that cannot be read: a clear answer instead of a traceback."""
+
+
+class NoFittingFrame(StoredDataError):
+    """Every keyframe of the layer at or before the frame asked for was skipped (none fits)."""
+
+
+FIT_BYTES = 16  # what the cache counts for one delta's verdict (taken or skipped)
 
 
 @dataclass(frozen=True)
@@ -137,36 +150,111 @@ class FrameChains:
             (run_id, index, seq, max(0, limit))).fetchall()
         return [Frame(int(row[0]), int(row[1]), bool(row[2])) for row in rows]
 
-    def mask(self, run: dict, index: int, chain: list[Frame], numel: int) -> np.ndarray:
-        """(numel,) read-only bool: the layer's mask at the chain's last frame."""
+    def mask(self, run: dict, index: int, chain: list[Frame], numel: int,
+             shape: tuple[int, int] | None = None) -> np.ndarray:
+        """(numel,) read-only bool: the layer's mask at the chain's last frame, frames that do
+        not fit the layer's history (`shape`: its matrix) skipped. NoFittingFrame when no
+        keyframe at or before it fits."""
         key, target = run_key(run), chain[-1]
         cached = self.cache.get((key, index, target.seq))
         if cached is not None:
             return cached
-        start = next((position for position in range(len(chain) - 1, -1, -1)
-                      if self.cache.get((key, index, chain[position].seq)) is not None), None)
+        start, nearest = None, None
+        for position in range(len(chain) - 1, -1, -1):
+            nearest = self.cache.get((key, index, chain[position].seq))
+            if nearest is not None:
+                start = position
+                break
         forward_cost = len(chain) - (start if start is not None else 0)
         mask = self._undo_from_later(run, index, target, numel, forward_cost - 1)
         if mask is None:
             if start is None:
-                mask, start = self.keyframe(run["id"], chain[0], numel), 0
+                chain, mask = self._first_fitting(run, index, chain, numel, shape)
+                start = 0
             else:
-                mask = self.cache.get((key, index, chain[start].seq)).copy()
+                mask = nearest.copy()
+            count = int(np.count_nonzero(mask))
             for frame in chain[start + 1:]:
-                if frame.keyframe:
-                    mask = self.keyframe(run["id"], frame, numel)
-                    continue
-                added, removed = self.delta(run["id"], frame, numel)
-                mask[removed] = False
-                mask[added] = True
+                count = self._apply(run, index, frame, mask, count, numel, shape)
         mask.flags.writeable = False
         self.cache.put((key, index, target.seq), mask)
         return mask
 
+    def _first_fitting(self, run: dict, index: int, chain: list[Frame], numel: int,
+                       shape) -> tuple[list[Frame], np.ndarray]:
+        """(the chain from the newest keyframe that fits, its mask): the chain's own first
+        keyframe, or (one that does not fit) the one before it, from which the frames up to
+        the chain's end follow."""
+        while True:
+            try:
+                return chain, self.keyframe(run["id"], chain[0], numel, shape)
+            except Misfit:
+                pass
+            row = self.store.db.execute(
+                "SELECT seq FROM events INDEXED BY events_frames WHERE run_id = ? AND layer = ?"
+                " AND keyframe = 1 AND seq < ? ORDER BY seq DESC LIMIT 1",
+                (run["id"], index, chain[0].seq)).fetchone()
+            if row is None:
+                raise NoFittingFrame(f"layer {index}: no keyframe that fits its layer at or "
+                                     f"before step {chain[-1].step}")
+            rows = self.store.db.execute(
+                "SELECT seq, step, keyframe FROM events INDEXED BY events_frames WHERE run_id = ?"
+                " AND layer = ? AND keyframe IN (0, 1) AND seq BETWEEN ? AND ? ORDER BY seq",
+                (run["id"], index, int(row[0]), chain[-1].seq)).fetchall()
+            chain = [Frame(int(item[0]), int(item[1]), bool(item[2])) for item in rows]
+
+    def _apply(self, run: dict, index: int, frame: Frame, mask: np.ndarray, count: int,
+               numel: int, shape) -> int:
+        """Take one frame into `mask` (in place) unless it does not fit; the new count."""
+        if frame.keyframe:
+            try:
+                mask[:] = self.keyframe(run["id"], frame, numel, shape)
+            except Misfit:
+                return count
+            return int(np.count_nonzero(mask))
+        fits, claimed = False, count
+        try:
+            added, removed = self.delta(run["id"], frame, numel, shape)
+            frame_shape, claimed = self._claims(run["id"], frame)
+            fits = frame_misfit(shape, frame_shape, claimed, added=added, removed=removed,
+                                active_at=lambda indices: mask[indices],
+                                active_now=count) is None
+        except Misfit:
+            pass
+        self.cache.put((run_key(run), index, frame.seq, "fits"), fits, FIT_BYTES)
+        if not fits:
+            return count
+        mask[removed] = False
+        mask[added] = True
+        return claimed
+
+    def taken(self, run: dict, index: int, frame: Frame, numel: int,
+              shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A stored delta's (added, removed) as its layer took them: empty when it was skipped
+        (it does not fit the mask before it)."""
+        fits = self.cache.get((run_key(run), index, frame.seq, "fits"))
+        if fits is None:
+            before = self.frame_before(run["id"], index, frame.seq)
+            try:
+                if before is None:
+                    raise Misfit("a delta before any keyframe of its layer")
+                previous = self.mask(run, index, self.chain_to(run["id"], index, before),
+                                     numel, shape).copy()
+                self._apply(run, index, frame, previous, int(np.count_nonzero(previous)),
+                            numel, shape)
+            except (Misfit, NoFittingFrame):
+                self.cache.put((run_key(run), index, frame.seq, "fits"), False, FIT_BYTES)
+            fits = self.cache.get((run_key(run), index, frame.seq, "fits"))
+        if not fits:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty
+        return self.delta(run["id"], frame, numel, shape)
+
     def _undo_from_later(self, run: dict, index: int, target: Frame, numel: int,
                          max_deltas: int) -> np.ndarray | None:
         """A cached mask at most `max_deltas` deltas after `target`, those deltas undone;
-        None when there is none (a keyframe in between cannot be undone)."""
+        None when there is none (a keyframe in between cannot be undone, nor a delta whose
+        verdict is no longer kept)."""
         key = run_key(run)
         after = self._frames_after(run["id"], index, target.seq, max_deltas)
         for position, frame in enumerate(after):
@@ -177,14 +265,19 @@ class FrameChains:
                 continue
             mask = later.copy()
             for undone in reversed(after[:position + 1]):
-                added, removed = self.delta(run["id"], undone, numel)
-                mask[added] = False
-                mask[removed] = True
+                fits = self.cache.get((key, index, undone.seq, "fits"))
+                if fits is None:
+                    return None
+                if fits:  # a skipped delta changed nothing: nothing to undo
+                    added, removed = self.delta(run["id"], undone, numel)
+                    mask[added] = False
+                    mask[removed] = True
             return mask
         return None
 
     # ---- one frame's data ------------------------------------------------------------------
-    def _stored(self, run_id: str, frame: Frame, numel: int) -> bytes:
+    def _stored(self, run_id: str, frame: Frame, numel: int, shape=None) -> tuple[dict, bytes]:
+        """(header, blob) of a stored frame; Misfit when its shape is not the layer's."""
         row = self.store.db.execute("SELECT payload, blob FROM events WHERE run_id = ? AND seq = ?",
                                     (run_id, frame.seq)).fetchone()
         where = f"stored frame at seq {frame.seq}"
@@ -198,28 +291,59 @@ class FrameChains:
             frame_numel = codec.frame_numel(header.get("shape"))
         except FrameError as error:
             raise StoredDataError(f"{where}: {error}") from None
-        if frame_numel != numel:
-            raise StoredDataError(f"{where}: shape {header.get('shape')} does not match the "
-                                  "layer's recorded shape")
-        return bytes(row[1])
+        if frame_numel != numel or (shape is not None and [int(side) for side in header["shape"]]
+                                    != [int(side) for side in shape]):
+            raise Misfit(f"shape {header['shape']} is not its layer's")
+        self.cache.put((run_id, frame.seq, "claims"), self._header_claims(header, where), 64)
+        return header, bytes(row[1])
 
-    def keyframe(self, run_id: str, frame: Frame, numel: int) -> np.ndarray:
-        """(numel,) writable bool mask of a stored keyframe."""
-        blob = self._stored(run_id, frame, numel)
+    @staticmethod
+    def _header_claims(header: dict, where: str) -> tuple[list[int], int]:
+        active = header.get("active")
+        if not isinstance(active, int) or isinstance(active, bool):
+            raise StoredDataError(f"{where}: its header has no count of active connections")
+        return [int(side) for side in header["shape"]], active
+
+    def _claims(self, run_id: str, frame: Frame) -> tuple[list[int], int]:
+        """(shape, active) a stored frame's header claims (kept from its decoding)."""
+        claims = self.cache.get((run_id, frame.seq, "claims"))
+        if claims is None:
+            row = self.store.db.execute("SELECT payload FROM events WHERE run_id = ? AND seq = ?",
+                                        (run_id, frame.seq)).fetchone()
+            where = f"stored frame at seq {frame.seq}"
+            try:
+                header = json.loads(row[0])
+                claims = self._header_claims(header, where)
+            except (TypeError, ValueError, AttributeError, KeyError):
+                raise StoredDataError(f"{where}: unreadable header") from None
+        return claims
+
+    def keyframe(self, run_id: str, frame: Frame, numel: int, shape=None) -> np.ndarray:
+        """(numel,) writable bool mask of a stored keyframe; Misfit when it does not fit (its
+        shape is not the layer's, its `active` is not the number of its bits)."""
+        header, blob = self._stored(run_id, frame, numel, shape)
         try:
             packed = np.frombuffer(codec.decode_keyframe(blob, numel), dtype=np.uint8)
         except FrameError as error:
             raise StoredDataError(f"stored frame at seq {frame.seq}: {error}") from None
-        return np.unpackbits(packed, bitorder="little", count=numel).astype(bool)
+        mask = np.unpackbits(packed, bitorder="little", count=numel).astype(bool)
+        _, claimed = self._header_claims(header, f"stored frame at seq {frame.seq}")
+        misfit = frame_misfit(None, header["shape"], claimed,
+                              bits_active=int(np.count_nonzero(mask)))
+        if misfit is not None:
+            raise Misfit(misfit)
+        return mask
 
-    def delta(self, run_id: str, frame: Frame, numel: int) -> tuple[np.ndarray, np.ndarray]:
+    def delta(self, run_id: str, frame: Frame, numel: int,
+              shape=None) -> tuple[np.ndarray, np.ndarray]:
         """(added, removed) read-only sorted int64 flat indices of a stored delta (cached: a
-        view applies a delta to rebuild its mask and bins the same delta's changes)."""
+        view applies a delta to rebuild its mask and bins the same delta's changes); Misfit
+        when its shape is not the layer's."""
         key = (run_id, frame.seq, "delta")
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        blob = self._stored(run_id, frame, numel)
+        _, blob = self._stored(run_id, frame, numel, shape)
         try:
             added, removed = codec.decode_delta(blob, numel)
         except FrameError as error:

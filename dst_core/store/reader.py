@@ -8,29 +8,26 @@ Long metric series are cut into N step ranges and each range keeps its min, max 
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Iterable
+from typing import NamedTuple
 
 import numpy as np
 
-from dst_core.store import codec
-from dst_core.store.masks import FrameChains, StoredDataError
-from dst_core.store.run_store import RunStore
+from dst_core.store.masks import FrameChains, NoFittingFrame, StoredDataError
+from dst_core.store.run_store import MAX_METRIC_NAME_CHARS, RunStore
+from dst_core.store.schema import parse_layers
 
 METRIC_EVENT_TYPES = ("metrics", "eval")
+MAX_METRIC_SERIES = 64  # series one metrics answer holds, however many fields a run logged
+MAX_LISTED_NAMES = 10_000  # names metric_names lists (new runs hold MAX_METRIC_NAMES at most)
+
+
+class MetricAnswer(NamedTuple):
+    series: dict  # {type: {field: {step, min, max, last}}}
+    available: int  # numeric (type, field) pairs the run has (counted up to MAX_LISTED_NAMES)
 
 
 LAYER_LISTS = 64  # runs whose parsed layer lists are kept
-
-
-def _parse_layers(payload: str | None) -> list[dict]:
-    try:
-        entries = json.loads(payload).get("layers") if payload else None
-    except (AttributeError, TypeError, ValueError):
-        return []
-    if not isinstance(entries, list):
-        return []
-    layers = [_layer_entry(entry) for entry in entries]
-    return layers if all(layers) else []
 
 
 class RunReader:
@@ -58,7 +55,7 @@ class RunReader:
         if layers is None:
             payload = self.store.db.execute(
                 "SELECT payload FROM events WHERE run_id = ? AND seq = ?", (run_id, row[0])).fetchone()
-            layers = _parse_layers(payload[0] if payload else None)
+            layers = parse_layers(payload[0] if payload else None)
             if len(self._layers) >= LAYER_LISTS:
                 self._layers.pop(next(iter(self._layers)))
             self._layers[key] = layers
@@ -89,88 +86,97 @@ class RunReader:
             raise StoredDataError(f"layer: {rows}×{cols} is larger than this server's frame limit "
                                   f"({self.store.max_frame_elements} connections)")
         run = self.store.get_run(run_id) or {"id": run_id}
-        mask = self.chains.mask(run, index, chain, rows * cols)
+        try:  # frames that do not fit the layer are skipped; with no keyframe left, none is
+            mask = self.chains.mask(run, index, chain, rows * cols, (rows, cols))
+        except NoFittingFrame:
+            raise ValueError(f"step: no topology frame of layer {layer!r} that fits its "
+                             f"history at or before step {step}") from None
         return mask.reshape(rows, cols), chain[-1].step
 
-    def metrics(self, run_id: str, buckets: int = 500, types=METRIC_EVENT_TYPES) -> dict:
-        """Every numeric field of metrics/eval events as {type: {field: series}}.
+    def metrics(self, run_id: str, buckets: int = 500, fields: Iterable[str] | None = None,
+                types=METRIC_EVENT_TYPES) -> dict:
+        """Numeric fields of metrics/eval events as {type: {field: series}}: those named in
+        `fields`, else the first ones logged; at most MAX_METRIC_SERIES series (metric_series).
 
         A series is {"step": [...], "min": [...], "max": [...], "last": [...]}, one entry per
         non-empty bucket of equal step width; with fewer points than buckets every point is
         its own bucket (min = max = last).
         """
+        return self.metric_series(run_id, buckets, fields, types).series
+
+    def metric_series(self, run_id: str, buckets: int = 500, fields: Iterable[str] | None = None,
+                      types=METRIC_EVENT_TYPES) -> MetricAnswer:
+        """The series `metrics` answers, and how many numeric (type, field) pairs the run has.
+
+        An answer is bounded whatever a writer logged: at most MAX_METRIC_SERIES series (in
+        type order, each type's fields in the order they were first logged), names longer
+        than MAX_METRIC_NAME_CHARS left out (stored before that limit)."""
         if buckets < 1:
             raise ValueError("buckets: must be at least 1")
+        wanted = None if fields is None else set(fields)
         out: dict[str, dict] = {}
+        admitted, available = 0, set()
         for event_type in types:
-            rows = self.store.db.execute(
-                "SELECT step, payload FROM events WHERE run_id = ? AND type = ? ORDER BY seq",
-                (run_id, event_type)).fetchall()
             columns: dict[str, tuple[list[int], list[float]]] = {}
-            for row in rows:
-                for key, value in json.loads(row[1]).items():
-                    if value is None or (isinstance(value, (int, float))
-                                         and not isinstance(value, bool)
-                                         and abs(value) < 1e308):  # a legacy 10**400 is no float
-                        steps, values = columns.setdefault(key, ([], []))
-                        steps.append(row[0])
-                        values.append(np.nan if value is None else value)  # stored NaN is null
+            for step, payload in self._metric_payloads(run_id, event_type):
+                for key, value in payload.items():
+                    if not (value is None or (isinstance(value, (int, float))
+                                              and not isinstance(value, bool)
+                                              and abs(value) < 1e308)):  # a legacy 10**400
+                        continue
+                    if (value is not None and len(available) < MAX_LISTED_NAMES
+                            and len(key) <= MAX_METRIC_NAME_CHARS):
+                        available.add((event_type, key))
+                    column = columns.get(key)
+                    if column is None:
+                        if (admitted >= MAX_METRIC_SERIES or len(key) > MAX_METRIC_NAME_CHARS
+                                or (wanted is not None and key not in wanted)):
+                            continue
+                        column = columns[key] = ([], [])
+                        admitted += 1
+                    column[0].append(step)
+                    column[1].append(np.nan if value is None else value)  # stored NaN is null
             columns = {key: column for key, column in columns.items()
                        if not np.isnan(column[1]).all()}
             if columns:
                 out[event_type] = {key: downsample(np.asarray(steps), np.asarray(values, float),
                                                    buckets)
                                    for key, (steps, values) in columns.items()}
-        return out
+        return MetricAnswer(out, len(available))
 
+    def metric_names(self, run_id: str, types=METRIC_EVENT_TYPES) -> dict:
+        """{type: [field, …]} of every numeric field, in the order first logged with a
+        number, at most MAX_LISTED_NAMES in all; `total`: how many there are (counted up
+        to MAX_LISTED_NAMES + 1)."""
+        out: dict = {event_type: [] for event_type in types}
+        seen: set[tuple[str, str]] = set()
+        for event_type in types:
+            for _, payload in self._metric_payloads(run_id, event_type):
+                for key, value in payload.items():
+                    if ((event_type, key) in seen or len(key) > MAX_METRIC_NAME_CHARS
+                            or not isinstance(value, (int, float)) or isinstance(value, bool)
+                            or not abs(value) < 1e308):
+                        continue
+                    seen.add((event_type, key))
+                    if len(seen) > MAX_LISTED_NAMES:
+                        return {**out, "total": len(seen)}
+                    out[event_type].append(key)
+        return {**out, "total": len(seen)}
 
-def _positive_ints(value) -> list[int] | None:
-    if not isinstance(value, list) or not value or len(value) > 8:
-        return None
-    if not all(isinstance(item, int) and not isinstance(item, bool) and item > 0
-               for item in value):
-        return None
-    return list(value)
-
-
-def _layer_entry(entry) -> dict | None:
-    """One meta layer, normalised; None when it is not a layer at all.
-
-    Older runs stored only `shape` (the weight's own shape) and `matrix`; older still, only a
-    2-D `shape`, which then is the matrix and the weight shape is unknown."""
-    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-        return None
-    shape = _positive_ints(entry.get("shape"))
-    matrix = _positive_ints(entry.get("matrix"))
-    if matrix is None or len(matrix) != 2:
-        if shape is None:
-            return None
-        if len(shape) == 2:  # older still: the 2-D shape is the matrix, the weight unknown
-            matrix, weight_shape = shape, None
-        else:  # a writer that sent only the weight's shape: drawn as out × (in · kernel)
-            matrix, weight_shape = [shape[0], math.prod(shape[1:])] if len(shape) > 1 \
-                else [1, shape[0]], shape
-    else:
-        weight_shape = _positive_ints(entry.get("weight_shape")) or shape
-    try:
-        codec.frame_numel(matrix)
-    except codec.FrameError:
-        return None
-    kind = entry.get("kind")
-    if kind not in codec.LAYER_KINDS:
-        kind = codec.layer_kind(weight_shape)
-    density = entry.get("density")
-    density = float(density) if isinstance(density, (int, float)) and not isinstance(
-        density, bool) and math.isfinite(density) else None
-    # Which axis of the weight holds its outputs (1: HF Conv1D's (in, out)); frames are stored
-    # outputs first either way, so this only says how the parameter itself is laid out.
-    axis = entry.get("output_axis", 0)
-    axis = axis if isinstance(axis, int) and not isinstance(axis, bool) and weight_shape \
-        and 0 <= axis < len(weight_shape) else 0
-    layer_type = entry.get("layer_type")
-    layer_type = layer_type if isinstance(layer_type, str) and len(layer_type) <= 40 else None
-    return {**entry, "matrix": matrix, "weight_shape": weight_shape, "kind": kind,
-            "density": density, "output_axis": axis, "layer_type": layer_type}
+    def _metric_payloads(self, run_id: str, event_type: str):
+        """(step, payload) of the run's events of one type, in order; a stored payload that
+        is not a JSON object (a damaged legacy row) is skipped."""
+        cursor = self.store.db.execute(
+            "SELECT step, payload FROM events WHERE run_id = ? AND type = ? ORDER BY seq",
+            (run_id, event_type))
+        while rows := cursor.fetchmany(1000):
+            for step, text in rows:
+                try:
+                    payload = json.loads(text)
+                except (TypeError, ValueError, RecursionError):
+                    continue
+                if isinstance(payload, dict):
+                    yield step, payload
 
 
 def downsample(steps: np.ndarray, values: np.ndarray, buckets: int) -> dict:

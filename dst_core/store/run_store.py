@@ -22,10 +22,14 @@ import uuid
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
+from dst_core.events import LOCAL_CHANGES
 from dst_core.store import codec
 from dst_core.store.schema import (
     FINAL_STATUSES,
+    LIST_TEXT_CHARS,
+    MAX_SEQ,
     InvalidValue,
     check_frame_header,
     checked_config,
@@ -36,21 +40,127 @@ from dst_core.store.schema import (
     checked_summary,
     clean_json,
     compact_json,
+    listed_run,
     stored_info,
     stored_run,
 )
 from dst_core.store.topology_index import TABLE_SQL as TOPOLOGY_INDEX_TABLE
 from dst_core.store.topology_index import IndexWriter, insert_segment
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DB_NAME = "runs.sqlite3"
 DEFAULT_DATA_DIR = "./sparsescope-data"  # the one default folder: Recorder, CLI, server, notebook
 EVENT_TYPE = re.compile(r"[a-z_]{1,32}")
-MAX_SEQ = 2**62  # SQLite integers are 64-bit; seqs and steps stay well inside
 MODEL_ARTIFACT = "model.pt"
 # A run row as readers see it: `has_model` tells the dashboard whether to offer the download.
 _RUN_SELECT = ("SELECT runs.*, EXISTS(SELECT 1 FROM artifacts WHERE artifacts.run_id = runs.id "
                f"AND artifacts.name = '{MODEL_ARTIFACT}') AS has_model FROM runs")
+
+MAX_METRIC_NAMES = 1000  # distinct field names of a run's metrics/eval events (the server's
+# SPARSESCOPE_MAX_METRIC_NAMES): a writer that logs a new name per step is refused, not stored
+MAX_METRIC_NAME_CHARS = 200
+METRIC_TYPES = ("metrics", "eval")
+_NAMED_RUNS = 256  # runs whose metric names a store keeps in memory (reloaded when dropped)
+
+# The runs list's projection, cut down in SQL: whatever a row holds (a 4 MiB config, a
+# 1000-character name), a listed run is a few hundred bytes. Each JSON column is read and
+# parsed once (json_each; a 4 MiB column costs milliseconds per read), and a root that is not
+# an object comes back NULL, so listed_run flags the row unreadable. JSON that does not even
+# parse (a damaged legacy row) fails that query: it is asked again `guarded`, each column
+# checked with json_valid first.
+_LIST_JSON_CHARS = 200  # a listed list/object value (config.hidden) longer than this is "…"
+
+
+def _cut(expr: str, chars: int = LIST_TEXT_CHARS) -> str:
+    return (f"CASE typeof({expr}) WHEN 'text' THEN CASE WHEN length({expr}) > {chars} THEN "
+            f"substr({expr}, 1, {chars - 1}) || '…' ELSE {expr} END "
+            f"WHEN 'blob' THEN NULL ELSE {expr} END")
+
+
+def _listed_value(alias: str) -> str:
+    """A json_each row's value, bounded: texts cut, non-finite numbers null, lists and
+    objects kept only when short."""
+    value = f"{alias}.value"
+    return (f"CASE {alias}.type WHEN 'text' THEN {_cut(value)} "
+            f"WHEN 'true' THEN json('true') WHEN 'false' THEN json('false') "
+            f"WHEN 'real' THEN CASE WHEN abs({value}) < 1e308 THEN "
+            f"json(printf('%!.17g', {value})) END "  # 17 digits: the stored double, exactly
+            f"WHEN 'integer' THEN {value} WHEN 'null' THEN NULL "
+            f"ELSE CASE WHEN length({value}) <= {_LIST_JSON_CHARS} THEN json({value}) "
+            f"ELSE '…' END END")
+
+
+def _keys(keys: Iterable[str]) -> str:
+    return ", ".join(f"'{key}'" for key in keys)
+
+
+def _listed_object(source: str, keys: Iterable[str], alias: str, value: str | None = None,
+                   guarded: bool = False) -> str:
+    """The object `source` (JSON text) cut down to `keys`; NULL when its root is not an
+    object (an array's keys are numbers, a scalar's NULL)."""
+    found = (f"(SELECT CASE WHEN count(*) FILTER (WHERE typeof({alias}.key) <> 'text') THEN "
+             f"NULL ELSE json_group_object({alias}.key, {value or _listed_value(alias)}) "
+             f"FILTER (WHERE {alias}.key IN ({_keys(keys)})) END FROM json_each({source}) "
+             f"AS {alias})")
+    return f"CASE WHEN json_valid({source}) THEN {found} END" if guarded else found
+
+
+# The list's order, newest first, is the runs_newest index read backwards (NULL times last).
+_ORDER = "runs.created_at DESC, runs.id DESC"
+
+
+class ListPage(NamedTuple):
+    runs: list[dict]  # schema.ListedRun
+    total: int  # runs matching the filters
+    next_after: tuple | None  # where the next page starts (None: this is the last)
+
+
+LISTED_CONFIG = ("task", "model", "hidden", "method", "density")
+LISTED_SETTINGS = ("task", "model", "method", "density")
+LISTED_INFO = ("writer", "imported_from", "imported_at")
+LISTED_SUMMARY = ("steps", "final_loss", "final_test_accuracy", "best_test_accuracy", "itop_rate")
+SEARCHED_KEYS = ("task", "model", "method")  # `query` matches these, the name and the id
+
+
+def _list_select(guarded: bool) -> str:
+    # info's `settings` is an object of its own, cut down the same way (NULL when it is not
+    # an object, which listed_run shows as no settings).
+    settings = _listed_object("i.value", LISTED_SETTINGS, "s", guarded=guarded)
+    info_value = (f"CASE WHEN i.key = 'settings' THEN CASE WHEN i.type = 'object' THEN "
+                  f"json({settings}) END ELSE {_listed_value('i')} END")
+    return (
+        f"SELECT {_cut('runs.id', 64)} AS id, {_cut('runs.name')} AS name, "
+        f"{_cut('runs.status', 32)} AS status, created_at, started_at, ended_at, heartbeat_at, "
+        f"{_cut('runs.error')} AS error, EXISTS(SELECT 1 FROM artifacts WHERE "
+        f"artifacts.run_id = runs.id AND artifacts.name = '{MODEL_ARTIFACT}') AS has_model, "
+        f"{_listed_object('runs.config', LISTED_CONFIG, 'c', guarded=guarded)} AS config, "
+        f"{_listed_object('runs.summary', LISTED_SUMMARY, 'm', guarded=guarded)} AS summary, "
+        f"{_listed_object('runs.info', (*LISTED_INFO, 'settings'), 'i', info_value, guarded)}"
+        f" AS info, runs.created_at AS sort_created, runs.id AS sort_id FROM runs")
+
+
+_LIST_SELECT = {guarded: _list_select(guarded) for guarded in (False, True)}
+
+
+def _search(query: str, guarded: bool = False) -> str:
+    """Case-insensitive (ASCII) substring of the name, the id, or the task, model or method
+    of the config or of the stored settings. A query that JSON writes as itself (ASCII, no
+    quote, backslash or control character) is first looked for in the raw JSON text: only
+    the runs whose text holds it are parsed."""
+    literal = query.isascii() and query.isprintable() and not set(query) & {'"', "\\"}
+
+    def keys_of(column: str, path: str = "") -> str:
+        checks = [f"instr(lower({column}), lower(:query)) > 0"] if literal else []
+        checks += [f"json_valid({column})"] if guarded else []
+        found = (f"EXISTS(SELECT 1 FROM json_each({column}{path}) AS f WHERE f.key IN "
+                 f"({_keys(SEARCHED_KEYS)}) AND f.type = 'text' AND instr(lower(f.value), "
+                 "lower(:query)) > 0)")
+        return f"CASE WHEN {' AND '.join(checks)} THEN {found} ELSE 0 END" if checks else found
+
+    settings = keys_of("runs.info", ", '$.settings'")
+    return ("(instr(lower(runs.name), lower(:query)) > 0 OR instr(runs.id, lower(:query)) > 0 "
+            f"OR {keys_of('runs.config')} OR {settings})")
+
 
 # Version 1: the foundation's layout (JSON payloads only). Every file starts from it and is
 # migrated forward, so a fresh file and an upgraded old file follow the same path.
@@ -105,9 +215,17 @@ def _migrate_2_to_3(db: sqlite3.Connection) -> None:
     db.execute(TOPOLOGY_INDEX_TABLE)
 
 
+def _migrate_3_to_4(db: sqlite3.Connection) -> None:
+    """The runs list's indexes: a page newest first (of one status, or all) is found in an
+    index, without reading the rows, however large they are."""
+    db.execute("CREATE INDEX IF NOT EXISTS runs_newest ON runs (created_at, id)")
+    db.execute("CREATE INDEX IF NOT EXISTS runs_status ON runs (status, created_at, id)")
+
+
 MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [
     (2, _migrate_1_to_2),
     (3, _migrate_2_to_3),
+    (4, _migrate_3_to_4),
 ]
 
 
@@ -199,7 +317,7 @@ class RunStore:
 
     def __init__(self, data_dir: str | Path, *, file_name: str = DB_NAME,
                  max_frame_elements: int = codec.MAX_FRAME_ELEMENTS,
-                 autocheckpoint: bool = True):
+                 autocheckpoint: bool = True, max_metric_names: int = MAX_METRIC_NAMES):
         self.data_dir = Path(data_dir)
         # False: a commit never copies the WAL into the file (and fsyncs both) on the
         # committing thread; the owner calls checkpoint() from a thread that can wait (the
@@ -208,6 +326,11 @@ class RunStore:
         # A topology frame's rows × cols is refused above this before anything is decoded
         # (the server passes SPARSESCOPE_MAX_PARAMETERS: no frame is larger than a model).
         self.max_frame_elements = max_frame_elements
+        # Distinct metrics/eval field names a run may have; refused past it, naming the limit.
+        self.max_metric_names = max_metric_names
+        # The metric names of runs this store writes, by run (the writer is the only one
+        # adding to them): each batch is checked against the limit without reading events.
+        self._metric_names: dict[str, set[str]] = {}
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.data_dir / file_name
         self._local = threading.local()
@@ -279,6 +402,59 @@ class RunStore:
         rows = self.db.execute(f"{_RUN_SELECT} ORDER BY created_at DESC, id DESC").fetchall()
         return [_run_row(row) for row in rows]
 
+    def list_page(self, limit: int, after: tuple | None = None, status: str | None = None,
+                  query: str | None = None) -> ListPage:
+        """Up to `limit` runs newest first as the runs list shows them (a bounded projection,
+        schema.ListedRun), those after `after` (a previous page's `next_after`), with the
+        count of runs matching `status` and `query` (a substring of the name, id, task, model
+        or method; ASCII case-insensitive). Page and count read one snapshot."""
+        try:
+            rows, total = self._list_rows(limit, after, status, query, guarded=False)
+        except sqlite3.OperationalError as error:
+            if "JSON" not in str(error):
+                raise
+            rows, total = self._list_rows(limit, after, status, query, guarded=True)
+        shown = rows[:limit]
+        next_after = None
+        if len(rows) > limit:  # a time that is not a number (a damaged row) sorts as stored
+            created, run_id = shown[-1]["sort_created"], shown[-1]["sort_id"]
+            next_after = (created if isinstance(created, (int, float, str)) else None,
+                          run_id if isinstance(run_id, str) else str(run_id))
+        return ListPage([listed_run({key: row[key] for key in row.keys()}) for row in shown],
+                        total, next_after)
+
+    def _list_rows(self, limit: int, after: tuple | None, status: str | None,
+                   query: str | None, guarded: bool) -> tuple[list, int]:
+        """The page's rows (one more than `limit`) and the count, as list_page asks."""
+        clauses, params = [], {"limit": int(limit) + 1}  # one more: is there a next page?
+        if status is not None:
+            clauses.append("runs.status = :status")
+            params["status"] = status
+        if query:
+            clauses.append(_search(query, guarded))
+            params["query"] = query
+        filters = " AND ".join(clauses) or "1"
+        page = filters
+        if after is not None:
+            params["after_created"], params["after_id"] = after
+            # The next page is what sorts after the cursor (runs without a time last),
+            # however many runs were added meanwhile.
+            page += (" AND runs.created_at IS NULL AND runs.id < :after_id" if after[0] is None
+                     else " AND ((runs.created_at, runs.id) < (:after_created, :after_id) "
+                          "OR runs.created_at IS NULL)")
+        db = self.db
+        db.execute("BEGIN")  # deferred: the page and the count read one snapshot (WAL)
+        try:
+            # The page's rows are found on bare columns first: projecting while sorting
+            # would parse every run's JSON, not only the page's.
+            rows = db.execute(f"{_LIST_SELECT[guarded]} WHERE runs.rowid IN (SELECT runs.rowid "
+                              f"FROM runs WHERE {page} ORDER BY {_ORDER} LIMIT :limit) "
+                              f"ORDER BY {_ORDER}", params).fetchall()
+            total = db.execute(f"SELECT COUNT(*) FROM runs WHERE {filters}", params).fetchone()[0]
+        finally:
+            db.execute("ROLLBACK")
+        return rows, total
+
     def runs_with_status(self, statuses: Iterable[str]) -> list[dict]:
         statuses = list(statuses)
         marks = ",".join("?" * len(statuses))
@@ -347,6 +523,7 @@ class RunStore:
             db.execute("DELETE FROM artifacts WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM topology_index WHERE run_id = ?", (run_id,))
             self.index.forget(run_id)
+            self._metric_names.pop(run_id, None)
             return db.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount > 0
 
     def store_index_segments(self, run_id: str, layer: int, segments: list) -> bool:
@@ -366,6 +543,7 @@ class RunStore:
     # ---- artifacts (the trained model) ---------------------------------------------------------
     def put_artifact(self, run_id: str, name: str, data: bytes) -> None:
         with self._write() as db:
+            _require_run(db, run_id)
             db.execute("INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?)", (run_id, name, data))
 
     def get_artifact(self, run_id: str, name: str) -> bytes | None:
@@ -382,6 +560,9 @@ class RunStore:
         rows = [self._checked(event_type, step, payload, f"events[{position}]")
                 for position, (event_type, step, payload) in enumerate(events)]
         with self._indexing(run_id) as db:
+            _require_run(db, run_id)
+            self._admit_metric_names(db, run_id, [(event_type, payload)
+                                                  for event_type, _, payload in events])
             last = self._append_checked(db, run_id, rows, [payload for _, _, payload in events])
             if text is not None:
                 db.execute("UPDATE runs SET summary = ?, heartbeat_at = ? WHERE id = ?",
@@ -395,6 +576,12 @@ class RunStore:
         run's last stored seq.
         """
         text = None if summary is None else checked_summary(summary)
+        # A batch past the metric-name limit is refused before each of its events is checked
+        # (a million names cost seconds and hundreds of MB to validate); again below, in the
+        # transaction, for what is really inserted.
+        self._new_metric_names(run_id, self._known_metric_names(self.db, run_id), (
+            (event.get("type"), event) for event in events if isinstance(event, dict)),
+            ignored=("seq", "step", "type"))
         checked = []
         for position, event in enumerate(events):
             field = f"events[{position}]"
@@ -402,11 +589,15 @@ class RunStore:
             for key, value in (("seq", seq), ("step", step)):
                 if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEQ:
                     raise InvalidValue(f"{field}.{key}", f"must be an integer from 0 to {MAX_SEQ}")
-            payload = {k: v for k, v in event.items() if k not in ("seq", "step", "type")}
+            # A keyframe's in-process changes are never taken from a request: they would
+            # stand in for its bits when the store checks the frame against its layer.
+            payload = {k: v for k, v in event.items()
+                       if k not in ("seq", "step", "type", LOCAL_CHANGES)}
             checked.append(((seq, self._checked(event.get("type"), step, payload, field)),
                             payload))
         checked.sort(key=lambda item: item[0][0])
         with self._indexing(run_id) as db:
+            _require_run(db, run_id)
             last = self._last_seq(db, run_id)
             rows, inserted = [], []
             for (seq, (event_type, step, stored, status)), payload in checked:
@@ -417,6 +608,8 @@ class RunStore:
                 rows.append((run_id, seq, step, event_type, *stored))
                 inserted.append((seq, event_type, step, payload, status))
                 last = seq
+            self._admit_metric_names(db, run_id, [(event_type, payload)
+                                                  for _, event_type, _, payload, _ in inserted])
             db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             _keep_settings(db, run_id, ((row[3], row[4]) for row in rows))
             self._index_inserted(db, run_id, inserted)
@@ -424,6 +617,68 @@ class RunStore:
             if text is not None:
                 db.execute("UPDATE runs SET summary = ? WHERE id = ?", (text, run_id))
             return last
+
+    def _admit_metric_names(self, db: sqlite3.Connection, run_id: str,
+                            events: list[tuple[str, dict]]) -> None:
+        """Refuse a batch that would give the run more than `max_metric_names` distinct
+        metrics/eval field names, or a name longer than MAX_METRIC_NAME_CHARS (InvalidValue
+        naming the limit). Inside the batch's transaction: its names join the run's known
+        ones at once, and a batch that does not commit makes the store forget them all."""
+        names = self._known_metric_names(db, run_id)
+        new = self._new_metric_names(run_id, names, events)
+        if new:
+            names |= new
+
+    def _known_metric_names(self, db: sqlite3.Connection, run_id: str) -> set[str]:
+        names = self._metric_names.get(run_id)
+        if names is None:
+            names = self._stored_metric_names(db, run_id)
+            while len(self._metric_names) >= _NAMED_RUNS:
+                self._metric_names.pop(next(iter(self._metric_names)))
+            self._metric_names[run_id] = names
+        return names
+
+    def _new_metric_names(self, run_id: str, names: set[str],
+                          events: Iterable[tuple[str, dict]], ignored=()) -> set[str]:
+        """The names `events` add to `names` (keys in `ignored` are not names); InvalidValue
+        past the limits."""
+        new = {key for event_type, payload in events if event_type in METRIC_TYPES
+               for key in payload if key not in names and key not in ignored}
+        if not new:
+            return new
+        longest = max(new, key=len)
+        if len(longest) > MAX_METRIC_NAME_CHARS:
+            raise InvalidValue("metrics", f"a metric name of {len(longest)} characters "
+                               f"({longest[:40]!r}…); at most {MAX_METRIC_NAME_CHARS}")
+        if len(names) + len(new) > self.max_metric_names:
+            shown = ", ".join(repr(name[:40]) for name in sorted(new)[:3])
+            raise InvalidValue("max_metric_names", (
+                f"run {run_id} has {len(names)} distinct metric names and this batch adds "
+                f"{len(new)} ({shown}{', …' if len(new) > 3 else ''}); at most "
+                f"{self.max_metric_names} per run (SPARSESCOPE_MAX_METRIC_NAMES)"))
+        return new
+
+    @staticmethod
+    def _stored_metric_names(db: sqlite3.Connection, run_id: str) -> set[str]:
+        """Every field name of the run's stored metrics/eval events (once per run a store
+        writes; a new run has none)."""
+        marks = ", ".join("?" * len(METRIC_TYPES))
+        try:
+            rows = db.execute("SELECT DISTINCT field.key FROM events, json_each(events.payload) "
+                              f"AS field WHERE events.run_id = ? AND events.type IN ({marks})",
+                              (run_id, *METRIC_TYPES)).fetchall()
+            return {row[0] for row in rows if isinstance(row[0], str)}
+        except sqlite3.OperationalError:  # a damaged legacy payload: the readable ones
+            names: set[str] = set()
+            for (payload,) in db.execute(f"SELECT payload FROM events WHERE run_id = ? AND "
+                                         f"type IN ({marks})", (run_id, *METRIC_TYPES)):
+                try:
+                    value = json.loads(payload)
+                except (TypeError, ValueError, RecursionError):
+                    continue
+                if isinstance(value, dict):
+                    names.update(value)
+            return names
 
     def _checked(self, event_type, step, payload, field: str) -> tuple:
         return checked_event(event_type, step, payload, field, self.max_frame_elements)
@@ -454,6 +709,7 @@ class RunStore:
                 self.index.take(db, run_id, seq, step, payload)
             elif status is not None and status[0] in FINAL_STATUSES:
                 self.index.finish(db, run_id)
+                self._metric_names.pop(run_id, None)  # reloaded if the writer goes on
 
     @contextmanager
     def _indexing(self, run_id: str):
@@ -464,6 +720,7 @@ class RunStore:
                 yield db
         except BaseException:
             self.index.forget(run_id)
+            self._metric_names.pop(run_id, None)  # it may hold the names of the batch
             raise
 
     @staticmethod
@@ -530,6 +787,24 @@ def checked_event(event_type, step, payload, field: str, max_elements: int) -> t
     text = compact_json(payload, field)
     status = (payload["status"], payload.get("error")) if event_type == "status" else None
     return event_type, step, (text, None, None, None), status
+
+
+class RunGone(LookupError):
+    """A write for a run that is not in the store (deleted while its writer was recording):
+    nothing is stored for it, and the writer is told why."""
+
+    def __init__(self, run_id: str):
+        super().__init__(f"run {run_id} is not in this data folder: it was deleted (sparsescope "
+                         "runs delete, or DELETE /api/runs/{id}) while it was being recorded; "
+                         "nothing more is stored for it")
+        self.run_id = run_id
+
+
+def _require_run(db: sqlite3.Connection, run_id: str) -> None:
+    """RunGone unless the run exists, read in the write's own transaction: a run deleted a
+    moment earlier gets no event, summary or artifact."""
+    if db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+        raise RunGone(run_id)
 
 
 def _status_change(db: sqlite3.Connection, run_id: str, status: str, error: str | None,

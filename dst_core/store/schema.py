@@ -27,6 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dst_core.events import wire_value
+from dst_core.store import codec
 
 # A run's statuses, declared once: the store, the server, the CLI and the dashboard
 # (frontend/js/statuses.js, kept equal by tests/test_js_statuses.py) read these.
@@ -40,7 +41,12 @@ MAX_JSON_DEPTH = 32  # far above any payload we write (≤ 4), far below Python'
 MAX_JSON_BYTES = 4 * 1024 * 1024  # one non-frame payload / config / summary / info document
 MAX_NAME_CHARS = 1000
 MAX_INTEGER = 2**64  # a uint64 seed (torch.initial_seed) fits; 10**400 would overflow a float
-MAX_STEP = 2**62
+# The one range of seqs and steps a writer (ingest, import, a Recorder) may store: 0 … MAX_SEQ.
+# SQLite integers end at 2**63 - 1; the room above MAX_SEQ is for the events the store appends
+# itself after a writer's last seq (a final status: stopped, failed, an imported snapshot's end),
+# so no append can overflow, whatever seq a writer used last.
+MAX_SEQ = 2**62
+MAX_STEP = MAX_SEQ
 
 
 class InvalidValue(ValueError):
@@ -270,6 +276,79 @@ def stored_run(columns: dict[str, Any]) -> dict:
         unreadable=reason[:500]).model_dump()
 
 
+class ListedSummary(BaseModel):
+    """The numbers of a run's summary that the runs list shows."""
+
+    steps: int = Field(0, description="Last training step recorded")
+    final_loss: float | None = Field(None, description="Latest training loss")
+    final_test_accuracy: float | None = Field(None, description="Latest held-out accuracy")
+    best_test_accuracy: float | None = Field(None, description="Best held-out accuracy so far")
+    itop_rate: float | None = Field(None, description="Share of connections ever active")
+
+
+LIST_TEXT_CHARS = 120  # a listed text longer than this is cut, ending in "…"
+
+
+class ListedRun(BaseModel):
+    """One run as the runs list shows it: a fixed projection whose size does not depend on
+    what a writer stored (texts cut to LIST_TEXT_CHARS, only the keys below). The whole
+    config, info and summary are read one run at a time (StoredRun)."""
+
+    id: str
+    name: str = Field(description=f"Cut to {LIST_TEXT_CHARS} characters (ending in …)")
+    status: RunStatus
+    created_at: float = Field(description="Unix time")
+    started_at: float | None = None
+    ended_at: float | None = None
+    heartbeat_at: float | None = Field(None, description="Unix time the writer was last heard")
+    error: str | None = Field(None, description=f"Why it failed, cut to {LIST_TEXT_CHARS} "
+                                                "characters")
+    has_model: bool = False
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="Of the config: task, model, hidden, method, density "
+                                          "(those stored; texts cut, long lists as \"…\")")
+    settings: dict[str, Any] | None = Field(
+        None, description="Of the settings the run used: task, model, method, density; null "
+                          "until the writer stored them")
+    summary: ListedSummary = Field(default_factory=ListedSummary)
+    info: dict[str, Any] = Field(default_factory=dict,
+                                 description="Of the info: writer, imported_from, imported_at")
+    unreadable: str | None = Field(None, description="Set when the stored row no longer fits "
+                                                     "the schema: why")
+
+
+def listed_run(columns: dict[str, Any]) -> dict:
+    """A row of the store's list projection (its JSON parts already cut down in SQL, None
+    where a column is not a JSON object) as the list answers it; never raises. A row that
+    StoredRun would call unreadable is flagged here too, for the parts the list reads."""
+    record = {key: columns.get(key) for key in (
+        "id", "name", "status", "created_at", "started_at", "ended_at", "heartbeat_at", "error",
+        "has_model")}
+    try:
+        parts = {}
+        for key in ("config", "info", "summary"):
+            text = columns.get(key)
+            if not isinstance(text, str):
+                raise ValueError(f"{key} is not a JSON object")
+            parts[key] = clean_json(json.loads(text), key)
+        settings = parts["info"].pop("settings", None)
+        summary = RunSummary.model_validate(parts["summary"])  # the read schema's own checks
+        record.update(config=parts["config"], info=parts["info"],
+                      settings=settings if isinstance(settings, dict) else None,
+                      summary=summary.model_dump(include=set(ListedSummary.model_fields)))
+        return ListedRun.model_validate(record).model_dump()
+    except (ValidationError, ValueError, TypeError, RecursionError) as error:
+        reason = (str(_first_error(error, "run")) if isinstance(error, ValidationError)
+                  else f"run: {error}")
+    status, name = columns.get("status"), columns.get("name")
+    return ListedRun(
+        id=str(columns.get("id")), name=name if isinstance(name, str) else "(unreadable run)",
+        status=status if status in STATUSES else "failed",
+        created_at=_timestamp(columns.get("created_at")) or 0.0,
+        error=columns.get("error") if isinstance(columns.get("error"), str) else None,
+        unreadable=reason[:300]).model_dump()
+
+
 def stored_info(text: Any) -> dict:
     """A stored `info` column as a dict; {} when it is not a readable JSON object."""
     try:
@@ -375,3 +454,116 @@ def checked_payload(event_type: str, payload: Any, field: str = "payload") -> di
         except ValidationError as error:
             raise _first_error(error, field) from None
     return payload
+
+
+# ---- a run's layers (its meta event), as every reader and the frame checks see them ------------
+def parse_layers(payload: str | None) -> list[dict]:
+    """The layers of a stored meta payload (JSON text), each normalised by `layer_entry`; []
+    when it is missing or not a list of layers (a stored payload never breaks a read)."""
+    try:
+        entries = json.loads(payload).get("layers") if payload else None
+    except (AttributeError, TypeError, ValueError, RecursionError):
+        return []
+    if not isinstance(entries, list):
+        return []
+    layers = [layer_entry(entry) for entry in entries]
+    return layers if all(layers) else []
+
+
+def _positive_ints(value) -> list[int] | None:
+    if not isinstance(value, list) or not value or len(value) > 8:
+        return None
+    if not all(isinstance(item, int) and not isinstance(item, bool) and item > 0
+               for item in value):
+        return None
+    return list(value)
+
+
+def layer_entry(entry) -> dict | None:
+    """One meta layer, normalised (`matrix`, `weight_shape`, `kind`, `density`, `output_axis`,
+    `layer_type`); None when it is not a layer at all.
+
+    Older runs stored only `shape` (the weight's own shape) and `matrix`; older still, only a
+    2-D `shape`, which then is the matrix and the weight shape is unknown."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        return None
+    shape = _positive_ints(entry.get("shape"))
+    matrix = _positive_ints(entry.get("matrix"))
+    if matrix is None or len(matrix) != 2:
+        if shape is None:
+            return None
+        if len(shape) == 2:  # older still: the 2-D shape is the matrix, the weight unknown
+            matrix, weight_shape = shape, None
+        else:  # a writer that sent only the weight's shape: drawn as out × (in · kernel)
+            matrix, weight_shape = [shape[0], math.prod(shape[1:])] if len(shape) > 1 \
+                else [1, shape[0]], shape
+    else:
+        weight_shape = _positive_ints(entry.get("weight_shape")) or shape
+    try:
+        codec.frame_numel(matrix)
+    except codec.FrameError:
+        return None
+    kind = entry.get("kind")
+    if kind not in codec.LAYER_KINDS:
+        kind = codec.layer_kind(weight_shape)
+    density = entry.get("density")
+    density = float(density) if isinstance(density, (int, float)) and not isinstance(
+        density, bool) and math.isfinite(density) else None
+    # Which axis of the weight holds its outputs (1: HF Conv1D's (in, out)); frames are stored
+    # outputs first either way, so this only says how the parameter itself is laid out.
+    axis = entry.get("output_axis", 0)
+    axis = axis if isinstance(axis, int) and not isinstance(axis, bool) and weight_shape \
+        and 0 <= axis < len(weight_shape) else 0
+    layer_type = entry.get("layer_type")
+    layer_type = layer_type if isinstance(layer_type, str) and len(layer_type) <= 40 else None
+    return {**entry, "matrix": matrix, "weight_shape": weight_shape, "kind": kind,
+            "density": density, "output_axis": axis, "layer_type": layer_type}
+
+
+# ---- a topology frame against its layer's history ----------------------------------------------
+def frame_misfit(layer_shape, frame_shape, claimed_active: int, *,
+                 bits_active: int | None = None, added: np.ndarray | None = None,
+                 removed: np.ndarray | None = None, active_at=None,
+                 active_now: int = 0) -> str | None:
+    """Why a topology frame does not fit its layer's history, or None when it does.
+
+    The one rule by which the store refuses a frame where it enters (ingest 422, import 400,
+    a Recorder's flush) and by which every reader skips a stored one that an older version let
+    in (mask seek, views, /mask, /topology, the cohort index), so they all see the same mask:
+    - a frame has its layer's matrix shape (`layer_shape`: the meta's, which its keyframes
+      have);
+    - a keyframe (`bits_active` = how many of its bits are set) says as much in `active`;
+    - a delta follows a keyframe of its layer (`active_at` looks connections up in the
+      current mask, None before the first keyframe), removes only active connections, adds
+      only inactive ones, and its `active` is the count after it (`active_now` before it).
+    Each check costs O(frame): a keyframe's bits are counted, a delta's indices gathered."""
+    if layer_shape is not None and [int(side) for side in frame_shape] != \
+            [int(side) for side in layer_shape]:
+        return (f"shape {list(frame_shape)} is not its layer's {list(layer_shape)} "
+                "(the shape of the layer's keyframes)")
+    if bits_active is not None:
+        if int(claimed_active) != int(bits_active):
+            return f"active is {claimed_active} but its bits hold {bits_active} connections"
+        return None
+    if active_at is None:
+        return "a delta before any keyframe of its layer"
+    if removed.size and not active_at(removed).all():
+        return "removes a connection that is not active"
+    if added.size and active_at(added).any():
+        return "adds a connection that is already active"
+    after = int(active_now) + int(added.size) - int(removed.size)
+    if int(claimed_active) != after:
+        return f"active is {claimed_active} but the layer holds {after} connections after it"
+    return None
+
+
+def packed_count(packed: np.ndarray, numel: int) -> int:
+    """How many of the first `numel` bits of packed little-endian bytes (a keyframe's `bits`)
+    are set: O(bytes), nothing unpacked; bits past `numel` in the last byte are not counted,
+    as no reader unpacks them."""
+    packed = np.asarray(packed, dtype=np.uint8).reshape(-1)
+    whole, rest = divmod(int(numel), 8)
+    count = int(np.bitwise_count(packed[:whole]).sum(dtype=np.int64))
+    if rest:
+        count += int(np.bitwise_count(packed[whole] & np.uint8((1 << rest) - 1)))
+    return count

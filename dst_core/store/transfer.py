@@ -10,9 +10,12 @@ as hostile until proven otherwise:
   or a recursive CTE expands a 78 KB file into gigabytes; a trigger runs during an upgrade);
 - it is opened read-only and integrity-checked; a version-1 file's frames are bounded
   before our own migration (the only code an upgrade runs) touches them;
-- every column passes the store's own schemas (dst_core.store.schema), frames are
-  bounded by the store's frame limit before they are decoded, and only then is the run
-  copied, under a new id, in one transaction, so a bad file changes nothing.
+- every column passes the store's own schemas (dst_core.store.schema), seqs and steps the
+  store's one range (0 … MAX_SEQ: room is left above for the status the import appends),
+  frames are bounded by the store's frame limit before they are decoded, each frame is
+  checked against its layer's history as ingest checks it (schema.frame_misfit; one layer's
+  mask held at a time), and only then is the run copied, under a new id, in one
+  transaction, so a bad file changes nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dst_core.store import codec, topology_index
@@ -41,9 +45,12 @@ from dst_core.store.run_store import (
 )
 from dst_core.store.schema import (
     ACTIVE_STATUSES,
+    MAX_SEQ,
     InvalidValue,
     check_frame_header,
     checked_run_columns,
+    frame_misfit,
+    parse_layers,
 )
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -64,7 +71,7 @@ TABLE_COLUMNS = {
     "topology_index": topology_index.COLUMNS,
 }
 REQUIRED_TABLES = ("meta", "runs", "events")  # a version-1 file has no artifacts table
-INDEXES = {"events_type", "events_frames"}
+INDEXES = {"events_type", "events_frames", "runs_newest", "runs_status"}
 IMPORTED_SUFFIX = " (imported)"
 SNAPSHOT_NOTE = "exported while it was running: this copy ends at the export"
 
@@ -200,6 +207,7 @@ def _read_validated(path: Path, max_elements: int) -> tuple[dict, list[tuple], l
         events = _checked_events(db.execute(
             "SELECT seq, step, type, payload, layer, keyframe, blob FROM events WHERE run_id = ? "
             "ORDER BY seq", (run_id,)), max_elements)
+        _check_layer_histories(events)
         artifacts = []
         for name, data in db.execute("SELECT name, data FROM artifacts WHERE run_id = ?",
                                      (run_id,)):
@@ -220,7 +228,10 @@ def _checked_events(rows, max_elements: int) -> list[tuple]:
     null): (seq, step, type, payload, layer, keyframe, blob)."""
     events, previous = [], 0
     for seq, step, event_type, payload, layer, keyframe, blob in rows:
-        if not isinstance(seq, int) or seq <= previous:
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= MAX_SEQ:
+            _fail(f"events: seq {seq!r} is outside 1 … {MAX_SEQ} (2**62: the store's range of "
+                  "seqs, which leaves room for the events it appends itself)")
+        if seq <= previous:
             _fail(f"events: seq {seq!r} out of order")
         previous = seq
         if not isinstance(payload, str) or len(payload) > MAX_TEXT:
@@ -243,9 +254,9 @@ def _checked_events(rows, max_elements: int) -> list[tuple]:
             if not isinstance(blob, bytes) or header["index"] != layer or \
                     header["keyframe"] != bool(keyframe):
                 raise codec.FrameError("frame: header and index columns disagree")
-            if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-                raise InvalidValue("step", "must be an integer from 0")
-            codec.stored_to_raw(header, blob)  # decodes fully, bounded by the checked shape
+            if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= MAX_SEQ:
+                raise InvalidValue("step", f"must be an integer from 0 to {MAX_SEQ}")
+            # Decoded (bounded by the checked shape) when its layer's history is checked.
             header = {key: header[key] for key in (*codec.HEADER_KEYS, "n_added", "n_removed")
                       if key in header}
             events.append((seq, step, event_type, dumps(header), layer, int(bool(keyframe)),
@@ -253,6 +264,57 @@ def _checked_events(rows, max_elements: int) -> list[tuple]:
         except (InvalidValue, codec.FrameError, KeyError, TypeError) as error:
             _fail(f"events: seq {seq}: {error}")
     return events
+
+
+def _check_layer_histories(events: list[tuple]) -> None:
+    """Every frame against its layer, as ingest checks it: it names a layer of the run's (first)
+    meta event, by index and name, and fits that layer's history (schema.frame_misfit).
+    Layer after layer, so one layer's mask is held at a time; each blob is decoded here once,
+    bounded by its checked shape. BadExportError naming the first frame that does not fit."""
+    declared = None
+    by_layer: dict[int, list[tuple]] = {}
+    for event in events:
+        seq, _, event_type, payload = event[:4]
+        if event_type == "meta" and declared is None:
+            declared = parse_layers(payload)
+        if event_type != "topology":
+            continue
+        header = json.loads(payload)
+        where = f"events: seq {seq}: topology frame (layer {header['layer']!r}, index " \
+                f"{header['index']})"
+        layers = declared or []
+        if header["index"] >= len(layers):
+            _fail(f"{where}: the run's meta event declares {len(layers)} layers")
+        if layers[header["index"]]["name"] != header["layer"]:
+            _fail(f"{where}: layer {header['index']} of the run's meta event is "
+                  f"{layers[header['index']]['name']!r}")
+        by_layer.setdefault(header["index"], []).append((seq, header, event[6]))
+    for index, frames in by_layer.items():
+        layer_shape = declared[index]["matrix"]
+        mask, count = None, 0
+        for seq, header, blob in frames:
+            where = f"events: seq {seq}: topology frame (layer {header['layer']!r}, index {index})"
+            try:
+                keyframe_mask, added, removed = codec.stored_changes(header, blob)
+            except (codec.FrameError, KeyError, TypeError) as error:
+                _fail(f"events: seq {seq}: {error}")
+            if keyframe_mask is not None:
+                misfit = frame_misfit(layer_shape, header["shape"], header["active"],
+                                      bits_active=int(np.count_nonzero(keyframe_mask)))
+            else:
+                misfit = frame_misfit(
+                    layer_shape, header["shape"], header["active"], added=added,
+                    removed=removed, active_now=count,
+                    active_at=(lambda indices, mask=mask: mask[indices]) if mask is not None
+                    else None)
+            if misfit is not None:
+                _fail(f"{where}: {misfit}")
+            if keyframe_mask is not None:
+                mask = keyframe_mask
+            else:
+                mask[removed] = False
+                mask[added] = True
+            count = int(header["active"])
 
 
 def import_run(store: RunStore, source: bytes | Path) -> dict:

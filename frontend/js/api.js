@@ -81,6 +81,16 @@ export async function api(path, { method = "GET", body, raw = false } = {}) {
   return response.status === 204 ? null : parseJson(await response.text());
 }
 
+// GET `path` with the answer's headers: { status, body, headers }. `etag` is sent as
+// If-None-Match: when nothing changed the server answers 304, here with `body` null (the
+// browser then hands the 304 over instead of its cached copy).
+export async function getJson(path, { etag = null } = {}) {
+  const response = await request(path, etag ? { headers: { "If-None-Match": etag } } : {});
+  if (response.status === 304) return { status: 304, body: null, headers: response.headers };
+  if (!response.ok) throw await errorOf(response, "GET", path);
+  return { status: response.status, body: parseJson(await response.text()), headers: response.headers };
+}
+
 export async function download(path) {
   const response = await request(path);
   if (!response.ok) throw await errorOf(response, "GET", path);

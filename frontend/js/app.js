@@ -125,9 +125,9 @@ function go(hash) {
 // A run named in the URL: looked up in the list first, so a deleted run's link gives a message
 // on the runs view instead of a failed request (which the browser would log as an error).
 async function openRunById(id, step = null) {
-  const runs = await runsList.refresh();
-  if (runsList.reachable === false) return;
-  if (!runs.some((item) => item.id === id)) {
+  const exists = await runsList.exists(id);
+  if (exists === null) return; // the server does not answer: the poll says so
+  if (!exists) {
     runsMessage(`Run ${id} does not exist (deleted?). Pick another one below.`);
     go("#/runs");
     return;

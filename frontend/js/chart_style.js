@@ -21,6 +21,7 @@ export const COLOURS = {
   itop: "#7c3aed",
   whole: "#111", // the run-wide line over per-layer data (global density, turnover)
   waiting: "#5f6b7a", // "waiting for data"
+  response: "#64748b", // the rewire-response chart's bars (its outliers take the palette's "removed")
 };
 
 // The shared part of a titled chart's layout: its margin, a horizontal legend at `legendY`

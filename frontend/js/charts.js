@@ -193,3 +193,43 @@ export function drawChart(div, spec, step, revision) {
   div.sparsescopeChart = { revision, step: at };
   return Plotly.react(div, traces, withMarker, PLOT_CONFIG);
 }
+
+// The median of a list of numbers (null for none).
+function median(values) {
+  if (!values.length) return null;
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+}
+
+// Which changes are outliers: |change − median| > 3·MAD (the median absolute deviation). With
+// a MAD of 0 (most changes equal) nothing is: "3 × 0" would flag every other value.
+export function responseOutliers(changes) {
+  const centre = median(changes);
+  const spread = median(changes.map((change) => Math.abs(change - centre)));
+  return changes.map((change) => spread > 0 && Math.abs(change - centre) > 3 * spread);
+}
+
+// The rewire-response chart (under the loss chart): the metric's change across each rewire
+// (`/rewire-response`: mean over the window after − before), a bar at each rewire's step, the
+// outliers in their own colour.
+export function rewireResponseChart(answer, palette) {
+  const rows = answer ? answer.rewires : [];
+  const metric = answer ? answer.metric : "loss";
+  const outlier = responseOutliers(rows.map((row) => row.change));
+  const bars = (flag, name, colour) => {
+    const picked = rows.filter((_, i) => outlier[i] === flag);
+    return {
+      type: "bar", name, x: picked.map((row) => row.step), y: picked.map((row) => row.change),
+      marker: { color: colour, line: { color: colour, width: 1 } },
+      customdata: picked.map((row) => [row.rewire, row.before, row.after]),
+      hovertemplate: "rewire %{customdata[0]} at step %{x}<br>before %{customdata[1]:.4g}, after " +
+        "%{customdata[2]:.4g}<br>change %{y:.4g}<extra></extra>",
+    };
+  };
+  const traces = [bars(false, "change", COLOURS.response), bars(true, "outlier (> 3 MAD)", palette.removed)];
+  return [traces, layout(`Rewire response: mean ${metric} after − before`, `Δ mean ${metric}`, {
+    bargap: 0.2, showlegend: true, margin: { ...BASE.margin, b: 56 },
+    legend: { orientation: "h", y: -0.42, font: { size: 11 } },
+  })];
+}

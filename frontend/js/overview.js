@@ -1,11 +1,18 @@
 // The layer overview: one row per sparsified layer (name, shape, density, active, a sparkline of
 // its density and turnover over the rewires) that jumps to a layer's panel or pins it on top.
+// A model with repeated blocks (blocks.js: transformer layers, ResNet stages) is shown first as
+// a grid, `#block-grid`: a row per block, a column per role, each cell one layer shaded by its
+// density (or turnover) at the rewire on screen, a click jumps to its panel; the layers outside
+// the blocks are named under it, and the list follows.
 //
 // Sparklines are small canvases, not Plotly plots: fifty of them cost less than one chart.
+import { groupBlocks } from "./blocks.js";
 import { COLOURS } from "./chart_style.js";
+import { densityColour } from "./heads.js";
 
 const SPARK_WIDTH = 120;
 const SPARK_HEIGHT = 22;
+const SHORT_NAME = 18; // characters: a name this short is never broken over lines
 
 export class LayerOverview {
   // onJump(index), onPin(index) are called from the rows' buttons.
@@ -14,6 +21,8 @@ export class LayerOverview {
     this.onJump = onJump;
     this.onPin = onPin;
     this.rows = [];
+    this.cells = []; // grid cells by layer index (none for a layer outside the blocks)
+    this.colourBy = "density";
   }
 
   // layers: the `/rewires` layers ({index, name, shape, weight_shape, kind, density, active}).
@@ -29,6 +38,8 @@ export class LayerOverview {
       head.append(th);
     }
     const body = table.createTBody();
+    this.groups = groupBlocks(layers.map((layer) => layer.name));
+    const inBlock = new Map((this.groups?.cells || []).map((cell) => [cell.index, cell]));
     this.rows = layers.map((layer) => {
       const row = body.insertRow();
       row.dataset.index = String(layer.index);
@@ -37,7 +48,21 @@ export class LayerOverview {
       const jump = document.createElement("button");
       jump.type = "button";
       jump.className = "link";
-      jump.textContent = layer.name; // a name is data: textContent, never innerHTML
+      // A layer of the block grid is named by its block and role (the grid's header names the
+      // stack); any other by its name. Text nodes: a name is data, never markup.
+      const cell = inBlock.get(layer.index);
+      if (cell) {
+        const block = document.createElement("span");
+        block.className = "block-label";
+        block.textContent = cell.block;
+        jump.append(block, " ");
+        breakAtDots(jump, cell.role);
+        jump.title = layer.name;
+      } else if (layer.name.length > SHORT_NAME) breakAtDots(jump, layer.name);
+      else {
+        jump.textContent = layer.name;
+        jump.classList.add("nowrap");
+      }
       jump.setAttribute("aria-label", `Go to layer ${layer.name}`);
       jump.addEventListener("click", () => this.onJump(layer.index));
       cells[1].append(jump);
@@ -59,7 +84,125 @@ export class LayerOverview {
       cells[6].append(pin);
       return { row, density: cells[3], active: cells[4], canvas, pin, size: layer.shape[0] * layer.shape[1] };
     });
-    this.container.replaceChildren(table);
+    this.cells = [];
+    if (!this.groups) {
+      this.container.replaceChildren(table);
+      return;
+    }
+    const list = document.createElement("details");
+    list.className = "overview-list";
+    list.open = true;
+    const summary = document.createElement("summary");
+    summary.textContent = "All layers";
+    list.append(summary, table);
+    this.container.replaceChildren(this.grid(layers, this.groups), list);
+  }
+
+  // The block grid: rows = blocks, columns = roles (headers, so no name is cut where it differs).
+  grid(layers, groups) {
+    const section = document.createElement("div");
+    section.className = "block-section";
+    const bar = document.createElement("div");
+    bar.className = "block-toolbar";
+    const what = document.createElement("span");
+    what.className = "muted";
+    what.textContent = `${groups.blocks.length} blocks of ${groups.pattern} × ${groups.roles.length} roles`;
+    const colour = document.createElement("select");
+    colour.id = "block-colour";
+    colour.append(new Option("density", "density"), new Option("turnover", "turnover"));
+    colour.value = this.colourBy;
+    colour.addEventListener("change", () => { this.colourBy = colour.value; this.paint(); });
+    const label = document.createElement("label");
+    label.append("colour by ", colour);
+    bar.append(what, label);
+    const scroll = document.createElement("div");
+    scroll.className = "block-scroll";
+    const table = document.createElement("table");
+    table.id = "block-grid";
+    table.className = "block-grid";
+    const head = table.createTHead().insertRow();
+    const corner = document.createElement("th");
+    corner.scope = "col";
+    corner.textContent = "block";
+    head.append(corner);
+    for (const role of groups.roles) {
+      const th = document.createElement("th");
+      th.scope = "col";
+      th.title = role;
+      breakAtDots(th, role);
+      head.append(th);
+    }
+    const body = table.createTBody();
+    const rowOf = new Map();
+    for (const block of groups.blocks) {
+      const row = body.insertRow();
+      const th = document.createElement("th");
+      th.scope = "row";
+      th.textContent = block;
+      row.append(th);
+      rowOf.set(block, groups.roles.map(() => row.insertCell()));
+    }
+    for (const cell of groups.cells) {
+      const layer = layers[cell.index];
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "block-cell";
+      button.dataset.block = cell.block;
+      button.dataset.role = cell.role;
+      button.dataset.layer = String(cell.index);
+      button.setAttribute("aria-label", `Open block ${cell.block} ${cell.role} (${cell.name})`);
+      button.title = `${cell.name} · ${(layer.weight_shape || layer.shape).join("×")}`;
+      button.addEventListener("click", () => this.onJump(cell.index));
+      rowOf.get(cell.block)[groups.roles.indexOf(cell.role)].append(button);
+      this.cells[cell.index] = { button, size: layer.shape[0] * layer.shape[1], name: cell.name,
+                                 density: null, turnover: null };
+    }
+    scroll.append(table);
+    const legend = document.createElement("p");
+    legend.className = "block-legend muted";
+    this.legend = legend;
+    section.append(bar, scroll, legend);
+    if (groups.rest.length) {
+      const rest = document.createElement("div");
+      rest.className = "block-rest";
+      rest.id = "block-rest";
+      rest.append("Outside the blocks: ");
+      for (const layer of groups.rest) {
+        const jump = document.createElement("button");
+        jump.type = "button";
+        jump.className = "link";
+        jump.textContent = layer.name;
+        jump.dataset.layer = String(layer.index);
+        jump.setAttribute("aria-label", `Open ${layer.name}`);
+        jump.addEventListener("click", () => this.onJump(layer.index));
+        rest.append(jump);
+      }
+      section.append(rest);
+    }
+    return section;
+  }
+
+  // Shades the grid's cells by density or turnover (the values update() stored).
+  paint() {
+    if (!this.groups) return;
+    const turnover = this.colourBy === "turnover";
+    const highest = Math.max(0, ...this.cells.filter(Boolean).map((cell) => cell.turnover || 0));
+    for (const cell of this.cells) {
+      if (!cell) continue;
+      const value = turnover ? cell.turnover : cell.density;
+      const known = value !== null && value !== undefined;
+      // Turnover is shaded relative to the grid's highest at this rewire; density as the panels.
+      const share = !known ? 0 : turnover ? (highest > 0 ? value / highest : 0) : value;
+      cell.button.style.background = known ? densityColour(share, turnover ? "--added" : "--kept") : "";
+      cell.button.classList.toggle("light-text", known && Math.sqrt(share) > 0.6);
+      cell.button.textContent = known ? `${(100 * value).toFixed(value < 0.1 ? 1 : 0)}` : "–";
+      cell.button.dataset.value = known ? String(value) : "";
+    }
+    if (this.legend) {
+      this.legend.textContent = turnover
+        ? `cells: % of a layer's connections added at this rewire (darkest = the grid's highest, ${(100 * highest).toFixed(1)}%)`
+        : "cells: % of a layer's connections active (shaded as the panels: light = sparse)";
+    }
   }
 
   setPinned(index, pinned) {
@@ -79,12 +222,32 @@ export class LayerOverview {
       entry.density.textContent = active === null || active === undefined ? "–"
         : `${(100 * active / Math.max(1, entry.size)).toFixed(1)}%`;
       drawSparkline(entry.canvas, rewires.density(index), rewires.added[index], rewires.active[index], column);
+      const cell = this.cells[index];
+      if (cell) {
+        const added = column >= 0 ? rewires.added[index]?.[column] : null;
+        const known = active !== null && active !== undefined;
+        cell.density = known ? active / Math.max(1, cell.size) : null;
+        cell.turnover = known && added !== null && added !== undefined ? added / Math.max(1, active) : null;
+      }
     });
+    this.paint();
   }
 
   highlight(index) {
     for (const entry of this.rows) entry.row.classList.toggle("current", Number(entry.row.dataset.index) === index);
+    this.cells.forEach((cell, i) => cell && cell.button.classList.toggle("current", i === index));
   }
+}
+
+// `text` into `element` with a line-break opportunity after each dot: a long layer name or role
+// wraps at its parts instead of being cut by an ellipsis (which hid the role: the part that
+// tells `transformer.h.0.attn.c_attn` from `transformer.h.0.attn.c_proj`).
+function breakAtDots(element, text) {
+  const parts = String(text).split(".");
+  parts.forEach((part, i) => {
+    if (i < parts.length - 1) element.append(`${part}.`, document.createElement("wbr"));
+    else element.append(part);
+  });
 }
 
 // Density as a line (scaled to its own range), turnover (added / active) as bars, the rewire on

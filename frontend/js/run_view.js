@@ -4,9 +4,12 @@
 // in the URL) from `/rewires`, the stored header from `GET /api/runs/{id}`, downsampled metrics,
 // and `/view` answers at panel resolution for the panels on screen only. Live is the same path:
 // the websocket in `topology=announce` mode tells when a rewire is complete, and the player
-// (following live) moves to it, which fetches the visible panels at that rewire.
+// (following live) moves to it, which fetches the visible panels at that rewire. The panels of
+// attention projections get a per-head strip (heads.js) from `/topology` at the rewire they
+// show; the loss's change across each rewire (`/rewire-response`) is charted under the loss.
 import { api } from "./api.js";
-import { drawChart, extraChart, extraGroups, runCharts } from "./charts.js";
+import { drawChart, extraChart, extraGroups, responseOutliers, rewireResponseChart, runCharts } from "./charts.js";
+import { HeadStrips } from "./heads.js";
 import { InputPanel, MAX_GRID } from "./heatmap.js";
 import { LayerOverview } from "./overview.js";
 import { PanelSet } from "./panels.js";
@@ -26,6 +29,19 @@ const FIRST_CHARTS_WAIT_MS = 1500; // at most this long after opening, the chart
 const LIVE_INTERVAL_MS = 100;
 const PREFETCH_AHEAD = 2; // rewires fetched ahead of the one shown while playing
 const CHART_KEYS = ["loss", "accuracy", "density", "itop", "turnover"];
+const RESPONSE_REFRESH_MS = 2000; // a live run's rewire response is asked again at most this often
+const MAX_RESPONSE_WINDOW = 10_000; // the server's bound on `window`
+
+// The window of the rewire-response chart: the run's median rewire interval (the rewire steps,
+// 0 = the initial masks, as the player holds them), so each rewire is compared over the steps
+// since the one before with the steps until the next one.
+export function responseWindow(steps) {
+  const gaps = [];
+  for (let i = 1; i < steps.length; i++) if (steps[i] > steps[i - 1]) gaps.push(steps[i] - steps[i - 1]);
+  if (!gaps.length) return 1;
+  gaps.sort((a, b) => a - b);
+  return Math.max(1, Math.min(MAX_RESPONSE_WINDOW, gaps[(gaps.length - 1) >> 1]));
+}
 
 export class RunView {
   // palette() → the palette in use; onStatus(status), onConnection(state), onLabel(text);
@@ -71,6 +87,9 @@ export class RunView {
     this.openedAt = performance.now();
     this.firstPaint = false;
     this.views = new ViewCache(id);
+    this.heads = new HeadStrips(id);
+    this.response = null;
+    this.responseRevision = 0;
     this.metrics = new MetricSeries();
     this.rewireSeries = new RewireSeries(null, rewires.layers);
     this.liveRewires = [];
@@ -91,6 +110,7 @@ export class RunView {
       this.addInputPanel(series.input);
       this.overview.update(series, this.player.step);
       this.chartsDirty();
+      this.loadResponse(generation); // its metric is the run's loss, known now
     }).catch((error) => { $("run-error").textContent = `charts: ${error.message}`; });
     if (isActive(run.status) || rewires.last_seq < 0) {
       let opened = 0;
@@ -152,7 +172,10 @@ export class RunView {
     this.panels = new PanelSet({
       views: () => this.views,
       target: () => ({ step: this.player.step, mode: this.mode, palette: this.palette() }),
-      onPainted: () => this.painted(),
+      onPainted: (panel) => {
+        this.painted();
+        if (panel.layer.heads && panel.view) this.heads?.show(panel, panel.view.step);
+      },
     });
     for (const layer of this.layers) {
       const pin = document.createElement("button");
@@ -230,6 +253,7 @@ export class RunView {
         this.complete(event.step);
         this.metrics.push(event);
         this.chartsDirty();
+        this.responseDirty(generation);
         break;
       case "rewire":
         if (this.liveRewires) this.liveRewires.push(event);
@@ -260,6 +284,7 @@ export class RunView {
         this.flushLive();
         this.player.setFollowable(false);
         this.refreshHeader(generation);
+        this.loadResponse(generation); // the last rewires' windows are complete now
         break;
       case "error":
         $("run-error").textContent = event.error || "the stream was refused";
@@ -326,7 +351,54 @@ export class RunView {
       this.metrics = mergeLive(series.metrics, this.metrics);
       this.rewireSeries = series.rewires;
       this.chartsDirty();
+      this.responseDirty(generation);
     } catch { /* the next announcement or resync fills the gap */ }
+  }
+
+  // The metric whose rewire response is charted: the running loss, else a logged train loss.
+  responseMetric() {
+    if (this.metrics.get("metrics", "loss")) return "loss";
+    return this.metrics.get("metrics", "train_loss") ? "train_loss" : "loss";
+  }
+
+  async loadResponse(generation) {
+    if (!this.run || generation !== this.generation) return;
+    this.responseAt = performance.now();
+    const params = { window: responseWindow(this.player.steps), metric: this.responseMetric() };
+    try {
+      const answer = await api(urls.rewireResponse(this.run.id, params));
+      if (generation !== this.generation) return;
+      this.response = answer;
+      this.responseRevision += 1;
+      this.describeResponse();
+      this.chartsDirty();
+    } catch (error) {
+      if (generation === this.generation) $("rewire-response-caption").textContent = `rewire response: ${error.message}`;
+    }
+  }
+
+  // New metrics while live: the response is asked again, at most every RESPONSE_REFRESH_MS.
+  responseDirty(generation) {
+    if (this.responseTimer || !this.run) return;
+    const wait = Math.max(0, RESPONSE_REFRESH_MS - (performance.now() - (this.responseAt || 0)));
+    this.responseTimer = setTimeout(() => { this.responseTimer = 0; this.loadResponse(generation); }, wait);
+  }
+
+  describeResponse() {
+    const answer = this.response;
+    const caption = $("rewire-response-caption");
+    if (!answer) { caption.textContent = ""; return; }
+    const rows = answer.rewires;
+    const outliers = responseOutliers(rows.map((row) => row.change)).filter(Boolean).length;
+    const span = `${answer.window} step${answer.window === 1 ? "" : "s"}`;
+    caption.dataset.window = String(answer.window);
+    caption.dataset.rewires = String(rows.length);
+    caption.dataset.outliers = String(outliers);
+    caption.textContent = rows.length
+      ? `Mean ${answer.metric} over the ${span} after each rewire minus the ${span} before it ` +
+        `(window = the median rewire interval) · ${rows.length} rewire${rows.length === 1 ? "" : "s"} ` +
+        `with a full window · ${outliers} outlier${outliers === 1 ? "" : "s"} (|change − median| > 3·MAD)`
+      : `No rewire has ${span} of logged ${answer.metric} on both sides yet.`;
   }
 
   async refreshHeader(generation) {
@@ -393,6 +465,8 @@ export class RunView {
     const marker = this.player.live ? null : this.player.step;
     const revision = `${this.run.id}-${this.metrics.revision}-${this.rewireSeries.revision}-${this.rewireSeries.step.length}-${palette.label}`;
     for (const key of CHART_KEYS) drawChart($(`chart-${key}`), spec(key), marker, revision);
+    drawChart($("chart-rewire-response"), () => rewireResponseChart(this.response, palette), marker,
+              `${this.run.id}-${this.responseRevision}-${palette.label}`);
     // Every other numeric metric the run logs, one chart per name prefix.
     for (const group of extraGroups(this.metrics)) {
       drawChart(this.extraDiv(group.group), () => extraChart(this.metrics, group), marker, revision);
@@ -432,6 +506,13 @@ export class RunView {
     this.inputPanel = null;
     if (this.views) this.views.close();
     this.views = null;
+    this.heads = null;
+    this.response = null;
+    clearTimeout(this.responseTimer);
+    this.responseTimer = 0;
+    const caption = $("rewire-response-caption");
+    caption.textContent = "";
+    for (const key of ["window", "rewires", "outliers"]) delete caption.dataset[key];
     clearTimeout(this.chartTimer);
     this.chartTimer = 0;
     clearTimeout(this.liveTimer);

@@ -1,8 +1,23 @@
-// The runs list: every saved run with its status, filterable and sortable, and what can be
-// done to it (open, stop, delete, export, compare); import adds a run from a file.
-import { api, download } from "./api.js";
+// The runs list: the saved runs with their status, filterable and sortable, and what can be
+// done to them (open, stop, delete, export, compare); import adds a run from a file.
+//
+// The server pages the list (newest first, PAGE runs at a time, each a small fixed projection)
+// and filters it (status, and the search box: name, id, task, model, method); "Show more" asks
+// for the next page. The 3 s poll sends the list's ETag back, so while nothing changed it costs
+// a 304 and no redraw.
+import { api, download, getJson } from "./api.js";
 import { ALL, isActive } from "./statuses.js";
 import * as urls from "./urls.js";
+
+const PAGE = 200; // runs per page (the server's default)
+const MAX_PAGE = 500; // the most one request may ask for
+const SEARCH_DELAY_MS = 250;
+
+// The next page's address in a Link header (RFC 8288), or null.
+function nextLink(headers) {
+  const match = /<([^>]*)>\s*;\s*rel="next"/.exec(headers.get("Link") || "");
+  return match ? match[1] : null;
+}
 
 // What a run used: its stored settings (every method default resolved, the model a script
 // trained), else, for runs recorded before settings were, the config it was started with.
@@ -54,6 +69,10 @@ function button(text, label, onClick, className = "") {
 export class RunsList {
   constructor({ onOpen, onStopped, onDeleted, onSelection, message }) {
     this.runs = [];
+    this.wanted = PAGE; // rows asked for: a page, and another for each "Show more"
+    this.total = 0; // runs matching the filters, loaded or not
+    this.listed = null; // { url, etag } of the rows shown: a poll asks whether they changed
+    this.ticket = 0; // the newest refresh: an older answer that lands later is dropped
     this.sort = { key: "age", descending: false };
     this.selected = new Set();
     this.onOpen = onOpen;
@@ -66,8 +85,18 @@ export class RunsList {
     this.statusFilter = document.getElementById("runs-status-filter");
     // The filter offers the statuses of statuses.js, whatever the page's markup lists.
     this.statusFilter.replaceChildren(new Option("all", ""), ...ALL.map((status) => new Option(status, status)));
-    this.filter.addEventListener("input", () => this.render());
-    this.statusFilter.addEventListener("change", () => this.render());
+    // Filtering is the server's: a new filter asks for its first page.
+    this.filter.addEventListener("input", () => {
+      clearTimeout(this.searchTimer);
+      this.searchTimer = setTimeout(() => this.refilter(), SEARCH_DELAY_MS);
+    });
+    this.statusFilter.addEventListener("change", () => this.refilter());
+    this.paging = Object.assign(document.createElement("p"), { id: "runs-paging", className: "hint" });
+    this.count = Object.assign(document.createElement("span"), { id: "runs-count" });
+    this.more = button(`Show ${PAGE} more`, "Show more runs", () => { this.wanted += PAGE; this.refresh(); });
+    this.more.id = "runs-more";
+    this.paging.append(this.count, " ", this.more);
+    document.getElementById("runs-table").after(this.paging);
     for (const header of document.querySelectorAll("#runs-table th[data-sort] button")) {
       header.addEventListener("click", () => {
         const key = header.parentElement.dataset.sort;
@@ -78,10 +107,39 @@ export class RunsList {
     document.getElementById("import-file").addEventListener("change", (event) => this.importFile(event.target));
   }
 
+  refilter() {
+    this.wanted = PAGE;
+    this.refresh();
+  }
+
+  // The list's address for the filters on screen.
+  address() {
+    return urls.runList({ limit: Math.min(this.wanted, MAX_PAGE), status: this.statusFilter.value,
+                          q: this.filter.value.trim() });
+  }
+
   // `reachable` turns false when the server does not answer at all (stopped, network gone).
   async refresh() {
+    const ticket = ++this.ticket;
+    const url = this.address();
+    let rows;
+    let listed;
     try {
-      this.runs = await api(urls.runs());
+      const etag = this.listed?.url === url ? this.listed.etag : null;
+      const answer = await getJson(url, { etag });
+      if (ticket !== this.ticket) return this.runs;
+      if (answer.status !== 304) {
+        rows = answer.body;
+        listed = { url, etag: answer.headers.get("ETag") };
+        this.total = Number(answer.headers.get("X-Total-Count")) || answer.body.length;
+        let next = nextLink(answer.headers);
+        while (next && rows.length < this.wanted) { // past MAX_PAGE: the further pages
+          const page = await getJson(next);
+          rows = rows.concat(page.body);
+          next = nextLink(page.headers);
+        }
+        this.hasMore = Boolean(next);
+      }
       if (this.reachable === false) this.message("");
       this.reachable = true;
     } catch (error) {
@@ -90,18 +148,32 @@ export class RunsList {
         : "The server does not answer (stopped?): retrying now and then.");
       return this.runs;
     }
-    for (const id of [...this.selected]) if (!this.runs.some((run) => run.id === id)) this.selected.delete(id);
+    if (ticket !== this.ticket) return this.runs;
+    if (rows) {
+      this.runs = rows;
+      this.listed = listed;
+    }
     this.render();
     return this.runs;
   }
 
+  // Whether run `id` exists, asked of the server (it may be on a page not loaded); null when
+  // the server does not answer. A link to a deleted run then says so, with no failed request.
+  async exists(id) {
+    if (this.runs.some((run) => run.id === id)) return true;
+    try {
+      const found = await api(urls.runList({ q: id, limit: MAX_PAGE }));
+      return found.some((run) => run.id === id);
+    } catch (error) {
+      if (error instanceof TypeError) { this.reachable = false; return null; }
+      return false;
+    }
+  }
+
+  // The loaded rows in the chosen order (the server's is newest first).
   visible() {
-    const text = this.filter.value.trim().toLowerCase();
-    const status = this.statusFilter.value;
     const [, , key] = COLUMNS.find(([name]) => name === this.sort.key);
-    const rows = this.runs.filter((run) => (!status || run.status === status) && (!text ||
-      [run.name, run.id, modelText(run), usedSettings(run).method, run.status]
-        .some((value) => String(value).toLowerCase().includes(text))));
+    const rows = [...this.runs];
     rows.sort((a, b) => {
       const x = key(a);
       const y = key(b);
@@ -117,6 +189,11 @@ export class RunsList {
       header.setAttribute("aria-sort", sorted ? (this.sort.descending ? "descending" : "ascending") : "none");
     }
     const rows = this.visible();
+    const filtered = Boolean(this.filter.value.trim() || this.statusFilter.value);
+    document.getElementById("runs-empty").hidden = rows.length > 0 || filtered;
+    this.count.textContent = rows.length === 0 && filtered ? "No run matches the filter."
+      : rows.length < this.total ? `${rows.length} of ${this.total.toLocaleString("en")} runs shown.` : "";
+    this.more.hidden = !this.hasMore;
     const signature = JSON.stringify([this.selected.size, rows.map((run) =>
       [run.id, run.status, run.name, run.summary?.best_test_accuracy, run.has_model,
         Boolean(run.settings), run.unreadable, this.selected.has(run.id)])]);
@@ -136,7 +213,6 @@ export class RunsList {
       const again = [...this.body.querySelectorAll("[aria-label]")].find((e) => e.getAttribute("aria-label") === focused);
       if (again) again.focus();
     }
-    document.getElementById("runs-empty").hidden = rows.length > 0;
     this.onSelection(this.selected);
   }
 

@@ -4,11 +4,17 @@
 // Both stay bounded: once a series holds twice its budget, neighbouring points are merged
 // (keeping min, max and the last value), so a run followed for hours holds as many points as
 // the first answer did.
-import { api } from "./api.js";
+import { api, getJson } from "./api.js";
 import * as urls from "./urls.js";
 
 export const METRIC_BUCKETS = 500;
 export const REWIRE_BUCKETS = 240;
+// Series one /metrics answer holds (the server's bound). A run that logged more fields than
+// that gets the fields the fixed charts draw first (charts.js), then the others in the order
+// they were first logged.
+export const MAX_FIELDS = 64;
+const CHARTED = ["loss", "accuracy", "density", "itop_rate", "train_loss", "test_loss",
+                 "train_accuracy", "test_accuracy"];
 
 // One metric: step, min, max, last (min = max = last for a point of its own).
 export class Series {
@@ -62,6 +68,7 @@ export class MetricSeries {
       this.types[type] = {};
       for (const [field, data] of Object.entries(fields || {})) this.types[type][field] = new Series(data);
     }
+    this.only = null; // a Set of the fields asked for, when the run logged more than an answer holds
     this.revision = 0;
   }
 
@@ -73,11 +80,12 @@ export class MetricSeries {
     return Object.keys(this.types[type] || {});
   }
 
-  // A live `metrics` or `eval` event: one point for each of its numeric fields.
+  // A live `metrics` or `eval` event: one point for each of its numeric fields (of those the
+  // page asked for, when the run has more than one answer holds: `only`).
   push(event) {
     const fields = (this.types[event.type] ||= {});
     for (const [field, value] of Object.entries(event)) {
-      if (NOT_SERIES.has(field)) continue;
+      if (NOT_SERIES.has(field) || (this.only && !this.only.has(field))) continue;
       if (value !== null && (typeof value !== "number" || typeof value === "boolean")) continue;
       (fields[field] ||= new Series()).push(event.step, value);
     }
@@ -170,8 +178,24 @@ export class RewireSeries {
 
 export async function loadSeries(runId, layers) {
   const [metrics, rewires] = await Promise.all([
-    api(urls.metrics(runId, METRIC_BUCKETS)),
+    loadMetrics(runId),
     api(urls.rewireSeries(runId, REWIRE_BUCKETS)),
   ]);
-  return { metrics: new MetricSeries(metrics), rewires: new RewireSeries(rewires, layers) };
+  return { metrics, rewires: new RewireSeries(rewires, layers) };
+}
+
+// The run's metric series: the first fields it logged, which for almost every run are all of
+// them (the answer says how many there are); past MAX_FIELDS, the ones the page charts.
+async function loadMetrics(runId) {
+  const first = await getJson(urls.metrics(runId, METRIC_BUCKETS));
+  const total = Number(first.headers.get("X-Metric-Names-Total"));
+  const answered = Object.values(first.body || {}).reduce((count, fields) => count + Object.keys(fields).length, 0);
+  if (!(total > answered)) return new MetricSeries(first.body);
+  const names = await api(urls.metricNames(runId));
+  const logged = [...new Set([...(names.metrics || []), ...(names.eval || [])])];
+  const chosen = [...CHARTED.filter((field) => logged.includes(field)),
+                  ...logged.filter((field) => !CHARTED.includes(field))].slice(0, MAX_FIELDS);
+  const series = new MetricSeries(await api(urls.metrics(runId, METRIC_BUCKETS, chosen)));
+  series.only = new Set(chosen);
+  return series;
 }

@@ -11,8 +11,14 @@ const withQuery = (path, params) => `${path}?${new URLSearchParams(params)}`;
 // The server's OpenAPI document (the new-run form is generated from its RunConfig).
 export const openapi = () => "/openapi.json";
 
-// GET: every run; POST: start one.
+// POST: start a run (GET: the first page of the list, as runList()).
 export const runs = () => RUNS;
+// GET: a page of the runs list, newest first: { limit, status, q } (empty ones left out); the
+// next page's address comes in the answer's Link header.
+export const runList = (params = {}) => {
+  const given = Object.entries(params).filter(([, value]) => value !== undefined && value !== null && value !== "");
+  return given.length ? withQuery(RUNS, Object.fromEntries(given)) : RUNS;
+};
 export const plan = () => `${RUNS}/plan`;
 export const importRun = () => `${RUNS}/import`;
 
@@ -25,8 +31,14 @@ export const model = (id) => `${run(id)}/model`;
 
 // The rewire steps, layer layout and last seq the page opens a run at.
 export const rewires = (id) => `${run(id)}/rewires`;
-export const metrics = (id, buckets) => withQuery(`${run(id)}/metrics`, { buckets });
+// Downsampled metric series: the first 64 fields logged, or those in `fields` (at most 64).
+export const metrics = (id, buckets, fields = null) =>
+  withQuery(`${run(id)}/metrics`, fields ? { buckets, fields: fields.join(",") } : { buckets });
+// Every numeric field name a run logged, by event type.
+export const metricNames = (id) => `${run(id)}/metrics/names`;
 export const rewireSeries = (id, buckets) => withQuery(`${run(id)}/rewire-series`, { buckets });
+// How a logged metric moved across each rewire: params { window, metric }.
+export const rewireResponse = (id, params) => withQuery(`${run(id)}/rewire-response`, params);
 // Layer `layer` (its index) at the newest rewire at or before `step`, rows × cols pixels at most.
 export const view = (id, { layer, step, rows, cols }) => withQuery(`${run(id)}/view`, { layer, step, rows, cols });
 

@@ -51,12 +51,14 @@ def test_ingest_validates_and_stops_after_the_end(client):
     response = client.post(f"/api/ingest/runs/{run_id}/events", json=bad)
     assert response.status_code == 422 and "frame" in response.text
     mask = torch.zeros(4, 4, dtype=torch.bool)
-    good = {"events": [{"seq": 2, "step": 0, "type": "topology",
+    good = {"events": [{"seq": 2, "step": 0, "type": "meta",
+                        "layers": [{"name": "x", "shape": [4, 4], "matrix": [4, 4]}]},
+                       {"seq": 3, "step": 0, "type": "topology",
                         **to_wire(keyframe_payload("x", 0, (4, 4), mask))},
-                       {"seq": 3, "step": 1, "type": "status", "status": "completed"}]}
+                       {"seq": 4, "step": 1, "type": "status", "status": "completed"}]}
     assert client.post(f"/api/ingest/runs/{run_id}/events", json=good).status_code == 200
     assert client.get(f"/api/runs/{run_id}").json()["status"] == "completed"
-    late = client.post(f"/api/ingest/runs/{run_id}/events", json=_batch(4, 1))
+    late = client.post(f"/api/ingest/runs/{run_id}/events", json=_batch(5, 1))
     assert late.status_code == 409 and "ended" in late.json()["detail"]
     assert client.post(f"/api/ingest/runs/{run_id}/heartbeat").status_code == 409
     assert client.put(f"/api/ingest/runs/{run_id}/artifacts/..%2Fx", content=b"1").status_code \

@@ -119,8 +119,9 @@ def test_runs_of_other_writers_are_left_alone(tmp_path, servers):
     active.log(5, loss=0.5)
     active.flush()
     server = servers(data_dir)
-    listed = {run["id"]: run for run in server.get("/api/runs").json()}
-    assert listed[active.run_id]["config"] == {"lr": 0.1, "arch": "resnet"}  # as the script gave it
+    assert active.run_id in {run["id"] for run in server.get("/api/runs").json()}
+    stored = server.get(f"/api/runs/{active.run_id}").json()
+    assert stored["config"] == {"lr": 0.1, "arch": "resnet"}  # as the script gave it
     time.sleep(1.0)  # ten supervisor rounds: the manager must not pick a foreign run up
     assert server.get(f"/api/runs/{active.run_id}").json()["status"] == "running"
     assert child_pids(server.process.pid) == set()

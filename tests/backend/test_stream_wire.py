@@ -145,10 +145,12 @@ async def follow(store, run_id, hub, from_seq=0, mode="json", limit_bytes=8 << 2
     return received
 
 
-async def write_live(store, run_id, rewires: int, pause_s: float = 0.01) -> None:
-    """More frames of a live run, written while it is followed, then its end."""
+async def write_live(store, run_id, rewires: int, pause_s: float = 0.01,
+                     shape=(64, 96)) -> None:
+    """More frames of a live run (of the layer `shape` it has: the store checks each frame
+    against its layer), written while it is followed, then its end."""
     source = RunStore(store.data_dir)
-    template = record_run(source, rewires=rewires, status="completed")
+    template = record_run(source, rewires=rewires, shape=shape, status="completed")
     events = source.read_events(template, 0, 100_000)
     for event in events:
         if event["type"] in ("topology", "metrics", "rewire"):
@@ -201,7 +203,8 @@ def test_a_slow_viewer_is_skipped_without_slowing_the_others(tmp_path):
     async def scenario():
         hubs = StreamHubs(store)
         fast_hub, slow_hub = await hubs.join(run_id, "json"), await hubs.join(run_id, "json")
-        writer = asyncio.create_task(write_live(store, run_id, 60, pause_s=0.01))
+        writer = asyncio.create_task(write_live(store, run_id, 60, pause_s=0.01,
+                                                shape=(128, 128)))
         fast = asyncio.create_task(follow(store, run_id, fast_hub))
         slow = asyncio.create_task(follow(store, run_id, slow_hub, limit_bytes=6_000,
                                           slow_client_s=0.05, pause_s=0.2))

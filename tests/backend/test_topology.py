@@ -280,9 +280,9 @@ def replayed(monkeypatch):
     count = {"frames": 0}
     original = topology_index.take_stored
 
-    def counting(indexer, row):
+    def counting(indexer, row, *args):
         count["frames"] += 1
-        return original(indexer, row)
+        return original(indexer, row, *args)
 
     monkeypatch.setattr(topology_index, "take_stored", counting)
     return count
@@ -397,7 +397,7 @@ def test_ingested_frames_are_indexed_by_the_server(client):
     rng = np.random.default_rng(5)
     shape = (4, 6)
     mask = rng.random(shape).reshape(-1) < 0.5
-    run_id = store.create_run({}, "remote", status="running")["id"]
+    run_id = store.create_run({}, "remote", status="running", status_event=False)["id"]
     meta = {"layers": [{"name": "w", "shape": list(shape), "matrix": list(shape),
                         "density": 0.5}]}
     events = [{"seq": 1, "step": 0, "type": "meta", **meta},

@@ -102,10 +102,10 @@ def server(tmp_path_factory):
     instance.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """One chromium per test process (each test gets its own context): launching it for every
-    file cost a second or two each, fourteen times over."""
+    """Chromium per test file: Playwright's sync API keeps an event loop running in this
+    thread while it is open, so a session-wide one made later tests' asyncio.run() fail."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian chromium is missing: `make test` installs it with apt-get")
     with sync_playwright() as playwright:

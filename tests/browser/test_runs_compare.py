@@ -33,7 +33,8 @@ def test_filter_sort_and_live_updates(page, server, pair):
     page.get_by_label("Filter").fill("alph")
     page.wait_for_function("document.querySelectorAll('#runs-body tr').length === 1")
     assert row_names(page) == ["alpha"]
-    page.get_by_label("Filter").fill("")
+    page.get_by_label("Filter").fill("")  # the server filters: the page asks again
+    page.wait_for_function("document.querySelectorAll('#runs-body tr').length === 2")
     page.get_by_role("button", name="Density").click()
     assert row_names(page) == ["alpha", "beta"]
     assert page.locator("th[data-sort='density']").get_attribute("aria-sort") == "ascending"

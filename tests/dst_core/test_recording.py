@@ -242,7 +242,7 @@ def test_migrates_a_version_1_file(tmp_path):
     run_id, original = _v1_file(tmp_path / "old")
     store = RunStore(tmp_path / "old")
     version = store.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
-    assert int(version) == SCHEMA_VERSION == 3
+    assert int(version) == SCHEMA_VERSION == 4
     assert store.read_events(run_id) == original  # the wire format is unchanged
     assert store.db.execute("SELECT COUNT(*) FROM events WHERE blob IS NOT NULL").fetchone()[0] == 2
     store.db.execute("INSERT INTO meta VALUES ('probe', '1')")  # ordinary writes still work
@@ -452,6 +452,8 @@ def test_the_heartbeat_thread_checkpoints_the_wal_not_the_training_thread(tmp_pa
     assert recorder.store.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     before = db_file.stat().st_size
     rng = np.random.default_rng(0)
+    recorder.emit("meta", 0, {"layers": [{"name": "w", "shape": [256, 1024],
+                                          "matrix": [256, 1024]}]})
     for step in range(1, 200):  # ~4 MB of frames: past the 1,000 pages that autocheckpoint
         recorder.emit("topology", step, keyframe_payload(
             "w", 0, (256, 1024), torch.from_numpy(rng.random((256, 1024)) < 0.5)))
@@ -534,9 +536,17 @@ def test_masks_loaded_after_attach_are_followed_by_the_logged_densities(tmp_path
         recorder.log(1, loss=1.0)
         driver.load_state_dict(other.state_dict())
         recorder.log(2, loss=1.0)
+        loaded = (driver.global_density(), driver.densities(), driver.itop_rate())
+        for step in range(3, 53):  # a SET rewire at step 50: its delta starts from the new mask
+            driver.step()
+            recorder.log(step, loss=1.0)
+    reader = RunReader(RunStore(tmp_path))
+    for index, layer in enumerate(driver.layers):  # stored, and read back as the driver holds it
+        stored, _ = reader.mask_at(recorder.run_id, index, 10**6)
+        assert np.array_equal(stored.reshape(-1), layer.mask.reshape(-1).numpy())
     metrics = [e for e in RunStore(tmp_path).read_events(recorder.run_id) if e["type"] == "metrics"]
     assert metrics[0]["density"] == pytest.approx(0.5, abs=0.02)
-    assert metrics[1]["density"] == pytest.approx(driver.global_density(), abs=1e-12)
+    assert metrics[1]["density"] == pytest.approx(loaded[0], abs=1e-12)
     assert metrics[1]["density"] == pytest.approx(0.2, abs=0.02)
-    assert metrics[1]["layer_density"] == pytest.approx(driver.densities(), abs=1e-12)
-    assert metrics[1]["itop_rate"] == pytest.approx(driver.itop_rate(), abs=1e-12)
+    assert metrics[1]["layer_density"] == pytest.approx(loaded[1], abs=1e-12)
+    assert metrics[1]["itop_rate"] == pytest.approx(loaded[2], abs=1e-12)

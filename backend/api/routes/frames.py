@@ -11,15 +11,18 @@ from typing import Literal
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 
 from backend.api.deps import RunDep, RunIdDep, ViewsDep
 from backend.services.views import MAX_PANEL, UnknownError
 from dst_core.store import FINAL_STATUSES
 from dst_core.store.masks import StoredDataError
+from dst_core.store.reader import MAX_LISTED_NAMES, MAX_METRIC_SERIES
+from dst_core.store.run_store import MAX_METRIC_NAME_CHARS
+from dst_core.store.schema import MAX_STEP  # the store's range: larger is a 422, not an overflow
 
 router = APIRouter(prefix="/api/runs", tags=["frames"])
-MAX_STEP = 2**62  # SQLite integers are 64-bit: a larger step is a 422, not an OverflowError
 ENDED_MAX_AGE_S = 7 * 24 * 3600  # a rewire of an ended run never changes
 
 
@@ -93,16 +96,57 @@ async def get_mask(views: ViewsDep, run_id: RunIdDep, run: RunDep,
     return await asyncio.to_thread(read)
 
 
+MAX_BUCKETS = 10_000  # × MAX_METRIC_SERIES series: an answer stays under ~50 MB
+
+
+class MetricNames(BaseModel):
+    metrics: list[str] = Field(description="Numeric fields of `metrics` events, in the order "
+                                           "first logged")
+    eval: list[str] = Field(description="Numeric fields of `eval` events, likewise")
+    total: int = Field(description=f"How many (type, field) pairs the run has; at most "
+                                   f"{MAX_LISTED_NAMES} are listed")
+
+
+def _field_list(fields: str | None) -> list[str] | None:
+    """The names of `?fields=a,b`; a 422 naming `fields` past MAX_METRIC_SERIES names."""
+    if fields is None:
+        return None
+    names = list(dict.fromkeys(name for name in fields.split(",") if name))
+    if len(names) > MAX_METRIC_SERIES:
+        raise RequestValidationError([{
+            "loc": ("query", "fields"), "type": "too_long",
+            "msg": f"{len(names)} names; at most {MAX_METRIC_SERIES} per request"}])
+    return names
+
+
 @router.get("/{run_id}/metrics")
-async def get_metrics(run_id: RunIdDep, run: RunDep, views: ViewsDep,
-                      buckets: int = Query(500, ge=1, le=100_000,
-                                           description="Step ranges; each keeps min/max/last")) -> dict:
-    """Every numeric metric and eval field, downsampled server-side to at most `buckets` points."""
+async def get_metrics(run_id: RunIdDep, run: RunDep, views: ViewsDep, response: Response,
+                      buckets: int = Query(500, ge=1, le=MAX_BUCKETS,
+                                           description="Step ranges; each keeps min/max/last"),
+                      fields: str | None = Query(
+                          None, max_length=MAX_METRIC_SERIES * (MAX_METRIC_NAME_CHARS + 1),
+                          description=f"Comma-separated field names (at most "
+                                      f"{MAX_METRIC_SERIES}), answered from both event types; "
+                                      f"omitted: the first {MAX_METRIC_SERIES} logged "
+                                      "(/metrics/names lists them all)")) -> dict:
+    """Numeric metric and eval fields as {type: {field: series}}, downsampled server-side to
+    at most `buckets` points, at most 64 series; `X-Metric-Names-Total` says how many
+    (type, field) pairs the run has, so a page knows whether to ask for others."""
+    names = _field_list(fields)
 
-    def read() -> dict:
-        return views.reader.metrics(run_id, buckets)
+    def read():
+        return views.reader.metric_series(run_id, buckets, names)
 
-    return await asyncio.to_thread(read)
+    answer = await asyncio.to_thread(read)
+    response.headers["X-Metric-Names-Total"] = str(answer.available)
+    return answer.series
+
+
+@router.get("/{run_id}/metrics/names", response_model=MetricNames)
+async def get_metric_names(run_id: RunIdDep, run: RunDep, views: ViewsDep) -> dict:
+    """Every numeric field name of the run's metrics and eval events (what `?fields=` may
+    ask for), in the order first logged."""
+    return await asyncio.to_thread(views.reader.metric_names, run_id)
 
 
 @router.get("/{run_id}/rewires", response_model=Rewires)

@@ -22,9 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from backend.api.deps import RunIdDep, StoreDep
 from dst_core.store import FINAL_STATUSES, RunStore
+from dst_core.store.run_store import RunGone
+from dst_core.store.schema import MAX_SEQ
 from dst_core.store.transfer import ARTIFACT_NAMES
 
-MAX_INTEGER = 2**62  # SQLite integers are 64-bit: larger seqs and steps are refused with a 422
 WRITER_NAMES = {"worker": "this server's own worker", "cli": "the sparsescope CLI",
                 "script": "a script (its own Recorder) in the data folder"}
 
@@ -46,8 +47,8 @@ class IngestEvent(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    seq: int = Field(..., ge=1, le=MAX_INTEGER)
-    step: int = Field(..., ge=0, le=MAX_INTEGER)
+    seq: int = Field(..., ge=1, le=MAX_SEQ)  # the store's one range (a larger one is a 422)
+    step: int = Field(..., ge=0, le=MAX_SEQ)
     type: str = Field(..., pattern=r"^[a-z_]{1,32}$")
 
 
@@ -78,11 +79,15 @@ def _as_body_error(item: dict, raw: bytes) -> dict:
     return {**item, "loc": ("body", position)}
 
 
+GONE = "no run {!r} on this server: it was deleted (or never created here); nothing is stored for it"
+
+
 def _writable(store: RunStore, run_id: str) -> None:
-    """404 for no run, 409 for a run that has ended or that another writer owns."""
+    """404 for no run (deleted: the remote writer gives up), 409 for a run that has ended or
+    that another writer owns."""
     run = store.get_run(run_id)
     if run is None:
-        raise HTTPException(404, detail=f"no run {run_id!r}")
+        raise HTTPException(404, detail=GONE.format(run_id))
     writer = run["info"].get("writer", "worker")
     if writer != "remote":
         raise HTTPException(409, detail=f"run {run_id} is written by "
@@ -117,8 +122,11 @@ async def events(run_id: RunIdDep, request: Request, store: StoreDep) -> dict:
 
     def write() -> int:
         _writable(store, run_id)
-        return store.ingest_events(run_id, [event.model_dump() for event in body.events],
-                                   body.summary)
+        try:  # deleted since _writable looked: the store checks again in its transaction
+            return store.ingest_events(run_id, [event.model_dump() for event in body.events],
+                                       body.summary)
+        except RunGone:
+            raise HTTPException(404, detail=GONE.format(run_id)) from None
 
     return {"last_seq": await asyncio.to_thread(write)}
 
@@ -142,7 +150,10 @@ async def artifact(run_id: RunIdDep, name: str, request: Request, store: StoreDe
 
     def put() -> None:
         _writable(store, run_id)
-        store.put_artifact(run_id, name, data)
+        try:
+            store.put_artifact(run_id, name, data)
+        except RunGone:
+            raise HTTPException(404, detail=GONE.format(run_id)) from None
 
     await asyncio.to_thread(put)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

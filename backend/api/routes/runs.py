@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import json
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 
 from backend.api.deps import ManagerDep, RunDep, RunIdDep, SettingsDep, StoreDep
-from backend.manager import NotOwned, QueueFull
-from backend.schemas import BODY_RESPONSES, ERROR_RESPONSES, ErrorOut, RunOut, ValidationErrorOut
+from backend.manager import BeingWritten, NotOwned, QueueFull
+from backend.schemas import (
+    BODY_RESPONSES,
+    ERROR_RESPONSES,
+    ErrorOut,
+    RunListOut,
+    RunOut,
+    RunStatus,
+    ValidationErrorOut,
+)
 from backend.settings import Settings
 from dst_core.store.config import RunConfig
 from dst_core.store.plan import plan_run
 
 router = APIRouter(prefix="/api/runs", tags=["runs"], responses=ERROR_RESPONSES)
+DEFAULT_PAGE = 200  # runs per page of the list
+MAX_PAGE = 500
+MAX_QUERY_CHARS = 100
+MAX_CURSOR_CHARS = 300
 
 
 def _found(run: dict | None, run_id: str) -> dict:
@@ -62,10 +78,62 @@ async def start_run(settings: SettingsDep, manager: ManagerDep,
         raise HTTPException(429, detail=f"queue full: {error}") from None
 
 
-@router.get("", response_model=list[RunOut])
-async def list_runs(store: StoreDep) -> list[dict]:
-    """Every run, newest first."""
-    return await asyncio.to_thread(store.list_runs)
+@router.get("", response_model=list[RunListOut],
+            responses={304: {"description": "Not modified (If-None-Match matched the ETag)"}})
+async def list_runs(request: Request, store: StoreDep,
+                    limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE,
+                                       description="Runs per page"),
+                    cursor: str | None = Query(None, max_length=MAX_CURSOR_CHARS,
+                                               description="Where the page starts: the `cursor` "
+                                                           "of the previous page's Link header"),
+                    status: RunStatus | None = Query(None, description="Only runs in this status"),
+                    q: str | None = Query(None, max_length=MAX_QUERY_CHARS,
+                                          description="A substring of the name, id, task, model "
+                                                      "or method (case-insensitive)")) -> Response:
+    """Runs newest first, a page at a time, each as a fixed projection (RunListOut; the whole
+    run is `GET /{id}`). `Link: <…>; rel="next"` names the next page (the filters kept; pages
+    stay put while runs are added), `X-Total-Count` the runs matching the filters. The
+    answer carries an ETag: a poll that sends it back in If-None-Match gets 304 while nothing
+    it shows has changed."""
+    after = _decoded_cursor(cursor)
+    query = (q or "").strip() or None
+    page = await asyncio.to_thread(store.list_page, limit, after, status, query)
+    headers = {"X-Total-Count": str(page.total), "Cache-Control": "no-cache"}
+    if page.next_after is not None:
+        params = {"limit": limit, **({"status": status} if status else {}),
+                  **({"q": query} if query else {}), "cursor": _encoded_cursor(page.next_after)}
+        headers["Link"] = f'<{request.url.path}?{urlencode(params)}>; rel="next"'
+    body = json.dumps(page.runs, separators=(",", ":"), allow_nan=False,
+                      ensure_ascii=False).encode()
+    digest = hashlib.blake2b(body, digest_size=16)
+    digest.update(f"{headers['X-Total-Count']} {headers.get('Link', '')}".encode())
+    headers["ETag"] = f'"{digest.hexdigest()}"'
+    sent = [tag.strip() for tag in request.headers.get("if-none-match", "").split(",")]
+    if headers["ETag"] in sent:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+def _encoded_cursor(after: tuple) -> str:
+    """Opaque to clients: the (created_at, id) the next page starts after."""
+    created, run_id = after
+    text = json.dumps([created, str(run_id)], separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _decoded_cursor(cursor: str | None) -> tuple | None:
+    if cursor is None:
+        return None
+    try:
+        created, run_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(run_id, str) or isinstance(created, bool) or not (
+                created is None or isinstance(created, (int, float, str))):
+            raise ValueError
+    except (ValueError, TypeError):  # binascii.Error and JSONDecodeError are ValueErrors
+        raise RequestValidationError([{
+            "loc": ("query", "cursor"), "type": "value_error",
+            "msg": "not a cursor of this list (take it from the Link header)"}]) from None
+    return created, run_id
 
 
 @router.get("/{run_id}", response_model=RunOut)
@@ -85,9 +153,20 @@ async def stop_run(run_id: RunIdDep, manager: ManagerDep) -> dict:
         raise HTTPException(409, detail=str(error)) from None
 
 
-@router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
-async def delete_run(run_id: RunIdDep, manager: ManagerDep) -> Response:
-    """Stop the run if it is active and delete everything recorded about it."""
-    if not await manager.delete(run_id):
+@router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,
+               responses={409: {"model": ErrorOut,
+                                "description": "Another live process writes it (use force)"}})
+async def delete_run(run_id: RunIdDep, manager: ManagerDep,
+                     force: bool = Query(False, description="Delete a run another live process "
+                                                            "(CLI, script, remote job) is "
+                                                            "writing; that writer then stops")
+                     ) -> Response:
+    """Stop the run if it is active and delete everything recorded about it. A run the CLI, a
+    script or a remote job is writing is refused (409 naming the writer) unless `force`."""
+    try:
+        deleted = await manager.delete(run_id, force=force)
+    except BeingWritten as error:
+        raise HTTPException(409, detail=str(error)) from None
+    if not deleted:
         raise HTTPException(404, detail=f"no run {run_id!r}")
     return Response(status_code=status.HTTP_204_NO_CONTENT)

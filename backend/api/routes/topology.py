@@ -18,9 +18,9 @@ from pydantic import BaseModel, Field
 from backend.api.deps import RunDep, RunIdDep, TopologyDep
 from dst_core.store.codec import FrameError
 from dst_core.store.masks import StoredDataError
+from dst_core.store.schema import MAX_STEP  # the store's range: larger is a 422, not an overflow
 
 router = APIRouter(prefix="/api/runs", tags=["topology"])
-MAX_STEP = 2**62  # SQLite integers are 64-bit: a larger step is a 422, not an OverflowError
 LayerQuery = Query(..., max_length=200, description="Layer name or index, as /mask accepts")
 StepQuery = Query(..., ge=0, le=MAX_STEP, description="Training step: the newest rewire at or "
                                                      "before it answers")
