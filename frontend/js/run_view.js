@@ -362,7 +362,8 @@ export class RunView {
   }
 
   async loadResponse(generation) {
-    if (!this.run || generation !== this.generation) return;
+    // Not while the server is known to be unreachable: the stream's reconnect asks again.
+    if (!this.run || generation !== this.generation || !this.canConnect()) return;
     this.responseAt = performance.now();
     const params = { window: responseWindow(this.player.steps), metric: this.responseMetric() };
     try {
@@ -379,7 +380,7 @@ export class RunView {
 
   // New metrics while live: the response is asked again, at most every RESPONSE_REFRESH_MS.
   responseDirty(generation) {
-    if (this.responseTimer || !this.run) return;
+    if (this.responseTimer || !this.run || !this.canConnect()) return;
     const wait = Math.max(0, RESPONSE_REFRESH_MS - (performance.now() - (this.responseAt || 0)));
     this.responseTimer = setTimeout(() => { this.responseTimer = 0; this.loadResponse(generation); }, wait);
   }
