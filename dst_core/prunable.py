@@ -79,10 +79,6 @@ def _as_patterns(value: Patterns, argument: str) -> dict[str, int | None]:
         if not isinstance(text, str) or not text:
             raise ValueError(f"{argument}: patterns are non-empty strings or compiled regular "
                              f"expressions, got {pattern!r}")
-        try:
-            re.compile(text)
-        except re.error:
-            pass  # not a regular expression: matched as a plain substring
         if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int)):
             raise ValueError(f"{argument}: the output axis of {text!r} must be an int, got {axis!r}")
         patterns[text] = axis

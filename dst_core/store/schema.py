@@ -224,23 +224,22 @@ def checked_status(status: Any, error: Any = None) -> tuple[str, str | None]:
     return status, error
 
 
-def checked_summary(summary: Any) -> str:
-    """The summary as stored JSON text, validated by RunSummary (the read schema)."""
-    text = dumps_checked(_object(summary, "summary"), "summary")
+def _checked_object(value: Any, field: str, schema: type[BaseModel]) -> str:
+    """`value` as stored JSON text, validated by `schema` (the read schema of `field`)."""
+    text = dumps_checked(_object(value, field), field)
     try:
-        RunSummary.model_validate_json(text)
+        schema.model_validate_json(text)
     except ValidationError as error:
-        raise _first_error(error, "summary") from None
+        raise _first_error(error, field) from None
     return text
+
+
+def checked_summary(summary: Any) -> str:
+    return _checked_object(summary, "summary", RunSummary)
 
 
 def checked_info(info: Any) -> str:
-    text = dumps_checked(_object(info, "info"), "info")
-    try:
-        RunInfo.model_validate_json(text)
-    except ValidationError as error:
-        raise _first_error(error, "info") from None
-    return text
+    return _checked_object(info, "info", RunInfo)
 
 
 def checked_config(config: Any) -> str:

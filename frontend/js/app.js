@@ -264,7 +264,7 @@ document.addEventListener("keydown", (event) => {
   event.preventDefault();
 });
 
-// Inside another page's frame (a notebook cell, `rec.show()`): the run view alone, without the
+// Inside another page's frame (a notebook cell, `sparsescope.show()`): the run view alone, without the
 // tabs and Start, so its first heatmaps fit the cell.
 if (window.self !== window.top) document.body.dataset.embedded = "true";
 applyPalette();
