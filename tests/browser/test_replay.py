@@ -136,7 +136,7 @@ def test_play_density_map_hover_and_input_pixels(page, saved):
     assert readout.get_attribute("data-state") in {"inactive", "kept", "added", "removed"}
     page.mouse.move(0, 0)
     # The charts mark the scrubber's step with a dotted line.
-    page.wait_for_function("(document.querySelector('#chart-loss').layout.shapes || [])"
+    page.wait_for_function("(document.querySelector('#chart-loss').layout?.shapes || [])"
                            f".some(shape => shape.x0 === {steps[middle]})")
     reveal_topology(page)
     screenshot(page, "run-view.png", full_page=True)

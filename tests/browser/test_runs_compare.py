@@ -144,7 +144,7 @@ def test_compare_two_runs(page, pair):
     for index in range(2):
         page.wait_for_function(
             f"document.querySelector('#compare-heatmap-{index}').dataset.step === '{steps[position + 1]}'")
-    page.wait_for_function("(document.querySelector('#compare-chart-test_loss').layout.shapes || [])"
+    page.wait_for_function("(document.querySelector('#compare-chart-test_loss').layout?.shapes || [])"
                            f".some(shape => shape.x0 === {steps[position + 1]})")
     reveal_topology(page, "#compare-topology")
     screenshot(page, "compare.png", full_page=True)

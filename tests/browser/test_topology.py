@@ -58,7 +58,7 @@ def test_replay_scrubbing_updates_the_section(page, pair):
         assert stats.get_attribute("data-rewire") == str(position)
         assert f"dead: {stored['dead_out']} outputs, {stored['dead_in']} inputs" in stats.inner_text()
         # The charts over time mark the scrubber's step.
-        page.wait_for_function("(document.querySelector('#topology-dead').layout.shapes || [])"
+        page.wait_for_function("(document.querySelector('#topology-dead').layout?.shapes || [])"
                                f".some(shape => shape.x0 === {steps[position]})")
     # Log-log axes, then the picture for the docs.
     page.select_option("#topology-scale", "log")
