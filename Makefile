@@ -21,7 +21,7 @@ ifneq ($(shell $(PY) -m pip --version >/dev/null 2>&1 && echo ok),ok)
 $(info $(VENV) is broken or partial: recreating it)
 $(shell rm -rf $(VENV))
 else
-ifneq ($(shell $(HAS_MODULES) torch numpy fastapi uvicorn pydantic_settings plotly backend dst_core \
+ifneq ($(shell $(HAS_MODULES) torch numpy fastapi uvicorn pydantic_settings backend dst_core \
 	2>/dev/null && echo ok),ok)
 $(shell rm -f $(VENV)/.installed $(VENV)/.installed-test)
 endif

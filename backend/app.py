@@ -7,13 +7,11 @@ import sqlite3
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import plotly
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.api import api_router, ws_router
@@ -33,12 +31,13 @@ from backend.services.stream_hub import StreamHubs
 from backend.services.topology_reader import IndexCache, TopologyReader
 from backend.services.views import LayerViews
 from backend.settings import Settings, parsed_settings
+from backend.static_assets import PREFIX as ASSETS_PREFIX
+from backend.static_assets import StaticAssets
 from dst_core import __version__
 from dst_core.store import RunStore
 from dst_core.store.schema import InvalidValue
 
 FRONTEND_DIR = Path(__file__).resolve().parent.parent / "frontend"
-PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 OPEN_PATHS = ("/api/health",)
 PAGE_PATHS = ("/", "/favicon.ico")
 # sqlite3's words for a disk that is full, and for one that refuses (read-only, I/O error):
@@ -125,19 +124,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ws_router)
     app.openapi = _openapi_with_resolvable_refs(app)
 
+    assets = StaticAssets(FRONTEND_DIR)
+    app.state.assets = assets
+
     @app.get("/", include_in_schema=False)
-    def index() -> FileResponse:
-        return FileResponse(FRONTEND_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+    def index() -> Response:
+        return assets.page()
 
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> FileResponse:
         return FileResponse(FRONTEND_DIR / "favicon.svg", media_type="image/svg+xml")
 
-    @app.get("/vendor/plotly.min.js", include_in_schema=False)
-    def plotly_js() -> FileResponse:
-        return FileResponse(PLOTLY_JS, media_type="text/javascript")
+    @app.get(ASSETS_PREFIX + "/{build}/{name:path}", include_in_schema=False)
+    def asset(request: Request, build: str, name: str) -> Response:
+        return assets.serve(request, build, name)
 
-    app.mount("/static", StaticFiles(directory=FRONTEND_DIR), name="static")
     return app
 
 

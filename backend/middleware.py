@@ -177,7 +177,7 @@ class SecurityHeaders:
     Every response: `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer` and the
     frame policy (`frame_ancestors`, default 'self'; `X-Frame-Options: SAMEORIGIN` only then,
     as it cannot name other ancestors). The dashboard's own pages (`page_paths`)
-    also get the CSP: same-origin scripts only (Plotly is served from /vendor, no eval), no
+    also get the CSP: same-origin scripts only (Plotly is served from /assets, no eval), no
     plugins, styles inline (Plotly sets them), images from data:/blob: (Plotly's exports)."""
 
     def __init__(self, app: ASGIApp, frame_ancestors: str, page_paths: tuple[str, ...]):
@@ -198,7 +198,7 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        page = path in self.page_paths or path.startswith("/static/")
+        page = path in self.page_paths or path.startswith("/assets/")
         policy = (self.page_policy if page else self.frames).encode()
 
         async def with_headers(message: Message) -> None:

@@ -1,6 +1,7 @@
 """Dashboard scale benchmark: a ResNet-50-shaped run opened in chromium, 100 vs 10 rewires.
 
     .venv/bin/python bench/dashboard_scale.py [--steps 100] [--width 64] [--quick] [--keep DIR]
+                                              [--links-only]
 
 Records, with `Recorder(data_dir)` and `SparseDriver(method="set", interval_steps=1)`, a model
 built here (53 convs + a 1000-way fc, ~25.5 M weights at --width 64, BatchNorm, residuals, ERK at density
@@ -15,7 +16,17 @@ following cost the server (CPU ms) and each page (kB received) per rewire, with 
 viewers (the difference: what one more viewer costs), next to the same following of a small
 MLP (784-300-100-10).
 
-Targets (issue 11): open ≤ 1.5 s, scrub ≤ 250 ms, ≤ 10 MB to open, heap ≤ 200 MB, none growing
+First, for each run and for GPT-2 small (`GPT2Config()`, 124 M parameters, recorded by
+examples/gpt2_rigl.py), a fresh page navigated straight to the run's link: seconds from the
+navigation's start to the first painted panel, with an empty HTTP cache (`link_cold_s`) and
+again from a second page (`link_warm_s`); then a notebook-like page of another origin with 7
+inline views as `sparsescope.show()` renders them, all on screen: each view's first painted
+panel, from the notebook page's navigation. `--links-only` stops there. (`open_s` is the third
+figure: the in-page navigation from the runs list.)
+
+Targets (issue 23): a link's first panel ≤ 1.0 s cold for the ResNet-50-shaped and the GPT-2
+small runs, ≤ 1.5 s for each of the 7 inline views. Targets (issue 11): open ≤ 1.5 s, scrub
+≤ 250 ms, ≤ 10 MB to open, heap ≤ 200 MB, none growing
 with the number of rewires; live never more than one rewire behind. Nothing here is asserted
 in tests; figures are of one run on this (shared) machine.
 """
@@ -24,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -323,6 +335,79 @@ def view_cost(browser, server, run_id: str, rewires: int = 15) -> dict:
             "server_cpu_ms_per_rewire_per_viewer": round(1e3 * spent / max(1, len(steps)), 1)}
 
 
+PAINTED_AT = "window.sparsescope && window.sparsescope.firstPanelAt"
+
+
+def open_from_link(browser, url: str, run_id: str) -> dict:
+    """A fresh page navigated straight to the run's link, as a shared link, a bookmark or a
+    notebook cell opens it: seconds from the navigation's start to the first painted panel
+    (the page's own clock), with an empty HTTP cache, then again from a second page of the
+    same browser context (warm cache)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
+    figures = {}
+    for label in ("cold", "warm"):
+        page = context.new_page()
+        page.goto(f"{url}/#/run/{run_id}")
+        painted_ms = page.wait_for_function(PAINTED_AT, timeout=60_000, polling=50).json_value()
+        figures[f"link_{label}_s"] = round(painted_ms / 1000, 3)
+        page.close()
+    context.close()
+    return figures
+
+
+def inline_views(browser, url: str, parent_port: int, run_ids: list[str], count: int = 7) -> list[float]:
+    """A notebook-like page (another origin, as JupyterLab is) holding `count` inline views
+    exactly as `sparsescope.show()` renders them, all on screen at once (a viewport tall enough:
+    the worst case, every view loading together): seconds from the notebook page's navigation
+    to each view's first painted panel, in the order they appear."""
+    import http.server
+
+    from backend.notebook import InlineView
+
+    cells = "".join(f"<div>{InlineView(f'{url}/#/run/{run_ids[i % len(run_ids)]}')._repr_html_()}</div>"
+                    for i in range(count))
+    body = f"<!doctype html><html><body>{cells}</body></html>".encode()
+
+    class Notebook(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    notebook = http.server.ThreadingHTTPServer(("127.0.0.1", parent_port), Notebook)
+    threading.Thread(target=notebook.serve_forever, daemon=True).start()
+    context = browser.new_context(viewport={"width": 1400, "height": 930 * count}, bypass_csp=True)
+    try:
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{parent_port}/")
+        origin = page.evaluate("performance.timeOrigin")
+        times = []
+        for frame in page.frames[1:]:
+            painted_ms = frame.wait_for_function(PAINTED_AT, timeout=120_000, polling=50).json_value()
+            frame_origin = frame.evaluate("performance.timeOrigin")
+            times.append(round((frame_origin + painted_ms - origin) / 1000, 3))
+        return times
+    finally:
+        context.close()
+        notebook.shutdown()
+
+
+def record_gpt2(data_dir: Path) -> str:
+    """GPT-2 small (124 M parameters, `GPT2Config()`) recorded by the example script as a user
+    runs it (RigL, density 0.1, 4 rewires over 8 steps of 2 × 32 tokens); returns the run id."""
+    from dst_core.store import RunStore
+    from examples.gpt2_rigl import main as gpt2_rigl
+
+    gpt2_rigl(["--data-dir", str(data_dir), "--steps", "8", "--interval-steps", "2",
+               "--context", "32", "--batch-size", "2", "--name", "gpt2 small link"])
+    return next(run["id"] for run in RunStore(data_dir).list_runs() if run["name"] == "gpt2 small link")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=100, help="rewires of the long run")
@@ -330,12 +415,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="width 16, 30 rewires: a smoke run")
     parser.add_argument("--keep", type=Path, default=None,
                         help="record into this folder once and reuse its runs the next time")
+    parser.add_argument("--links-only", action="store_true",
+                        help="only the opens from a link and the notebook's inline views")
     args = parser.parse_args()
     if args.quick:
         args.width, args.steps = 16, 30
     from playwright.sync_api import sync_playwright
 
     from tests.browser.conftest import CHROMIUM, FLAGS, Server
+    from tests.conftest import free_port
 
     data_dir = args.keep or Path(tempfile.mkdtemp(prefix="dashboard-scale-"))
     model = ResNet(args.width, 1000)
@@ -357,14 +445,27 @@ def main() -> None:
         t0 = time.perf_counter()
         runs[steps] = record(data_dir, steps=steps, width=args.width, name=name)
         print(f"recorded {steps} rewires in {time.perf_counter() - t0:.0f} s")
+    gpt2 = kept.get("gpt2 small link") or record_gpt2(data_dir)
+    # The notebook page is another origin: the server lets it frame the run view, as a server
+    # that `sparsescope.show()` starts lets the notebook's origin.
+    parent_port = free_port()
+    os.environ["SPARSESCOPE_FRAME_ANCESTORS"] = f"'self' http://127.0.0.1:{parent_port}"
     server = Server(data_dir)
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            for steps, run_id in runs.items():
-                figures = measure(browser, server.url, run_id)
-                figures["bytes_to_open"] = bytes_to_open(browser, server.url, run_id)
-                print(json.dumps({"run": f"{steps} rewires", **figures}))
+            for label, run_id in [*((f"resnet {steps} rewires", run_id) for steps, run_id in runs.items()),
+                                  ("gpt2 small", gpt2)]:
+                figures = open_from_link(browser, server.url, run_id)
+                if not args.links_only and label != "gpt2 small":
+                    figures.update(measure(browser, server.url, run_id))  # open_s: in-page navigation
+                    figures["bytes_to_open"] = bytes_to_open(browser, server.url, run_id)
+                print(json.dumps({"run": label, **figures}))
+            views = inline_views(browser, server.url, parent_port, [runs[min(runs)], gpt2])
+            print(json.dumps({"notebook": "7 inline views", "first_panel_s": views}))
+            if args.links_only:
+                browser.close()
+                return
             live_steps = max(10, args.steps // 5)
             # With 1 and with 3 viewers: the difference is what one more viewer costs the
             # server; the same for a small model, paced like the ResNet's steps (about 1/s).

@@ -8,6 +8,7 @@ import * as codec from "./codec.js";
 import { CompareView } from "./compare_view.js";
 import { RunForm } from "./form.js";
 import { PALETTES } from "./heatmap.js";
+import { plotlyNow } from "./plotly.js";
 import { RunsList } from "./runs.js";
 import { RunView } from "./run_view.js";
 import { isActive } from "./statuses.js";
@@ -55,8 +56,12 @@ const compareView = new CompareView({ palette: () => palette, message: runsMessa
 // Test hook: the run on screen and the counters the browser tests and the bench read.
 window.sparsescope = {
   codec,
+  modules: new URL(".", import.meta.url).href, // this build's js/ folder: `import(modules + "codec.js")`
   // Panels painted by the run view since the page loaded.
   get paints() { return runView.paints; },
+  // When (performance.now(), ms after this page's navigation began) the open run's first panel
+  // was painted; null before. A link's and a notebook cell's open time (bench/dashboard_scale.py).
+  get firstPanelAt() { return runView.firstPanelAt ?? null; },
   // Rewires known to the page, and the newest one's step (grows while following live).
   get rewires() { return runView.player.steps.length; },
   get lastStep() { const steps = runView.player.steps; return steps.length ? steps[steps.length - 1] : 0; },
@@ -96,6 +101,7 @@ function route() {
     if (runView.id !== arg) openRunById(arg, step);
     else if (step !== null && step !== runView.player.step) runView.player.seekStep(step);
   }
+  if (view === "new") loadForm();
   if (view === "run") { resizePlots($("view-run")); runView.chartsDirty(); }
   if (view === "compare") {
     const ids = arg.split(",").filter(Boolean);
@@ -113,7 +119,7 @@ function resizePlots(root) {
   // Plots drawn while their view was hidden have no size yet.
   requestAnimationFrame(() => {
     for (const div of root.querySelectorAll(".js-plotly-plot")) {
-      if (div.isConnected && div._fullLayout) Plotly.Plots.resize(div);
+      if (div.isConnected && div._fullLayout) plotlyNow()?.Plots.resize(div);
     }
   });
 }
@@ -241,6 +247,14 @@ const runForm = new RunForm($("run-form"), {
   onStarted: (run) => { openRun(run); runsList.refresh(); },
 });
 
+// The form is built from the server's schema (/openapi.json, ~100 kB): asked for when the form
+// is first shown, not on every open of a run link.
+let formLoading = null;
+function loadForm() {
+  formLoading ||= runForm.load();
+  return formLoading;
+}
+
 $("start").addEventListener("click", startRun);
 $("stop").addEventListener("click", stopRun);
 $("palette").addEventListener("click", togglePalette);
@@ -268,7 +282,6 @@ document.addEventListener("keydown", (event) => {
 // tabs and Start, so its first heatmaps fit the cell.
 if (window.self !== window.top) document.body.dataset.embedded = "true";
 applyPalette();
-runForm.load();
 route();
 // The runs list stays live by polling; while the server does not answer, the poll backs off
 // (to one request every 30 s) and the connection indicator says so, instead of a request, and

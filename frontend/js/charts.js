@@ -3,6 +3,7 @@
 // Every name that reaches Plotly (run, layer, metric) goes through `plain` first: Plotly renders
 // a subset of HTML in titles, legends and hover labels.
 import { chartBase, chartTitle, COLOURS, MARGINS, PLOT_CONFIG, stepMarker } from "./chart_style.js";
+import { plotly, plotlyNow } from "./plotly.js";
 import { plain } from "./text.js";
 
 const BASE = {
@@ -174,12 +175,22 @@ export function compareChart(key, runs) {
 // run re-diffed every chart's arrays (20-80 ms each) on every position.
 // `revision` changes whenever the data did (the arrays may grow in place: Plotly compares it).
 export function drawChart(div, spec, step, revision) {
+  if (!plotlyNow()) { // the newest arguments are drawn once the library is there
+    const waiting = Boolean(div.sparsescopeWaiting);
+    div.sparsescopeWaiting = { spec, step, revision };
+    if (waiting) return Promise.resolve(div);
+    return plotly().then(() => {
+      const latest = div.sparsescopeWaiting;
+      div.sparsescopeWaiting = null;
+      return latest ? drawChart(div, latest.spec, latest.step, latest.revision) : div;
+    }).catch((error) => { div.dataset.error = error.message; return div; });
+  }
   const drawn = div.sparsescopeChart;
   const at = step === undefined ? null : step;
   if (drawn && drawn.revision === revision && div.layout) {
     if (drawn.step === at) return Promise.resolve(div);
     drawn.step = at;
-    return Plotly.relayout(div, { shapes: stepMarker(at) });
+    return plotlyNow().relayout(div, { shapes: stepMarker(at) });
   }
   const [traces, chartLayout] = typeof spec === "function" ? spec() : spec;
   const empty = !hasPoints(traces);
@@ -191,7 +202,7 @@ export function drawChart(div, spec, step, revision) {
   }
   div.dataset.empty = String(empty);
   div.sparsescopeChart = { revision, step: at };
-  return Plotly.react(div, traces, withMarker, PLOT_CONFIG);
+  return plotlyNow().react(div, traces, withMarker, PLOT_CONFIG);
 }
 
 // The median of a list of numbers (null for none).

@@ -1,5 +1,7 @@
 // Drawing one layer's view (per-pixel counts from `/view`) as a Plotly trace (never WebGL:
-// headless chromium has none).
+// headless chromium has none). Until plotly.js has loaded (js/plotly.js: never before the first
+// panel), the same bitmap is shown as a plain image in the plot area, with the same hover
+// readout; the Plotly plot (axes, zoom) replaces it once the library is there.
 //
 // Connections mode: an `image` trace, one bitmap pixel per view pixel: removed, else added at
 // this rewire, else a shade from inactive to kept by the share of the pixel's connections that
@@ -7,6 +9,7 @@
 // `heatmap` of the active share per block, at most DENSITY_GRID blocks a side.
 import { MARGINS, PAPER_BACKGROUND, PLOT_CONFIG } from "./chart_style.js";
 import { pixelRange } from "./codec.js";
+import { plotly, plotlyNow, purge, react } from "./plotly.js";
 
 export const PALETTES = {
   standard: { label: "standard", inactive: "#eef1f4", kept: "#3d4a5a", added: "#2563eb", removed: "#dc2626" },
@@ -125,8 +128,12 @@ export class LayerPanel {
   // later draw (whose picture is then the one shown: never out of order).
   async draw(view, mode, palette) {
     const generation = ++this.generation;
+    this.palette = palette;
     let painted;
-    if (mode === "density") {
+    if (mode !== "density" && !plotlyNow()) {
+      painted = this.showPreview(this.bitmap(view, palette).source, view);
+      plotly().then(() => this.upgrade(generation)).catch(() => { /* the preview stays */ });
+    } else if (mode === "density") {
       painted = this.plotTrace(this.densityTrace(view), mode, `density-${view.gr}x${view.gc}`, view);
     } else {
       const bitmap = this.bitmap(view, palette);
@@ -184,9 +191,56 @@ export class LayerPanel {
       plot_bgcolor: "#ffffff",
     };
     this.plotted = null;
-    return Plotly.react(this.plot, [trace], layout, PLOT_CONFIG).then(() => {
+    this.dropPreview();
+    return react(this.plot, [trace], layout, PLOT_CONFIG).then(() => {
       if (!this.removed) this.plotted = { mode, key };
     });
+  }
+
+  // The bitmap as an image over the plot area (where Plotly's axes would frame it), while the
+  // library is not loaded; resolves once the image is decoded and on screen.
+  showPreview(source, view) {
+    if (!this.preview) {
+      this.preview = document.createElement("img");
+      this.preview.className = "panel-preview";
+      this.preview.alt = "";
+      const margin = MARGINS.panel;
+      Object.assign(this.preview.style, { left: `${margin.l}px`, top: `${margin.t}px`,
+                                          width: `calc(100% - ${margin.l + margin.r}px)`,
+                                          height: `calc(100% - ${margin.t + margin.b}px)` });
+      this.preview.addEventListener("mousemove", (event) => this.hoverPreview(event));
+      this.plot.append(this.preview);
+    }
+    this.previewView = view;
+    this.preview.src = source;
+    this.element = this.preview;
+    return this.decoded();
+  }
+
+  hoverPreview(event) {
+    const view = this.previewView;
+    const box = this.preview.getBoundingClientRect();
+    if (!view || !box.width || !box.height) return;
+    const i = Math.floor(((event.clientY - box.top) / box.height) * view.gr);
+    const j = Math.floor(((event.clientX - box.left) / box.width) * view.gc);
+    if (!(i >= 0 && j >= 0 && i < view.gr && j < view.gc)) return;
+    const { text, state } = describePixel(this.layer, view, i, j);
+    this.readout.textContent = text;
+    this.readout.dataset.state = state;
+  }
+
+  dropPreview() {
+    if (!this.preview) return;
+    this.preview.remove();
+    this.preview = null;
+    this.previewView = null;
+  }
+
+  // plotly.js arrived: the picture drawn as a preview at `generation` is drawn again with it
+  // (unless a later draw, a release or a removal came first: that one decides what is shown).
+  upgrade(generation) {
+    if (generation !== this.generation || this.removed || !this.view || !this.preview) return;
+    this.draw(this.view, this.mode, this.palette);
   }
 
   // Points the drawn image trace at a new bitmap: the SVG <image> Plotly made for it, and the
@@ -292,7 +346,8 @@ export class LayerPanel {
   // Off screen for a while: the plot's memory goes back, the panel keeps its place and label.
   release() {
     if (!this.view && !this.plotted) return;
-    Plotly.purge(this.plot);
+    this.dropPreview();
+    purge(this.plot);
     this.plotted = null;
     this.view = null;
     this.hooked = false;
@@ -303,7 +358,7 @@ export class LayerPanel {
 
   remove() {
     this.removed = true;
-    Plotly.purge(this.plot);
+    purge(this.plot);
     this.root.remove();
   }
 }
@@ -391,8 +446,6 @@ export class InputPanel {
       }
       z.push(row);
     }
-    this.plot.dataset.total = String(total);
-    this.plot.dataset.step = String(view.step);
     this.stats.textContent = `step ${view.step} · ${total} active connections from ${width * height} ${label}s`;
     // zmax moves in steps of a "nice" size so the colour bar rarely needs redrawing.
     const trace = {
@@ -413,11 +466,15 @@ export class InputPanel {
       uirevision: "input",
       paper_bgcolor: PAPER_BACKGROUND,
     };
-    return Plotly.react(this.plot, [trace], layout, PLOT_CONFIG);
+    // Marked drawn once the plot holds this step (plotly.js may still be loading).
+    return react(this.plot, [trace], layout, PLOT_CONFIG).then(() => {
+      this.plot.dataset.total = String(total);
+      this.plot.dataset.step = String(view.step);
+    });
   }
 
   remove() {
-    Plotly.purge(this.plot);
+    purge(this.plot);
     this.root.remove();
   }
 }

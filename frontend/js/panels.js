@@ -72,17 +72,18 @@ export class PanelSet {
     if (panel.shownKey === key && panel.view) return;
     panel.busy = true;
     panel.dirty = false;
+    let drawn = false;
     try {
       const view = await this.views(panel).get(panel.layer.index, step, rows, cols);
-      if (!panel.removed && this.visible.has(panel) && (await panel.draw(view, mode, palette))) {
-        panel.shownKey = key;
-        this.onPainted(panel);
-      }
+      drawn = !panel.removed && this.visible.has(panel) && (await panel.draw(view, mode, palette));
+      if (drawn) panel.shownKey = key;
     } catch (error) {
       if (!panel.removed) panel.stats.textContent = `could not load this rewire: ${error.message}`;
     } finally {
       panel.busy = false;
     }
+    // After `busy` is cleared: onPainted asks settled(), which counts a busy panel as unpainted.
+    if (drawn) this.onPainted(panel);
     const now = this.target();
     if (!panel.removed && this.visible.has(panel) && (panel.dirty || now.step !== step || now.mode !== mode)) {
       this.paint(panel);

@@ -13,6 +13,7 @@ import { HeadStrips } from "./heads.js";
 import { InputPanel, MAX_GRID } from "./heatmap.js";
 import { LayerOverview } from "./overview.js";
 import { PanelSet } from "./panels.js";
+import { holdUntil, purge } from "./plotly.js";
 import { lastAtOrBefore, Player } from "./player.js";
 import { loadSeries, MetricSeries, RewireSeries } from "./series.js";
 import { isActive, QUEUED, RUNNING } from "./statuses.js";
@@ -86,6 +87,9 @@ export class RunView {
     this.run = run;
     this.openedAt = performance.now();
     this.firstPaint = false;
+    this.firstPanelAt = null;
+    // plotly.js (charts, the input view) loads only after the panels' first paint.
+    holdUntil(new Promise((resolve) => { this.onFirstPaint = resolve; }), FIRST_CHARTS_WAIT_MS);
     this.views = new ViewCache(id);
     this.heads = new HeadStrips(id);
     this.response = null;
@@ -230,8 +234,10 @@ export class RunView {
 
   painted() {
     this.paints += 1;
+    this.firstPanelAt ??= performance.now();
     if (!this.firstPaint && this.settled()) { // every visible panel shows the rewire
       this.firstPaint = true;
+      this.onFirstPaint?.();
       if (this.chartTimer) { clearTimeout(this.chartTimer); this.chartTimer = 0; this.chartsDirty(); }
     }
   }
@@ -525,7 +531,7 @@ export class RunView {
     this.player.position = -1;
     this.player.live = false;
     // A new run starts its charts from scratch (no axis ranges carried over from the last one).
-    for (const chart of document.querySelectorAll("#charts .chart")) Plotly.purge(chart);
+    for (const chart of document.querySelectorAll("#charts .chart")) purge(chart);
     for (const div of this.extraCharts?.values() || []) div.remove();
     this.extraCharts = new Map();
   }

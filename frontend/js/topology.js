@@ -10,6 +10,7 @@
 // off screen it redraws only once the player is still (or every few seconds while live).
 import { api } from "./api.js";
 import { chartBase, chartTitle, MARGINS, PLOT_CONFIG, stepMarker } from "./chart_style.js";
+import { purge, react } from "./plotly.js";
 import { plain } from "./text.js";
 import * as urls from "./urls.js";
 
@@ -61,6 +62,7 @@ export class TopologySection {
     this.root = root;
     this.prefix = prefix;
     this.runs = [];
+    this.draws = []; // the current refresh's chart draws (plotly.js may still be loading)
     this.layer = "0";
     this.step = null;
     this.live = false;
@@ -161,7 +163,7 @@ export class TopologySection {
     this.answers.clear();
     this.series.clear();
     delete this.root.dataset.step;
-    for (const div of this.root.querySelectorAll(".js-plotly-plot")) Plotly.purge(div);
+    for (const div of this.root.querySelectorAll(".chart")) purge(div);
   }
 
   async get(path) {
@@ -216,8 +218,10 @@ export class TopologySection {
     const generation = this.generation;
     const { step, layer } = this;
     try {
+      this.draws = [];
       if (layer === "all") await this.drawSummary(step, generation);
       else await this.drawLayer(Number(layer), step, generation);
+      await Promise.all(this.draws); // the step is marked shown once the charts hold it
       if (generation === this.generation) {
         this.error.textContent = "";
         this.root.dataset.step = String(step);
@@ -318,7 +322,7 @@ export class TopologySection {
 
   plot(key, traces, chartLayout) {
     const div = document.getElementById(`${this.prefix}-${key}`);
-    if (div) Plotly.react(div, traces, { ...chartLayout, uirevision: "keep" }, PLOT_CONFIG);
+    if (div) this.draws.push(react(div, traces, { ...chartLayout, uirevision: "keep" }, PLOT_CONFIG));
   }
 }
 

@@ -91,6 +91,12 @@ class Server:
             self.process.kill()
 
 
+def page_error(error) -> str:
+    """An uncaught page error with its stack: a message alone ("reading 'map'") names no line."""
+    stack = getattr(error, "stack", None)
+    return f"{error}\n{stack}" if stack else str(error)
+
+
 def topology_frames(events: list[dict]) -> list[dict]:
     return [event for event in events if event["type"] == "topology"]
 
@@ -136,7 +142,7 @@ def page(browser, server):
         tab.console_errors.append(message.text)
 
     tab.on("console", on_console)
-    tab.on("pageerror", lambda e: tab.console_errors.append(str(e)))
+    tab.on("pageerror", lambda e: tab.console_errors.append(page_error(e)))
     tab.base_url = server.url
     tab.goto(server.url)
     yield tab
@@ -149,7 +155,7 @@ def watch_console(page) -> list[str]:
     """The console errors and page errors of a tab opened outside the `page` fixture."""
     errors: list[str] = []
     page.on("console", lambda message: message.type == "error" and errors.append(message.text))
-    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("pageerror", lambda error: errors.append(page_error(error)))
     return errors
 
 

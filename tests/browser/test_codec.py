@@ -13,7 +13,7 @@ pytestmark = pytest.mark.browser
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "protocol"
 DECODE_VIEWS_JS = """async (answers) => {
-  const { decodeView } = await import('/static/js/codec.js');
+  const { decodeView } = await import(window.sparsescope.modules + 'codec.js');
   return answers.map((answer) => {
     const view = decodeView(answer);
     return { gr: view.gr, gc: view.gc, kept: Array.from(view.kept), added: Array.from(view.added),
@@ -48,7 +48,7 @@ def test_stream_messages_parse_as_json_and_bad_ones_are_refused(page):
     fixture = json.loads((FIXTURES / "messages.json").read_text())
     texts = [entry["message"] for entry in fixture["stored"]] + list(fixture["notices"].values())
     parsed = page.evaluate("""async (texts) => {
-        const { parseMessage } = await import('/static/js/codec.js');
+        const { parseMessage } = await import(window.sparsescope.modules + 'codec.js');
         return { good: texts.map(parseMessage), bad: [parseMessage('NaN'), parseMessage('{"a": 1}'),
                                                        parseMessage('[1]')] };
     }""", texts)
@@ -59,7 +59,7 @@ def test_stream_messages_parse_as_json_and_bad_ones_are_refused(page):
 def test_a_view_of_the_wrong_length_is_an_error(page):
     answer = json.loads((FIXTURES / "view.json").read_text())["views"][0]["answer"]
     error = page.evaluate("""async (answer) => {
-        const { decodeView } = await import('/static/js/codec.js');
+        const { decodeView } = await import(window.sparsescope.modules + 'codec.js');
         try { decodeView({ ...answer, grid: [answer.grid[0] + 1, answer.grid[1]] }); return null; }
         catch (e) { return e.message; }
     }""", answer)

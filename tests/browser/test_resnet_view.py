@@ -60,7 +60,8 @@ def test_opens_at_the_newest_rewire_with_only_visible_panels(page, server, resne
     counts = page.eval_on_selector_all("#layer-overview-table tbody tr",
                                        "rows => rows.map(r => r.cells[4].textContent)")
     assert all(count.isdigit() for count in counts), counts
-    page.wait_for_timeout(600)  # the charts' throttled first draw
+    # The charts draw after the panels, once plotly.js has loaded.
+    page.wait_for_function("document.querySelector('#chart-density').data?.length > 0", timeout=30_000)
     screenshot(page, "run-view-resnet.png")
     # The layer × step density map has one row per layer, not 54 legend entries.
     rows = page.evaluate("document.querySelector('#chart-density').data[0].y.length")

@@ -65,7 +65,7 @@ def server(data_dir, logged, hostile):
 
 def test_every_numeric_metric_is_charted_and_empty_charts_say_so(page, logged):
     page.goto(f"{page.base_url}/#/run/{logged}")
-    page.wait_for_selector("#chart-extra-0", timeout=30_000)
+    page.wait_for_function("document.querySelector('#chart-extra-0')?.data", timeout=30_000)
     groups = page.eval_on_selector_all(
         "#charts .chart-extra", "divs => divs.map(d => [d.dataset.group, d.data.map(t => t.name)])")
     assert ["lr", ["lr"]] in groups

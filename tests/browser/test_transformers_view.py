@@ -220,7 +220,8 @@ def group(page, lists: list[list[str]]) -> list:
                                 text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
-    return page.evaluate("async (lists) => { const { groupBlocks } = await import('/static/js/blocks.js');"
+    return page.evaluate("async (lists) => { const { groupBlocks } ="
+                         " await import(window.sparsescope.modules + 'blocks.js');"
                          " return lists.map(groupBlocks); }", lists)
 
 

@@ -1,0 +1,66 @@
+// plotly.js, loaded when a chart first needs it and never before the run view's first panel.
+//
+// The bundle (plotly.js-cartesian-dist-min: scatter, bar, heatmap, image; vendor/) is 1.5 MB
+// of script that takes the main thread for a few hundred ms to parse and run: the runs list and
+// the form never load it, and a run opened from a link paints its panels first (heatmap.js
+// draws them without it) and only then lets charts ask for it.
+
+const BUNDLE = new URL("../vendor/plotly-cartesian.min.js", import.meta.url).href;
+
+let loading = null;
+let gate = Promise.resolve();
+
+// The library if it is already running, else null (a panel then paints without it).
+export function plotlyNow() {
+  return window.Plotly || null;
+}
+
+// The library, loaded on first call (after `gate`): a promise of window.Plotly.
+export function plotly() {
+  if (window.Plotly) return Promise.resolve(window.Plotly);
+  if (!loading) {
+    loading = gate.then(() => new Promise((resolve, reject) => {
+      const script = document.createElement("script");
+      script.src = BUNDLE;
+      script.async = true;
+      script.onload = () => resolve(window.Plotly);
+      script.onerror = () => { loading = null; reject(new Error("the charting library did not load")); };
+      document.head.append(script);
+    }));
+  }
+  return loading;
+}
+
+// Holds the load until `first` settles (the first panel painted) or `atMostMs` passed, so the
+// bundle's parse never delays what the user came to see. No effect once loading has begun.
+export function holdUntil(first, atMostMs) {
+  if (loading || window.Plotly) return;
+  const timeout = new Promise((resolve) => setTimeout(resolve, atMostMs));
+  gate = Promise.race([Promise.resolve(first).catch(() => undefined), timeout]);
+}
+
+// Whether the load has begun or finished (the browser test checks the panel came first).
+export function plotlyRequested() {
+  return Boolean(loading || window.Plotly);
+}
+
+// Plotly.react once the library is there. Calls made while it loads keep only the newest
+// arguments per element: the first to run after the load draws those, the rest do nothing.
+export function react(div, traces, layout, config) {
+  const library = plotlyNow();
+  if (library) return library.react(div, traces, layout, config);
+  div.sparsescopePending = [traces, layout, config];
+  return plotly().then((loaded) => {
+    const pending = div.sparsescopePending;
+    div.sparsescopePending = null;
+    return pending ? loaded.react(div, ...pending) : div;
+  }).catch((error) => { div.dataset.error = error.message; return div; });
+}
+
+// Plotly.purge, and a draw still waiting for the library forgotten.
+export function purge(div) {
+  div.sparsescopePending = null;
+  div.sparsescopeWaiting = null; // charts.js drawChart's
+
+  plotlyNow()?.purge(div);
+}
