@@ -31,12 +31,24 @@ export function plotly() {
   return loading;
 }
 
-// Holds the load until `first` settles (the first panel painted) or `atMostMs` passed, so the
-// bundle's parse never delays what the user came to see. No effect once loading has begun.
+// Holds the load until `first` settles (the first panel painted) or `atMostMs` passed (null:
+// no limit), so the bundle's parse never delays what the user came to see. No effect once
+// loading has begun.
 export function holdUntil(first, atMostMs) {
   if (loading || window.Plotly) return;
-  const timeout = new Promise((resolve) => setTimeout(resolve, atMostMs));
-  gate = Promise.race([Promise.resolve(first).catch(() => undefined), timeout]);
+  const settled = Promise.resolve(first).catch(() => undefined);
+  gate = atMostMs === null ? settled
+    : Promise.race([settled, new Promise((resolve) => setTimeout(resolve, atMostMs))]);
+}
+
+// Resolves once `element` comes within `margin` of the screen (at once if it already is).
+export function nearScreen(element, margin = "300px") {
+  return new Promise((resolve) => {
+    const observer = new IntersectionObserver((entries) => {
+      if (entries.some((entry) => entry.isIntersecting)) { observer.disconnect(); resolve(); }
+    }, { rootMargin: margin });
+    observer.observe(element);
+  });
 }
 
 // Whether the load has begun or finished (the browser test checks the panel came first).

@@ -13,7 +13,7 @@ import { HeadStrips } from "./heads.js";
 import { InputPanel, MAX_GRID } from "./heatmap.js";
 import { LayerOverview } from "./overview.js";
 import { PanelSet } from "./panels.js";
-import { holdUntil, purge } from "./plotly.js";
+import { holdUntil, nearScreen, purge } from "./plotly.js";
 import { lastAtOrBefore, Player } from "./player.js";
 import { loadSeries, MetricSeries, RewireSeries } from "./series.js";
 import { isActive, QUEUED, RUNNING } from "./statuses.js";
@@ -88,8 +88,12 @@ export class RunView {
     this.openedAt = performance.now();
     this.firstPaint = false;
     this.firstPanelAt = null;
-    // plotly.js (charts, the input view) loads only after the panels' first paint.
-    holdUntil(new Promise((resolve) => { this.onFirstPaint = resolve; }), FIRST_CHARTS_WAIT_MS);
+    // plotly.js (charts, the input view) loads only after the panels' first paint. Inside a
+    // notebook cell (embedded: several views share one page's main thread) only once the
+    // charts, under the panels, come near the cell's screen: the panels work without it.
+    const firstPaint = new Promise((resolve) => { this.onFirstPaint = resolve; });
+    if (document.body.dataset.embedded === "true") holdUntil(nearScreen($("charts")), null);
+    else holdUntil(firstPaint, FIRST_CHARTS_WAIT_MS);
     this.views = new ViewCache(id);
     this.heads = new HeadStrips(id);
     this.response = null;

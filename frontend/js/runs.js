@@ -5,7 +5,7 @@
 // and filters it (status, and the search box: name, id, task, model, method); "Show more" asks
 // for the next page. The 3 s poll sends the list's ETag back, so while nothing changed it costs
 // a 304 and no redraw.
-import { api, download, getJson } from "./api.js";
+import { api, ApiError, download, getJson } from "./api.js";
 import { ALL, isActive } from "./statuses.js";
 import * as urls from "./urls.js";
 
@@ -72,6 +72,7 @@ export class RunsList {
     this.wanted = PAGE; // rows asked for: a page, and another for each "Show more"
     this.total = 0; // runs matching the filters, loaded or not
     this.listed = null; // { url, etag } of the rows shown: a poll asks whether they changed
+    this.writerBusy = new Set(); // runs whose Delete was refused (409): their row offers a forced one
     this.ticket = 0; // the newest refresh: an older answer that lands later is dropped
     this.sort = { key: "age", descending: false };
     this.selected = new Set();
@@ -196,7 +197,7 @@ export class RunsList {
     this.more.hidden = !this.hasMore;
     const signature = JSON.stringify([this.selected.size, rows.map((run) =>
       [run.id, run.status, run.name, run.summary?.best_test_accuracy, run.has_model,
-        Boolean(run.settings), run.unreadable, this.selected.has(run.id)])]);
+        Boolean(run.settings), run.unreadable, this.selected.has(run.id), this.writerBusy.has(run.id)])]);
     if (signature === this.signature) {
       // Nothing but the ages changed: update them in place, so keyboard focus stays put.
       rows.forEach((run, index) => {
@@ -259,6 +260,13 @@ export class RunsList {
     if (run.has_model) {
       actions.append(button("Model", `Download the trained model of ${run.name}`, () => this.downloadModel(run)));
     }
+    if (this.writerBusy.has(run.id)) {
+      // Refused once (409: a live script or CLI writes it): deleting now also stops that writer.
+      actions.append(button("Delete anyway", `Delete ${run.name} and stop its writer`,
+                            () => this.remove(run, { force: true }), "danger"));
+      tr.append(cell);
+      return tr;
+    }
     const remove = button("Delete", `Delete ${run.name}`, () => {
       if (remove.dataset.armed) { this.remove(run); return; }
       // Two clicks, no modal: deleting loses the recorded data.
@@ -281,14 +289,22 @@ export class RunsList {
     this.refresh();
   }
 
-  async remove(run) {
+  async remove(run, { force = false } = {}) {
     try {
-      await api(urls.run(run.id), { method: "DELETE" });
+      await api(urls.deleteRun(run.id, { force }), { method: "DELETE" });
+      this.writerBusy.delete(run.id);
       this.selected.delete(run.id);
       this.onDeleted(run);
       this.message(`Deleted ${run.name}`);
     } catch (error) {
-      this.message(`Delete failed: ${error.message}`);
+      if (error instanceof ApiError && error.status === 409 && !force) {
+        // The server names the writer; the row now offers the forced delete.
+        this.writerBusy.add(run.id);
+        this.message(`Not deleted: ${error.message} “Delete anyway” deletes it and stops that writer.`);
+        this.render();
+      } else {
+        this.message(`Delete failed: ${error.message}`);
+      }
     }
     this.refresh();
   }

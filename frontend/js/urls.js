@@ -25,6 +25,8 @@ export const importRun = () => `${RUNS}/import`;
 // GET: one run's stored header; DELETE: the run.
 export { run };
 export const stop = (id) => `${run(id)}/stop`;
+// DELETE: `force` also deletes a run another live process writes (that writer then stops).
+export const deleteRun = (id, { force = false } = {}) => (force ? withQuery(run(id), { force: "true" }) : run(id));
 export const exportRun = (id) => `${run(id)}/export`;
 // The trained weights and masks (a .pt file).
 export const model = (id) => `${run(id)}/model`;

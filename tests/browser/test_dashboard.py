@@ -46,3 +46,35 @@ def test_start_watch(page, server):
     stop.click()
     page.wait_for_selector("#status[data-status='stopped']", timeout=15_000)
     assert server.wait(run_id, timeout_s=30)["status"] == "stopped"
+
+
+def test_delete_of_a_run_a_live_script_writes_offers_to_stop_it(page, server, tmp_path):
+    """Delete is refused (409) while a script writes the run; the page says which writer and
+    offers "Delete anyway", which deletes it and makes the writer give up."""
+    import warnings
+
+    from dst_core.recording import Recorder, RemoteRecorderError
+
+    recorder = Recorder(url=server.url, name="written by a script", heartbeat_s=0.2,
+                        spool_dir=tmp_path / "spool")
+    recorder.log(1, loss=1.0)
+    recorder.flush()
+    page.goto(f"{server.url}/#/runs")
+    page.expected_statuses.add(409)  # chromium logs the refusal as a console error
+    page.get_by_role("button", name="Delete written by a script").click()
+    page.get_by_role("button", name="Delete written by a script").click()  # "Confirm delete"
+    message = page.locator("#runs-message")
+    page.wait_for_function("document.querySelector('#runs-message').textContent.includes('Not deleted')")
+    assert "a remote writer" in message.text_content()
+    assert server.http.get(f"/api/runs/{recorder.run_id}").status_code == 200  # still there
+    page.get_by_role("button", name="Delete written by a script and stop its writer").click()
+    page.wait_for_function("document.querySelector('#runs-message').textContent.startsWith('Deleted')")
+    assert server.http.get(f"/api/runs/{recorder.run_id}").status_code == 404
+    assert page.get_by_role("button", name="Delete written by a script").count() == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the sender thread's one warning
+        with pytest.raises(RemoteRecorderError, match="deleted"):
+            for _ in range(300):  # the writer finds out at its next request
+                recorder.log(2, loss=0.5)
+                recorder.flush()
+                page.wait_for_timeout(100)
