@@ -56,8 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     load_plugins()  # user methods named in $SPARSESCOPE_PLUGINS join the registry (and form)
     try:
-        store = RunStore(settings.data_dir, max_frame_elements=settings.max_parameters,
-                         max_metric_names=settings.max_metric_names)
+        store = RunStore(settings.data_dir, max_frame_elements=settings.max_parameters)
+        # The folder keeps it: the workers and any script writing this folder refuse alike.
+        store.set_max_metric_names(settings.max_metric_names)
     except (OSError, sqlite3.Error) as error:
         # A ValueError is what the CLI reports as a one-line refusal instead of a traceback.
         raise ValueError(f"data_dir: cannot use {settings.data_dir}: {error}") from error

@@ -17,7 +17,7 @@ from pydantic_settings import SettingsError as UnparsedSetting
 
 from dst_core.store import DEFAULT_DATA_DIR
 from dst_core.store.config import RunConfig
-from dst_core.store.run_store import MAX_METRIC_NAMES
+from dst_core.store.run_store import MAX_METRIC_NAMES, METRIC_NAMES_LIMIT_RANGE
 
 MIB = 1024 * 1024
 IMPORT_PATH = "/api/runs/import"
@@ -75,9 +75,12 @@ class Settings(BaseSettings):
     max_ingest_bytes: int = Field(64 * MIB, ge=1024,
                                   description=f"Largest request body under {INGEST_PREFIX}"
                                               " (remote writers' event batches)")
-    max_metric_names: int = Field(MAX_METRIC_NAMES, ge=1, le=100_000,
+    max_metric_names: int = Field(MAX_METRIC_NAMES, ge=METRIC_NAMES_LIMIT_RANGE[0],
+                                  le=METRIC_NAMES_LIMIT_RANGE[1],
                                   description="Distinct metrics/eval field names one run may "
-                                              "have; a batch past it is refused (422)")
+                                              "have; a batch past it is refused (422). Stored "
+                                              "in the data folder: its workers and scripts "
+                                              "writing it directly refuse at the same count")
     topology_cache_mb: int = Field(1024, ge=1, description="Topology index the server keeps in "
                                    "memory (per-layer cohort segments), least recently used first")
     # ---- remote and CLI writers --------------------------------------------------------------

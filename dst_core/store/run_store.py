@@ -58,7 +58,17 @@ _RUN_SELECT = ("SELECT runs.*, EXISTS(SELECT 1 FROM artifacts WHERE artifacts.ru
 
 MAX_METRIC_NAMES = 1000  # distinct field names of a run's metrics/eval events (the server's
 # SPARSESCOPE_MAX_METRIC_NAMES): a writer that logs a new name per step is refused, not stored
+METRIC_NAMES_LIMIT_RANGE = (1, 100_000)  # what the setting may be (backend/settings.py)
 MAX_METRIC_NAME_CHARS = 200
+
+
+def checked_metric_names_limit(limit: int) -> int:
+    """`limit` if it is an int within METRIC_NAMES_LIMIT_RANGE, else ValueError naming it."""
+    low, high = METRIC_NAMES_LIMIT_RANGE
+    if isinstance(limit, bool) or not isinstance(limit, int) or not low <= limit <= high:
+        raise ValueError(f"max_metric_names: {limit!r} is not an integer in [{low}, {high}]")
+    return limit
+
 METRIC_TYPES = ("metrics", "eval")
 _NAMED_RUNS = 256  # runs whose metric names a store keeps in memory (reloaded when dropped)
 
@@ -317,7 +327,7 @@ class RunStore:
 
     def __init__(self, data_dir: str | Path, *, file_name: str = DB_NAME,
                  max_frame_elements: int = codec.MAX_FRAME_ELEMENTS,
-                 autocheckpoint: bool = True, max_metric_names: int = MAX_METRIC_NAMES):
+                 autocheckpoint: bool = True, max_metric_names: int | None = None):
         self.data_dir = Path(data_dir)
         # False: a commit never copies the WAL into the file (and fsyncs both) on the
         # committing thread; the owner calls checkpoint() from a thread that can wait (the
@@ -327,7 +337,8 @@ class RunStore:
         # (the server passes SPARSESCOPE_MAX_PARAMETERS: no frame is larger than a model).
         self.max_frame_elements = max_frame_elements
         # Distinct metrics/eval field names a run may have; refused past it, naming the limit.
-        self.max_metric_names = max_metric_names
+        # Set below: given, else the folder's own (see set_max_metric_names).
+        self.max_metric_names = MAX_METRIC_NAMES
         # The metric names of runs this store writes, by run (the writer is the only one
         # adding to them): each batch is checked against the limit without reading events.
         self._metric_names: dict[str, set[str]] = {}
@@ -343,6 +354,26 @@ class RunStore:
         migrate(self.db)
         # Frames this store inserts are indexed in the same transaction (topology_index.py).
         self.index = IndexWriter(lambda: self.db)
+        self.max_metric_names = (self.folder_metric_names_limit() if max_metric_names is None
+                                 else checked_metric_names_limit(max_metric_names))
+
+    def folder_metric_names_limit(self) -> int:
+        """The limit the folder's server was started with (stored by set_max_metric_names), so
+        every writer of the folder (its workers, a script's Recorder, the CLI) refuses at the
+        same count; MAX_METRIC_NAMES where no server said, or what is stored is not a limit."""
+        row = retry_locked(lambda: self.db.execute(
+            "SELECT value FROM meta WHERE key = 'max_metric_names'").fetchone())
+        try:
+            return checked_metric_names_limit(int(row[0])) if row else MAX_METRIC_NAMES
+        except (TypeError, ValueError):
+            return MAX_METRIC_NAMES
+
+    def set_max_metric_names(self, limit: int) -> None:
+        """This store's limit, also stored as the folder's for every other writer of it."""
+        self.max_metric_names = checked_metric_names_limit(limit)
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('max_metric_names', ?)",
+                       (str(self.max_metric_names),))
 
     # ---- connections ----------------------------------------------------------------------
     @property

@@ -10,6 +10,8 @@ import sqlite3
 import pytest
 
 from dst_core.recording import Recorder
+from dst_core.store import RunStore
+from dst_core.store.run_store import MAX_METRIC_NAMES
 
 MIB = 1024 * 1024
 
@@ -189,6 +191,34 @@ def test_a_local_recorder_raises_naming_the_limit(tmp_path):
             for step in range(3):
                 recorder.log(step, **{f"m{step}_{index}": 1.0 for index in range(400)})
             recorder.flush()
+
+
+def test_a_script_writing_the_folder_refuses_at_the_servers_limit(make_client, tmp_path):
+    """The server stores its limit in the data folder: a Recorder writing the folder directly
+    (a script, a worker) refuses at the same count, not at the built-in 1,000."""
+    folder = tmp_path / "shared"
+    server = make_client(max_metric_names=4, data_dir=folder)
+    with pytest.raises(ValueError, match=r"max_metric_names.* 4 per run"):
+        with Recorder(folder, name="a script") as recorder:
+            recorder.log(1, a=1.0, b=2.0, c=3.0, d=4.0)
+            recorder.flush()  # four names: accepted
+            recorder.log(2, e=5.0)
+            recorder.flush()
+    assert RunStore(folder).max_metric_names == 4
+    server.__exit__(None, None, None)
+    make_client(max_metric_names=2000, data_dir=folder)  # a restart with more
+    with Recorder(folder, name="wide") as recorder:
+        recorder.log(1, **{f"m{index}": 1.0 for index in range(1500)})
+    assert RunStore(folder).max_metric_names == 2000
+
+
+def test_a_stored_limit_that_is_not_one_falls_back_to_the_default(tmp_path):
+    store = RunStore(tmp_path)
+    for hostile in ("abc", "0", "-5", "100001", "1e3", ""):
+        store.db.execute("INSERT OR REPLACE INTO meta VALUES ('max_metric_names', ?)", (hostile,))
+        assert RunStore(tmp_path).max_metric_names == MAX_METRIC_NAMES, hostile
+    with pytest.raises(ValueError, match="max_metric_names"):
+        RunStore(tmp_path, max_metric_names=0)
 
 
 # ---- /metrics -----------------------------------------------------------------------------------
