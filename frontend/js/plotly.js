@@ -31,24 +31,41 @@ export function plotly() {
   return loading;
 }
 
-// Holds the load until `first` settles (the first panel painted) or `atMostMs` passed (null:
-// no limit), so the bundle's parse never delays what the user came to see. No effect once
-// loading has begun.
+// Holds the load until `first` settles (the first panel painted) or `atMostMs` passed, so the
+// bundle's parse never delays what the user came to see. No effect once loading has begun.
 export function holdUntil(first, atMostMs) {
   if (loading || window.Plotly) return;
-  const settled = Promise.resolve(first).catch(() => undefined);
-  gate = atMostMs === null ? settled
-    : Promise.race([settled, new Promise((resolve) => setTimeout(resolve, atMostMs))]);
+  gate = firstOrLater(first, atMostMs);
 }
 
-// Resolves once `element` comes within `margin` of the screen (at once if it already is).
-export function nearScreen(element, margin = "300px") {
-  return new Promise((resolve) => {
-    const observer = new IntersectionObserver((entries) => {
-      if (entries.some((entry) => entry.isIntersecting)) { observer.disconnect(); resolve(); }
-    }, { rootMargin: margin });
-    observer.observe(element);
+// As holdUntil, and also until one of `elements` (or one given to alsoNear later) comes
+// within 300 px of the screen: inside a notebook cell, where several views share one page's
+// main thread, the bundle is parsed only for a view whose charts are being looked at.
+export function holdUntilNear(elements, first, atMostMs) {
+  if (loading || window.Plotly) return;
+  observer?.disconnect();
+  const near = new Promise((resolve) => {
+    observer = new IntersectionObserver((entries) => {
+      if (!entries.some((entry) => entry.isIntersecting)) return;
+      observer.disconnect();
+      observer = null;
+      resolve();
+    }, { rootMargin: "300px" });
   });
+  for (const element of elements) observer.observe(element);
+  gate = Promise.all([near, firstOrLater(first, atMostMs)]);
+}
+
+// One more element whose coming near the screen lets the held load begin.
+export function alsoNear(element) {
+  observer?.observe(element);
+}
+
+let observer = null;
+
+function firstOrLater(first, atMostMs) {
+  const settled = Promise.resolve(first).catch(() => undefined);
+  return Promise.race([settled, new Promise((resolve) => setTimeout(resolve, atMostMs))]);
 }
 
 // Whether the load has begun or finished (the browser test checks the panel came first).

@@ -13,7 +13,7 @@ import { HeadStrips } from "./heads.js";
 import { InputPanel, MAX_GRID } from "./heatmap.js";
 import { LayerOverview } from "./overview.js";
 import { PanelSet } from "./panels.js";
-import { holdUntil, nearScreen, purge } from "./plotly.js";
+import { alsoNear, holdUntil, holdUntilNear, purge } from "./plotly.js";
 import { lastAtOrBefore, Player } from "./player.js";
 import { loadSeries, MetricSeries, RewireSeries } from "./series.js";
 import { isActive, QUEUED, RUNNING } from "./statuses.js";
@@ -92,8 +92,11 @@ export class RunView {
     // notebook cell (embedded: several views share one page's main thread) only once the
     // charts, under the panels, come near the cell's screen: the panels work without it.
     const firstPaint = new Promise((resolve) => { this.onFirstPaint = resolve; });
-    if (document.body.dataset.embedded === "true") holdUntil(nearScreen($("charts")), null);
-    else holdUntil(firstPaint, FIRST_CHARTS_WAIT_MS);
+    if (document.body.dataset.embedded === "true") {
+      holdUntilNear([$("charts")], firstPaint, FIRST_CHARTS_WAIT_MS);
+    } else {
+      holdUntil(firstPaint, FIRST_CHARTS_WAIT_MS);
+    }
     this.views = new ViewCache(id);
     this.heads = new HeadStrips(id);
     this.response = null;
@@ -221,6 +224,7 @@ export class RunView {
     if (this.inputPanel || !first || first.shape[1] > MAX_GRID) return;
     this.inputPanel = new InputPanel($("heatmaps"), input, first);
     $("heatmaps").prepend(this.inputPanel.root);
+    alsoNear(this.inputPanel.root); // a Plotly heatmap: on screen, it needs the library now
     this.drawInput(this.player.step);
   }
 
