@@ -3,7 +3,7 @@
 //
 // Routes: #/runs · #/new · #/run/<id> (opens at the newest rewire) · #/run/<id>?step=S (the
 // rewire at or before step S) · #/compare/<id>,<id>,…
-import { api } from "./api.js";
+import { api, request } from "./api.js";
 import * as codec from "./codec.js";
 import { CompareView } from "./compare_view.js";
 import { RunForm } from "./form.js";
@@ -287,10 +287,23 @@ route();
 // (to one request every 30 s) and the connection indicator says so, instead of a request, and
 // a console error, every few seconds.
 let pollDelayMs = RUNS_POLL_MS;
+// Whether the server answers: the runs list's refresh (which keeps it current), or inside a
+// notebook cell, which shows no list, the health probe (a one-row read, not a page of runs).
+async function serverAnswers() {
+  if (document.body.dataset.embedded !== "true") {
+    await runsList.refresh();
+    return runsList.reachable !== false;
+  }
+  try {
+    await request(urls.health());
+    return true;
+  } catch {
+    return false; // fetch rejects only when nothing answered
+  }
+}
 async function pollRuns() {
   if (!document.hidden) {
-    await runsList.refresh();
-    serverReachable = runsList.reachable !== false;
+    serverReachable = await serverAnswers();
     if (!serverReachable) {
       pollDelayMs = Math.min(30_000, pollDelayMs * 2);
       setConnection("unreachable");

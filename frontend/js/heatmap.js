@@ -131,7 +131,8 @@ export class LayerPanel {
     this.palette = palette;
     let painted;
     if (mode !== "density" && !plotlyNow()) {
-      painted = this.showPreview(this.bitmap(view, palette).source, view);
+      this.fill(view, palette);
+      painted = this.showPreview(view);
       plotly().then(() => this.upgrade(generation)).catch(() => { /* the preview stays */ });
     } else if (mode === "density") {
       painted = this.plotTrace(this.densityTrace(view), mode, `density-${view.gr}x${view.gc}`, view);
@@ -197,13 +198,12 @@ export class LayerPanel {
     });
   }
 
-  // The bitmap as an image over the plot area (where Plotly's axes would frame it), while the
-  // library is not loaded; resolves once the image is decoded and on screen.
-  showPreview(source, view) {
+  // The bitmap (fill) as a canvas over the plot area (where Plotly's axes would frame it), while
+  // the library is not loaded: no PNG encoding; resolves once it is on screen.
+  showPreview(view) {
     if (!this.preview) {
-      this.preview = document.createElement("img");
+      this.preview = document.createElement("canvas");
       this.preview.className = "panel-preview";
-      this.preview.alt = "";
       const margin = MARGINS.panel;
       Object.assign(this.preview.style, { left: `${margin.l}px`, top: `${margin.t}px`,
                                           width: `calc(100% - ${margin.l + margin.r}px)`,
@@ -212,8 +212,10 @@ export class LayerPanel {
       this.plot.append(this.preview);
     }
     this.previewView = view;
-    this.preview.src = source;
-    this.element = this.preview;
+    this.preview.width = view.gc;
+    this.preview.height = view.gr;
+    this.preview.getContext("2d").putImageData(this.image, 0, 0);
+    this.element = null;
     return this.decoded();
   }
 
@@ -263,7 +265,19 @@ export class LayerPanel {
     return element.decode().catch(() => undefined).then(() => frame);
   }
 
+  // The view as a PNG for Plotly's image trace (fill, then encoded: a few ms at screen size).
   bitmap(view, palette) {
+    this.fill(view, palette);
+    // At most screen-sized, so the PNG encodes in a few ms on the main thread.
+    const source = this.canvas.toDataURL("image/png");
+    const dx = view.cols / view.gc;
+    const dy = view.rows / view.gr;
+    return { source, trace: { type: "image", source, x0: (dx - 1) / 2, y0: (dy - 1) / 2, dx, dy,
+                              hoverinfo: "none", zsmooth: false } };
+  }
+
+  // One RGBA pixel per view pixel into this.image (and this.canvas).
+  fill(view, palette) {
     const { gr, gc } = view;
     if (this.canvas.width !== gc || this.canvas.height !== gr || !this.image) {
       this.canvas.width = gc;
@@ -290,12 +304,6 @@ export class LayerPanel {
       data[o] = colour[0]; data[o + 1] = colour[1]; data[o + 2] = colour[2]; data[o + 3] = 255;
     }
     this.context.putImageData(this.image, 0, 0);
-    // At most screen-sized, so the PNG encodes in a few ms on the main thread.
-    const source = this.canvas.toDataURL("image/png");
-    const dx = view.cols / gc;
-    const dy = view.rows / gr;
-    return { source, trace: { type: "image", source, x0: (dx - 1) / 2, y0: (dy - 1) / 2, dx, dy,
-                              hoverinfo: "none", zsmooth: false } };
   }
 
   densityTrace(view) {
@@ -387,6 +395,19 @@ export function inputGeometry(meta, layer) {
 }
 
 // 1, 2 or 5 times a power of ten, at least `value`.
+// Plotly's "Viridis" colour scale, so a preview and the Plotly heatmap after it agree.
+const VIRIDIS = ["#440154", "#48186a", "#472d7b", "#424086", "#3b528b", "#33638d", "#2c728e",
+  "#26828e", "#21918c", "#1fa088", "#28ae80", "#3fbc73", "#5ec962", "#84d44b", "#addc30", "#d8e219",
+  "#fde725"].map(rgb);
+
+// [r, g, b] of `t` in [0, 1] on the Viridis scale (linear between its stops).
+export function viridis(t) {
+  const x = Math.min(1, Math.max(0, Number.isFinite(t) ? t : 0)) * (VIRIDIS.length - 1);
+  const i = Math.min(VIRIDIS.length - 2, Math.floor(x));
+  const f = x - i;
+  return VIRIDIS[i].map((low, k) => Math.round(low + (VIRIDIS[i + 1][k] - low) * f));
+}
+
 export function niceCeiling(value) {
   const power = 10 ** Math.floor(Math.log10(value));
   for (const factor of [1, 2, 5, 10]) if (factor * power >= value) return factor * power;
@@ -466,14 +487,55 @@ export class InputPanel {
       uirevision: "input",
       paper_bgcolor: PAPER_BACKGROUND,
     };
-    // Marked drawn once the plot holds this step (plotly.js may still be loading).
-    return react(this.plot, [trace], layout, PLOT_CONFIG).then(() => {
+    const drawn = () => {
       this.plot.dataset.total = String(total);
       this.plot.dataset.step = String(view.step);
-    });
+    };
+    this.shown = view;
+    if (!plotlyNow()) { // the picture now, the Plotly heatmap (axes, colour bar) once it loads
+      this.showPreview(z, trace.zmax, square);
+      drawn();
+      plotly().then(() => { if (!this.removed && this.shown === view) this.draw(view); })
+        .catch(() => { /* the preview stays */ });
+      return Promise.resolve();
+    }
+    this.preview?.remove();
+    this.preview = null;
+    return react(this.plot, [trace], layout, PLOT_CONFIG).then(drawn);
+  }
+
+  // z (rows of counts) as a Viridis bitmap over the plot area, square pixels for an image.
+  showPreview(z, zmax, square) {
+    const height = z.length;
+    const width = z[0].length;
+    const canvas = document.createElement("canvas");
+    canvas.width = width;
+    canvas.height = height;
+    const context = canvas.getContext("2d");
+    const image = context.createImageData(width, height);
+    for (let h = 0, o = 0; h < height; h++) {
+      for (let w = 0; w < width; w++, o += 4) {
+        const [r, g, b] = viridis(z[h][w] / zmax);
+        image.data[o] = r; image.data[o + 1] = g; image.data[o + 2] = b; image.data[o + 3] = 255;
+      }
+    }
+    context.putImageData(image, 0, 0);
+    if (!this.preview) {
+      this.preview = document.createElement("img");
+      this.preview.className = "panel-preview";
+      this.preview.alt = "";
+      const margin = MARGINS.panel;
+      Object.assign(this.preview.style, { left: `${margin.l}px`, top: `${margin.t}px`,
+                                          width: `calc(100% - ${margin.l + margin.r + 60}px)`,
+                                          height: `calc(100% - ${margin.t + margin.b}px)`,
+                                          objectFit: square ? "contain" : "fill" });
+      this.plot.append(this.preview);
+    }
+    this.preview.src = canvas.toDataURL("image/png");
   }
 
   remove() {
+    this.removed = true;
     purge(this.plot);
     this.root.remove();
   }

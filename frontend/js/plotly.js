@@ -38,7 +38,7 @@ export function holdUntil(first, atMostMs) {
   gate = firstOrLater(first, atMostMs);
 }
 
-// As holdUntil, and also until one of `elements` (or one given to alsoNear later) comes
+// As holdUntil, and also until one of `elements` comes
 // within 300 px of the screen: inside a notebook cell, where several views share one page's
 // main thread, the bundle is parsed only for a view whose charts are being looked at.
 export function holdUntilNear(elements, first, atMostMs) {
@@ -54,11 +54,6 @@ export function holdUntilNear(elements, first, atMostMs) {
   });
   for (const element of elements) observer.observe(element);
   gate = Promise.all([near, firstOrLater(first, atMostMs)]);
-}
-
-// One more element whose coming near the screen lets the held load begin.
-export function alsoNear(element) {
-  observer?.observe(element);
 }
 
 let observer = null;

@@ -13,7 +13,7 @@ import { HeadStrips } from "./heads.js";
 import { InputPanel, MAX_GRID } from "./heatmap.js";
 import { LayerOverview } from "./overview.js";
 import { PanelSet } from "./panels.js";
-import { alsoNear, holdUntil, holdUntilNear, purge } from "./plotly.js";
+import { holdUntil, holdUntilNear, purge } from "./plotly.js";
 import { lastAtOrBefore, Player } from "./player.js";
 import { loadSeries, MetricSeries, RewireSeries } from "./series.js";
 import { isActive, QUEUED, RUNNING } from "./statuses.js";
@@ -111,7 +111,13 @@ export class RunView {
     this.player.followable = isActive(run.status);
     this.player.live = live;
     this.player.setSteps(rewires.steps, { position: position ?? rewires.steps.length - 1 });
-    loadSeries(id, this.layers).then(({ metrics, rewires: series }) => {
+    // The series (overview, input view, charts) are asked for once the panels are painted (or
+    // FIRST_CHARTS_WAIT_MS passed): on a shared server (a notebook's inline views) the panels'
+    // views are answered first.
+    const painted = Promise.race([firstPaint, new Promise((done) => setTimeout(done, FIRST_CHARTS_WAIT_MS))]);
+    painted.then(() => (generation === this.generation ? loadSeries(id, this.layers) : null)).then((loaded) => {
+      if (!loaded) return;
+      const { metrics, rewires: series } = loaded;
       if (generation !== this.generation) return;
       // Live events that arrived meanwhile are already in the answers (or follow them).
       this.metrics = mergeLive(metrics, this.metrics);
@@ -224,7 +230,6 @@ export class RunView {
     if (this.inputPanel || !first || first.shape[1] > MAX_GRID) return;
     this.inputPanel = new InputPanel($("heatmaps"), input, first);
     $("heatmaps").prepend(this.inputPanel.root);
-    alsoNear(this.inputPanel.root); // a Plotly heatmap: on screen, it needs the library now
     this.drawInput(this.player.step);
   }
 

@@ -82,8 +82,10 @@ export class TopologySection {
     this.pending = false;
     this.pendingSince = 0;
     this.idleTimer = 0;
+    this.near = false; // the observer's last word; measured again only when it says "near"
     this.watch = new IntersectionObserver((entries) => {
-      if (this.pending && entries.some((entry) => entry.isIntersecting)) this.refresh();
+      for (const entry of entries) this.near = entry.isIntersecting;
+      if (this.pending && this.near) this.refresh();
     }, { rootMargin: `${ON_SCREEN_MARGIN_PX}px` });
     this.watch.observe(root);
     this.unsubscribe = player.subscribe((state) => { this.step = state.step; this.live = state.live; this.refresh(); });
@@ -188,6 +190,10 @@ export class TopologySection {
   }
 
   onScreen() {
+    // Far off screen by the observer's word: no layout is forced to check (opening a run asks
+    // this at every player move, before its panels are even laid out). Said to be near, it is
+    // measured: panels laid out above since may have pushed it away.
+    if (!this.near) return false;
     const box = this.root.getBoundingClientRect();
     if (!box.width && !box.height) return false; // hidden (another view, or not laid out)
     return box.bottom >= -ON_SCREEN_MARGIN_PX && box.top <= window.innerHeight + ON_SCREEN_MARGIN_PX;
@@ -200,8 +206,9 @@ export class TopologySection {
     this.pending = true;
     clearTimeout(this.idleTimer);
     this.idleTimer = 0;
-    const box = this.root.getBoundingClientRect();
-    if (!box.width && !box.height) return;
+    // Hidden (another view) or inside a notebook cell (several views on one page and one
+    // server): only on sight. Asked of the DOM, not of the layout (no forced layout here).
+    if (this.root.closest("[hidden]") || document.body.dataset.embedded === "true") return;
     const wait = this.live ? Math.min(OFF_SCREEN_IDLE_MS, Math.max(0, OFF_SCREEN_MAX_WAIT_MS - (now - this.pendingSince)))
       : OFF_SCREEN_IDLE_MS; // scrubbing: only once the scrubbing stops
     this.idleTimer = setTimeout(() => { this.idleTimer = 0; if (this.pending) this.refresh(true); }, wait);

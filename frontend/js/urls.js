@@ -10,6 +10,7 @@ const withQuery = (path, params) => `${path}?${new URLSearchParams(params)}`;
 
 // The server's OpenAPI document (the new-run form is generated from its RunConfig).
 export const openapi = () => "/openapi.json";
+export const health = () => "/api/health";
 
 // POST: start a run (GET: the first page of the list, as runList()).
 export const runs = () => RUNS;

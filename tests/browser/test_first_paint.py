@@ -61,7 +61,7 @@ def test_panels_paint_before_the_chart_bundle_arrives(cold, server, run_id):
     assert page.evaluate("typeof window.Plotly") == "undefined"
     preview = page.locator("#heatmap-0 .panel-preview")
     assert preview.is_visible()
-    assert page.evaluate("document.querySelector('#heatmap-0 .panel-preview').naturalWidth") > 0
+    assert page.evaluate("document.querySelector('#heatmap-0 .panel-preview').width") > 0
     steps = server.http.get(f"/api/runs/{run_id}/rewires").json()["steps"]
     assert page.locator("#heatmap-0").get_attribute("data-step") == str(steps[-1])
     # The picture answers hover before the library is there, in the same words as after.
