@@ -159,18 +159,28 @@ def chain_connectivity(masks: list[np.ndarray]) -> dict:
         if masks[position].shape[1] != masks[position - 1].shape[0]:
             raise ValueError(f"masks: layer {position} takes {masks[position].shape[1]} inputs, "
                              f"layer {position - 1} gives {masks[position - 1].shape[0]}")
+    # Every unit reached (the usual case at any useful density) selects nothing away: the
+    # whole mask is used as it is instead of a copy of its selected rows or columns.
+    def rows(mask, keep):
+        return mask if keep.all() else mask[keep]
+
+    def cols(mask, keep):
+        return mask if keep.all() else mask[:, keep]
+
     reached = [np.ones(masks[0].shape[1], dtype=bool)]  # (in_0,) every input is an input
     for mask in masks:
-        reached.append(mask[:, reached[-1]].any(axis=1))  # (out_l,)
+        reached.append(cols(mask, reached[-1]).any(axis=1))  # (out_l,)
     reaches = [np.ones(masks[-1].shape[0], dtype=bool)]  # (out_last,) every output is one
     for mask in reversed(masks):
-        reaches.append(mask[reaches[-1], :].any(axis=0))  # (in_l,)
+        reaches.append(rows(mask, reaches[-1]).any(axis=0))  # (in_l,)
     reaches.reverse()  # reaches[l]: units entering layer l that reach the output
     layers = []
     for position, mask in enumerate(masks):
-        effective = int(np.count_nonzero(mask[np.ix_(reaches[position + 1],
-                                                     reached[position])]))
-        layers.append({"active": int(np.count_nonzero(mask)), "effective": effective,
+        active = int(np.count_nonzero(mask))
+        used = rows(mask, reaches[position + 1])
+        effective = (active if used is mask and reached[position].all()
+                     else int(np.count_nonzero(cols(used, reached[position]))))
+        layers.append({"active": active, "effective": effective,
                        "cut_from_input": int(np.count_nonzero(~reached[position + 1])),
                        "cut_from_output": int(np.count_nonzero(~reaches[position + 1]))})
     return {"layers": layers,

@@ -40,6 +40,9 @@ from dst_core.store.reader import RunReader
 # Two threads count a layer's segments (see LayerTimeline.alive): the cold request of a big
 # layer is bound by gathering its growth history, and numpy gathers without the GIL.
 COUNTING = ThreadPoolExecutor(max_workers=2, thread_name_prefix="topology-count")
+# … and read the masks `/topology/model` needs (a chain's layers): decompressing and applying
+# a layer's frames runs mostly outside the GIL, two layers at a time.
+MASK_READS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="topology-masks")
 ANSWERS_PER_LAYER = 64  # rewires answered lately, kept: scrubbing back and forth is free
 DEFAULT_CACHE_MB = 1024  # the server's is Settings.topology_cache_mb (SPARSESCOPE_TOPOLOGY_CACHE_MB)
 LOG = logging.getLogger(__name__)
@@ -247,32 +250,85 @@ class TopologyReader:
     # ---- the whole model --------------------------------------------------------------------------
     def model(self, run_id: str, step: int) -> dict:
         """Every layer's degrees summary at `step`, and each MLP-shaped chain of Linear layers'
-        cut-off units and effective parameter count."""
+        cut-off units and effective parameter count.
+
+        A layer's summary is read from its cohort index (the statistics every rewire stored
+        there), not from its mask: no layer is decoded for it. Masks are read only for the
+        layers of a chain, and for a layer whose index cannot answer (then its frames are)."""
         layers = self.reader.layers(run_id)
+        chains = linear_chains(layers)
+        in_chain = {index for chain in chains for index in chain}
+        indexed = [self._indexed_summary(run_id, index, int(step), index in in_chain)
+                   for index in range(len(layers))]
+        wanted = [index for index, (summary, mask) in enumerate(indexed)
+                  if summary is None or (index in in_chain and mask is None)]
+
+        def read(index: int) -> tuple[np.ndarray, int] | ValueError:
+            try:
+                return self.reader.mask_at(run_id, index, int(step))
+            except ValueError as error:  # no frame yet, or a frame that does not decode
+                return error
+
+        read_masks = dict(zip(wanted, MASK_READS.map(read, wanted), strict=True))
         summaries, masks = [], {}
         for index, meta in enumerate(layers):
             name = meta.get("name", str(index))
-            try:
-                mask, frame_step = self.reader.mask_at(run_id, index, int(step))
-            except ValueError as error:  # no frame yet, or a frame that does not decode
-                summaries.append({"layer": name, "index": index, "error": str(error)})
-                continue
-            found = degrees(mask)
-            masks[index] = mask
-            summaries.append({"layer": name, "index": index, "step": frame_step,
-                              "shape": list(mask.shape), "active": int(mask.sum()),
-                              "density": float(mask.mean()),
-                              **{key: found[key] for key in ("fan_in_stats", "fan_out_stats",
-                                                             "dead_in", "dead_out")}})
-        chains = []
-        for chain in linear_chains(layers):
+            summary, checkpoint = indexed[index]
+            if checkpoint is not None:
+                masks[index] = checkpoint
+            elif index in read_masks:
+                found = read_masks[index]
+                if isinstance(found, ValueError):
+                    summaries.append({"layer": name, "index": index, "error": str(found)})
+                    continue
+                mask, frame_step = found
+                masks[index] = mask
+                if summary is None:
+                    counted = degrees(mask)
+                    summary = {"step": frame_step, "shape": list(mask.shape),
+                               "active": int(mask.sum()), "density": float(mask.mean()),
+                               **{key: counted[key] for key in ("fan_in_stats", "fan_out_stats",
+                                                                "dead_in", "dead_out")}}
+            summaries.append({"layer": name, "index": index, **summary})
+        found_chains = []
+        for chain in chains:
             if not all(index in masks for index in chain):
                 continue
             found = chain_connectivity([masks[index] for index in chain])
             found["per_layer"] = found.pop("layers")
-            chains.append({"layers": [layers[index].get("name", str(index)) for index in chain],
-                           **found})
-        return {"requested_step": int(step), "layers": summaries, "chains": chains}
+            found_chains.append({"layers": [layers[index].get("name", str(index))
+                                            for index in chain], **found})
+        return {"requested_step": int(step), "layers": summaries, "chains": found_chains}
+
+    def _indexed_summary(self, run_id: str, index: int, step: int,
+                         want_mask: bool) -> tuple[dict | None, np.ndarray | None]:
+        """(the layer's summary at its newest rewire at or before `step`, from its cohort
+        index; its (rows, cols) mask when `want_mask` and the index holds that rewire's
+        checkpoint). (None, None) where the index cannot say (no rewire by then, an index that
+        stopped at a frame that does not fit): the caller reads the frames instead."""
+        try:
+            entry = self._synced(run_id, index)
+        except ValueError:
+            return None, None
+        with entry.lock:
+            timeline = entry.timeline
+            if timeline is None or entry.error is not None:
+                return None, None
+            rewire = bisect.bisect_right(timeline.steps, step) - 1
+            if rewire < 0:
+                return None, None
+            found = timeline.summary(rewire)
+            rows, cols = timeline.shape
+            active = int(timeline.active[rewire])
+            try:
+                mask = timeline.checkpoint_mask(rewire) if want_mask else None
+            except IndexFormatError:
+                mask = None  # a stored checkpoint that does not read: the frames are replayed
+            summary = {"step": int(timeline.steps[rewire]), "shape": [int(rows), int(cols)],
+                       "active": active, "density": active / (rows * cols) if rows * cols else 0.0,
+                       **{key: found[key] for key in ("fan_in_stats", "fan_out_stats",
+                                                      "dead_in", "dead_out")}}
+            return summary, None if mask is None else mask.reshape(rows, cols)
 
     # ---- keeping the index up to date ---------------------------------------------------------
     def _synced(self, run_id: str, index: int) -> _Entry:
@@ -341,6 +397,9 @@ class TopologyReader:
         """Replay the frames no segment holds into the entry's indexer, cutting segments."""
         if entry.error is not None:
             return  # the index stops at a bad frame; earlier rewires still answer
+        newest = topology_index.newest_frame_seq(self.store.db, run_id, index)
+        if newest is None or newest <= entry.taken_seq:
+            return  # nothing stored since: no scan of the events after the layer's last frame
         indexer = entry.indexer
         matrix = self.reader.layers(run_id)[index]["matrix"]
         layer_shape = (int(matrix[0]), int(matrix[1]))
@@ -389,11 +448,15 @@ class TopologyReader:
 def linear_chains(layers: list[dict]) -> list[list[int]]:
     """Maximal runs of >= 2 consecutive Linear layers where each takes the previous one's
     outputs as its inputs: the MLP-shaped parts of a model, in layer order. `layers` are
-    RunReader.layers entries (`kind`, `matrix` = [outputs, inputs])."""
+    RunReader.layers entries (`kind`, `matrix` = [outputs, inputs], `heads`).
+
+    An attention projection (a layer with a head layout) is in no chain: q, k, v and o are
+    not composed one after the other, however their shapes line up (a LLaMA block's
+    q→k→v→o→gate would otherwise count as a five-layer MLP)."""
     chains: list[list[int]] = []
     current: list[int] = []
     for index, meta in enumerate(layers):
-        linear = meta.get("kind") == "linear"
+        linear = meta.get("kind") == "linear" and not meta.get("heads")
         if linear and current and layers[current[-1]]["matrix"][0] == meta["matrix"][1]:
             current.append(index)
             continue

@@ -248,6 +248,13 @@ class Segment:
             self._cohorts = _BlockCohorts(cohort_rewires, counts, lows, self.numel)
         return self._cohorts
 
+    def checkpoint_mask(self) -> np.ndarray:
+        """The flat mask at `last` alone (its born part is not inflated)."""
+        mask = unpack_mask(self._part("mask"), self.numel)
+        if np.count_nonzero(mask) != self.rewires.active[-1]:
+            raise IndexFormatError("segment: checkpoint counts differ from its mask")
+        return mask
+
     def checkpoint(self) -> tuple[np.ndarray, np.ndarray]:
         """(mask, born): the flat mask at `last` and, per active connection in flat order, the
         rewire it became active at."""
@@ -598,6 +605,16 @@ class LayerTimeline:
             if part.first <= rewire <= part.last:
                 return part.summary(rewire - part.first)
         raise ValueError(f"rewire: {rewire} outside 0..{self.rewires}")
+
+    def checkpoint_mask(self, rewire: int) -> np.ndarray | None:
+        """The flat mask at `rewire` where the index holds it whole (the rewire a segment
+        ends at, or the indexer's current one); None elsewhere (frames must be replayed)."""
+        if self.indexer is not None and rewire == self.indexer.rewire:
+            return self.indexer.mask()
+        for segment in self.segments:
+            if segment.last == rewire:
+                return segment.checkpoint_mask()
+        return None
 
     def _initial(self) -> np.ndarray:
         if self.segments:

@@ -89,6 +89,15 @@ def insert_segment(db: sqlite3.Connection, run_id: str, layer: int, segment: Seg
 
 
 # ---- frames -------------------------------------------------------------------------------------
+def newest_frame_seq(db: sqlite3.Connection, run_id: str, layer: int) -> int | None:
+    """The seq of the layer's newest stored frame (None: none), from the frames index alone:
+    a reader whose index already holds it need not scan the events after it (a whole-model
+    answer asks this of every layer)."""
+    row = db.execute("SELECT MAX(seq) FROM events INDEXED BY events_frames WHERE run_id = ? "
+                     "AND layer = ?", (run_id, layer)).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
 def stored_frames(db: sqlite3.Connection, run_id: str, layer: int, after_seq: int,
                   before_seq: int | None = None) -> Iterator[sqlite3.Row]:
     """The layer's stored topology frames with after_seq < seq (< before_seq), in order."""

@@ -210,6 +210,61 @@ def test_linear_chains_follow_matching_shapes():
     assert linear_chains(layers) == [[1, 2, 3], [4, 5]]
 
 
+def test_linear_chains_leave_attention_projections_out():
+    """q→k→v→o→gate line up by shape in a LLaMA block but are no chain: a layer with a head
+    layout ends one; the MLP's up→down is one."""
+    def linear(rows, cols, heads=None):
+        return {"kind": "linear", "matrix": [rows, cols], **({"heads": heads} if heads else {})}
+
+    heads = {"axis": "out", "count": 4, "size": 4, "parts": None}
+    block = [linear(16, 16, heads), linear(16, 16, heads), linear(16, 16, heads),
+             linear(16, 16, {**heads, "axis": "in"}), linear(40, 16), linear(40, 16), linear(16, 40)]
+    assert linear_chains(block + block) == [[5, 6], [12, 13]]
+
+
+def test_the_whole_model_answer_equals_the_masks_at_every_step(client, tmp_path):
+    """/topology/model reads each layer's summary from its cohort index and a chain's masks
+    from the index's checkpoints where it holds them: at every step (on a rewire, between two,
+    the newest) the answer equals degrees and chains computed from the stored masks."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 20), torch.nn.ReLU(), torch.nn.Linear(20, 9),
+                                torch.nn.ReLU(), torch.nn.Linear(9, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    driver = SparseDriver(model, optimizer, method="set", density=0.3, total_steps=40,
+                          interval_steps=5, seed=0)
+    store = client.app.state.store
+    with Recorder(store.data_dir, name="model answer") as recorder:
+        recorder.attach(driver)
+        for step in range(1, 31):
+            loss = model(torch.randn(8, 12)).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            driver.step()
+            recorder.log(step, loss=loss.item())
+    run_id = recorder.run_id
+    reader = RunReader(store)
+    for step in (0, 5, 7, 15, 25, 30, 10**6):
+        client.app.state.topology.cache.clear()
+        client.app.state.layer_views.chains.cache.clear()
+        answer = client.get(f"/api/runs/{run_id}/topology/model", params={"step": step}).json()
+        masks = [reader.mask_at(run_id, index, step) for index in range(3)]
+        for layer, (mask, frame_step) in zip(answer["layers"], masks, strict=True):
+            brute = brute_degrees(mask)
+            assert layer["step"] == frame_step and layer["shape"] == list(mask.shape)
+            assert layer["active"] == int(mask.sum())
+            assert layer["density"] == pytest.approx(mask.mean())
+            assert layer["dead_in"] == brute["dead_in"] and layer["dead_out"] == brute["dead_out"]
+            assert layer["fan_in_stats"]["max"] == max(d for d, _ in brute["fan_in"])
+            assert layer["fan_in_stats"]["mean"] == pytest.approx(mask.sum(axis=1).mean())
+            assert layer["fan_out_stats"]["std"] == pytest.approx(mask.sum(axis=0).std())
+        effective, cut_in, cut_out, unused = brute_chain([mask for mask, _ in masks])
+        chain = answer["chains"][0]
+        assert chain["effective_params"] == effective and chain["inputs_unused"] == unused
+        assert [layer["cut_from_input"] for layer in chain["per_layer"]] == cut_in
+        assert [layer["cut_from_output"] for layer in chain["per_layer"]] == cut_out
+
+
 def test_bad_requests_and_broken_runs_never_answer_5xx(client):
     client.app.state.topology.cache.clear()
     store = client.app.state.store
