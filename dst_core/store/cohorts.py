@@ -42,13 +42,17 @@ from dst_core.analytics import count_pairs, degree_stats
 
 BLOCK = 1 << 16  # connections per block: offsets fit uint16, a block's mask slice fits cache
 SEGMENT_REWIRES = 32  # rewires per stored segment: a reader applies at most this many cohorts
-FORMAT = 2  # the segment header's layout version (2: checkpoint parts deflated; 1 still read)
-FORMATS = (1, 2)
-# Checkpoint parts stored deflated: the mask (packed bits, runs of zeros) and born (a few
-# distinct rewire numbers). Raw they made a layer's index 2-3× its frames (a LLaMA-style run:
-# 72 MB of index beside 30 MB of frames); the cohorts' block offsets stay raw (they are read
-# on every request, and deflate barely shrinks them).
-DEFLATED = {"mask": zlib.Z_RLE, "initial": zlib.Z_RLE, "born": zlib.Z_DEFAULT_STRATEGY}
+FORMAT = 3  # the segment header's layout version (3: cohort offsets as deflated gaps;
+# 2: checkpoint parts deflated; both still read, as is 1)
+FORMATS = (1, 2, 3)
+# Parts stored deflated: the mask (packed bits, runs of zeros), born (a few distinct rewire
+# numbers) and the cohorts' block offsets as gaps (`gaps`: each cohort's sorted offsets within
+# a block as differences, low bytes then high bytes; the high bytes are mostly 0). Raw they
+# made a layer's index 1.2-3× its frames (a LLaMA-style run: 64 MB of index beside 52 MB of
+# frames, 44 MB of it offsets at 2 bytes per grown connection; as gaps 18 MB). Inflated once
+# per segment a reader loads.
+DEFLATED = {"mask": zlib.Z_RLE, "initial": zlib.Z_RLE, "born": zlib.Z_DEFAULT_STRATEGY,
+            "gaps": zlib.Z_RLE}
 _ALIGN = 8  # blob parts start at multiples of this (numpy views of aligned data are faster)
 _DTYPES = {"<i4", "<u2", "<u1", "<i2"}
 # One entry per rewire: fan-in mean/std/max, fan-out mean/std/max, dead inputs, dead outputs.
@@ -239,7 +243,8 @@ class Segment:
             cohort_rewires = list(range(max(self.first, 1), self.last + 1))
             blocks = -(-self.numel // BLOCK)
             counts = self._part("counts").reshape(len(cohort_rewires), blocks)
-            lows = self._part("lows")
+            lows = self._part("lows") if "lows" in self.parts else _offsets_of(
+                self._part("gaps"), counts)
             if (counts < 0).any() or int(counts.sum(dtype=np.int64)) != lows.size:
                 raise IndexFormatError("segment: cohort counts do not match its members")
             if [int(n) for n in counts.sum(axis=1)] != \
@@ -348,6 +353,29 @@ def unpack_mask(bits: np.ndarray, numel: int) -> np.ndarray:
     if bits.size != math.ceil(numel / 8):
         raise IndexFormatError(f"segment: {bits.size} mask bytes for {numel} connections")
     return np.unpackbits(bits, bitorder="little", count=numel).astype(bool)
+
+
+def _offsets_of(planes: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The cohorts' block offsets (uint16, block-major, cohort-minor, each run ascending) from
+    their stored gaps (`planes`: the gaps' low bytes, then their high bytes) and the
+    (cohorts, blocks) member counts. IndexFormatError for gaps that do not add up."""
+    if planes.size % 2:
+        raise IndexFormatError("segment: an odd number of gap bytes")
+    half = planes.size // 2
+    gaps = planes[:half].astype(np.int64) | (planes[half:].astype(np.int64) << 8)
+    lengths = counts.T.reshape(-1).astype(np.int64)  # (blocks × cohorts,) in stored order
+    if (lengths < 0).any() or int(lengths.sum()) != half:
+        raise IndexFormatError("segment: cohort counts do not match its members")
+    if not half:
+        return np.zeros(0, np.uint16)
+    totals = np.cumsum(gaps)
+    present = lengths > 0
+    starts = (np.cumsum(lengths) - lengths)[present]  # each run's first member
+    before = np.where(starts > 0, totals[starts - 1], 0)  # what earlier runs summed to
+    offsets = totals - np.repeat(before, lengths[present])
+    if offsets.max() >= BLOCK:
+        raise IndexFormatError("segment: a cohort offset beyond its block")
+    return offsets.astype(np.uint16)
 
 
 def _pack_parts(arrays: dict[str, np.ndarray]) -> tuple[bytes, dict]:
@@ -553,13 +581,17 @@ class LayerIndexer:
                    else np.zeros(blocks + 1, dtype=np.int64))
             counts[position] = np.diff(cut)
             cuts.append(cut)
-        lows = [(members[rewire][cut[block]:cut[block + 1]] - block * BLOCK).astype(np.uint16)
+        # Each (block, cohort) run's offsets within the block, ascending, as gaps (the first
+        # from 0): small numbers where a layer grows many connections, which deflate shrinks.
+        gaps = [np.diff((members[rewire][cut[block]:cut[block + 1]] - block * BLOCK)
+                        .astype(np.uint16), prepend=np.uint16(0))
                 for block in range(blocks)
                 for rewire, cut in zip(cohort_rewires, cuts, strict=True)
                 if cut[block + 1] > cut[block]]
+        gaps = np.concatenate(gaps) if gaps else np.zeros(0, np.uint16)
         mask = self.mask()
         arrays = {"counts": counts,
-                  "lows": np.concatenate(lows) if lows else np.zeros(0, np.uint16),
+                  "gaps": gaps.astype("<u2").view(np.uint8).reshape(-1, 2).T.ravel(),
                   "mask": np.packbits(mask, bitorder="little"),
                   "born": self.born[mask]}
         if pending.first == 0:

@@ -262,7 +262,7 @@ def test_stored_segments_that_do_not_add_up_are_refused(monkeypatch):
     masks = rewired_masks((6, 5), 0.4, 5, 0.4, seed=4)
     segments, _ = index_masks(masks)
     header, blob = segments[1].to_row()
-    for bad_header in ("not json", header.replace('"format":2', '"format":9'),
+    for bad_header in ("not json", header.replace('"format":3', '"format":9'),
                        header.replace('"grown":[', '"grown":[1,')):
         with pytest.raises(IndexFormatError):
             Segment.from_row(bad_header, 1, lambda: blob)
@@ -288,26 +288,60 @@ def test_checkpoints_are_stored_deflated_and_format_1_segments_still_read(monkey
     first.checkpoint()  # loads its blob
     header, blob = first.to_row()
     parts = json.loads(header)["parts"]
-    assert {name for name, part in parts.items() if len(part) == 4} == {"mask", "born", "initial"}
+    assert {name for name, part in parts.items() if len(part) == 4} == \
+        {"mask", "born", "initial", "gaps"}
     raw_bytes = sum(first._part(name).nbytes for name in parts)
     assert len(blob) < raw_bytes  # a 10 %-dense mask and its born deflate
-    # The same segment as format 1 wrote it (every part raw) reads the same.
-    arrays = {name: first._part(name) for name in parts}
-    monkeypatch.setattr(cohorts, "DEFLATED", {})
-    raw_blob, raw_parts = cohorts._pack_parts(arrays)
-    old_header = json.dumps({**json.loads(header), "format": 1,
-                             "parts": {name: list(part) for name, part in raw_parts.items()}})
-    old = Segment.from_row(old_header, 0, lambda: raw_blob)
-    for got, want in zip(old.checkpoint(), first.checkpoint(), strict=True):
-        assert np.array_equal(got, want)
-    assert np.array_equal(old.initial(), masks[0].reshape(-1))
+    # The same segment as formats 1 and 2 wrote it (the cohorts' offsets raw, as `lows`;
+    # format 1: every part raw) reads the same.
+    arrays = {name: first._part(name) for name in parts if name != "gaps"}
+    arrays["lows"] = first.cohorts().lows
+    for version, deflated in ((1, {}), (2, {k: v for k, v in cohorts.DEFLATED.items()
+                                            if k != "gaps"})):
+        monkeypatch.setattr(cohorts, "DEFLATED", deflated)
+        old_blob, old_parts = cohorts._pack_parts(arrays)
+        old_header = json.dumps({**json.loads(header), "format": version,
+                                 "parts": {name: list(part) for name, part in old_parts.items()}})
+        old = Segment.from_row(old_header, 0, lambda blob=old_blob: blob)
+        for got, want in zip(old.checkpoint(), first.checkpoint(), strict=True):
+            assert np.array_equal(got, want)
+        assert np.array_equal(old.initial(), masks[0].reshape(-1))
+        assert np.array_equal(old.cohorts().lows, first.cohorts().lows)
+        assert np.array_equal(old.cohorts().alive(masks[-1].reshape(-1)),
+                              first.cohorts().alive(masks[-1].reshape(-1)))
+    monkeypatch.undo()
     # A deflated part that does not inflate to its size is refused, not misread.
     offset, _, _, stored = parts["born"]
     damaged = blob[:offset] + bytes(stored) + blob[offset + stored:]
     with pytest.raises(IndexFormatError, match="segment part born"):
         Segment.from_row(header, 0, lambda: damaged).checkpoint()
     with pytest.raises(IndexFormatError):  # format 1 never had deflated parts
-        Segment.from_row(header.replace('"format":2', '"format":1'), 0, lambda: blob)
+        Segment.from_row(header.replace('"format":3', '"format":1'), 0, lambda: blob)
+
+
+def test_cohort_offsets_are_stored_as_gaps_that_must_add_up(monkeypatch):
+    """Format 3 stores each cohort's offsets within a block as gaps (deflated): a grown layer's
+    index costs about a byte per grown connection, not two; gaps that leave the block or
+    counts that do not match them are refused."""
+    monkeypatch.setattr(cohorts, "SEGMENT_REWIRES", 3)
+    masks = rewired_masks((300, 400), 0.1, 6, 0.3, seed=8)
+    segments, _ = index_masks(masks)
+    segment = segments[0]
+    header, blob = segment.to_row()
+    offset, items, dtype, stored = json.loads(header)["parts"]["gaps"]
+    members = items // 2
+    assert members == sum(segment.rewires.grown[1:]) and stored < members  # < 1 byte each
+    lows = segment.cohorts().lows
+    counts = segment._part("counts").reshape(segment.last, -1)
+    assert np.array_equal(cohorts._offsets_of(segment._part("gaps"), counts), lows)
+    planes = segment._part("gaps").copy()
+    planes[members:] = 255  # every gap ≥ 65280: the offsets leave their block
+    with pytest.raises(IndexFormatError, match="beyond its block"):
+        cohorts._offsets_of(planes, counts)
+    with pytest.raises(IndexFormatError, match="odd number"):
+        cohorts._offsets_of(planes[:-1], counts)
+    with pytest.raises(IndexFormatError, match="do not match"):
+        cohorts._offsets_of(planes[:-2], counts)
 
 
 def test_born_survives_more_rewires_than_int16_holds(monkeypatch):
