@@ -1,9 +1,11 @@
 """Recording and streaming benchmark: frame sizes, binary vs JSON, recording overhead, seek.
 
     .venv/bin/python bench/stream.py [--quick] [--steps N] [--overhead-only]
+    .venv/bin/python bench/stream.py --overhead-only --model gpt2 --steps 60
 
 Targets: keyframe <= 1/8 of the bool mask's bytes, delta <= 4 bytes per changed
-edge, recording overhead <= 5% of training time for a 784-1024-1024-10 MLP, seek <= 200 ms
+edge, recording overhead <= 5% of training time for a 784-1024-1024-10 MLP (and, with
+`--model gpt2`, for GPT-2 small under RigL, issue 26), seek <= 200 ms
 to a random step of a 10,000-step run rewired every 10 steps. Figures are ratios and
 medians of one run on this machine; nothing here is asserted in tests.
 """
@@ -34,6 +36,7 @@ from dst_core.store.run_store import dumps  # noqa: E402
 
 DENSITY = 0.1
 DROP_FRACTION = 0.3  # SET's default: 30% of active connections replaced per rewire
+GPT2_BATCH, GPT2_CONTEXT = 2, 32  # --model gpt2: tokens per step (a CPU step takes ~1 s)
 
 
 def random_mask(rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
@@ -139,14 +142,26 @@ class Trainer:
     the recorder's) and inside the recorder's own calls (listeners at each rewire, log,
     flushes)."""
 
-    def __init__(self, total_steps: int, interval_steps: int, record_dir: Path | None):
+    def __init__(self, total_steps: int, interval_steps: int, record_dir: Path | None,
+                 model: str = "mlp"):
         torch.manual_seed(0)  # both trainers start from the same weights, masks and data
-        self.model = mlp()
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
-        self.driver = SparseDriver(self.model, self.optimizer, method="set", density=DENSITY,
+        self.kind = model
+        if model == "gpt2":  # GPT-2 small as examples/gpt2_rigl.py trains it: RigL, AdamW
+            from transformers import GPT2Config, GPT2LMHeadModel
+
+            self.model = GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=GPT2_CONTEXT,
+                                                    bos_token_id=0, eos_token_id=0))
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=6e-4)
+            method, distribution = "rigl", "erk"
+            self.x = torch.randint(0, 256, (GPT2_BATCH, GPT2_CONTEXT))
+        else:
+            self.model = mlp()
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+            method, distribution = "set", "uniform"
+            self.x, self.y = torch.rand(128, 784), torch.randint(0, 10, (128,))
+        self.driver = SparseDriver(self.model, self.optimizer, method=method, density=DENSITY,
                                    total_steps=total_steps * 10, interval_steps=interval_steps,
-                                   distribution="uniform")
-        self.x, self.y = torch.rand(128, 784), torch.randint(0, 10, (128,))
+                                   distribution=distribution)
         self.step = 0
         self.spent = {"total_s": 0.0, "rewire_s": 0.0, "recorder_s": 0.0, "fixed_s": 0.0}
         # The rewire runs inside the algorithm's after-step hook, timed on a copy of the
@@ -183,7 +198,8 @@ class Trainer:
         model, optimizer, driver, recorder = self.model, self.optimizer, self.driver, self.recorder
         for _ in range(steps):
             self.step += 1
-            loss = torch.nn.functional.cross_entropy(model(self.x), self.y)
+            loss = (model(self.x, labels=self.x).loss if self.kind == "gpt2"
+                    else torch.nn.functional.cross_entropy(model(self.x), self.y))
             optimizer.zero_grad()
             loss.backward()
             driver.step()
@@ -214,7 +230,7 @@ class Trainer:
             return 0.0
 
 
-def overhead(steps: int, interval_steps: int, chunk_steps: int = 50) -> dict:
+def overhead(steps: int, interval_steps: int, chunk_steps: int = 50, model: str = "mlp") -> dict:
     """Plain and recorded training of the same MLP, in one process, taking turns every
     `chunk_steps` steps in the order ABBA ABBA …: a shared machine drifts by several percent
     between runs seconds apart, and turns this short cancel that drift out.
@@ -226,8 +242,8 @@ def overhead(steps: int, interval_steps: int, chunk_steps: int = 50) -> dict:
     ABBA block, whose median shows how steady the figure is."""
     chunk_steps = max(1, min(chunk_steps, steps))
     with tempfile.TemporaryDirectory() as folder:
-        plain = Trainer(steps, interval_steps, None)
-        recorded = Trainer(steps, interval_steps, Path(folder) / "recorded")
+        plain = Trainer(steps, interval_steps, None, model)
+        recorded = Trainer(steps, interval_steps, Path(folder) / "recorded", model)
         blocks: list[tuple[float, float]] = []
         background_during_plain = 0.0
         done = 0
@@ -251,7 +267,8 @@ def overhead(steps: int, interval_steps: int, chunk_steps: int = 50) -> dict:
         recorded.finish()
     plain_s, recorded_s = plain.spent["total_s"], recorded.spent["total_s"]
     block_overheads = [b / a - 1 for a, b in blocks if a > 0]
-    return {"steps": steps, "interval_steps": interval_steps, "chunk_steps": chunk_steps,
+    return {"model": model, "steps": steps, "interval_steps": interval_steps,
+            "chunk_steps": chunk_steps,
             "plain_s": plain_s, "recorded_s": recorded_s,
             "overhead": recorded_s / plain_s - 1,
             "block_overheads": block_overheads,
@@ -353,12 +370,18 @@ def main() -> None:
                              "2000)")
     parser.add_argument("--overhead-only", action="store_true",
                         help="only the recording overhead (no frame sizes, no seek)")
+    parser.add_argument("--model", choices=("mlp", "gpt2"), default="mlp",
+                        help="the overhead's model: the 784-1024-1024-10 MLP (SET), or GPT-2 "
+                             "small from its config (RigL, 48 sparsified layers; with "
+                             "--overhead-only, e.g. --steps 60)")
+    parser.add_argument("--interval-steps", type=int, default=10, help="steps between rewires")
     args = parser.parse_args()
     torch.set_num_threads(2)
     sizes = [256, 1024] if args.quick else [256, 1024, 4096]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     if args.overhead_only:
-        result = overhead(60 if args.quick else args.steps, 10)
+        result = overhead(60 if args.quick else args.steps, args.interval_steps,
+                          chunk_steps=10 if args.model == "gpt2" else 50, model=args.model)
         print(overhead_line(result) + "\n" + json.dumps(result, default=float))
         return
 

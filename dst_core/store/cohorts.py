@@ -358,24 +358,30 @@ def unpack_mask(bits: np.ndarray, numel: int) -> np.ndarray:
 def _offsets_of(planes: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """The cohorts' block offsets (uint16, block-major, cohort-minor, each run ascending) from
     their stored gaps (`planes`: the gaps' low bytes, then their high bytes) and the
-    (cohorts, blocks) member counts. IndexFormatError for gaps that do not add up."""
+    (cohorts, blocks) member counts. IndexFormatError for gaps that do not add up.
+
+    Summed in uint16, wrapping: every true offset is below 2^16, so the wrapped running sum
+    minus the wrapped sum before each run is exact; a run whose gaps add up past its block
+    (which wrapping would hide) is found by its total, summed wide."""
     if planes.size % 2:
         raise IndexFormatError("segment: an odd number of gap bytes")
     half = planes.size // 2
-    gaps = planes[:half].astype(np.int64) | (planes[half:].astype(np.int64) << 8)
+    gaps = planes[:half].astype(np.uint16)
+    gaps |= planes[half:].astype(np.uint16) << 8
     lengths = counts.T.reshape(-1).astype(np.int64)  # (blocks × cohorts,) in stored order
     if (lengths < 0).any() or int(lengths.sum()) != half:
         raise IndexFormatError("segment: cohort counts do not match its members")
     if not half:
         return np.zeros(0, np.uint16)
-    totals = np.cumsum(gaps)
     present = lengths > 0
     starts = (np.cumsum(lengths) - lengths)[present]  # each run's first member
-    before = np.where(starts > 0, totals[starts - 1], 0)  # what earlier runs summed to
-    offsets = totals - np.repeat(before, lengths[present])
-    if offsets.max() >= BLOCK:
+    if int(np.add.reduceat(gaps, starts, dtype=np.uint64).max()) >= BLOCK:
         raise IndexFormatError("segment: a cohort offset beyond its block")
-    return offsets.astype(np.uint16)
+    totals = np.cumsum(gaps, dtype=np.uint16)  # wraps: exact modulo 2^16
+    before = np.zeros(starts.size, np.uint16)
+    before[starts > 0] = totals[starts[starts > 0] - 1]
+    totals -= np.repeat(before, lengths[present])
+    return totals
 
 
 def _pack_parts(arrays: dict[str, np.ndarray]) -> tuple[bytes, dict]:
