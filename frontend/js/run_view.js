@@ -248,6 +248,7 @@ export class RunView {
   painted() {
     this.paints += 1;
     this.firstPanelAt ??= performance.now();
+    if ($("position").dataset.pending && this.settled()) this.player.render(); // drop "drawing…"
     if (!this.firstPaint && this.settled()) { // every visible panel shows the rewire
       this.firstPaint = true;
       this.onFirstPaint?.();
@@ -259,7 +260,20 @@ export class RunView {
     if (state.step === null) return this.run && isActive(this.run.status) ? "waiting for the first rewire" : "no rewires";
     const last = state.steps.length - 1;
     const tail = state.live ? " · live" : state.position === last && !state.followable ? " · newest" : "";
-    return `step ${state.step} · rewire ${state.position} of ${last}${tail}`;
+    // The label names the step the player is at; until the panels on screen show it, it says
+    // so (and #position carries data-pending): it never claims a picture not yet drawn.
+    const pending = this.markPending(state.step);
+    return `step ${state.step} · rewire ${state.position} of ${last}${tail}${pending ? " · drawing…" : ""}`;
+  }
+
+  // Whether the panels near the screen have not painted `step` yet; kept on #position as
+  // data-pending (the browser tests and anyone reading the page can tell).
+  markPending(step) {
+    const pending = step !== null && Boolean(this.panels) && !this.panels.settled(step);
+    const position = $("position");
+    if (pending) position.dataset.pending = "true";
+    else delete position.dataset.pending;
+    return pending;
   }
 
   // One websocket message of the followed run.

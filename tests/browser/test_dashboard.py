@@ -78,3 +78,39 @@ def test_delete_of_a_run_a_live_script_writes_offers_to_stop_it(page, server, tm
                 recorder.log(2, loss=0.5)
                 recorder.flush()
                 page.wait_for_timeout(100)
+
+
+SNAPSHOT_JS = """() => {
+  const position = document.querySelector('#position');
+  const inView = [...document.querySelectorAll('#heatmaps .heatmap[data-step]')].filter((plot) => {
+    const box = plot.getBoundingClientRect();
+    return box.bottom > 0 && box.top < innerHeight;
+  });
+  return { step: position.dataset.step, pending: position.dataset.pending === 'true',
+           text: position.textContent, panels: inView.map((plot) => plot.dataset.step) };
+}"""
+
+
+def test_while_live_the_position_never_names_a_step_the_panels_do_not_show(page, server):
+    """Issue 28, item 1: following a live run, #position names the player's step and says
+    "drawing…" (data-pending) until the panels on screen show it: sampled every 50 ms while the
+    run trains, a label without data-pending always matches every panel in view."""
+    page.get_by_role("button", name="Start").click()
+    page.wait_for_function("window.sparsescope.rewires >= 2", timeout=60_000)
+    snapshots = []
+    for _ in range(120):
+        snapshots.append(page.evaluate(SNAPSHOT_JS))
+        page.wait_for_timeout(50)
+    settled = [shot for shot in snapshots if not shot["pending"] and shot["panels"]]
+    assert settled, snapshots[-5:]
+    for shot in settled:
+        assert all(step == shot["step"] for step in shot["panels"]), shot
+        assert "drawing" not in shot["text"]
+    for shot in snapshots:
+        if shot["pending"]:
+            assert shot["text"].endswith("drawing…"), shot
+    # The label moved with the run (it is live), and it did pass through "drawing…" states.
+    assert len({shot["step"] for shot in snapshots}) >= 2
+    page.get_by_role("button", name="Stop", exact=True).click()
+    page.wait_for_function("['stopped', 'completed'].includes("
+                           "document.querySelector('#status').dataset.status)", timeout=60_000)
