@@ -153,8 +153,19 @@ function openRun(run) {
 
 // ---------------------------------------------------------------- actions
 
+// The top bar's Start starts what the New run form holds when it was edited (its own
+// button's path: a refused field is named there), else the defaults; its label says which.
 async function startRun() {
   const button = $("start");
+  if (runForm.edited()) {
+    button.disabled = true;
+    try {
+      if (!(await runForm.submit())) go("#/new");
+    } finally {
+      button.disabled = false;
+    }
+    return;
+  }
   button.disabled = true;
   try {
     const run = await api(urls.runs(), { method: "POST", body: {} });
@@ -245,6 +256,11 @@ const runsList = new RunsList({
 
 const runForm = new RunForm($("run-form"), {
   onStarted: (run) => { openRun(run); runsList.refresh(); },
+  onEdited: (edited) => {
+    $("start").textContent = edited ? "Start edited" : "Start defaults";
+    $("start").title = edited ? "Start a run with the settings edited in New run"
+      : "Start a run with the default settings (edit them in New run)";
+  },
 });
 
 // The form is built from the server's schema (/openapi.json, ~100 kB): asked for when the form

@@ -150,17 +150,19 @@ export function planText(plan) {
 }
 
 export class RunForm {
-  constructor(form, { onStarted }) {
+  constructor(form, { onStarted, onEdited = () => {} }) {
     this.form = form;
     this.onStarted = onStarted;
+    this.onEdited = onEdited; // (edited) when the form starts or stops differing from its defaults
+    this.defaults = null; // values() right after the last reset
     this.fields = [];
     this.inputs = new Map();
     this.planAsked = 0;
     form.noValidate = true; // the server validates and answers 422 naming the field
     form.addEventListener("submit", (event) => { event.preventDefault(); this.submit(); });
     form.querySelector("#form-reset").addEventListener("click", () => this.reset());
-    form.addEventListener("input", () => this.schedulePlan());
-    form.addEventListener("change", () => this.schedulePlan());
+    form.addEventListener("input", () => { this.schedulePlan(); this.noticeEdits(); });
+    form.addEventListener("change", () => { this.schedulePlan(); this.noticeEdits(); });
     // The schedule this form would start, with warnings, shown before Start is pressed.
     this.planBox = document.createElement("section");
     this.planBox.id = "form-plan";
@@ -171,7 +173,9 @@ export class RunForm {
     this.planWarnings = document.createElement("ul");
     this.planWarnings.id = "plan-warnings";
     this.planBox.append(this.planSummary, this.planWarnings);
-    form.querySelector(".form-actions").before(this.planBox);
+    // In the form's bar that stays at the bottom of the window: the schedule, its warnings and
+    // Launch are in sight however far down the fields go.
+    form.querySelector(".form-actions").prepend(this.planBox);
   }
 
   schedulePlan() {
@@ -257,6 +261,18 @@ export class RunForm {
     for (const field of this.fields) setValue(this.inputs.get(field.name), field, field.default);
     this.clearErrors();
     this.schedulePlan();
+    this.defaults = JSON.stringify(this.values());
+    this.noticeEdits();
+  }
+
+  // Whether the form holds settings other than the defaults (what the top bar's Start says).
+  edited() {
+    return this.defaults !== null && JSON.stringify(this.values()) !== this.defaults;
+  }
+
+  noticeEdits() {
+    const edited = this.edited();
+    if (edited !== this.wasEdited) { this.wasEdited = edited; this.onEdited(edited); }
   }
 
   values() {
@@ -300,6 +316,8 @@ export class RunForm {
     if (first) first.focus();
   }
 
+  // Starts the form's settings; resolves true once started, false when refused (the form
+  // then names the fields the server rejected).
   async submit() {
     this.clearErrors();
     const button = this.form.querySelector("button[type=submit]");
@@ -307,9 +325,11 @@ export class RunForm {
     try {
       const run = await api(urls.runs(), { method: "POST", body: this.values() });
       this.onStarted(run);
+      return true;
     } catch (error) {
       if (error instanceof ApiError && error.status === 422) this.showErrors(error.detail);
       else this.showErrors(error.message);
+      return false;
     } finally {
       button.disabled = false;
     }

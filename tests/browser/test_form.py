@@ -96,7 +96,7 @@ def test_server_422_shows_beside_the_field_it_names(page):
     page.fill("#field-hidden", "64, wide")
     page.get_by_role("button", name="Launch run").click()
     page.locator("#error-hidden").wait_for(state="visible")
-    screenshot(page, "new-run-form.png", full_page=True)
+    screenshot(page, "new-run-form.png")  # the window: Launch sits in the bar at its bottom
     assert page.evaluate("location.hash") == "#/new"  # nothing started
 
 
@@ -163,3 +163,32 @@ def test_a_failed_run_shows_its_error(page, server):
     page.wait_for_selector("#status[data-status='failed']", timeout=120_000)
     page.wait_for_function("document.querySelector('#run-error').textContent.includes('diverged')")
     assert page.get_by_role("button", name="Stop", exact=True).is_disabled()
+
+
+def test_the_top_bar_start_starts_what_the_form_holds(page, server):
+    """Issue 28, item 2: an edited New run form is what the top bar's Start launches (it says
+    "Start edited"); untouched, or reset, it says "Start defaults"; Launch stays in sight."""
+    start = page.locator("#start")
+    assert start.inner_text() == "Start defaults"
+    open_form(page)
+    assert start.inner_text() == "Start defaults"
+    page.fill("#field-name", "edited from the form")
+    page.fill("#field-epochs", "3")
+    page.select_option("#field-method", "rigl")
+    page.wait_for_function("document.querySelector('#start').textContent === 'Start edited'")
+    # Launch and the schedule stay on screen at the bottom of the window, below the fields.
+    page.evaluate("window.scrollTo(0, 0)")
+    launch = page.locator("#launch").bounding_box()
+    assert 0 < launch["y"] + launch["height"] <= 900
+    page.click("#form-reset")
+    page.wait_for_function("document.querySelector('#start').textContent === 'Start defaults'")
+    page.fill("#field-name", "edited from the form")
+    page.fill("#field-epochs", "3")
+    page.select_option("#field-method", "rigl")
+    start.click()
+    page.wait_for_function("location.hash.startsWith('#/run/')", timeout=30_000)
+    run_id = page.evaluate("location.hash").split("/")[2].split("?")[0]
+    run = server.http.get(f"/api/runs/{run_id}").json()
+    assert run["name"] == "edited from the form"
+    assert run["config"]["epochs"] == 3 and run["config"]["method"] == "rigl"
+    server.wait(run_id)
