@@ -344,8 +344,18 @@ def import_run(store: RunStore, source: bytes | Path) -> dict:
         events.append((last_seq + 1, last_step, "status",
                        json.dumps({"status": "stopped", "error": SNAPSHOT_NOTE}), None, None, None))
     # Told apart from its original in every list: a name that says so, and where it came from.
+    # The runs here that already hold the same recording (its original, earlier imports of it)
+    # are named too: importing a file twice says so instead of leaving two identical rows.
+    same = [row[0] for row in store.db.execute(
+        "SELECT id FROM (SELECT id, CASE WHEN json_valid(info) THEN json_extract(info, "
+        "'$.imported_from') END AS source, CASE WHEN json_valid(info) THEN json_extract(info, "
+        "'$.imported_at') END AS imported FROM runs) WHERE id = ?1 OR source = ?1 "
+        "ORDER BY id != ?1, imported, id LIMIT 100", (run["id"],))]  # the original, then by age
     info = json.loads(run.get("info") or "{}")
     info.update(imported_at=time.time(), imported_from=run["id"])
+    info.pop("same_as", None)  # an export of an import: what matters is this store's copies
+    if same:
+        info["same_as"] = same
     run["info"] = json.dumps(info)
     run["name"] = imported_name(run["name"])
     run["id"] = run_id

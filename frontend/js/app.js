@@ -90,6 +90,9 @@ function parseHash() {
 
 function route() {
   const { view, arg, params } = parseHash();
+  // Another view, or another run: it starts at its top (a run opened from the form showed
+  // its charts at the form's scroll position, the "Queued…" line above the fold).
+  if (view !== current || (view === "run" && arg && arg !== runView.id)) window.scrollTo(0, 0);
   current = view;
   for (const section of VIEWS) {
     $(`view-${section}`).hidden = section !== view;
@@ -221,7 +224,9 @@ function renderPicker() {
       if (box.checked) runsList.selected.add(run.id); else runsList.selected.delete(run.id);
       runsList.render();
     });
-    label.append(box, ` ${run.name} (${run.status})`);
+    // The id where names repeat: two imports of one file read the same otherwise.
+    const repeated = runsList.repeated.has(run.name);
+    label.append(box, ` ${run.name}${repeated ? ` · ${run.id}` : ""} (${run.status})`);
     return label;
   }));
 }

@@ -42,3 +42,23 @@ export function stepMarker(step) {
     line: { color: COLOURS.marker, width: 1.5, dash: "dot" },
   }];
 }
+
+// Compare: one colour per compared run, by its position in the compared list, the same in every
+// chart, table and panel of the view (Okabe–Ito, told apart with the common colour-vision
+// deficiencies; its yellow left out, unreadable on white, and its orange last: the scrubber's
+// marker is orange). More runs than colours start over.
+export const RUN_COLOURS = ["#0072b2", "#d55e00", "#009e73", "#cc79a7", "#56b4e9", "#000000", "#e69f00"];
+
+export function runColour(position) {
+  return RUN_COLOURS[position % RUN_COLOURS.length];
+}
+
+// A compared run's look on one of its traces: its legend group (a click on the legend hides or
+// shows the whole run) and its colour. `dash` tells apart several lines of one run in one chart;
+// bars take the colour on their marker only.
+export function runStyle(run, trace, dash = null) {
+  const marker = { ...trace.marker, color: run.colour };
+  if (trace.type === "bar") return { ...trace, legendgroup: run.id, marker };
+  return { ...trace, legendgroup: run.id, marker,
+           line: { ...trace.line, color: run.colour, ...(dash ? { dash } : {}) } };
+}

@@ -2,7 +2,7 @@
 //
 // Every name that reaches Plotly (run, layer, metric) goes through `plain` first: Plotly renders
 // a subset of HTML in titles, legends and hover labels.
-import { chartBase, chartTitle, COLOURS, MARGINS, PLOT_CONFIG, stepMarker } from "./chart_style.js";
+import { chartBase, chartTitle, COLOURS, MARGINS, PLOT_CONFIG, runStyle, stepMarker } from "./chart_style.js";
 import { plotly, plotlyNow } from "./plotly.js";
 import { plain } from "./text.js";
 
@@ -154,8 +154,11 @@ export function compareExtraFields(runs) {
   return [...fields.values()].sort((a, b) => (a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0));
 }
 
+// A compared run ({ id, name, colour, metrics, rewires }) is drawn in its own colour and legend
+// group in every chart (chart_style.js runStyle).
 export function compareExtraChart([type, field], runs) {
-  const traces = runs.map((run) => line(run.name, run.metrics.get(type, field), { mode: "lines+markers" }));
+  const traces = runs.map((run) => runStyle(run, line(run.name, run.metrics.get(type, field),
+                                                      { mode: "lines+markers" })));
   return [traces, layout(type === "eval" ? `${field} (eval)` : field, metricGroup(field))];
 }
 
@@ -164,7 +167,7 @@ export function compareChart(key, runs) {
   const traces = runs.map((run) => {
     const series = pick(run);
     const count = series ? series.step.length : 0;
-    return line(run.name, series, { mode: count < 40 ? "lines+markers" : "lines" });
+    return runStyle(run, line(run.name, series, { mode: count < 40 ? "lines+markers" : "lines" }));
   });
   return [traces, layout(title, yTitle)];
 }

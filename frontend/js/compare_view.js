@@ -1,7 +1,10 @@
 // Compare: two or more runs side by side, one layer panel per run at the same step, and every
 // metric overlaid. Same parts as the run view: the shared Player, panels drawn from `/view` at
 // panel resolution, downsampled series extended live from announce-mode websockets.
+// Each run keeps one colour (chart_style.js runColour, by its position in the link) in every
+// chart, panel and the table of the settings that differ between the runs.
 import { api } from "./api.js";
+import { runColour } from "./chart_style.js";
 import { COMPARE_METRICS, compareChart, compareExtraChart, compareExtraFields, drawChart } from "./charts.js";
 import { PanelSet } from "./panels.js";
 import { Player } from "./player.js";
@@ -54,8 +57,10 @@ export class CompareView {
       return;
     }
     if (generation !== this.generation) return;
+    runs.forEach((entry, position) => { entry.colour = runColour(position); });
     this.runs = runs;
     this.extraCharts = new Map();
+    showDiff(runs);
     const loaded = await Promise.all(runs.map((entry) => loadSeries(entry.id, entry.layers).catch(() => null)));
     if (generation !== this.generation) return;
     runs.forEach((entry, index) => {
@@ -86,7 +91,7 @@ export class CompareView {
     }));
     this.player.followable = runs.some((entry) => isActive(entry.run.status));
     this.player.live = this.player.followable;
-    this.topology.open(runs.map((entry) => ({ id: entry.id, name: entry.name, layers: entry.layers })));
+    this.topology.open(runs.map((entry) => ({ id: entry.id, name: entry.name, layers: entry.layers, colour: entry.colour })));
     this.player.setSteps(this.unionSteps());
     this.layout();
   }
@@ -112,6 +117,8 @@ export class CompareView {
       if (!layer) return;
       const panel = this.panels.add(container, { index: this.layer, ...layer },
                                     { id: `compare-heatmap-${index}`, title: entry.name });
+      panel.root.style.setProperty("--run-colour", entry.colour); // its border and title
+      panel.root.dataset.runId = entry.id;
       byPanel.set(panel, entry);
     });
     this.chartsDirty();
@@ -197,4 +204,74 @@ export class CompareView {
     clearTimeout(this.chartTimer);
     this.chartTimer = 0;
   }
+}
+
+// A setting's value as one string, for telling equal values apart: objects with their keys in
+// order (two configs may list a method's options in another order); undefined for a run that
+// did not record the setting.
+function canonical(value) {
+  if (Array.isArray(value)) return `[${value.map(canonical).join(",")}]`;
+  if (value !== null && typeof value === "object") {
+    return `{${Object.keys(value).sort().map((key) => `${JSON.stringify(key)}:${canonical(value[key])}`).join(",")}}`;
+  }
+  return JSON.stringify(value);
+}
+
+// The settings (fields of the runs' `config`) whose values differ between the runs, in the order
+// the configs list them. `name` is left out: it heads each run's column.
+export function differingSettings(configs) {
+  const keys = [...new Set(configs.flatMap((config) => Object.keys(config)))].filter((key) => key !== "name");
+  return keys.filter((key) => new Set(configs.map((config) => canonical(config[key]))).size > 1);
+}
+
+function shown(value) {
+  if (value === undefined) return "–"; // not recorded by this run
+  if (value === null) return "none";
+  return typeof value === "object" ? JSON.stringify(value) : String(value);
+}
+
+// #compare-diff: a row per setting that differs, a column per run headed by its name in its colour.
+// Names and values are data: set as text, never as markup.
+function showDiff(runs) {
+  const configs = runs.map((entry) => entry.run.config || {});
+  const keys = differingSettings(configs);
+  const summary = $("compare-diff-summary");
+  if (configs.every((config) => Object.keys(config).length === 0)) summary.textContent = "None of these runs recorded its settings.";
+  else if (!keys.length) summary.textContent = "The runs' settings are the same.";
+  else summary.textContent = `${keys.length} ${keys.length === 1 ? "setting differs" : "settings differ"}:`;
+  const table = $("compare-diff-table");
+  table.hidden = keys.length === 0;
+  const head = document.createElement("tr");
+  const corner = document.createElement("th");
+  corner.scope = "col";
+  corner.textContent = "setting";
+  head.append(corner);
+  for (const entry of runs) {
+    const cell = document.createElement("th");
+    cell.scope = "col";
+    cell.className = "run-name";
+    cell.dataset.runId = entry.id;
+    cell.style.setProperty("--run-colour", entry.colour);
+    cell.textContent = entry.name;
+    head.append(cell);
+  }
+  const rows = keys.map((key) => {
+    const row = document.createElement("tr");
+    row.dataset.key = key;
+    const name = document.createElement("th");
+    name.scope = "row";
+    name.textContent = key;
+    row.append(name);
+    for (const config of configs) {
+      const cell = document.createElement("td");
+      cell.textContent = shown(config[key]);
+      row.append(cell);
+    }
+    return row;
+  });
+  const thead = document.createElement("thead");
+  thead.append(head);
+  const tbody = document.createElement("tbody");
+  tbody.append(...rows);
+  table.replaceChildren(thead, tbody);
 }

@@ -217,7 +217,8 @@ export class LayerOverview {
     let column = rewires.step.length - 1;
     if (step !== null) while (column > 0 && rewires.step[column] > step) column--;
     this.rows.forEach((entry, index) => {
-      const active = column >= 0 ? rewires.active[index]?.[column] : null;
+      // No rewire recorded (a static run, or none yet): the layout's count, as its panel shows.
+      const active = column >= 0 ? rewires.active[index]?.[column] : rewires.initial?.[index] ?? null;
       entry.active.textContent = active === null || active === undefined ? "–" : String(active);
       entry.density.textContent = active === null || active === undefined ? "–"
         : `${(100 * active / Math.max(1, entry.size)).toFixed(1)}%`;

@@ -303,6 +303,8 @@ export class RunView {
           // Rewires announced while this answer was on its way are kept.
           this.flushLive();
           this.player.setSteps(mergeSteps(this.player.steps, rewires.steps));
+          // The input view too: its geometry is in this meta event (layout() removed any).
+          this.addInputPanel({ image_shape: Array.isArray(event.image_shape) ? event.image_shape : null });
         }).catch(() => undefined);
         break;
       case "status":

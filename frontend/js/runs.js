@@ -73,6 +73,7 @@ export class RunsList {
     this.total = 0; // runs matching the filters, loaded or not
     this.listed = null; // { url, etag } of the rows shown: a poll asks whether they changed
     this.writerBusy = new Set(); // runs whose Delete was refused (409): their row offers a forced one
+    this.repeated = new Set(); // names more than one loaded row has: those rows show their id
     this.ticket = 0; // the newest refresh: an older answer that lands later is dropped
     this.sort = { key: "age", descending: false };
     this.selected = new Set();
@@ -207,6 +208,12 @@ export class RunsList {
       return;
     }
     this.signature = signature;
+    const seen = new Set();
+    this.repeated = new Set();
+    for (const run of rows) {
+      if (seen.has(run.name)) this.repeated.add(run.name);
+      seen.add(run.name);
+    }
     const focused = document.activeElement && this.body.contains(document.activeElement)
       ? document.activeElement.getAttribute("aria-label") : null;
     this.body.replaceChildren(...rows.map((run) => this.row(run)));
@@ -233,7 +240,7 @@ export class RunsList {
     const cells = [
       pick,
       Object.assign(document.createElement("span"), { className: "badge", textContent: run.status }),
-      nameCell(run),
+      nameCell(run, this.repeated.has(run.name)),
       modelText(run),
       usedSettings(run).method ?? "–",
       densityText(usedSettings(run).density),
@@ -347,7 +354,10 @@ export class RunsList {
     try {
       const bytes = await file.arrayBuffer();
       const run = await api(urls.importRun(), { method: "POST", body: bytes, raw: true });
-      this.message(`Imported ${run.name}`);
+      const same = Array.isArray(run.info?.same_as) ? run.info.same_as : [];
+      this.message(same.length
+        ? `Imported ${run.name} as ${run.id}: this recording was already here (${same.join(", ")})`
+        : `Imported ${run.name}`);
       await this.refresh();
     } catch (error) {
       const missing = error.status === 404 || error.status === 405;
@@ -361,8 +371,16 @@ export class RunsList {
 export const SORT_COLUMNS = COLUMNS.map(([key, title]) => [key, title]);
 
 /** The run's name; a stored row the server could not read says so (it can still be deleted). */
-function nameCell(run) {
-  if (!run.unreadable) return run.name;
+// The name, and where another loaded row has the same name, the run's id beside it (two
+// imports of one file are otherwise indistinguishable).
+function nameCell(run, repeated = false) {
+  if (!run.unreadable && !repeated) return run.name;
+  if (!run.unreadable) {
+    const cell = document.createElement("span");
+    const id = Object.assign(document.createElement("code"), { className: "run-id", textContent: run.id });
+    cell.append(`${run.name} `, id);
+    return cell;
+  }
   const cell = document.createElement("span");
   const flag = Object.assign(document.createElement("span"),
     { className: "badge unreadable", textContent: "unreadable", title: run.unreadable });

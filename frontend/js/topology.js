@@ -1,7 +1,8 @@
 // The topology section: degree distributions (with the Erdős–Rényi expectation), degree over
 // time, dead units, connection ages, survival of grown cohorts and mask distance, for one layer
 // or as an all-layers summary, at the rewire the player shows — in the run view (one run) and
-// in Compare (one trace per run, overlaid).
+// in Compare (one trace per run, overlaid, each run in its own colour; fan-in over time, a
+// heatmap, as one heatmap per run stacked on a shared step axis).
 //
 // It follows the player with `player.subscribe` (docs/dashboard.md) and asks the server only for
 // what it draws: `GET /topology` at the step on screen, `/topology/series` once per layer (again
@@ -9,7 +10,7 @@
 // so scrubbing back costs nothing; at most one refresh is in flight, the newest position wins;
 // off screen it redraws only once the player is still (or every few seconds while live).
 import { api } from "./api.js";
-import { chartBase, chartTitle, MARGINS, PLOT_CONFIG, stepMarker } from "./chart_style.js";
+import { chartBase, chartTitle, MARGINS, PLOT_CONFIG, runColour, runStyle, stepMarker } from "./chart_style.js";
 import { purge, react } from "./plotly.js";
 import { plain } from "./text.js";
 import * as urls from "./urls.js";
@@ -29,6 +30,8 @@ const CHARTS = [
   ["repruned", "Grown, then pruned at the next rewire"],
 ];
 const SUMMARY_CHARTS = [["summary-dead", "Dead units per layer"], ["summary-degree", "Mean fan-in per layer"]];
+const MULTIPLE_HEIGHT_PX = 170; // fan-in over time, several runs: the height of each run's heatmap
+const MULTIPLE_GAP = 0.1; // … and the gap between two of them (a share of the plot's height)
 
 function layout(title, xTitle, yTitle, extra = {}) {
   return { ...BASE, title: chartTitle(title),
@@ -137,8 +140,10 @@ export class TopologySection {
     this.root.replaceChildren(heading, controls, this.error, this.stats, this.charts, this.summary, this.summaryCharts);
   }
 
-  // runs: [{ id, name, layers: [{ name, shape, ... }] }]; the first run's layers fill the picker.
+  // runs: [{ id, name, layers: [{ name, shape, ... }], colour }]; the first run's layers fill the
+  // picker. With several runs each is drawn in its `colour` (by default its position's colour).
   open(runs) {
+    runs = runs.map((run, position) => ({ colour: runColour(position), ...run }));
     const key = runs.map((run) => `${run.id}:${run.layers.length}`).join(",");
     if (key === this.key) { this.runs = runs; this.refresh(); return; } // the same layout again
     this.key = key;
@@ -252,8 +257,10 @@ export class TopologySection {
     this.summary.hidden = true;
     this.summaryCharts.hidden = true;
     this.charts.hidden = false;
-    const many = runs.length > 1;
+    const many = this.runs.length > 1; // compared (even where only one of them has this layer)
     const label = (run, what) => plain(many ? `${run.name}: ${what}` : what);
+    // Several runs: each run's traces in its colour and legend group (one run: Plotly's colours).
+    const own = (run, trace, dash = null) => (many ? runStyle(run, trace, dash) : trace);
     const log = this.scale.value === "log";
     const axes = log ? { xaxis: { type: "log", title: { text: "degree" } }, yaxis: { type: "log", title: { text: "units" } } } : {};
     const degreeChart = (key, side) => {
@@ -262,41 +269,50 @@ export class TopologySection {
         const pairs = answer[side];
         const [rows, cols] = answer.shape;
         const [units, trials] = side === "fan_in" ? [rows, cols] : [cols, rows];
-        traces.push({ type: "scatter", mode: "lines+markers", name: label(runs[i], "measured"),
-                      x: pairsX(pairs), y: pairsY(pairs), marker: { size: 4 } });
+        traces.push(own(runs[i], { type: "scatter", mode: "lines+markers", name: label(runs[i], "measured"),
+                                   x: pairsX(pairs), y: pairsY(pairs), marker: { size: 4 } }));
         const [x, y] = erdosRenyi(units, trials, answer.active / (rows * cols));
-        traces.push({ type: "scatter", mode: "lines", name: label(runs[i], "Erdős–Rényi"), x, y,
-                      line: { dash: "dash", width: 1 } });
+        traces.push(own(runs[i], { type: "scatter", mode: "lines", name: label(runs[i], "Erdős–Rényi"), x, y,
+                                   line: { dash: "dash", width: 1 } }));
       });
       const title = key === "fan-in" ? "Fan-in (inputs per output unit)" : "Fan-out (outputs per input unit)";
       this.plot(key, traces, layout(title, "degree", "units", axes));
     };
     degreeChart("fan-in", "fan_in");
     degreeChart("fan-out", "fan_out");
-    this.plot("age", answers.map((answer, i) => ({ type: "bar", name: label(runs[i], "connections"), opacity: many ? 0.6 : 1,
-                                                    x: pairsX(answer.age), y: pairsY(answer.age) })),
+    this.plot("age", answers.map((answer, i) => own(runs[i], { type: "bar", name: label(runs[i], "connections"),
+                                                               opacity: many ? 0.6 : 1,
+                                                               x: pairsX(answer.age), y: pairsY(answer.age) })),
               layout("Age of active connections", "rewires since it last became active", "connections",
                      { barmode: "overlay" }));
-    this.plot("survival", answers.map((answer, i) => ({ type: "scatter", mode: "lines+markers", name: label(runs[i], "still active"),
-                                                         x: pairsX(answer.survival), y: pairsY(answer.survival), marker: { size: 3 } })),
+    this.plot("survival", answers.map((answer, i) => own(runs[i], {
+      type: "scatter", mode: "lines+markers", name: label(runs[i], "still active"),
+      x: pairsX(answer.survival), y: pairsY(answer.survival), marker: { size: 3 } })),
               layout("Survival of grown cohorts", "rewires ago grown", "share active now",
                      { yaxis: { title: { text: "share active now" }, range: [0, 1.02] } }));
-    this.plot("repruned", series.map((body, i) => ({ type: "scatter", mode: "lines", name: label(runs[i], "re-pruned"),
-                                                      x: pairsX(body.repruned_next), y: pairsY(body.repruned_next) })),
+    this.plot("repruned", series.map((body, i) => own(runs[i], {
+      type: "scatter", mode: "lines", name: label(runs[i], "re-pruned"),
+      x: pairsX(body.repruned_next), y: pairsY(body.repruned_next) })),
               layout("Grown, then pruned at the next rewire", "rewire", "share of its growth",
                      { yaxis: { title: { text: "share of its growth" }, range: [0, 1.02] } }));
-    const first = series[0];
-    this.plot("degree-time", first ? [{
-      type: "heatmap", x: first.step, z: transpose(first.fan_in_counts), colorscale: "Viridis",
-      colorbar: { title: { text: "units" }, thickness: 10 }, hovertemplate: "step %{x}, fan-in %{y}: %{z} units<extra></extra>",
-    }] : [], layout(many ? `Fan-in over time (${runs[0].name})` : "Fan-in over time", "step", "fan-in",
-                    { shapes: stepMarker(step) }));
+    // Several runs: the width of the section, each run's heatmap a strip of it.
+    document.getElementById(`${this.prefix}-degree-time`)?.classList.toggle("chart-wide", many);
+    if (many) this.fanInOverTime(runs, series, step);
+    else {
+      const first = series[0];
+      this.plot("degree-time", first ? [{
+        type: "heatmap", x: first.step, z: transpose(first.fan_in_counts), colorscale: "Viridis",
+        colorbar: { title: { text: "units" }, thickness: 10 }, hovertemplate: "step %{x}, fan-in %{y}: %{z} units<extra></extra>",
+      }] : [], layout("Fan-in over time", "step", "fan-in", { shapes: stepMarker(step) }));
+    }
+    // A run's second line in a chart is dashed (its colour says which run it is).
     const overTime = (key, title, yTitle, fields, extra = {}) => {
       const traces = [];
       series.forEach((body, i) => {
-        for (const [field, name] of fields) {
-          traces.push({ type: "scatter", mode: "lines", name: label(runs[i], name), x: body.step, y: body[field] });
-        }
+        fields.forEach(([field, name], which) => {
+          traces.push(own(runs[i], { type: "scatter", mode: "lines", name: label(runs[i], name), x: body.step, y: body[field] },
+                          which ? "dash" : "solid"));
+        });
       });
       this.plot(key, traces, layout(title, "step", yTitle, { shapes: stepMarker(step), ...extra }));
     };
@@ -304,7 +320,38 @@ export class TopologySection {
     overTime("dead", "Dead units over time", "units", [["dead_out", "outputs with fan-in 0"], ["dead_in", "inputs with fan-out 0"]]);
     overTime("distance", "Mask distance over time", "share of active connections",
              [["distance_initial", "new since the start"], ["distance_previous", "new since the previous rewire"]]);
-    this.stats.replaceChildren(...answers.map((answer, i) => statsLine(many ? runs[i].name : null, answer)));
+    // A run without this layer (fewer layers than the first run) is in no chart: said here.
+    const missing = this.runs.filter((run) => !run.layers[index])
+      .map((run) => note(`${run.name}: not drawn, it has no layer ${index} (${run.layers.length} layers)`));
+    this.stats.replaceChildren(...answers.map((answer, i) => statsLine(many ? runs[i].name : null, answer)), ...missing);
+  }
+
+  // Fan-in over time of several runs: a heatmap cannot be overlaid, so one per run (small
+  // multiples), stacked on one step axis with one colour scale (the same colour is the same
+  // number of units in every run), each titled with the run's name in the run's colour.
+  fanInOverTime(runs, series, step) {
+    const count = runs.length;
+    const height = (1 - MULTIPLE_GAP * (count - 1)) / count; // of each run's plot, a share of the whole
+    const traces = [];
+    const axes = {};
+    const annotations = [];
+    series.forEach((body, i) => {
+      const top = 1 - i * (height + MULTIPLE_GAP);
+      const axis = i ? `y${i + 1}` : "y";
+      traces.push({
+        type: "heatmap", name: plain(runs[i].name), legendgroup: runs[i].id, x: body.step, z: transpose(body.fan_in_counts),
+        xaxis: "x", yaxis: axis, coloraxis: "coloraxis",
+        hovertemplate: "%{fullData.name}<br>step %{x}, fan-in %{y}: %{z} units<extra></extra>",
+      });
+      axes[i ? `yaxis${i + 1}` : "yaxis"] = { domain: [top - height, top], anchor: "x", title: { text: "fan-in" }, automargin: true };
+      annotations.push({ text: plain(runs[i].name), xref: "paper", yref: "paper", x: 0, y: top, xanchor: "left",
+                         yanchor: "bottom", showarrow: false, font: { size: 12, color: runs[i].colour } });
+    });
+    this.plot("degree-time", traces, layout("Fan-in over time, one heatmap per run", "step", "fan-in", {
+      ...axes, annotations, shapes: stepMarker(step), height: 70 + count * MULTIPLE_HEIGHT_PX,
+      xaxis: { title: { text: "step", standoff: 2 }, zeroline: false, automargin: true, anchor: count > 1 ? `y${count}` : "y" },
+      coloraxis: { colorscale: "Viridis", colorbar: { title: { text: "units" }, thickness: 10 } },
+    }));
   }
 
   async drawSummary(step, generation) {
@@ -316,11 +363,16 @@ export class TopologySection {
     const many = this.runs.length > 1;
     this.summary.replaceChildren(...models.map((model, i) => summaryTable(many ? this.runs[i].name : null, model)));
     const names = (model) => model.layers.map((layer) => plain(layer.layer));
-    const bars = (field, name) => models.map((model, i) => ({
-      type: "bar", name: plain(many ? `${this.runs[i].name}: ${name}` : name), x: names(model),
-      y: model.layers.map((layer) => (field === "fan_in_mean" ? layer.fan_in_stats?.mean ?? null : layer[field] ?? null)),
-    }));
-    this.plot("summary-dead", [...bars("dead_out", "outputs with fan-in 0"), ...bars("dead_in", "inputs with fan-out 0")],
+    // Several runs: each in its colour; a run's second bar (dead inputs) hatched.
+    const bars = (field, name, hatched = false) => models.map((model, i) => {
+      const trace = {
+        type: "bar", name: plain(many ? `${this.runs[i].name}: ${name}` : name), x: names(model),
+        y: model.layers.map((layer) => (field === "fan_in_mean" ? layer.fan_in_stats?.mean ?? null : layer[field] ?? null)),
+      };
+      if (!many) return trace;
+      return runStyle(this.runs[i], hatched ? { ...trace, marker: { pattern: { shape: "/" } } } : trace);
+    });
+    this.plot("summary-dead", [...bars("dead_out", "outputs with fan-in 0"), ...bars("dead_in", "inputs with fan-out 0", true)],
               layout("Dead units per layer", "layer", "units", { barmode: "group", xaxis: { type: "category", automargin: true } }));
     this.plot("summary-degree", bars("fan_in_mean", "mean fan-in"),
               layout("Mean fan-in per layer", "layer", "inputs per unit", { barmode: "group", xaxis: { type: "category", automargin: true } }));
@@ -338,6 +390,12 @@ function transpose(rows) {
   const z = Array.from({ length: height }, () => new Array(rows.length).fill(0));
   rows.forEach((row, x) => row.forEach((value, y) => { z[y][x] = value; }));
   return z;
+}
+
+function note(text) {
+  const line = document.createElement("p");
+  line.textContent = text;
+  return line;
 }
 
 function statsLine(runName, answer) {

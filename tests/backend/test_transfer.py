@@ -37,6 +37,7 @@ def test_export_import_round_trip_is_identical(client):
     assert copy["name"] == original["name"] + " (imported)"
     info = dict(copy["info"])
     assert info.pop("imported_from") == run_id and time.time() - info.pop("imported_at") < 60
+    assert info.pop("same_as") == [run_id]  # the original is in this store too: said so
     assert info == original["info"]
     assert {**copy, "id": run_id, "name": original["name"], "info": original["info"]} == original
     assert copy["has_model"] and original["has_model"]
@@ -104,6 +105,25 @@ def test_bad_files_get_400_with_a_reason_and_change_nothing(client, tmp_path):
         assert response.json()["detail"].startswith(reason), (case, response.json()["detail"])
     assert [run["id"] for run in store.list_runs()] == before
     assert store.db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == events_before
+
+
+def test_importing_one_file_twice_names_the_copies_already_here(client, make_client):
+    exported = _export(client, record_run(client.app.state.store))
+    elsewhere = make_client()  # a store without the original
+    first = elsewhere.post("/api/runs/import", content=exported).json()
+    assert "same_as" not in first["info"]
+    second = elsewhere.post("/api/runs/import", content=exported).json()
+    assert second["info"]["same_as"] == [first["id"]] and second["id"] != first["id"]
+    third = elsewhere.post("/api/runs/import", content=exported).json()
+    assert third["info"]["same_as"] == [first["id"], second["id"]]
+    # An export of a copy, imported: its copies here are named, not the other store's.
+    again = elsewhere.post("/api/runs/import",
+                           content=elsewhere.get(f"/api/runs/{third['id']}/export").content).json()
+    assert again["info"]["same_as"] == [third["id"]]
+    # A stored info that is not JSON (an older version's row) never fails an import.
+    elsewhere.app.state.store.db.execute("UPDATE runs SET info = 'not json' WHERE id = ?",
+                                         (first["id"],))
+    assert elsewhere.post("/api/runs/import", content=exported).status_code == 201
 
 
 def test_import_has_its_own_size_limit(make_client):

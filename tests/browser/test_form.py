@@ -119,6 +119,9 @@ def watch_reconnect_and_stop(page, server, run_id: str) -> None:
     run = server.http.get(f"/api/runs/{run_id}").json()
     assert run["config"]["hidden"] == [32, 32] and run["config"]["interval_steps"] == 5
     page.wait_for_function("window.sparsescope.rewires >= 6", timeout=60_000)
+    # The input view appears while following a run opened before its layout was known
+    # (issue 28: it came only after reopening the run).
+    page.wait_for_selector("#input-view[data-step]", timeout=30_000)
     first = int(page.locator("#heatmap-0").get_attribute("data-drawn") or 0)
     page.wait_for_function(
         f"Number(document.querySelector('#heatmap-0').dataset.drawn) > {first}", timeout=30_000)
@@ -185,8 +188,10 @@ def test_the_top_bar_start_starts_what_the_form_holds(page, server):
     page.fill("#field-name", "edited from the form")
     page.fill("#field-epochs", "3")
     page.select_option("#field-method", "rigl")
+    page.evaluate("window.scrollTo(0, 400)")
     start.click()
     page.wait_for_function("location.hash.startsWith('#/run/')", timeout=30_000)
+    assert page.evaluate("window.scrollY") == 0  # the run view opens at its top
     run_id = page.evaluate("location.hash").split("/")[2].split("?")[0]
     run = server.http.get(f"/api/runs/{run_id}").json()
     assert run["name"] == "edited from the form"

@@ -15,7 +15,8 @@ BASE = {"task": "synthetic", "hidden": [32, 32], "epochs": 20, "interval_steps":
 @pytest.fixture(scope="module")
 def pair(server):
     alpha = server.start_run(name="alpha", density=0.1, **BASE)
-    beta = server.start_run(name="beta", density=0.3, seed=1, **BASE)
+    # Different in method and density only: what Compare's table of settings shows.
+    beta = server.start_run(name="beta", method="rigl", density=0.3, **BASE)
     for run in (alpha, beta):
         server.wait(run["id"])
     return {run["name"]: {"id": run["id"], "frames": topology_frames(server.events(run["id"]))}
@@ -156,3 +157,65 @@ def test_compare_two_runs(page, pair):
     page.wait_for_function("document.querySelectorAll('#compare-options input:checked').length === 2")
     ticked = page.eval_on_selector_all("#compare-options input:checked", "els => els.map(e => e.value)")
     assert sorted(ticked) == sorted(run["id"] for run in pair.values())
+
+
+# Every Plotly chart of the compare view but the layer panels (one run each, see below): which
+# run each trace belongs to (legendgroup), its colours, the colours of the chart's annotations
+# (a heatmap has no colour of its own: its run's name above it is in the run's colour).
+CHARTS = """Array.from(document.querySelectorAll('#view-compare .js-plotly-plot'))
+  .filter((div) => !div.closest('#compare-heatmaps'))
+  .map((div) => ({ id: div.id,
+    traces: div.data.map((t) => ({ group: t.legendgroup ?? null, type: t.type, name: t.name,
+                                   colours: [t.line?.color, t.marker?.color].filter((c) => c) })),
+    annotations: (div.layout.annotations || []).map((a) => a.font?.color).filter((c) => c) }))"""
+
+
+def test_compare_shows_the_settings_that_differ_and_one_colour_per_run(page, server, pair):
+    ids = [pair["alpha"]["id"], pair["beta"]["id"]]
+    configs = [server.http.get(f"/api/runs/{run_id}").json()["config"] for run_id in ids]
+    unset = object()
+    differing = {key for key in set(configs[0]) | set(configs[1])
+                 if key != "name" and configs[0].get(key, unset) != configs[1].get(key, unset)}
+    assert differing == {"method", "density"}
+    page.goto(f"{page.base_url}/#/compare/{','.join(ids)}")
+    page.wait_for_selector("#compare-diff tr[data-key]")
+    rows = page.eval_on_selector_all(
+        "#compare-diff tr[data-key]",
+        "rows => rows.map(r => [r.dataset.key, Array.from(r.cells).slice(1).map(c => c.textContent)])")
+    assert {key for key, _ in rows} == differing
+    for key, values in rows:
+        assert values == [str(config[key]) for config in configs], key
+    assert page.locator("#compare-diff-summary").text_content() == "2 settings differ:"
+    headers = page.eval_on_selector_all(
+        "#compare-diff th.run-name",
+        "cells => cells.map(c => [c.textContent, c.dataset.runId, c.style.getPropertyValue('--run-colour')])")
+    assert [header[:2] for header in headers] == [["alpha", ids[0]], ["beta", ids[1]]]
+    colour = {run_id: value for _, run_id, value in headers}
+    assert len(set(colour.values())) == 2 and all(colour.values())
+    # Each layer panel is edged in its run's colour.
+    page.wait_for_function("document.querySelectorAll('#compare-heatmaps .heatmap[data-step]').length === 2")
+    panels = page.eval_on_selector_all(
+        "#compare-heatmaps figure",
+        "els => els.map(e => [e.dataset.runId, e.style.getPropertyValue('--run-colour')])")
+    assert panels == [[run_id, colour[run_id]] for run_id in ids]
+    # Every chart drawn with both runs: the metrics, then the topology section (drawn on sight),
+    # whose fan-in over time is one heatmap per run.
+    page.wait_for_function(
+        "['train_loss_running', 'test_accuracy', 'density', 'itop_rate', 'turnover', 'added'].every(key => {"
+        " const d = document.querySelector(`#compare-chart-${key}`)?.data;"
+        " return d && d.length === 2 && d.every(t => t.x.length > 0); })", timeout=30_000)
+    reveal_topology(page, "#compare-topology")
+    page.wait_for_function("document.querySelector('#compare-topology-degree-time').data?.length === 2")
+    charts = page.evaluate(CHARTS)
+    drawn = {chart["id"] for chart in charts}
+    assert {"compare-chart-test_loss", "compare-topology-fan-in", "compare-topology-degree-time",
+            "compare-topology-degree-mean", "compare-topology-dead"} <= drawn, drawn
+    for chart in charts:
+        groups = {trace["group"] for trace in chart["traces"]}
+        assert groups == set(ids), (chart["id"], chart["traces"])  # every run, nothing else
+        for trace in chart["traces"]:
+            if trace["type"] == "heatmap":
+                assert colour[trace["group"]] in chart["annotations"], (chart["id"], trace)
+            else:
+                assert trace["colours"] and set(trace["colours"]) == {colour[trace["group"]]}, \
+                    (chart["id"], trace)
