@@ -29,11 +29,49 @@ function rgb(hex) {
 // column c is input channel c / (kh·kw), kernel row (c mod kh·kw) / kw, kernel column c mod kw.
 export function describeColumn(layer, column) {
   const shape = layer.weight_shape;
+  const image = layer.image_shape; // the first layer of an MLP on images: its inputs are pixels
+  if ((!shape || shape.length !== 4) && Array.isArray(image) && image.length >= 2) {
+    const [height, width] = image;
+    const plane = height * width;
+    if (layer.shape[1] % plane === 0) {
+      const channel = Math.floor(column / plane);
+      const within = column % plane;
+      const where = `pixel row ${Math.floor(within / width)}, col ${within % width}`;
+      return layer.shape[1] > plane ? `in ${column} (channel ${channel}, ${where})` : `in ${column} (${where})`;
+    }
+  }
   if (!shape || shape.length !== 4) return `in ${column}`;
   const [, , kh, kw] = shape;
   const channel = Math.floor(column / (kh * kw));
   const within = column % (kh * kw);
   return `in ${channel}, kernel row ${Math.floor(within / kw)}, col ${within % kw}`;
+}
+
+// The one hover tooltip of the page (#panel-tooltip), on <body>: a panel contains its layout
+// and paint (content-visibility), which would clip a tooltip inside it.
+let tooltipElement = null;
+function tooltip() {
+  if (!tooltipElement) {
+    tooltipElement = document.createElement("div");
+    tooltipElement.id = "panel-tooltip";
+    tooltipElement.className = "panel-tooltip";
+    tooltipElement.setAttribute("role", "tooltip");
+    tooltipElement.hidden = true;
+    document.body.append(tooltipElement);
+  }
+  return tooltipElement;
+}
+
+// Inputs c0..c1-1 in words: of an image's pixels, where they start and end.
+function describeColumns(layer, c0, c1) {
+  const image = layer.image_shape;
+  if (Array.isArray(image) && image.length >= 2 && layer.shape[1] % (image[0] * image[1]) === 0) {
+    const width = image[1];
+    const plane = image[0] * width;
+    const at = (column) => `row ${Math.floor((column % plane) / width)}, col ${column % width}`;
+    return `in ${c0}–${c1 - 1} (pixels ${at(c0)} to ${at(c1 - 1)})`;
+  }
+  return `in ${c0}–${c1 - 1}`;
 }
 
 // The matrix ranges of pixel (i, j) and what it covers, in words (the hover readout).
@@ -62,7 +100,7 @@ export function describePixel(layer, view, i, j) {
     colsText = first === last
       ? `in ${first}, ${c1 - c0} of its ${kh}×${kw} kernel positions`
       : `in ${first}–${last} (${c1 - c0} inputs × kernel positions)`;
-  } else colsText = `in ${c0}–${c1 - 1}`;
+  } else colsText = describeColumns(layer, c0, c1);
   const parts = [`${kept} kept`, `${added} added`, `${removed} removed`, `${inactive} inactive`];
   const state = removed ? "removed" : added ? "added" : kept ? "kept" : "inactive";
   return { text: `${rowsText}, ${colsText}: ${possible} connections: ${parts.join(", ")}`, state };
@@ -227,8 +265,7 @@ export class LayerPanel {
     const j = Math.floor(((event.clientX - box.left) / box.width) * view.gc);
     if (!(i >= 0 && j >= 0 && i < view.gr && j < view.gc)) return;
     const { text, state } = describePixel(this.layer, view, i, j);
-    this.readout.textContent = text;
-    this.readout.dataset.state = state;
+    this.tell(text, state, event);
   }
 
   dropPreview() {
@@ -344,11 +381,34 @@ export class LayerPanel {
     }
     if (!(i >= 0 && j >= 0 && i < view.gr && j < view.gc)) return;
     const { text, state } = describePixel(this.layer, view, i, j);
-    this.readout.textContent = this.mode === "density"
+    this.tell(this.mode === "density"
       ? `${text} · density ${((view.kept[i * view.gc + j] + view.added[i * view.gc + j]) /
           Math.max(1, view.possible[i * view.gc + j])).toFixed(3)}`
-      : text;
+      : text, state, event.event);
+  }
+
+  // What the pointer is on: in the caption under the plot, and in a tooltip beside the pointer
+  // kept inside the window (the caption is off screen when the panel's bottom is).
+  tell(text, state, pointer) {
+    this.readout.textContent = text;
     this.readout.dataset.state = state;
+    if (!pointer || !Number.isFinite(pointer.clientX)) return;
+    if (!this.tipHooked) {
+      this.tipHooked = true;
+      this.plot.addEventListener("mouseleave", () => { tooltip().hidden = true; });
+    }
+    const tip = tooltip();
+    tip.textContent = text;
+    tip.dataset.state = state;
+    tip.dataset.layer = this.layer.name;
+    tip.hidden = false;
+    const margin = 12;
+    const { width, height } = tip.getBoundingClientRect();
+    const x = Math.min(pointer.clientX + margin, window.innerWidth - width - 4);
+    const y = pointer.clientY + margin + height > window.innerHeight
+      ? pointer.clientY - margin - height : pointer.clientY + margin;
+    tip.style.left = `${Math.max(4, x)}px`;
+    tip.style.top = `${Math.max(4, y)}px`;
   }
 
   // Off screen for a while: the plot's memory goes back, the panel keeps its place and label.

@@ -8,7 +8,10 @@
 // attention projections get a per-head strip (heads.js) from `/topology` at the rewire they
 // show; the loss's change across each rewire (`/rewire-response`) is charted under the loss.
 import { api } from "./api.js";
-import { drawChart, extraChart, extraGroups, responseOutliers, rewireResponseChart, runCharts } from "./charts.js";
+import {
+  drawChart, extraChart, extraGroups, metricAxes, metricView, responseOutliers, rewireResponseChart, runCharts,
+  SMOOTHING_MAX,
+} from "./charts.js";
 import { HeadStrips } from "./heads.js";
 import { InputPanel, MAX_GRID } from "./heatmap.js";
 import { LayerOverview } from "./overview.js";
@@ -30,6 +33,14 @@ const FIRST_CHARTS_WAIT_MS = 1500; // at most this long after opening, the chart
 const LIVE_INTERVAL_MS = 100;
 const PREFETCH_AHEAD = 2; // rewires fetched ahead of the one shown while playing
 const CHART_KEYS = ["loss", "accuracy", "density", "itop", "turnover"];
+// The charts the toolbar (#chart-controls) restyles, with every extra metric chart; density and
+// turnover are per rewire and keep the step axis, as the rewire-response chart does.
+const METRIC_CHART_KEYS = new Set(["loss", "accuracy", "itop"]);
+const CHART_OPTIONS_KEY = "sparsescope.chartOptions"; // localStorage: {smoothing, xaxis, log}
+const X_AXIS_KEYS = ["step", "wall", "epoch"];
+// Runs trained by the built-in loop (the worker's or the CLI's) minimise cross-entropy; a
+// script's loss is whatever it logged.
+const BUILT_IN_WRITERS = new Set(["worker", "cli"]);
 const RESPONSE_REFRESH_MS = 2000; // a live run's rewire response is asked again at most this often
 const MAX_RESPONSE_WINDOW = 10_000; // the server's bound on `window`
 
@@ -70,6 +81,8 @@ export class RunView {
     });
     $("mode").addEventListener("change", (event) => { this.mode = event.target.value; this.panels?.refresh(); });
     this.topology = new TopologySection($("topology"), { player: this.player, prefix: "topology" });
+    this.chartOptions = loadChartOptions();
+    this.bindChartControls();
     this.generation = 0;
     this.paints = 0; // panels painted since the page loaded (window.sparsescope.paints)
   }
@@ -227,6 +240,8 @@ export class RunView {
   // Column sums of the first layer, drawn as the input it reads (image, kernel window, features).
   addInputPanel(input) {
     const first = this.layers[0];
+    // The first layer's hover names image pixels by row and column (describeColumn).
+    if (first && Array.isArray(input?.image_shape)) first.image_shape = input.image_shape;
     if (this.inputPanel || !first || first.shape[1] > MAX_GRID) return;
     this.inputPanel = new InputPanel($("heatmaps"), input, first);
     $("heatmaps").prepend(this.inputPanel.root);
@@ -493,19 +508,75 @@ export class RunView {
     }, wait);
   }
 
+  // The chart toolbar: smoothing, x axis and log scale of every metric chart, kept in localStorage.
+  bindChartControls() {
+    const smoothing = $("chart-smoothing");
+    const xaxis = $("chart-xaxis");
+    const log = $("chart-log");
+    smoothing.max = String(SMOOTHING_MAX);
+    smoothing.value = String(this.chartOptions.smoothing);
+    $("chart-smoothing-value").textContent = this.chartOptions.smoothing.toFixed(2);
+    xaxis.value = this.chartOptions.xaxis;
+    log.checked = this.chartOptions.log;
+    const changed = () => {
+      saveChartOptions(this.chartOptions);
+      this.chartsDirty();
+    };
+    smoothing.addEventListener("input", () => {
+      this.chartOptions.smoothing = clampSmoothing(Number(smoothing.value));
+      $("chart-smoothing-value").textContent = this.chartOptions.smoothing.toFixed(2);
+      changed();
+    });
+    xaxis.addEventListener("change", () => { this.chartOptions.xaxis = xaxis.value; changed(); });
+    log.addEventListener("change", () => { this.chartOptions.log = log.checked; changed(); });
+  }
+
+  // The x axis the metric charts use: the one chosen when this run has it, else step. The
+  // choices this run lacks are disabled, their title says why.
+  chartAxis() {
+    const axes = metricAxes(this.metrics, this.run);
+    const select = $("chart-xaxis");
+    for (const option of select.options) {
+      const axis = axes[option.value];
+      option.disabled = Boolean(axis.why);
+      if (axis.why) option.title = axis.why;
+      else option.removeAttribute("title");
+    }
+    const key = axes[this.chartOptions.xaxis] && !axes[this.chartOptions.xaxis].why ? this.chartOptions.xaxis : "step";
+    if (select.value !== key) select.value = key;
+    select.dataset.shown = key;
+    return { key, ...axes[key] };
+  }
+
   drawCharts() {
     if (!this.run || $("view-run").hidden) return;
     const palette = this.palette();
+    const lossTitle = BUILT_IN_WRITERS.has(this.run.info?.writer ?? "worker") ? "loss (cross-entropy)" : "loss";
     let charts = null; // built only when a chart's data changed, not when only the marker moved
-    const spec = (key) => () => (charts ||= runCharts(this.metrics, this.rewireSeries, palette))[key];
+    const built = (key) => (charts ||= runCharts(this.metrics, this.rewireSeries, palette, { lossTitle }))[key];
     const marker = this.player.live ? null : this.player.step;
     const revision = `${this.run.id}-${this.metrics.revision}-${this.rewireSeries.revision}-${this.rewireSeries.step.length}-${palette.label}`;
-    for (const key of CHART_KEYS) drawChart($(`chart-${key}`), spec(key), marker, revision);
+    // The metric charts: the toolbar's choices are part of what is drawn, and the marker moves
+    // to the scrubber's step on their x axis.
+    const axis = this.chartAxis();
+    const view = { smoothing: this.chartOptions.smoothing, axis, log: this.chartOptions.log };
+    const viewRevision = `${revision}-${axis.key}-${view.smoothing}-${view.log}`;
+    const markerX = axis.map && marker !== null ? axis.map(marker) : marker;
+    $("chart-note").textContent = marker !== null && markerX === null
+      ? `The scrubber's step ${marker} has no ${axis.title}: the metric charts show no marker.` : "";
+    for (const key of CHART_KEYS) {
+      if (METRIC_CHART_KEYS.has(key)) {
+        drawChart($(`chart-${key}`), () => metricView(built(key), view), markerX, viewRevision);
+      } else {
+        drawChart($(`chart-${key}`), () => built(key), marker, revision);
+      }
+    }
     drawChart($("chart-rewire-response"), () => rewireResponseChart(this.response, palette), marker,
               `${this.run.id}-${this.responseRevision}-${palette.label}`);
     // Every other numeric metric the run logs, one chart per name prefix.
     for (const group of extraGroups(this.metrics)) {
-      drawChart(this.extraDiv(group.group), () => extraChart(this.metrics, group), marker, revision);
+      drawChart(this.extraDiv(group.group), () => metricView(extraChart(this.metrics, group), view), markerX,
+                viewRevision);
     }
   }
 
@@ -564,6 +635,29 @@ export class RunView {
     for (const div of this.extraCharts?.values() || []) div.remove();
     this.extraCharts = new Map();
   }
+}
+
+function clampSmoothing(value) {
+  return Number.isFinite(value) ? Math.min(SMOOTHING_MAX, Math.max(0, value)) : 0;
+}
+
+// The chart toolbar's choices as last left (defaults: raw, step, linear).
+function loadChartOptions() {
+  let stored = {};
+  try {
+    stored = JSON.parse(localStorage.getItem(CHART_OPTIONS_KEY) || "{}") || {};
+  } catch { /* unreadable: the defaults */ }
+  return {
+    smoothing: clampSmoothing(Number(stored.smoothing ?? 0)),
+    xaxis: X_AXIS_KEYS.includes(stored.xaxis) ? stored.xaxis : "step",
+    log: stored.log === true,
+  };
+}
+
+function saveChartOptions(options) {
+  try {
+    localStorage.setItem(CHART_OPTIONS_KEY, JSON.stringify(options));
+  } catch { /* storage full or denied: the choice lasts until the page closes */ }
 }
 
 // Every step of either ascending list, once, ascending.
