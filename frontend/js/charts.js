@@ -44,6 +44,101 @@ export function metricGroup(field) {
   return match ? match[1] : field;
 }
 
+// Plotly's default colours, given explicitly: a smoothed chart draws each line twice (the raw
+// one faint behind the smoothed one), and the pair must share a colour.
+const COLORWAY = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+                  "#7f7f7f", "#bcbd22", "#17becf"];
+export const SMOOTHING_MAX = 0.99;
+
+// TensorBoard's smoothing: an exponential moving average with weight `weight` (0 = raw),
+// debiased (divided by 1 − weight^n) so the first points are not pulled towards 0. A missing
+// value stays missing and does not move the average.
+export function smooth(values, weight) {
+  if (!(weight > 0)) return [...values];
+  let average = 0;
+  let count = 0;
+  return values.map((value) => {
+    if (typeof value !== "number" || !Number.isFinite(value)) return value;
+    average = average * weight + (1 - weight) * value;
+    count += 1;
+    return average / (1 - weight ** count);
+  });
+}
+
+// step → the value of a logged series ({step, last}) at that step: the logged value at a logged
+// step, linear between logged steps and beyond them along the nearest two (at least `floor`);
+// null for a series of one point at any other step. Null when the series has no number.
+export function stepScale(series, floor = -Infinity) {
+  const steps = [];
+  const values = [];
+  series.step.forEach((step, i) => {
+    const value = series.last[i];
+    if (typeof value !== "number" || !Number.isFinite(value)) return;
+    if (steps.length && step <= steps[steps.length - 1]) return;
+    steps.push(step);
+    values.push(value);
+  });
+  if (!steps.length) return null;
+  return (step) => {
+    if (typeof step !== "number") return null;
+    let low = 0;
+    let high = steps.length - 1;
+    while (low < high) { // the first logged step >= step
+      const middle = (low + high) >> 1;
+      if (steps[middle] < step) low = middle + 1; else high = middle;
+    }
+    if (steps[low] === step) return values[low];
+    if (steps.length < 2) return null;
+    const right = Math.min(steps.length - 1, Math.max(1, low));
+    const left = right - 1;
+    const value = values[left] + (values[right] - values[left]) * (step - steps[left]) / (steps[right] - steps[left]);
+    return Math.max(floor, value);
+  };
+}
+
+// The x axes the metric charts may use for a run: {step, wall, epoch}, each {title, map} (map:
+// step → x, null for step itself) or {why} when the run cannot have it.
+export function metricAxes(metrics, run) {
+  const logged = (field) => metrics.get("metrics", field) || metrics.get("eval", field);
+  const wallSeries = logged("wall_time_s");
+  const wall = wallSeries && stepScale(wallSeries, 0);
+  const perEpoch = Number(run?.settings?.steps_per_epoch ?? run?.config?.steps_per_epoch);
+  const epochSeries = logged("epoch");
+  let epoch = null;
+  if (Number.isFinite(perEpoch) && perEpoch > 0) epoch = (step) => (typeof step === "number" ? step / perEpoch : null);
+  else if (epochSeries) epoch = stepScale(epochSeries, 0);
+  return {
+    step: { title: "step", map: null },
+    wall: wall ? { title: "wall time (s since start)", map: wall }
+      : { why: "This run logged no wall_time_s metric: its charts can only use steps or epochs." },
+    epoch: epoch ? { title: "epoch", map: epoch }
+      : { why: "This run logged no epoch metric and its settings give no steps per epoch." },
+  };
+}
+
+// A metric chart ([traces, layout]) as the chart toolbar asks: its lines' x on `axis`
+// (metricAxes), smoothed by `smoothing` with the raw line faint behind, the y axis logarithmic.
+export function metricView([traces, chartLayout], { smoothing = 0, axis = null, log = false } = {}) {
+  const map = axis && axis.map;
+  const raws = [];
+  const lines = traces.map((trace, index) => {
+    if (trace.type !== "scatter") return trace;
+    const colour = (trace.line && trace.line.color) || COLORWAY[index % COLORWAY.length];
+    const drawn = { ...trace, x: map ? trace.x.map(map) : trace.x,
+                    line: { ...trace.line, color: colour }, marker: { ...trace.marker, color: colour } };
+    if (!(smoothing > 0)) return drawn;
+    const group = `line-${index}`;
+    raws.push({ ...drawn, name: `${trace.name} (raw)`, opacity: 0.25, showlegend: false, legendgroup: group });
+    return { ...drawn, y: smooth(trace.y, smoothing), legendgroup: group };
+  });
+  const yaxis = { ...chartLayout.yaxis, type: log ? "log" : "linear" };
+  if (log) delete yaxis.range; // a fixed range is in the units of a linear axis
+  const xaxis = { ...(chartLayout.xaxis || BASE.xaxis), title: { text: axis ? axis.title : "step", standoff: 2 } };
+  // A new axis or scale starts from its own range, not the zoom of the one before.
+  const uirevision = `${axis ? axis.title : "step"}-${log}`;
+  return [[...raws, ...lines], { ...chartLayout, xaxis, yaxis, uirevision }];
+}
+
 // Fields of `metrics` (a MetricSeries) not in the fixed charts: [{group, fields: [[type, field]]}],
 // groups in name order.
 export function extraGroups(metrics) {
@@ -67,9 +162,9 @@ export function extraChart(metrics, { group, fields }) {
   return [traces, layout(group, group)];
 }
 
-// The fixed charts of the run view, from MetricSeries + RewireSeries; `step` draws the
-// scrubber's position as a dotted line.
-export function runCharts(metrics, rewires, palette) {
+// The fixed charts of the run view, from MetricSeries + RewireSeries. `lossTitle` names the
+// loss's unit where it is known (the built-in loop's cross-entropy).
+export function runCharts(metrics, rewires, palette, { lossTitle = "loss" } = {}) {
   const m = (field) => metrics.get("metrics", field);
   const e = (field) => metrics.get("eval", field);
   const totals = rewires.totals();
@@ -80,13 +175,14 @@ export function runCharts(metrics, rewires, palette) {
       line("test loss", e("test_loss"), { mode: "lines+markers" }),
       // Logged by a script with rec.log (metrics events) rather than rec.eval.
       ...logged(m, ["train_loss", "test_loss"]),
-    ], layout("Loss", "cross-entropy")],
+    ], layout("Loss", lossTitle)],
     accuracy: [[
       line("train acc. (running)", m("accuracy"), { line: { color: COLOURS.running } }),
       line("train accuracy", e("train_accuracy"), { mode: "lines+markers" }),
       line("test accuracy", e("test_accuracy"), { mode: "lines+markers" }),
       ...logged(m, ["train_accuracy", "test_accuracy"]),
-    ], layout("Accuracy", "accuracy", { yaxis: { title: { text: "accuracy" }, range: [0, 1.02], automargin: true } })],
+    ], layout("Accuracy", "accuracy (share)",
+              { yaxis: { title: { text: "accuracy (share)" }, range: [0, 1.02], automargin: true } })],
     density: densityChart(metrics, rewires),
     itop: [[line("ITOP rate", m("itop_rate"), { line: { color: COLOURS.itop } })],
       layout("ITOP rate (ever active)", "share of all connections")],
@@ -99,7 +195,7 @@ export function runCharts(metrics, rewires, palette) {
         yaxis: "y2", line: { color: COLOURS.whole } },
     ], layout("Added / removed per rewire", "connections", {
       barmode: "relative", margin: { ...BASE.margin, r: 56 },
-      yaxis2: { title: { text: "turnover" }, overlaying: "y", side: "right", rangemode: "tozero", showgrid: false,
+      yaxis2: { title: { text: "turnover (added / active)" }, overlaying: "y", side: "right", rangemode: "tozero", showgrid: false,
                 tickformat: ".2f", nticks: 4 },
     })],
   };
@@ -114,7 +210,7 @@ function densityChart(metrics, rewires) {
   const global = metrics.get("metrics", "density");
   const traces = [
     { type: "heatmap", x: rewires.step, y: names, z, colorscale: "Viridis", zmin: 0, yaxis: "y",
-      colorbar: { title: { text: "density" }, thickness: 10, len: 0.7, y: 0.35 },
+      colorbar: { title: { text: "density (share)" }, thickness: 10, len: 0.7, y: 0.35 },
       hovertemplate: "%{y}<br>step %{x}: density %{z:.4f}<extra></extra>", name: "per layer" },
     line("global density", global, { yaxis: "y2", line: { color: COLOURS.whole } }),
   ];
@@ -125,7 +221,7 @@ function densityChart(metrics, rewires) {
     margin: { ...BASE.margin, l: 120, b: 40 },
     yaxis: { domain: [0, 0.72], autorange: "reversed", automargin: true, tickfont: { size: 9 },
              ...(rowsHigh > 40 ? { showticklabels: true, nticks: 40 } : {}) },
-    yaxis2: { domain: [0.78, 1], title: { text: "global", font: { size: 11 } }, automargin: true },
+    yaxis2: { domain: [0.78, 1], title: { text: "global (share)", font: { size: 11 } }, automargin: true },
   })];
 }
 
@@ -172,7 +268,8 @@ export function compareChart(key, runs) {
   return [traces, layout(title, yTitle)];
 }
 
-// Draws [traces, layout] into div, with the scrubber marker. `spec` is that pair or a function
+// Draws [traces, layout] into div, with the scrubber marker at x = `step` (in the chart's x units:
+// a wall time or an epoch where the chart shows those). `spec` is that pair or a function
 // making it: when `revision` (everything drawn but the marker) is the one already drawn, only the
 // marker moves (a relayout of the shapes, ~1 ms) and `spec` is not even built — scrubbing a long
 // run re-diffed every chart's arrays (20-80 ms each) on every position.
@@ -197,7 +294,8 @@ export function drawChart(div, spec, step, revision) {
   }
   const [traces, chartLayout] = typeof spec === "function" ? spec() : spec;
   const empty = !hasPoints(traces);
-  const withMarker = { ...chartLayout, shapes: stepMarker(at), datarevision: revision, uirevision: "keep",
+  const withMarker = { ...chartLayout, shapes: stepMarker(at), datarevision: revision,
+                       uirevision: chartLayout.uirevision ?? "keep",
                        annotations: empty ? [WAITING] : [] };
   if (empty) {
     withMarker.xaxis = { ...(chartLayout.xaxis || BASE.xaxis), visible: false };
