@@ -133,7 +133,24 @@ function go(hash) {
 
 // A run named in the URL: looked up in the list first, so a deleted run's link gives a message
 // on the runs view instead of a failed request (which the browser would log as an error).
+// Resolves once the page itself comes within `margin` of the screen. Inside a notebook, a cell's
+// view far down the page would otherwise open its run (layout, views, the server's time) while
+// the one being read opens: several views share one main thread and one server.
+function pageNearScreen(margin = "400px") {
+  if (document.body.dataset.embedded !== "true") return Promise.resolve();
+  return new Promise((resolve) => {
+    const observer = new IntersectionObserver((entries) => {
+      if (!entries.some((entry) => entry.isIntersecting)) return;
+      observer.disconnect();
+      resolve();
+    }, { rootMargin: margin });
+    observer.observe(document.body);
+  });
+}
+
 async function openRunById(id, step = null) {
+  await pageNearScreen();
+  if (parseHash().arg !== id) return; // another run was asked for meanwhile
   const exists = await runsList.exists(id);
   if (exists === null) return; // the server does not answer: the poll says so
   if (!exists) {
