@@ -71,7 +71,7 @@ lint: install-test
 TEST_WORKERS ?= 2
 
 test: install-test system-deps lint
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # Every script in bench/ (each prints its own figures; minutes, not seconds: accuracy.py trains
 # real models). `make bench BENCH=bench/service.py` runs one; bench/gpu.py needs CUDA, so it

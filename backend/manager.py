@@ -253,7 +253,10 @@ class RunManager:
 
     # ---- supervision ------------------------------------------------------------------------
     async def _supervise(self) -> None:
-        while True:
+        # Not `while True`: on Python 3.11 the cancel from shutdown() is lost when it lands as
+        # the wait below ends (asyncio.wait_for returns the finished wait instead; fixed in
+        # 3.12), and shutdown() then waited for this loop forever.
+        while not self._closing:
             try:
                 self._reap()
                 self._enforce_grace()

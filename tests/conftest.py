@@ -17,6 +17,8 @@ from fastapi.testclient import TestClient
 
 from backend.app import create_app
 from backend.settings import Settings
+from backend.worker_pool import WorkerPool
+from tests.warm_workers import FORKS, forked_start
 
 
 class LoopbackClient(TestClient):
@@ -39,16 +41,47 @@ REPO = Path(__file__).resolve().parent.parent
 # their own setting (`worker_threads`).
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
+# No idle worker in any server the suite starts (in this process, `python -m backend`, a
+# notebook's) unless a test asks for one: each imports torch, seconds of CPU, and most of
+# those servers never start a run. tests/backend/test_worker_pool.py covers the warm path.
+os.environ["SPARSESCOPE_WARM_WORKERS"] = "0"
+
+
+def pytest_configure(config):
+    # `--dist loadfile` hands the test files to its two processes in the order collected
+    # (pytest_collection_modifyitems), not xdist's default of most tests first: that default
+    # left the few-test, slow files (a server, chromium, training each) for last, one process
+    # finishing them alone while the other had nothing left.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(config, items):
-    """Deselect (not skip) `cuda` tests where no GPU exists: they run on a GPU machine."""
+    """The browser test files first (the slowest, a server and trainings each; the quick files
+    then fill in behind them), and `cuda` tests deselected (not skipped) where no GPU exists:
+    they run on a GPU machine (`pytest -m cuda` there)."""
+    items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/browser/") else 1)
     if torch.cuda.is_available():
         return
     deselected = [item for item in items if "cuda" in item.keywords]
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = [item for item in items if "cuda" not in item.keywords]
+
+
+@pytest.fixture(autouse=True)
+def forked_workers(request, monkeypatch):
+    """The runs of apps in this process train in workers forked from one warm copy (one torch
+    import per test process, tests/warm_workers.py); tests marked `real_workers` get the
+    server's own start-up, a new process importing torch."""
+    if request.node.get_closest_marker("real_workers") is None:
+        monkeypatch.setattr(WorkerPool, "_start", forked_start)
+        if {"client", "make_client"} & set(request.fixturenames):
+            FORKS.prestart()  # importing while the test sets up, not at its first run
+
+
+def pytest_sessionfinish(session, exitstatus):
+    FORKS.close()
 
 
 @pytest.fixture

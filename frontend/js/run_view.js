@@ -31,6 +31,8 @@ const FIRST_CHARTS_WAIT_MS = 1500; // at most this long after opening, the chart
 // A fast run completes hundreds of rewires a second: the page takes them in at most this often,
 // so its work follows the screen, not the run's pace (and the stream never backs up behind it).
 const LIVE_INTERVAL_MS = 100;
+const LIVE_SHARE = 3; // a live batch waits at least 3× what the last one cost (≤ 1/3 of the thread)
+const CHART_SHARE = 5; // likewise the charts: ≤ 1/5
 const PREFETCH_AHEAD = 2; // rewires fetched ahead of the one shown while playing
 const CHART_KEYS = ["loss", "accuracy", "density", "itop", "turnover"];
 // The charts the toolbar (#chart-controls) restyles, with every extra metric chart; density and
@@ -256,8 +258,20 @@ export class RunView {
       const view = await this.views.get(0, step, rows, cols);
       if (panel === this.inputPanel && this.player.step === step) await panel.draw(view);
     } catch (error) {
+      panel.failedStep = step; // "drawing…" would never end: the panel says why instead
       panel.stats.textContent = `could not load: ${error.message}`;
     }
+    if (panel === this.inputPanel && $("position").dataset.pending && this.settled()) this.player.render();
+  }
+
+  // Whether the input view, where it is on screen, shows `step` (the label waits for it too).
+  // Not counted before the first paint: it is added once the series arrive, after that paint.
+  inputSettled(step) {
+    const panel = this.inputPanel;
+    if (!panel || !this.firstPaint || panel.failedStep === step) return true;
+    const box = panel.root.getBoundingClientRect();
+    if (box.bottom <= 0 || box.top >= innerHeight) return true;
+    return panel.plot.dataset.step === String(step);
   }
 
   painted() {
@@ -284,7 +298,7 @@ export class RunView {
   // Whether the panels near the screen have not painted `step` yet; kept on #position as
   // data-pending (the browser tests and anyone reading the page can tell).
   markPending(step) {
-    const pending = step !== null && Boolean(this.panels) && !this.panels.settled(step);
+    const pending = step !== null && Boolean(this.panels) && !(this.panels.settled(step) && this.inputSettled(step));
     const position = $("position");
     if (pending) position.dataset.pending = "true";
     else delete position.dataset.pending;
@@ -372,14 +386,24 @@ export class RunView {
   // (one fetch of the visible panels, one overview redraw) for however many arrived.
   liveDirty() {
     if (this.liveTimer) return;
-    const wait = Math.max(0, LIVE_INTERVAL_MS - (performance.now() - (this.lastLive || 0)));
+    const interval = Math.max(LIVE_INTERVAL_MS, LIVE_SHARE * (this.liveCost || 0));
+    const wait = Math.max(0, interval - (performance.now() - (this.lastLive || 0)));
     this.liveTimer = setTimeout(() => this.flushLive(), wait);
   }
 
   flushLive() {
     clearTimeout(this.liveTimer);
     this.liveTimer = 0;
-    this.lastLive = performance.now();
+    const started = performance.now();
+    this.lastLive = started;
+    try {
+      this.takeLive();
+    } finally {
+      this.liveCost = performance.now() - started;
+    }
+  }
+
+  takeLive() {
     if (!this.run) return;
     const completed = this.completed;
     this.completed = [];
@@ -499,12 +523,17 @@ export class RunView {
     // FIRST_CHARTS_WAIT_MS for a run whose panels have nothing to paint.
     const sinceOpen = performance.now() - (this.openedAt || 0);
     const waitForPanels = !this.firstPaint && this.layers.length > 0 && sinceOpen < FIRST_CHARTS_WAIT_MS;
+    // Paced by their own cost too: a live run's charts take at most 1/CHART_SHARE of the main
+    // thread, however slow the machine (at a fixed 250 ms, a busy 2-core machine spent the
+    // whole thread on charts and the page answered clicks seconds late).
+    const interval = Math.max(CHART_INTERVAL_MS, CHART_SHARE * (this.chartsCost || 0));
     const wait = waitForPanels ? FIRST_CHARTS_WAIT_MS - sinceOpen
-      : Math.max(0, CHART_INTERVAL_MS - (performance.now() - (this.lastCharts || 0)));
+      : Math.max(0, interval - (performance.now() - (this.lastCharts || 0)));
     this.chartTimer = setTimeout(() => {
       this.chartTimer = 0;
       this.lastCharts = performance.now();
       this.drawCharts();
+      this.chartsCost = performance.now() - this.lastCharts;
     }, wait);
   }
 
@@ -598,7 +627,8 @@ export class RunView {
 
   // True once every visible panel shows the player's rewire.
   settled() {
-    return Boolean(this.panels) && this.player.step !== null && this.panels.settled(this.player.step);
+    const step = this.player.step;
+    return Boolean(this.panels) && step !== null && this.panels.settled(step) && this.inputSettled(step);
   }
 
   close() {

@@ -301,6 +301,12 @@ export class RunsList {
       await api(urls.deleteRun(run.id, { force }), { method: "DELETE" });
       this.writerBusy.delete(run.id);
       this.selected.delete(run.id);
+      // Gone from the list at once, not at the next answer; a listing asked for before the
+      // delete and answered after it would show the row again, so it is dropped (ticket).
+      this.ticket += 1;
+      this.runs = this.runs.filter((row) => row.id !== run.id);
+      this.total = Math.max(0, (this.total || 1) - 1);
+      this.render();
       this.onDeleted(run);
       this.message(`Deleted ${run.name}`);
     } catch (error) {

@@ -43,8 +43,10 @@ def test_delete_of_a_run_a_live_script_writes_is_409_naming_it_unless_forced(cli
         recorder.flush()
     with pytest.raises(RunGone):
         recorder.log(3, loss=0.25)  # and keeps saying so, storing nothing
+    beat = recorder._beat_thread  # the other thread that writes: beats, and quiet flushes
     recorder.finish("completed")  # the end of its `with` block: nothing to store, no error
-    time.sleep(0.5)  # its heartbeat thread has stopped; nothing came back meanwhile
+    beat.join(timeout=30)
+    assert not beat.is_alive()  # its heartbeat thread has stopped; nothing came back meanwhile
     assert stored_for(store, recorder.run_id) == (0, 0, 0)
 
 

@@ -139,13 +139,21 @@ def test_a_held_folder_names_its_holder_and_a_dead_holder_leaves_no_lock(tmp_pat
     lock.release()
 
 
-def test_a_second_server_on_a_held_folder_exits_at_once_with_one_line(tmp_path, servers):
-    data_dir = tmp_path / "data"
-    first = servers(data_dir)
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory):
+    """One `python -m backend` for the tests below: none changes what the others see."""
+    server = start_server(tmp_path_factory.mktemp("real") / "data")
+    yield server
+    server.process.terminate()
+    server.process.wait(timeout=15)
+
+
+def test_a_second_server_on_a_held_folder_exits_at_once_with_one_line(real_server):
+    first = real_server
     queued = first.post("/api/runs", json={"epochs": 5000, "hidden": [16]}).json()["id"]
     started = time.monotonic()
     second = subprocess.run([sys.executable, "-m", "backend", "--port", str(free_port()),
-                             "--data-dir", str(data_dir)], cwd=REPO, capture_output=True,
+                             "--data-dir", str(first.data_dir)], cwd=REPO, capture_output=True,
                             text=True, timeout=60, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert second.returncode != 0 and time.monotonic() - started < 30
     lines = second.stderr.strip().splitlines()
@@ -154,26 +162,22 @@ def test_a_second_server_on_a_held_folder_exits_at_once_with_one_line(tmp_path, 
     assert first.post(f"/api/runs/{queued}/stop").json()["status"] == "stopped"
 
 
-def test_the_real_server_bounds_request_heads_at_the_socket(tmp_path):
-    server = start_server(tmp_path / "data")
-    try:
-        host, port = "127.0.0.1", int(server.url.rsplit(":", 1)[1])
-        with socket.create_connection((host, port), timeout=10) as connection:
-            connection.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
-            answer = b""
-            try:
-                for _ in range(64):  # 4 MiB at most; the server answers after 64 KiB
-                    connection.sendall(b"a" * 65536)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-            try:
-                answer = connection.recv(4096)
-            except ConnectionResetError:
-                pass
-        assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
-        assert httpx.get(server.url + "/api/health", timeout=5).status_code == 200
-        evil = httpx.get(server.url + "/api/runs", headers={"host": "attacker.example"}, timeout=5)
-        assert evil.status_code == 421
-    finally:
-        server.process.terminate()
-        server.process.wait(timeout=15)
+def test_the_real_server_bounds_request_heads_at_the_socket(real_server):
+    server = real_server
+    host, port = "127.0.0.1", int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection((host, port), timeout=10) as connection:
+        connection.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
+        answer = b""
+        try:
+            for _ in range(64):  # 4 MiB at most; the server answers after 64 KiB
+                connection.sendall(b"a" * 65536)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            answer = connection.recv(4096)
+        except ConnectionResetError:
+            pass
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+    assert httpx.get(server.url + "/api/health", timeout=5).status_code == 200
+    evil = httpx.get(server.url + "/api/runs", headers={"host": "attacker.example"}, timeout=5)
+    assert evil.status_code == 421

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
+
+import pytest
 
 from dst_core.store.config import RunConfig
 from tests.backend.conftest import (
@@ -59,8 +60,12 @@ def test_queued_running_completed_with_summary(make_client):
     assert done["config"] == {**done["config"], **QUICK_RUN}
 
 
-def test_queued_run_stops_before_it_starts(make_client):
+def test_queued_run_stops_before_it_starts(make_client, monkeypatch):
     client = make_client(max_concurrent_runs=1)
+    manager = client.app.state.manager
+    launches = []  # the supervisor's passes over the queue
+    launch = manager._launch_queued
+    monkeypatch.setattr(manager, "_launch_queued", lambda: (launches.append(1), launch()))
     first = client.post("/api/runs", json=LONG_RUN).json()
     second = client.post("/api/runs", json=LONG_RUN).json()
     wait_for_status(client, first["id"], ("running",))
@@ -69,16 +74,31 @@ def test_queued_run_stops_before_it_starts(make_client):
     assert stopped["status"] == "stopped" and stopped["started_at"] is None
     assert statuses_of(stream_events(client, second["id"])) == ["queued", "stopped"]
     assert client.post(f"/api/runs/{first['id']}/stop").json()["status"] == "stopped"
-    # The stopped queued run never got a worker, even once the slot was free.
-    time.sleep(0.5)
+    # The stopped queued run never got a worker, even once the slot was free: two passes of
+    # the supervisor over the queue after the first run's worker was gone.
+    wait_until(lambda: first["id"] not in manager.workers, 10, "the first worker to be reaped")
+    passes = len(launches)
+    wait_until(lambda: len(launches) >= passes + 2, 10, "the supervisor to look at the queue")
     assert second["id"] not in client.app.state.manager.workers
     assert client.get(f"/api/runs/{second['id']}").json()["status"] == "stopped"
 
 
-def test_stop_while_the_worker_is_starting(make_client):
+@pytest.mark.real_workers  # a new worker process, importing torch
+def test_stop_while_the_worker_is_starting(make_client, monkeypatch):
     client = make_client()
-    run = client.post("/api/runs", json=LONG_RUN).json()
     manager = client.app.state.manager
+    take = manager.pool.take
+
+    def take_and_hold(run_id: str, log_path: Path):
+        # Held where it is, at the start of its imports: it stays a worker that has recorded
+        # nothing, however slow this test is to look (a busy machine could otherwise let it
+        # finish importing and start the run first).
+        process = take(run_id, log_path)
+        os.kill(process.pid, signal.SIGSTOP)
+        return process
+
+    monkeypatch.setattr(manager.pool, "take", take_and_hold)
+    run = client.post("/api/runs", json=LONG_RUN).json()
     wait_until(lambda: run["id"] in manager.workers, 10, "a worker process")
     process = manager.workers[run["id"]].process
     # torch takes seconds to import: the run has recorded nothing yet...
@@ -183,6 +203,7 @@ def test_delete_of_a_run_being_streamed_ends_its_stream(make_client):
     assert client.get("/api/health").status_code == 200
 
 
+@pytest.mark.real_workers  # what the server's own start-up gives a worker
 def test_concurrent_workers_and_queue_limit(make_client):
     client = make_client(max_concurrent_runs=2, max_queued_runs=1, worker_threads=2)
     first = client.post("/api/runs", json=LONG_RUN).json()

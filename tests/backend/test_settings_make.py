@@ -89,8 +89,9 @@ def test_make_test_is_lint_then_compose_then_pytest_and_ci_runs_only_it():
     positions = [output.find(step) for step in steps]
     assert -1 not in positions and positions == sorted(positions), output
     # Each step is its own recipe line, so make stops at the first that fails; pytest's own
-    # exit status (5 when it collects nothing) is make's.
-    assert output.strip().splitlines()[-1].endswith("-m pytest -n 2 --dist loadfile")
+    # exit status (5 when it collects nothing) is make's. It lists its 15 slowest tests.
+    assert output.strip().splitlines()[-1].endswith(
+        "-m pytest -n 2 --dist loadfile --durations=15")
     ci = (REPO / ".ci" / "run").read_text()
     assert [line for line in ci.splitlines() if line and not line.startswith(("#", "set ", "cd "))] \
         == ["make test"]

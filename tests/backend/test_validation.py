@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 from starlette.websockets import WebSocketDisconnect
 
+from backend.app import create_app
+from backend.settings import Settings
 from dst_core.models import build_model
 from dst_core.store.config import TASK_SHAPES, RunConfig
 from dst_core.tasks import load_task
+from tests.conftest import LoopbackClient
 
 # (body, status, field named in the message)
 BAD_CONFIGS = [
@@ -71,6 +74,23 @@ ODD_IDS = ["..%2F..", "..%2F..%2Fetc%2Fpasswd", "%00", "0123456789abcde%00", "."
            "0123456789abcdef%2F..", "'; DROP TABLE runs; --"]
 
 
+@pytest.fixture(scope="module")
+def refusing(tmp_path_factory):
+    """One app for the tests that only send what it must refuse (none of them stores a run,
+    which test_bad_bodies checks after each)."""
+    settings = Settings(data_dir=tmp_path_factory.mktemp("refusals") / "data", warm_workers=0)
+    with LoopbackClient(create_app(settings)) as client:
+        yield client
+
+
+def queue_only(client):
+    """The client, its runs kept queued: these tests check what is accepted, not training
+    (tests/backend/test_lifecycle.py), and a worker would build the model it was sent,
+    8 × 4,096 wide, only to be killed by the delete."""
+    client.app.state.manager._launch_queued = lambda: None
+    return client
+
+
 def _assert_names(response, field: str) -> None:
     body = response.json()
     messages = [item["msg"] for item in body["detail"]] if isinstance(body["detail"], list) else [
@@ -81,7 +101,7 @@ def _assert_names(response, field: str) -> None:
 @pytest.mark.parametrize(("body", "status", "field"), BAD_CONFIGS,
                          ids=[str(case[0])[:40] for case in BAD_CONFIGS])
 def test_bad_configs(make_client, body, status, field):
-    client = make_client(max_concurrent_runs=1)
+    client = queue_only(make_client(max_concurrent_runs=1))
     response = client.post("/api/runs", json=body)
     assert response.status_code == status, response.text
     if status == 422:
@@ -93,8 +113,8 @@ def test_bad_configs(make_client, body, status, field):
 
 @pytest.mark.parametrize(("raw", "content_type", "status", "mention"), BAD_BODIES,
                          ids=[case[0][:20].decode(errors="replace") for case in BAD_BODIES])
-def test_bad_bodies(make_client, raw, content_type, status, mention):
-    client = make_client()
+def test_bad_bodies(refusing, raw, content_type, status, mention):
+    client = refusing
     response = client.post("/api/runs", content=raw, headers={"content-type": content_type})
     assert response.status_code == status, response.text
     _assert_names(response, mention)
@@ -134,16 +154,16 @@ def test_oversized_body(make_client):
 
 @pytest.mark.parametrize("run_id", ODD_IDS, ids=[odd[:24] for odd in ODD_IDS])
 @pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
-def test_odd_run_ids(make_client, run_id, method):
-    client = make_client()
+def test_odd_run_ids(refusing, run_id, method):
+    client = refusing
     path = f"/api/runs/{run_id}" + ("/stop" if method == "POST" else "")
     response = client.request(method, path)
     assert 400 <= response.status_code < 500, response.text
     assert response.json()["detail"]
 
 
-def test_odd_run_ids_on_the_websocket(make_client):
-    client = make_client()
+def test_odd_run_ids_on_the_websocket(refusing):
+    client = refusing
     for run_id in ("%00", "a" * 5000, "0123456789abcdef", "'; DROP TABLE runs; --"):
         with client.websocket_connect(f"/ws/runs/{run_id}") as socket:
             message = socket.receive_json()
@@ -155,7 +175,7 @@ def test_odd_run_ids_on_the_websocket(make_client):
 
 
 def test_dense_ignores_density(make_client):
-    client = make_client()
+    client = queue_only(make_client())
     response = client.post("/api/runs", json={"method": "dense", "density": 7, "epochs": 1})
     assert response.status_code == 201, response.text
     assert response.json()["config"]["density"] == 1.0
@@ -163,7 +183,7 @@ def test_dense_ignores_density(make_client):
 
 
 def test_defaults_admit_the_promised_sizes(make_client):
-    client = make_client()
+    client = queue_only(make_client())
     response = client.post("/api/runs", json={"epochs": 1000, "hidden": [4096] * 8,
                                               "task": "mnist"})
     assert response.status_code == 201, response.text
@@ -251,7 +271,7 @@ def test_openapi_refs_resolve_and_every_route_documents_its_errors(make_client):
 def test_cuda_needs_a_gpu(make_client):
     import torch
 
-    client = make_client()
+    client = queue_only(make_client())
     response = client.post("/api/runs", json={"device": "cuda", "epochs": 1, "hidden": [8]})
     if torch.cuda.is_available():
         assert response.status_code == 201, response.text

@@ -7,8 +7,12 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from tests.backend.conftest import LONG_RUN, QUICK_RUN, child_pids, pid_alive, wait_until
 from tests.conftest import wait_for_status
+
+pytestmark = pytest.mark.real_workers  # the server's own pool, not the suite's forks
 
 
 def torch_loaded(pid: int) -> bool:

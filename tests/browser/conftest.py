@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -9,15 +10,18 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Browser, sync_playwright
 from websockets.sync.client import connect
 
 from tests.conftest import REPO, free_port
+from tests.warm_workers import FORKS, SHARED_HELPER
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -28,7 +32,8 @@ HTTP_ERROR = re.compile(r"Failed to load resource: the server responded with a s
 
 
 class Server:
-    """`python -m backend` as a user starts it, plus the REST/websocket reads the tests compare with."""
+    """`python -m backend` as a user starts it (its workers forked warm: warm_server.py), plus
+    the REST/websocket reads the tests compare with."""
 
     def __init__(self, data_dir: Path, token: str | None = None, plugins: str | None = None):
         self.port = free_port()
@@ -40,8 +45,10 @@ class Server:
         env.pop("SPARSESCOPE_TOKEN", None)
         if token:
             env["SPARSESCOPE_TOKEN"] = token
+        env[SHARED_HELPER] = FORKS.prestart()  # its workers: forks of this process's warm copy
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "backend", "--port", str(self.port), "--data-dir", str(data_dir)],
+            [sys.executable, "-m", "tests.browser.warm_server", "--port", str(self.port),
+             "--data-dir", str(data_dir)],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30)
@@ -108,16 +115,35 @@ def server(tmp_path_factory):
     instance.close()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """Chromium per test file: Playwright's sync API keeps an event loop running in this
-    thread while it is open, so a session-wide one made later tests' asyncio.run() fail."""
+@dataclass
+class Chromium:
+    instance: Browser
+    loop: asyncio.AbstractEventLoop  # Playwright's, marked running in this thread while in use
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Chromium]:
+    """One chromium per test process (a launch is a second or two of CPU). Playwright's sync
+    API marks its event loop as running in this thread after each of its calls; outside a
+    browser test file that mark is taken away (`browser`), or a later test's asyncio.run()
+    in this process would refuse to start ("cannot be called from a running event loop")."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian chromium is missing: `make test` installs it with apt-get")
     with sync_playwright() as playwright:
         instance = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield instance
+        shared = Chromium(instance, asyncio.get_running_loop())
+        yield shared
+        asyncio._set_running_loop(shared.loop)  # in use again, to close it
         instance.close()
+
+
+@pytest.fixture(scope="module")
+def browser(chromium):
+    """The process's chromium, for one test file: Playwright's loop is marked running while
+    the file's tests use it, and no longer once they are done (see `chromium`)."""
+    asyncio._set_running_loop(chromium.loop)
+    yield chromium.instance
+    asyncio._set_running_loop(None)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """The page when things go wrong: a reload mid-run, a deleted run's link, a server that stops."""
 
 import re
+import time
 
 import pytest
 
@@ -45,10 +46,44 @@ def own_server(tmp_path):
     instance.close()
 
 
+# Every request the page makes, when (its own clock) and how many are still unanswered: each
+# one that fails once the server is gone is one line in the browser's console.
+COUNT_REQUESTS = """(() => {
+  const attempts = [];
+  let unanswered = 0;
+  const fetchOriginal = window.fetch.bind(window);
+  window.fetch = (...args) => {
+    attempts.push(["fetch", String(args[0]?.url ?? args[0]), Date.now()]);
+    unanswered += 1;
+    return fetchOriginal(...args).finally(() => { unanswered -= 1; });
+  };
+  window.WebSocket = class extends window.WebSocket {
+    constructor(...args) {
+      super(...args);
+      attempts.push(["websocket", String(args[0]), Date.now()]);
+    }
+  };
+  window.requestsMade = { attempts, unanswered: () => unanswered };
+})()"""
+
+
+def settle(page) -> None:
+    """Until every request the page has made is answered (refused, once the server is gone)."""
+    deadline = time.monotonic() + 30
+    while page.evaluate("window.requestsMade.unanswered()") > 0:
+        assert time.monotonic() < deadline, "a request of the page never ended"
+        time.sleep(0.02)
+
+
 def test_a_stopped_server_is_shown_without_error_spam(browser, own_server):
     run = own_server.start_run(**SLOW)
     context = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
+    context.add_init_script(COUNT_REQUESTS)
     page = context.new_page()
+    # The page's timers run on a clock this test can stop and move on: 20 s of the page's
+    # life after the server went are played in a second or two, each step only once what it
+    # started has ended (a loaded machine cannot bunch up or stretch its retries).
+    page.clock.install()
     errors = []
     page.on("console", lambda message: message.type == "error" and errors.append(message.text))
     page.on("pageerror", lambda error: errors.append(f"page error: {error}"))
@@ -60,10 +95,15 @@ def test_a_stopped_server_is_shown_without_error_spam(browser, own_server):
     assert page.locator("#connection-text").text_content() == "server unreachable"
     # What was in flight when the server went (the visible panels' fetches, the stream) fails
     # once; after that the page backs off instead of retrying every few seconds.
-    in_flight = len(errors)
-    page.wait_for_timeout(20_000)
+    page.clock.pause_at(page.evaluate("Date.now()") / 1000 + 1)  # in seconds, a second on
+    settle(page)
+    before = page.evaluate("window.requestsMade.attempts.length")
+    for _second in range(20):
+        page.clock.run_for(1000)
+        settle(page)
+    retries = page.evaluate("window.requestsMade.attempts")[before:]
     # Only the browser's own lines for refused connections, and few of them: the page backs off.
     assert all(NETWORK_FAILURE.search(text) for text in errors), errors
-    assert len(errors) - in_flight <= 4, errors[in_flight:]
+    assert 1 <= len(retries) <= 4, retries  # it does try again, now and then
     assert page.locator("#connection").get_attribute("data-state") == "unreachable"
     context.close()
