@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from dst_core.store.schema import ListedRun, RunStatus, RunSummary, StoredRun
+from dst_core.store.schema import (
+    MAX_NAME_CHARS,
+    MAX_NOTE_CHARS,
+    MAX_TAG_CHARS,
+    MAX_TAGS,
+    ListedRun,
+    RunStatus,
+    RunSummary,
+    StoredRun,
+)
 
-__all__ = ["RunOut", "RunListOut", "RunStatus", "RunSummary", "Health", "ErrorOut",
+__all__ = ["RunOut", "RunListOut", "RunLabels", "RunStatus", "RunSummary", "Health", "ErrorOut",
            "ValidationErrorOut"]
 
 
@@ -27,6 +36,19 @@ class RunListOut(ListedRun):
     """One run in `GET /api/runs`: a fixed projection of the row (the fields the runs list
     and the CLI show, texts cut), a few hundred bytes whatever the run stored. The whole
     config, info and summary are `GET /api/runs/{id}`'s."""
+
+
+class RunLabels(BaseModel):
+    """What a person sets on a run (PATCH /api/runs/{id}); a field left out stays as it is.
+    The store checks each (dst_core.store.schema: checked_name, checked_tags, checked_note)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, min_length=1, max_length=MAX_NAME_CHARS)
+    tags: list[str] | None = Field(None, max_length=MAX_TAGS,
+                                   description=f"The whole list (at most {MAX_TAGS}, each 1 to "
+                                               f"{MAX_TAG_CHARS} characters, no comma)")
+    note: str | None = Field(None, max_length=MAX_NOTE_CHARS)
 
 
 class Health(BaseModel):

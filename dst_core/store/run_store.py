@@ -34,6 +34,7 @@ from dst_core.store.schema import (
     check_frame_header,
     checked_config,
     checked_info,
+    checked_labels,
     checked_name,
     checked_payload,
     checked_status,
@@ -42,12 +43,13 @@ from dst_core.store.schema import (
     compact_json,
     listed_run,
     stored_info,
+    stored_labels,
     stored_run,
 )
 from dst_core.store.topology_index import TABLE_SQL as TOPOLOGY_INDEX_TABLE
 from dst_core.store.topology_index import IndexWriter, insert_segment
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DB_NAME = "runs.sqlite3"
 DEFAULT_DATA_DIR = "./sparsescope-data"  # the one default folder: Recorder, CLI, server, notebook
 EVENT_TYPE = re.compile(r"[a-z_]{1,32}")
@@ -132,7 +134,43 @@ LISTED_SUMMARY = ("steps", "final_loss", "final_test_accuracy", "best_test_accur
 SEARCHED_KEYS = ("task", "model", "method")  # `query` matches these, the name and the id
 
 
-def _list_select(guarded: bool) -> str:
+LISTED_COLUMN_SOURCES = ("config", "summary")  # where the list's chosen columns come from
+MAX_LISTED_COLUMNS = 8
+_COLUMN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+LABELS_LISTED_CHARS = 8000  # far above what set_labels stores; a hostile row is left out
+
+
+def checked_list_columns(columns: Iterable[str]) -> list[tuple[str, str]]:
+    """`config.lr`, `summary.final_loss`… as (source, key) pairs; ValueError naming `columns`
+    otherwise. The keys are put in the SQL text, so only identifiers pass."""
+    pairs: list[tuple[str, str]] = []
+    for column in columns:
+        source, _, key = column.partition(".")
+        if source not in LISTED_COLUMN_SOURCES or not _COLUMN_KEY.fullmatch(key):
+            raise ValueError(f"columns: {column[:80]!r} is not one of "
+                             f"{', '.join(f'{name}.<key>' for name in LISTED_COLUMN_SOURCES)} "
+                             "with a key of letters, digits and _")
+        if (source, key) not in pairs:
+            pairs.append((source, key))
+    if len(pairs) > MAX_LISTED_COLUMNS:
+        raise ValueError(f"columns: at most {MAX_LISTED_COLUMNS}")
+    return pairs
+
+
+def _chosen_columns(pairs: list[tuple[str, str]], guarded: bool) -> str:
+    """A JSON object {source: {key: value}} of the chosen columns (values cut as the list's)."""
+    if not pairs:
+        return "NULL"
+    parts = []
+    for source in LISTED_COLUMN_SOURCES:
+        keys = [key for of, key in pairs if of == source]
+        if keys:
+            found = _listed_object(f"runs.{source}", keys, f"k{source}", guarded=guarded)
+            parts.append(f"'{source}', json({found})")
+    return f"json_object({', '.join(parts)})"
+
+
+def _list_select(guarded: bool, columns: list[tuple[str, str]] = ()) -> str:
     # info's `settings` is an object of its own, cut down the same way (NULL when it is not
     # an object, which listed_run shows as no settings).
     settings = _listed_object("i.value", LISTED_SETTINGS, "s", guarded=guarded)
@@ -146,10 +184,9 @@ def _list_select(guarded: bool) -> str:
         f"{_listed_object('runs.config', LISTED_CONFIG, 'c', guarded=guarded)} AS config, "
         f"{_listed_object('runs.summary', LISTED_SUMMARY, 'm', guarded=guarded)} AS summary, "
         f"{_listed_object('runs.info', (*LISTED_INFO, 'settings'), 'i', info_value, guarded)}"
-        f" AS info, runs.created_at AS sort_created, runs.id AS sort_id FROM runs")
-
-
-_LIST_SELECT = {guarded: _list_select(guarded) for guarded in (False, True)}
+        f" AS info, CASE WHEN length(runs.labels) <= {LABELS_LISTED_CHARS} THEN runs.labels END"
+        f" AS labels, {_chosen_columns(list(columns), guarded)} AS columns,"
+        f" runs.created_at AS sort_created, runs.id AS sort_id FROM runs")
 
 
 def _search(query: str, guarded: bool = False) -> str:
@@ -168,8 +205,20 @@ def _search(query: str, guarded: bool = False) -> str:
         return f"CASE WHEN {' AND '.join(checks)} THEN {found} ELSE 0 END" if checks else found
 
     settings = keys_of("runs.info", ", '$.settings'")
+    # A person's tags and note: the note as text, each tag; a tag written `tag:x` is that
+    # tag exactly (case-insensitive), not a substring of anything.
+    valid = "json_valid(runs.labels) AND " if guarded else ""
+    labels = (f"CASE WHEN {valid}1 THEN (instr(lower(COALESCE(runs.labels ->> '$.note', '')), "
+              "lower(:query)) > 0 OR EXISTS(SELECT 1 FROM json_each(runs.labels, '$.tags') AS t "
+              "WHERE t.type = 'text' AND instr(lower(t.value), lower(:query)) > 0)) ELSE 0 END")
     return ("(instr(lower(runs.name), lower(:query)) > 0 OR instr(runs.id, lower(:query)) > 0 "
-            f"OR {keys_of('runs.config')} OR {settings})")
+            f"OR {keys_of('runs.config')} OR {settings} OR {labels})")
+
+
+def _tag_filter(guarded: bool) -> str:
+    valid = "json_valid(runs.labels) AND " if guarded else ""
+    return (f"CASE WHEN {valid}1 THEN EXISTS(SELECT 1 FROM json_each(runs.labels, '$.tags') AS t "
+            "WHERE t.type = 'text' AND lower(t.value) = lower(:tag)) ELSE 0 END")
 
 
 # Version 1: the foundation's layout (JSON payloads only). Every file starts from it and is
@@ -232,10 +281,17 @@ def _migrate_3_to_4(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS runs_status ON runs (status, created_at, id)")
 
 
+def _migrate_4_to_5(db: sqlite3.Connection) -> None:
+    """Tags and a note per run, set by people (RunStore.set_labels), kept apart from what the
+    writer stores (info), which a writer replaces whole."""
+    db.execute("ALTER TABLE runs ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'")
+
+
 MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [
     (2, _migrate_1_to_2),
     (3, _migrate_2_to_3),
     (4, _migrate_3_to_4),
+    (5, _migrate_4_to_5),
 ]
 
 
@@ -434,17 +490,21 @@ class RunStore:
         return [_run_row(row) for row in rows]
 
     def list_page(self, limit: int, after: tuple | None = None, status: str | None = None,
-                  query: str | None = None) -> ListPage:
+                  query: str | None = None, tag: str | None = None,
+                  columns: Iterable[str] = ()) -> ListPage:
         """Up to `limit` runs newest first as the runs list shows them (a bounded projection,
         schema.ListedRun), those after `after` (a previous page's `next_after`), with the
-        count of runs matching `status` and `query` (a substring of the name, id, task, model
-        or method; ASCII case-insensitive). Page and count read one snapshot."""
+        count of runs matching `status`, `query` (a substring of the name, id, task, model,
+        method, a tag or the note; ASCII case-insensitive) and `tag` (one of the run's tags,
+        case-insensitive). `columns` (`config.lr`, `summary.final_loss`…) adds those values
+        to each row. Page and count read one snapshot."""
+        pairs = checked_list_columns(columns)
         try:
-            rows, total = self._list_rows(limit, after, status, query, guarded=False)
+            rows, total = self._list_rows(limit, after, status, query, tag, pairs, guarded=False)
         except sqlite3.OperationalError as error:
             if "JSON" not in str(error):
                 raise
-            rows, total = self._list_rows(limit, after, status, query, guarded=True)
+            rows, total = self._list_rows(limit, after, status, query, tag, pairs, guarded=True)
         shown = rows[:limit]
         next_after = None
         if len(rows) > limit:  # a time that is not a number (a damaged row) sorts as stored
@@ -455,7 +515,8 @@ class RunStore:
                         total, next_after)
 
     def _list_rows(self, limit: int, after: tuple | None, status: str | None,
-                   query: str | None, guarded: bool) -> tuple[list, int]:
+                   query: str | None, tag: str | None, columns: list[tuple[str, str]],
+                   guarded: bool) -> tuple[list, int]:
         """The page's rows (one more than `limit`) and the count, as list_page asks."""
         clauses, params = [], {"limit": int(limit) + 1}  # one more: is there a next page?
         if status is not None:
@@ -464,6 +525,9 @@ class RunStore:
         if query:
             clauses.append(_search(query, guarded))
             params["query"] = query
+        if tag:
+            clauses.append(_tag_filter(guarded))
+            params["tag"] = tag
         filters = " AND ".join(clauses) or "1"
         page = filters
         if after is not None:
@@ -478,7 +542,7 @@ class RunStore:
         try:
             # The page's rows are found on bare columns first: projecting while sorting
             # would parse every run's JSON, not only the page's.
-            rows = db.execute(f"{_LIST_SELECT[guarded]} WHERE runs.rowid IN (SELECT runs.rowid "
+            rows = db.execute(f"{_list_select(guarded, columns)} WHERE runs.rowid IN (SELECT runs.rowid "
                               f"FROM runs WHERE {page} ORDER BY {_ORDER} LIMIT :limit) "
                               f"ORDER BY {_ORDER}", params).fetchall()
             total = db.execute(f"SELECT COUNT(*) FROM runs WHERE {filters}", params).fetchone()[0]
@@ -538,6 +602,24 @@ class RunStore:
             self._append(db, run_id, [("status", self._last_step(db, run_id),
                                        {"status": "failed", "error": error})])
         return True
+
+    def set_labels(self, run_id: str, *, name: str | None = None, tags: list[str] | None = None,
+                   note: str | None = None) -> dict | None:
+        """Rename a run and set its tags and note (each left as it is when None); the run as
+        stored afterwards, None when there is no such run. Checked here, where they enter."""
+        name = None if name is None else checked_name(name)
+        if name is not None and not name.strip():
+            raise InvalidValue("name", "must not be empty")
+        with self._write() as db:
+            row = db.execute("SELECT labels FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                return None
+            stored_tags, stored_note = stored_labels(row[0])
+            labels = checked_labels({"tags": stored_tags if tags is None else tags,
+                                     "note": stored_note if note is None else note})
+            db.execute("UPDATE runs SET labels = ?, name = COALESCE(?, name) WHERE id = ?",
+                       (labels, name, run_id))
+        return self.get_run(run_id)
 
     def set_info(self, run_id: str, info: dict) -> None:
         """Replace the run's info; the settings its meta event stored stay (they are not part

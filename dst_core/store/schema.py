@@ -49,6 +49,12 @@ MAX_SEQ = 2**62
 MAX_STEP = MAX_SEQ
 
 
+# What a person adds to a run to organise runs: tags and a note (the name is the run's own).
+MAX_TAGS = 16
+MAX_TAG_CHARS = 40
+MAX_NOTE_CHARS = 4000
+
+
 class InvalidValue(ValueError):
     """A value refused at the store's entry; `field` names where (e.g. "summary.steps")."""
 
@@ -205,6 +211,10 @@ class StoredRun(BaseModel):
                     "torch and sparsescope versions, git commit when known, seed; an imported "
                     "copy adds imported_at and imported_from (the original's id)")
     heartbeat_at: float | None = Field(None, description="Unix time the writer was last heard")
+    tags: list[str] = Field(default_factory=list,
+                            description="Set by people (PATCH /api/runs/{id}); searched by the "
+                                        "list's `q`")
+    note: str = Field("", description="Set by people (PATCH /api/runs/{id}); searched by `q`")
     unreadable: str | None = Field(
         None, description="Set when the stored row no longer fits this schema (a legacy or "
                           "damaged row): why. The run can still be deleted.")
@@ -238,6 +248,58 @@ def checked_summary(summary: Any) -> str:
     return _checked_object(summary, "summary", RunSummary)
 
 
+def checked_tags(tags: Any) -> list[str]:
+    """Tags as stored: trimmed, non-empty, no comma (the list filter and the form split on
+    it), each once (first spelling kept, compared case-insensitively), at most MAX_TAGS."""
+    if not isinstance(tags, list):
+        raise InvalidValue("tags", "must be a list of texts")
+    out: list[str] = []
+    for index, tag in enumerate(tags):
+        if not isinstance(tag, str):
+            raise InvalidValue(f"tags.{index}", "must be text")
+        tag = " ".join(tag.split())
+        if not tag or len(tag) > MAX_TAG_CHARS or "," in tag or not tag.isprintable():
+            raise InvalidValue(f"tags.{index}", f"must be 1 to {MAX_TAG_CHARS} printable "
+                                                "characters, without a comma")
+        if tag.casefold() not in {kept.casefold() for kept in out}:
+            out.append(tag)
+    if len(out) > MAX_TAGS:
+        raise InvalidValue("tags", f"at most {MAX_TAGS} tags")
+    return out
+
+
+def checked_note(note: Any) -> str:
+    if not isinstance(note, str) or len(note) > MAX_NOTE_CHARS:
+        raise InvalidValue("note", f"must be text of at most {MAX_NOTE_CHARS} characters")
+    if any(not char.isprintable() and char not in "\n\t" for char in note):
+        raise InvalidValue("note", "must hold printable characters, line breaks and tabs only")
+    return note
+
+
+def checked_labels(labels: Any) -> str:
+    """The `labels` column's JSON text ({"tags": [...], "note": "..."}), checked."""
+    if not isinstance(labels, dict) or set(labels) - {"tags", "note"}:
+        raise InvalidValue("labels", 'must be an object with "tags" and "note" only')
+    return json.dumps({"tags": checked_tags(labels.get("tags", [])),
+                       "note": checked_note(labels.get("note", ""))}, ensure_ascii=False)
+
+
+def stored_labels(text: Any) -> tuple[list[str], str]:
+    """(tags, note) of a stored `labels` column, whatever it holds: what does not fit is left
+    out (labels are a person's annotations; a damaged one must not hide the run)."""
+    try:
+        labels = json.loads(text) if isinstance(text, str) else {}
+    except (ValueError, RecursionError):
+        return [], ""
+    if not isinstance(labels, dict):
+        return [], ""
+    tags = labels.get("tags")
+    tags = [tag[:MAX_TAG_CHARS] for tag in tags[:MAX_TAGS] if isinstance(tag, str)] \
+        if isinstance(tags, list) else []
+    note = labels.get("note")
+    return tags, note[:MAX_NOTE_CHARS] if isinstance(note, str) else ""
+
+
 def checked_info(info: Any) -> str:
     return _checked_object(info, "info", RunInfo)
 
@@ -253,6 +315,7 @@ def stored_run(columns: dict[str, Any]) -> dict:
     with safe placeholders and `unreadable` saying why, so listing it, showing it and
     deleting it still work."""
     record = dict(columns)
+    record["tags"], record["note"] = stored_labels(record.pop("labels", None))
     try:
         for key in ("config", "summary", "info"):
             text = record.get(key)
@@ -272,7 +335,7 @@ def stored_run(columns: dict[str, Any]) -> dict:
         config={}, status=status if status in STATUSES else "failed",
         created_at=_timestamp(columns.get("created_at")) or 0.0, summary=RunSummary(),
         error=columns.get("error") if isinstance(columns.get("error"), str) else None,
-        unreadable=reason[:500]).model_dump()
+        tags=record["tags"], note=record["note"], unreadable=reason[:500]).model_dump()
 
 
 class ListedSummary(BaseModel):
@@ -312,8 +375,30 @@ class ListedRun(BaseModel):
     summary: ListedSummary = Field(default_factory=ListedSummary)
     info: dict[str, Any] = Field(default_factory=dict,
                                  description="Of the info: writer, imported_from, imported_at")
+    tags: list[str] = Field(default_factory=list)
+    note: str = Field("", description=f"Cut to {LIST_TEXT_CHARS} characters (ending in …)")
+    columns: dict[str, Any] = Field(
+        default_factory=dict, description="The values of the keys the list's `columns` asked "
+                                          "for (e.g. config.lr, summary.final_loss): texts cut, "
+                                          "long lists as \"…\", absent keys left out")
     unreadable: str | None = Field(None, description="Set when the stored row no longer fits "
                                                      "the schema: why")
+
+
+def _listed_columns(text: Any) -> dict[str, Any]:
+    """The chosen columns' values as {"config.lr": value}, from the {source: {key: value}}
+    object built in SQL (values already cut); plain values only, {} when none were asked for."""
+    if not isinstance(text, str):
+        return {}
+    try:
+        values = clean_json(json.loads(text), "columns")
+    except (ValueError, TypeError, RecursionError):
+        return {}
+    if not isinstance(values, dict):
+        return {}
+    return {f"{source}.{key}": value for source, found in values.items()
+            if isinstance(found, dict) for key, value in found.items()
+            if value is None or isinstance(value, (str, int, float, bool))}
 
 
 def listed_run(columns: dict[str, Any]) -> dict:
@@ -323,6 +408,9 @@ def listed_run(columns: dict[str, Any]) -> dict:
     record = {key: columns.get(key) for key in (
         "id", "name", "status", "created_at", "started_at", "ended_at", "heartbeat_at", "error",
         "has_model")}
+    tags, note = stored_labels(columns.get("labels"))
+    note = note if len(note) <= LIST_TEXT_CHARS else note[:LIST_TEXT_CHARS - 1] + "…"
+    chosen = _listed_columns(columns.get("columns"))
     try:
         parts = {}
         for key in ("config", "info", "summary"):
@@ -334,7 +422,8 @@ def listed_run(columns: dict[str, Any]) -> dict:
         summary = RunSummary.model_validate(parts["summary"])  # the read schema's own checks
         record.update(config=parts["config"], info=parts["info"],
                       settings=settings if isinstance(settings, dict) else None,
-                      summary=summary.model_dump(include=set(ListedSummary.model_fields)))
+                      summary=summary.model_dump(include=set(ListedSummary.model_fields)),
+                      tags=tags, note=note, columns=chosen)
         return ListedRun.model_validate(record).model_dump()
     except (ValidationError, ValueError, TypeError, RecursionError) as error:
         reason = (str(_first_error(error, "run")) if isinstance(error, ValidationError)
@@ -345,7 +434,7 @@ def listed_run(columns: dict[str, Any]) -> dict:
         status=status if status in STATUSES else "failed",
         created_at=_timestamp(columns.get("created_at")) or 0.0,
         error=columns.get("error") if isinstance(columns.get("error"), str) else None,
-        unreadable=reason[:300]).model_dump()
+        tags=tags, note=note, columns=chosen, unreadable=reason[:300]).model_dump()
 
 
 def stored_info(text: Any) -> dict:
@@ -368,6 +457,12 @@ def checked_run_columns(run: dict) -> dict:
     from dst_core.store.config import RunConfig  # lazily: dst_core's package imports this module
 
     out = {"name": checked_name(run.get("name"))}
+    if run.get("labels") is not None:  # an export from before labels has none
+        try:
+            labels = json.loads(run["labels"])
+        except (TypeError, ValueError, RecursionError):
+            raise InvalidValue("labels", "not valid JSON text") from None
+        out["labels"] = checked_labels(labels)
     out["status"], out["error"] = checked_status(run.get("status"), run.get("error"))
     for key, check in (("config", checked_config), ("summary", checked_summary),
                        ("info", checked_info)):

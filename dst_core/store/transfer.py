@@ -63,7 +63,7 @@ MAX_TEXT = 10_000_000  # one event's JSON payload
 TABLE_COLUMNS = {
     "meta": {"key", "value"},
     "runs": {"id", "name", "config", "status", "created_at", "started_at", "ended_at", "error",
-             "summary", "heartbeat_at", "info"},
+             "summary", "heartbeat_at", "info", "labels"},
     "events": {"run_id", "seq", "step", "type", "payload", "layer", "keyframe", "blob"},
     "artifacts": {"run_id", "name", "data"},
     # Derived data, never read from an export: an imported run is indexed from its own frames

@@ -242,7 +242,7 @@ def test_migrates_a_version_1_file(tmp_path):
     run_id, original = _v1_file(tmp_path / "old")
     store = RunStore(tmp_path / "old")
     version = store.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
-    assert int(version) == SCHEMA_VERSION == 4
+    assert int(version) == SCHEMA_VERSION == 5
     assert store.read_events(run_id) == original  # the wire format is unchanged
     assert store.db.execute("SELECT COUNT(*) FROM events WHERE blob IS NOT NULL").fetchone()[0] == 2
     store.db.execute("INSERT INTO meta VALUES ('probe', '1')")  # ordinary writes still work

@@ -17,6 +17,7 @@ from backend.schemas import (
     BODY_RESPONSES,
     ERROR_RESPONSES,
     ErrorOut,
+    RunLabels,
     RunListOut,
     RunOut,
     RunStatus,
@@ -25,6 +26,8 @@ from backend.schemas import (
 from backend.settings import Settings
 from dst_core.store.config import RunConfig
 from dst_core.store.plan import plan_run
+from dst_core.store.run_store import MAX_LISTED_COLUMNS, checked_list_columns
+from dst_core.store.schema import MAX_TAG_CHARS, InvalidValue
 
 router = APIRouter(prefix="/api/runs", tags=["runs"], responses=ERROR_RESPONSES)
 DEFAULT_PAGE = 200  # runs per page of the list
@@ -88,8 +91,18 @@ async def list_runs(request: Request, store: StoreDep,
                                                            "of the previous page's Link header"),
                     status: RunStatus | None = Query(None, description="Only runs in this status"),
                     q: str | None = Query(None, max_length=MAX_QUERY_CHARS,
-                                          description="A substring of the name, id, task, model "
-                                                      "or method (case-insensitive)")) -> Response:
+                                          description="A substring of the name, id, task, "
+                                                      "model, method, a tag or the note "
+                                                      "(case-insensitive)"),
+                    tag: str | None = Query(None, max_length=MAX_TAG_CHARS,
+                                            description="Only runs with this tag "
+                                                        "(case-insensitive)"),
+                    columns: str | None = Query(
+                        None, max_length=MAX_LISTED_COLUMNS * 72,
+                        description=f"Comma-separated keys shown as columns, each "
+                                    f"`config.<key>` or `summary.<key>` (at most "
+                                    f"{MAX_LISTED_COLUMNS}); answered in each run's "
+                                    "`columns`")) -> Response:
     """Runs newest first, a page at a time, each as a fixed projection (RunListOut; the whole
     run is `GET /{id}`). `Link: <…>; rel="next"` names the next page (the filters kept; pages
     stay put while runs are added), `X-Total-Count` the runs matching the filters. The
@@ -97,11 +110,20 @@ async def list_runs(request: Request, store: StoreDep,
     it shows has changed."""
     after = _decoded_cursor(cursor)
     query = (q or "").strip() or None
-    page = await asyncio.to_thread(store.list_page, limit, after, status, query)
+    tag = (tag or "").strip() or None
+    chosen = [name.strip() for name in (columns or "").split(",") if name.strip()]
+    try:
+        checked_list_columns(chosen)
+    except ValueError as error:
+        raise RequestValidationError([{"loc": ("query", "columns"), "type": "value_error",
+                                       "msg": str(error)}]) from None
+    page = await asyncio.to_thread(store.list_page, limit, after, status, query, tag, chosen)
     headers = {"X-Total-Count": str(page.total), "Cache-Control": "no-cache"}
     if page.next_after is not None:
         params = {"limit": limit, **({"status": status} if status else {}),
-                  **({"q": query} if query else {}), "cursor": _encoded_cursor(page.next_after)}
+                  **({"q": query} if query else {}), **({"tag": tag} if tag else {}),
+                  **({"columns": ",".join(chosen)} if chosen else {}),
+                  "cursor": _encoded_cursor(page.next_after)}
         headers["Link"] = f'<{request.url.path}?{urlencode(params)}>; rel="next"'
     body = json.dumps(page.runs, separators=(",", ":"), allow_nan=False,
                       ensure_ascii=False).encode()
@@ -140,6 +162,21 @@ def _decoded_cursor(cursor: str | None) -> tuple | None:
 async def get_run(run: RunDep) -> dict:
     """Config, status, timestamps, error and summary of one run."""
     return run
+
+
+@router.patch("/{run_id}", response_model=RunOut,
+              responses={**BODY_RESPONSES, 422: {"model": ValidationErrorOut,
+                                                 "description": "A bad name, tag or note"}})
+async def label_run(run_id: RunIdDep, store: StoreDep, labels: RunLabels) -> dict:
+    """Rename a run, set its tags and its note (the fields sent; the others stay). Any run,
+    live or ended, whoever writes it: these are a person's, the writer never changes them."""
+    try:
+        run = await asyncio.to_thread(store.set_labels, run_id, name=labels.name,
+                                      tags=labels.tags, note=labels.note)
+    except InvalidValue as error:
+        raise RequestValidationError([{"loc": ("body", *error.field.split(".")),
+                                       "type": "value_error", "msg": str(error)}]) from None
+    return _found(run, run_id)
 
 
 @router.post("/{run_id}/stop", response_model=RunOut,
