@@ -85,12 +85,16 @@ def _topology_header(payload: dict, seq: int) -> None:
 class StoredEvent:
     """One stored row and its encodings, each made once and shared by every viewer."""
 
-    __slots__ = ("seq", "step", "type", "_payload", "_blob", "_messages")
+    __slots__ = ("seq", "step", "type", "_payload", "_blob", "_messages", "misfit", "judged")
 
     def __init__(self, row):
         self.seq, self.step, self.type = int(row[0]), int(row[1]), str(row[2])
         self._payload, self._blob = row[3], row[4]
         self._messages: dict[Mode, str | bytes | WireError] = {}
+        # Why readers skip this topology frame (it does not fit its layer's history: a frame
+        # an older version stored unchecked), set by judge_frames before a full encoding.
+        self.misfit: str | None = None
+        self.judged = False
 
     def encoded(self, mode: Mode) -> bool:
         return mode in self._messages
@@ -127,6 +131,12 @@ class StoredEvent:
             key: payload[key] for key in ("n_added", "n_removed") if key in payload})
         if mode == "announce":
             return head + "," + dumps(header | {"announce": True})[1:]
+        if self.misfit is not None:
+            # Not sent as a frame: a client applying it would rebuild a mask no reader of the
+            # store has (/mask, /view and /topology skip it). A notice without a `seq` says so.
+            return dumps({"type": "skipped_frame", "skipped_seq": self.seq, "step": self.step,
+                          "layer": header["layer"], "index": header["index"],
+                          "reason": self.misfit[:500]})
         if self._blob is None:
             raise WireError(self.seq, "topology frame has no data")
         try:
@@ -146,6 +156,21 @@ def read_events(store, run_id: str, from_seq: int, limit: int) -> list[StoredEve
         f"SELECT {ROW_COLUMNS} FROM events WHERE run_id = ? AND seq >= ? ORDER BY seq LIMIT ?",
         (run_id, from_seq, limit)).fetchall()
     return [StoredEvent(row) for row in rows]
+
+
+def judge_frames(events: list[StoredEvent], reader, run: dict | None) -> None:
+    """Mark the topology frames every reader skips (reader.frame_misfit), once per event,
+    before they are encoded for a mode that sends frames whole. A frame whose header or data
+    cannot be read is left to its encoding, which reports it."""
+    for event in events:
+        if event.judged or event.type != "topology" or run is None:
+            continue
+        event.judged = True
+        try:
+            payload, _ = _parse_object(event._payload, event.seq)
+            event.misfit = reader.frame_misfit(run, event.seq, event.step, payload)
+        except Exception:  # noqa: BLE001 - whatever a stored row holds: the encoding says it
+            event.misfit = None
 
 
 def encode_all(events: list[StoredEvent], modes) -> None:

@@ -25,8 +25,16 @@ import json
 import logging
 from collections import Counter, deque
 
-from backend.wire import StoredEvent, WireError, encode_all, end_message, error_message, read_events
-from dst_core.store import FINAL_STATUSES, RunStore
+from backend.wire import (
+    StoredEvent,
+    WireError,
+    encode_all,
+    end_message,
+    error_message,
+    judge_frames,
+    read_events,
+)
+from dst_core.store import FINAL_STATUSES, RunReader, RunStore
 from dst_core.store.schema import MAX_SEQ
 
 log = logging.getLogger("sparsescope")
@@ -113,8 +121,11 @@ class RunHub:
     the hub holds no viewer's history. Events are encoded once per mode in use, in the
     hub's thread, and shared."""
 
-    def __init__(self, store: RunStore, run_id: str, window_bytes: int = HUB_WINDOW_BYTES):
+    def __init__(self, store: RunStore, run_id: str, window_bytes: int = HUB_WINDOW_BYTES,
+                 reader: RunReader | None = None):
         self.store, self.run_id, self.window_bytes = store, run_id, window_bytes
+        self.reader = reader if reader is not None else RunReader(store)
+        self.stored_run: dict | None = None  # its row, read once: frames are judged against it
         self.events: deque[StoredEvent] = deque()
         self._sizes: deque[int] = deque()  # each event's bytes as counted when it came in
         self.size = 0
@@ -181,6 +192,9 @@ class RunHub:
 
     def _read(self, from_seq: int, modes: tuple[str, ...]) -> list[StoredEvent]:
         events = read_events(self.store, self.run_id, from_seq, BATCH)
+        if any(mode != "announce" for mode in modes):
+            self.stored_run = self.stored_run or self.store.get_run(self.run_id)
+            judge_frames(events, self.reader, self.stored_run)
         encode_all(events, modes)
         return events
 
@@ -201,8 +215,9 @@ class StreamHubs:
     """The hubs of an app's live runs: created by a run's first live viewer, gone with its
     last viewer or when the run has ended."""
 
-    def __init__(self, store: RunStore):
+    def __init__(self, store: RunStore, reader: RunReader | None = None):
         self.store = store
+        self.reader = reader if reader is not None else RunReader(store)  # the app's, its caches
         self.hubs: dict[str, RunHub] = {}
         self.viewers: Counter[str] = Counter()
 
@@ -213,7 +228,7 @@ class StreamHubs:
             next_seq = await asyncio.to_thread(lambda: self.store.last_seq(run_id) + 1)
             hub = self.hubs.get(run_id)  # another viewer may have made one meanwhile
             if hub is None or hub.state != "live":
-                hub = self.hubs[run_id] = RunHub(self.store, run_id)
+                hub = self.hubs[run_id] = RunHub(self.store, run_id, reader=self.reader)
                 hub.next_seq = next_seq
                 hub.task = asyncio.create_task(hub.run(), name=f"ws-hub-{run_id}")
                 self.viewers[run_id] = 0
@@ -242,8 +257,10 @@ class RunFollower:
 
     def __init__(self, store: RunStore, run_id: str, from_seq: int, mode: str,
                  outbox: Outbox, hub: RunHub | None = None,
-                 slow_client_s: float = SLOW_CLIENT_S):
+                 slow_client_s: float = SLOW_CLIENT_S, reader: RunReader | None = None):
         self.store, self.run_id, self.seq, self.mode = store, run_id, max(0, from_seq), mode
+        self.reader = reader if reader is not None else RunReader(store)
+        self.stored_run: dict | None = None  # its row, read once: frames are judged against it
         self.outbox, self.hub = outbox, hub
         self.slow_client_s = slow_client_s
         self.skips = 0
@@ -289,8 +306,14 @@ class RunFollower:
         else:
             batch = await asyncio.to_thread(self._read, self.seq, BATCH)
         if any(not event.encoded(self.mode) for event in batch):
-            await asyncio.to_thread(encode_all, batch, (self.mode,))  # off the event loop
+            await asyncio.to_thread(self._encode, batch)  # off the event loop
         return batch
+
+    def _encode(self, batch: list[StoredEvent]) -> None:
+        if self.mode != "announce":  # frames sent whole: the ones readers skip are not
+            self.stored_run = self.stored_run or self.store.get_run(self.run_id)
+            judge_frames(batch, self.reader, self.stored_run)
+        encode_all(batch, (self.mode,))
 
     def _read(self, from_seq: int, limit: int) -> list[StoredEvent]:
         return read_events(self.store, self.run_id, from_seq, limit)

@@ -212,43 +212,74 @@ class FrameChains:
             except Misfit:
                 return count
             return int(np.count_nonzero(mask))
-        fits, claimed = False, count
         try:
-            added, removed = self.delta(run["id"], frame, numel, shape)
-            frame_shape, claimed = self._claims(run["id"], frame)
-            fits = frame_misfit(shape, frame_shape, claimed, added=added, removed=removed,
-                                active_at=lambda indices: mask[indices],
-                                active_now=count) is None
-        except Misfit:
-            pass
-        self.cache.put((run_key(run), index, frame.seq, "fits"), fits, FIT_BYTES)
-        if not fits:
+            changes = self.delta(run["id"], frame, numel, shape)
+        except Misfit as error:
+            self.cache.put((run_key(run), index, frame.seq, "fits"), str(error), FIT_BYTES)
             return count
+        if self._verdict(run, index, frame, mask, count, numel, shape, changes) is not True:
+            return count
+        added, removed = changes
         mask[removed] = False
         mask[added] = True
-        return claimed
+        return self._claims(run["id"], frame)[1]  # fitting, its count is the mask's
+
+    def _verdict(self, run: dict, index: int, frame: Frame, mask: np.ndarray, count: int,
+                 numel: int, shape, changes: tuple | None = None) -> bool | str:
+        """Whether a stored delta (its `changes` when already read) fits `mask`, its layer's
+        mask before it (`count` active): True, else why not; kept in the cache (the stream
+        says why: misfit())."""
+        try:
+            added, removed = changes if changes is not None else self.delta(run["id"], frame,
+                                                                            numel, shape)
+            frame_shape, claimed = self._claims(run["id"], frame)
+            verdict = frame_misfit(shape, frame_shape, claimed, added=added, removed=removed,
+                                   active_at=lambda indices: mask[indices],
+                                   active_now=count) or True
+        except Misfit as error:
+            verdict = str(error)
+        self.cache.put((run_key(run), index, frame.seq, "fits"), verdict, FIT_BYTES)
+        return verdict
 
     def taken(self, run: dict, index: int, frame: Frame, numel: int,
               shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """A stored delta's (added, removed) as its layer took them: empty when it was skipped
         (it does not fit the mask before it)."""
-        fits = self.cache.get((run_key(run), index, frame.seq, "fits"))
-        if fits is None:
+        if self._delta_misfit(run, index, frame, numel, shape) is not None:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty
+        return self.delta(run["id"], frame, numel, shape)
+
+    def misfit(self, run: dict, index: int, frame: Frame, numel: int,
+               shape: tuple[int, int] | None = None) -> str | None:
+        """Why every reader skips this stored frame (it does not fit its layer's history:
+        schema.frame_misfit), None when it fits. The stream asks it before sending a frame,
+        so its clients skip what /mask, /view and /topology skip."""
+        if frame.keyframe:
+            try:
+                self.keyframe(run["id"], frame, numel, shape)
+            except Misfit as error:
+                return str(error)
+            return None
+        return self._delta_misfit(run, index, frame, numel, shape)
+
+    def _delta_misfit(self, run: dict, index: int, frame: Frame, numel: int,
+                      shape: tuple[int, int] | None) -> str | None:
+        key = (run_key(run), index, frame.seq, "fits")
+        verdict = self.cache.get(key)
+        if verdict is None:
             before = self.frame_before(run["id"], index, frame.seq)
             try:
                 if before is None:
                     raise Misfit("a delta before any keyframe of its layer")
                 previous = self.mask(run, index, self.chain_to(run["id"], index, before),
-                                     numel, shape).copy()
-                self._apply(run, index, frame, previous, int(np.count_nonzero(previous)),
-                            numel, shape)
-            except (Misfit, NoFittingFrame):
-                self.cache.put((run_key(run), index, frame.seq, "fits"), False, FIT_BYTES)
-            fits = self.cache.get((run_key(run), index, frame.seq, "fits"))
-        if not fits:
-            empty = np.zeros(0, dtype=np.int64)
-            return empty, empty
-        return self.delta(run["id"], frame, numel, shape)
+                                     numel, shape)
+                verdict = self._verdict(run, index, frame, previous,
+                                        int(np.count_nonzero(previous)), numel, shape)
+            except (Misfit, NoFittingFrame) as error:
+                verdict = str(error)
+                self.cache.put(key, verdict, FIT_BYTES)
+        return None if verdict is True else str(verdict)
 
     def _undo_from_later(self, run: dict, index: int, target: Frame, numel: int,
                          max_deltas: int) -> np.ndarray | None:
@@ -268,7 +299,7 @@ class FrameChains:
                 fits = self.cache.get((key, index, undone.seq, "fits"))
                 if fits is None:
                     return None
-                if fits:  # a skipped delta changed nothing: nothing to undo
+                if fits is True:  # a skipped delta changed nothing: nothing to undo
                     added, removed = self.delta(run["id"], undone, numel)
                     mask[added] = False
                     mask[removed] = True

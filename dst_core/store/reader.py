@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from dst_core.store.masks import FrameChains, NoFittingFrame, StoredDataError
+from dst_core.store.masks import Frame, FrameChains, NoFittingFrame, StoredDataError
 from dst_core.store.run_store import MAX_METRIC_NAME_CHARS, RunStore
 from dst_core.store.schema import parse_layers
 
@@ -72,6 +72,20 @@ class RunReader:
                 return index
         known = ", ".join(entry["name"] for entry in layers) or "none recorded"
         raise ValueError(f"layer: no layer {layer!r} in this run (known: {known})")
+
+    def frame_misfit(self, run: dict, seq: int, step: int, header: dict) -> str | None:
+        """Why readers skip the stored topology frame at `seq` (its decoded `header`), None
+        when it fits its layer's history; a frame of no declared layer, or of one larger
+        than this server's frame limit, is not judged here (None)."""
+        layers = self.layers(run["id"])
+        index = header.get("index")
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(layers):
+            return None
+        rows, cols = layers[index]["matrix"]
+        if rows * cols > self.store.max_frame_elements:
+            return None
+        frame = Frame(int(seq), int(step), bool(header.get("keyframe")))
+        return self.chains.misfit(run, index, frame, rows * cols, (rows, cols))
 
     def mask_at(self, run_id: str, layer: str | int, step: int) -> tuple[np.ndarray, int]:
         """(mask as a read-only (rows, cols) bool array, step of the newest frame used) at

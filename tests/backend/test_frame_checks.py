@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from dst_core.events import delta_payload, keyframe_payload, to_wire
+from dst_core.events import decode_bits, decode_indices, delta_payload, keyframe_payload, to_wire
 from dst_core.store import codec, export_run, topology_index
 from dst_core.store.run_store import RunStore
 from dst_core.store.schema import MAX_SEQ, InvalidValue
+from tests.backend.conftest import stream_events
 from tests.dst_core.test_analytics import brute_degrees
 
 SHAPE = (4, 6)
@@ -250,6 +251,34 @@ def test_stored_frames_that_do_not_fit_are_skipped_alike_by_every_reader(client,
             assert view.json()["added_total"] == view.json()["removed_total"] == 0, step
     assert client.get(f"/api/runs/{run_id}/topology/series", params={"layer": 0}).json()[
         "active"] == [12, 12, 12]  # the keyframe, and the two deltas that were taken
+    # The websocket's full frames skip them too: a `skipped_frame` notice (no seq) in place of
+    # each, and a client that applies what it is sent holds the masks the readers answer.
+    skipped = list(range(last + 1, last + 4))
+    messages = stream_events(client, run_id)
+    notices = [message for message in messages if message["type"] == "skipped_frame"]
+    assert [notice["skipped_seq"] for notice in notices] == skipped
+    assert all("seq" not in notice and notice["layer"] == "fc1" for notice in notices)
+    assert "removes a connection that is not active" in notices[0]["reason"]
+    frames = [message for message in messages if message["type"] == "topology"]
+    assert not {frame["seq"] for frame in frames} & set(skipped)
+    replayed = {}
+    mask = None
+    for frame in frames:
+        if frame["index"] != 0:
+            continue
+        if frame["keyframe"]:
+            mask = decode_bits(frame["bits"], 24).reshape(SHAPE)
+        else:
+            mask = mask.copy()
+            mask.reshape(-1)[decode_indices(frame["removed"])] = False
+            mask.reshape(-1)[decode_indices(frame["added"])] = True
+        replayed[frame["step"]] = mask
+    assert sorted(replayed) == [0, 10, 50]
+    for step, expected in replayed.items():
+        assert np.array_equal(expected, masks[step]), step
+    # The dashboard's mode announces every stored frame (it reads /view, which skips them).
+    announced = stream_events(client, run_id, query="&topology=announce")
+    assert not [message for message in announced if message["type"] == "skipped_frame"]
 
 
 def test_a_remote_keyframe_cannot_bring_its_own_changes(client):

@@ -102,7 +102,7 @@ async def stream_run(websocket: WebSocket, run_id: str, from_seq: str = "0",
     # A live run's viewers share one reader; a replay's viewer reads alone.
     hub = await hubs.join(run_id, mode) if run["status"] not in FINAL_STATUSES else None
     outbox = Outbox()
-    follower = RunFollower(store, run_id, first_seq, mode, outbox, hub)
+    follower = RunFollower(store, run_id, first_seq, mode, outbox, hub, reader=hubs.reader)
     receiver = asyncio.create_task(_drain(websocket), name="ws-receive")
     reader = asyncio.create_task(follower.run(), name="ws-read")
     sender = asyncio.create_task(_send_all(websocket, outbox), name="ws-send")
