@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dst_core import distributed
+from dst_core import distributed, sharded
 from dst_core.analytics import rewire_magnitudes, sample_stride
 from dst_core.density import layer_densities
 from dst_core.method_options import (
@@ -85,12 +85,21 @@ class MaskedLayer:
         return tuple(self.weight.shape)
 
     @property
+    def numel(self) -> int:
+        """Entries of the whole weight (a sharded layer's mask holds only its rows)."""
+        return self.mask.numel()
+
+    @property
     def active_count(self) -> int:
         return count_true(self.mask)
 
     @property
+    def ever_active_count(self) -> int:
+        return count_true(self.ever_active)
+
+    @property
     def density(self) -> float:
-        return self.active_count / self.mask.numel()
+        return self.active_count / self.numel
 
 
 @dataclass
@@ -195,6 +204,8 @@ class SparseDriver:
     weights stay identical by construction (`dst_core.distributed`: rank 0's initial state,
     all-reduced dense gradients, per-step seeds); every `verify_every` rewires an
     all-gathered mask hash checks it (0: never) and raises `MaskDivergenceError`.
+    On FSDP2-sharded (`fully_shard`, DTensor) weights each mask holds its weight's rows only
+    and rewires select exactly per whole layer across the shards (`dst_core.sharded`).
     Raises ValueError naming the argument on bad input, including a model with no Linear/Conv
     weight and an optimizer that does not hold every sparsified weight.
     """
@@ -292,8 +303,15 @@ class SparseDriver:
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
         self.layers: list[MaskedLayer] = []
+        # FSDP2 (DTensor weights): masks live with their shards, built and rewired by
+        # dst_core.sharded (None for ordinary weights, DDP included).
+        self.sharding = sharded.Sharding(self, prunable) \
+            if any(sharded.is_sharded(weight) for _, weight in prunable) else None
+        if self.sharding is not None:
+            self.layers = self.sharding.build_layers(self, entries, densities)
         initial_mask = getattr(self.algorithm, "initial_mask", None)
-        for entry, layer_density in zip(entries, densities, strict=True):
+        for entry, layer_density in (zip(entries, densities, strict=True)
+                                     if self.sharding is None else ()):
             name, weight, output_axis = entry.name, entry.weight, entry.output_axis
             shape = tuple(weight.shape)
             layer_structure = (NMStructure(options.n, options.m, output_axis)
@@ -330,7 +348,8 @@ class SparseDriver:
                 and not self.algorithm.keeps_inactive_state))
         # Under torch.distributed: rank 0's masks and weights everywhere, reduced dense
         # gradients, per-step seeds, the mask-hash check (None in a single process).
-        self.distributed = distributed.attach(self, verify_every)
+        self.distributed = distributed.attach(self, verify_every) if self.sharding is None \
+            else self.sharding.attach(verify_every)
         LOG.info("%s", self.summary(brief=True))
 
     def _check_options(self, options: ResolvedSettings) -> None:
@@ -364,6 +383,8 @@ class SparseDriver:
         if options["structure"] == "unstructured":
             options.pop("n")
             options.pop("m")
+        if self.sharding is not None:  # FSDP2: how the layers were split across ranks
+            options["sharding"] = self.sharding.describe()
         return options
 
     def summary(self, brief: bool = False) -> str:
@@ -458,7 +479,8 @@ class SparseDriver:
             self.apply_masks()
         self.step_count += 1
         try:
-            changes = self.algorithm.after_optimizer_step(self, due)
+            changes = (self.algorithm if self.sharding is None
+                       else self.sharding).after_optimizer_step(self, due)
         finally:
             self._dense_grads = {}
         if due and self.distributed is not None:
@@ -561,13 +583,13 @@ class SparseDriver:
         return {layer.name: layer.density for layer in self.layers}
 
     def global_density(self) -> float:
-        total = sum(layer.mask.numel() for layer in self.layers)
+        total = sum(layer.numel for layer in self.layers)
         return sum(layer.active_count for layer in self.layers) / max(1, total)
 
     def itop_rate(self) -> float:
         """In-Time Over-Parameterization: share of all connections ever active (Liu et al. 2021)."""
-        total = sum(layer.mask.numel() for layer in self.layers)
-        return sum(count_true(layer.ever_active) for layer in self.layers) / max(1, total)
+        total = sum(layer.numel for layer in self.layers)
+        return sum(layer.ever_active_count for layer in self.layers) / max(1, total)
 
     # ---- checkpoints --------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -32,6 +32,7 @@ from pathlib import Path
 from dst_core.heads import head_layouts
 from dst_core.recording.remote import RemoteWriter
 from dst_core.run_labels import run_settings
+from dst_core.sharded import recording_view
 from dst_core.store.frames import FrameEmitter
 from dst_core.store.run_store import DEFAULT_DATA_DIR, MODEL_ARTIFACT, RunGone, RunStore
 
@@ -342,6 +343,7 @@ class Recorder:
         layouts = head_layouts(driver.model, driver.plan.layers, heads)  # raises naming heads
         if not self.active:  # no frames to build on a rank that does not record
             return
+        driver = recording_view(driver)  # FSDP2: rank 0's whole masks, not its shards
         self._driver = driver
         emitter = FrameEmitter(driver, self, self.keyframe_every)
         meta = {"task": task, "input_shape": None, "image_shape": None, "num_classes": None,
