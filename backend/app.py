@@ -27,6 +27,8 @@ from backend.middleware import (
     SameOrigin,
     SecurityHeaders,
 )
+from backend.services.churn import ChurnReader
+from backend.services.overlap import Overlap
 from backend.services.stream_hub import StreamHubs
 from backend.services.topology_reader import IndexCache, TopologyReader
 from backend.services.views import LayerViews
@@ -92,7 +94,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.layer_views = LayerViews(store)
     app.state.topology = TopologyReader(store, IndexCache(settings.topology_cache_mb << 20),
                                         reader=app.state.layer_views.reader)
-    app.state.stream_hubs = StreamHubs(store)
+    app.state.overlap = Overlap(app.state.layer_views.reader)
+    app.state.churn = ChurnReader(app.state.topology)
+    app.state.stream_hubs = StreamHubs(store, reader=app.state.layer_views.reader)
     app.state.folder_lock = folder_lock
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -3,6 +3,7 @@
     sparsescope serve [--host H] [--port P] [--data-dir D]
     sparsescope train [--method rigl --density 0.05 ...] [--data-dir D | --url URL --token T]
     sparsescope runs list|show ID|export ID [-o FILE]|import FILE|delete ID  [--data-dir D]
+    sparsescope export ID [--compact] [--out model.pt] [--batch-size N]  [--data-dir D]
 
 `train` takes every field of the REST run config as a flag; the flags are generated from
 RunConfig's fields, so a field added there is a flag here with no change to this file.
@@ -314,6 +315,58 @@ def runs_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- export a trained model -------------------------------------------------------------------
+def export_command(args: argparse.Namespace) -> int:
+    """The run's trained model (`--compact`: as `dst_core.compact` makes it) to a `.pt` file."""
+    import io
+
+    import torch
+
+    from dst_core.store import MODEL_ARTIFACT
+    from dst_core.store.transfer import load_model
+
+    if args.batch_size < 1:
+        raise SystemExit(f"sparsescope export: --batch-size: must be >= 1, got {args.batch_size}")
+    store = _store(args)
+    run = _run_or_exit(store, args.run_id)
+    data = store.get_artifact(run["id"], MODEL_ARTIFACT)
+    if data is None:
+        raise SystemExit(f"sparsescope export: run {run['id']} stored no model (a run stores it "
+                         "when training ends; a script stores it with rec.save_model(model, "
+                         "driver))")
+    target = Path(args.out or f"{run['id']}{'-compact' if args.compact else ''}.pt")
+    if not args.compact:
+        payload = data
+    else:
+        from dst_core import compact, compact_layers
+
+        try:
+            model = load_model(data)
+        except (ValueError, KeyError, TypeError) as error:
+            raise SystemExit(
+                f"sparsescope export: run {run['id']}: the model cannot be rebuilt here ({error}): "
+                "its architecture is a script's own; in Python: model = load_model(file, "
+                "model=YourModel()); dst_core.compact(model)") from None
+        except RuntimeError as error:  # state dict and rebuilt architecture disagree
+            raise SystemExit(f"sparsescope export: run {run['id']}: {error}") from None
+        shape = torch.load(io.BytesIO(data), map_location="cpu",
+                           weights_only=True)["architecture"]["input_shape"]
+        example = torch.zeros(1, *shape)  # times each layer on its real input size
+        compacted = compact(model, batch_size=args.batch_size, example_input=example)
+        for layer in compact_layers(compacted):
+            print(f"{layer['layer']}: {layer['format']}, density {layer['density']:.3f}, "
+                  f"{layer['speedup']:.2f}x at batch {args.batch_size}", file=sys.stderr)
+        buffer = io.BytesIO()
+        torch.save(compacted, buffer)
+        payload = buffer.getvalue()
+    try:
+        target.write_bytes(payload)
+    except OSError as error:
+        raise SystemExit(f"sparsescope export: cannot write {target}: {error}") from None
+    print(target)
+    return 0
+
+
 LIST_COLUMNS = (  # (title, width, right-aligned)
     ("id", 16, False), ("status", 9, False), ("method", 11, False), ("task", 9, False),
     ("density", 7, True), ("steps", 7, True), ("best acc", 8, True), ("created (UTC)", 19, False),
@@ -400,6 +453,17 @@ def main(argv: list[str] | None = None) -> int:
         if action == "delete":
             sub.add_argument("--force", action="store_true", help="delete even an active run")
         sub.set_defaults(handler=runs_command)
+    export_parser = commands.add_parser(
+        "export", help="write a run's trained model to a .pt file (--compact: sparse, faster)")
+    export_parser.add_argument("run_id", help="the run's 16-hex-digit id")
+    export_parser.add_argument("--compact", action="store_true",
+                               help="each layer in its fastest measured format (dst_core.compact); "
+                                    "load with torch.load(path, weights_only=False)")
+    export_parser.add_argument("--out", "-o", help="file to write (default <id>[-compact].pt)")
+    export_parser.add_argument("--batch-size", type=int, default=1,
+                               help="the batch the formats are timed at (default 1)")
+    export_parser.add_argument("--data-dir", default=data_dir_default, help="run store folder")
+    export_parser.set_defaults(handler=export_command)
     args = parser.parse_args(argv)
     try:
         return args.handler(args)

@@ -11,8 +11,10 @@ for them here says where (the engine cannot import them without depending on the
 from __future__ import annotations
 
 from dst_core import algorithms as _algorithms  # noqa: F401  (fills the registry)
+from dst_core.compact import compact, compact_layers
 from dst_core.density import layer_densities
-from dst_core.driver import LayerChange, MaskedLayer, SparseDriver
+from dst_core.driver import SparseDriver
+from dst_core.masked_layer import LayerChange, MaskedLayer
 from dst_core.prunable import find_prunable, plan_prunable
 from dst_core.rewire import (
     REGISTRY,
@@ -33,8 +35,8 @@ _MOVED = {"RunConfig": "dst_core.store", "Recorder": "dst_core.recording",
 
 __all__ = [
     "REGISTRY", "Algorithm", "LayerChange", "MaskedLayer", "RewireResult",
-    "RewireSchedule", "Rewirer", "SparseDriver", "find_prunable", "plan_prunable",
-    "get_algorithm", "layer_densities", "register_rewirer", "rewire",
+    "RewireSchedule", "Rewirer", "SparseDriver", "compact", "compact_layers", "find_prunable",
+    "plan_prunable", "get_algorithm", "layer_densities", "register_rewirer", "rewire",
 ]
 
 

@@ -11,6 +11,11 @@ Every registered method carries a `MethodOptions` of its published defaults
 (`Algorithm.defaults`); `resolve_settings` fills every option left at None from them, so
 "what does this run actually do" has one answer, recorded with the run
 (`SparseDriver.settings()`).
+
+Each option also says how the dashboard's form shows it (`label`, `group`) and which methods it
+means something for (`applies`, a scope that dst_core.rewire.option_applies answers); the run config
+puts both in its JSON schema (`x-group`, `x-methods`), so the form shows only the chosen
+method's options.
 """
 
 from __future__ import annotations
@@ -28,11 +33,34 @@ from dst_core.structure import STRUCTURES
 DEFAULT_INTERVAL_STEPS = 100  # a per-epoch method driven without steps_per_epoch
 
 
+# Which methods an option means something for, by scope name; dst_core.rewire.option_applies
+# answers it for a method's class by what the class does (so a user's method that subclasses
+# a built-in gets its parent's options). Names, not tests on classes: those classes live in
+# modules that import this one.
+OPTION_SCOPES = {
+    "every": "every method",
+    "sparse": "methods with a mask (all but the dense baseline)",
+    "mask_changing": "methods whose mask changes during training (an after-step hook)",
+    "drop_and_grow": "the rewirers: they drop a share of the active connections and grow as many",
+    "noisy_drop": "rewirers that rank drops by the base |w| score (drop-score noise applies)",
+    "global_selection": "methods that can rank across all layers",
+    "structured": "methods that can keep an N:M constraint",
+    "temperature": "Deep R (its noise) and grad_sample (its sampling)",
+    "deep_r": "Deep R",
+    "srigl": "SRigL",
+}
+
+
 @dataclass(frozen=True)
 class Option:
     """What one method option takes and how it is shown: a `MethodOptions` field's metadata."""
 
     description: str  # what it sets, as the run config, the form and the CLI's --help say
+    label: str = ""  # its name in the form ("Drop fraction"); the field name is in its help
+    group: str = "method"  # the form's group: "method", "schedule", "optimisation", "advanced"
+    applies: str = "every"  # the methods it means something for: a key of OPTION_SCOPES
+    # Shown in the form only while other fields have these values ((("structure", "n:m"),)).
+    shown_when: tuple[tuple[str, str], ...] = ()
     choices: tuple[str, ...] = ()  # the values a text option takes
     # Bounds the driver and the run config both check.
     ge: float | None = None
@@ -51,6 +79,8 @@ class Option:
 
 def option(default: Any, description: str, **spec: Any) -> Any:
     """A `MethodOptions` field: its generic default and its `Option`."""
+    if spec.get("applies", "every") not in OPTION_SCOPES:
+        raise ValueError(f"applies: {spec['applies']!r} is not one of {sorted(OPTION_SCOPES)}")
     return field(default=default, metadata={"option": Option(description, **spec)})
 
 
@@ -60,52 +90,66 @@ class MethodOptions:
     of a config or driver takes them."""
 
     drop_fraction: float = option(
-        0.3, "Share of active connections replaced per rewire", ge=0.0, le=1.0)
+        0.3, "Share of active connections replaced per rewire", ge=0.0, le=1.0,
+        label="Drop fraction", group="schedule", applies="drop_and_grow")
     schedule: str = option(
-        "constant", "Drop-fraction schedule; default: the method's", choices=SCHEDULES)
+        "constant", "Drop-fraction schedule; default: the method's", choices=SCHEDULES,
+        label="Drop-fraction schedule", group="schedule", applies="drop_and_grow")
     min_drop_fraction: float = option(
         0.0, "Where the cosine schedule ends (SNFS's CosineDecay: 0.005)", ge=0.0, le=1.0,
         keyword=False, config=False)
     # "epoch" in a method's defaults: once per epoch (steps_per_epoch, when known).
     interval_steps: int | str = option(
         DEFAULT_INTERVAL_STEPS, "Steps between rewires; default: the method's (SET: one epoch)",
-        ge=1)
+        ge=1, label="Rewire every (steps)", group="schedule", applies="mask_changing")
     end_fraction: float = option(
-        1.0, "Stop rewiring after this share of training", ge=0.0, le=1.0)
+        1.0, "Stop rewiring after this share of training", ge=0.0, le=1.0,
+        label="Stop rewiring at (share of training)", group="schedule",
+        applies="mask_changing")
     begin_step: int = option(
-        0, "No rewiring before this step (default 0)", ge=0, config_le=10**9)
+        0, "No rewiring before this step (default 0)", ge=0, config_le=10**9,
+        label="First rewire after step", group="schedule", applies="mask_changing")
     distribution: str = option(
         "erk", "Layer-wise density; default: the method's (SET er, RigL erk)",
-        choices=DISTRIBUTIONS)
+        choices=DISTRIBUTIONS, label="Layer densities", applies="sparse")
     first_layer_dense: bool = option(
         False, "With uniform densities, keep the first layer dense; default: the method's "
-               "(RigL yes)")
+               "(RigL yes)", label="Dense first layer", applies="sparse")
     temperature: float = option(
         1.0, "Deep R noise / grad_sample temperature; default: the method's (grad_sample 1, "
-             "Deep R 1e-6)", gt=0.0, config_le=1e6)
+             "Deep R 1e-6)", gt=0.0, config_le=1e6, label="Temperature",
+        applies="temperature")
     l1: float = option(
-        0.0, "Deep R L1 shrink of active parameters (default 1e-5)", ge=0.0, config_le=1.0)
+        0.0, "Deep R L1 shrink of active parameters (default 1e-5)", ge=0.0, config_le=1.0,
+        label="L1 shrink", applies="deep_r")
     lr: float = option(
         0.05, "Learning rate; default: the method's (0.05; Deep R 0.2)", gt=0.0, config_le=10.0,
-        keyword=False)
+        keyword=False, label="Learning rate", group="optimisation")
     drop_noise: float = option(
         0.0, "Std of Gaussian noise added to |w| drop scores; default: the method's (RigL 1e-5, "
-             "others 0)", ge=0.0, config_le=1.0)
+             "others 0)", ge=0.0, config_le=1.0, label="Drop-score noise", group="advanced",
+        applies="noisy_drop")
     skip_update_on_rewire: bool = option(
         False, "No optimizer update on a rewire step; default: the method's (RigL yes, as its "
-               "reference)")
+               "reference)", label="Skip the update on rewire steps", group="optimisation",
+        applies="mask_changing")
     global_selection: bool = option(
         False, "Drop and grow by one ranking across all layers (magnitude and gradient "
-               "methods); default no")
+               "methods); default no", label="Global selection", group="advanced",
+        applies="global_selection")
     ablation_threshold: float = option(
         0.0, "SRigL γ_sal: a unit with fewer salient weights than this share of its fan-in is "
-             "ablated (0.3)", ge=0.0, config_le=1.0)
+             "ablated (0.3)", ge=0.0, config_le=1.0, label="Neuron ablation threshold",
+        applies="srigl")
     structure: str = option(
         "unstructured", "n:m keeps at most n active weights in every m consecutive inputs of a "
-                        "row (2:4 by default: what GPUs accelerate)", choices=STRUCTURES)
+                        "row (2:4 by default: what GPUs accelerate)", choices=STRUCTURES,
+        label="Structure", applies="structured")
     # N:M's own check (NMStructure: 1 <= n <= m) applies once structure is "n:m".
-    n: int = option(2, "N of N:M (default 2)", config_ge=1, config_le=64)
-    m: int = option(4, "M of N:M (default 4)", config_ge=1, config_le=64)
+    n: int = option(2, "N of N:M (default 2)", config_ge=1, config_le=64, label="N (of N:M)",
+                    applies="structured", shown_when=(("structure", "n:m"),))
+    m: int = option(4, "M of N:M (default 4)", config_ge=1, config_le=64, label="M (of N:M)",
+                    applies="structured", shown_when=(("structure", "n:m"),))
 
 
 OPTIONS: dict[str, Option] = {

@@ -47,6 +47,9 @@ class Algorithm:
     # Leaves non-zero optimizer state at inactive positions (SNFS's dense moments): the
     # driver must then re-zero inactive weights after every optimizer step.
     keeps_inactive_state: ClassVar[bool] = False
+    # Option scopes (method_options.OPTION_SCOPES) only this method and its subclasses read,
+    # beyond what its hooks say: Deep R's temperature and l1, SRigL's ablation threshold.
+    option_scopes: ClassVar[frozenset[str]] = frozenset()
 
     def dense_gradient_wanted(self, driver: Any, due: bool) -> bool:
         """Whether the driver keeps this step's dense gradient aside (before masking
@@ -270,6 +273,28 @@ def net_result(mask: torch.Tensor, kept: torch.Tensor, dropped: torch.Tensor,
     removed = torch.gt(dropped, grown, out=dropped)  # dropped & ~grown
     added = torch.gt(grown, mask, out=grown)  # grown & ~mask
     return RewireResult(mask=new_mask, added=added, removed=removed)
+
+
+def option_applies(scope: str, algorithm: type) -> bool:
+    """Whether options of `scope` (method_options.OPTION_SCOPES) mean something for the
+    method of class `algorithm`: by what the class does, so a user's method that subclasses
+    a built-in gets its parent's options (the form shows them, the schema's x-methods)."""
+    rewirer = issubclass(algorithm, Rewirer)
+    tests = {
+        "every": True,
+        "sparse": not algorithm.trains_dense,
+        "mask_changing": algorithm.after_optimizer_step is not Algorithm.after_optimizer_step,
+        "drop_and_grow": rewirer,
+        # Rewirers ranking drops by the base |w| score (SET ranks each sign apart, SNFS and
+        # SRigL drop by their own rules).
+        "noisy_drop": rewirer and algorithm.drop is Rewirer.drop
+        and algorithm.after_optimizer_step is Rewirer.after_optimizer_step,
+        "global_selection": algorithm.supports_global,
+        "structured": algorithm.supports_structure,
+    }
+    if scope in tests:
+        return bool(tests[scope])
+    return scope in algorithm.option_scopes
 
 
 REGISTRY: dict[str, Algorithm] = {}

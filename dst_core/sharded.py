@@ -45,6 +45,13 @@ from dst_core.distributed import (
     mask_hash,
     step_seed,
 )
+from dst_core.masked_layer import (
+    LayerChange,
+    MaskedLayer,
+    default_init_bound,
+    random_mask,
+    scale_to_active_fan_in,
+)
 from dst_core.selection import (
     BAND_SIGMAS,
     SAMPLE_SIZE,
@@ -102,7 +109,6 @@ class ShardLayout:
 def sharded_layer_class() -> type:
     """`ShardedLayer`: a `MaskedLayer` whose `mask` and `ever_active` are this rank's rows
     (`shard` says which); counts, densities and the shape are the whole layer's."""
-    from dst_core.driver import MaskedLayer  # the driver imports this module
 
     @dataclass
     class ShardedLayer(MaskedLayer):
@@ -329,7 +335,6 @@ class Sharding:
     def build_layers(self, driver: Any, entries: list, densities: list[float]) -> list:
         """The driver's layers, each mask drawn whole from rank 0's seed exactly as one
         process draws it (one layer at a time, transient) and cut to this rank's rows."""
-        from dst_core.driver import random_mask, scale_to_active_fan_in
         from dst_core.structure import NMStructure
 
         layer_class = sharded_layer_class()
@@ -371,8 +376,6 @@ class Sharding:
 
     def _init_bound(self, shard: torch.Tensor, mask: torch.Tensor, shape) -> float:
         """`measured_init_bound` of the whole layer, from per-shard sums (√3 · std)."""
-        from dst_core.driver import default_init_bound
-
         active = shard[mask].double()
         wire = torch.tensor([float(active.sum()), float((active * active).sum()),
                              float(active.numel())], dtype=torch.float64, device=self.device)
@@ -627,8 +630,6 @@ class Sharding:
         """Install a rewire on this rank's rows (`SparseDriver.apply_change` of the whole
         layer: grown weights drawn in global index order from the shared generator, dropped
         ones zeroed, optimizer state restarted) and gather the change to rank 0."""
-        from dst_core.driver import LayerChange
-
         shard = layer.shard
         weight = local(layer.weight)
         added_index = flat_nonzero(result.added.reshape(-1))  # (A,) local, ascending

@@ -3,12 +3,14 @@
 from fastapi import APIRouter
 
 from backend.api.routes import (
+    compare,
     frames,
     health,
     ingest,
     plan,
     rewire_series,
     runs,
+    speedup,
     stream,
     topology,
     transfer,
@@ -23,6 +25,8 @@ api_router.include_router(transfer.router,  # before runs: /api/runs/import is n
 api_router.include_router(frames.router, responses=ERROR_RESPONSES)
 api_router.include_router(rewire_series.router, responses=ERROR_RESPONSES)
 api_router.include_router(topology.router, responses=ERROR_RESPONSES)
+api_router.include_router(compare.router, responses=ERROR_RESPONSES)
+api_router.include_router(speedup.router, responses=ERROR_RESPONSES)
 api_router.include_router(plan.router)  # before runs: /api/runs/plan is not a run id
 api_router.include_router(runs.router)
 api_router.include_router(ingest.router,

@@ -9,6 +9,8 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 from backend.manager import RunManager
+from backend.services.churn import ChurnReader
+from backend.services.overlap import Overlap
 from backend.services.topology_reader import TopologyReader
 from backend.services.views import LayerViews
 from backend.settings import Settings
@@ -37,6 +39,14 @@ def get_topology(request: Request) -> TopologyReader:
     return request.app.state.topology
 
 
+def get_overlap(request: Request) -> Overlap:
+    return request.app.state.overlap
+
+
+def get_churn(request: Request) -> ChurnReader:
+    return request.app.state.churn
+
+
 def valid_run_id(run_id: str) -> str:
     """Ids are exactly 16 hex digits: anything else (dots, slashes, NULs, 10 kB of text) is
     answered 404 here and never reaches the store or a file name."""
@@ -51,6 +61,8 @@ ManagerDep = Annotated[RunManager, Depends(get_manager)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ViewsDep = Annotated[LayerViews, Depends(get_layer_views)]
 TopologyDep = Annotated[TopologyReader, Depends(get_topology)]
+OverlapDep = Annotated[Overlap, Depends(get_overlap)]
+ChurnDep = Annotated[ChurnReader, Depends(get_churn)]
 RunIdDep = Annotated[str, Depends(valid_run_id)]
 
 

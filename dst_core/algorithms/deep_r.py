@@ -30,6 +30,8 @@ REVIVED_THETA = 1e-12  # Bellec et al.: a revived connection starts just above z
 class DeepR(Algorithm):
     """Per-step sibling of the rewirers: its own θ update, constant active count."""
 
+    option_scopes = frozenset({"temperature", "deep_r"})  # the options only it reads
+
     # Reported every 100 steps; α = 1e-5 and T = 1e-6 (noise std √(2·lr·T) ≈ 6e-4 at lr 0.2:
     # it explores without swamping the gradient). θ moves by plain SGD, so Deep R needs a
     # larger step than the momentum methods: measured at the dashboard's other defaults

@@ -230,6 +230,8 @@ class GradSampleRewirer(RigLRewirer):
     stops at 2^24 categories).
     """
 
+    option_scopes = frozenset({"temperature"})  # the options only it reads
+
     defaults = with_defaults(drop_fraction=0.3, schedule="cosine", interval_steps=100,
                              end_fraction=0.75, distribution="erk", temperature=1.0)
 

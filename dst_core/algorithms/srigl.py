@@ -34,6 +34,8 @@ from dst_core.structure import constant_fan_in_mask, rows_view, top_per_row
 class SRigLRewirer(RigLRewirer):
     """Constant fan-in RigL with neuron ablation (see the module docstring)."""
 
+    option_scopes = frozenset({"srigl"})  # the options only it reads
+
     # rigl-torch (the authors' base) adds no drop-score noise; γ_sal = 0.3 as published.
     defaults = with_defaults(RigLRewirer.defaults, ablation_threshold=0.3, drop_noise=0.0)
     supports_global = False  # fan-in is a per-layer rule

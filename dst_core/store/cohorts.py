@@ -42,9 +42,13 @@ from dst_core.analytics import count_pairs, degree_stats
 
 BLOCK = 1 << 16  # connections per block: offsets fit uint16, a block's mask slice fits cache
 SEGMENT_REWIRES = 32  # rewires per stored segment: a reader applies at most this many cohorts
-FORMAT = 3  # the segment header's layout version (3: cohort offsets as deflated gaps;
-# 2: checkpoint parts deflated; both still read, as is 1)
-FORMATS = (1, 2, 3)
+# Every 4th segment's checkpoint (and a run's last) holds each connection's growth count: a
+# churn request adds at most 4 segments of cohorts to one (~0.6 bytes a connection deflated,
+# every 128 rewires: at every segment they made a SET run's index 1.6× as large).
+GROWN_EVERY = 4
+FORMAT = 4  # the segment header's layout version (4: the checkpoint holds each connection's
+# growth count; 3: cohort offsets as deflated gaps; 2: checkpoint parts deflated; all read)
+FORMATS = (1, 2, 3, 4)
 # Parts stored deflated: the mask (packed bits, runs of zeros), born (a few distinct rewire
 # numbers) and the cohorts' block offsets as gaps (`gaps`: each cohort's sorted offsets within
 # a block as differences, low bytes then high bytes; the high bytes are mostly 0). Raw they
@@ -52,9 +56,10 @@ FORMATS = (1, 2, 3)
 # frames, 44 MB of it offsets at 2 bytes per grown connection; as gaps 18 MB). Inflated once
 # per segment a reader loads.
 DEFLATED = {"mask": zlib.Z_RLE, "initial": zlib.Z_RLE, "born": zlib.Z_DEFAULT_STRATEGY,
-            "gaps": zlib.Z_RLE}
+            "gaps": zlib.Z_RLE, "grown": zlib.Z_DEFAULT_STRATEGY}
 _ALIGN = 8  # blob parts start at multiples of this (numpy views of aligned data are faster)
-_DTYPES = {"<i4", "<u2", "<u1", "<i2"}
+_DTYPES = {"<i4", "<u4", "<u2", "<u1", "<i2"}
+_GROWN_DTYPES = (np.uint8, np.uint16, np.uint32)  # a growth count widens when it must
 # One entry per rewire: fan-in mean/std/max, fan-out mean/std/max, dead inputs, dead outputs.
 _STATS = ("in_mean", "in_std", "in_max", "out_mean", "out_std", "out_max", "dead_in", "dead_out")
 
@@ -113,6 +118,11 @@ class _Cohorts:
         """born[A_c] = c for the cohorts c <= upto, in rewire order (the newest wins)."""
         raise NotImplementedError
 
+    def count_grown(self, counts: np.ndarray, upto: int) -> None:
+        """counts[p] += how many of the cohorts c <= upto hold connection p (in place; the
+        caller's dtype must hold the totals): the growth half of a connection's toggles."""
+        raise NotImplementedError
+
 
 class _ListCohorts(_Cohorts):
     """The open part of a layer: each cohort as its sorted flat indices."""
@@ -129,6 +139,11 @@ class _ListCohorts(_Cohorts):
         for rewire, members in zip(self.rewires, self.members, strict=True):
             if rewire <= upto:
                 born[members] = rewire
+
+    def count_grown(self, counts: np.ndarray, upto: int) -> None:
+        for rewire, members in zip(self.rewires, self.members, strict=True):
+            if rewire <= upto:
+                counts[members] += 1  # a cohort's members are distinct
 
 
 class _BlockCohorts(_Cohorts):
@@ -169,6 +184,23 @@ class _BlockCohorts(_Cohorts):
                                  start + self.within[position + 1, block]]
                 if part.size:
                     born[part.astype(np.intp) + block * BLOCK] = rewire
+
+    def count_grown(self, counts: np.ndarray, upto: int) -> None:
+        # A block's members are stored cohort after cohort: those of cohorts <= upto are one
+        # leading slice of it, counted with one bincount per block.
+        taken = int(np.searchsorted(np.asarray(self.rewires), upto, side="right"))
+        if taken == 0:
+            return
+        for block in range(self.within.shape[1]):
+            start = self.block_start[block]
+            part = self.lows[start:start + self.within[taken, block]]
+            if part.size:
+                base = block * BLOCK
+                width = min(BLOCK, self.numel - base)
+                found = np.bincount(part, minlength=width)
+                if found.size > width:
+                    raise IndexFormatError("segment: a cohort offset beyond its layer")
+                counts[base:base + width] += found.astype(counts.dtype, copy=False)
 
 
 @dataclass
@@ -270,6 +302,20 @@ class Segment:
         if born.size and (born.min() < 0 or born.max() > self.last):
             raise IndexFormatError("segment: a connection born outside its rewires")
         return mask, born
+
+    def grown_totals(self) -> np.ndarray | None:
+        """(numel,) how many of the rewires 1..last net grew each connection (its toggles up
+        to `last` are twice that, plus its initial state, minus its state at `last`); None in
+        a segment stored before format 4."""
+        if "grown" not in self.parts:
+            return None
+        totals = self._part("grown")
+        if totals.size != self.numel:
+            raise IndexFormatError(f"segment: {totals.size} growth counts for {self.numel} "
+                                   "connections")
+        if totals.size and int(totals.max()) > self.last:
+            raise IndexFormatError("segment: a connection grown more often than it rewired")
+        return totals
 
     def initial(self) -> np.ndarray:
         """The flat mask of rewire 0 (stored in the first segment only)."""
@@ -404,6 +450,26 @@ def _pack_parts(arrays: dict[str, np.ndarray]) -> tuple[bytes, dict]:
     return b"".join(chunks), parts
 
 
+def _grown_at(last: Segment, segments: list[Segment] | None) -> np.ndarray | None:
+    """(numel,) writable growth counts at `last`'s checkpoint, in the smallest of
+    _GROWN_DTYPES that holds them; None where they cannot be known without the frames."""
+    totals = last.grown_totals()
+    if totals is not None:
+        return totals.copy()
+    if not segments or segments[-1] is not last:
+        return None
+    start, counts = 0, np.zeros(last.numel, dtype=np.uint32)
+    for position in range(len(segments) - 2, -1, -1):
+        stored = segments[position].grown_totals()
+        if stored is not None:
+            start, counts = position + 1, stored.astype(np.uint32)
+            break
+    for segment in segments[start:]:  # cohorts hold every net growth from rewire 1 on
+        segment.cohorts().count_grown(counts, segment.last)
+    top = int(counts.max()) if counts.size else 0
+    return counts.astype(next(dtype for dtype in _GROWN_DTYPES if top < np.iinfo(dtype).max))
+
+
 def _sorted_distinct(indices: np.ndarray, name: str) -> np.ndarray:
     """`indices` ascending (stored deltas and keyframe differences already are: checked in
     one pass), ValueError naming `name` if one is listed twice."""
@@ -421,7 +487,9 @@ class LayerIndexer:
     Segments. The writer keeps one per layer while it records; a reader keeps one for frames
     no stored segment covers yet (a live run's newest rewires, a run recorded without an index).
 
-    The state is the newest rewire's: `born` (-1 where inactive), the degrees, the counts, and
+    The state is the newest rewire's: `born` (-1 where inactive), each connection's growth
+    count (`grown_total`: uint8, widened when a count would pass it; None when resumed from a
+    segment stored before format 4, whose checkpoint lacks it), the degrees, the counts, and
     the rewires since the last cut (their numbers and their cohorts as sorted indices)."""
 
     def __init__(self, initial_mask: np.ndarray, shape: tuple[int, int], step: int, seq: int):
@@ -432,6 +500,7 @@ class LayerIndexer:
             raise ValueError(f"initial_mask: {initial.size} entries for a {shape} layer")
         self.initial = initial.copy()  # (numel,) M_0
         self.born = np.where(initial, 0, -1).astype(np.int16)  # (numel,)
+        self.grown_total: np.ndarray | None = np.zeros(numel, dtype=np.uint8)  # (numel,)
         self.rewire = 0
         self.last_seq = int(seq)
         self.active = int(initial.sum())
@@ -445,8 +514,11 @@ class LayerIndexer:
         self._record(int(step), grown=0, removed=0, repruned=0)
 
     @classmethod
-    def resume(cls, first: Segment, last: Segment) -> LayerIndexer:
-        """The state at `last`'s checkpoint (first: the layer's first segment, for M_0)."""
+    def resume(cls, first: Segment, last: Segment,
+               segments: list[Segment] | None = None) -> LayerIndexer:
+        """The state at `last`'s checkpoint (first: the layer's first segment, for M_0). The
+        growth counts: `last`'s own, else (given the layer's `segments` up to `last`) the
+        newest stored ones plus the cohorts after them, else unknown (None)."""
         mask, born_active = last.checkpoint()
         self = cls.__new__(cls)
         self.shape = last.shape
@@ -454,6 +526,7 @@ class LayerIndexer:
         dtype = np.int16 if last.last < np.iinfo(np.int16).max else np.int32
         self.born = np.full(last.numel, -1, dtype=dtype)
         self.born[mask] = born_active
+        self.grown_total = _grown_at(last, segments)
         self.rewire = last.last
         self.last_seq = last.last_seq
         self.active = int(born_active.size)
@@ -473,10 +546,18 @@ class LayerIndexer:
     @property
     def nbytes(self) -> int:
         return int(self.initial.nbytes + self.born.nbytes
+                   + (self.grown_total.nbytes if self.grown_total is not None else 0)
                    + sum(members.nbytes for _, members in self.cohorts))
 
     def mask(self) -> np.ndarray:
         return self.born >= 0
+
+    def _holds_counts(self, pending: Rewires) -> bool:
+        """Whether the segment cut now keeps the growth counts: every GROWN_EVERY-th one, and
+        a short one (a run's last, cut when it ends)."""
+        return self.grown_total is not None and (
+            len(pending.steps) < SEGMENT_REWIRES
+            or (pending.last + 1) % (SEGMENT_REWIRES * GROWN_EVERY) == 0)
 
     # ---- taking rewires ----------------------------------------------------------------------
     def take_changes(self, step: int, seq: int, added: np.ndarray, removed: np.ndarray,
@@ -515,6 +596,12 @@ class LayerIndexer:
         repruned = int(np.count_nonzero(born_removed == rewire - 1)) if rewire > 1 else 0
         self.born[removed] = -1
         self.born[added] = rewire
+        if self.grown_total is not None and added.size:
+            top = np.iinfo(self.grown_total.dtype).max  # no count can reach it sooner
+            if rewire >= top and int(self.grown_total[added].max()) == top:
+                wider = _GROWN_DTYPES[_GROWN_DTYPES.index(self.grown_total.dtype.type) + 1]
+                self.grown_total = self.grown_total.astype(wider)
+            self.grown_total[added] += 1  # a rewire's added connections are distinct
         self.rewire, self.last_seq = rewire, int(seq)
         self.active = active_after
         self.new_since_start += (int(added.size) - int(np.count_nonzero(self.initial[added]))
@@ -602,6 +689,8 @@ class LayerIndexer:
                   "born": self.born[mask]}
         if pending.first == 0:
             arrays["initial"] = np.packbits(self.initial, bitorder="little")
+        if self._holds_counts(pending):
+            arrays["grown"] = self.grown_total
         blob, parts = _pack_parts(arrays)
         segment = Segment(shape=self.shape, rewires=pending, last_seq=self.last_seq,
                           parts=parts, born_dtype=parts["born"][2], _blob=blob)

@@ -11,6 +11,7 @@ on the machine serving the request (a GPU, the server's limits) is checked by th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -24,7 +25,7 @@ from pydantic import (
 )
 
 from dst_core.method_options import OPTIONS, ResolvedSettings, resolve_settings
-from dst_core.rewire import get_algorithm
+from dst_core.rewire import REGISTRY, get_algorithm, option_applies
 
 TaskName = Literal["synthetic", "digits", "mnist"]
 ModelName = Literal["mlp", "cnn"]
@@ -34,14 +35,39 @@ def registered_methods() -> list[str]:
     """Every method in `dst_core.rewire.REGISTRY`, built-in and user-registered, sorted: the
     source of `method`'s choices in the config, the OpenAPI enum, the form and the CLI."""
     from dst_core import algorithms  # noqa: F401  (fills the registry)
-    from dst_core.rewire import REGISTRY
-
     return sorted(REGISTRY)
 
 
 def _method_enum(schema: dict[str, Any]) -> None:
     # Read when the schema is generated, so a method registered after import is listed.
     schema["enum"] = registered_methods()
+    schema["x-group"] = "method"
+
+
+# The dashboard's form shows the fields in these groups, in this order (`x-group` of each
+# field's schema); `x-methods` lists the methods a field means something for (absent: all),
+# `x-shown-when` the values other fields must have for it to matter, `x-choice-labels` the
+# words for a choice's values. JSON Schema keeps unknown `x-` keys; nothing validates by them.
+FORM_GROUPS = ("task", "method", "schedule", "optimisation", "advanced")
+
+
+def form_schema(group: str, applies: str = "every",
+                shown_when: tuple[tuple[str, str], ...] = (),
+                choice_labels: dict[str, str] | None = None) -> Callable[[dict[str, Any]], None]:
+    """A field's `json_schema_extra`: how the form shows it (see FORM_GROUPS). `applies`, a
+    scope of method_options.OPTION_SCOPES, is asked of every registered method's class when
+    the schema is generated, so a method registered after import is placed too."""
+    def extra(schema: dict[str, Any]) -> None:
+        schema["x-group"] = group
+        if applies != "every":
+            schema["x-methods"] = [name for name in registered_methods()
+                                   if option_applies(applies, type(REGISTRY[name]))]
+        if shown_when:
+            schema["x-shown-when"] = dict(shown_when)
+        if choice_labels:
+            schema["x-choice-labels"] = dict(choice_labels)
+    return extra
+
 
 # (input_shape, num_classes) of each built-in task, so a run's size is known before any data
 # is loaded (tests/backend/test_validation.py checks it against dst_core.tasks).
@@ -59,6 +85,12 @@ Width = Annotated[int, Field(ge=1, description="Units in one hidden layer")]
 
 
 TASK_EPOCHS = {"synthetic": 3000, "digits": 100, "mnist": 30}
+# Each task as the form names it, with its real size (dst_core.tasks; 20 % of it is held out).
+TASK_LABELS = {
+    "synthetic": "Synthetic (4,000 points, 20 features)",
+    "digits": "Digits (scikit-learn, 1,797 8×8 images)",
+    "mnist": "MNIST (5,000-image subset)",
+}
 # The method options a run config has (all but those only a method's defaults set).
 CONFIG_OPTIONS = tuple(name for name, spec in OPTIONS.items() if spec.config)
 BOOLEAN_FIELDS = frozenset({"dense_first_last", *(name for name in CONFIG_OPTIONS
@@ -76,8 +108,10 @@ def method_option_fields() -> dict[str, Any]:
         kind = Literal[spec.choices] if spec.choices else spec.kind
         bounds = {"ge": spec.ge if spec.config_ge is None else spec.config_ge, "gt": spec.gt,
                   "le": spec.le if spec.config_le is None else spec.config_le}
-        definitions[name] = (kind | None, Field(None, description=spec.description, **{
-            key: value for key, value in bounds.items() if value is not None}))
+        definitions[name] = (kind | None, Field(
+            None, title=spec.label or None, description=spec.description,
+            json_schema_extra=form_schema(spec.group, spec.applies, spec.shown_when),
+            **{key: value for key, value in bounds.items() if value is not None}))
     return definitions
 
 
@@ -87,38 +121,62 @@ class RunFields(BaseModel):
     # NaN or ±inf would slip past one-sided bounds (inf > 0): reject them outright.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    name: str = Field("", max_length=200, description="Label shown in the runs list")
-    task: TaskName = Field("synthetic", description="Data set (all ship with their packages)")
-    model: ModelName = Field("mlp", description="mlp: fully connected; cnn: LeNet-style")
-    hidden: list[Width] = Field([64, 64], description="Hidden layer widths")
-    method: str = Field("set", description="Dynamic sparse training algorithm (any registered "
-                        "method)", json_schema_extra=_method_enum)
-    density: float = Field(0.1, gt=0.0, le=1.0,
-                           description="Share of connections kept active (ignored for dense: 1)")
+    name: str = Field("", max_length=200, title="Run name",
+                      description="Label shown in the runs list",
+                      json_schema_extra=form_schema("task"))
+    task: TaskName = Field("synthetic", title="Task",
+                           description="Data set (all ship with their packages)",
+                           json_schema_extra=form_schema("task", choice_labels=TASK_LABELS))
+    model: ModelName = Field("mlp", title="Model",
+                             description="mlp: fully connected; cnn: LeNet-style",
+                             json_schema_extra=form_schema("task"))
+    hidden: list[Width] = Field([64, 64], title="Hidden layers",
+                                description="Hidden layer widths",
+                                json_schema_extra=form_schema("task"))
+    method: str = Field("set", title="Method", description="Dynamic sparse training algorithm "
+                        "(any registered method)", json_schema_extra=_method_enum)
+    density: float = Field(0.1, gt=0.0, le=1.0, title="Density",
+                           description="Share of connections kept active (ignored for dense: 1)",
+                           json_schema_extra=form_schema("method", "sparse"))
     # Left out, it is the task's: the seed task's epoch is 50 steps of a tiny MLP, so Start on
     # the dashboard trains for minutes, long enough to watch and Stop (150,000 steps; measured
     # in docs/benchmarks.md); digits and MNIST converge in far fewer.
     epochs: int | None = Field(
         None, ge=1,
         description="Passes over the training set; default: the task's (synthetic 3000 = "
-                    "150,000 steps, minutes to watch; digits 100; mnist 30)")
-    batch_size: int = Field(64, ge=1, le=65536, description="Examples per step")
+                    "150,000 steps, minutes to watch; digits 100; mnist 30)",
+        title="Epochs", json_schema_extra=form_schema("schedule"))
+    batch_size: int = Field(64, ge=1, le=65536, title="Batch size",
+                            description="Examples per step",
+                            json_schema_extra=form_schema("optimisation"))
     optimizer: Literal["sgd", "adam", "adamw"] = Field(
         "sgd", description="Optimizer (Deep R moves its sparse weights by its own SGD rule "
                            "whatever is chosen here, as the paper's Algorithm 1; biases follow "
-                           "this one: compare Deep R with others under SGD)")
-    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
-    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="L2 / decoupled weight decay")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds masks, init, data order")
-    keyframe_every: int = Field(10, ge=1, le=1_000_000,
-                                description="Full masks stored every K rewires")
-    dense_first_last: bool = Field(False, description="Keep the first and the last layer dense")
+                           "this one: compare Deep R with others under SGD)",
+        title="Optimizer", json_schema_extra=form_schema("optimisation"))
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, title="Momentum", description="SGD momentum",
+                            json_schema_extra=form_schema("optimisation",
+                                                          shown_when=(("optimizer", "sgd"),)))
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, title="Weight decay",
+                                description="L2 / decoupled weight decay",
+                                json_schema_extra=form_schema("optimisation"))
+    seed: int = Field(0, ge=0, le=2**31 - 1, title="Seed", description="Seeds masks, init, data order",
+                      json_schema_extra=form_schema("advanced"))
+    keyframe_every: int = Field(10, ge=1, le=1_000_000, title="Full masks every (rewires)",
+                                description="Full masks stored every K rewires",
+                                json_schema_extra=form_schema("advanced"))
+    dense_first_last: bool = Field(False, title="Dense first and last layer",
+                                   description="Keep the first and the last layer dense",
+                                   json_schema_extra=form_schema("method", "sparse"))
     init: Literal["pytorch", "he", "he_sparse"] = Field(
         "pytorch",
         description="Initial weights: pytorch (PyTorch's default, as the DST papers train), he "
                     "(He init), he_sparse (He, then each unit scaled to its active fan-in: "
-                    "learns faster at low density, but narrows DST's lead over a static mask)")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train")
+                    "learns faster at low density, but narrows DST's lead over a static mask)",
+        title="Initial weights", json_schema_extra=form_schema("optimisation"))
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", title="Device",
+                                                   description="Where to train",
+                                                   json_schema_extra=form_schema("advanced"))
 
     @property
     def resolved_epochs(self) -> int:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from dst_core.driver import LayerChange, SparseDriver
+from dst_core.driver import SparseDriver
 from dst_core.events import EventSink, delta_payload, keyframe_payload, matrix_shape
+from dst_core.masked_layer import LayerChange
 from dst_core.store.codec import layer_kind
 
 EMPTY = np.zeros(0, dtype="<u4")

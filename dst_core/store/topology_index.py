@@ -171,7 +171,7 @@ def resumed(db_of, run_id: str, layer: int) -> tuple[list[Segment], LayerIndexer
     segments = stored_segments(db_of, run_id, layer)
     if not segments:
         return [], None
-    return segments, LayerIndexer.resume(segments[0], segments[-1])
+    return segments, LayerIndexer.resume(segments[0], segments[-1], segments)
 
 
 # ---- the writer's side --------------------------------------------------------------------------

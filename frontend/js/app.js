@@ -33,6 +33,30 @@ function setStatus(status) {
   $("stop").disabled = !isActive(status);
 }
 
+// The badge, Stop and the name beside them are the run view's run. On another page (the runs
+// list, the form, compare) that run is not on screen: Stop is hidden there (the runs list has
+// a Stop per run), and the name is a link back to the run, so the badge says whose status it
+// is and nothing acts on a run the page does not show.
+let shownRunName = "";
+function renderShownRun() {
+  const onRunView = current === "run";
+  const id = runView.id;
+  const label = $("run-label");
+  $("stop").hidden = !onRunView;
+  $("status").hidden = !onRunView && !id;
+  $("status").title = id ? `Status of ${shownRunName}` : "";
+  if (onRunView || !id) {
+    label.textContent = shownRunName;
+    return;
+  }
+  const link = document.createElement("a");
+  link.id = "run-label-link";
+  link.href = `#/run/${encodeURIComponent(id)}`;
+  link.textContent = shownRunName; // a name is data, never markup
+  link.title = `Open ${shownRunName}: the run this status belongs to`;
+  label.replaceChildren("last opened: ", link);
+}
+
 function setConnection(state) {
   // While the server does not answer, a stream's retry says "reconnecting…" only once it is back.
   if (state === "retrying" && !serverReachable) state = "unreachable";
@@ -48,7 +72,7 @@ const runView = new RunView({
   palette: () => palette,
   onStatus: setStatus,
   onConnection: setConnection,
-  onLabel: (text) => { $("run-label").textContent = text; },
+  onLabel: (text) => { shownRunName = text; renderShownRun(); },
   canConnect: () => serverReachable,
 });
 const compareView = new CompareView({ palette: () => palette, message: runsMessage });
@@ -98,6 +122,7 @@ function route() {
     $(`view-${section}`).hidden = section !== view;
     $(`tab-${section}`).setAttribute("aria-current", section === view ? "page" : "false");
   }
+  renderShownRun();
   if (view === "run" && arg) {
     const raw = params.get("step");
     const step = raw !== null && /^\d+$/.test(raw) ? Number(raw) : null;
@@ -265,7 +290,8 @@ const runsList = new RunsList({
     $("run-body").hidden = true;
     $("run-empty").hidden = false;
     setStatus("idle");
-    $("run-label").textContent = "";
+    shownRunName = "";
+    renderShownRun();
     setConnection("closed");
   },
   onSelection: (selected) => {

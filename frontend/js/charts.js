@@ -155,11 +155,42 @@ export function extraGroups(metrics) {
     .map(([group, fields]) => ({ group, fields }));
 }
 
+// A metric's unit, from its name's suffix (`wall_time_s`: seconds): [name without it, unit].
+const UNIT_SUFFIXES = [["_ms", "ms"], ["_s", "s"]];
+export function metricUnit(field) {
+  for (const [suffix, unit] of UNIT_SUFFIXES) {
+    if (field.endsWith(suffix) && field.length > suffix.length) return [field.slice(0, -suffix.length), unit];
+  }
+  return [field, null];
+}
+const MINUTES_FROM_S = 600; // a time in seconds that reaches 10 minutes is charted in minutes
+
 // One chart of an extra group: a line per field (the event type named where it is `eval`).
+// A group whose fields share a unit says it on its axis ("wall time (s)"; minutes once the
+// times reach MINUTES_FROM_S).
 export function extraChart(metrics, { group, fields }) {
-  const traces = fields.map(([type, field]) => line(type === "eval" ? `${field} (eval)` : field,
-                                                    metrics.get(type, field), { mode: "lines+markers" }));
-  return [traces, layout(group, group)];
+  const units = new Set(fields.map(([, field]) => metricUnit(field)[1]));
+  const unit = units.size === 1 ? [...units][0] : null;
+  const seriesOf = ([type, field]) => metrics.get(type, field);
+  let scale = 1;
+  let shownUnit = unit;
+  if (unit === "s") {
+    const highest = Math.max(0, ...fields.flatMap((spec) => (seriesOf(spec)?.last || [])
+      .filter((value) => typeof value === "number" && Number.isFinite(value))));
+    if (highest >= MINUTES_FROM_S) { scale = 60; shownUnit = "min"; }
+  }
+  const traces = fields.map((spec) => {
+    const [type, field] = spec;
+    const series = seriesOf(spec);
+    const scaled = series && scale !== 1
+      ? { step: series.step, last: Array.from(series.last, (value) => (typeof value === "number" ? value / scale : value)) }
+      : series;
+    return line(type === "eval" ? `${field} (eval)` : field, scaled, { mode: "lines+markers" });
+  });
+  if (!unit) return [traces, layout(group, group)];
+  // One field: its own words ("wall time"); several: the group's.
+  const words = fields.length === 1 ? metricUnit(fields[0][1])[0].replaceAll("_", " ") : group;
+  return [traces, layout(words, `${words} (${shownUnit})`)];
 }
 
 // The fixed charts of the run view, from MetricSeries + RewireSeries. `lossTitle` names the
@@ -212,16 +243,28 @@ function densityChart(metrics, rewires) {
     { type: "heatmap", x: rewires.step, y: names, z, colorscale: "Viridis", zmin: 0, yaxis: "y",
       colorbar: { title: { text: "density (share)" }, thickness: 10, len: 0.7, y: 0.35 },
       hovertemplate: "%{y}<br>step %{x}: density %{z:.4f}<extra></extra>", name: "per layer" },
-    line("global density", global, { yaxis: "y2", line: { color: COLOURS.whole } }),
+    line("global density", global, { yaxis: "y2", line: { color: COLOURS.whole }, fill: "tozeroy",
+                                      fillcolor: "rgba(17, 17, 17, 0.25)",
+                                      hovertemplate: "step %{x}: global density %{y:.2%}<extra></extra>" }),
   ];
   const rowsHigh = Math.max(1, names.length);
-  return [traces, layout("Density per layer", "", {
-    height: Math.min(900, 220 + 9 * rowsHigh),
+  // The global density on its whole scale, 0 to 1 (a fitted range made a constant density, what
+  // every rewirer keeps, look like a swing, and Plotly's own range put it on −0.5…1), drawn as
+  // a filled level and said in words: "global density 10.0%" (or its range where it moves).
+  const values = global ? Array.from(global.last).filter((value) => typeof value === "number" && Number.isFinite(value)) : [];
+  const low = values.length ? Math.min(...values) : null;
+  const high = values.length ? Math.max(...values) : null;
+  const percent = (value) => `${(100 * value).toFixed(1)}%`;
+  const globalText = low === null ? "" : percent(low) === percent(high)
+    ? `global density ${percent(high)}` : `global density ${percent(low)}–${percent(high)}`;
+  return [traces, layout(globalText ? `Density per layer · ${globalText}` : "Density per layer", "", {
+    height: Math.min(900, Math.max(320, 220 + 9 * rowsHigh)), // at least its box (.chart-wide)
     showlegend: false,
     margin: { ...BASE.margin, l: 120, b: 40 },
-    yaxis: { domain: [0, 0.72], autorange: "reversed", automargin: true, tickfont: { size: 9 },
+    yaxis: { domain: [0, 0.68], autorange: "reversed", automargin: true, tickfont: { size: 9 },
              ...(rowsHigh > 40 ? { showticklabels: true, nticks: 40 } : {}) },
-    yaxis2: { domain: [0.78, 1], title: { text: "global (share)", font: { size: 11 } }, automargin: true },
+    yaxis2: { domain: [0.74, 1], title: { text: "global (share)", font: { size: 11 } }, automargin: true,
+              range: [0, 1.05], tickvals: [0, 0.5, 1], zeroline: false },
   })];
 }
 
@@ -252,20 +295,67 @@ export function compareExtraFields(runs) {
 
 // A compared run ({ id, name, colour, metrics, rewires }) is drawn in its own colour and legend
 // group in every chart (chart_style.js runStyle).
-export function compareExtraChart([type, field], runs) {
-  const traces = runs.map((run) => runStyle(run, line(run.name, run.metrics.get(type, field),
-                                                      { mode: "lines+markers" })));
+export function compareExtraChart([type, field], runs, groups = []) {
+  const traces = groupedTraces(runs, groups, (run) => run.metrics.get(type, field));
   return [traces, layout(type === "eval" ? `${field} (eval)` : field, metricGroup(field))];
 }
 
-export function compareChart(key, runs) {
+// `groups`: lists of runs (each ≥ 2) drawn as one mean line with a ±1 s.d. band (the runs that
+// differ only in their seed, compare_view.js seedGroups); the other runs as their own lines.
+export function compareChart(key, runs, groups = []) {
   const [, title, yTitle, pick] = COMPARE_METRICS.find((metric) => metric[0] === key);
-  const traces = runs.map((run) => {
+  return [groupedTraces(runs, groups, pick), layout(title, yTitle)];
+}
+
+function groupedTraces(runs, groups, pick) {
+  const grouped = new Set(groups.flat());
+  const traces = [];
+  for (const group of groups) traces.push(...bandTraces(group, pick));
+  for (const run of runs) {
+    if (grouped.has(run)) continue;
     const series = pick(run);
     const count = series ? series.step.length : 0;
-    return runStyle(run, line(run.name, series, { mode: count < 40 ? "lines+markers" : "lines" }));
+    traces.push(runStyle(run, line(run.name, series, { mode: count < 40 ? "lines+markers" : "lines" })));
+  }
+  return traces;
+}
+
+// A group's mean and sample standard deviation at the steps every member logged (runs of one
+// config log at the same steps; nothing is interpolated), drawn in its first run's colour.
+export function groupSeries(series) {
+  const present = series.filter(Boolean);
+  if (present.length !== series.length || !present.length) return null;
+  const maps = present.map((one) => new Map(one.step.map((step, i) => [step, one.last[i]])));
+  const steps = present[0].step.filter((step) => maps.every((map) => Number.isFinite(map.get(step))));
+  const mean = [];
+  const sd = [];
+  for (const step of steps) {
+    const values = maps.map((map) => map.get(step));
+    const average = values.reduce((sum, value) => sum + value, 0) / values.length;
+    const spread = values.reduce((sum, value) => sum + (value - average) ** 2, 0) / Math.max(1, values.length - 1);
+    mean.push(average);
+    sd.push(Math.sqrt(spread));
+  }
+  return { step: steps, mean, sd };
+}
+
+function bandTraces(group, pick) {
+  const first = group[0];
+  const label = `${first.name} and ${group.length - 1} more: mean of ${group.length} seeds`;
+  const stats = groupSeries(group.map(pick));
+  if (!stats || !stats.step.length) return [];
+  const upper = stats.mean.map((value, i) => value + stats.sd[i]);
+  const lower = stats.mean.map((value, i) => value - stats.sd[i]);
+  const band = runStyle(first, {
+    type: "scatter", mode: "lines", name: plain(`${label} ± 1 s.d.`), showlegend: false, hoverinfo: "skip",
+    x: [...stats.step, ...[...stats.step].reverse()], y: [...upper, ...lower.reverse()],
+    fill: "toself", opacity: 0.25, line: { width: 0 }, meta: { seedGroup: group.map((run) => run.id), band: true },
   });
-  return [traces, layout(title, yTitle)];
+  const mean = runStyle(first, line(label, { step: stats.step, last: stats.mean },
+                                    { mode: stats.step.length < 40 ? "lines+markers" : "lines", meta: { seedGroup: group.map((run) => run.id) },
+                                      customdata: stats.sd,
+                                      hovertemplate: "%{y:.4g} ± %{customdata:.2g} at step %{x}<extra>%{fullData.name}</extra>" }));
+  return [band, mean];
 }
 
 // Draws [traces, layout] into div, with the scrubber marker at x = `step` (in the chart's x units:

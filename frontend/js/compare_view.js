@@ -2,10 +2,13 @@
 // metric overlaid. Same parts as the run view: the shared Player, panels drawn from `/view` at
 // panel resolution, downsampled series extended live from announce-mode websockets.
 // Each run keeps one colour (chart_style.js runColour, by its position in the link) in every
-// chart, panel and the table of the settings that differ between the runs.
+// chart, panel and the table of the settings that differ between the runs. Under the panels, the
+// mask overlap of a layer every run has (overlap.js: Jaccard matrix at the player's step, and
+// each pair over time).
 import { api } from "./api.js";
 import { runColour } from "./chart_style.js";
 import { COMPARE_METRICS, compareChart, compareExtraChart, compareExtraFields, drawChart } from "./charts.js";
+import { OverlapSection } from "./overlap.js";
 import { PanelSet } from "./panels.js";
 import { Player } from "./player.js";
 import { loadSeries } from "./series.js";
@@ -33,7 +36,24 @@ export class CompareView {
     $("compare-layer").addEventListener("change", (event) => { this.layer = Number(event.target.value); this.layout(); });
     $("compare-mode").addEventListener("change", () => this.panels?.refresh());
     this.topology = new TopologySection($("compare-topology"), { player: this.player, prefix: "compare-topology" });
+    this.overlap = new OverlapSection($("compare-overlap"), { player: this.player, prefix: "compare-overlap" });
     this.generation = 0;
+    this.grouped = false; // seed groups drawn as mean ± band (the checkbox, when groups exist)
+    $("compare-group-seeds").addEventListener("change", (event) => {
+      this.grouped = event.target.checked;
+      this.chartsDirty();
+    });
+  }
+
+  // The seed-group checkbox: shown only when some compared runs differ in nothing but seed.
+  showGroups() {
+    const groups = seedGroups(this.runs);
+    $("compare-groups").hidden = groups.length === 0;
+    if (!groups.length) return;
+    const sizes = groups.map((group) => group.length).join(", ");
+    $("compare-groups-label").textContent = groups.length === 1
+      ? `Draw the ${sizes} runs that differ only in seed as their mean ± 1 s.d.`
+      : `Draw the ${groups.length} groups of runs that differ only in seed (${sizes} runs) as their mean ± 1 s.d.`;
   }
 
   async open(ids) {
@@ -61,6 +81,7 @@ export class CompareView {
     this.runs = runs;
     this.extraCharts = new Map();
     showDiff(runs);
+    this.showGroups();
     const loaded = await Promise.all(runs.map((entry) => loadSeries(entry.id, entry.layers).catch(() => null)));
     if (generation !== this.generation) return;
     runs.forEach((entry, index) => {
@@ -92,6 +113,7 @@ export class CompareView {
     this.player.followable = runs.some((entry) => isActive(entry.run.status));
     this.player.live = this.player.followable;
     this.topology.open(runs.map((entry) => ({ id: entry.id, name: entry.name, layers: entry.layers, colour: entry.colour })));
+    this.overlap.open(runs); // the entries themselves: it reads each run's `steps` as they grow
     this.player.setSteps(this.unionSteps());
     this.layout();
   }
@@ -157,13 +179,15 @@ export class CompareView {
       const ready = this.runs.filter((entry) => entry.metrics);
       // datarevision: the series grow in place while a compared run streams.
       // Which runs, and how far each has grown: a chart whose revision is drawn only moves its marker.
-      const revision = ready.map((entry) => `${entry.id}.${entry.metrics.revision}.${entry.rewires.revision}`).join("-");
+      const groups = this.grouped ? seedGroups(ready) : [];
+      const revision = ready.map((entry) => `${entry.id}.${entry.metrics.revision}.${entry.rewires.revision}`).join("-")
+        + (groups.length ? `-groups:${groups.map((group) => group.map((entry) => entry.id).join("+")).join("|")}` : "");
       for (const [key] of COMPARE_METRICS) {
         const div = $(`compare-chart-${key}`);
-        if (div) drawChart(div, () => compareChart(key, ready), marker, revision);
+        if (div) drawChart(div, () => compareChart(key, ready, groups), marker, revision);
       }
       for (const field of compareExtraFields(ready)) {
-        drawChart(this.extraDiv(field), () => compareExtraChart(field, ready), marker, revision);
+        drawChart(this.extraDiv(field), () => compareExtraChart(field, ready, groups), marker, revision);
       }
     }, CHART_INTERVAL_MS);
   }
@@ -192,6 +216,7 @@ export class CompareView {
   close() {
     this.generation += 1;
     this.topology.close();
+    this.overlap.close();
     for (const entry of this.runs) {
       if (entry.stream) entry.stream.close();
       if (entry.views) entry.views.close();
@@ -215,6 +240,23 @@ function canonical(value) {
     return `{${Object.keys(value).sort().map((key) => `${JSON.stringify(key)}:${canonical(value[key])}`).join(",")}}`;
   }
   return JSON.stringify(value);
+}
+
+// Runs whose settings are the same but for `seed` (and `name`), in groups of two or more, each
+// in the order compared: Compare can draw a group as its mean with a ±1 s.d. band. Runs that
+// recorded no settings or no seed are never grouped (nothing says they are repeats).
+export function seedGroups(runs) {
+  const byConfig = new Map();
+  for (const entry of runs) {
+    const config = entry.run?.config || {};
+    if (!("seed" in config)) continue;
+    const rest = Object.fromEntries(Object.entries(config).filter(([key]) => key !== "seed" && key !== "name"));
+    const key = canonical(rest);
+    if (!byConfig.has(key)) byConfig.set(key, []);
+    byConfig.get(key).push(entry);
+  }
+  return [...byConfig.values()].filter((group) =>
+    group.length >= 2 && new Set(group.map((entry) => canonical(entry.run.config.seed))).size === group.length);
 }
 
 // The settings (fields of the runs' `config`) whose values differ between the runs, in the order

@@ -1,7 +1,20 @@
 // The new-run form, generated from the server's own schema (RunConfig in /openapi.json), so
 // every field, default, range and choice stays in step with dst_core/store/config.py.
+//
+// The schema also says how to show each field (dst_core/store/config.py, `form_schema`): its
+// label (`title`), its group (`x-group`, in FORM_GROUPS' order), the methods it means something
+// for (`x-methods`: the form shows only the chosen method's options and sends only those), the
+// values other fields must have for it to matter (`x-shown-when`: N and M under n:m) and the
+// words for a choice's values (`x-choice-labels`: "MNIST (5,000-image subset)").
 import { api, ApiError } from "./api.js";
 import * as urls from "./urls.js";
+
+// The form's groups, in order (the schema's `x-group`); "advanced" starts folded.
+const FORM_GROUPS = [
+  ["task", "Task & model"], ["method", "Method"], ["schedule", "Schedule"],
+  ["optimisation", "Optimisation"], ["advanced", "Advanced"],
+];
+const FOLDED_GROUP = "advanced";
 
 // Where a schema allows null, an empty input means "the method's published default".
 function describe(name, schema) {
@@ -21,7 +34,18 @@ function describe(name, schema) {
     minimum: main.minimum ?? main.exclusiveMinimum, maximum: main.maximum ?? main.exclusiveMaximum,
     exclusiveMinimum: main.exclusiveMinimum !== undefined, exclusiveMaximum: main.exclusiveMaximum !== undefined,
     maxLength: main.maxLength,
+    group: schema["x-group"] || FOLDED_GROUP,
+    methods: Array.isArray(schema["x-methods"]) ? schema["x-methods"] : null, // null: every method
+    shownWhen: schema["x-shown-when"] || {},
+    choiceLabels: schema["x-choice-labels"] || {},
   };
+}
+
+// A resolved value as the form shows it: yes/no for a flag, numbers and text as they are.
+function shownValue(value) {
+  if (value === true) return "yes";
+  if (value === false) return "no";
+  return String(value);
 }
 
 function rangeText(field) {
@@ -49,7 +73,9 @@ function inputFor(field) {
   if (field.kind === "enum") {
     input = document.createElement("select");
     if (field.nullable) input.append(new Option(nullLabel(field), ""));
-    for (const value of field.enum) input.append(new Option(String(value), String(value)));
+    for (const value of field.enum) {
+      input.append(new Option(field.choiceLabels[value] || String(value), String(value)));
+    }
   } else if (field.kind === "tristate") {
     input = document.createElement("select");
     input.append(new Option(nullLabel(field), ""), new Option("yes", "true"), new Option("no", "false"));
@@ -161,8 +187,8 @@ export class RunForm {
     form.noValidate = true; // the server validates and answers 422 naming the field
     form.addEventListener("submit", (event) => { event.preventDefault(); this.submit(); });
     form.querySelector("#form-reset").addEventListener("click", () => this.reset());
-    form.addEventListener("input", () => { this.schedulePlan(); this.noticeEdits(); });
-    form.addEventListener("change", () => { this.schedulePlan(); this.noticeEdits(); });
+    form.addEventListener("input", () => { this.showApplicable(); this.schedulePlan(); this.noticeEdits(); });
+    form.addEventListener("change", () => { this.showApplicable(); this.schedulePlan(); this.noticeEdits(); });
     // The schedule this form would start, with warnings, shown before Start is pressed.
     this.planBox = document.createElement("section");
     this.planBox.id = "form-plan";
@@ -204,6 +230,7 @@ export class RunForm {
       Object.assign(document.createElement("li"), { className: "plan-warning", textContent: text })));
     this.form.dataset.planRewires = String(plan.rewires);
     this.showResolved(plan.resolved || {});
+    this.showApplicable(); // N and M follow the structure the method resolves to
   }
 
   // A field left empty shows the value the run will use ("method default: 0.3").
@@ -211,7 +238,7 @@ export class RunForm {
     for (const field of this.fields) {
       if (!field.nullable || !(field.name in resolved)) continue;
       const input = this.inputs.get(field.name);
-      const text = `${nullLabel(field)}: ${resolved[field.name]}`;
+      const text = `${nullLabel(field)}: ${shownValue(resolved[field.name])}`;
       if (input.tagName === "SELECT") input.options[0].textContent = text;
       else input.placeholder = text;
     }
@@ -228,24 +255,108 @@ export class RunForm {
     }
     this.required = schema.required || [];
     this.fields = Object.entries(schema.properties).map(([name, prop]) => describe(name, prop));
-    container.replaceChildren(...this.fields.map((field) => this.row(field)));
+    this.rows = new Map();
+    // The groups in FORM_GROUPS' order, then any group the schema names that it does not.
+    const order = FORM_GROUPS.map(([key]) => key);
+    for (const field of this.fields) if (!order.includes(field.group)) order.push(field.group);
+    const titles = new Map(FORM_GROUPS);
+    this.groups = order.map((key) => this.group(key, titles.get(key) || key,
+                                                this.fields.filter((field) => field.group === key)))
+      .filter(Boolean);
+    this.hiddenNote = document.createElement("p");
+    this.hiddenNote.id = "form-hidden-note";
+    this.hiddenNote.className = "hint";
+    this.hiddenNote.setAttribute("aria-live", "polite");
+    container.classList.remove("form-grid");
+    container.replaceChildren(this.hiddenNote, ...this.groups.map((group) => group.root));
     this.reset();
+  }
+
+  // One group of fields: a fieldset with its legend ("advanced": inside a folded <details>).
+  group(key, title, fields) {
+    if (!fields.length) return null;
+    const fieldset = document.createElement("fieldset");
+    fieldset.className = "form-group";
+    fieldset.id = `group-${key}`;
+    fieldset.dataset.group = key;
+    const legend = document.createElement("legend");
+    legend.textContent = title;
+    const grid = document.createElement("div");
+    grid.className = "form-grid";
+    grid.append(...fields.map((field) => this.row(field)));
+    fieldset.append(legend, grid);
+    if (key !== FOLDED_GROUP) return { key, root: fieldset, fieldset };
+    const details = document.createElement("details");
+    details.className = "form-group-folded";
+    const summary = document.createElement("summary");
+    details.append(summary, fieldset);
+    return { key, title, root: details, fieldset, details, summary, fields };
+  }
+
+  // Whether `field` means something for the settings the form holds now: the chosen method
+  // is one of its `x-methods`, and each field it depends on (`x-shown-when`) has the value
+  // (a field left to the method counts as what the method resolves it to).
+  applicable(field, seen = new Set()) {
+    if (field.methods) {
+      const method = this.inputs.get("method")?.value;
+      if (method && !field.methods.includes(method)) return false;
+    }
+    seen.add(field.name);
+    for (const [name, wanted] of Object.entries(field.shownWhen)) {
+      const other = this.fields.find((candidate) => candidate.name === name);
+      if (!other || seen.has(name) || !this.applicable(other, seen)) return false;
+      let value = readValue(this.inputs.get(name), other);
+      if (value === undefined) value = this.plan?.resolved?.[name] ?? other.default;
+      if (String(value) !== String(wanted)) return false;
+    }
+    return true;
+  }
+
+  // Shows the fields that apply to the chosen method (and settings) only; the note says how
+  // many others there are.
+  showApplicable() {
+    if (!this.rows) return;
+    let hidden = 0;
+    for (const field of this.fields) {
+      const shown = this.applicable(field);
+      this.rows.get(field.name).hidden = !shown;
+      if (!shown) hidden += 1;
+    }
+    for (const group of this.groups) {
+      const rows = [...group.fieldset.querySelectorAll(".field")];
+      group.root.hidden = rows.every((row) => row.hidden);
+      // A folded group names what it holds, so nothing is out of sight unannounced.
+      if (group.summary) {
+        const shown = group.fields.filter((field) => !this.rows.get(field.name).hidden);
+        group.summary.textContent = `${group.title}: ${shown.map((field) => field.title).join(", ")}`;
+      }
+    }
+    const method = this.inputs.get("method")?.value || "";
+    this.hiddenNote.textContent = hidden
+      ? `Showing the settings ${method} uses; ${hidden} other${hidden === 1 ? " applies" : "s apply"} ` +
+        "only to other methods or settings (they appear when they apply, and are not sent)."
+      : "";
+    this.hiddenNote.hidden = !hidden;
   }
 
   row(field) {
     const row = document.createElement("div");
     row.className = "field";
     row.dataset.field = field.name;
+    row.dataset.kind = field.kind;
     const label = document.createElement("label");
     label.htmlFor = `field-${field.name}`;
-    label.textContent = field.name;
+    label.textContent = field.title;
     const input = inputFor(field);
     const help = document.createElement("small");
     help.className = "help";
     help.id = `help-${field.name}`;
     const range = rangeText(field);
-    help.textContent = `${field.description}${field.description ? ". " : ""}Default: ${defaultText(field)}` +
-      (range ? ` (${range})` : "");
+    // The field's own name first: what the API, the CLI and a saved run's config call it.
+    const code = document.createElement("code");
+    code.textContent = field.name;
+    help.append(code, ` · ${field.description}${field.description ? ". " : ""}Default: ${defaultText(field)}` +
+      (range ? ` (${range})` : ""));
     const error = document.createElement("p");
     error.className = "field-error";
     error.id = `error-${field.name}`;
@@ -253,12 +364,14 @@ export class RunForm {
     input.setAttribute("aria-describedby", `${help.id} ${error.id}`);
     input.addEventListener("input", () => this.clearError(field.name));
     this.inputs.set(field.name, input);
+    this.rows.set(field.name, row);
     row.append(label, input, help, error);
     return row;
   }
 
   reset() {
     for (const field of this.fields) setValue(this.inputs.get(field.name), field, field.default);
+    this.showApplicable();
     this.clearErrors();
     this.schedulePlan();
     this.defaults = JSON.stringify(this.values());
@@ -275,9 +388,11 @@ export class RunForm {
     if (edited !== this.wasEdited) { this.wasEdited = edited; this.onEdited(edited); }
   }
 
+  // The settings to send: the fields that apply (one left from another method is not sent).
   values() {
     const body = {};
     for (const field of this.fields) {
+      if (!this.applicable(field)) continue;
       const value = readValue(this.inputs.get(field.name), field);
       if (value !== undefined) body[field.name] = value;
     }
@@ -309,6 +424,8 @@ export class RunForm {
       error.hidden = false;
       const input = this.inputs.get(name);
       input.setAttribute("aria-invalid", "true");
+      const folded = input.closest("details");
+      if (folded) folded.open = true; // a refused field is never out of sight
       first ||= input;
     }
     const box = this.form.querySelector("#form-error");

@@ -19,6 +19,19 @@ export const PALETTES = {
 export const STATE_NAMES = ["inactive", "kept", "added", "removed"];
 export const DENSITY_GRID = 128;
 export const MAX_GRID = 2048; // the server's bound on rows and cols of a view
+// A layer panel's plot is PANEL_ROW_PX high per output unit, between PANEL_MIN_PLOT_PX and the
+// full PANEL_HEIGHT_PX (.heatmap in style.css): a 10×64 layer gets a low panel, not ten 28-px
+// stripes. Its pixels (gridFor) follow the size it is given.
+const PANEL_HEIGHT_PX = 320;
+const PANEL_ROW_PX = 12;
+const PANEL_MIN_PLOT_PX = 96;
+
+// The height of the plot (margins included) for a layer of `rows` output units.
+export function panelHeight(rows) {
+  const { t, b } = MARGINS.panel;
+  const plot = Math.max(PANEL_MIN_PLOT_PX, rows * PANEL_ROW_PX);
+  return Math.min(PANEL_HEIGHT_PX, plot + t + b);
+}
 
 function rgb(hex) {
   const value = parseInt(hex.slice(1), 16);
@@ -127,6 +140,7 @@ export class LayerPanel {
     this.plot.className = "heatmap";
     if (id) this.plot.id = id;
     this.plot.dataset.layer = layer.name;
+    this.plot.style.height = `${panelHeight(rows)}px`;
     this.plot.setAttribute("role", "img");
     this.plot.setAttribute("aria-label", `connections of ${layer.name} (${rows} outputs × ${cols} inputs)`);
     // Step, active count and density change every rewire: plain text above the plot, so a new
@@ -527,7 +541,17 @@ export class InputPanel {
       }
       z.push(row);
     }
-    this.stats.textContent = `step ${view.step} · ${total} active connections from ${width * height} ${label}s`;
+    // Every position with the same count (a dense first layer: every kernel position feeds
+    // every output) is one flat colour, which reads as "no information": say it in words.
+    let lowest = Infinity;
+    for (const row of z) for (const value of row) if (value < lowest) lowest = value;
+    const uniform = complete && highest > 0 && lowest === highest;
+    const possible = this.layer.shape[0] * channels; // connections one position can have
+    this.stats.textContent = `step ${view.step} · ${total} active connections from ${width * height} ${label}s` +
+      (!uniform ? "" : highest === possible
+        ? ` · every ${label} has ${highest} active connections (of ${possible}): dense`
+        : ` · every ${label} has ${highest} active connections: the same everywhere`);
+    this.plot.dataset.uniform = String(uniform);
     // zmax moves in steps of a "nice" size so the colour bar rarely needs redrawing.
     const trace = {
       type: "heatmap", z, colorscale: "Viridis", zmin: 0, zmax: niceCeiling(Math.max(1, highest)),

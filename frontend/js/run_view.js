@@ -168,10 +168,28 @@ export class RunView {
     $("run-title").textContent = run.name;
     this.onLabel(run.name);
     $("run-error").textContent = run.error || "";
+    this.planned = null;
     $("run-info").textContent = describeSettings(run);
     $("run-provenance").textContent = provenance(run.info);
     this.onStatus(run.status);
     this.explainWaiting(run.status, this.generation);
+    this.planHeader(run, this.generation);
+  }
+
+  // A run the server has not started yet has no resolved `settings` (the worker stores them
+  // when it builds the model), only its config: the header shows from the start the schedule
+  // that config resolves to (POST /plan, the one resolver the worker uses), so it does not
+  // change, and move the page, when the run starts or ends. Only the server's runs (queued,
+  // or trained by its worker) have a run config to plan; a script's config is its own.
+  async planHeader(run, generation) {
+    const serverRun = run.status === QUEUED || (run.status === RUNNING && run.info?.writer === "worker");
+    if (run.settings || !serverRun || !run.config?.task || !run.config?.method) return;
+    try {
+      const plan = await api(urls.plan(), { method: "POST", body: run.config });
+      if (generation !== this.generation || this.run?.settings) return;
+      this.planned = plannedSettings(run.config, plan);
+      $("run-info").textContent = describeSettings(this.run, this.planned);
+    } catch { /* the config's summary stays */ }
   }
 
   // A queued run says what it waits for: the runs the server is training now, ahead of it.
@@ -481,7 +499,7 @@ export class RunView {
       const run = await api(urls.run(this.run.id));
       if (generation !== this.generation) return;
       this.run = run;
-      $("run-info").textContent = describeSettings(run);
+      $("run-info").textContent = describeSettings(run, this.planned);
       $("run-provenance").textContent = provenance(run.info);
       $("run-error").textContent = run.error || ""; // the stored reason, with the stored status
       this.onStatus(run.status);
@@ -709,9 +727,21 @@ function mergeLive(answer, live) {
   return answer;
 }
 
-// The settings the run used (`settings`, every default resolved), else its stored config.
-export function describeSettings(run) {
-  const settings = run.settings;
+// The settings a queued run will use, as the worker will record them (`settings`), from its
+// config and the server's plan of it.
+export function plannedSettings(config, plan) {
+  const hidden = Array.isArray(config.hidden) ? config.hidden.join(", ") : "";
+  return {
+    task: config.task, model: `${config.model} [${hidden}]`, method: plan.method, density: plan.density,
+    distribution: plan.distribution, interval_steps: plan.interval_steps, schedule: plan.schedule,
+    drop_fraction: plan.drop_fraction, end_fraction: plan.end_fraction, total_steps: plan.total_steps,
+  };
+}
+
+// The settings the run used (`settings`, every default resolved), else those `planned` for it
+// (plannedSettings), else its stored config.
+export function describeSettings(run, planned = null) {
+  const settings = run.settings || planned;
   const config = run.config || {};
   const parts = [];
   if (settings && typeof settings === "object") {

@@ -10,6 +10,33 @@ import { ALL, isActive } from "./statuses.js";
 import * as urls from "./urls.js";
 
 const PAGE = 200; // runs per page (the server's default)
+const COLUMNS_KEY = "sparsescope.runColumns"; // localStorage: the chosen extra columns
+const MAX_EXTRA_COLUMNS = 8; // the server's limit
+const COLUMN_PATTERN = /^(config|summary)\.[A-Za-z_][A-Za-z0-9_]{0,63}$/;
+// Offered in the Columns box (any other `config.<key>` or `summary.<key>` may be typed).
+const SUGGESTED_COLUMNS = [
+  ...["lr", "epochs", "batch_size", "seed", "optimizer", "weight_decay", "drop_fraction",
+    "interval_steps", "end_fraction", "distribution", "schedule", "init"].map((key) => `config.${key}`),
+  ...["steps", "final_loss", "final_test_accuracy", "best_test_accuracy", "itop_rate"].map((key) => `summary.${key}`),
+];
+const TAG_PREFIX = "tag:"; // a filter `tag:x` asks for the runs tagged x exactly
+
+// The chosen extra columns, as valid keys (what the browser kept may be anything).
+function loadColumns() {
+  try {
+    const kept = JSON.parse(localStorage.getItem(COLUMNS_KEY) || "[]");
+    return Array.isArray(kept) ? [...new Set(kept.filter((key) => COLUMN_PATTERN.test(key)))].slice(0, MAX_EXTRA_COLUMNS) : [];
+  } catch {
+    return [];
+  }
+}
+
+// A chosen column's value as a cell shows it.
+function columnText(value) {
+  if (value === undefined || value === null) return "–";
+  if (typeof value === "number") return Number.isInteger(value) ? value.toLocaleString("en") : String(Number(value.toPrecision(4)));
+  return String(value);
+}
 const MAX_PAGE = 500; // the most one request may ask for
 const SEARCH_DELAY_MS = 250;
 
@@ -48,6 +75,17 @@ const COLUMNS = [
   ["age", "Age", (run) => -run.created_at],
 ];
 
+// The sort key of a row under `key`: a fixed column's, or a chosen column's value ("col:…");
+// a run without that value sorts last either way.
+function sortValue(key, run) {
+  if (key.startsWith("col:")) {
+    const value = run.columns?.[key.slice(4)];
+    return value === undefined || value === null ? null : value;
+  }
+  const column = COLUMNS.find(([name]) => name === key) || COLUMNS[COLUMNS.length - 1];
+  return column[2](run);
+}
+
 export function age(seconds) {
   const delta = Math.max(0, Date.now() / 1000 - seconds);
   if (delta < 60) return `${Math.round(delta)} s`;
@@ -67,7 +105,7 @@ function button(text, label, onClick, className = "") {
 }
 
 export class RunsList {
-  constructor({ onOpen, onStopped, onDeleted, onSelection, message }) {
+  constructor({ onOpen, onStopped, onDeleted, onSelection, message, onClone = null }) {
     this.runs = [];
     this.wanted = PAGE; // rows asked for: a page, and another for each "Show more"
     this.total = 0; // runs matching the filters, loaded or not
@@ -81,7 +119,10 @@ export class RunsList {
     this.onStopped = onStopped;
     this.onDeleted = onDeleted;
     this.onSelection = onSelection;
+    this.onClone = onClone;
     this.message = message;
+    this.extra = loadColumns();
+    this.editing = null; // the id of the run whose labels are being edited: the row stays put
     this.body = document.getElementById("runs-body");
     this.filter = document.getElementById("runs-filter");
     this.statusFilter = document.getElementById("runs-status-filter");
@@ -107,6 +148,50 @@ export class RunsList {
       });
     }
     document.getElementById("import-file").addEventListener("change", (event) => this.importFile(event.target));
+    this.bindColumns();
+  }
+
+  // The Columns box: comma-separated `config.<key>` / `summary.<key>`, kept in this browser.
+  bindColumns() {
+    const input = document.getElementById("runs-columns");
+    const keys = document.getElementById("runs-column-keys");
+    keys.replaceChildren(...SUGGESTED_COLUMNS.map((key) => new Option(key, key)));
+    input.value = this.extra.join(", ");
+    input.addEventListener("change", () => {
+      const asked = input.value.split(",").map((key) => key.trim()).filter(Boolean);
+      const bad = asked.filter((key) => !COLUMN_PATTERN.test(key));
+      if (bad.length || asked.length > MAX_EXTRA_COLUMNS) {
+        this.message(bad.length ? `Not a column: ${bad.join(", ")} (config.<key> or summary.<key>)`
+          : `At most ${MAX_EXTRA_COLUMNS} columns.`);
+        return;
+      }
+      this.extra = [...new Set(asked)];
+      input.value = this.extra.join(", ");
+      try { localStorage.setItem(COLUMNS_KEY, JSON.stringify(this.extra)); } catch { /* kept for this page */ }
+      if (this.sort.key.startsWith("col:") && !this.extra.includes(this.sort.key.slice(4))) this.sort = { key: "age", descending: false };
+      this.message("");
+      this.refilter();
+    });
+  }
+
+  // The table's header: the fixed columns, then one per chosen column (sortable too).
+  renderHeader() {
+    const row = document.querySelector("#runs-table thead tr");
+    for (const old of row.querySelectorAll("th.extra")) old.remove();
+    const actions = row.lastElementChild;
+    for (const key of this.extra) {
+      const th = document.createElement("th");
+      th.scope = "col";
+      th.className = "extra";
+      th.dataset.sort = `col:${key}`;
+      const sortButton = button(key, `Sort by ${key}`, () => {
+        const sortKey = `col:${key}`;
+        this.sort = { key: sortKey, descending: this.sort.key === sortKey ? !this.sort.descending : false };
+        this.render();
+      });
+      th.append(sortButton);
+      row.insertBefore(th, actions);
+    }
   }
 
   refilter() {
@@ -116,8 +201,11 @@ export class RunsList {
 
   // The list's address for the filters on screen.
   address() {
+    const typed = this.filter.value.trim();
+    const tagged = typed.toLowerCase().startsWith(TAG_PREFIX);
     return urls.runList({ limit: Math.min(this.wanted, MAX_PAGE), status: this.statusFilter.value,
-                          q: this.filter.value.trim() });
+                          q: tagged ? "" : typed, tag: tagged ? typed.slice(TAG_PREFIX.length).trim() : "",
+                          columns: this.extra.join(",") });
   }
 
   // `reachable` turns false when the server does not answer at all (stopped, network gone).
@@ -174,11 +262,11 @@ export class RunsList {
 
   // The loaded rows in the chosen order (the server's is newest first).
   visible() {
-    const [, , key] = COLUMNS.find(([name]) => name === this.sort.key);
     const rows = [...this.runs];
     rows.sort((a, b) => {
-      const x = key(a);
-      const y = key(b);
+      const x = sortValue(this.sort.key, a);
+      const y = sortValue(this.sort.key, b);
+      if (x === null || y === null) return x === y ? 0 : x === null ? 1 : -1;
       const order = x < y ? -1 : x > y ? 1 : 0;
       return this.sort.descending ? -order : order;
     });
@@ -186,6 +274,15 @@ export class RunsList {
   }
 
   render() {
+    if (this.editing && this.body.querySelector(`tr[data-run-id="${this.editing}"] .labels-editor`)) {
+      this.renderPending = true; // redrawn when the edit ends: typing is never thrown away
+      return;
+    }
+    this.renderPending = false;
+    if (this.headerFor !== this.extra.join(",")) {
+      this.headerFor = this.extra.join(",");
+      this.renderHeader();
+    }
     for (const header of document.querySelectorAll("#runs-table th[data-sort]")) {
       const sorted = header.dataset.sort === this.sort.key;
       header.setAttribute("aria-sort", sorted ? (this.sort.descending ? "descending" : "ascending") : "none");
@@ -198,7 +295,8 @@ export class RunsList {
     this.more.hidden = !this.hasMore;
     const signature = JSON.stringify([this.selected.size, rows.map((run) =>
       [run.id, run.status, run.name, run.summary?.best_test_accuracy, run.has_model,
-        Boolean(run.settings), run.unreadable, this.selected.has(run.id), this.writerBusy.has(run.id)])]);
+        Boolean(run.settings), run.unreadable, this.selected.has(run.id), this.writerBusy.has(run.id),
+        run.tags, run.note, run.columns]), this.extra]);
     if (signature === this.signature) {
       // Nothing but the ages changed: update them in place, so keyboard focus stays put.
       rows.forEach((run, index) => {
@@ -240,12 +338,13 @@ export class RunsList {
     const cells = [
       pick,
       Object.assign(document.createElement("span"), { className: "badge", textContent: run.status }),
-      nameCell(run, this.repeated.has(run.name)),
+      this.nameCell(run),
       modelText(run),
       usedSettings(run).method ?? "–",
       densityText(usedSettings(run).density),
       best === null || best === undefined ? "–" : `${(best * 100).toFixed(1)}%`,
       age(run.created_at),
+      ...this.extra.map((key) => columnText(run.columns?.[key])),
     ];
     cells[1].dataset.status = run.status;
     for (const content of cells) {
@@ -262,6 +361,8 @@ export class RunsList {
     cell.append(actions);
     actions.append(button("Open", `Open ${run.name}`, () => this.onOpen(run)));
     if (isActive(run.status)) actions.append(button("Stop", `Stop run ${run.name}`, () => this.stop(run)));
+    actions.append(button("Edit", `Edit name, tags and note of ${run.name}`, () => this.edit(run, tr)));
+    if (this.onClone) actions.append(button("Clone", `Clone the settings of ${run.name} into New run`, () => this.onClone(run)));
     actions.append(button("Export", `Export ${run.name}`, () => this.exportRun(run)));
     // The trained weights and masks (a .pt file), offered only where the server stored one.
     if (run.has_model) {
@@ -284,6 +385,84 @@ export class RunsList {
     actions.append(remove);
     tr.append(cell);
     return tr;
+  }
+
+  // The name cell: the name (its id beside it where names repeat), the tags as buttons that
+  // filter the list to that tag, and the note's start.
+  nameCell(run) {
+    const cell = nameCell(run, this.repeated.has(run.name));
+    if (!run.tags?.length && !run.note) return cell;
+    const wrap = document.createElement("span");
+    wrap.append(cell);
+    if (run.tags?.length) {
+      const tags = Object.assign(document.createElement("span"), { className: "tags" });
+      for (const tag of run.tags) {
+        const chip = button(tag, `Show runs tagged ${tag}`, () => {
+          this.filter.value = `${TAG_PREFIX}${tag}`;
+          this.refilter();
+        }, "tag");
+        tags.append(chip);
+      }
+      wrap.append(" ", tags);
+    }
+    if (run.note) {
+      wrap.append(Object.assign(document.createElement("span"), { className: "note", textContent: run.note, title: run.note }));
+    }
+    return wrap;
+  }
+
+  // Edit a run's name, tags and note in its row; Save sends only what changed.
+  edit(run, tr) {
+    if (this.editing && this.editing !== run.id) this.endEdit();
+    this.editing = run.id;
+    const cell = tr.children[2];
+    const form = Object.assign(document.createElement("form"), { className: "labels-editor" });
+    const field = (label, element) => {
+      const wrap = document.createElement("label");
+      wrap.append(label, element);
+      return wrap;
+    };
+    const name = Object.assign(document.createElement("input"), { value: run.name, required: true, maxLength: 1000 });
+    const tags = Object.assign(document.createElement("input"), {
+      value: (run.tags || []).join(", "), placeholder: "baseline, seed 0" });
+    const note = Object.assign(document.createElement("textarea"), { rows: 2, maxLength: 4000 });
+    note.value = run.note || "";
+    const error = Object.assign(document.createElement("span"), { className: "field-error" });
+    const save = Object.assign(document.createElement("button"), { type: "submit", textContent: "Save", className: "primary" });
+    const cancel = button("Cancel", `Cancel editing ${run.name}`, () => this.endEdit());
+    form.append(field("Name", name), field("Tags", tags), field("Note", note), save, cancel, error);
+    form.addEventListener("keydown", (event) => { if (event.key === "Escape") this.endEdit(); });
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const body = {};
+      const wantedTags = tags.value.split(",").map((tag) => tag.trim()).filter(Boolean);
+      if (name.value !== run.name) body.name = name.value;
+      if (JSON.stringify(wantedTags) !== JSON.stringify(run.tags || [])) body.tags = wantedTags;
+      if (note.value !== (run.note || "")) body.note = note.value;
+      if (!Object.keys(body).length) { this.endEdit(); return; }
+      save.disabled = true;
+      try {
+        const saved = await api(urls.run(run.id), { method: "PATCH", body });
+        this.runs = this.runs.map((row) => (row.id === run.id
+          ? { ...row, name: saved.name, tags: saved.tags, note: saved.note } : row));
+        this.message(`Saved ${saved.name}`);
+        this.endEdit();
+        this.refresh();
+      } catch (failure) {
+        save.disabled = false;
+        // The server names the field: a 422's list of { loc, msg }, else its text.
+        error.textContent = Array.isArray(failure.detail)
+          ? failure.detail.map((item) => item.msg).join("; ") : failure.message;
+      }
+    });
+    cell.replaceChildren(form);
+    name.focus();
+  }
+
+  endEdit() {
+    this.editing = null;
+    this.signature = null;
+    this.render();
   }
 
   async stop(run) {

@@ -9,8 +9,10 @@
 // while a live run grows), `/topology/model` for the summary. Answers are kept in a small LRU,
 // so scrubbing back costs nothing; at most one refresh is in flight, the newest position wins;
 // off screen it redraws only once the player is still (or every few seconds while live).
+// One run (the run view) also gets the layer's churn (churn.js: `GET /churn`), drawn with the rest.
 import { api } from "./api.js";
 import { chartBase, chartTitle, MARGINS, PLOT_CONFIG, runColour, runStyle, stepMarker } from "./chart_style.js";
+import { ChurnPart } from "./churn.js";
 import { purge, react } from "./plotly.js";
 import { plain } from "./text.js";
 import * as urls from "./urls.js";
@@ -91,7 +93,12 @@ export class TopologySection {
       if (this.pending && this.near) this.refresh();
     }, { rootMargin: `${ON_SCREEN_MARGIN_PX}px` });
     this.watch.observe(root);
-    this.unsubscribe = player.subscribe((state) => { this.step = state.step; this.live = state.live; this.refresh(); });
+    this.unsubscribe = player.subscribe((state) => {
+      this.step = state.step;
+      this.live = state.live;
+      this.lastStep = state.steps.length ? state.steps[state.steps.length - 1] : null;
+      this.refresh();
+    });
   }
 
   build() {
@@ -127,6 +134,8 @@ export class TopologySection {
     this.charts.className = "charts";
     this.summaryCharts = document.createElement("div");
     this.summaryCharts.className = "charts";
+    this.churn = new ChurnPart(p, { onChange: () => this.refresh() });
+    this.churn.root.hidden = true; // one run, one layer: drawLayer shows it
     const chart = ([key, title], into) => {
       const div = document.createElement("div");
       div.className = "chart";
@@ -137,7 +146,8 @@ export class TopologySection {
     };
     CHARTS.forEach((entry) => chart(entry, this.charts));
     SUMMARY_CHARTS.forEach((entry) => chart(entry, this.summaryCharts));
-    this.root.replaceChildren(heading, controls, this.error, this.stats, this.charts, this.summary, this.summaryCharts);
+    this.root.replaceChildren(heading, controls, this.error, this.stats, this.charts, this.churn.root, this.summary,
+                             this.summaryCharts);
   }
 
   // runs: [{ id, name, layers: [{ name, shape, ... }], colour }]; the first run's layers fill the
@@ -150,6 +160,7 @@ export class TopologySection {
     this.runs = runs;
     this.answers.clear();
     this.series.clear();
+    this.churn.clear();
     const layers = runs.length ? runs[0].layers : [];
     const options = [new Option("all layers (summary)", "all"),
       ...layers.map((layer, index) => new Option(`${index}: ${layer.name}`, String(index)))];
@@ -169,6 +180,7 @@ export class TopologySection {
     this.runs = [];
     this.answers.clear();
     this.series.clear();
+    this.churn.clear();
     delete this.root.dataset.step;
     for (const div of this.root.querySelectorAll(".chart")) purge(div);
   }
@@ -249,14 +261,29 @@ export class TopologySection {
 
   async drawLayer(index, step, generation) {
     const runs = this.runs.filter((run) => run.layers[index]);
-    const [answers, series] = await Promise.all([
+    // Churn: one run only (Compare has its mask overlap instead). Its failure is said in its own
+    // place; the rest of the section is drawn all the same.
+    const churnShown = this.runs.length === 1 && runs.length === 1;
+    this.churn.root.hidden = !churnShown; // shown before it is measured for its map's pixels
+    const churn = churnShown
+      ? this.churn.load(runs[0].id, { index, shape: runs[0].layers[index].shape }, step)
+        .then((body) => ({ body }), (error) => ({ error }))
+      : null;
+    const [answers, series, churned] = await Promise.all([
       Promise.all(runs.map((run) => this.get(urls.topology(run.id, { layer: index, step })))),
       Promise.all(runs.map((run) => this.seriesOf(run, index))),
+      churn,
     ]);
     if (generation !== this.generation) return;
     this.summary.hidden = true;
     this.summaryCharts.hidden = true;
     this.charts.hidden = false;
+    if (churned?.error) this.churn.fail(churned.error, step);
+    else if (churned) {
+      const draws = this.churn.draw(churned.body, step, this.lastStep);
+      this.draws.push(...draws);
+      Promise.all(draws).then(() => { if (generation === this.generation) this.churn.root.dataset.step = String(step); });
+    }
     const many = this.runs.length > 1; // compared (even where only one of them has this layer)
     const label = (run, what) => plain(many ? `${run.name}: ${what}` : what);
     // Several runs: each run's traces in its colour and legend group (one run: Plotly's colours).
@@ -358,6 +385,7 @@ export class TopologySection {
     const models = await Promise.all(this.runs.map((run) => this.get(urls.topologyModel(run.id, { step }))));
     if (generation !== this.generation) return;
     this.charts.hidden = true;
+    this.churn.root.hidden = true;
     this.summary.hidden = false;
     this.summaryCharts.hidden = false;
     const many = this.runs.length > 1;

