@@ -129,7 +129,7 @@ function route() {
     if (runView.id !== arg) openRunById(arg, step);
     else if (step !== null && step !== runView.player.step) runView.player.seekStep(step);
   }
-  if (view === "new") loadForm();
+  if (view === "new") loadForm().then(() => cloneInto(params.get("from")));
   if (view === "run") { resizePlots($("view-run")); runView.chartsDirty(); }
   if (view === "compare") {
     const ids = arg.split(",").filter(Boolean);
@@ -283,6 +283,7 @@ function compareSelected() {
 
 const runsList = new RunsList({
   onOpen: (run) => openRun(run),
+  onClone: (run) => { cloned = null; go(`#/new?from=${encodeURIComponent(run.id)}`); },
   onStopped: (run) => { if (runView.id === run.id) setStatus(run.status); },
   onDeleted: (run) => {
     if (runView.id !== run.id) return;
@@ -317,6 +318,24 @@ let formLoading = null;
 function loadForm() {
   formLoading ||= runForm.load();
   return formLoading;
+}
+
+// `#/new?from=<id>` (a run's Clone): the form takes that run's settings, once per link.
+let cloned = null;
+async function cloneInto(id) {
+  if (!id || id === cloned) return;
+  cloned = id;
+  const note = $("form-clone-note");
+  try {
+    const run = await api(urls.run(id));
+    const ignored = runForm.fill(run.config || {}, run.name);
+    note.textContent = `Settings of ${run.name} (${id}) filled in` + (ignored.length
+      ? `; not run settings, left out: ${ignored.slice(0, 8).join(", ")}${ignored.length > 8 ? "…" : ""}.`
+      : ".") + " Change what you want and Launch.";
+  } catch (error) {
+    note.textContent = `Could not clone run ${id}: ${error.message}`;
+  }
+  note.hidden = false;
 }
 
 $("start").addEventListener("click", startRun);

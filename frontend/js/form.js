@@ -378,6 +378,30 @@ export class RunForm {
     this.noticeEdits();
   }
 
+  // The form filled from a saved run's config ("Clone" in the runs list): every field it
+  // knows takes the run's value, the others their default. Returns the keys of `config` the
+  // form has no field for (a script's own config), so the page can say they were left out.
+  fill(config, name) {
+    this.reset();
+    const ignored = [];
+    for (const [key, value] of Object.entries(config || {})) {
+      const field = this.fields.find((candidate) => candidate.name === key);
+      if (!field || key === "name") { if (key !== "name") ignored.push(key); continue; }
+      setValue(this.inputs.get(key), field, value);
+    }
+    const nameField = this.fields.find((field) => field.name === "name");
+    if (nameField && name) setValue(this.inputs.get("name"), nameField, `${name} (copy)`.slice(0, 200));
+    // A value the form shows hidden (another method's option) is kept in its box, not sent;
+    // the folded Advanced group opens when the run set one of its fields.
+    const folded = this.groups?.find((group) => group.key === FOLDED_GROUP);
+    if (folded?.details && folded.fields.some((field) => field.name in (config || {}))) folded.details.open = true;
+    this.showApplicable();
+    this.clearErrors();
+    this.schedulePlan();
+    this.noticeEdits();
+    return ignored;
+  }
+
   // Whether the form holds settings other than the defaults (what the top bar's Start says).
   edited() {
     return this.defaults !== null && JSON.stringify(this.values()) !== this.defaults;

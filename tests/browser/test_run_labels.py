@@ -101,3 +101,24 @@ def test_an_edit_in_progress_survives_the_lists_poll(page, server):
     page.wait_for_function("document.querySelector('.labels-editor .field-error')"
                            ".textContent.includes('tags')")
     assert server.http.get(f"/api/runs/{run_id}").json()["tags"] == []
+
+
+def test_clone_fills_the_new_run_form_with_a_runs_settings(page, server):
+    config = {"task": "digits", "method": "deep_r", "lr": 0.2, "temperature": 1e-05, "epochs": 3,
+              "batch_size": 32, "my_own_key": 1}
+    run_id = _ended_run(server, "to clone", config, 10)
+    page.goto(f"{server.url}/#/runs")
+    page.get_by_role("button", name="Clone the settings of to clone into New run").click()
+    page.wait_for_function(f"location.hash === '#/new?from={run_id}'")
+    note = page.locator("#form-clone-note")
+    note.wait_for()
+    page.wait_for_function("document.querySelector('#form-clone-note').textContent.includes('filled in')")
+    assert "my_own_key" in note.text_content()  # not a run setting: said, not silently dropped
+    values = page.evaluate("""() => Object.fromEntries(['method', 'lr', 'temperature', 'epochs',
+        'batch_size', 'task', 'name'].map((name) => [name, document.querySelector(`#field-${name}`).value]))""")
+    assert values["method"] == "deep_r" and values["task"] == "digits"
+    assert float(values["lr"]) == 0.2 and float(values["temperature"]) == 1e-05
+    assert (values["epochs"], values["batch_size"], values["name"]) == ("3", "32", "to clone (copy)")
+    # Deep R's own option is shown (it applies); the top bar now starts these settings.
+    assert page.locator("#field-temperature").is_visible()
+    page.wait_for_function("document.querySelector('#start').textContent.includes('edited')")
