@@ -115,7 +115,8 @@ def test_clone_fills_the_new_run_form_with_a_runs_settings(page, server):
     page.wait_for_function("document.querySelector('#form-clone-note').textContent.includes('filled in')")
     assert "my_own_key" in note.text_content()  # not a run setting: said, not silently dropped
     values = page.evaluate("""() => Object.fromEntries(['method', 'lr', 'temperature', 'epochs',
-        'batch_size', 'task', 'name'].map((name) => [name, document.querySelector(`#field-${name}`).value]))""")
+        'batch_size', 'task', 'name'].map((name) =>
+          [name, document.querySelector(`#field-${name}`).value]))""")
     assert values["method"] == "deep_r" and values["task"] == "digits"
     assert float(values["lr"]) == 0.2 and float(values["temperature"]) == 1e-05
     assert (values["epochs"], values["batch_size"], values["name"]) == ("3", "32", "to clone (copy)")
