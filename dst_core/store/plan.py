@@ -45,6 +45,10 @@ class RunPlan:
     # The value each field left out (None) takes: what the form shows as "method default".
     resolved: dict[str, bool | int | float | str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # How long it would take, from the steps/s earlier finished runs of the same task and
+    # model measured on this server ({seconds, steps_per_s, runs, basis}); the server fills it
+    # in (backend/services/estimate.py), None here.
+    estimate: dict | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -167,12 +167,23 @@ const PLAN_DELAY_MS = 250; // typing pauses this long before the schedule is ask
 export function planText(plan) {
   const count = (value) => Number(value).toLocaleString("en");
   const steps = `${count(plan.total_steps)} steps (${count(plan.epochs)} epochs × ${count(plan.steps_per_epoch)})`;
-  if (plan.rewires === 0 && plan.warnings.length === 0) return `${steps} · ${plan.method}: the mask never changes`;
+  if (plan.rewires === 0 && plan.warnings.length === 0) {
+    return `${steps} · ${plan.method}: the mask never changes${estimateText(plan.estimate)}`;
+  }
   const rewires = plan.rewires === 1 ? "1 rewire" : `${count(plan.rewires)} rewires`;
   const when = plan.rewires ? `, every ${count(plan.interval_steps)} steps, the last at step ${count(plan.last_rewire_step)}` : "";
   const moved = plan.rewires && plan.connections_moved
     ? ` · the first moves ${count(plan.connections_moved)} connections` : "";
-  return `${steps} · ${rewires}${when}${moved}`;
+  return `${steps} · ${rewires}${when}${moved}${estimateText(plan.estimate)}`;
+}
+
+// " · about 2 min (…measured…)", from the server's measured steps/s; "" when it has none.
+export function estimateText(estimate) {
+  if (!estimate || typeof estimate.seconds !== "number") return "";
+  const seconds = estimate.seconds;
+  const duration = seconds < 90 ? `${Math.max(1, Math.round(seconds))} s`
+    : seconds < 5400 ? `${Math.round(seconds / 60)} min` : `${(seconds / 3600).toFixed(1)} h`;
+  return ` · about ${duration} (${estimate.basis})`;
 }
 
 export class RunForm {
@@ -226,6 +237,7 @@ export class RunForm {
     if (asked !== this.planAsked) return;
     this.plan = plan;
     this.planSummary.textContent = planText(plan);
+    this.planSummary.title = plan.estimate?.basis || ""; // why there is no estimate, too
     this.planWarnings.replaceChildren(...plan.warnings.map((text) =>
       Object.assign(document.createElement("li"), { className: "plan-warning", textContent: text })));
     this.form.dataset.planRewires = String(plan.rewires);

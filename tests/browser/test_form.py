@@ -320,3 +320,23 @@ def test_the_top_bar_start_starts_what_the_form_holds(page, server):
     assert run["name"] == "edited from the form"
     assert run["config"]["epochs"] == 3 and run["config"]["method"] == "rigl"
     server.wait(run_id)
+
+
+def test_the_plan_says_how_long_from_earlier_runs_of_the_task_and_model(page, server):
+    """Issue 28 item 2: an estimated duration from the steps/s this server measured on a
+    finished run of the same task and model; a task nothing was measured for says nothing
+    (and its summary's title says why)."""
+    config = RunConfig(task="digits", method="rigl").model_dump()
+    created = server.http.post("/api/ingest/runs", json={"name": "timed", "config": config}).json()
+    batch = {"events": [{"seq": created["next_seq"], "step": 500, "type": "status",
+                         "status": "completed"}], "summary": {"steps": 500}}
+    assert server.http.post(f"/api/ingest/runs/{created['id']}/events", json=batch).status_code == 200
+    open_form(page)
+    page.select_option("#field-task", "digits")
+    page.select_option("#field-method", "rigl")
+    page.wait_for_function("document.querySelector('#plan-summary').textContent.includes('about ')")
+    summary = page.locator("#plan-summary").inner_text()
+    assert "steps/s, the median of 1 finished run of digits · mlp of this method" in summary
+    page.select_option("#field-task", "synthetic")
+    page.wait_for_function("!document.querySelector('#plan-summary').textContent.includes('about ')"
+                           " && document.querySelector('#plan-summary').title.includes('no finished run')")
