@@ -15,13 +15,18 @@ import bisect
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+
+import numpy as np
 
 SIZES = (256, 1024, 2048)  # square layers: size × size
 DENSITIES = (0.01, 0.05, 0.2, 0.5)
 BATCHES = (1, 16)
 FORMATS = ("dense", "csr", "condensed")
 WAIT_S = 20.0  # how long a request waits for the table being measured before a 503
+MAX_SERIES_POINTS = 100  # rewires one series answer holds (each decodes every layer's mask)
+DISTANCES_CACHED = 8192  # (run, layer, frame step) → distances: a mask never changes once stored
 
 
 class CostTable:
@@ -84,10 +89,13 @@ class CostTable:
         log_size = math.log(max(math.sqrt(numel), 1.0))
         log_density = math.log(min(max(density, 1e-6), 1.0))
         out: dict[str, float] = {}
+        # Above the grid's densest cell a sparse format's cost grows with its active count
+        # (clamping would show a dense layer's CSR as cheap as at the top density).
+        denser = max(1.0, density / self.densities[-1])
         for fmt in FORMATS:
             per_element = self._interpolate(fmt, batch, log_size, log_density)
             if per_element is not None:
-                out[fmt] = per_element * numel
+                out[fmt] = per_element * numel * (1.0 if fmt == "dense" else denser)
         return out
 
     def _interpolate(self, fmt: str, batch: int, log_size: float,
@@ -209,3 +217,179 @@ def constant_fan_in(run: dict) -> bool:
     SRigL's do; an N:M run's only where every group is full, which its settings do not say."""
     used = run.get("settings") or run.get("config") or {}
     return used.get("method") == "srigl"
+
+
+# ---- distance to structure ----------------------------------------------------------------------
+def structure_distances(mask: np.ndarray) -> dict:
+    """How far a (rows = outputs, cols = inputs) mask is from the two structures the fast formats
+    want, as the share of its active connections that would have to move:
+
+    - `to_constant_fan_in`: to the nearest mask with the same active count A whose every output
+      has ⌊A/rows⌋ or ⌈A/rows⌉ inputs (constant fan-in up to the remainder, which `condensed`
+      pads with at most one zero per row). The (A mod rows) fullest rows may keep ⌈A/rows⌉,
+      the others ⌊A/rows⌋; what a row holds beyond its target moves to a row short of its own.
+    - `to_2_4`: to a mask with at most 2 active in every 4 consecutive inputs of a row (2:4):
+      Σ over groups of max(0, active in the group − 2). They fit into other groups when the
+      density is at most 0.5 (above it some must be dropped instead). A layer whose inputs are
+      not a multiple of 4 is counted as if padded with inactive inputs (`note` says so).
+
+    Vectorised: one count per row and one per group of 4 (a 4096 × 11008 mask in ~0.1 s)."""
+    rows, cols = mask.shape
+    fan_in = np.count_nonzero(mask, axis=1)  # (rows,)
+    active = int(fan_in.sum())
+    note = None
+    if cols % 4:
+        note = (f"{cols} inputs: fewer than 4, " if cols < 4 else f"{cols} inputs: not a multiple of 4, ") + \
+            "2:4 counted as if padded with inactive inputs"
+    if active == 0:
+        return {"active": 0, "to_constant_fan_in": 0.0, "to_2_4": 0.0, "note": note}
+    whole, remainder = divmod(active, rows)
+    ordered = np.sort(fan_in)[::-1]
+    target = np.full(rows, whole, dtype=np.int64)
+    target[:remainder] += 1  # the fullest rows keep the one extra
+    moved_fan_in = int(np.maximum(ordered - target, 0).sum())
+    bytes_ = np.ascontiguousarray(mask, dtype=np.bool_).view(np.uint8)
+    if cols % 4:
+        bytes_ = np.pad(bytes_, ((0, 0), (0, (-cols) % 4)))
+    words = bytes_.view(np.uint32)  # (rows, ⌈cols/4⌉): one group of 4 inputs per word
+    # The sum of a word's four 0/1 bytes lands in its top byte (no carries: at most 4).
+    in_group = (words * np.uint32(0x01010101)) >> np.uint32(24)
+    moved_2_4 = int(np.count_nonzero(in_group == 3)) + 2 * int(np.count_nonzero(in_group == 4))
+    return {"active": active, "to_constant_fan_in": moved_fan_in / active,
+            "to_2_4": moved_2_4 / active, "note": note}
+
+
+class StructureCache:
+    """Distances by (run, layer, frame step): a stored frame's mask never changes, so each is
+    computed once, whoever asks (the column at every settled step, the series)."""
+
+    def __init__(self, size: int = DISTANCES_CACHED) -> None:
+        self.size = size
+        self._answers: OrderedDict[tuple, dict] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, views, run: dict, index: int, step: int) -> tuple[dict, int] | None:
+        """(distances, frame step) of layer `index`'s newest mask at or before `step`; None
+        when it has none by then or its frames do not read."""
+        from dst_core.store.masks import run_key
+
+        row = views.store.db.execute(
+            "SELECT step FROM events WHERE run_id = ? AND layer = ? AND step <= ? "
+            "ORDER BY step DESC, seq DESC LIMIT 1", (run["id"], index, int(step))).fetchone()
+        if row is None:
+            return None
+        key = (run_key(run), index, int(row[0]))
+        with self._lock:
+            found = self._answers.get(key)
+            if found is not None:
+                self._answers.move_to_end(key)
+                return found, key[2]
+        try:
+            mask, frame_step = views.reader.mask_at(run["id"], index, int(step))
+        except ValueError:  # no frame that reads (StoredDataError is a ValueError)
+            return None
+        found = structure_distances(mask)
+        with self._lock:
+            self._answers[(key[0], index, int(frame_step))] = found
+            while len(self._answers) > self.size:
+                self._answers.popitem(last=False)
+        return found, int(frame_step)
+
+
+structure_cache = StructureCache()
+
+
+def speedups_by_batch(table: CostTable, rows: int, cols: int, density: float,
+                      condensed: bool) -> dict[int, dict]:
+    """{batch: {best, speedup}} for every batch of the table (what `compact` would choose)."""
+    from dst_core.compact import choose_format
+
+    answered = {}
+    for batch in table.batches:
+        estimate = table.estimate(rows, cols, density, batch)
+        if not condensed:
+            estimate.pop("condensed", None)
+        if "dense" not in estimate:
+            continue
+        best = choose_format(estimate)
+        answered[batch] = {"best": best, "speedup": estimate["dense"] / estimate[best],
+                           "dense_ms": estimate["dense"], "best_ms": estimate[best]}
+    return answered
+
+
+def structure_at(views, run: dict, layers: list[dict], step: int) -> list[dict | None]:
+    """Each layer's distances (with `frame_step`) at `step`, None where it has no readable mask."""
+    answered = []
+    for index, _ in enumerate(layers):
+        found = structure_cache.get(views, run, index, step)
+        answered.append(None if found is None else {**found[0], "frame_step": found[1]})
+    return answered
+
+
+def model_summary(per_layer: list[dict]) -> dict:
+    """The whole model from its layers' figures: speedup = Σ dense ms / Σ best ms per batch,
+    distances = Σ moved / Σ active (layers without a mask or an estimate left out)."""
+    summary: dict = {}
+    for batch in BATCHES:
+        dense = sum(entry["by_batch"][batch]["dense_ms"] for entry in per_layer
+                    if batch in entry.get("by_batch", {}))
+        best = sum(entry["by_batch"][batch]["best_ms"] for entry in per_layer
+                   if batch in entry.get("by_batch", {}))
+        summary[f"speedup_b{batch}"] = dense / best if best > 0 else None
+    for key in ("to_constant_fan_in", "to_2_4"):
+        active = sum(entry["active"] for entry in per_layer if entry.get(key) is not None)
+        moved = sum(entry[key] * entry["active"] for entry in per_layer if entry.get(key) is not None)
+        summary[key] = moved / active if active else None
+    return summary
+
+
+def picked_rewires(count: int, points: int) -> list[int]:
+    """Up to `points` of rewires 0 … count − 1: every stride-th (the stride the smallest power of
+    two that fits) and the newest. As a live run grows the picks stay put (a doubled stride keeps
+    a subset of them), so each refresh decodes only the new rewire's masks (StructureCache)."""
+    stride = 1
+    while -(-count // stride) + bool((count - 1) % stride) > points:
+        stride *= 2
+    return sorted(set(range(0, count, stride)) | {count - 1})
+
+
+def speedup_series(views, run: dict, table: CostTable, points: int) -> dict:
+    """Per layer and for the whole model, at up to `points` rewires (every stride-th, the first
+    and the newest always in: picked_rewires): density, speedup at batch 1 and 16 and both
+    distances to structure. ValueError when the run has no stored mask."""
+    steps = views.rewire_steps(run)
+    if not steps:
+        raise ValueError("no stored mask in this run yet")
+    chosen = [steps[i] for i in picked_rewires(len(steps), points)]
+    meta = views.reader.layers(run["id"])
+    condensed = constant_fan_in(run)
+    fields = ("density", "speedup_b1", "best_b1", "speedup_b16", "best_b16",
+              "to_constant_fan_in", "to_2_4")
+    layers = [{"layer": entry["name"], "shape": list(entry["matrix"]), "note": None,
+               **{field: [] for field in fields}} for entry in meta]
+    model = {key: [] for key in ("speedup_b1", "speedup_b16", "to_constant_fan_in", "to_2_4")}
+    for step in chosen:
+        per_layer = []
+        for entry, distances in zip(layers, structure_at(views, run, meta, step), strict=True):
+            rows, cols = entry["shape"]
+            figures: dict = {}
+            if distances is not None:
+                entry["note"] = distances["note"]
+                density = distances["active"] / (rows * cols)
+                figures = {"active": distances["active"], "density": density,
+                           "to_constant_fan_in": distances["to_constant_fan_in"],
+                           "to_2_4": distances["to_2_4"],
+                           "by_batch": speedups_by_batch(table, rows, cols, density, condensed)}
+                per_layer.append(figures)
+            by_batch = figures.get("by_batch", {})
+            entry["density"].append(figures.get("density"))
+            entry["to_constant_fan_in"].append(figures.get("to_constant_fan_in"))
+            entry["to_2_4"].append(figures.get("to_2_4"))
+            for batch in BATCHES:
+                found = by_batch.get(batch)
+                entry[f"speedup_b{batch}"].append(None if found is None else found["speedup"])
+                entry[f"best_b{batch}"].append(None if found is None else found["best"])
+        summary = model_summary(per_layer)
+        for key, values in model.items():
+            values.append(summary[key])
+    return {"rewires": len(steps) - 1, "step": chosen, "layers": layers, "model": model}

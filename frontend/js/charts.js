@@ -169,28 +169,34 @@ const MINUTES_FROM_S = 600; // a time in seconds that reaches 10 minutes is char
 // A group whose fields share a unit says it on its axis ("wall time (s)"; minutes once the
 // times reach MINUTES_FROM_S).
 export function extraChart(metrics, { group, fields }) {
-  const units = new Set(fields.map(([, field]) => metricUnit(field)[1]));
-  const unit = units.size === 1 ? [...units][0] : null;
   const seriesOf = ([type, field]) => metrics.get(type, field);
-  let scale = 1;
-  let shownUnit = unit;
-  if (unit === "s") {
-    const highest = Math.max(0, ...fields.flatMap((spec) => (seriesOf(spec)?.last || [])
-      .filter((value) => typeof value === "number" && Number.isFinite(value))));
-    if (highest >= MINUTES_FROM_S) { scale = 60; shownUnit = "min"; }
-  }
+  const { unit, scaled } = shownUnit(fields.map(([, field]) => field), fields.map(seriesOf));
   const traces = fields.map((spec) => {
     const [type, field] = spec;
-    const series = seriesOf(spec);
-    const scaled = series && scale !== 1
-      ? { step: series.step, last: Array.from(series.last, (value) => (typeof value === "number" ? value / scale : value)) }
-      : series;
-    return line(type === "eval" ? `${field} (eval)` : field, scaled, { mode: "lines+markers" });
+    return line(type === "eval" ? `${field} (eval)` : field, scaled(seriesOf(spec)), { mode: "lines+markers" });
   });
   if (!unit) return [traces, layout(group, group)];
   // One field: its own words ("wall time"); several: the group's.
   const words = fields.length === 1 ? metricUnit(fields[0][1])[0].replaceAll("_", " ") : group;
-  return [traces, layout(words, `${words} (${shownUnit})`)];
+  return [traces, layout(words, `${words} (${unit})`)];
+}
+
+// The unit fields named with one (`_s`, `_ms`) share, as shown (seconds reaching
+// MINUTES_FROM_S in minutes), and `scaled(series)` giving a series in it; unit null otherwise.
+function shownUnit(fields, seriesList) {
+  const units = new Set(fields.map((field) => metricUnit(field)[1]));
+  const unit = units.size === 1 ? [...units][0] : null;
+  let scale = 1;
+  let shown = unit;
+  if (unit === "s") {
+    const highest = Math.max(0, ...seriesList.flatMap((series) => (series?.last || [])
+      .filter((value) => typeof value === "number" && Number.isFinite(value))));
+    if (highest >= MINUTES_FROM_S) { scale = 60; shown = "min"; }
+  }
+  const scaled = (series) => (series && scale !== 1
+    ? { step: series.step, last: Array.from(series.last, (value) => (typeof value === "number" ? value / scale : value)) }
+    : series);
+  return { unit: shown, scaled };
 }
 
 // The fixed charts of the run view, from MetricSeries + RewireSeries. `lossTitle` names the
@@ -296,8 +302,12 @@ export function compareExtraFields(runs) {
 // A compared run ({ id, name, colour, metrics, rewires }) is drawn in its own colour and legend
 // group in every chart (chart_style.js runStyle).
 export function compareExtraChart([type, field], runs, groups = []) {
-  const traces = groupedTraces(runs, groups, (run) => run.metrics.get(type, field));
-  return [traces, layout(type === "eval" ? `${field} (eval)` : field, metricGroup(field))];
+  const { unit, scaled } = shownUnit([field], runs.map((run) => run.metrics.get(type, field)));
+  const traces = groupedTraces(runs, groups, (run) => scaled(run.metrics.get(type, field)));
+  if (!unit) return [traces, layout(type === "eval" ? `${field} (eval)` : field, metricGroup(field))];
+  // A field with a unit in its name: its words and the unit ("wall time (s)"), as the run view.
+  const words = metricUnit(field)[0].replaceAll("_", " ");
+  return [traces, layout(type === "eval" ? `${words} (eval)` : words, `${words} (${unit})`)];
 }
 
 // `groups`: lists of runs (each ≥ 2) drawn as one mean line with a ±1 s.d. band (the runs that

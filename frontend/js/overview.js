@@ -10,9 +10,16 @@ import { groupBlocks } from "./blocks.js";
 import { COLOURS } from "./chart_style.js";
 import { densityColour } from "./heads.js";
 
-const SPARK_WIDTH = 120;
+const SPARK_WIDTH = 96; // with the speedup columns, the table still fits its 580 px column
 const SPARK_HEIGHT = 22;
 const SHORT_NAME = 18; // characters: a name this short is never broken over lines
+// The speedup columns (speedup.js fills them) say what they are on hover.
+const COLUMN_TITLES = {
+  "speedup b1 / b16": "Predicted inference speedup of the layer's fastest format (dst_core.compact) over dense, " +
+    "at batch 1 / 16, from this server's cost table",
+  "to structure": "Share of the active connections that would have to move to reach constant fan-in " +
+    "(every output the same number of inputs) and 2:4 (at most 2 in every 4 consecutive inputs)",
+};
 
 export class LayerOverview {
   // onJump(index), onPin(index) are called from the rows' buttons.
@@ -31,10 +38,12 @@ export class LayerOverview {
     table.className = "overview";
     table.id = "layer-overview-table";
     const head = table.createTHead().insertRow();
-    for (const title of ["#", "layer", "shape", "density", "active", "density / turnover", ""]) {
+    for (const title of ["#", "layer", "shape", "density", "active", "speedup b1 / b16", "to structure",
+      "density / turnover", ""]) {
       const th = document.createElement("th");
       th.scope = "col";
       th.textContent = title;
+      if (COLUMN_TITLES[title]) th.title = COLUMN_TITLES[title];
       head.append(th);
     }
     const body = table.createTBody();
@@ -43,7 +52,7 @@ export class LayerOverview {
     this.rows = layers.map((layer) => {
       const row = body.insertRow();
       row.dataset.index = String(layer.index);
-      const cells = [0, 1, 2, 3, 4, 5, 6].map(() => row.insertCell());
+      const cells = [0, 1, 2, 3, 4, 5, 6, 7, 8].map(() => row.insertCell());
       cells[0].textContent = String(layer.index);
       const jump = document.createElement("button");
       jump.type = "button";
@@ -69,20 +78,23 @@ export class LayerOverview {
       cells[2].textContent = (layer.weight_shape || layer.shape).join("×");
       cells[3].className = "number";
       cells[4].className = "number";
+      cells[5].className = "number speedup";
+      cells[6].className = "number structure";
       const canvas = document.createElement("canvas");
       canvas.width = SPARK_WIDTH;
       canvas.height = SPARK_HEIGHT;
       canvas.className = "sparkline";
       canvas.setAttribute("aria-hidden", "true");
-      cells[5].append(canvas);
+      cells[7].append(canvas);
       const pin = document.createElement("button");
       pin.type = "button";
       pin.textContent = "Pin";
       pin.setAttribute("aria-pressed", "false");
       pin.setAttribute("aria-label", `Pin layer ${layer.name}`);
       pin.addEventListener("click", () => this.onPin(layer.index));
-      cells[6].append(pin);
-      return { row, density: cells[3], active: cells[4], canvas, pin, size: layer.shape[0] * layer.shape[1] };
+      cells[8].append(pin);
+      return { row, name: layer.name, density: cells[3], active: cells[4], speedup: cells[5], structure: cells[6],
+               canvas, pin, size: layer.shape[0] * layer.shape[1] };
     });
     this.cells = [];
     if (!this.groups) {

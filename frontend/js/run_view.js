@@ -19,6 +19,7 @@ import { PanelSet } from "./panels.js";
 import { holdUntil, holdUntilNear, purge } from "./plotly.js";
 import { lastAtOrBefore, Player } from "./player.js";
 import { loadSeries, MetricSeries, RewireSeries } from "./series.js";
+import { SpeedupColumn, speedupChart } from "./speedup.js";
 import { isActive, QUEUED, RUNNING } from "./statuses.js";
 import { RunStream } from "./stream.js";
 import { TopologySection } from "./topology.js";
@@ -81,6 +82,8 @@ export class RunView {
     this.overview = new LayerOverview($("layer-overview"), {
       onJump: (index) => this.jump(index), onPin: (index) => this.togglePin(index),
     });
+    // The layer table's speedup and structure columns, and their chart over the run.
+    this.speedup = new SpeedupColumn(this.overview, { onSeries: () => this.chartsDirty() });
     $("mode").addEventListener("change", (event) => { this.mode = event.target.value; this.panels?.refresh(); });
     this.topology = new TopologySection($("topology"), { player: this.player, prefix: "topology" });
     this.chartOptions = loadChartOptions();
@@ -120,6 +123,7 @@ export class RunView {
     this.rewireSeries = new RewireSeries(null, rewires.layers);
     this.liveRewires = [];
     this.header(run);
+    this.speedup.open(id);
     this.layout(rewires);
     const position = step === null ? null : Math.max(0, lastAtOrBefore(rewires.steps, step));
     const live = isActive(run.status) && step === null;
@@ -141,6 +145,7 @@ export class RunView {
       this.rewireSeries = series;
       this.addInputPanel(series.input);
       this.overview.update(series, this.player.step);
+      this.speedup.loadSeries();
       this.chartsDirty();
       this.loadResponse(generation); // its metric is the run's loss, known now
     }).catch((error) => { $("run-error").textContent = `charts: ${error.message}`; });
@@ -248,6 +253,8 @@ export class RunView {
     this.panels.prefetch(this.player.upcoming(PREFETCH_AHEAD));
     this.drawInput(state.step);
     this.overview.update(this.rewireSeries, state.step);
+    this.speedup.at(state.step);
+    if (state.live) this.speedup.loadSeries({ live: true });
     this.chartsDirty();
     // The address names the rewire on screen, so a link (or a reload) opens it again; while
     // following live it names the run only. replaceState: no history entry, no hashchange.
@@ -620,6 +627,8 @@ export class RunView {
     }
     drawChart($("chart-rewire-response"), () => rewireResponseChart(this.response, palette), marker,
               `${this.run.id}-${this.responseRevision}-${palette.label}`);
+    drawChart($("chart-speedup"), () => speedupChart(this.speedup.series), marker,
+              `${this.run.id}-${this.speedup.seriesRevision}`);
     // Every other numeric metric the run logs, one chart per name prefix.
     for (const group of extraGroups(this.metrics)) {
       drawChart(this.extraDiv(group.group), () => metricView(extraChart(this.metrics, group), view), markerX,
@@ -654,6 +663,7 @@ export class RunView {
     if (this.stream) this.stream.close();
     this.stream = null;
     this.player.pause();
+    this.speedup.close();
     this.panels?.clear();
     this.panels = null;
     this.topology.close();

@@ -45,6 +45,11 @@ export const rewireResponse = (id, params) => withQuery(`${run(id)}/rewire-respo
 // Layer `layer` (its index) at the newest rewire at or before `step`, rows × cols pixels at most.
 export const view = (id, { layer, step, rows, cols }) => withQuery(`${run(id)}/view`, { layer, step, rows, cols });
 
+// What each layer's mask would buy at `step` (dst_core.compact's formats, from the server's cost
+// table) and its distances to constant fan-in and 2:4; `…/series`: the same over the run.
+export const speedup = (id, { step, batch = 1 }) => withQuery(`${run(id)}/speedup`, { step, batch });
+export const speedupSeries = (id, { points }) => withQuery(`${run(id)}/speedup/series`, { points });
+
 export const topology = (id, { layer, step }) => withQuery(`${run(id)}/topology`, { layer, step });
 export const topologySeries = (id, { layer, points }) => withQuery(`${run(id)}/topology/series`, { layer, points });
 export const topologyModel = (id, { step }) => withQuery(`${run(id)}/topology/model`, { step });

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 import threading
+import time
 
+import numpy as np
 import pytest
 
 from backend.services import speedup as service
-from tests.backend.test_overlap import record_run
+from tests.backend.test_overlap import mask_of, record_run
 
 
 def fake_cell(size: int, density: float, batch: int) -> dict[str, float]:
@@ -81,6 +84,10 @@ def test_interpolation_is_exact_on_the_grid_and_clamped_outside(table):
     assert fake_cell(16, 0.3, 1)["dense"] * 4 <= between * 1.0001
     huge = table.estimate(4096, 4096, 0.01, 16)  # beyond the grid: the largest's per-element cost
     assert huge["dense"] == pytest.approx(fake_cell(64, 0.1, 16)["dense"] / 64**2 * 4096**2)
+    # Denser than the grid: a sparse format's cost grows with the active count, dense's does not.
+    full = table.estimate(16, 16, 1.0, 1)
+    assert full["csr"] == pytest.approx(fake_cell(16, 0.9, 1)["csr"] / 0.9)
+    assert full["dense"] == pytest.approx(fake_cell(16, 0.9, 1)["dense"])
 
 
 def test_errors_missing_run_bad_step_and_a_table_still_measuring(make_client, monkeypatch):
@@ -110,3 +117,162 @@ def test_errors_missing_run_bad_step_and_a_table_still_measuring(make_client, mo
     finally:
         release.set()
         service.set_shared_table(None)
+
+
+# ---- distance to structure ------------------------------------------------------------------
+def brute_moved(mask: np.ndarray, allowed) -> int:
+    """Fewest active connections of `mask` outside a mask with the same active count that
+    `allowed(candidate)` accepts: every candidate of the mask's size tried."""
+    rows, cols = mask.shape
+    active = int(mask.sum())
+    best = None
+    for bits in itertools.combinations(range(rows * cols), active):
+        candidate = np.zeros(rows * cols, dtype=bool)
+        candidate[list(bits)] = True
+        candidate = candidate.reshape(rows, cols)
+        if allowed(candidate):
+            moved = int((mask & ~candidate).sum())
+            best = moved if best is None else min(best, moved)
+    return best
+
+
+def nearly_constant_fan_in(candidate: np.ndarray) -> bool:
+    fan_in = candidate.sum(axis=1)
+    return int(fan_in.max()) - int(fan_in.min()) <= 1
+
+
+def two_of_four(candidate: np.ndarray) -> bool:
+    rows, cols = candidate.shape
+    padded = np.pad(candidate, ((0, 0), (0, (-cols) % 4)))
+    return bool((padded.reshape(rows, -1, 4).sum(axis=2) <= 2).all())
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("shape", [(3, 4), (2, 8), (4, 3), (2, 6)])
+def test_distances_equal_a_brute_force_search(seed, shape):
+    rng = np.random.default_rng(seed)
+    rows, cols = shape
+    mask = rng.random(shape) < rng.uniform(0.15, 0.5)
+    if not mask.any():
+        mask[0, 0] = True
+    active = int(mask.sum())
+    found = service.structure_distances(mask)
+    assert found["active"] == active
+    assert found["to_constant_fan_in"] * active == pytest.approx(
+        brute_moved(mask, nearly_constant_fan_in))
+    if active <= rows * ((cols + 3) // 4) * 2 and active <= rows * cols:
+        assert found["to_2_4"] * active == pytest.approx(brute_moved(mask, two_of_four))
+    assert (found["note"] is None) == (cols % 4 == 0)
+
+
+def test_structured_masks_are_at_distance_zero_and_a_hand_example():
+    import torch
+
+    from dst_core.structure import constant_fan_in_mask
+
+    constant = constant_fan_in_mask((16, 32), 5, torch.Generator().manual_seed(0)).numpy()
+    assert service.structure_distances(constant)["to_constant_fan_in"] == 0.0
+    two_four = np.zeros((8, 16), dtype=bool)
+    rng = np.random.default_rng(1)
+    for row in range(8):
+        for group in range(4):
+            two_four[row, group * 4 + rng.choice(4, size=rng.integers(0, 3), replace=False)] = True
+    assert service.structure_distances(two_four)["to_2_4"] == 0.0
+    # Hand example: fan-ins 4, 1, 1 (A = 6, target 2 each): 2 of the first row's move → 2/6.
+    # Its first row's group of 4 holds 4: 2 move for 2:4 → 2/6; the others hold 1 each.
+    hand = np.array([[1, 1, 1, 1, 0, 0, 0, 0],
+                     [0, 0, 0, 0, 1, 0, 0, 0],
+                     [0, 0, 0, 0, 0, 0, 0, 1]], dtype=bool)
+    found = service.structure_distances(hand)
+    assert found == {"active": 6, "to_constant_fan_in": pytest.approx(2 / 6),
+                     "to_2_4": pytest.approx(2 / 6), "note": None}
+    # A remainder: fan-ins 3, 2, 0 (A = 5: targets 2, 2, 1): the fullest keeps 2, 1 moves.
+    remainder = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]], dtype=bool)
+    assert service.structure_distances(remainder)["to_constant_fan_in"] == pytest.approx(1 / 5)
+    assert service.structure_distances(np.zeros((3, 3), dtype=bool))["to_2_4"] == 0.0
+    assert "fewer than 4" in service.structure_distances(np.ones((2, 3), dtype=bool))["note"]
+
+
+def test_distances_are_fast_on_a_large_layer():
+    mask = np.random.default_rng(0).random((4096, 11008)) < 0.1
+    started = time.perf_counter()
+    found = service.structure_distances(mask)
+    assert time.perf_counter() - started < 1.0
+    fan_in = mask.sum(axis=1)
+    assert found["active"] == int(fan_in.sum())
+
+
+def test_speedup_answers_both_batches_and_the_distances_of_each_mask(make_client, table):
+    client = make_client()
+    run_id = record_run(client.app.state.settings.data_dir, seed=5)
+    rewires = client.get(f"/api/runs/{run_id}/rewires").json()
+    step = rewires["steps"][2]
+    body = client.get(f"/api/runs/{run_id}/speedup", params={"step": step}).json()
+    batch16 = client.get(f"/api/runs/{run_id}/speedup", params={"step": step, "batch": 16}).json()
+    for layer, other, listed in zip(body["layers"], batch16["layers"], rewires["layers"],
+                                    strict=True):
+        assert layer["speedups"]["1"] == {"best": layer["best"],
+                                          "speedup": pytest.approx(layer["speedup"])}
+        assert layer["speedups"]["16"] == {"best": other["best"],
+                                           "speedup": pytest.approx(other["speedup"])}
+        mask = mask_of(client, run_id, listed["index"], step)[0].reshape(listed["shape"])
+        expected = service.structure_distances(mask)
+        assert layer["to_constant_fan_in"] == pytest.approx(expected["to_constant_fan_in"])
+        assert layer["to_2_4"] == pytest.approx(expected["to_2_4"])
+    model = body["model"]
+    dense = sum(layer["formats"]["dense_ms"] for layer in body["layers"])
+    best = sum(layer["formats"][f"{layer['best']}_ms"] for layer in body["layers"])
+    assert model["speedup_b1"] == pytest.approx(dense / best, rel=1e-3)
+
+
+def test_series_shape_and_values_follow_the_per_step_answers(make_client, table):
+    client = make_client()
+    run_id = record_run(client.app.state.settings.data_dir, seed=6, rewires=6)
+    rewires = client.get(f"/api/runs/{run_id}/rewires").json()
+    series = client.get(f"/api/runs/{run_id}/speedup/series", params={"points": 4}).json()
+    assert series["pending"] is False and series["rewires"] == len(rewires["steps"]) - 1
+    assert 2 <= len(series["step"]) <= 4
+    assert series["step"][0] == rewires["steps"][0] and series["step"][-1] == rewires["steps"][-1]
+    count = len(series["step"])
+    assert [layer["layer"] for layer in series["layers"]] == [
+        layer["name"] for layer in rewires["layers"]]
+    keys = ("density", "speedup_b1", "best_b1", "speedup_b16", "best_b16",
+            "to_constant_fan_in", "to_2_4")
+    for layer in series["layers"]:
+        assert all(len(layer[key]) == count for key in keys)
+    assert all(len(values) == count for values in series["model"].values())
+    step = series["step"][1]
+    at = client.get(f"/api/runs/{run_id}/speedup", params={"step": step}).json()
+    for layer, one in zip(series["layers"], at["layers"], strict=True):
+        assert layer["speedup_b1"][1] == pytest.approx(one["speedups"]["1"]["speedup"])
+        assert layer["speedup_b16"][1] == pytest.approx(one["speedups"]["16"]["speedup"])
+        assert layer["to_2_4"][1] == pytest.approx(one["to_2_4"])
+        assert layer["to_constant_fan_in"][1] == pytest.approx(one["to_constant_fan_in"])
+        assert layer["density"][1] == pytest.approx(one["density"])
+    assert series["model"]["speedup_b1"][1] == pytest.approx(at["model"]["speedup_b1"])
+    everything = client.get(f"/api/runs/{run_id}/speedup/series", params={"points": 100}).json()
+    assert everything["step"] == rewires["steps"]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7, 8, 9, 50, 101, 1000])
+@pytest.mark.parametrize("points", [2, 3, 10, 100])
+def test_picked_rewires_are_evenly_spread_bounded_and_stable(count, points):
+    picked = service.picked_rewires(count, points)
+    assert len(picked) <= points and picked[0] == 0 and picked[-1] == count - 1
+    assert picked == sorted(set(picked))
+    gaps = {b - a for a, b in zip(picked[:-2], picked[1:-1], strict=True)}
+    assert len(gaps) <= 1  # one stride, the newest aside
+    if count <= points:
+        assert picked == list(range(count))
+    # One more rewire keeps every pick but the newest, or thins them to a subset.
+    grown = service.picked_rewires(count + 1, points)
+    assert set(grown) - {count} <= set(picked) | {count - 1} or set(grown) <= set(picked) | {count}
+
+
+def test_series_errors(make_client, table):
+    client = make_client()
+    run_id = record_run(client.app.state.settings.data_dir, seed=7)
+    assert client.get("/api/runs/0123456789abcdef/speedup/series").status_code == 404
+    for points in (1, 101, "x"):
+        assert client.get(f"/api/runs/{run_id}/speedup/series",
+                          params={"points": points}).status_code == 422

@@ -62,6 +62,16 @@ def test_wall_time_is_charted_with_its_unit(page, small):
         return { y: Array.from(traces[0].y), title: layout.yaxis.title.text };
     })""")
     assert scaled == {"y": [0.5, 15], "title": "wall time (min)"}
+    # Compare says it the same way (it charted the raw name, "wall" and seconds).
+    compared = page.evaluate("""import(window.sparsescope.modules + 'charts.js')
+      .then(({ compareExtraChart }) => {
+        const run = (id, last) => ({ id, name: id, colour: '#000',
+                                     metrics: { get: () => ({ step: [10, 20], last }) } });
+        const [traces, layout] = compareExtraChart(['metrics', 'wall_time_s'],
+                                                   [run('a', [30, 900]), run('b', [60, 120])]);
+        return { y: traces.map((trace) => Array.from(trace.y)), title: layout.yaxis.title.text };
+    })""")
+    assert compared == {"y": [[0.5, 15], [1, 2]], "title": "wall time (min)"}
 
 
 def test_a_queued_runs_header_shows_its_schedule_from_the_start(page, server):
