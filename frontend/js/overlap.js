@@ -145,6 +145,9 @@ export class OverlapSection {
       ? `${leftOut} of ${total} layers left out: their shapes differ between the runs` : "";
     let none = "";
     if (runs.length > MAX_RUNS) none = `Mask overlap compares at most ${MAX_RUNS} runs; these are ${runs.length}.`;
+    else if (new Set(runs.map((run) => run.id)).size < runs.length) {
+      none = "A run is compared with itself here: mask overlap compares distinct runs (a run shares all of its own mask).";
+    }
     else if (runs.every((run) => !run.layers?.length)) none = "None of these runs recorded a mask: there is no overlap to show.";
     else if (!shared.length) {
       none = `No layer has the same shape in every compared run (${total} layers of ${runs[0]?.name ?? "the first run"} ` +
@@ -177,6 +180,7 @@ export class OverlapSection {
 
   refresh() {
     if (this.runs.length < 2 || !this.layers.length || this.runs.length > MAX_RUNS || this.step === null) return;
+    if (this.charts.hidden) return; // the note says why nothing is asked (a run twice, no shared layer)
     if (!this.onScreen()) { this.pending = true; return; }
     this.pending = false;
     const layer = this.layers[Number(this.select.value) || 0];

@@ -147,6 +147,7 @@ export class SpeedupColumn {
     this.inFlight = true;
     const started = performance.now();
     let retryS = 0;
+    let unanswered = false; // nothing answered (the server gone): asked again on the next move only
     try {
       const { body, headers } = await getJson(urls.speedup(runId, { step }));
       this.doneAt = performance.now();
@@ -163,13 +164,17 @@ export class SpeedupColumn {
       if (generation !== this.generation) return;
       // 404: no mask stored by this step; anything else (the server gone): asked again on the next move.
       const missing = error instanceof ApiError && error.status === 404;
+      unanswered = !(error instanceof ApiError);
       this.paint(null, missing ? "–" : "?", error.message);
       if (missing && step === this.wanted) this.shown = step;
     } finally {
       if (generation === this.generation) {
         this.inFlight = false;
         if (retryS) this.timer = setTimeout(() => { this.timer = 0; this.fetch(); }, retryS * 1000);
-        else if (this.wanted !== null && this.wanted !== this.shown && !this.timer) this.schedule(); // moved meanwhile
+        else if (this.wanted !== null && this.wanted !== this.shown && !this.timer && !unanswered) {
+          this.schedule(); // moved meanwhile
+        }
+        if (unanswered) this.wanted = this.shown; // the next move (or rewire) asks again
       }
     }
   }

@@ -337,6 +337,6 @@ def test_the_plan_says_how_long_from_earlier_runs_of_the_task_and_model(page, se
     page.wait_for_function("document.querySelector('#plan-summary').textContent.includes('about ')")
     summary = page.locator("#plan-summary").inner_text()
     assert "steps/s, the median of 1 finished run of digits · mlp of this method" in summary
-    page.select_option("#field-task", "synthetic")
+    page.fill("#field-hidden", "7, 7")  # a width no run of this module trained
     page.wait_for_function("!document.querySelector('#plan-summary').textContent.includes('about ')"
                            " && document.querySelector('#plan-summary').title.includes('no finished run')")
