@@ -12,10 +12,14 @@ const FAR = "2000px"; // beyond this a panel releases its plot
 
 export class PanelSet {
   // views(panel) → the ViewCache of the panel's run; target() → { step, mode, palette } to show.
-  constructor({ views, target, onPainted = () => {} }) {
+  // onSettled(): a panel found it already shows what is wanted (a repaint asked for while it
+  // was drawing, which turned out to be the picture it drew): nothing is drawn, but whoever
+  // waits for "every visible panel shows the step" may now be done.
+  constructor({ views, target, onPainted = () => {}, onSettled = () => {} }) {
     this.views = views;
     this.target = target;
     this.onPainted = onPainted;
+    this.onSettled = onSettled;
     this.panels = [];
     this.visible = new Set();
     this.near = new IntersectionObserver((entries) => this.seen(entries), { rootMargin: NEAR });
@@ -69,7 +73,12 @@ export class PanelSet {
     if (step === null || step === undefined) return;
     const [rows, cols] = panel.gridFor(mode);
     const key = `${step}|${mode}|${rows}x${cols}|${palette.label}`;
-    if (panel.shownKey === key && panel.view) return;
+    if (panel.shownKey === key && panel.view) {
+      // Already shown. A repaint asked for meanwhile (dirty) is answered by it: left set,
+      // settled() would count this panel unpainted for good (the label said "drawing…").
+      if (panel.dirty) { panel.dirty = false; this.onSettled(panel); }
+      return;
+    }
     panel.busy = true;
     panel.dirty = false;
     let drawn = false;

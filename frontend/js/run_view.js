@@ -231,6 +231,7 @@ export class RunView {
         this.painted();
         if (panel.layer.heads && panel.view) this.heads?.show(panel, panel.view.step);
       },
+      onSettled: () => { if ($("position").dataset.pending && this.settled()) this.player.render(); },
     });
     for (const layer of this.layers) {
       const pin = document.createElement("button");
