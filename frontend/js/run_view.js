@@ -350,6 +350,9 @@ export class RunView {
         this.chartsDirty();
         break;
       case "meta":
+        // Who writes the run is stored before its meta event: a header read while it was
+        // queued (or whose `running` status came before the stream) learns it here.
+        if (!this.run.info?.writer) this.refreshHeader(generation);
         // A queued run's first layout: lay the panels out from the stored answer.
         api(urls.rewires(this.run.id)).then((rewires) => {
           if (generation !== this.generation) return;
