@@ -171,25 +171,36 @@ def layer_speedups(layers: list[dict], table: CostTable, batch: int,
     """Per layer {layer, shape, density, formats: {dense_ms, csr_ms, condensed_ms?}, best,
     speedup}, as `compact` would choose (dense unless another format takes ≤ 95% of its time).
     `condensed` only where every output has the same fan-in (SRigL, N:M runs)."""
-    from dst_core.compact import choose_format
-
     answered = []
     for entry in layers:
         rows, cols = entry["shape"]
         density = entry["density"]
         if density is None:
             continue
-        estimate = table.estimate(rows, cols, density, batch)
-        if not condensed:
-            estimate.pop("condensed", None)
-        if "dense" not in estimate:
+        chosen = best_format(table, rows, cols, density, batch, condensed)
+        if chosen is None:
             continue
-        best = choose_format(estimate)
+        estimate, best = chosen
         answered.append({
             "layer": entry["name"], "shape": [rows, cols], "density": density,
             "formats": {f"{name}_ms": round(ms, 6) for name, ms in estimate.items()},
             "best": best, "speedup": estimate["dense"] / estimate[best]})
     return answered
+
+
+def best_format(table: CostTable, rows: int, cols: int, density: float, batch: int,
+                condensed: bool) -> tuple[dict[str, float], str] | None:
+    """(estimated ms per format, the format `compact` would choose) for one layer at one
+    batch; None when the table has no dense figure to compare with. `condensed` only where
+    every output has the same fan-in."""
+    from dst_core.compact import choose_format  # torch: loaded when first asked, as measuring is
+
+    estimate = table.estimate(rows, cols, density, batch)
+    if not condensed:
+        estimate.pop("condensed", None)
+    if "dense" not in estimate:
+        return None
+    return estimate, choose_format(estimate)
 
 
 def layers_at(views, run: dict, step: int) -> list[dict]:
@@ -302,16 +313,12 @@ structure_cache = StructureCache()
 def speedups_by_batch(table: CostTable, rows: int, cols: int, density: float,
                       condensed: bool) -> dict[int, dict]:
     """{batch: {best, speedup}} for every batch of the table (what `compact` would choose)."""
-    from dst_core.compact import choose_format
-
     answered = {}
     for batch in table.batches:
-        estimate = table.estimate(rows, cols, density, batch)
-        if not condensed:
-            estimate.pop("condensed", None)
-        if "dense" not in estimate:
+        chosen = best_format(table, rows, cols, density, batch, condensed)
+        if chosen is None:
             continue
-        best = choose_format(estimate)
+        estimate, best = chosen
         answered[batch] = {"best": best, "speedup": estimate["dense"] / estimate[best],
                            "dense_ms": estimate["dense"], "best_ms": estimate[best]}
     return answered
