@@ -348,7 +348,10 @@ def seek(total_steps: int, interval_steps: int, keyframe_every: int, probes: int
 def overhead_line(result: dict) -> str:
     blocks = result["block_overheads"]
     spread = (f"{100 * min(blocks):+.1f}% … {100 * max(blocks):+.1f}%" if blocks else "none")
-    return (f"recording overhead, 784-1024-1024-10 MLP, batch 128, SET d={DENSITY} rewired every "
+    model = (f"GPT-2 small (GPT2Config, vocabulary 256), {GPT2_BATCH} × {GPT2_CONTEXT} tokens, "
+             f"AdamW, RigL ERK d={DENSITY}" if result["model"] == "gpt2" else
+             f"784-1024-1024-10 MLP, batch 128, SET d={DENSITY}")
+    return (f"recording overhead, {model} rewired every "
             f"{result['interval_steps']} steps, metrics every step, {result['steps']} steps each, "
             f"plain and recorded taking turns every {result['chunk_steps']} steps (ABBA): "
             f"plain {result['plain_s']:.2f} s (of which rewires {result['rewire_s']:.2f} s), "

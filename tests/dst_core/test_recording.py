@@ -170,6 +170,25 @@ def _train_loop(tmp_path, method="set", steps=120, keyframe_every=3):
     return recorder.run_id, snapshots
 
 
+@pytest.mark.parametrize("shape, output_axis", [((7, 5), 1), ((300, 70_000), 1), ((3, 4, 2, 2), 1),
+                                                 ((2, 3, 4), 2), ((5, 6), 0)])
+def test_weight_layout_indices_become_the_matrix_order(shape, output_axis):
+    """A HF Conv1D's (in, out) weight, a conv with its outputs elsewhere: each index moves to
+    the matrix whose rows are the outputs, ascending (as numpy's transpose lists them), from
+    sorted input and from unsorted input alike."""
+    from dst_core.store.frames import matrix_order, to_matrix_indices
+
+    rng = np.random.default_rng(len(shape))
+    numel = int(np.prod(shape))
+    indices = np.sort(rng.choice(numel, min(numel, 5000), replace=False))
+    chosen = np.zeros(numel, dtype=bool)
+    chosen[indices] = True
+    expected = np.flatnonzero(chosen.reshape(shape).transpose(matrix_order(shape, output_axis)))
+    assert to_matrix_indices(indices, shape, output_axis).tolist() == expected.tolist()
+    assert to_matrix_indices(torch.from_numpy(rng.permutation(indices)), shape,
+                             output_axis).tolist() == expected.tolist()
+
+
 # every registered rewiring method of this build (SET at least; others as they are merged)
 @pytest.mark.parametrize("method", mask_level_methods())
 def test_reconstructed_masks_equal_the_engines_at_every_recorded_step(tmp_path, method):
