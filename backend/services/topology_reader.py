@@ -178,9 +178,12 @@ class TopologyReader:
     def _answer(self, run_id: str, index: int, name: str, entry: _Entry,
                 timeline: LayerTimeline, rewire: int) -> dict:
         rewire_step = timeline.steps[rewire]
-        indexer = entry.indexer
-        if indexer is not None and rewire == indexer.rewire:
-            mask = indexer.mask().reshape(timeline.shape)
+        # Where the index holds the mask whole (a segment's end, a run's newest rewire once it
+        # ended, the indexer's current one) it is read there: a keyframe and up to K-1 deltas
+        # replayed took 0.38 s of a 4096 × 11008 layer's first answer.
+        mask = timeline.checkpoint_mask(rewire)
+        if mask is not None:
+            mask = mask.reshape(timeline.shape)
         else:
             mask, _ = self.reader.mask_at(run_id, index, rewire_step)
             if mask.shape != timeline.shape:

