@@ -1,10 +1,14 @@
 """What each layer's mask would buy as `dst_core.compact` runs it: interpolated from a cost table.
 
-The table is measured once per server process (a few square layers × densities × batch 1/16
-in every format `compact` has on this device, a few seconds on one background thread, started
-by the first request that needs it) and a request only interpolates in it: a request never
-times anything, so answering costs microseconds whatever the run, and a busy server is not
-made busier by its viewers. The per-element cost is interpolated in log(size) and
+The table is measured once per machine (a few square layers × densities × batch 1/16 in every
+format `compact` has on this device, about 3 s of one core plus torch's import, on a
+background thread started by the first request that needs it) and kept in the user's cache
+folder, keyed by what its figures depend on (torch, the CPU, the grid): a later server reads
+it in a millisecond, so opening a run never pays for it again (measured at every server start
+it took a core from the browser while a link or a notebook's views opened, and each start
+learnt that moment's noise). A request only interpolates in it: a request never times
+anything, so answering costs microseconds whatever the run, and a busy server is not made
+busier by its viewers. The per-element cost is interpolated in log(size) and
 log(density) (clamped at the grid's edges: past the largest layer the cost per element is the
 largest layer's, as memory-bound products are) and multiplied by the layer's size.
 """
@@ -12,11 +16,19 @@ largest layer's, as memory-bound products are) and multiplied by the layer's siz
 from __future__ import annotations
 
 import bisect
+import functools
+import hashlib
+import json
+import logging
 import math
+import os
+import platform
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 
@@ -27,6 +39,49 @@ FORMATS = ("dense", "csr", "condensed")
 WAIT_S = 20.0  # how long a request waits for the table being measured before a 503
 MAX_SERIES_POINTS = 100  # rewires one series answer holds (each decodes every layer's mask)
 DISTANCES_CACHED = 8192  # (run, layer, frame step) → distances: a mask never changes once stored
+CACHE_FORMAT = 1  # the cached table's layout
+MAX_CELL_MS = 1e6  # a cached figure above this (or not a positive number) is not a measurement
+LOG = logging.getLogger(__name__)
+
+
+def cache_folder() -> Path:
+    """Where the measured table is kept: $SPARSESCOPE_CACHE_DIR, else $XDG_CACHE_HOME or
+    ~/.cache, under sparsescope/ (the remote recorder's spool lives there too)."""
+    named = os.environ.get("SPARSESCOPE_CACHE_DIR")
+    if named:
+        return Path(named)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "sparsescope"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_key(sizes, densities, batches) -> dict:
+    """What a measured table's figures depend on: a cached table is used only where all of
+    it is the same (torch's version without importing it: its import costs a second)."""
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = "none"
+    return {"format": CACHE_FORMAT, "torch": torch_version, "machine": platform.machine(),
+            "cpu": _cpu_model(), "cpus": os.cpu_count() or 1, "threads": 1,
+            "sizes": list(sizes), "densities": list(densities), "batches": list(batches),
+            "formats": list(FORMATS)}
+
+
+def default_cache_file(sizes, densities, batches) -> Path:
+    key = machine_key(sizes, densities, batches)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_folder() / f"cost-table-{digest}.json"
 
 
 class CostTable:
@@ -34,9 +89,17 @@ class CostTable:
     interpolated."""
 
     def __init__(self, sizes=SIZES, densities=DENSITIES, batches=BATCHES,
-                 measure: Callable[[int, float, int], dict[str, float]] | None = None) -> None:
+                 measure: Callable[[int, float, int], dict[str, float]] | None = None,
+                 cache_file: Path | None | bool = True) -> None:
+        """`cache_file`: where the measured table is kept and read (True: the machine's file
+        in cache_folder() when measuring for real, none with a `measure` of the caller's;
+        None or False: never kept)."""
         self.sizes, self.densities, self.batches = tuple(sizes), tuple(densities), tuple(batches)
         self._measure = measure or measure_cell
+        if cache_file is True:
+            cache_file = default_cache_file(sizes, densities, batches) if measure is None else None
+        self.cache_file: Path | None = cache_file or None
+        self.cached = False  # whether the figures were read from cache_file
         self.ms: dict[tuple[int, float, int], dict[str, float]] = {}
         self.measured_s: float | None = None
         self.threads = 0
@@ -54,9 +117,13 @@ class CostTable:
                 self._thread.start()
 
     def _run(self) -> None:
+        started = time.perf_counter()
+        if self._read_cache():
+            self.measured_s = time.perf_counter() - started
+            self._ready.set()
+            return
         import torch
 
-        started = time.perf_counter()
         # One thread: on a busy machine a 2-thread product waits a scheduler quantum (~4 ms)
         # for its second thread every so often, and the table would learn that noise. The
         # server process does no tensor work of its own meanwhile (training runs in workers).
@@ -72,8 +139,56 @@ class CostTable:
             self.error = f"{type(failure).__name__}: {failure}"
         finally:
             torch.set_num_threads(previous)
+            _cell_layers.cache_clear()
         self.measured_s = time.perf_counter() - started
+        if self.error is None:
+            self._write_cache()
         self._ready.set()
+
+    def _cells(self):
+        return [(size, density, batch) for size in self.sizes for density in self.densities
+                for batch in self.batches]
+
+    def _read_cache(self) -> bool:
+        """Take the figures from cache_file when it holds this machine's whole grid, each a
+        positive finite number of ms (a file not ours, torn or edited is measured over)."""
+        if self.cache_file is None or not self.cache_file.is_file():
+            return False
+        try:
+            stored = json.loads(self.cache_file.read_text(encoding="utf-8"))
+            if stored.get("key") != machine_key(self.sizes, self.densities, self.batches):
+                return False
+            found = {}
+            for cell in stored["cells"]:
+                key = (int(cell["size"]), float(cell["density"]), int(cell["batch"]))
+                figures = {fmt: float(cell["ms"][fmt]) for fmt in FORMATS}
+                if not all(math.isfinite(ms) and 0 < ms <= MAX_CELL_MS
+                           for ms in figures.values()):
+                    return False
+                found[key] = figures
+            if set(found) != set(self._cells()):
+                return False
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return False
+        self.ms.update(found)
+        self.threads, self.cached = 1, True
+        return True
+
+    def _write_cache(self) -> None:
+        if self.cache_file is None:
+            return
+        cells = [{"size": size, "density": density, "batch": batch,
+                  "ms": self.ms[(size, density, batch)]}
+                 for size, density, batch in self._cells() if (size, density, batch) in self.ms]
+        text = json.dumps({"key": machine_key(self.sizes, self.densities, self.batches),
+                           "measured_s": self.measured_s, "cells": cells})
+        try:
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.cache_file.with_suffix(f".{os.getpid()}.tmp")
+            partial.write_text(text, encoding="utf-8")
+            partial.replace(self.cache_file)  # whole or not at all, for a server reading it
+        except OSError as error:  # a read-only home: measured again next time, nothing lost
+            LOG.info("cost table not kept at %s (%s)", self.cache_file, error)
 
     def wait(self, timeout_s: float) -> bool:
         self.start()
@@ -128,22 +243,30 @@ def _bracket(points: list[float], value: float) -> tuple[int, int, float]:
     return lower, upper, (value - points[lower]) / (points[upper] - points[lower])
 
 
-def measure_cell(size: int, density: float, batch: int) -> dict[str, float]:
-    """ms of one forward of a size × size layer in each format (constant fan-in mask)."""
+@functools.lru_cache(maxsize=1)
+def _cell_layers(size: int, density: float) -> dict:
+    """A size × size layer (constant fan-in mask) in each format: built once for both batches
+    (building them was two thirds of the table's time)."""
     import torch
 
-    from dst_core.compact import CompactLinear, measure_ms
+    from dst_core.compact import CompactLinear
     from dst_core.structure import constant_fan_in_mask
 
     generator = torch.Generator().manual_seed(size)
     mask = constant_fan_in_mask((size, size), max(1, round(density * size)), generator)
     weight = torch.randn(size, size, generator=generator)
-    x = torch.randn(batch, size, generator=generator)
-    timings = {}
-    for fmt in FORMATS:
-        layer = CompactLinear(weight, mask, fmt, None)
-        timings[fmt] = measure_ms(lambda layer=layer: layer(x), repeats=3, min_time_s=0.002)
-    return timings
+    return {fmt: CompactLinear(weight, mask, fmt, None) for fmt in FORMATS}
+
+
+def measure_cell(size: int, density: float, batch: int) -> dict[str, float]:
+    """ms of one forward of a size × size layer in each format (constant fan-in mask)."""
+    import torch
+
+    from dst_core.compact import measure_ms
+
+    x = torch.randn(batch, size, generator=torch.Generator().manual_seed(size + batch))
+    return {fmt: measure_ms(lambda layer=layer: layer(x), repeats=3, min_time_s=0.002)
+            for fmt, layer in _cell_layers(size, density).items()}
 
 
 _shared: CostTable | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import json
 import threading
 import time
 
@@ -117,6 +118,64 @@ def test_errors_missing_run_bad_step_and_a_table_still_measuring(make_client, mo
     finally:
         release.set()
         service.set_shared_table(None)
+
+
+def test_the_measured_table_is_kept_per_machine_and_read_back_without_measuring(tmp_path):
+    """Measured once, kept in the cache folder under a name of what its figures depend on; a
+    second table reads it (nothing measured); a file that is torn, edited to a figure no
+    measurement gives, short of a cell or of another machine is measured over, never used."""
+    grid = {"sizes": (4, 16), "densities": (0.1, 0.5), "batches": (1, 16)}
+    path = tmp_path / "cost-table.json"
+    calls = []
+
+    def counted(size, density, batch):
+        calls.append((size, density, batch))
+        return fake_cell(size, density, batch)
+
+    first = service.CostTable(**grid, measure=counted, cache_file=path)
+    assert first.wait(5) and not first.cached and len(calls) == 8
+    stored = json.loads(path.read_text())
+    assert stored["key"] == service.machine_key(**grid) and len(stored["cells"]) == 8
+
+    def refuse(*args):
+        raise AssertionError("measured although the file holds the table")
+    second = service.CostTable(**grid, measure=refuse, cache_file=path)
+    assert second.wait(5) and second.cached and second.error is None and second.ms == first.ms
+    assert second.estimate(16, 16, 0.5, 16) == first.estimate(16, 16, 0.5, 16)
+
+    def hostile(text: str) -> None:
+        path.write_text(text)
+        calls.clear()
+        table = service.CostTable(**grid, measure=counted, cache_file=path)
+        assert table.wait(5) and not table.cached and len(calls) == 8, text[:60]
+        assert json.loads(path.read_text())["cells"][0]["ms"]["dense"] > 0  # written anew
+
+    good = json.dumps(stored)
+    hostile(good[:len(good) // 2])  # torn
+    for bad in (-1.0, 0.0, float("nan"), 1e300, "fast", None):
+        edited = json.loads(good)
+        edited["cells"][3]["ms"]["csr"] = bad
+        hostile(json.dumps(edited))
+    short = json.loads(good)
+    short["cells"].pop()
+    hostile(json.dumps(short))
+    other = json.loads(good)
+    other["key"]["cpu"] = "another machine"
+    hostile(json.dumps(other))
+    hostile('["not", "a", "table"]')
+    # The real table's default file is named by the machine's key, under SPARSESCOPE_CACHE_DIR.
+    assert service.default_cache_file(**grid) != service.default_cache_file(
+        sizes=(4,), densities=(0.1,), batches=(1,))
+    assert service.CostTable(**grid, measure=counted).cache_file is None  # a caller's measure
+
+
+def test_the_default_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPARSESCOPE_CACHE_DIR", str(tmp_path / "named"))
+    assert service.cache_folder() == tmp_path / "named"
+    assert service.CostTable().cache_file.parent == tmp_path / "named"
+    monkeypatch.delenv("SPARSESCOPE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert service.cache_folder() == tmp_path / "xdg" / "sparsescope"
 
 
 # ---- distance to structure ------------------------------------------------------------------
