@@ -10,6 +10,7 @@ import { RunForm } from "./form.js";
 import { PALETTES } from "./heatmap.js";
 import { plotlyNow } from "./plotly.js";
 import { RunsList } from "./runs.js";
+import { inlineViews } from "./inline_views.js";
 import { RunView } from "./run_view.js";
 import { isActive } from "./statuses.js";
 import * as urls from "./urls.js";
@@ -86,6 +87,8 @@ window.sparsescope = {
   // When (performance.now(), ms after this page's navigation began) the open run's first panel
   // was painted; null before. A link's and a notebook cell's open time (bench/dashboard_scale.py).
   get firstPanelAt() { return runView.firstPanelAt ?? null; },
+  // Inside a notebook page: whether this view opened, painted, and how many others it waits for.
+  get inline() { return inlineViews.state(); },
   // Rewires known to the page, and the newest one's step (grows while following live).
   get rewires() { return runView.player.steps.length; },
   get lastStep() { const steps = runView.player.steps; return steps.length ? steps[steps.length - 1] : 0; },
@@ -176,9 +179,11 @@ function pageNearScreen(margin = "400px") {
 async function openRunById(id, step = null) {
   await pageNearScreen();
   if (parseHash().arg !== id) return; // another run was asked for meanwhile
+  inlineViews.opening();
   const exists = await runsList.exists(id);
-  if (exists === null) return; // the server does not answer: the poll says so
+  if (exists === null) { inlineViews.finished(); return; } // no server: the poll says so
   if (!exists) {
+    inlineViews.finished();
     runsMessage(`Run ${id} does not exist (deleted?). Pick another one below.`);
     go("#/runs");
     return;
@@ -186,6 +191,7 @@ async function openRunById(id, step = null) {
   try {
     await runView.open(id, { step });
   } catch (error) {
+    inlineViews.finished();
     runsMessage(`Could not open run ${id}: ${error.message}`);
     go("#/runs");
   }

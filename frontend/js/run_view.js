@@ -13,6 +13,7 @@ import {
   SMOOTHING_MAX,
 } from "./charts.js";
 import { HeadStrips } from "./heads.js";
+import { inlineViews, MAX_WAIT_MS as INLINE_MAX_WAIT_MS } from "./inline_views.js";
 import { InputPanel, MAX_GRID } from "./heatmap.js";
 import { LayerOverview } from "./overview.js";
 import { PanelSet } from "./panels.js";
@@ -29,6 +30,7 @@ import { ViewCache } from "./views.js";
 const $ = (id) => document.getElementById(id);
 const CHART_INTERVAL_MS = 250; // charts are cheap to skip; panels get the frame budget
 const FIRST_CHARTS_WAIT_MS = 1500; // at most this long after opening, the charts wait for a panel
+const INLINE_WAIT_MS = INLINE_MAX_WAIT_MS; // … inside a notebook page: for every view's panels
 // A fast run completes hundreds of rewires a second: the page takes them in at most this often,
 // so its work follows the screen, not the run's pace (and the stream never backs up behind it).
 const LIVE_INTERVAL_MS = 100;
@@ -109,11 +111,15 @@ export class RunView {
     // plotly.js (charts, the input view) loads only after the panels' first paint. Inside a
     // notebook cell (embedded: several views share one page's main thread) only once the
     // charts, under the panels, come near the cell's screen: the panels work without it.
-    const firstPaint = new Promise((resolve) => { this.onFirstPaint = resolve; });
-    if (document.body.dataset.embedded === "true") {
-      holdUntilNear([$("charts")], firstPaint, FIRST_CHARTS_WAIT_MS);
+    // Inside a notebook page every view waits for the others' panels too (inline_views.js).
+    const ownPaint = new Promise((resolve) => { this.onFirstPaint = resolve; });
+    const embedded = document.body.dataset.embedded === "true";
+    const firstPaint = embedded ? inlineViews.allPainted(ownPaint) : ownPaint;
+    const waitMs = embedded ? INLINE_WAIT_MS : FIRST_CHARTS_WAIT_MS;
+    if (embedded) {
+      holdUntilNear([$("charts")], firstPaint, waitMs);
     } else {
-      holdUntil(firstPaint, FIRST_CHARTS_WAIT_MS);
+      holdUntil(firstPaint, waitMs);
     }
     this.views = new ViewCache(id);
     this.heads = new HeadStrips(id);
@@ -123,7 +129,8 @@ export class RunView {
     this.rewireSeries = new RewireSeries(null, rewires.layers);
     this.liveRewires = [];
     this.header(run);
-    this.speedup.open(id);
+    const painted = Promise.race([firstPaint, new Promise((done) => setTimeout(done, waitMs))]);
+    this.speedup.open(id, painted);
     this.layout(rewires);
     const position = step === null ? null : Math.max(0, lastAtOrBefore(rewires.steps, step));
     const live = isActive(run.status) && step === null;
@@ -133,7 +140,6 @@ export class RunView {
     // The series (overview, input view, charts) are asked for once the panels are painted (or
     // FIRST_CHARTS_WAIT_MS passed): on a shared server (a notebook's inline views) the panels'
     // views are answered first.
-    const painted = Promise.race([firstPaint, new Promise((done) => setTimeout(done, FIRST_CHARTS_WAIT_MS))]);
     painted.then(() => (generation === this.generation ? loadSeries(id, this.layers) : null)).then((loaded) => {
       if (!loaded) return;
       const { metrics, rewires: series } = loaded;

@@ -61,9 +61,19 @@ export class SpeedupColumn {
     this.close();
   }
 
-  open(runId) {
+  // `after`: the cells are asked for once it settles (the panels' first paint: on a shared
+  // server the panels' views come first, and each estimate reads every layer's mask).
+  open(runId, after = null) {
     this.close();
     this.runId = runId;
+    if (!after) return;
+    const generation = this.generation;
+    this.held = true;
+    Promise.resolve(after).catch(() => undefined).then(() => {
+      if (generation !== this.generation) return;
+      this.held = false;
+      if (this.wanted !== null && this.wanted !== this.shown && !this.timer) this.schedule();
+    });
   }
 
   close() {
@@ -71,6 +81,7 @@ export class SpeedupColumn {
     clearTimeout(this.timer);
     this.timer = 0;
     this.runId = null;
+    this.held = false; // until the open's `after` settles, nothing is asked
     this.wanted = null; // the player's step
     this.shown = null; // the step the cells show
     this.since = 0; // when `wanted` first differed from `shown`
@@ -135,6 +146,7 @@ export class SpeedupColumn {
 
   // Ask for the wanted step once it has settled, and paced by the answers' cost.
   schedule() {
+    if (this.held) return; // asked once released
     const now = performance.now();
     const settle = Math.min(SETTLE_MS, Math.max(0, MAX_WAIT_MS - (now - this.since)));
     const paced = COST_SHARE * this.cost - (now - this.doneAt);

@@ -116,3 +116,39 @@ def test_the_form_asks_for_the_schema_when_shown(cold, server):
     page.click("#tab-new")
     page.wait_for_selector("#field-lr", timeout=30_000)
     assert sum(url.endswith("/openapi.json") for url in cold.requests) == 1
+
+
+def test_inline_views_of_one_page_draw_their_charts_after_every_view_painted(cold, server, run_id):
+    """Three inline views in one notebook-like page (frames, as `sparsescope.show()` renders
+    them): each paints its panels, and none asks for its series (the charts' data) or its
+    speedup cells before every view's panels are painted (or its wait ran out), so the last
+    view's panels do not queue behind the first ones' charts."""
+    views = "".join(f'<iframe src="{server.url}/#/run/{run_id}" style="width:1200px;height:800px">'
+                    '</iframe>' for _ in range(3))
+    cold.route(f"{server.url}/notebook.html", lambda route: route.fulfill(
+        status=200, content_type="text/html", body=f"<!doctype html><body>{views}</body>"))
+    page = watched(cold)
+    page.set_viewport_size({"width": 1300, "height": 2600})  # all three on screen at once
+    page.goto(f"{server.url}/notebook.html")
+    frames = [element.content_frame() for element in page.query_selector_all("iframe")]
+    assert len(frames) == 3
+    for frame in frames:
+        frame.wait_for_function("window.sparsescope?.firstPanelAt", timeout=60_000)
+        frame.wait_for_function("window.sparsescope.inline.done && "
+                                "performance.getEntriesByType('resource').some("
+                                "(entry) => entry.name.includes('/metrics?'))", timeout=60_000)
+    found = [frame.evaluate("""() => ({
+        origin: performance.timeOrigin,
+        painted: performance.timeOrigin + window.sparsescope.firstPanelAt,
+        inline: window.sparsescope.inline,
+        later: performance.getEntriesByType('resource')
+          .filter((entry) => /\\/(metrics|rewire-series|speedup)\\?/.test(entry.name))
+          .map((entry) => performance.timeOrigin + entry.startTime),
+    })""") for frame in frames]
+    last_painted = max(view["painted"] for view in found)
+    for view in found:
+        assert view["inline"] == {"opened": True, "done": True, "waitingFor": 0}
+        assert view["later"]
+        # MAX_WAIT_MS (4 s) after the view opened (after its navigation began) it stops waiting.
+        released = min(last_painted, view["origin"] + 4000)
+        assert min(view["later"]) >= released - 1, (view, last_painted)
