@@ -98,7 +98,8 @@ export class SpeedupColumn {
 
   // The chart's series: asked now (the first time), or at most every SERIES_REFRESH_MS (`live`).
   loadSeries({ live = false } = {}) {
-    if (!this.runId || this.seriesInFlight || this.seriesTimer) return;
+    // Before the run's first rewire there is no mask to estimate (the server would say 404).
+    if (!this.runId || this.wanted === null || this.seriesInFlight || this.seriesTimer) return;
     const wait = live ? Math.max(0, SERIES_REFRESH_MS - (performance.now() - this.seriesAt)) : 0;
     if (this.series && !live) return;
     this.seriesTimer = setTimeout(() => { this.seriesTimer = 0; this.fetchSeries(); }, wait);
