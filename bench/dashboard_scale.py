@@ -338,6 +338,27 @@ def view_cost(browser, server, run_id: str, rewires: int = 15) -> dict:
 PAINTED_AT = "window.sparsescope && window.sparsescope.firstPanelAt"
 
 
+def wait_until_idle(busy_share: float = 0.15, window_s: float = 0.5, at_most_s: float = 30.0) -> None:
+    """Until the machine's CPUs are mostly idle for `window_s` (/proc/stat): a link is opened on a
+    server that has finished starting (its workers' torch import, the browser's own start-up),
+    as a user opens one, not in the seconds the server spends starting."""
+    def totals() -> tuple[int, int]:
+        with open("/proc/stat") as file:
+            values = [int(value) for value in file.readline().split()[1:]]
+        return values[3] + values[4], sum(values)  # idle + iowait, all
+    deadline = time.monotonic() + at_most_s
+    while time.monotonic() < deadline:
+        try:
+            idle_before, all_before = totals()
+            time.sleep(window_s)
+            idle_after, all_after = totals()
+        except OSError:  # not Linux: a fixed pause instead
+            time.sleep(3)
+            return
+        if all_after > all_before and 1 - (idle_after - idle_before) / (all_after - all_before) < busy_share:
+            return
+
+
 def open_from_link(browser, url: str, run_id: str) -> dict:
     """A fresh page navigated straight to the run's link, as a shared link, a bookmark or a
     notebook cell opens it: seconds from the navigation's start to the first painted panel
@@ -464,6 +485,7 @@ def main() -> None:
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            wait_until_idle()
             for label, run_id in [*((f"resnet {steps} rewires", run_id) for steps, run_id in runs.items()),
                                   ("gpt2 small", gpt2)]:
                 figures = open_from_link(browser, server.url, run_id)
