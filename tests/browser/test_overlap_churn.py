@@ -13,7 +13,7 @@ pytestmark = pytest.mark.browser
 
 # Two seeds of SET and two of RigL on one architecture, one that shares only its first layer's
 # shape, one sharing none.
-BASE = {"task": "synthetic", "hidden": [32, 32], "epochs": 20, "interval_steps": 20, "density": 0.2}
+BASE = {"task": "synthetic", "hidden": [32, 32], "epochs": 6, "interval_steps": 20, "density": 0.2}
 LIVE = {"task": "synthetic", "hidden": [32, 32], "epochs": 5000, "interval_steps": 5}
 
 
