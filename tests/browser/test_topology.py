@@ -8,7 +8,7 @@ from tests.browser.conftest import SCREENSHOTS, scrub
 pytestmark = pytest.mark.browser
 
 # Long enough for structure, short enough for a test: MNIST-5k, RigL at 90% sparsity.
-MNIST_RIGL = {"task": "mnist", "hidden": [100], "method": "rigl", "density": 0.1, "epochs": 6,
+MNIST_RIGL = {"task": "mnist", "hidden": [100], "method": "rigl", "density": 0.1, "epochs": 3,
               "interval_steps": 10, "keyframe_every": 4}
 LIVE = {"task": "synthetic", "hidden": [32, 32], "epochs": 5000, "interval_steps": 5}
 
