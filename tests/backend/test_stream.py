@@ -252,7 +252,9 @@ def test_slow_client_does_not_delay_a_fast_one(live_server, tmp_path):
     store = RunStore(tmp_path / "data")
     run_id = record_run(store, rewires=120, shape=(1024, 1024))  # ~4.4 MB of keyframes
     url = live_server.replace("http", "ws") + f"/ws/runs/{run_id}"
-    slow = connect(url, max_queue=1, max_size=None)  # its buffers fill; it never reads
+    # Its buffers fill; it never reads (nor waits 10 s at the end for a close handshake queued
+    # behind what it did not read).
+    slow = connect(url, max_queue=1, max_size=None, close_timeout=0.5)
     try:
         first = slow.recv(timeout=30)
         assert json.loads(first)["seq"] == 1
