@@ -65,25 +65,39 @@ def packed(mask: np.ndarray) -> np.ndarray:
     return bits.view("<u8")
 
 
-def shared_counts(masks: list[np.ndarray]) -> np.ndarray:
-    """(N, N) int64: |A_i ∩ A_j| of packed masks of one length (the diagonal: |A_i|)."""
-    count = len(masks)
-    shared = np.zeros((count, count), dtype=np.int64)
-    if not count:
-        return shared
+def _word_slices(masks: list[np.ndarray]):
+    """Each slice of at most WORDS_PER_SLICE words of the packed masks (one length), as
+    (block, both, bits, width): the masks' words side by side in `block[:, :width]`, and two
+    scratch arrays of its shape; the arrays are reused, so memory stays at one slice whatever
+    the layer's size."""
     words = masks[0].size
-    block = np.empty((count, min(WORDS_PER_SLICE, max(words, 1))), dtype=np.uint64)
+    block = np.empty((len(masks), min(WORDS_PER_SLICE, max(words, 1))), dtype=np.uint64)
     both = np.empty_like(block)
     bits = np.empty(block.shape, dtype=np.uint8)
     for start in range(0, words, WORDS_PER_SLICE):
         width = min(WORDS_PER_SLICE, words - start)
         for row, mask in enumerate(masks):
             block[row, :width] = mask[start:start + width]
-        for row in range(count):
-            rest = count - row  # row with itself and every later run, in one pass
-            np.bitwise_and(block[row:, :width], block[row, :width], out=both[:rest, :width])
-            np.bitwise_count(both[:rest, :width], out=bits[:rest, :width])
-            shared[row, row:] += bits[:rest, :width].sum(axis=1, dtype=np.int64)
+        yield block, both, bits, width
+
+
+def _and_counts(block, both, bits, width: int, row: int, first: int = 0) -> np.ndarray:
+    """|A_row ∩ A_j| within the slice for every j ≥ `first`, one pass."""
+    rest = block.shape[0] - first
+    np.bitwise_and(block[first:, :width], block[row, :width], out=both[:rest, :width])
+    np.bitwise_count(both[:rest, :width], out=bits[:rest, :width])
+    return bits[:rest, :width].sum(axis=1, dtype=np.int64)
+
+
+def shared_counts(masks: list[np.ndarray]) -> np.ndarray:
+    """(N, N) int64: |A_i ∩ A_j| of packed masks of one length (the diagonal: |A_i|)."""
+    count = len(masks)
+    shared = np.zeros((count, count), dtype=np.int64)
+    if not count:
+        return shared
+    for block, both, bits, width in _word_slices(masks):
+        for row in range(count):  # row with itself and every later run
+            shared[row, row:] += _and_counts(block, both, bits, width, row, first=row)
     upper = np.triu_indices(count, 1)
     shared[upper[1], upper[0]] = shared[upper]
     return shared
@@ -92,22 +106,12 @@ def shared_counts(masks: list[np.ndarray]) -> np.ndarray:
 def shared_rows(masks: list[np.ndarray], rows: list[int]) -> np.ndarray:
     """(len(rows), N) int64: |A_i ∩ A_j| of each listed mask i with every mask j: what a
     series recounts at a step where only some runs' masks changed."""
-    count = len(masks)
-    found = np.zeros((len(rows), count), dtype=np.int64)
-    if not count or not rows:
+    found = np.zeros((len(rows), len(masks)), dtype=np.int64)
+    if not masks or not rows:
         return found
-    words = masks[0].size
-    block = np.empty((count, min(WORDS_PER_SLICE, max(words, 1))), dtype=np.uint64)
-    both = np.empty_like(block)
-    bits = np.empty(block.shape, dtype=np.uint8)
-    for start in range(0, words, WORDS_PER_SLICE):
-        width = min(WORDS_PER_SLICE, words - start)
-        for row, mask in enumerate(masks):
-            block[row, :width] = mask[start:start + width]
+    for block, both, bits, width in _word_slices(masks):
         for position, row in enumerate(rows):
-            np.bitwise_and(block[:, :width], block[row, :width], out=both[:, :width])
-            np.bitwise_count(both[:, :width], out=bits[:, :width])
-            found[position] += bits[:, :width].sum(axis=1, dtype=np.int64)
+            found[position] += _and_counts(block, both, bits, width, row)
     return found
 
 

@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from backend.services.overlap import _apply_delta, packed, random_jaccard, shared_counts
+from backend.services.overlap import (
+    _apply_delta,
+    packed,
+    random_jaccard,
+    shared_counts,
+    shared_rows,
+)
 from dst_core import SparseDriver
 from dst_core.events import keyframe_payload
 from dst_core.recording import Recorder
@@ -264,6 +270,9 @@ def test_shared_counts_are_exact_on_packed_bits(numel):
     shared = shared_counts([packed(mask) for mask in masks])
     want = [[int(np.logical_and(a, b).sum()) for b in masks] for a in masks]
     assert shared.tolist() == want
+    # A series' recount of some rows: the same counts, row by row.
+    rows = shared_rows([packed(mask) for mask in masks], [3, 1])
+    assert rows.tolist() == [want[3], want[1]]
 
 
 @pytest.mark.parametrize("changes", [1, 5, 40, 1000])
