@@ -213,6 +213,16 @@ def screenshot(page, name: str, full_page: bool = False) -> None:
     page.screenshot(path=str(SCREENSHOTS / name), full_page=full_page)
 
 
+def section_screenshot(page, selector: str, name: str) -> None:
+    """One section of the page alone, for the docs (the sticky top bar kept out of it)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.evaluate("document.querySelector('header.topbar').style.position = 'static'")
+    page.locator(selector).scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    page.locator(selector).screenshot(path=str(SCREENSHOTS / name))
+    page.evaluate("document.querySelector('header.topbar').style.position = ''")
+
+
 def stored_mask(server: Server, run_id: str, layer: int, step: int) -> np.ndarray:
     """A layer's (rows, cols) bool mask at `step`, as the server stored it (GET /mask)."""
     response = server.http.get(f"/api/runs/{run_id}/mask", params={"layer": layer, "step": step})

@@ -7,7 +7,7 @@ import base64
 import numpy as np
 import pytest
 
-from tests.browser.conftest import SCREENSHOTS, scrub
+from tests.browser.conftest import scrub, section_screenshot
 
 pytestmark = pytest.mark.browser
 
@@ -50,16 +50,6 @@ def matrix_shown(page, step: int) -> None:
 def matrix(page) -> dict:
     return page.evaluate("(() => { const t = document.querySelector('#compare-overlap-matrix').data[0];"
                          " return { z: t.z, text: t.text }; })()")
-
-
-def section_screenshot(page, selector: str, name: str) -> None:
-    """The section alone, for docs/dashboard.md (the sticky top bar kept out of the picture)."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.evaluate("document.querySelector('header.topbar').style.position = 'static'")
-    page.locator(selector).scroll_into_view_if_needed()
-    page.wait_for_timeout(500)
-    page.locator(selector).screenshot(path=str(SCREENSHOTS / name))
-    page.evaluate("document.querySelector('header.topbar').style.position = ''")
 
 
 def test_compare_overlap_follows_the_scrubber(page, runs):

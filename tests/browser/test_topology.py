@@ -3,7 +3,7 @@ GET /topology answers), the all-layers summary, and Compare overlaying two runs.
 
 import pytest
 
-from tests.browser.conftest import SCREENSHOTS, scrub
+from tests.browser.conftest import scrub, section_screenshot
 
 pytestmark = pytest.mark.browser
 
@@ -79,16 +79,6 @@ def test_replay_scrubbing_updates_the_section(page, pair):
                             params={"step": steps[-1]}).json()
     assert rows == [layer["layer"] for layer in model["layers"]]
     assert "effective" in page.locator("#topology-stats").inner_text()
-
-
-def section_screenshot(page, selector: str, name: str) -> None:
-    """The section alone, for docs/topology.md (the sticky top bar kept out of the picture)."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.evaluate("document.querySelector('header.topbar').style.position = 'static'")
-    page.locator(selector).scroll_into_view_if_needed()
-    page.wait_for_timeout(500)
-    page.locator(selector).screenshot(path=str(SCREENSHOTS / name))
-    page.evaluate("document.querySelector('header.topbar').style.position = ''")
 
 
 def test_live_run_updates_the_section(page, server):
