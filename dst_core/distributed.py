@@ -90,7 +90,24 @@ def mask_hash(mask: torch.Tensor) -> torch.Tensor:
     return torch.stack([mixed.sum(), torch.tensor(index.numel(), device=mask.device)])
 
 
-class DistributedSync:
+class VerifiedEvery:
+    """Counts rewires and checks the ranks agree (`verify()`) at every `verify_every`-th
+    (0: never): DDP's sync and FSDP2's sharding (dst_core.sharded) alike."""
+
+    verify_every: int
+    rewires: int
+
+    def after_rewire(self) -> None:
+        """Count the rewire; every `verify_every`-th, check the masks agree."""
+        self.rewires += 1
+        if self.verify_every and self.rewires % self.verify_every == 0:
+            self.verify()
+
+    def verify(self) -> None:
+        raise NotImplementedError
+
+
+class DistributedSync(VerifiedEvery):
     """A driver's link to the process group (see the module docstring)."""
 
     def __init__(self, driver: Any, verify_every: int) -> None:
@@ -150,12 +167,6 @@ class DistributedSync:
         flat.div_(self.world_size)
         for grad, part in zip(kept, flat.split([grad.numel() for grad in kept]), strict=True):
             grad.copy_(part.view(grad.shape))
-
-    def after_rewire(self) -> None:
-        """Count the rewire; every `verify_every`-th, check the masks agree."""
-        self.rewires += 1
-        if self.verify_every and self.rewires % self.verify_every == 0:
-            self.verify()
 
     @torch.no_grad()
     def verify(self) -> None:

@@ -113,11 +113,7 @@ def select_mask(
         share = min(1.0, count / allowed_estimate)
         rank = share * sample.numel()  # expected sample rank (from the top) of the k-th score
         for sigmas in BAND_SIGMAS:
-            # Bounds either side of the k-th score: the sample scores a few binomial standard
-            # deviations (plus a few ranks, so tiny shares get a margin) around its rank.
-            spread = sigmas * math.sqrt(rank * (1.0 - share)) + sigmas
-            low = _sample_rank(sample, math.ceil(rank + spread))
-            high = _sample_rank(sample, math.floor(rank - spread))
+            low, high = band_bounds(sample, rank, share, sigmas)
             if not math.isfinite(low):
                 break
             # Two passes over every score: the candidates (on the winning side of the lower
@@ -147,6 +143,17 @@ def select_mask(
 def _oriented(values: torch.Tensor, largest: bool) -> torch.Tensor:
     values = values.float()
     return values if largest else -values
+
+
+def band_bounds(sample: torch.Tensor, rank: float, share: float,
+                sigmas: float) -> tuple[float, float]:
+    """(low, high): bounds either side of the k-th score, the sample's scores a few binomial
+    standard deviations (plus a few ranks, so tiny shares get a margin) around its expected
+    rank `rank` from the top. One definition for the whole-layer selection and the sharded
+    one (dst_core.sharded), which must choose alike."""
+    spread = sigmas * math.sqrt(rank * (1.0 - share)) + sigmas
+    return (_sample_rank(sample, math.ceil(rank + spread)),
+            _sample_rank(sample, math.floor(rank - spread)))
 
 
 def _sample_rank(sample: torch.Tensor, rank_from_top: int) -> float:

@@ -41,6 +41,7 @@ import torch.distributed as dist
 
 from dst_core.distributed import (
     MaskDivergenceError,
+    VerifiedEvery,
     communication_device,
     mask_hash,
     step_seed,
@@ -57,8 +58,8 @@ from dst_core.selection import (
     SAMPLE_SIZE,
     SORT_BELOW,
     _oriented,
-    _sample_rank,
     _top_in_order,
+    band_bounds,
     count_true,
     flat_nonzero,
     magnitude,
@@ -220,7 +221,7 @@ def _check_weight(name: str, weight: Any) -> None:
                          "training under FSDP2 supports Shard(0) (fully_shard's default)")
 
 
-class Sharding:
+class Sharding(VerifiedEvery):
     """A driver's FSDP2 state: the mesh's group, the layers' layouts, the sharded rewire."""
 
     def __init__(self, driver: Any, prunable: list[tuple[str, Any]]) -> None:
@@ -439,11 +440,6 @@ class Sharding:
         whole = torch.zeros(layer.shard.numel, dtype=torch.bool)
         whole[gathered] = True
         return whole.view(layer.shard.shape)
-
-    def after_rewire(self) -> None:
-        self.rewires += 1
-        if self.verify_every and self.rewires % self.verify_every == 0:
-            self.verify()
 
     @torch.no_grad()
     def verify(self) -> None:
@@ -741,9 +737,7 @@ def select_sharded(sharding: Sharding, scores: torch.Tensor, count: int, *,
         share = min(1.0, count / allowed_estimate)
         rank = share * sample.numel()
         for sigmas in BAND_SIGMAS:
-            spread = sigmas * math.sqrt(rank * (1.0 - share)) + sigmas
-            low = _sample_rank(sample, math.ceil(rank + spread))
-            high = _sample_rank(sample, math.floor(rank - spread))
+            low, high = band_bounds(sample, rank, share, sigmas)
             if not math.isfinite(low):
                 break
             candidates = allowed & (oriented >= low)
