@@ -3,19 +3,17 @@
 Each test spawns 2 or 4 gloo ranks on the CPU (torch.multiprocessing), feeds every rank its
 own data, wraps the model in DistributedDataParallel and gives each driver `seed=rank` (as
 scripts seed per rank): the masks must still agree after every step. A failure inside a rank
-is raised by `mp.spawn` in the test process with the rank's traceback.
+is raised in the test process (gloo_ranks.spawn_ranks) with the rank's traceback.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -23,16 +21,11 @@ from dst_core import REGISTRY, SparseDriver
 from dst_core.distributed import MaskDivergenceError, mask_hash
 from dst_core.recording import Recorder
 from dst_core.store import RunStore
+from tests.dst_core.gloo_ranks import init_rank, spawn_ranks
 
 TOTAL_STEPS = 16
 INTERVAL_STEPS = 4
 BATCH = 16
-
-
-def _init(rank: int, world: int, folder: str) -> None:
-    torch.set_num_threads(1)  # 2 cores shared by every rank and other jobs
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank,
-                            world_size=world)
 
 
 def _model(seed: int) -> nn.Module:
@@ -84,7 +77,7 @@ def _check_replicas(driver: SparseDriver, label: str) -> None:
 
 
 def _every_method(rank: int, world: int, folder: str, methods: list[str]) -> None:
-    _init(rank, world, folder)
+    init_rank(rank, world, folder)
     for method in methods:
         ddp = DistributedDataParallel(_model(seed=rank))
         optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
@@ -102,22 +95,13 @@ def _every_method(rank: int, world: int, folder: str, methods: list[str]) -> Non
     dist.destroy_process_group()
 
 
-def _spawn(target, world: int, tmp_path: Path, *args) -> None:
-    # From a fork server: a plain fork of the test process (which has threads of its own
-    # after other tests) can deadlock a rank, and a spawned rank re-imports torch each time;
-    # the fork server imports torch once and forks every rank from that clean process.
-    multiprocessing.set_forkserver_preload(["torch", "tests.dst_core.test_distributed"])
-    mp.start_processes(target, args=(world, str(tmp_path), *args), nprocs=world, join=True,
-                       start_method="forkserver")
-
-
 @pytest.mark.parametrize("world", [2, 4])
 def test_every_method_keeps_masks_and_weights_identical(world: int, tmp_path: Path) -> None:
-    _spawn(_every_method, world, tmp_path, sorted(REGISTRY))
+    spawn_ranks(_every_method, world, tmp_path, sorted(REGISTRY))
 
 
 def _dense_grad_is_reduced(rank: int, world: int, folder: str, method: str) -> None:
-    _init(rank, world, folder)
+    init_rank(rank, world, folder)
     ddp = DistributedDataParallel(_model(seed=rank))
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
     driver = _driver(method, ddp, optimizer, seed=rank)
@@ -152,11 +136,11 @@ def _dense_grad_is_reduced(rank: int, world: int, folder: str, method: str) -> N
 
 @pytest.mark.parametrize("method", ["rigl", "snfs"])
 def test_rewires_read_the_all_reduced_dense_gradient(method: str, tmp_path: Path) -> None:
-    _spawn(_dense_grad_is_reduced, 2, tmp_path, method)
+    spawn_ranks(_dense_grad_is_reduced, 2, tmp_path, method)
 
 
 def _perturbed_rank(rank: int, world: int, folder: str) -> None:
-    _init(rank, world, folder)
+    init_rank(rank, world, folder)
     ddp = DistributedDataParallel(_model(seed=rank))
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
     driver = _driver("rigl", ddp, optimizer, seed=rank, verify_every=1)
@@ -177,11 +161,11 @@ def _perturbed_rank(rank: int, world: int, folder: str) -> None:
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_a_perturbed_rank_is_detected_naming_layer_and_rank(world: int, tmp_path: Path) -> None:
-    _spawn(_perturbed_rank, world, tmp_path)
+    spawn_ranks(_perturbed_rank, world, tmp_path)
 
 
 def _resume(rank: int, world: int, folder: str, method: str) -> None:
-    _init(rank, world, folder)
+    init_rank(rank, world, folder)
     half = TOTAL_STEPS // 2
 
     def fresh(seed: int):
@@ -218,12 +202,12 @@ def _resume(rank: int, world: int, folder: str, method: str) -> None:
 
 @pytest.mark.parametrize("method", ["set", "rigl", "deep_r"])
 def test_checkpoint_resume_is_identical_on_every_rank(method: str, tmp_path: Path) -> None:
-    _spawn(_resume, 2, tmp_path, method)
+    spawn_ranks(_resume, 2, tmp_path, method)
 
 
 def _record(rank: int, world: int, folder: str) -> None:
     """The same script on every rank, no `if rank == 0`: one run for the job."""
-    _init(rank, world, folder)
+    init_rank(rank, world, folder)
     ddp = DistributedDataParallel(_model(seed=rank))
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
     driver = _driver("set", ddp, optimizer, seed=rank)
@@ -241,7 +225,7 @@ def _record(rank: int, world: int, folder: str) -> None:
 
 
 def test_a_job_records_one_run_from_rank_zero(tmp_path: Path) -> None:
-    _spawn(_record, 2, tmp_path)
+    spawn_ranks(_record, 2, tmp_path)
     store = RunStore(tmp_path / "data")
     runs = {run["name"]: run for run in store.list_runs()}
     assert sorted(runs) == ["ddp job", "rank 0", "rank 1"]

@@ -9,30 +9,23 @@ process trained on the concatenation of every rank's batch.
 from __future__ import annotations
 
 import copy
-import multiprocessing
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dst_core import REGISTRY, SparseDriver
 from dst_core.distributed import MaskDivergenceError, mask_hash
 from dst_core.selection import random_choice, select_mask
+from tests.dst_core.gloo_ranks import init_rank, spawn_ranks
 
 TOTAL_STEPS = 12
 INTERVAL_STEPS = 3
 BATCH = 8
 SHARDED_METHODS = ["dense", "static", "set", "set_magnitude", "rigl", "srigl"]
-
-
-def _init(rank: int, world: int, folder: str) -> None:
-    torch.set_num_threads(1)  # 2 cores shared by every rank and other jobs
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank,
-                            world_size=world)
 
 
 def _model() -> nn.Module:
@@ -103,7 +96,7 @@ def jaccard(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _fsdp_and_ddp(rank: int, world: int, folder: str, methods: list[str]) -> None:
-    _init(rank, world, folder)
+    init_rank(rank, world, folder)
     results = {}
     for method in methods:
         ddp = DistributedDataParallel(_model())
@@ -150,12 +143,6 @@ def _fsdp_and_ddp(rank: int, world: int, folder: str, methods: list[str]) -> Non
     dist.destroy_process_group()
 
 
-def _spawn(target, world: int, tmp_path: Path, *args) -> None:
-    multiprocessing.set_forkserver_preload(["torch", "tests.dst_core.test_fsdp"])
-    mp.start_processes(target, args=(world, str(tmp_path), *args), nprocs=world, join=True,
-                       start_method="forkserver")
-
-
 def _one_process(method: str, world: int) -> dict[str, torch.Tensor]:
     """The same job in this process, on every rank's batch at once."""
     model = _model()
@@ -167,7 +154,7 @@ def _one_process(method: str, world: int) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_fsdp_masks_equal_ddp_and_one_process(world: int, tmp_path: Path) -> None:
-    _spawn(_fsdp_and_ddp, world, tmp_path, SHARDED_METHODS)
+    spawn_ranks(_fsdp_and_ddp, world, tmp_path, SHARDED_METHODS)
     results = torch.load(tmp_path / "masks.pt")
     for method in SHARDED_METHODS:
         fsdp, ddp = results[method]["fsdp"], results[method]["ddp"]
@@ -197,7 +184,7 @@ def _rows_of(rank: int, world: int, rows: int) -> tuple[int, int]:
 def _selection_matches(rank: int, world: int, folder: str) -> None:
     from dst_core.sharded import Sharding, ShardLayout, random_choice_sharded, select_sharded
 
-    _init(rank, world, folder)
+    init_rank(rank, world, folder)
     sharding = Sharding.over()
     rows, columns = 301, 300  # 90,300 entries: past SORT_BELOW, the sampled-threshold path
     start, stop = _rows_of(rank, world, rows)
@@ -231,14 +218,14 @@ def _selection_matches(rank: int, world: int, folder: str) -> None:
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_sharded_selection_equals_whole_layer_selection(world: int, tmp_path: Path) -> None:
-    _spawn(_selection_matches, world, tmp_path)
+    spawn_ranks(_selection_matches, world, tmp_path)
 
 
 def _record(rank: int, world: int, folder: str, method: str) -> None:
     """The same script on every rank: one run, recorded by rank 0, with whole layers."""
     from dst_core.recording import Recorder
 
-    _init(rank, world, folder)
+    init_rank(rank, world, folder)
     model = _fsdp(_model(), world)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     driver = _driver(method, model, optimizer, seed=rank)
@@ -258,7 +245,7 @@ def test_rank_zero_records_one_run_with_whole_layers(method: str, tmp_path: Path
     from dst_core.store import RunStore
     from dst_core.store.reader import RunReader
 
-    _spawn(_record, 2, tmp_path, method)
+    spawn_ranks(_record, 2, tmp_path, method)
     final = torch.load(tmp_path / "final.pt")
     store = RunStore(tmp_path / "data")
     runs = store.list_runs()
@@ -282,7 +269,7 @@ def test_rank_zero_records_one_run_with_whole_layers(method: str, tmp_path: Path
 
 
 def _refusals(rank: int, world: int, folder: str) -> None:
-    _init(rank, world, folder)
+    init_rank(rank, world, folder)
     for method in sorted(set(REGISTRY) - set(SHARDED_METHODS)):
         model = _fsdp(_model(), world)
         optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
@@ -304,12 +291,12 @@ def _refusals(rank: int, world: int, folder: str) -> None:
 
 
 def test_methods_not_sharded_refuse_at_construction(tmp_path: Path) -> None:
-    _spawn(_refusals, 2, tmp_path)
+    spawn_ranks(_refusals, 2, tmp_path)
 
 
 def _structured(rank: int, world: int, folder: str, method: str) -> None:
     """N:M groups run along a row; dim-0 sharding keeps every row whole on one rank."""
-    _init(rank, world, folder)
+    init_rank(rank, world, folder)
     model = _fsdp(_model(), world)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     driver = _driver(method, model, optimizer, seed=rank, structure="n:m", n=2, m=4,
@@ -332,13 +319,13 @@ def _structured(rank: int, world: int, folder: str, method: str) -> None:
 def test_n_m_structure_holds_on_every_shard(method: str, tmp_path: Path) -> None:
     from dst_core.structure import NMStructure
 
-    _spawn(_structured, 2, tmp_path, method)
+    spawn_ranks(_structured, 2, tmp_path, method)
     for name, mask in torch.load(tmp_path / "nm.pt").items():
         assert bool(mask.all()) or NMStructure(2, 4).satisfied(mask), name
 
 
 def _perturbed_shard(rank: int, world: int, folder: str) -> None:
-    _init(rank, world, folder)
+    init_rank(rank, world, folder)
     model = _fsdp(_model(), world)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     driver = _driver("rigl", model, optimizer, seed=rank)
@@ -357,7 +344,7 @@ def _perturbed_shard(rank: int, world: int, folder: str) -> None:
 
 
 def test_a_perturbed_shard_is_detected_naming_layer_and_rank(tmp_path: Path) -> None:
-    _spawn(_perturbed_shard, 2, tmp_path)
+    spawn_ranks(_perturbed_shard, 2, tmp_path)
 
 
 def test_shard_hashes_add_up_to_the_whole_layer_hash() -> None:
@@ -373,7 +360,7 @@ def test_shard_hashes_add_up_to_the_whole_layer_hash() -> None:
 def _resume(rank: int, world: int, folder: str, method: str) -> None:
     """Each rank saves and loads its own rows' driver state; the job then goes on as if
     never interrupted."""
-    _init(rank, world, folder)
+    init_rank(rank, world, folder)
     half = TOTAL_STEPS // 2
 
     def fresh(seed: int):
@@ -408,7 +395,7 @@ def _resume(rank: int, world: int, folder: str, method: str) -> None:
 
 @pytest.mark.parametrize("method", ["set", "rigl"])
 def test_each_rank_resumes_its_own_rows(method: str, tmp_path: Path) -> None:
-    _spawn(_resume, 2, tmp_path, method)
+    spawn_ranks(_resume, 2, tmp_path, method)
 
 
 @pytest.mark.slow
