@@ -145,6 +145,16 @@ def _oriented(values: torch.Tensor, largest: bool) -> torch.Tensor:
     return values if largest else -values
 
 
+def draw_count(needed: int, available: int, size: int) -> int:
+    """How many uniform draws over `size` positions the next batch of a random choice takes
+    to hit `needed` of the `available` allowed ones. A batch that overshoots lists its hits
+    to give the surplus back, so a large need is first met to ~97% and only the small rest
+    is overshot. Expected distinct allowed hits of n draws: available · (1 − e^(−n / size))
+    = target. Shared by the whole-layer choice and the sharded one (dst_core.sharded)."""
+    target = needed * 0.97 if needed > SORT_BELOW else min(available - 0.5, needed * 1.05 + 64)
+    return max(64, math.ceil(-size * math.log1p(-target / available)))
+
+
 def band_bounds(sample: torch.Tensor, rank: float, share: float,
                 sigmas: float) -> tuple[float, float]:
     """(low, high): bounds either side of the k-th score, the sample's scores a few binomial
@@ -237,13 +247,8 @@ def random_choice(excluded: torch.Tensor, count: int, candidate_count: int,
     batch = workspace(size, device, "random_batch", torch.bool)
     needed, available = count, candidate_count
     while needed > 0:
-        # A batch that overshoots lists its hits to give the surplus back, so a large need
-        # is first met to ~97% and only the small rest is overshot. Expected distinct
-        # allowed hits of n draws: available · (1 − e^(−n / size)) = target.
-        target = needed * 0.97 if needed > SORT_BELOW else min(available - 0.5,
-                                                                needed * 1.05 + 64)
-        draw_count = max(64, math.ceil(-size * math.log1p(-target / available)))
-        draws = torch.randint(size, (draw_count,), generator=generator, device=device)
+        draws = torch.randint(size, (draw_count(needed, available, size),),
+                              generator=generator, device=device)
         batch.zero_()
         batch[draws] = True
         torch.gt(batch, flat_excluded, out=batch)  # batch & ~excluded

@@ -61,6 +61,7 @@ from dst_core.selection import (
     _top_in_order,
     band_bounds,
     count_true,
+    draw_count,
     flat_nonzero,
     magnitude,
     rewire_threads,
@@ -807,10 +808,8 @@ def random_choice_sharded(sharding: Sharding, excluded: torch.Tensor, count: int
     batch = torch.zeros(local_size, dtype=torch.bool, device=device)
     needed, available = count, candidate_count
     while needed > 0:
-        target = needed * 0.97 if needed > SORT_BELOW else min(available - 0.5,
-                                                                needed * 1.05 + 64)
-        draw_count = max(64, math.ceil(-size * math.log1p(-target / available)))
-        draws = torch.randint(size, (draw_count,), generator=generator, device=device)
+        draws = torch.randint(size, (draw_count(needed, available, size),),
+                              generator=generator, device=device)
         mine = draws[(draws >= start) & (draws < stop)] - start
         batch.zero_()
         batch[mine] = True
