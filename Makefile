@@ -36,13 +36,21 @@ $(VENV)/bin/python:
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
+# pip would compile every file it installs to bytecode, one after another: half of a fresh
+# install's time, mostly for modules nothing here imports. It installs the source only, and
+# the commands below let Python write the bytecode of what they import (once: later runs read
+# it), even where the environment says not to (PYTHONDONTWRITEBYTECODE, set on some machines,
+# would make every process compile torch again).
+INSTALL = $(PIP) install -q --no-compile
+WRITE_BYTECODE = PYTHONDONTWRITEBYTECODE=
+
 $(VENV)/.installed: $(VENV)/bin/python pyproject.toml
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_PIN)"
-	$(PIP) install -q -e .
+	$(PY) -c "import torch" 2>/dev/null || $(INSTALL) "$(TORCH_PIN)"
+	$(INSTALL) -e .
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -q -e ".[test]"
+	$(INSTALL) -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -51,7 +59,7 @@ install-test: $(VENV)/.installed-test
 
 run: install
 	@echo "sparsescope dashboard: http://$(HOST):$(PORT)"
-	$(PY) -m backend --host $(HOST) --port $(PORT)
+	$(WRITE_BYTECODE) $(PY) -m backend --host $(HOST) --port $(PORT)
 
 # Debian's chromium (Playwright drives it; never a downloaded browser) and docker-compose
 # (validates docker-compose.yml without a Docker engine).
@@ -71,14 +79,14 @@ lint: install-test
 TEST_WORKERS ?= 2
 
 test: install-test system-deps lint
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
+	$(WRITE_BYTECODE) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # Every script in bench/ (each prints its own figures; minutes, not seconds: accuracy.py trains
 # real models). `make bench BENCH=bench/service.py` runs one; bench/gpu.py needs CUDA, so it
 # runs only when asked for (`make bench BENCH=bench/gpu.py` on a GPU machine).
 BENCH ?= $(filter-out bench/gpu.py,$(sort $(wildcard bench/*.py)))
 bench: install-test
-	@set -e; for script in $(BENCH); do echo "== $$script"; $(PY) $$script; done
+	@set -e; for script in $(BENCH); do echo "== $$script"; $(WRITE_BYTECODE) $(PY) $$script; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

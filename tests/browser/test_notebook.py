@@ -11,9 +11,7 @@ import sys
 import time
 
 import httpx
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from tests.browser.conftest import SCREENSHOTS, watch_console
 from tests.conftest import REPO, free_port
@@ -22,6 +20,10 @@ pytestmark = pytest.mark.browser
 
 TUTORIAL = REPO / "examples" / "tutorial.ipynb"
 VIEW = re.compile(r'<iframe class="sparsescope-view" src="(http://127\.0\.0\.1:\d+)/#/run/([0-9a-f]+)"')
+
+
+# nbformat and nbclient are imported by the tests that use them: importing nbformat builds
+# jsonschema's format grammars (~2 s), which every test process would pay when collecting.
 
 
 def inline_views(notebook) -> list[tuple[str, str]]:
@@ -34,6 +36,8 @@ def inline_views(notebook) -> list[tuple[str, str]]:
 
 
 def test_tutorial_is_committed_without_outputs():
+    import nbformat
+
     notebook = nbformat.read(TUTORIAL, as_version=4)
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
@@ -46,6 +50,9 @@ def test_tutorial_runs_headless_and_its_inline_views_show_existing_runs(tmp_path
     monkeypatch.setenv("TUTORIAL_EPOCHS", "3")  # the outline and every view, in seconds per run
     monkeypatch.setenv("PYTHONPATH", str(REPO))  # the kernel imports this checkout
     monkeypatch.delenv("SPARSESCOPE_NOTEBOOK_URL", raising=False)
+    import nbformat
+    from nbclient import NotebookClient
+
     notebook = nbformat.read(TUTORIAL, as_version=4)
     client = NotebookClient(notebook, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}})
@@ -97,6 +104,8 @@ with Recorder(name="inline in JupyterLab") as rec:
 
 
 def test_show_in_jupyterlab_follows_a_run_while_it_trains(tmp_path, monkeypatch, browser):
+    import nbformat
+
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [nbformat.v4.new_code_cell(LIVE_NOTEBOOK.strip())]
     notebook.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3",
