@@ -36,21 +36,24 @@ $(VENV)/bin/python:
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# pip would compile every file it installs to bytecode, one after another: half of a fresh
-# install's time, mostly for modules nothing here imports. It installs the source only, and
-# the commands below let Python write the bytecode of what they import (once: later runs read
-# it), even where the environment says not to (PYTHONDONTWRITEBYTECODE, set on some machines,
-# would make every process compile torch again).
+# pip compiles what it installs to bytecode one file after another (half of a fresh install's
+# time); installed without, the venv is then compiled on every core (files already compiled are
+# skipped; one that does not compile, as in pip's own pass, is left as source). Compiled once
+# here, no test or server process compiles torch again (PYTHONDONTWRITEBYTECODE, set on some
+# machines, keeps each process's own compiling from being saved).
 INSTALL = $(PIP) install -q --no-compile
-WRITE_BYTECODE = PYTHONDONTWRITEBYTECODE=
+COMPILE = $(PY) -c 'import compileall, sysconfig; \
+	compileall.compile_dir(sysconfig.get_paths()["purelib"], quiet=2, workers=0)'
 
 $(VENV)/.installed: $(VENV)/bin/python pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(INSTALL) "$(TORCH_PIN)"
 	$(INSTALL) -e .
+	$(COMPILE)
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(INSTALL) -e ".[test]"
+	$(COMPILE)
 	touch $@
 
 install: $(VENV)/.installed
@@ -59,7 +62,7 @@ install-test: $(VENV)/.installed-test
 
 run: install
 	@echo "sparsescope dashboard: http://$(HOST):$(PORT)"
-	$(WRITE_BYTECODE) $(PY) -m backend --host $(HOST) --port $(PORT)
+	$(PY) -m backend --host $(HOST) --port $(PORT)
 
 # Debian's chromium (Playwright drives it; never a downloaded browser) and docker-compose
 # (validates docker-compose.yml without a Docker engine).
@@ -79,14 +82,14 @@ lint: install-test
 TEST_WORKERS ?= 2
 
 test: install-test system-deps lint
-	$(WRITE_BYTECODE) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # Every script in bench/ (each prints its own figures; minutes, not seconds: accuracy.py trains
 # real models). `make bench BENCH=bench/service.py` runs one; bench/gpu.py needs CUDA, so it
 # runs only when asked for (`make bench BENCH=bench/gpu.py` on a GPU machine).
 BENCH ?= $(filter-out bench/gpu.py,$(sort $(wildcard bench/*.py)))
 bench: install-test
-	@set -e; for script in $(BENCH); do echo "== $$script"; $(WRITE_BYTECODE) $(PY) $$script; done
+	@set -e; for script in $(BENCH); do echo "== $$script"; $(PY) $$script; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -63,6 +63,9 @@ def test_missing_packages_are_reinstalled_despite_the_stamps(tmp_path):
     assert "recreating" not in output
     assert "pip install -q --no-compile -e ." in output
     assert 'pip install -q --no-compile -e ".[test]"' in output
+    # each install then compiled on every core (pip's own pass compiles one file at a time)
+    assert output.count("compileall.compile_dir") == 2
+    assert output.index('-e ".[test]"') < output.rindex("compileall.compile_dir")
     assert not (venv / ".installed").exists()
 
 
