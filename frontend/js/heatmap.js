@@ -153,8 +153,11 @@ export class LayerPanel {
     this.readout.textContent = "hover a cell for its units and state";
     this.root.append(header, this.stats, this.plot, this.readout);
     container.append(this.root);
-    this.canvas = document.createElement("canvas");
-    this.context = this.canvas.getContext("2d");
+    // The picture's pixels (fill) are put on a canvas only where a PNG is made of them for
+    // Plotly (bitmap): the first paint's preview canvas takes them directly, and a notebook
+    // page's views hold no 2-D context per layer they have not drawn.
+    this.image = null;
+    this.canvas = null;
     this.view = null;
     this.mode = null;
     this.plotted = null; // what Plotly last drew: {mode, key}; a matching picture only swaps the bitmap
@@ -319,6 +322,12 @@ export class LayerPanel {
   // The view as a PNG for Plotly's image trace (fill, then encoded: a few ms at screen size).
   bitmap(view, palette) {
     this.fill(view, palette);
+    this.canvas ??= document.createElement("canvas");
+    if (this.canvas.width !== view.gc || this.canvas.height !== view.gr) {
+      this.canvas.width = view.gc;
+      this.canvas.height = view.gr;
+    }
+    this.canvas.getContext("2d").putImageData(this.image, 0, 0);
     // At most screen-sized, so the PNG encodes in a few ms on the main thread.
     const source = this.canvas.toDataURL("image/png");
     const dx = view.cols / view.gc;
@@ -327,14 +336,10 @@ export class LayerPanel {
                               hoverinfo: "none", zsmooth: false } };
   }
 
-  // One RGBA pixel per view pixel into this.image (and this.canvas).
+  // One RGBA pixel per view pixel into this.image.
   fill(view, palette) {
     const { gr, gc } = view;
-    if (this.canvas.width !== gc || this.canvas.height !== gr || !this.image) {
-      this.canvas.width = gc;
-      this.canvas.height = gr;
-      this.image = this.context.createImageData(gc, gr);
-    }
+    if (!this.image || this.image.width !== gc || this.image.height !== gr) this.image = new ImageData(gc, gr);
     const data = this.image.data;
     const [inactive, kept, added, removed] = STATE_NAMES.map((name) => rgb(palette[name]));
     const shade = [kept[0] - inactive[0], kept[1] - inactive[1], kept[2] - inactive[2]];
@@ -354,7 +359,6 @@ export class LayerPanel {
       }
       data[o] = colour[0]; data[o + 1] = colour[1]; data[o + 2] = colour[2]; data[o + 3] = 255;
     }
-    this.context.putImageData(this.image, 0, 0);
   }
 
   densityTrace(view) {
