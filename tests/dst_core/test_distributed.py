@@ -62,6 +62,12 @@ def _same_everywhere(tensors: dict[str, torch.Tensor]) -> None:
     flat = [tensors[name].detach().reshape(-1).contiguous() for name in names]
     wires = [part.to(torch.uint8) if part.dtype == torch.bool else part.view(torch.uint8) for part in flat]
     wire = torch.cat(wires)
+    # The byte counts first: a rank holding another set or shape of tensors is named here,
+    # not left to a gloo size error in the gather below.
+    sizes = [torch.empty(len(wires), dtype=torch.int64) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([part.numel() for part in wires], dtype=torch.int64))
+    for other, counts in enumerate(sizes):
+        assert torch.equal(counts, sizes[0]), f"rank {other} holds other tensors than rank 0: {names}"
     gathered = [torch.empty_like(wire) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, wire)
     for other, values in enumerate(gathered):
