@@ -3,7 +3,7 @@
 // Every name that reaches Plotly (run, layer, metric) goes through `plain` first: Plotly renders
 // a subset of HTML in titles, legends and hover labels.
 import { chartBase, chartTitle, COLOURS, MARGINS, PLOT_CONFIG, runStyle, stepMarker } from "./chart_style.js";
-import { plotly, plotlyNow } from "./plotly.js";
+import { plotly, plotlyNow, react, relayout } from "./plotly.js";
 import { plain } from "./text.js";
 
 const BASE = {
@@ -390,7 +390,7 @@ export function drawChart(div, spec, step, revision) {
   if (drawn && drawn.revision === revision && div.layout) {
     if (drawn.step === at) return Promise.resolve(div);
     drawn.step = at;
-    return plotlyNow().relayout(div, { shapes: stepMarker(at) });
+    return relayout(div, { shapes: stepMarker(at) });
   }
   const [traces, chartLayout] = typeof spec === "function" ? spec() : spec;
   const empty = !hasPoints(traces);
@@ -403,7 +403,7 @@ export function drawChart(div, spec, step, revision) {
   }
   div.dataset.empty = String(empty);
   div.sparsescopeChart = { revision, step: at };
-  return plotlyNow().react(div, traces, withMarker, PLOT_CONFIG);
+  return react(div, traces, withMarker, PLOT_CONFIG);
 }
 
 // The median of a list of numbers (null for none).

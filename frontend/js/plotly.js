@@ -68,23 +68,43 @@ export function plotlyRequested() {
   return Boolean(loading || window.Plotly);
 }
 
-// Plotly.react once the library is there. Calls made while it loads keep only the newest
-// arguments per element: the first to run after the load draws those, the rest do nothing.
-export function react(div, traces, layout, config) {
-  const library = plotlyNow();
-  if (library) return library.react(div, traces, layout, config);
-  div.sparsescopePending = [traces, layout, config];
-  return plotly().then((loaded) => {
-    const pending = div.sparsescopePending;
-    div.sparsescopePending = null;
-    return pending ? loaded.react(div, ...pending) : div;
-  }).catch((error) => { div.dataset.error = error.message; return div; });
+// One Plotly call per element at a time. Plotly's draw of an image trace is asynchronous (it
+// waits for the PNG to decode): a purge in that gap deletes the layout the draw's last step reads
+// ("Cannot read properties of undefined (reading '_rangeSliderData')": a panel scrolled away or
+// a replay moved on while it drew). A call made while the element is busy waits for the one in
+// flight; on an idle element it runs at once, as Plotly's own call would.
+function inTurn(div, call) {
+  const previous = div.sparsescopeBusy;
+  const result = previous ? previous.then(call) : new Promise((resolve) => resolve(call()));
+  const settled = result.then(() => undefined, () => undefined);
+  div.sparsescopeBusy = settled;
+  settled.then(() => { if (div.sparsescopeBusy === settled) div.sparsescopeBusy = null; });
+  return result;
 }
 
-// Plotly.purge, and a draw still waiting for the library forgotten.
+// Plotly.react once the library is there and the element is free. Calls made meanwhile keep only
+// the newest arguments per element: the first to run draws those, the rest do nothing.
+export function react(div, traces, layout, config) {
+  div.sparsescopePending = [traces, layout, config];
+  const draw = (library) => inTurn(div, () => {
+    const pending = div.sparsescopePending;
+    div.sparsescopePending = null;
+    return pending ? library.react(div, ...pending) : div;
+  });
+  const library = plotlyNow();
+  if (library) return draw(library);
+  return plotly().then(draw).catch((error) => { div.dataset.error = error.message; return div; });
+}
+
+// Plotly.relayout, in turn with the element's other calls.
+export function relayout(div, update) {
+  return inTurn(div, () => plotlyNow().relayout(div, update));
+}
+
+// Plotly.purge (after a draw in flight), and a draw still waiting for the library forgotten.
 export function purge(div) {
   div.sparsescopePending = null;
   div.sparsescopeWaiting = null; // charts.js drawChart's
-
-  plotlyNow()?.purge(div);
+  const library = plotlyNow();
+  if (library) inTurn(div, () => library.purge(div));
 }

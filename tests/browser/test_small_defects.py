@@ -152,3 +152,36 @@ def test_a_dense_first_layer_says_so_in_its_input_view(page, dense_cnn, small):
     page.wait_for_selector("#input-view[data-step]", timeout=30_000)
     assert page.locator("#input-view").get_attribute("data-uniform") == "false"
     assert "every" not in page.locator(".input-panel .panel-stats").text_content()
+
+
+def test_a_panel_purged_while_its_picture_decodes_raises_nothing(page, small):
+    """An image trace's draw waits for its PNG to decode; a purge in that gap (a panel scrolled
+    away, a replay moving on) made the draw's last step throw "Cannot read properties of
+    undefined (reading '_rangeSliderData')" (seen once in CI). The purge now waits for the draw,
+    and a draw asked after it still paints."""
+    open_run(page, small["id"])
+    outcome = page.evaluate("""import(window.sparsescope.modules + 'plotly.js').then(async (p) => {
+        const Plotly = await p.plotly();
+        const canvas = document.createElement('canvas');
+        canvas.width = canvas.height = 64;
+        canvas.getContext('2d').fillRect(0, 0, 32, 32);
+        const source = canvas.toDataURL('image/png');
+        const div = document.createElement('div');
+        div.style.cssText = 'width: 300px; height: 200px';
+        document.body.append(div);
+        const unguarded = document.createElement('div');
+        document.body.append(unguarded);
+        const raw = Plotly.react(unguarded, [{ type: 'image', source }], {});
+        Plotly.purge(unguarded);  // what the wrapper prevents: this draw fails
+        const rawError = await raw.then(() => null, (error) => String(error));
+        const first = p.react(div, [{ type: 'image', source }], {});
+        p.purge(div);
+        const firstError = await first.then(() => null, (error) => String(error));
+        const purged = !div._fullLayout;
+        await p.react(div, [{ type: 'image', source }], {});
+        const image = div.querySelector('.imagelayer image');
+        return { rawError, firstError, purged, redrawn: Boolean(image && image.getAttribute('href')) };
+    })""")
+    assert "_rangeSliderData" in (outcome["rawError"] or "")  # the defect is still Plotly's
+    assert outcome == {"rawError": outcome["rawError"], "firstError": None, "purged": True,
+                       "redrawn": True}
