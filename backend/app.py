@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from contextlib import asynccontextmanager
@@ -229,7 +230,14 @@ async def _storage_error(request: Request, error: sqlite3.Error) -> JSONResponse
 
 
 async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-    """FastAPI's own answer, with a body that could not be decoded named as such."""
+    """FastAPI's own answer, with a body that could not be decoded named as such, and a read
+    that lost its run to a delete midway (its frames gone under it) the 404 of a missing run,
+    not a "stored data" 422 that blames the data."""
+    if error.status_code == 422 and str(error.detail).startswith("stored data"):
+        run_id = request.path_params.get("run_id")
+        store = request.app.state.store
+        if isinstance(run_id, str) and await asyncio.to_thread(store.get_run, run_id) is None:
+            error = StarletteHTTPException(404, detail=f"no run {run_id!r}")
     if error.status_code == 400:
         for kind, reason in UNPARSABLE_BODY.items():
             if isinstance(error.__cause__, kind):

@@ -1,22 +1,30 @@
-"""Warm workers for the servers the tests start: one torch import per test process (for the
-apps it runs itself) or per browser test file (its server: tests/browser/warm_server.py),
-instead of one per run.
+"""Warm processes for the tests: one torch import per test process, instead of one per
+server and per run.
 
-A server's worker spends seconds of CPU importing torch before it trains (backend/worker.py);
-the suite starts some sixty runs on two shared cores. Here one helper process per server
-process imports everything a worker imports, once, and forks a worker per run: the fork runs
-`backend.worker.main` with the server's own arguments, its own process group, the server's
-log file as its output and a pipe as its stdin (the run id arrives there, as a warm worker
-of backend/worker_pool.py receives it). The manager gets a handle with the Popen calls it
-makes (`pid`, `poll`, `wait`, `send_signal`, `stdin`, `returncode`), and stops and kills the
-fork as it would its own child: SIGTERM to the pid, SIGKILL to the group.
+A server's worker spends seconds of CPU importing torch before it trains (backend/worker.py),
+and a server as many starting (the engine, FastAPI); the suite starts some sixty runs and
+forty servers on two shared cores. Here one helper process per test process imports what a
+worker and a server import, once, and forks either on request:
 
-What differs from a server's own worker is its parent: the helper, not the server (it dies
-with the helper, which ends when the server process closes its socket). The tests about that
-(a direct child, its command line and environment, the warm pool itself, the real start-up)
-are marked `real_workers` and start workers exactly as the server does.
+- a **worker** runs `backend.worker.main` with the server's own arguments, its own process
+  group, the server's log file as its output and a pipe as its stdin (the run id arrives
+  there, as a warm worker of backend/worker_pool.py receives it);
+- a **server** runs `python -m backend` with the test's arguments and environment (its module
+  run as `__main__`, then what an interpreter does on its way out: thread joins and atexit
+  handlers), its own session, a log file as its output; its workers are its own children
+  (`python -m backend.worker`, as a user's server starts them) or, where asked, warm forks of
+  this helper (the browser tests: some thirty runs).
 
-    python -m tests.warm_workers SOCKET_FD    # the helper; started by `WorkerForks.start`
+The caller gets a handle with the Popen calls it makes (`pid`, `poll`, `wait`, `send_signal`,
+`stdin`, `returncode`), and stops and kills the fork as it would its own child.
+
+What differs is the parent (the helper, not the test process or the server) and the start-up
+itself. The tests about those start real processes: workers marked `real_workers` (a direct
+child, its command line and environment, the warm pool, the real start-up) and servers
+started as a user does (`python -m backend` in test_settings_console.py, test_auth.py,
+test_guards.py, test_cli.py, the `live_server` fixture, the notebook's own launches).
+
+    python -m tests.warm_workers SOCKET_FD PATH    # the helper; started by `WorkerForks`
 """
 
 from __future__ import annotations
@@ -40,16 +48,17 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_HELPER = "SPARSESCOPE_TEST_FORKS"  # set for the servers the tests start
 
 
-class ForkedWorker:
-    """The handle of one forked worker: what RunManager and WorkerPool call on a Popen."""
+class ForkedProcess:
+    """The handle of one fork (a worker or a server): the calls RunManager, WorkerPool and the
+    tests make on a Popen."""
 
-    def __init__(self, forks: WorkerForks, number: int, pid: int, stdin) -> None:
+    def __init__(self, forks: WorkerForks, number: int, pid: int, stdin, label: str) -> None:
         self._forks = forks
         self._number = number
         self.pid = pid
         self.stdin = stdin
         self.returncode: int | None = None
-        self.args = ["backend.worker (forked)"]
+        self.args = [f"{label} (forked)"]
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -136,25 +145,44 @@ class WorkerForks:
         elif "exited" in message:
             self._exits[message["exited"]] = message["code"]
 
-    def fork(self, command: list[str], env: dict[str, str], log_path: Path) -> ForkedWorker:
+    def fork(self, command: list[str], env: dict[str, str], log_path: Path) -> ForkedProcess:
         """A worker running `command` (the pool's `python -m backend.worker ...`), its output
         appended to `log_path`, its stdin a pipe whose write end the handle holds."""
         module = command.index("backend.worker")
         stdin_read, stdin_write = os.pipe()
+        try:
+            number, pid = self._request({"kind": "worker", "argv": command[module + 1:], "env": env},
+                                        stdin_read, log_path)
+        finally:
+            os.close(stdin_read)
+        return ForkedProcess(self, number, pid, os.fdopen(stdin_write, "wb"), "backend.worker")
+
+    def fork_server(self, args: list[str], env: dict[str, str], log_path: Path,
+                    warm_workers: bool = False) -> ForkedProcess:
+        """`python -m backend ARGS` with `env`, its output appended to `log_path`, its stdin
+        /dev/null; with `warm_workers` its runs' workers are forks of this helper too."""
+        stdin = os.open(os.devnull, os.O_RDONLY)
+        try:
+            number, pid = self._request({"kind": "server", "argv": args, "env": env,
+                                         "warm_workers": warm_workers}, stdin, log_path)
+        finally:
+            os.close(stdin)
+        return ForkedProcess(self, number, pid, None, "python -m backend")
+
+    def _request(self, request: dict, stdin: int, log_path: Path) -> tuple[int, int]:
+        """Ask the helper for a fork with `stdin` and `log_path` as its input and output:
+        (its number, its pid)."""
         with open(log_path, "ab") as log:
             with self._lock:
                 self._start_if_gone()
                 self._wait_ready()
                 number = next(self._numbers)
-                request = json.dumps({"argv": command[module + 1:], "env": env,
-                                      "number": number}).encode()
-                self._socket.sendmsg([request + b"\n"], [(
-                    socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                    array.array("i", [stdin_read, log.fileno()]))])
-                os.close(stdin_read)
+                line = json.dumps({**request, "number": number}).encode()
+                self._socket.sendmsg([line + b"\n"], [(
+                    socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [stdin, log.fileno()]))])
                 while (message := self._read_message(timeout_s=60)).get("forked") != number:
                     self._note(message)
-        return ForkedWorker(self, number, message["pid"], os.fdopen(stdin_write, "wb"))
+        return number, message["pid"]
 
     def exit_code(self, number: int) -> int | None:
         with self._lock:
@@ -229,11 +257,16 @@ def _serve(owner: socket.socket, path: str) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)  # before the imports: a server may connect meanwhile, and waits
     listener.listen()
-    # What a worker imports before it reads its run id (backend/worker.py), then the worker.
+    # What a worker imports before it reads its run id (backend/worker.py), then the worker;
+    # what a server imports before it serves (backend/cli.py `serve`).
     import sklearn.datasets  # noqa: F401
     import torch
     import torch._dynamo  # noqa: F401
+    import uvicorn  # noqa: F401
 
+    import backend.app  # noqa: F401
+    import backend.cli  # noqa: F401
+    import backend.http_limits  # noqa: F401
     import backend.worker  # noqa: F401
     import dst_core.plugins  # noqa: F401
     import dst_core.recording.recorder  # noqa: F401
@@ -271,7 +304,10 @@ def _serve(owner: socket.socket, path: str) -> None:
             state = clients[client]
             message, received, _, _ = socket.recv_fds(client, 65536, 2)
             if not message:
-                if client is owner:
+                if client is owner:  # the test process is done: so are the servers it started
+                    for pid in forks:
+                        with contextlib.suppress(ProcessLookupError, PermissionError):
+                            os.killpg(pid, signal.SIGKILL)
                     return
                 selector.unregister(client)
                 del clients[client]
@@ -289,7 +325,8 @@ def _serve(owner: socket.socket, path: str) -> None:
             request, fds, state["fds"] = json.loads(line), state["fds"], []
             pid = os.fork()
             if pid == 0:
-                _run_worker(request, fds, [listener, *clients, wakeup_read, wakeup_write])
+                run = _run_server if request["kind"] == "server" else _run_worker
+                run(request, fds, [listener, *clients, wakeup_read, wakeup_write])
             for fd in fds:
                 os.close(fd)
             forks[pid] = (client, request["number"])
@@ -314,26 +351,32 @@ def _report_exits(forks: dict[int, tuple[socket.socket, int]]) -> None:
         _send(client, {"exited": number, "code": os.waitstatus_to_exitcode(status)})
 
 
+def _become(request: dict, fds: list[int], inherited: list) -> None:
+    """In the fork: drop the helper's handles and signal set-up, take the requested input,
+    output and environment, in a session of its own (as start_new_session gives a Popen)."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for handle in inherited:  # the helper's sockets and pipe: not the fork's
+        if isinstance(handle, int):
+            os.close(handle)
+        else:
+            handle.close()
+    os.setsid()
+    stdin, log = fds
+    os.dup2(stdin, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(stdin)
+    os.close(log)
+    os.environ.clear()
+    os.environ.update(request["env"])
+
+
 def _run_worker(request: dict, fds: list[int], inherited: list) -> None:
     """In the fork: become the worker the server asked for; never returns."""
     code = 1
     try:
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for handle in inherited:  # the helper's sockets and pipe: not the worker's
-            if isinstance(handle, int):
-                os.close(handle)
-            else:
-                handle.close()
-        os.setsid()  # its own process group, as start_new_session gives the server's workers
-        stdin, log = fds
-        os.dup2(stdin, 0)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.close(stdin)
-        os.close(log)
-        os.environ.clear()
-        os.environ.update(request["env"])
+        _become(request, fds, inherited)
         argv = list(request["argv"])
         # Its parent is this helper: the worker's watchdog watches the helper.
         argv[argv.index("--parent-pid") + 1] = str(os.getppid())
@@ -351,6 +394,45 @@ def _run_worker(request: dict, fds: list[int], inherited: list) -> None:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
+        os._exit(code)
+
+
+def _run_server(request: dict, fds: list[int], inherited: list) -> None:
+    """In the fork: become `python -m backend ARGV`, and leave as its interpreter would (its
+    threads joined, atexit handlers run); never returns."""
+    import atexit
+    import runpy
+    import threading
+
+    code = 1
+    interrupted = False
+    try:
+        _become(request, fds, inherited)
+        sys.argv = ["backend", *request["argv"]]
+        if request["warm_workers"]:
+            from backend.worker_pool import WorkerPool
+
+            WorkerPool._start = forked_start
+        try:
+            runpy.run_module("backend", run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as leaving:
+            code = leaving.code if isinstance(leaving.code, int) else (0 if leaving.code is None else 1)
+        except KeyboardInterrupt:
+            interrupted = True
+        threading._shutdown()  # what Py_FinalizeEx does first, then atexit
+        atexit._run_exitfuncs()
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        if interrupted:  # an uncaught Ctrl+C ends an interpreter by the signal (returncode -2)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
         os._exit(code)
 
 

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,7 +18,8 @@ from fastapi.testclient import TestClient
 
 from backend.app import create_app
 from backend.settings import Settings
-from tests.conftest import REPO, LoopbackClient, free_port
+from tests.conftest import LoopbackClient, free_port
+from tests.warm_workers import FORKS, ForkedProcess
 
 # Short runs complete in a second or two; long ones would take hours and are always stopped.
 QUICK_RUN = {"epochs": 2, "hidden": [32]}
@@ -98,9 +98,10 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 30.0, what: str
 
 @dataclass
 class ServerProcess:
-    """A real `python -m backend` process, as a user starts it."""
+    """A `python -m backend` process: forked from the test process's warm helper
+    (tests/warm_workers.py), its workers its own `python -m backend.worker` children."""
 
-    process: subprocess.Popen
+    process: ForkedProcess
     url: str
     data_dir: Path
     log_path: Path
@@ -132,10 +133,9 @@ def start_server(data_dir: Path, *args: str, env: dict | None = None,
                 **(env or {})}
     # Output goes to a file: an unread pipe fills up and would block the server mid-test.
     log_path = data_dir.parent / f"server-{port}.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "backend", "--port", str(port), "--data-dir", str(data_dir),
-             *args], cwd=REPO, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
+    log_path.write_bytes(b"")
+    process = FORKS.fork_server(["--port", str(port), "--data-dir", str(data_dir), *args],
+                                full_env, log_path)
     server = ServerProcess(process, f"http://127.0.0.1:{port}", data_dir, log_path,
                            token=full_env.get("SPARSESCOPE_TOKEN"))
     if not wait:
@@ -155,7 +155,7 @@ def start_server(data_dir: Path, *args: str, env: dict | None = None,
 
 @pytest.fixture
 def servers() -> Iterator[Callable[..., ServerProcess]]:
-    """`servers(data_dir, *args, env=...)` starts a real server; all are ended afterwards."""
+    """`servers(data_dir, *args, env=...)` starts a server; all are ended afterwards."""
     started: list[ServerProcess] = []
 
     def start(data_dir: Path, *args: str, **kwargs) -> ServerProcess:

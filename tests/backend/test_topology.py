@@ -13,6 +13,7 @@ from dst_core import SparseDriver
 from dst_core.events import delta_payload, keyframe_payload
 from dst_core.recording import Recorder
 from dst_core.store import RunReader, topology_index
+from dst_core.store.masks import StoredDataError
 from dst_core.store.run_store import RunStore
 from tests.dst_core.test_analytics import brute_chain, brute_degrees, brute_history
 
@@ -497,3 +498,31 @@ def test_a_rewire_keyframe_is_indexed_from_its_changes_and_never_sends_them(clie
     assert LOCAL_CHANGES in payload
     sent = wire_event("topology", 4, payload, seq=7)
     assert LOCAL_CHANGES not in sent and sent["bits"] is payload["bits"] and sent["seq"] == 7
+
+
+def test_a_read_that_loses_its_run_to_a_delete_midway_is_the_missing_runs_404(client, monkeypatch):
+    """The page still reading a run as it is deleted: a panel's view found its frame, then the
+    run's rows went before it read them (the read fails as on undecodable data). The answer is
+    the 404 of a missing run, as a moment later, not a 422 blaming stored data."""
+    store = client.app.state.store
+    run_id = record_old_style_run(store)
+    views = client.app.state.layer_views
+    url = f"/api/runs/{run_id}/view"
+    params = {"layer": 0, "step": 45, "rows": 5, "cols": 7}
+    assert client.get(url, params=params).status_code == 200
+    plain_view = type(views).view
+
+    def deleted_midway(run, located, rows, cols):
+        store.delete_run(run["id"])
+        raise StoredDataError(f"frame seq {located.get('seq')} of layer 0 is not stored")
+
+    monkeypatch.setattr(views, "view", deleted_midway)
+    gone = client.get(url, params={**params, "rows": 4})  # not the cached answer
+    assert gone.status_code == 404 and gone.json()["detail"] == f"no run {run_id!r}"
+    # Stored data that does not decode, on a run that is still there, stays a 422 naming it.
+    run_id = record_old_style_run(store)
+    store.db.execute("UPDATE events SET blob = x'01ffff' WHERE run_id = ? AND type = 'topology' "
+                     "AND layer = 0 AND step = 40", (run_id,))
+    monkeypatch.setattr(views, "view", lambda *args: plain_view(views, *args))
+    broken = client.get(f"/api/runs/{run_id}/view", params=params)
+    assert broken.status_code == 422 and "stored data" in broken.json()["detail"]

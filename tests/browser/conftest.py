@@ -8,7 +8,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,8 +31,9 @@ HTTP_ERROR = re.compile(r"Failed to load resource: the server responded with a s
 
 
 class Server:
-    """`python -m backend` as a user starts it (its workers forked warm: warm_server.py), plus
-    the REST/websocket reads the tests compare with."""
+    """`python -m backend` as a user starts it, forked warm from the test process's helper with
+    its runs' workers forked warm too (tests/warm_workers.py), plus the REST/websocket reads
+    the tests compare with."""
 
     def __init__(self, data_dir: Path, token: str | None = None, plugins: str | None = None):
         self.port = free_port()
@@ -45,22 +45,24 @@ class Server:
         env.pop("SPARSESCOPE_TOKEN", None)
         if token:
             env["SPARSESCOPE_TOKEN"] = token
-        env[SHARED_HELPER] = FORKS.prestart()  # its workers: forks of this process's warm copy
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.browser.warm_server", "--port", str(self.port),
-             "--data-dir", str(data_dir)],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        env[SHARED_HELPER] = FORKS.prestart()  # where its workers are forked
+        self.log_path = data_dir.parent / f"server-{self.port}.log"
+        self.log_path.write_bytes(b"")
+        self.process = FORKS.fork_server(["--port", str(self.port), "--data-dir", str(data_dir)],
+                                         env, self.log_path, warm_workers=True)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
             try:
                 if self.http.get("/api/health", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 time.sleep(0.2)
         self.process.kill()
-        raise AssertionError(self.process.stdout.read().decode(errors="replace"))
+        raise AssertionError(self.log_path.read_text(errors="replace"))
 
     def start_run(self, **config) -> dict:
         response = self.http.post("/api/runs", json=config)
@@ -165,7 +167,9 @@ def page(browser, server):
         status = HTTP_ERROR.match(message.text)
         if status and int(status.group(1)) in tab.expected_statuses:
             return
-        tab.console_errors.append(message.text)
+        # A failed request's line names no address: its location does.
+        where = (message.location or {}).get("url") if status else None
+        tab.console_errors.append(f"{message.text}: {where}" if where else message.text)
 
     tab.on("console", on_console)
     tab.on("pageerror", lambda e: tab.console_errors.append(page_error(e)))
