@@ -21,22 +21,29 @@ def page_assets(client) -> tuple[str, str]:
     """(the page's text, its asset base `/assets/<build>`)."""
     page = client.get("/")
     assert page.status_code == 200
-    base = re.search(r'src="(/assets/[0-9a-f]{12})/js/app\.js"', page.text).group(1)
+    base = re.search(r'src="(/assets/[0-9a-f]{12})/js/bundle\.js"', page.text).group(1)
     return page.text, base
 
 
-def test_the_page_names_this_build_and_preloads_every_module(client):
+def test_the_page_names_this_build_and_loads_its_modules_as_one_file(client):
     page = client.get("/")
     assert page.headers["cache-control"] == "no-cache"  # it carries the build: always revalidated
     text, base = page_assets(client)
     assert "{{" not in text
-    modules = sorted(path.name for path in (FRONTEND_DIR / "js").glob("*.js"))
-    preloaded = sorted(re.findall(rf'<link rel="modulepreload" href="{base}/js/([a-z_]+\.js)">', text))
-    assert preloaded == modules
+    # One script, preloaded from the head: every module app.js reaches, linked into one file.
+    assert re.findall(r"<script[^>]*>", text) == [f'<script type="module" src="{base}/js/bundle.js">']
+    assert re.findall(r'<link rel="modulepreload" href="([^"]+)">', text) == [f"{base}/js/bundle.js"]
     assert f'href="{base}/css/style.css"' in text
     # The charting bundle is not on the page: js/plotly.js loads it when a chart needs it.
     assert "vendor/" not in text
-    assert re.findall(r"<script[^>]*>", text) == [f'<script type="module" src="{base}/js/app.js">']
+    bundle = client.get(f"{base}/js/bundle.js")
+    assert bundle.status_code == 200 and bundle.headers["content-type"].startswith("text/javascript")
+    assert bundle.headers["cache-control"] == "public, max-age=31536000, immutable"
+    linked = {line.removeprefix("// ---- ") for line in bundle.text.splitlines()
+              if line.startswith("// ---- ")}
+    assert linked == {path.name for path in (FRONTEND_DIR / "js").glob("*.js")}
+    # The modules themselves are served too (`import(window.sparsescope.modules + "x.js")`).
+    assert client.get(f"{base}/js/codec.js").content == (FRONTEND_DIR / "js" / "codec.js").read_bytes()
 
 
 def test_an_asset_is_immutable_compressed_and_revalidated(client):
@@ -112,3 +119,12 @@ def test_the_frontend_folder_has_no_stray_path_escape(client):
     assets = client.app.state.assets
     for name, path in assets.files.items():
         assert Path(path).resolve().is_relative_to(FRONTEND_DIR.resolve()), name
+
+
+def test_no_file_may_take_the_bundles_name(tmp_path):
+    """js/bundle.js is built from the modules: a file of that name would be shadowed."""
+    folder = tmp_path / "frontend"
+    shutil.copytree(FRONTEND_DIR, folder, ignore=shutil.ignore_patterns("vendor"))
+    (folder / "js" / "bundle.js").write_text("export const stale = 1;\n")
+    with pytest.raises(ValueError, match="js/bundle.js is built from the modules"):
+        StaticAssets(folder)

@@ -51,7 +51,10 @@ class Server:
         self.process = FORKS.fork_server(["--port", str(self.port), "--data-dir", str(data_dir)],
                                          env, self.log_path, warm_workers=True)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        # Idle connections dropped after 2 s, before uvicorn's 5 s: reusing one as the server
+        # closes it is a "connection reset" (seen once in CI).
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30,
+                                 limits=httpx.Limits(keepalive_expiry=2))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
