@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 NAME = r"[A-Za-z_$][\w$]*"
 IMPORT = re.compile(
@@ -114,8 +115,10 @@ class Module:
         self.code = code
 
 
-def bundle(folder: Path, entry: str) -> bytes:
-    """The modules of `folder` that `entry` reaches, as one ES module (see the docstring)."""
+def bundle(folder: Path, entry: str, map_name: str = "bundle.js.map") -> Linked:
+    """The modules of `folder` that `entry` reaches, as one ES module (see the docstring), and
+    its source map, to be served as `map_name` beside it: each module's lines are its file's
+    lines, in the module files served from the same folder (a debugger shows those)."""
     modules: dict[str, Module] = {}
     order: list[str] = []
     visiting: list[str] = []
@@ -139,9 +142,10 @@ def bundle(folder: Path, entry: str) -> bytes:
         order.append(name)
 
     visit(entry)
-    parts = ["// The dashboard's modules, linked by backend/js_bundle.py: one scope per module.",
+    lines = ["// The dashboard's modules, linked by backend/js_bundle.py: one scope per module.",
              "const modules = Object.create(null);"]
-    for name in order:
+    mapped: dict[int, tuple[int, int]] = {}  # bundle line → (module index, its line), from 0
+    for index, name in enumerate(order):
         module = modules[name]
         bindings = []
         for imported, namespace, names in module.imports:
@@ -155,7 +159,45 @@ def bundle(folder: Path, entry: str) -> bytes:
                                       "which does not export it")
                 bindings.append(f"const {local} = {source}.{exported};")
         exports = ", ".join(f"{exported}: {local}" for exported, local in module.exports.items())
-        parts.append(f"// ---- {name}\nmodules[{json.dumps(name)}] = (() => {{ "
-                     f"{' '.join(bindings)}\n{module.code}\n"
-                     f"return Object.freeze({{ __proto__: null, {exports} }});\n}})();")
-    return ("\n".join(parts) + "\n").encode()
+        lines += [f"// ---- {name}", f"modules[{json.dumps(name)}] = (() => {{ {' '.join(bindings)}"]
+        for line_number, line in enumerate(module.code.split("\n")):
+            mapped[len(lines)] = (index, line_number)
+            lines.append(line)
+        lines += [f"return Object.freeze({{ __proto__: null, {exports} }});", "})();"]
+    lines.append(f"//# sourceMappingURL={map_name}")
+    source_map = {"version": 3, "file": map_name.removesuffix(".map"), "sources": order,
+                  "names": [], "mappings": _mappings(len(lines), mapped)}
+    return Linked(("\n".join(lines) + "\n").encode(), json.dumps(source_map).encode())
+
+
+class Linked(NamedTuple):
+    code: bytes
+    source_map: bytes  # source map v3: each module line to its file (served beside it)
+
+
+BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _vlq(value: int) -> str:
+    """One number in a source map's base64 VLQ."""
+    value = (-value << 1) | 1 if value < 0 else value << 1
+    digits = ""
+    while True:
+        digit, value = value & 31, value >> 5
+        digits += BASE64[digit | (32 if value else 0)]
+        if not value:
+            return digits
+
+
+def _mappings(count: int, mapped: dict[int, tuple[int, int]]) -> str:
+    """One segment per mapped line (its start to the source line's start), fields relative to
+    the segment before, as the format has them."""
+    segments, source, line = [], 0, 0
+    for number in range(count):
+        if number not in mapped:
+            segments.append("")
+            continue
+        index, original = mapped[number]
+        segments.append("A" + _vlq(index - source) + _vlq(original - line) + "A")
+        source, line = index, original
+    return ";".join(segments)

@@ -33,10 +33,11 @@ MEDIA_TYPES = {
     ".svg": "image/svg+xml",
     ".txt": "text/plain; charset=utf-8",
     ".json": "application/json",
+    ".map": "application/json",
     ".png": "image/png",
     ".woff2": "font/woff2",
 }
-COMPRESSED = {".js", ".css", ".html", ".svg", ".txt", ".json"}
+COMPRESSED = {".js", ".css", ".html", ".svg", ".txt", ".json", ".map"}
 IMMUTABLE = "public, max-age=31536000, immutable"
 PREFIX = "/assets"
 BUNDLE = "js/bundle.js"  # the page's one script: js/app.js and every module it imports
@@ -56,10 +57,11 @@ class StaticAssets:
             digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
         self.build = digest.hexdigest()[:12]
         self.base = f"{PREFIX}/{self.build}"
-        if BUNDLE in self.files:
+        if BUNDLE in self.files or f"{BUNDLE}.map" in self.files:
             raise ValueError(f"{BUNDLE} is built from the modules: no file may have its name")
         # Derived from the files the hash covers: same build, same bundle.
-        self.generated = {BUNDLE: bundle(self.root / "js", "app.js")}
+        linked = bundle(self.root / "js", "app.js", map_name=Path(BUNDLE).name + ".map")
+        self.generated = {BUNDLE: linked.code, f"{BUNDLE}.map": linked.source_map}
         self._bodies: dict[tuple[str, bool], bytes] = {}
         self._lock = threading.Lock()
         self._page = self._render_page()

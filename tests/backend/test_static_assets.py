@@ -42,7 +42,10 @@ def test_the_page_names_this_build_and_loads_its_modules_as_one_file(client):
     linked = {line.removeprefix("// ---- ") for line in bundle.text.splitlines()
               if line.startswith("// ---- ")}
     assert linked == {path.name for path in (FRONTEND_DIR / "js").glob("*.js")}
-    # The modules themselves are served too (`import(window.sparsescope.modules + "x.js")`).
+    # Its source map beside it (a debugger shows the module files), and the module files
+    # themselves (also for `import(window.sparsescope.modules + "x.js")`).
+    source_map = client.get(f"{base}/js/bundle.js.map")
+    assert source_map.status_code == 200 and source_map.json()["sources"][-1] == "app.js"
     assert client.get(f"{base}/js/codec.js").content == (FRONTEND_DIR / "js" / "codec.js").read_bytes()
 
 
