@@ -30,10 +30,12 @@ test_guards.py, test_cli.py, the `live_server` fixture, the notebook's own launc
 from __future__ import annotations
 
 import array
+import atexit
 import contextlib
 import itertools
 import json
 import os
+import runpy
 import select
 import signal
 import socket
@@ -42,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -374,66 +377,70 @@ def _become(request: dict, fds: list[int], inherited: list) -> None:
 
 def _run_worker(request: dict, fds: list[int], inherited: list) -> None:
     """In the fork: become the worker the server asked for; never returns."""
-    code = 1
-    try:
-        _become(request, fds, inherited)
+
+    def run() -> int:
         argv = list(request["argv"])
         # Its parent is this helper: the worker's watchdog watches the helper.
         argv[argv.index("--parent-pid") + 1] = str(os.getppid())
         sys.argv = ["backend.worker", *argv]
         import backend.worker
 
-        code = backend.worker.main(argv)
-    except SystemExit as leaving:
-        code = leaving.code if isinstance(leaving.code, int) else 1
-    except BaseException:
-        import traceback
+        return backend.worker.main(argv)
 
-        traceback.print_exc()
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
+    _live_and_leave(request, fds, inherited, run)
 
 
 def _run_server(request: dict, fds: list[int], inherited: list) -> None:
-    """In the fork: become `python -m backend ARGV`, and leave as its interpreter would (its
-    threads joined, atexit handlers run); never returns."""
-    import atexit
-    import runpy
-    import threading
+    """In the fork: become `python -m backend ARGV`; never returns."""
 
-    code = 1
-    interrupted = False
-    try:
-        _become(request, fds, inherited)
+    def run() -> int:
         sys.argv = ["backend", *request["argv"]]
         if request["warm_workers"]:
             from backend.worker_pool import WorkerPool
 
             WorkerPool._start = forked_start
+        runpy.run_module("backend", run_name="__main__", alter_sys=True)
+        return 0
+
+    _live_and_leave(request, fds, inherited, run)
+
+
+def _live_and_leave(request: dict, fds: list[int], inherited: list, run) -> None:
+    """In the fork: take the request's input, output and environment, `run`, and leave as an
+    interpreter would (its exit status, its threads joined and atexit handlers run, an uncaught
+    Ctrl+C ending it by the signal: returncode -2); never returns."""
+    code = 1
+    interrupted = False
+    try:
+        _become(request, fds, inherited)
         try:
-            runpy.run_module("backend", run_name="__main__", alter_sys=True)
-            code = 0
+            code = run()
         except SystemExit as leaving:
-            code = leaving.code if isinstance(leaving.code, int) else (0 if leaving.code is None else 1)
+            code = _exit_status(leaving)
         except KeyboardInterrupt:
             interrupted = True
         threading._shutdown()  # what Py_FinalizeEx does first, then atexit
         atexit._run_exitfuncs()
     except BaseException:
-        import traceback
-
         traceback.print_exc()
     finally:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
-        if interrupted:  # an uncaught Ctrl+C ends an interpreter by the signal (returncode -2)
+        if interrupted:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGINT)
         os._exit(code)
+
+
+def _exit_status(leaving: SystemExit) -> int:
+    """sys.exit's argument as the interpreter turns it into a status (a message: printed, 1)."""
+    if leaving.code is None:
+        return 0
+    if isinstance(leaving.code, int):
+        return leaving.code
+    print(leaving.code, file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
