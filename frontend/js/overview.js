@@ -5,7 +5,9 @@
 // density (or turnover) at the rewire on screen, a click jumps to its panel; the layers outside
 // the blocks are named under it, and the list follows.
 //
-// Sparklines are small canvases, not Plotly plots: fifty of them cost less than one chart.
+// Sparklines are small SVG paths, not Plotly plots nor canvases: fifty of them cost less than
+// one chart. (As one canvas each, producing their pictures for the compositor was a third of
+// the renderer's work when a notebook page opened seven views: ~50 canvases per view.)
 import { groupBlocks } from "./blocks.js";
 import { COLOURS } from "./chart_style.js";
 import { densityColour } from "./heads.js";
@@ -80,12 +82,8 @@ export class LayerOverview {
       cells[4].className = "number";
       cells[5].className = "number speedup";
       cells[6].className = "number structure";
-      const canvas = document.createElement("canvas");
-      canvas.width = SPARK_WIDTH;
-      canvas.height = SPARK_HEIGHT;
-      canvas.className = "sparkline";
-      canvas.setAttribute("aria-hidden", "true");
-      cells[7].append(canvas);
+      const spark = sparkline();
+      cells[7].append(spark.svg);
       const pin = document.createElement("button");
       pin.type = "button";
       pin.textContent = "Pin";
@@ -94,7 +92,7 @@ export class LayerOverview {
       pin.addEventListener("click", () => this.onPin(layer.index));
       cells[8].append(pin);
       return { row, name: layer.name, density: cells[3], active: cells[4], speedup: cells[5], structure: cells[6],
-               canvas, pin, size: layer.shape[0] * layer.shape[1] };
+               spark, pin, size: layer.shape[0] * layer.shape[1] };
     });
     this.cells = [];
     if (!this.groups) {
@@ -234,7 +232,6 @@ export class LayerOverview {
       entry.active.textContent = active === null || active === undefined ? "–" : String(active);
       entry.density.textContent = active === null || active === undefined ? "–"
         : `${(100 * active / Math.max(1, entry.size)).toFixed(1)}%`;
-      drawSparkline(entry.canvas, rewires.density(index), rewires.added[index], rewires.active[index], column);
       const cell = this.cells[index];
       if (cell) {
         const added = column >= 0 ? rewires.added[index]?.[column] : null;
@@ -244,6 +241,25 @@ export class LayerOverview {
       }
     });
     this.paint();
+    this.drawSparklines(rewires, column);
+  }
+
+  // The sparklines of the newest update, drawn once per animation frame; the first time only
+  // when the page is idle (at most 2 s later): secondary to the panels, they must not delay
+  // the other views of a notebook page, which share this main thread.
+  drawSparklines(rewires, column) {
+    const first = this.sparks === undefined;
+    const pending = this.sparks;
+    this.sparks = { rewires, column };
+    if (pending) return; // a draw is scheduled: it takes these
+    const draw = () => {
+      const { rewires: latest, column: at } = this.sparks;
+      this.sparks = null;
+      this.rows.forEach((entry, index) => drawSparkline(
+        entry.spark, latest.density(index), latest.added[index], latest.active[index], at));
+    };
+    if (first && window.requestIdleCallback) window.requestIdleCallback(draw, { timeout: 2000 });
+    else requestAnimationFrame(draw);
   }
 
   highlight(index) {
@@ -263,44 +279,56 @@ function breakAtDots(element, text) {
   });
 }
 
+const SVG = "http://www.w3.org/2000/svg";
+
+// An empty sparkline: its turnover bars, density line and rewire tick as three paths.
+function sparkline() {
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("class", "sparkline");
+  svg.setAttribute("viewBox", `0 0 ${SPARK_WIDTH} ${SPARK_HEIGHT}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("aria-hidden", "true");
+  const path = (attributes) => {
+    const element = document.createElementNS(SVG, "path");
+    for (const [name, value] of Object.entries(attributes)) element.setAttribute(name, value);
+    svg.append(element);
+    return element;
+  };
+  return { svg, bars: path({ fill: "#93c5fd" }),
+           line: path({ fill: "none", stroke: "#1d2733", "stroke-width": "1.2" }),
+           tick: path({ fill: COLOURS.marker }) };
+}
+
 // Density as a line (scaled to its own range), turnover (added / active) as bars, the rewire on
 // screen as a tick.
-function drawSparkline(canvas, density, added, active, column) {
-  const context = canvas.getContext("2d");
-  const { width, height } = canvas;
-  context.clearRect(0, 0, width, height);
+function drawSparkline(spark, density, added, active, column) {
+  const width = SPARK_WIDTH;
+  const height = SPARK_HEIGHT;
   const count = density.length;
-  if (count === 0) return;
   const x = (i) => (count === 1 ? width / 2 : (i / (count - 1)) * (width - 2) + 1);
+  const round = (value) => Math.round(value * 100) / 100;
   let turnoverMax = 0;
   const turnover = added.map((value, i) => {
     const share = active[i] ? value / active[i] : 0;
     if (share > turnoverMax) turnoverMax = share;
     return share;
   });
-  context.fillStyle = "#93c5fd";
-  for (let i = 0; i < count; i++) {
-    if (!turnoverMax) break;
+  let bars = "";
+  for (let i = 0; i < count && turnoverMax; i++) {
     const barHeight = (turnover[i] / turnoverMax) * (height - 2);
-    context.fillRect(x(i) - 0.5, height - barHeight, 1, barHeight);
+    if (barHeight > 0) bars += `M${round(x(i) - 0.5)} ${height}v${-round(barHeight)}h1v${round(barHeight)}z`;
   }
+  let line = "";
   const finite = density.filter((value) => value !== null);
   if (finite.length) {
     const low = Math.min(...finite);
     const high = Math.max(...finite);
     const y = (value) => (high > low ? height - 2 - ((value - low) / (high - low)) * (height - 4) : height / 2);
-    context.strokeStyle = "#1d2733";
-    context.lineWidth = 1.2;
-    context.beginPath();
-    let started = false;
     density.forEach((value, i) => {
-      if (value === null) return;
-      if (started) context.lineTo(x(i), y(value)); else { context.moveTo(x(i), y(value)); started = true; }
+      if (value !== null) line += `${line ? "L" : "M"}${round(x(i))} ${round(y(value))}`;
     });
-    context.stroke();
   }
-  if (column >= 0) {
-    context.fillStyle = COLOURS.marker;
-    context.fillRect(x(column) - 1, 0, 2, height);
-  }
+  spark.bars.setAttribute("d", bars);
+  spark.line.setAttribute("d", line);
+  spark.tick.setAttribute("d", count && column >= 0 ? `M${round(x(column) - 1)} 0h2v${height}h-2z` : "");
 }
