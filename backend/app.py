@@ -236,7 +236,11 @@ async def _http_error(request: Request, error: StarletteHTTPException) -> JSONRe
     if error.status_code == 422 and str(error.detail).startswith("stored data"):
         run_id = request.path_params.get("run_id")
         store = request.app.state.store
-        if isinstance(run_id, str) and await asyncio.to_thread(store.get_run, run_id) is None:
+        try:
+            gone = isinstance(run_id, str) and await asyncio.to_thread(store.get_run, run_id) is None
+        except Exception:  # a store that cannot say (a disk fault): the 422 stands, never a 500
+            gone = False
+        if gone:
             error = StarletteHTTPException(404, detail=f"no run {run_id!r}")
     if error.status_code == 400:
         for kind, reason in UNPARSABLE_BODY.items():

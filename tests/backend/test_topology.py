@@ -4,6 +4,8 @@ a live one that grows, and stored runs that do not decode (never a 5xx)."""
 
 from __future__ import annotations
 
+import sqlite3
+
 import numpy as np
 import pytest
 import torch
@@ -519,6 +521,24 @@ def test_a_read_that_loses_its_run_to_a_delete_midway_is_the_missing_runs_404(cl
     monkeypatch.setattr(views, "view", deleted_midway)
     gone = client.get(url, params={**params, "rows": 4})  # not the cached answer
     assert gone.status_code == 404 and gone.json()["detail"] == f"no run {run_id!r}"
+    # A store that cannot say whether the run is there (a disk fault): the 422 stands, no 500.
+    run_id = record_old_style_run(store)
+    plain_get_run = type(store).get_run
+    calls = []
+
+    def get_run_then_fail(run):
+        calls.append(run)
+        if len(calls) > 1:  # the route's own lookup passes; the error handler's fails
+            raise sqlite3.OperationalError("disk I/O error")
+        return plain_get_run(store, run)
+
+    monkeypatch.setattr(views, "view", lambda run, located, rows, cols: (_ for _ in ()).throw(
+        StoredDataError("frame not stored")))
+    monkeypatch.setattr(store, "get_run", get_run_then_fail)
+    faulty = client.get(f"/api/runs/{run_id}/view", params=params)
+    assert faulty.status_code == 422 and "stored data" in faulty.json()["detail"]
+    assert len(calls) == 2
+    monkeypatch.setattr(store, "get_run", lambda run: plain_get_run(store, run))
     # Stored data that does not decode, on a run that is still there, stays a 422 naming it.
     run_id = record_old_style_run(store)
     store.db.execute("UPDATE events SET blob = x'01ffff' WHERE run_id = ? AND type = 'topology' "
