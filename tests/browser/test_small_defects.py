@@ -185,3 +185,32 @@ def test_a_panel_purged_while_its_picture_decodes_raises_nothing(page, small):
     assert "_rangeSliderData" in (outcome["rawError"] or "")  # the defect is still Plotly's
     assert outcome == {"rawError": outcome["rawError"], "firstError": None, "purged": True,
                        "redrawn": True}
+
+
+SPARKLINE_JS = """(() => {
+  const svg = document.querySelector('table.overview svg.sparkline');
+  if (!svg) return null;
+  const [bars, line, tick] = svg.querySelectorAll('path');
+  const d = (path) => path.getAttribute('d') || '';
+  return { bars: d(bars), line: d(line), tick: d(tick) };
+})()"""
+
+
+def test_the_overviews_sparklines_draw_density_turnover_and_the_rewire_on_screen(page, server,
+                                                                                 small):
+    """The sparklines are SVG paths (one canvas per row was a third of a notebook page's
+    renderer work): a density line through every rewire, turnover bars, and a tick that follows
+    the scrubber."""
+    open_run(page, small["id"])
+    page.wait_for_function(f"(({SPARKLINE_JS}) || {{}}).line", timeout=30_000)
+    series = server.http.get(f"/api/runs/{small['id']}/rewire-series").json()
+    rewires = len(series["steps"])
+    assert rewires >= 3
+    drawn = page.evaluate(SPARKLINE_JS)
+    assert drawn["line"].startswith("M") and drawn["line"].count("L") == rewires - 1  # a point each
+    assert drawn["bars"].count("z") >= 1  # a rewirer turns connections over
+    newest_x = float(drawn["tick"][1:].split()[0])
+    page.locator("#scrubber").fill("0")  # the first rewire: the tick moves to the left end
+    page.wait_for_function("window.sparsescope.player.position === 0")
+    page.wait_for_function(f"parseFloat(({SPARKLINE_JS}).tick.slice(1)) < {newest_x}", timeout=10_000)
+    assert float(page.evaluate(SPARKLINE_JS)["tick"][1:].split()[0]) < 1
